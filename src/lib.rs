@@ -1,0 +1,20 @@
+//! The wsrouter routing contract. Every router replica and every tool must give the
+//! same answer for the same input, so this crate is pure: no I/O, no clock, no async.
+//!
+//! - [`namespace`]: the tenant namespace from a request path, validated as a DNS-1123 label.
+//! - [`hash`]: `XXH3-64(namespace, seed 0)` then jump consistent hash onto a replica count.
+//! - [`overrides`]: per-tenant override targets (`"3"` or `"backend-3"`), parsed and validated.
+//! - [`backends`]: how an ordinal becomes an address (static list or template).
+//! - [`table`]: [`RoutingTable`], the immutable value the data path loads once per connection.
+
+pub mod backends;
+pub mod hash;
+pub mod namespace;
+pub mod overrides;
+pub mod table;
+
+pub use backends::{BackendTemplate, Backends, BackendsError, TemplateError};
+pub use hash::{jump_consistent_hash, ordinal_for, tenant_key};
+pub use namespace::{validate_namespace, NamespaceError, PathError, PathPrefix, PrefixError};
+pub use overrides::{parse_target, OverrideError, Overrides, OverridesError, TargetError};
+pub use table::{Route, RouteSource, RoutingTable, TableSource};

@@ -1,0 +1,200 @@
+//! [`RoutingTable`]: everything the data path needs to route a tenant, as one immutable
+//! value. The control plane builds and validates a new one off the hot path and publishes
+//! it whole; a connection loads it once and keeps the backend it picked for life.
+
+use std::num::NonZeroU32;
+
+use thiserror::Error;
+
+use crate::backends::{Backends, BackendsError};
+use crate::hash::ordinal_for;
+use crate::overrides::Overrides;
+
+/// Where a table's contents came from, for logs and the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableSource {
+    /// Flags only: static backends or a template with `--replicas`, no overrides.
+    Flags,
+    /// A local overrides file (a ConfigMap manifest).
+    File { path: String },
+}
+
+impl std::fmt::Display for TableSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Flags => f.write_str("flags"),
+            Self::File { path } => write!(f, "file:{path}"),
+        }
+    }
+}
+
+/// Whether a route came from the hash or from an override.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    Hash,
+    Override,
+}
+
+impl RouteSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Hash => "hash",
+            Self::Override => "override",
+        }
+    }
+}
+
+/// The routing decision for one tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'t> {
+    pub ordinal: u32,
+    pub addr: &'t str,
+    pub source: RouteSource,
+    /// An override for this tenant that points beyond the current replicas, so the hash
+    /// answered instead.
+    pub inactive_override: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum TableError {
+    #[error(transparent)]
+    Backends(#[from] BackendsError),
+    #[error("{replicas} replicas requested but only {addresses} static backend addresses are known")]
+    TooFewAddresses { replicas: u32, addresses: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingTable {
+    version: u64,
+    source: TableSource,
+    replicas: NonZeroU32,
+    addrs: Vec<Box<str>>,
+    overrides: Overrides,
+}
+
+impl RoutingTable {
+    /// Builds a table for `replicas` pods. A static backend list must cover every ordinal;
+    /// a template renders one address per ordinal.
+    pub fn build(
+        version: u64,
+        source: TableSource,
+        backends: &Backends,
+        replicas: NonZeroU32,
+        overrides: Overrides,
+    ) -> Result<Self, TableError> {
+        let addrs = backends.addresses(replicas);
+        if addrs.len() < replicas.get() as usize {
+            return Err(TableError::TooFewAddresses {
+                replicas: replicas.get(),
+                addresses: addrs.len(),
+            });
+        }
+        Ok(Self {
+            version,
+            source,
+            replicas,
+            addrs,
+            overrides,
+        })
+    }
+
+    /// Routes a tenant. `namespace` must already be validated.
+    #[inline]
+    pub fn route(&self, namespace: &str) -> Route<'_> {
+        let (ordinal, source, inactive_override) = match self.overrides.get(namespace) {
+            Some(o) if o < self.replicas.get() => (o, RouteSource::Override, None),
+            other => (ordinal_for(namespace, self.replicas), RouteSource::Hash, other),
+        };
+        Route {
+            ordinal,
+            addr: &self.addrs[ordinal as usize],
+            source,
+            inactive_override,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    pub fn source(&self) -> &TableSource {
+        &self.source
+    }
+
+    pub fn replicas(&self) -> NonZeroU32 {
+        self.replicas
+    }
+
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
+    }
+
+    /// The address of each ordinal, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = &str> {
+        self.addrs.iter().map(|a| &**a)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::BackendTemplate;
+
+    fn nz(n: u32) -> NonZeroU32 {
+        NonZeroU32::new(n).unwrap()
+    }
+
+    fn template() -> Backends {
+        Backends::Template(
+            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "default").unwrap(),
+        )
+    }
+
+    #[test]
+    fn hash_routes_follow_the_golden_vectors() {
+        for (r, want) in [(1, [0, 0, 0]), (4, [2, 1, 3]), (8, [2, 1, 6]), (16, [2, 9, 6])] {
+            let t = RoutingTable::build(1, TableSource::Flags, &template(), nz(r), Overrides::default()).unwrap();
+            for (ns, w) in ["ns-01", "ns-02", "acme-prod"].iter().zip(want) {
+                let route = t.route(ns);
+                assert_eq!(route.ordinal, w, "{ns} over {r}");
+                assert_eq!(route.source, RouteSource::Hash);
+                assert_eq!(route.addr, format!("backend-{w}:9000"));
+                assert_eq!(route.inactive_override, None);
+            }
+        }
+    }
+
+    #[test]
+    fn overrides_win_when_active_and_fall_back_when_not() {
+        let o = Overrides::parse([("ns-01", "0"), ("acme-prod", "backend-5")], "backend").unwrap();
+        let t = RoutingTable::build(7, TableSource::Flags, &template(), nz(4), o.clone()).unwrap();
+        assert_eq!(t.version(), 7);
+        let r = t.route("ns-01");
+        assert_eq!((r.ordinal, r.source, r.inactive_override), (0, RouteSource::Override, None));
+        // Override to ordinal 5 with 4 replicas: inactive, the hash answers.
+        let r = t.route("acme-prod");
+        assert_eq!((r.ordinal, r.source, r.inactive_override), (3, RouteSource::Hash, Some(5)));
+        // Once the StatefulSet has 6 pods, it is active.
+        let t = RoutingTable::build(8, TableSource::Flags, &template(), nz(6), o).unwrap();
+        let r = t.route("acme-prod");
+        assert_eq!((r.ordinal, r.source, r.addr), (5, RouteSource::Override, "backend-5:9000"));
+    }
+
+    #[test]
+    fn static_list_must_cover_replicas() {
+        let b = Backends::static_list(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]).unwrap();
+        assert!(RoutingTable::build(1, TableSource::Flags, &b, nz(2), Overrides::default()).is_ok());
+        assert_eq!(
+            RoutingTable::build(1, TableSource::Flags, &b, nz(3), Overrides::default()),
+            Err(TableError::TooFewAddresses { replicas: 3, addresses: 2 })
+        );
+    }
+
+    #[test]
+    fn addresses_are_listed_in_ordinal_order() {
+        let t = RoutingTable::build(1, TableSource::Flags, &template(), nz(3), Overrides::default()).unwrap();
+        let v: Vec<_> = t.addresses().collect();
+        assert_eq!(v, ["backend-0:9000", "backend-1:9000", "backend-2:9000"]);
+        assert_eq!(t.source().to_string(), "flags");
+    }
+}
