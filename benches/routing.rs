@@ -11,9 +11,17 @@ fn routing_decision(c: &mut Criterion) {
     );
     let prefix = PathPrefix::default();
     let replicas = NonZeroU32::new(16).unwrap();
-    let no_overrides =
-        RoutingTable::build(1, TableSource::Flags, &backends, replicas, Overrides::default()).unwrap();
-    let entries: Vec<(String, String)> = (0..1000).map(|i| (format!("ns-{i}"), (i % 16).to_string())).collect();
+    let no_overrides = RoutingTable::build(
+        1,
+        TableSource::Flags,
+        &backends,
+        replicas,
+        Overrides::default(),
+    )
+    .unwrap();
+    let entries: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("ns-{i}"), (i % 16).to_string()))
+        .collect();
     let with_overrides = RoutingTable::build(
         1,
         TableSource::Flags,

@@ -14,7 +14,9 @@ pub enum TemplateError {
     UnknownPlaceholder { template: String, name: String },
     #[error("backend template {template:?} has an unmatched brace")]
     UnmatchedBrace { template: String },
-    #[error("backend template {template:?} has no {{i}}, so every ordinal would get the same address")]
+    #[error(
+        "backend template {template:?} has no {{i}}, so every ordinal would get the same address"
+    )]
     NoOrdinal { template: String },
     #[error("backend template {template:?} renders {rendered:?}, which does not end in :PORT")]
     NoPort { template: String, rendered: String },
@@ -63,9 +65,11 @@ impl BackendTemplate {
             }
             text.push_str(&rest[..open]);
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or_else(|| TemplateError::UnmatchedBrace {
-                template: template.to_owned(),
-            })?;
+            let close = after
+                .find('}')
+                .ok_or_else(|| TemplateError::UnmatchedBrace {
+                    template: template.to_owned(),
+                })?;
             let name = &after[..close];
             match name {
                 "statefulset" => text.push_str(statefulset),
@@ -179,7 +183,10 @@ mod tests {
     fn default_template_renders_pod_dns_names() {
         let t = parse(DEFAULT_TEMPLATE).unwrap();
         assert_eq!(t.render(0), "backend-0.backend.prod.svc.cluster.local:9000");
-        assert_eq!(t.render(12), "backend-12.backend.prod.svc.cluster.local:9000");
+        assert_eq!(
+            t.render(12),
+            "backend-12.backend.prod.svc.cluster.local:9000"
+        );
     }
 
     #[test]
@@ -192,12 +199,29 @@ mod tests {
         for (t, want) in cases {
             assert_eq!(parse(t).unwrap().render(7), want);
         }
-        assert!(matches!(parse("{pod}-{i}:1"), Err(TemplateError::UnknownPlaceholder { name, .. }) if name == "pod"));
-        assert!(matches!(parse("{i:1"), Err(TemplateError::UnmatchedBrace { .. })));
-        assert!(matches!(parse("x}{i}:1"), Err(TemplateError::UnmatchedBrace { .. })));
-        assert!(matches!(parse("backend:9000"), Err(TemplateError::NoOrdinal { .. })));
-        assert!(matches!(parse("backend-{i}"), Err(TemplateError::NoPort { .. })));
-        assert!(matches!(parse("backend-{i}:0"), Err(TemplateError::NoPort { .. })));
+        assert!(
+            matches!(parse("{pod}-{i}:1"), Err(TemplateError::UnknownPlaceholder { name, .. }) if name == "pod")
+        );
+        assert!(matches!(
+            parse("{i:1"),
+            Err(TemplateError::UnmatchedBrace { .. })
+        ));
+        assert!(matches!(
+            parse("x}{i}:1"),
+            Err(TemplateError::UnmatchedBrace { .. })
+        ));
+        assert!(matches!(
+            parse("backend:9000"),
+            Err(TemplateError::NoOrdinal { .. })
+        ));
+        assert!(matches!(
+            parse("backend-{i}"),
+            Err(TemplateError::NoPort { .. })
+        ));
+        assert!(matches!(
+            parse("backend-{i}:0"),
+            Err(TemplateError::NoPort { .. })
+        ));
     }
 
     #[test]
@@ -205,7 +229,9 @@ mod tests {
         assert_eq!(Backends::static_list(vec![]), Err(BackendsError::Empty));
         assert_eq!(
             Backends::static_list(vec!["127.0.0.1".into()]),
-            Err(BackendsError::BadAddress { addr: "127.0.0.1".into() })
+            Err(BackendsError::BadAddress {
+                addr: "127.0.0.1".into()
+            })
         );
         let b = Backends::static_list(vec!["127.0.0.1:1".into(), "[::1]:2".into()]).unwrap();
         assert_eq!(b.fixed_replicas(), NonZeroU32::new(2));

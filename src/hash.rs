@@ -92,7 +92,10 @@ mod tests {
                 let before = jump_consistent_hash(k, nz(n));
                 let after = jump_consistent_hash(k, nz(n + 1));
                 if before != after {
-                    assert_eq!(after, n, "a key moved from {before} to {after}, not to the new ordinal");
+                    assert_eq!(
+                        after, n,
+                        "a key moved from {before} to {after}, not to the new ordinal"
+                    );
                     moved += 1;
                 }
             }

@@ -29,7 +29,9 @@ pub fn validate_namespace(ns: &str) -> Result<(), NamespaceError> {
         return Err(NamespaceError::Empty);
     }
     if bytes.len() > MAX_NAMESPACE_LEN {
-        return Err(NamespaceError::TooLong { len: ns.chars().count() });
+        return Err(NamespaceError::TooLong {
+            len: ns.chars().count(),
+        });
     }
     if let Some((position, found)) = ns
         .chars()
@@ -146,13 +148,55 @@ mod tests {
             ("-a", Err(NamespaceError::LeadingHyphen)),
             ("a-", Err(NamespaceError::TrailingHyphen)),
             ("-", Err(NamespaceError::LeadingHyphen)),
-            ("Acme", Err(NamespaceError::InvalidChar { found: 'A', position: 0 })),
-            ("ns_01", Err(NamespaceError::InvalidChar { found: '_', position: 2 })),
-            ("ns.01", Err(NamespaceError::InvalidChar { found: '.', position: 2 })),
-            ("ns%2F", Err(NamespaceError::InvalidChar { found: '%', position: 2 })),
-            ("ns 1", Err(NamespaceError::InvalidChar { found: ' ', position: 2 })),
-            ("nsé", Err(NamespaceError::InvalidChar { found: 'é', position: 2 })),
-            ("-bad_", Err(NamespaceError::InvalidChar { found: '_', position: 4 })),
+            (
+                "Acme",
+                Err(NamespaceError::InvalidChar {
+                    found: 'A',
+                    position: 0,
+                }),
+            ),
+            (
+                "ns_01",
+                Err(NamespaceError::InvalidChar {
+                    found: '_',
+                    position: 2,
+                }),
+            ),
+            (
+                "ns.01",
+                Err(NamespaceError::InvalidChar {
+                    found: '.',
+                    position: 2,
+                }),
+            ),
+            (
+                "ns%2F",
+                Err(NamespaceError::InvalidChar {
+                    found: '%',
+                    position: 2,
+                }),
+            ),
+            (
+                "ns 1",
+                Err(NamespaceError::InvalidChar {
+                    found: ' ',
+                    position: 2,
+                }),
+            ),
+            (
+                "nsé",
+                Err(NamespaceError::InvalidChar {
+                    found: 'é',
+                    position: 2,
+                }),
+            ),
+            (
+                "-bad_",
+                Err(NamespaceError::InvalidChar {
+                    found: '_',
+                    position: 4,
+                }),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(&validate_namespace(input), want, "input {input:?}");
@@ -169,7 +213,14 @@ mod tests {
             ("/ws/", Err(NamespaceError::Empty.into())),
             ("/ws", Err(NamespaceError::Empty.into())),
             ("/ws//x", Err(NamespaceError::Empty.into())),
-            ("/ws/Bad", Err(NamespaceError::InvalidChar { found: 'B', position: 0 }.into())),
+            (
+                "/ws/Bad",
+                Err(NamespaceError::InvalidChar {
+                    found: 'B',
+                    position: 0,
+                }
+                .into()),
+            ),
             ("/", Err(PathError::NotUnderPrefix)),
             ("/wss/ns", Err(PathError::NotUnderPrefix)),
             ("/other/ns-01", Err(PathError::NotUnderPrefix)),
@@ -204,7 +255,10 @@ mod tests {
         let errs = [
             NamespaceError::Empty,
             NamespaceError::TooLong { len: 70 },
-            NamespaceError::InvalidChar { found: '\n', position: 1 },
+            NamespaceError::InvalidChar {
+                found: '\n',
+                position: 1,
+            },
             NamespaceError::LeadingHyphen,
             NamespaceError::TrailingHyphen,
         ];

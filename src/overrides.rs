@@ -209,18 +209,54 @@ mod tests {
             ("2147483647", Ok(MAX_ORDINAL)),
             ("", Err(TargetError::Empty)),
             ("  \n", Err(TargetError::Empty)),
-            ("03", Err(TargetError::LeadingZero { target: "03".into() })),
-            ("backend-03", Err(TargetError::LeadingZero { target: "backend-03".into() })),
-            ("2147483648", Err(TargetError::OutOfRange { target: "2147483648".into() })),
-            ("99999999999999999999", Err(TargetError::OutOfRange { target: "99999999999999999999".into() })),
+            (
+                "03",
+                Err(TargetError::LeadingZero {
+                    target: "03".into(),
+                }),
+            ),
+            (
+                "backend-03",
+                Err(TargetError::LeadingZero {
+                    target: "backend-03".into(),
+                }),
+            ),
+            (
+                "2147483648",
+                Err(TargetError::OutOfRange {
+                    target: "2147483648".into(),
+                }),
+            ),
+            (
+                "99999999999999999999",
+                Err(TargetError::OutOfRange {
+                    target: "99999999999999999999".into(),
+                }),
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(&parse_target(input, "backend"), want, "input {input:?}");
         }
-        for bad in ["-3", "+3", "3a", "backend", "backend-", "backend-x", "other-3", "backend3", "backend--3", "backend-3-1", "3.0", "٣"] {
+        for bad in [
+            "-3",
+            "+3",
+            "3a",
+            "backend",
+            "backend-",
+            "backend-x",
+            "other-3",
+            "backend3",
+            "backend--3",
+            "backend-3-1",
+            "3.0",
+            "٣",
+        ] {
             assert_eq!(
                 parse_target(bad, "backend"),
-                Err(TargetError::Unrecognized { target: bad.into(), statefulset: "backend".into() }),
+                Err(TargetError::Unrecognized {
+                    target: bad.into(),
+                    statefulset: "backend".into()
+                }),
                 "input {bad:?}"
             );
         }
@@ -249,7 +285,13 @@ mod tests {
     #[test]
     fn overrides_reject_whole_update_and_name_every_key() {
         let err = Overrides::parse(
-            [("ns-01", "3"), ("Bad_Key", "1"), ("ns-02", "pod-7"), ("ns-03", "1"), ("ns-03", "2")],
+            [
+                ("ns-01", "3"),
+                ("Bad_Key", "1"),
+                ("ns-02", "pod-7"),
+                ("ns-03", "1"),
+                ("ns-03", "2"),
+            ],
             "backend",
         )
         .unwrap_err();

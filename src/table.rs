@@ -59,7 +59,9 @@ pub struct Route<'t> {
 pub enum TableError {
     #[error(transparent)]
     Backends(#[from] BackendsError),
-    #[error("{replicas} replicas requested but only {addresses} static backend addresses are known")]
+    #[error(
+        "{replicas} replicas requested but only {addresses} static backend addresses are known"
+    )]
     TooFewAddresses { replicas: u32, addresses: usize },
 }
 
@@ -103,7 +105,11 @@ impl RoutingTable {
     pub fn route(&self, namespace: &str) -> Route<'_> {
         let (ordinal, source, inactive_override) = match self.overrides.get(namespace) {
             Some(o) if o < self.replicas.get() => (o, RouteSource::Override, None),
-            other => (ordinal_for(namespace, self.replicas), RouteSource::Hash, other),
+            other => (
+                ordinal_for(namespace, self.replicas),
+                RouteSource::Hash,
+                other,
+            ),
         };
         Route {
             ordinal,
@@ -146,14 +152,27 @@ mod tests {
 
     fn template() -> Backends {
         Backends::Template(
-            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "default").unwrap(),
+            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "default")
+                .unwrap(),
         )
     }
 
     #[test]
     fn hash_routes_follow_the_golden_vectors() {
-        for (r, want) in [(1, [0, 0, 0]), (4, [2, 1, 3]), (8, [2, 1, 6]), (16, [2, 9, 6])] {
-            let t = RoutingTable::build(1, TableSource::Flags, &template(), nz(r), Overrides::default()).unwrap();
+        for (r, want) in [
+            (1, [0, 0, 0]),
+            (4, [2, 1, 3]),
+            (8, [2, 1, 6]),
+            (16, [2, 9, 6]),
+        ] {
+            let t = RoutingTable::build(
+                1,
+                TableSource::Flags,
+                &template(),
+                nz(r),
+                Overrides::default(),
+            )
+            .unwrap();
             for (ns, w) in ["ns-01", "ns-02", "acme-prod"].iter().zip(want) {
                 let route = t.route(ns);
                 assert_eq!(route.ordinal, w, "{ns} over {r}");
@@ -170,29 +189,50 @@ mod tests {
         let t = RoutingTable::build(7, TableSource::Flags, &template(), nz(4), o.clone()).unwrap();
         assert_eq!(t.version(), 7);
         let r = t.route("ns-01");
-        assert_eq!((r.ordinal, r.source, r.inactive_override), (0, RouteSource::Override, None));
+        assert_eq!(
+            (r.ordinal, r.source, r.inactive_override),
+            (0, RouteSource::Override, None)
+        );
         // Override to ordinal 5 with 4 replicas: inactive, the hash answers.
         let r = t.route("acme-prod");
-        assert_eq!((r.ordinal, r.source, r.inactive_override), (3, RouteSource::Hash, Some(5)));
+        assert_eq!(
+            (r.ordinal, r.source, r.inactive_override),
+            (3, RouteSource::Hash, Some(5))
+        );
         // Once the StatefulSet has 6 pods, it is active.
         let t = RoutingTable::build(8, TableSource::Flags, &template(), nz(6), o).unwrap();
         let r = t.route("acme-prod");
-        assert_eq!((r.ordinal, r.source, r.addr), (5, RouteSource::Override, "backend-5:9000"));
+        assert_eq!(
+            (r.ordinal, r.source, r.addr),
+            (5, RouteSource::Override, "backend-5:9000")
+        );
     }
 
     #[test]
     fn static_list_must_cover_replicas() {
         let b = Backends::static_list(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]).unwrap();
-        assert!(RoutingTable::build(1, TableSource::Flags, &b, nz(2), Overrides::default()).is_ok());
+        assert!(
+            RoutingTable::build(1, TableSource::Flags, &b, nz(2), Overrides::default()).is_ok()
+        );
         assert_eq!(
             RoutingTable::build(1, TableSource::Flags, &b, nz(3), Overrides::default()),
-            Err(TableError::TooFewAddresses { replicas: 3, addresses: 2 })
+            Err(TableError::TooFewAddresses {
+                replicas: 3,
+                addresses: 2
+            })
         );
     }
 
     #[test]
     fn addresses_are_listed_in_ordinal_order() {
-        let t = RoutingTable::build(1, TableSource::Flags, &template(), nz(3), Overrides::default()).unwrap();
+        let t = RoutingTable::build(
+            1,
+            TableSource::Flags,
+            &template(),
+            nz(3),
+            Overrides::default(),
+        )
+        .unwrap();
         let v: Vec<_> = t.addresses().collect();
         assert_eq!(v, ["backend-0:9000", "backend-1:9000", "backend-2:9000"]);
         assert_eq!(t.source().to_string(), "flags");

@@ -1,0 +1,259 @@
+//! The echo backend: serves `{prefix}{namespace}` WebSocket connections that stream
+//! `{"server":…,"counter":N,"ns":…}` once per interval and echo every text and binary
+//! message verbatim, plus `/healthz`. Used by `wsrouter dev`, the tests and the
+//! `echo-backend` binary, so what runs in a cluster is what the tests exercise.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use wsrouter::{PathError, PathPrefix};
+
+/// What an echo server says about itself and how often it streams.
+#[derive(Debug, Clone)]
+pub struct EchoConfig {
+    /// The `server` field of every counter message (the pod name in a cluster).
+    pub server_name: String,
+    /// Time between counter messages.
+    pub interval: Duration,
+    pub path_prefix: PathPrefix,
+}
+
+impl EchoConfig {
+    pub fn new(server_name: impl Into<String>) -> Self {
+        Self {
+            server_name: server_name.into(),
+            interval: Duration::from_secs(1),
+            path_prefix: PathPrefix::default(),
+        }
+    }
+
+    pub fn with_interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+}
+
+/// The pod name from `POD_NAME` (downward API), falling back to the hostname.
+pub fn default_server_name() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+        .unwrap_or_else(|| "echo-backend".to_owned())
+}
+
+/// A running echo server.
+pub struct EchoHandle {
+    addr: SocketAddr,
+    graceful: CancellationToken,
+    kill: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl EchoHandle {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, sends every live socket a close 1001, and waits for them to end.
+    pub async fn shutdown(&self) {
+        self.graceful.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Like a crashed process: stops accepting and drops every socket at once, without
+    /// a close frame. Returns once every socket is gone.
+    pub async fn kill(&self) {
+        self.kill.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+}
+
+/// Serves on `listener` until the handle shuts it down.
+pub fn spawn(listener: TcpListener, config: EchoConfig) -> std::io::Result<EchoHandle> {
+    let addr = listener.local_addr()?;
+    let graceful = CancellationToken::new();
+    let kill = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let shared = Arc::new(Shared {
+        config,
+        graceful: graceful.clone(),
+        kill: kill.clone(),
+        tasks: tasks.clone(),
+    });
+    tasks.spawn(accept_loop(listener, shared));
+    Ok(EchoHandle {
+        addr,
+        graceful,
+        kill,
+        tasks,
+    })
+}
+
+struct Shared {
+    config: EchoConfig,
+    graceful: CancellationToken,
+    kill: CancellationToken,
+    tasks: TaskTracker,
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = tokio::select! {
+            _ = shared.graceful.cancelled() => return,
+            _ = shared.kill.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn_shared = shared.clone();
+        shared.tasks.spawn(async move {
+            let svc_shared = conn_shared.clone();
+            let svc = service_fn(move |req| {
+                let shared = svc_shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, shared)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            tokio::select! {
+                _ = conn => {}
+                _ = conn_shared.kill.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Bytes>> {
+    if req.uri().path() == "/healthz" {
+        return plain(StatusCode::OK, "ok\n");
+    }
+    let ns = match shared.config.path_prefix.namespace(req.uri().path()) {
+        Ok(ns) => ns.to_owned(),
+        Err(PathError::NotUnderPrefix) => return plain(StatusCode::NOT_FOUND, "not found\n"),
+        Err(PathError::Namespace(_)) => return plain(StatusCode::BAD_REQUEST, "bad namespace\n"),
+    };
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let version_ok = headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_some_and(|v| v == "13");
+    let (Some(key), true, true) = (key, is_upgrade, version_ok) else {
+        return plain(StatusCode::UPGRADE_REQUIRED, "websocket upgrade required\n");
+    };
+    // Agree to the first subprotocol offered, so clients that insist on one can connect.
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|p| p.trim().to_owned())
+        .filter(|p| !p.is_empty());
+
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let conn_shared = shared.clone();
+    shared.tasks.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => stream_and_echo(upgraded, ns, conn_shared).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(p) = protocol.and_then(|p| HeaderValue::from_str(&p).ok()) {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+    }
+    resp
+}
+
+async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared: Arc<Shared>) {
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let mut ticker = tokio::time::interval(shared.config.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut counter: u64 = 0;
+    loop {
+        tokio::select! {
+            biased;
+            _ = shared.kill.cancelled() => return,
+            _ = shared.graceful.cancelled() => {
+                let close = CloseFrame { code: CloseCode::Away, reason: "backend shutting down".into() };
+                if ws.close(Some(close)).await.is_ok() {
+                    // Wait (bounded) for the peer's close reply so the handshake completes.
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        while let Some(Ok(_)) = ws.next().await {}
+                    }).await;
+                }
+                return;
+            }
+            msg = ws.next() => match msg {
+                Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
+                    if ws.send(m).await.is_err() {
+                        return;
+                    }
+                }
+                // tungstenite answers pings and queues the close reply itself; keep polling
+                // until the stream ends so that reply is flushed.
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            },
+            _ = ticker.tick() => {
+                let line = serde_json::json!({
+                    "server": shared.config.server_name,
+                    "counter": counter,
+                    "ns": ns,
+                })
+                .to_string();
+                counter += 1;
+                if ws.send(Message::text(line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

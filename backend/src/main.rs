@@ -1,0 +1,58 @@
+//! `echo-backend`: the echo server as a process, for the StatefulSet.
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "echo-backend",
+    version,
+    about = "Streams counters and echoes WebSocket messages"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "ECHO_LISTEN", default_value = "0.0.0.0:9000")]
+    listen: SocketAddr,
+    /// Time between counter messages (e.g. 1s, 250ms).
+    #[arg(long, env = "ECHO_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    interval: Duration,
+    /// WebSocket path prefix.
+    #[arg(long, env = "ECHO_PATH_PREFIX", default_value = "/ws/")]
+    path_prefix: String,
+    /// Name in the `server` field; defaults to $POD_NAME, then the hostname.
+    #[arg(long, env = "ECHO_SERVER_NAME")]
+    server_name: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = backend::EchoConfig::new(
+        args.server_name
+            .unwrap_or_else(backend::default_server_name),
+    )
+    .with_interval(args.interval);
+    config.path_prefix = wsrouter::PathPrefix::new(&args.path_prefix).context("--path-prefix")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let handle = backend::spawn(listener, config.clone())?;
+    tracing::info!(listen.addr = %handle.local_addr(), server = %config.server_name, "echo backend listening");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down: closing sockets with 1001");
+    handle.shutdown().await;
+    Ok(())
+}

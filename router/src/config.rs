@@ -1,0 +1,483 @@
+//! The command line (every flag also read from a `WSROUTER_*` variable) and the validated
+//! [`RouterConfig`] it becomes. Everything is checked here, before any socket is bound.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use thiserror::Error;
+use wsrouter::backends::DEFAULT_TEMPLATE;
+use wsrouter::{
+    BackendTemplate, Backends, BackendsError, Overrides, OverridesError, PathPrefix, PrefixError,
+    RoutingTable, TableSource, TemplateError,
+};
+
+use crate::overrides_file::{self, OverridesFileError};
+use crate::tls::{self, TlsError};
+
+/// Where the service account's namespace is mounted in every pod.
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsrouter",
+    version,
+    about = "Hash-routing WebSocket reverse proxy for Kubernetes StatefulSets"
+)]
+pub struct Cli {
+    /// Log format: human-readable lines or one JSON object per event. Levels come from RUST_LOG.
+    #[arg(long, global = true, env = "WSROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the router (what the Deployment runs).
+    Serve(ServeArgs),
+    /// Run the router with local echo backends and a self-signed certificate: no cluster, no setup.
+    Dev(DevArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address of the WebSocket listener.
+    #[arg(long, env = "WSROUTER_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "WSROUTER_TLS_CERT", required_unless_present = "plaintext")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "WSROUTER_TLS_KEY", required_unless_present = "plaintext")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain ws:// instead of TLS (behind a TLS-terminating load balancer, or for tests).
+    #[arg(long, env = "WSROUTER_PLAINTEXT", conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub plaintext: bool,
+    /// A backend address HOST:PORT; repeat it, ordinal = position (WSROUTER_BACKEND takes a comma list).
+    #[arg(
+        long = "backend",
+        env = "WSROUTER_BACKEND",
+        value_delimiter = ',',
+        conflicts_with = "backend_template"
+    )]
+    pub backends: Vec<String>,
+    /// Backend address template with {statefulset}, {i}, {service}, {namespace}; used when no --backend is given.
+    #[arg(long, env = "WSROUTER_BACKEND_TEMPLATE", default_value = DEFAULT_TEMPLATE)]
+    pub backend_template: String,
+    /// Number of backend pods (required with a template).
+    #[arg(long, env = "WSROUTER_REPLICAS")]
+    pub replicas: Option<u32>,
+    /// The backend StatefulSet's name: fills {statefulset} and names pods in override targets.
+    #[arg(long, env = "WSROUTER_STATEFULSET", default_value = "backend")]
+    pub statefulset: String,
+    /// The backends' headless Service: fills {service}.
+    #[arg(long, env = "WSROUTER_SERVICE", default_value = "backend")]
+    pub service: String,
+    /// Kubernetes namespace of the backends: fills {namespace} [default: $POD_NAMESPACE, then the service account's]
+    #[arg(long, env = "WSROUTER_POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// A ConfigMap manifest whose `data` maps namespace → target ("3" or "backend-3"), read at start.
+    #[arg(long, env = "WSROUTER_OVERRIDES_FILE")]
+    pub overrides_file: Option<PathBuf>,
+    /// Address of the admin listener (plain HTTP: /healthz, /readyz).
+    #[arg(long, env = "WSROUTER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
+    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Address of the WebSocket (wss://) listener.
+    #[arg(long, env = "WSROUTER_DEV_LISTEN", default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener.
+    #[arg(
+        long,
+        env = "WSROUTER_DEV_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub admin_listen: SocketAddr,
+    /// How many in-process echo backends to start.
+    #[arg(long = "backends", env = "WSROUTER_DEV_BACKENDS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub backend_count: u32,
+    /// Time between the echo backends' counter messages.
+    #[arg(long, env = "WSROUTER_DEV_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// A ConfigMap manifest of overrides (namespace → "2" or "backend-2"), read at start.
+    #[arg(long, env = "WSROUTER_OVERRIDES_FILE")]
+    pub overrides_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Limits and timings shared by `serve` and `dev`.
+#[derive(Args, Debug, Clone)]
+pub struct CommonArgs {
+    /// Path prefix of WebSocket requests; the namespace is the next segment.
+    #[arg(long, env = "WSROUTER_PATH_PREFIX", default_value = "/ws/")]
+    pub path_prefix: String,
+    /// On SIGTERM, how long live sockets may keep running before they get close 1001.
+    #[arg(long, env = "WSROUTER_DRAIN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub drain_grace: Duration,
+    /// Time allowed for a client's TLS handshake.
+    #[arg(long, env = "WSROUTER_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Time allowed for a client to send its upgrade request headers.
+    #[arg(long, env = "WSROUTER_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Time allowed for a backend to accept the connection and answer the upgrade (then 504).
+    #[arg(long, env = "WSROUTER_BACKEND_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub backend_timeout: Duration,
+    /// Once one side of a socket has closed, how long the other side has to finish.
+    #[arg(long, env = "WSROUTER_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub close_timeout: Duration,
+    /// Most concurrent client connections; beyond it new ones are closed at once.
+    #[arg(long, env = "WSROUTER_MAX_CONNECTIONS", default_value_t = 9000)]
+    pub max_connections: usize,
+    /// Largest upgrade request head (request line + headers) in bytes; larger gets 431.
+    #[arg(long, env = "WSROUTER_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+    /// Most header fields in an upgrade request; more gets 431.
+    #[arg(long, env = "WSROUTER_MAX_HEADERS", default_value_t = 64)]
+    pub max_headers: usize,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("--path-prefix")]
+    Prefix(#[source] PrefixError),
+    #[error("--backend")]
+    Backends(#[source] BackendsError),
+    #[error("--backend-template")]
+    Template(#[source] TemplateError),
+    #[error("--replicas is required with a backend template (or give --backend addresses)")]
+    NoReplicas,
+    #[error("--replicas must be at least 1")]
+    ZeroReplicas,
+    #[error("--replicas {replicas} but only {addresses} --backend addresses")]
+    ReplicasMismatch { replicas: u32, addresses: usize },
+    #[error("TLS")]
+    Tls(#[source] TlsError),
+    #[error("--overrides-file")]
+    OverridesFile(#[source] OverridesFileError),
+    #[error("--overrides-file: rejected")]
+    Overrides(#[source] OverridesError),
+    #[error("--max-header-bytes must be at least 8192 (the HTTP/1 minimum buffer)")]
+    HeaderBytesTooSmall,
+    #[error("--max-connections must be at least 1")]
+    NoConnections,
+}
+
+/// Limits and timeouts of the data path.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+    pub backend_timeout: Duration,
+    pub close_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// Everything the router needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub listen: SocketAddr,
+    /// `None` serves plaintext ws://.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub admin_listen: Option<SocketAddr>,
+    pub path_prefix: PathPrefix,
+    pub drain_grace: Duration,
+    pub limits: Limits,
+    /// The first table; the control plane may publish newer ones.
+    pub table: RoutingTable,
+}
+
+impl CommonArgs {
+    pub fn limits(&self) -> Result<Limits, ConfigError> {
+        if self.max_header_bytes < 8192 {
+            return Err(ConfigError::HeaderBytesTooSmall);
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::NoConnections);
+        }
+        Ok(Limits {
+            handshake_timeout: self.handshake_timeout,
+            request_timeout: self.request_timeout,
+            backend_timeout: self.backend_timeout,
+            close_timeout: self.close_timeout,
+            max_connections: self.max_connections,
+            max_header_bytes: self.max_header_bytes,
+            max_headers: self.max_headers,
+        })
+    }
+
+    pub fn path_prefix(&self) -> Result<PathPrefix, ConfigError> {
+        PathPrefix::new(&self.path_prefix).map_err(ConfigError::Prefix)
+    }
+}
+
+impl ServeArgs {
+    /// Validates the flags and reads the files they name.
+    pub fn into_config(self) -> Result<RouterConfig, ConfigError> {
+        let limits = self.common.limits()?;
+        let path_prefix = self.common.path_prefix()?;
+        let (backends, replicas) = if self.backends.is_empty() {
+            let namespace = self.pod_namespace.clone().unwrap_or_else(pod_namespace);
+            let template = BackendTemplate::parse(
+                &self.backend_template,
+                &self.statefulset,
+                &self.service,
+                &namespace,
+            )
+            .map_err(ConfigError::Template)?;
+            let replicas = self.replicas.ok_or(ConfigError::NoReplicas)?;
+            let replicas = NonZeroU32::new(replicas).ok_or(ConfigError::ZeroReplicas)?;
+            (Backends::Template(template), replicas)
+        } else {
+            let n = self.backends.len();
+            let backends = Backends::static_list(self.backends).map_err(ConfigError::Backends)?;
+            let fixed = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
+            match self.replicas {
+                Some(r) if r as usize != n => {
+                    return Err(ConfigError::ReplicasMismatch {
+                        replicas: r,
+                        addresses: n,
+                    })
+                }
+                _ => (backends, fixed),
+            }
+        };
+        let (overrides, source) = match &self.overrides_file {
+            Some(path) => (
+                load_overrides(path, &self.statefulset)?,
+                TableSource::File {
+                    path: path.display().to_string(),
+                },
+            ),
+            None => (Overrides::default(), TableSource::Flags),
+        };
+        let table = RoutingTable::build(1, source, &backends, replicas, overrides).map_err(
+            |e| match e {
+                wsrouter::table::TableError::Backends(b) => ConfigError::Backends(b),
+                wsrouter::table::TableError::TooFewAddresses {
+                    replicas,
+                    addresses,
+                } => ConfigError::ReplicasMismatch {
+                    replicas,
+                    addresses,
+                },
+            },
+        )?;
+        let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
+            (false, Some(cert), Some(key)) => {
+                Some(tls::load_server_config(cert, key).map_err(ConfigError::Tls)?)
+            }
+            // clap makes cert and key required unless --plaintext.
+            _ => None,
+        };
+        Ok(RouterConfig {
+            listen: self.listen,
+            tls,
+            admin_listen: Some(self.admin_listen),
+            path_prefix,
+            drain_grace: self.common.drain_grace,
+            limits,
+            table,
+        })
+    }
+}
+
+/// Reads and validates an overrides file for a StatefulSet.
+pub fn load_overrides(path: &std::path::Path, statefulset: &str) -> Result<Overrides, ConfigError> {
+    let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
+    Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)
+}
+
+/// The pod's namespace: `$POD_NAMESPACE`, then the service account's, then `default`.
+fn pod_namespace() -> String {
+    std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve(args: &[&str]) -> Result<RouterConfig, String> {
+        let mut argv = vec!["wsrouter", "serve"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.command {
+            Command::Serve(s) => s
+                .into_config()
+                .map_err(|e| crate::logging::DisplayChain(&e).to_string()),
+            Command::Dev(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn static_backends() {
+        let c = serve(&[
+            "--plaintext",
+            "--backend",
+            "127.0.0.1:9001",
+            "--backend",
+            "127.0.0.1:9002",
+        ])
+        .unwrap();
+        assert_eq!(c.table.replicas().get(), 2);
+        assert!(c.tls.is_none());
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(c.path_prefix.as_str(), "/ws/");
+        assert_eq!(c.drain_grace, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn template_backends() {
+        let c = serve(&["--plaintext", "--replicas", "3", "--pod-namespace", "prod"]).unwrap();
+        let addrs: Vec<_> = c.table.addresses().collect();
+        assert_eq!(addrs[2], "backend-2.backend.prod.svc.cluster.local:9000");
+        let c = serve(&[
+            "--plaintext",
+            "--replicas",
+            "2",
+            "--backend-template",
+            "{statefulset}-{i}.{service}:7000",
+            "--statefulset",
+            "echo",
+            "--service",
+            "echo-hl",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.table.addresses().collect::<Vec<_>>(),
+            ["echo-0.echo-hl:7000", "echo-1.echo-hl:7000"]
+        );
+    }
+
+    #[test]
+    fn durations_and_limits() {
+        let c = serve(&[
+            "--plaintext",
+            "--replicas",
+            "1",
+            "--drain-grace",
+            "500ms",
+            "--backend-timeout",
+            "2s",
+            "--max-connections",
+            "10",
+        ])
+        .unwrap();
+        assert_eq!(c.drain_grace, Duration::from_millis(500));
+        assert_eq!(c.limits.backend_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.max_connections, 10);
+    }
+
+    #[test]
+    fn bad_flags_are_errors() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--replicas", "1"], "--tls-cert"),
+            (&["--plaintext"], "--replicas is required"),
+            (&["--plaintext", "--replicas", "0"], "at least 1"),
+            (&["--plaintext", "--backend", "nope"], "HOST:PORT"),
+            (
+                &["--plaintext", "--backend", "a:1", "--replicas", "2"],
+                "--replicas 2 but only 1",
+            ),
+            (
+                &[
+                    "--plaintext",
+                    "--replicas",
+                    "1",
+                    "--backend-template",
+                    "x:1",
+                ],
+                "no {i}",
+            ),
+            (
+                &["--plaintext", "--replicas", "1", "--path-prefix", "ws"],
+                "--path-prefix",
+            ),
+            (
+                &["--plaintext", "--replicas", "1", "--drain-grace", "soon"],
+                "invalid value",
+            ),
+            (
+                &[
+                    "--plaintext",
+                    "--replicas",
+                    "1",
+                    "--max-header-bytes",
+                    "100",
+                ],
+                "8192",
+            ),
+            (
+                &["--plaintext", "--replicas", "1", "--tls-cert", "x"],
+                "cannot be used with",
+            ),
+            (
+                &[
+                    "--tls-cert",
+                    "/nonexistent/c.pem",
+                    "--tls-key",
+                    "/nonexistent/k.pem",
+                    "--replicas",
+                    "1",
+                ],
+                "/nonexistent/c.pem",
+            ),
+        ];
+        for (args, want) in cases {
+            let err = serve(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_flag_has_an_env_var() {
+        let cmd = Cli::command();
+        for sub in cmd.get_subcommands() {
+            for arg in sub.get_arguments() {
+                if arg.get_long().is_some() && !matches!(arg.get_id().as_str(), "help" | "version")
+                {
+                    let env = arg.get_env().map(|e| e.to_string_lossy().into_owned());
+                    assert!(
+                        env.as_deref().is_some_and(|e| e.starts_with("WSROUTER_")),
+                        "{} --{} has env {env:?}",
+                        sub.get_name(),
+                        arg.get_long().unwrap_or_default()
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! `wsrouter dev`: the real router, on loopback, in front of in-process echo backends,
+//! with a certificate made at start. No cluster, no files to prepare.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
+
+use crate::config::{self, ConfigError, DevArgs, RouterConfig};
+use crate::server::{self, RouterHandle, ServerError};
+use crate::tls::{DevCert, TlsError};
+
+/// The StatefulSet name the dev backends pretend to be, so override targets read as in a
+/// cluster (`backend-2`).
+const DEV_STATEFULSET: &str = "backend";
+
+#[derive(Debug, Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("dev certificate")]
+    Tls(#[from] TlsError),
+    #[error("starting echo backend {ordinal}")]
+    Backend {
+        ordinal: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Server(#[from] ServerError),
+}
+
+pub struct DevHandle {
+    pub router: RouterHandle,
+    pub backends: Vec<backend::EchoHandle>,
+    pub cert: DevCert,
+    /// Where the dev CA certificate was written, for clients that want to verify.
+    pub ca_file: Option<PathBuf>,
+}
+
+pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
+    let limits = args.common.limits()?;
+    let path_prefix = args.common.path_prefix()?;
+    let overrides = match &args.overrides_file {
+        Some(p) => config::load_overrides(p, DEV_STATEFULSET)?,
+        None => Overrides::default(),
+    };
+
+    let mut backends = Vec::new();
+    for ordinal in 0..args.backend_count {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| DevError::Backend { ordinal, source })?;
+        let mut cfg = backend::EchoConfig::new(format!("{DEV_STATEFULSET}-{ordinal}"))
+            .with_interval(args.interval);
+        cfg.path_prefix = path_prefix.clone();
+        backends.push(
+            backend::spawn(listener, cfg)
+                .map_err(|source| DevError::Backend { ordinal, source })?,
+        );
+    }
+    let addrs: Vec<String> = backends
+        .iter()
+        .map(|b| b.local_addr().to_string())
+        .collect();
+    let backends_cfg = Backends::static_list(addrs).map_err(ConfigError::Backends)?;
+    let replicas = backends_cfg
+        .fixed_replicas()
+        .ok_or(ConfigError::ZeroReplicas)?;
+    let source = match &args.overrides_file {
+        Some(p) => TableSource::File {
+            path: p.display().to_string(),
+        },
+        None => TableSource::Flags,
+    };
+    let table = RoutingTable::build(1, source, &backends_cfg, replicas, overrides).map_err(
+        |e| match e {
+            wsrouter::table::TableError::Backends(b) => ConfigError::Backends(b),
+            wsrouter::table::TableError::TooFewAddresses {
+                replicas,
+                addresses,
+            } => ConfigError::ReplicasMismatch {
+                replicas,
+                addresses,
+            },
+        },
+    )?;
+
+    let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
+    let router = server::start(RouterConfig {
+        listen: args.listen,
+        tls: Some(cert.server_config()?),
+        admin_listen: Some(args.admin_listen),
+        path_prefix,
+        drain_grace: args.common.drain_grace,
+        limits,
+        table,
+    })
+    .await?;
+
+    // The CA is public material; writing it lets curl or a browser verify if wanted.
+    let ca_file = {
+        let path = std::env::temp_dir().join(format!(
+            "wsrouter-dev-ca-{}.pem",
+            router.local_addr().port()
+        ));
+        std::fs::write(&path, &cert.ca_pem).ok().map(|()| path)
+    };
+    Ok(DevHandle {
+        router,
+        backends,
+        cert,
+        ca_file,
+    })
+}
+
+impl DevHandle {
+    /// What to print so a newcomer can try it.
+    pub fn banner(&self) -> String {
+        let addr = self.router.local_addr();
+        let table = self.router.table().load_full();
+        let mut out = format!(
+            "wsrouter dev: wss://{addr}/ws/{{namespace}} → {} echo backends\n",
+            self.backends.len()
+        );
+        for (i, a) in table.addresses().enumerate() {
+            out.push_str(&format!("  backend-{i}  {a}\n"));
+        }
+        for ns in ["ns-01", "acme-prod"] {
+            out.push_str(&format!(
+                "  {ns} routes to backend-{}\n",
+                table.route(ns).ordinal
+            ));
+        }
+        out.push_str(&format!("\ntry:\n  websocat -k wss://{addr}/ws/ns-01\n"));
+        if let Some(ca) = &self.ca_file {
+            out.push_str(&format!(
+                "  (or verify: SSL_CERT_FILE={} websocat wss://localhost:{}/ws/ns-01)\n",
+                ca.display(),
+                addr.port()
+            ));
+        }
+        if let Some(admin) = self.router.admin_addr() {
+            out.push_str(&format!("admin: http://{admin}/readyz\n"));
+        }
+        out.push_str("Ctrl-C to stop.\n");
+        out
+    }
+}

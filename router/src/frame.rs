@@ -1,0 +1,385 @@
+//! WebSocket frame boundaries, tracked from headers alone. The relay never decodes or
+//! unmasks payloads; it only needs to know where a frame ends, so it can inject a close
+//! frame without cutting one in half, and which close code a peer sent, for the log.
+
+/// Close codes the router sends itself (RFC 6455 §7.4.1 and the IANA registry).
+pub mod code {
+    /// The router is shutting down, or the client went away (toward the backend).
+    pub const GOING_AWAY: u16 = 1001;
+    /// The backend closed its connection without a close frame.
+    pub const INTERNAL_ERROR: u16 = 1011;
+    /// The backend connection failed (reset, I/O error).
+    pub const BAD_GATEWAY: u16 = 1014;
+}
+
+const OP_CLOSE: u8 = 0x8;
+
+/// Tracks frame structure over the bytes written in one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCursor {
+    header: [u8; 14],
+    have: u8,
+    need: u8,
+    in_payload: bool,
+    remaining: u64,
+    payload_seen: u64,
+    opcode: u8,
+    mask: Option<[u8; 4]>,
+    close_code: [u8; 2],
+    desynced: bool,
+    passed_close: bool,
+    last_close_code: Option<u16>,
+}
+
+impl Default for FrameCursor {
+    fn default() -> Self {
+        Self {
+            header: [0; 14],
+            have: 0,
+            need: 2,
+            in_payload: false,
+            remaining: 0,
+            payload_seen: 0,
+            opcode: 0,
+            mask: None,
+            close_code: [0; 2],
+            desynced: false,
+            passed_close: false,
+            last_close_code: None,
+        }
+    }
+}
+
+impl FrameCursor {
+    /// True between frames: a close frame written now would not split one.
+    #[inline]
+    pub fn at_boundary(&self) -> bool {
+        !self.desynced && !self.in_payload && self.have == 0
+    }
+
+    /// The stream carried something that is not a WebSocket frame; boundaries are unknown
+    /// from here on, so the relay only ever ends it with FIN.
+    pub fn desynced(&self) -> bool {
+        self.desynced
+    }
+
+    /// A whole close frame has gone through.
+    pub fn passed_close(&self) -> bool {
+        self.passed_close
+    }
+
+    /// The code of the last close frame that went through, if it had one.
+    pub fn close_code(&self) -> Option<u16> {
+        self.last_close_code
+    }
+
+    /// Records that `data` was written.
+    #[inline]
+    pub fn advance(&mut self, mut data: &[u8]) {
+        // Fast path: the middle of a large payload.
+        if self.in_payload && self.opcode != OP_CLOSE && (data.len() as u64) < self.remaining {
+            self.remaining -= data.len() as u64;
+            return;
+        }
+        while !data.is_empty() && !self.desynced {
+            let (used, _) = self.step(data);
+            data = &data[used..];
+        }
+    }
+
+    /// How many bytes of `data` can be written before the stream reaches the next frame
+    /// boundary: `Some(0)` if it is at one now, `None` if the current frame does not end
+    /// within `data` (or boundaries are unknown).
+    pub fn bytes_to_boundary(&self, data: &[u8]) -> Option<usize> {
+        if self.at_boundary() {
+            return Some(0);
+        }
+        let mut probe = *self;
+        let mut used = 0;
+        while used < data.len() && !probe.desynced {
+            let (n, ended) = probe.step(&data[used..]);
+            used += n;
+            if ended {
+                return Some(used);
+            }
+        }
+        None
+    }
+
+    /// Consumes bytes up to the end of the current frame at most. Returns the bytes used
+    /// and whether a frame ended there.
+    fn step(&mut self, data: &[u8]) -> (usize, bool) {
+        if !self.in_payload {
+            let take = usize::from(self.need - self.have).min(data.len());
+            let start = usize::from(self.have);
+            self.header[start..start + take].copy_from_slice(&data[..take]);
+            self.have += take as u8;
+            if self.have < self.need {
+                return (take, false);
+            }
+            if self.need == 2 {
+                let full = header_len(self.header[1]);
+                if full > 2 {
+                    self.need = full;
+                    return (take, false);
+                }
+            }
+            self.begin_payload();
+            if self.desynced {
+                return (take, false);
+            }
+            if self.remaining == 0 {
+                self.end_frame();
+                return (take, true);
+            }
+            return (take, false);
+        }
+        let take = self.remaining.min(data.len() as u64) as usize;
+        if self.opcode == OP_CLOSE {
+            for (i, &b) in data[..take].iter().enumerate() {
+                let pos = self.payload_seen + i as u64;
+                if pos >= 2 {
+                    break;
+                }
+                let m = self.mask.map_or(0, |k| k[pos as usize % 4]);
+                self.close_code[pos as usize] = b ^ m;
+            }
+        }
+        self.payload_seen += take as u64;
+        self.remaining -= take as u64;
+        if self.remaining == 0 {
+            self.end_frame();
+            return (take, true);
+        }
+        (take, false)
+    }
+
+    fn begin_payload(&mut self) {
+        let h = &self.header;
+        let opcode = h[0] & 0x0f;
+        let fin = h[0] & 0x80 != 0;
+        let masked = h[1] & 0x80 != 0;
+        let (len, at) = match h[1] & 0x7f {
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
+            127 => (
+                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                10,
+            ),
+            n => (u64::from(n), 2),
+        };
+        let valid_opcode = matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA);
+        let control = opcode & 0x8 != 0;
+        if !valid_opcode || len >> 63 != 0 || (control && (!fin || len > 125)) {
+            self.desynced = true;
+            return;
+        }
+        self.mask = masked.then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
+        self.opcode = opcode;
+        self.remaining = len;
+        self.payload_seen = 0;
+        self.in_payload = true;
+        self.have = 0;
+        self.need = 2;
+    }
+
+    fn end_frame(&mut self) {
+        self.in_payload = false;
+        if self.opcode == OP_CLOSE {
+            self.passed_close = true;
+            self.last_close_code =
+                (self.payload_seen >= 2).then(|| u16::from_be_bytes(self.close_code));
+        }
+    }
+}
+
+/// The full header length implied by the second header byte.
+fn header_len(b1: u8) -> u8 {
+    let ext = match b1 & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// A close frame with `code` and a short reason. Frames toward a server (the backend)
+/// must be masked; frames toward a client must not be.
+pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+    // Control frame payloads are at most 125 bytes: 2 for the code, the rest for text.
+    let mut reason = &reason.as_bytes()[..reason.len().min(123)];
+    while std::str::from_utf8(reason).is_err() {
+        reason = &reason[..reason.len() - 1];
+    }
+    let payload_len = 2 + reason.len();
+    let mut out = Vec::with_capacity(2 + 4 + payload_len);
+    out.push(0x80 | OP_CLOSE);
+    match mask {
+        None => {
+            out.push(payload_len as u8);
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(reason);
+        }
+        Some(key) => {
+            out.push(0x80 | payload_len as u8);
+            out.extend_from_slice(&key);
+            let payload = code.to_be_bytes().into_iter().chain(reason.iter().copied());
+            out.extend(payload.enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a frame as a peer would send it.
+    fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut out = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => out.push(m | n as u8),
+            n if n <= 0xffff => {
+                out.push(m | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(m | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        match mask {
+            Some(k) => {
+                out.extend_from_slice(&k);
+                out.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+            }
+            None => out.extend_from_slice(payload),
+        }
+        out
+    }
+
+    fn stream() -> (Vec<u8>, Vec<usize>) {
+        let mask = Some([1, 2, 3, 4]);
+        let frames = [
+            frame(true, 0x1, b"hello", None),
+            frame(false, 0x2, &[7; 300], mask),
+            frame(true, 0x9, b"", None),
+            frame(true, 0x0, &[9; 70_000], None),
+            frame(true, 0x1, b"", mask),
+        ];
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for f in frames {
+            bytes.extend_from_slice(&f);
+            ends.push(bytes.len());
+        }
+        (bytes, ends)
+    }
+
+    #[test]
+    fn boundaries_found_whatever_the_chunking() {
+        let (bytes, ends) = stream();
+        for chunk in [1, 2, 3, 7, 13, 64, 1000, 16_384, bytes.len()] {
+            let mut c = FrameCursor::default();
+            let mut seen = Vec::new();
+            let mut pos = 0;
+            while pos < bytes.len() {
+                let end = (pos + chunk).min(bytes.len());
+                let mut piece = &bytes[pos..end];
+                // Walk the piece boundary by boundary, as the relay does when stopping.
+                while !piece.is_empty() {
+                    let n = match c.bytes_to_boundary(piece) {
+                        // At a boundary: step into the next frame.
+                        Some(0) => 1,
+                        Some(n) => n,
+                        None => piece.len(),
+                    };
+                    c.advance(&piece[..n]);
+                    pos += n;
+                    piece = &piece[n..];
+                    if c.at_boundary() {
+                        seen.push(pos);
+                    }
+                }
+                assert!(!c.desynced());
+            }
+            assert_eq!(seen, ends, "chunk size {chunk}");
+            assert!(c.at_boundary());
+        }
+    }
+
+    #[test]
+    fn at_boundary_only_between_frames() {
+        let f = frame(true, 0x1, b"abc", None);
+        let mut c = FrameCursor::default();
+        assert!(c.at_boundary());
+        for (i, b) in f.iter().enumerate() {
+            c.advance(std::slice::from_ref(b));
+            assert_eq!(c.at_boundary(), i == f.len() - 1, "after byte {i}");
+        }
+    }
+
+    #[test]
+    fn close_codes_are_read_masked_or_not() {
+        for mask in [None, Some([0xde, 0xad, 0xbe, 0xef])] {
+            let mut payload = 4000u16.to_be_bytes().to_vec();
+            payload.extend_from_slice(b"bye");
+            let f = frame(true, 0x8, &payload, mask);
+            let mut c = FrameCursor::default();
+            for b in &f {
+                c.advance(std::slice::from_ref(b));
+            }
+            assert!(c.passed_close());
+            assert_eq!(c.close_code(), Some(4000));
+        }
+        let mut c = FrameCursor::default();
+        c.advance(&frame(true, 0x8, b"", None));
+        assert!(c.passed_close());
+        assert_eq!(c.close_code(), None);
+    }
+
+    #[test]
+    fn injected_close_frames_parse_back() {
+        for mask in [None, Some([9, 8, 7, 6])] {
+            let f = close_frame(code::GOING_AWAY, "wsrouter shutting down", mask);
+            let mut c = FrameCursor::default();
+            assert_eq!(c.bytes_to_boundary(&f), Some(0));
+            c.advance(&f[..1]);
+            assert_eq!(c.bytes_to_boundary(&f[1..]), Some(f.len() - 1));
+            c.advance(&f[1..]);
+            assert!(c.at_boundary() && c.passed_close());
+            assert_eq!(c.close_code(), Some(1001));
+        }
+        // A long reason is cut to fit a control frame, on a character boundary.
+        let f = close_frame(1011, &"é".repeat(100), None);
+        assert!(f.len() <= 2 + 125);
+        assert!(std::str::from_utf8(&f[4..]).is_ok());
+    }
+
+    #[test]
+    fn invalid_headers_desync() {
+        let cases = [
+            frame(true, 0x3, b"x", None),               // reserved opcode
+            frame(false, 0x8, b"", None),               // fragmented control frame
+            frame(true, 0x9, &[0; 126], None),          // control frame too long
+            vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 1], // 64-bit length with the top bit set
+        ];
+        for f in cases {
+            let mut c = FrameCursor::default();
+            c.advance(&f);
+            assert!(c.desynced(), "{f:?}");
+            assert!(!c.at_boundary());
+            assert_eq!(c.bytes_to_boundary(b"more"), None);
+        }
+    }
+
+    #[test]
+    fn extension_bits_are_allowed() {
+        // permessage-deflate sets RSV1; the relay must pass such frames.
+        let mut f = frame(true, 0x1, b"zz", None);
+        f[0] |= 0x40;
+        let mut c = FrameCursor::default();
+        c.advance(&f);
+        assert!(c.at_boundary());
+    }
+}

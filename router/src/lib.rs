@@ -1,0 +1,27 @@
+//! The wsrouter daemon.
+//!
+//! - [`config`]: the CLI and the validated [`config::RouterConfig`].
+//! - [`tls`]: PEM files or dev certificates into a rustls server config.
+//! - [`server`]: bind, accept under a cap, TLS, HTTP/1.1 with upgrades, drain.
+//! - [`proxy`]: one request: route, forward the upgrade, answer, start the relay.
+//! - [`relay`]: the byte relay between upgraded sockets, frame-boundary aware.
+//! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
+//! - [`lifecycle`]: readiness, drain signals and the tracked tasks.
+//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
+//! - [`dev`]: `wsrouter dev`, the router with local echo backends.
+//! - [`logging`]: tracing setup.
+
+pub mod admin;
+pub mod config;
+pub mod dev;
+pub mod frame;
+pub mod lifecycle;
+pub mod logging;
+pub mod overrides_file;
+pub mod proxy;
+pub mod relay;
+pub mod server;
+pub mod tls;
+
+pub use server::{start, RouterHandle};

@@ -1,0 +1,99 @@
+//! The `wsrouter` binary: parse, validate (exit 64 on bad config), run, drain on signals.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use router::config::{Cli, Command};
+use router::RouterHandle;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// EX_USAGE from sysexits.h: the configuration is wrong, restarting will not help.
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    router::logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("wsrouter: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> ExitCode {
+    let handle = match command {
+        Command::Serve(args) => {
+            let config = match args.into_config() {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            match router::start(config).await.context("starting the router") {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        Command::Dev(args) => match router::dev::start(args).await {
+            Ok(dev) => {
+                println!("{}", dev.banner());
+                // Backends live as long as the router; they drop after it drains.
+                let backends = dev.backends;
+                let r = serve_until_signals(dev.router).await;
+                drop(backends);
+                return r;
+            }
+            Err(router::dev::DevError::Config(e)) => return config_error(&e),
+            Err(e) => {
+                tracing::error!("{:#}", anyhow::Error::from(e));
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    serve_until_signals(handle).await
+}
+
+fn config_error(e: &router::config::ConfigError) -> ExitCode {
+    tracing::error!(
+        "invalid configuration: {}",
+        router::logging::DisplayChain(e)
+    );
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// SIGTERM or SIGINT begins the drain; a second one skips the rest of the grace period.
+async fn serve_until_signals(handle: RouterHandle) -> ExitCode {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    }
+    handle.shutdown();
+    let mut wait = std::pin::pin!(handle.drained());
+    tokio::select! {
+        _ = &mut wait => {}
+        _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+            tracing::info!("second signal: closing live sockets now");
+            handle.close_now();
+            wait.await;
+        }
+    }
+    ExitCode::SUCCESS
+}

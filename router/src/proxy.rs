@@ -1,0 +1,485 @@
+//! One client request: route it, forward the upgrade to the chosen backend, answer, and
+//! hand both upgraded sockets to the relay.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use wsrouter::{NamespaceError, PathError, RouteSource};
+
+use crate::relay::{self, RelayConfig};
+use crate::server::Shared;
+
+/// Response header carrying the routing table version that routed the request, so two
+/// router replicas can be seen to agree.
+pub const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
+
+pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+
+/// Why a request got no upgrade. One variant per answer; [`ProxyError::status`] maps them.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    BadNamespace(#[source] NamespaceError),
+    #[error(
+        "this path only serves WebSocket upgrades (GET with Upgrade: websocket over HTTP/1.1)"
+    )]
+    UpgradeRequired,
+    #[error("backend {ordinal} ({addr}) unreachable")]
+    BackendUnreachable {
+        ordinal: u32,
+        addr: Box<str>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("backend {ordinal} ({addr}) did not answer the upgrade in time")]
+    BackendTimeout { ordinal: u32, addr: Box<str> },
+    #[error("backend {ordinal} ({addr}) failed during the upgrade")]
+    BackendProtocol {
+        ordinal: u32,
+        addr: Box<str>,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("backend {ordinal} ({addr}) answered 101 without a WebSocket upgrade")]
+    BackendBadUpgrade { ordinal: u32, addr: Box<str> },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadNamespace(_) => StatusCode::BAD_REQUEST,
+            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::BackendUnreachable { .. }
+            | Self::BackendProtocol { .. }
+            | Self::BackendBadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The one-line body a client gets. Backend errors do not reveal backend addresses.
+    fn client_reason(&self) -> String {
+        match self {
+            Self::NotFound | Self::BadNamespace(_) | Self::UpgradeRequired => format!("{self}\n"),
+            Self::BackendUnreachable { .. } => "backend unavailable\n".to_owned(),
+            Self::BackendTimeout { .. } => "backend did not answer in time\n".to_owned(),
+            Self::BackendProtocol { .. } | Self::BackendBadUpgrade { .. } => {
+                "backend error\n".to_owned()
+            }
+        }
+    }
+
+    fn into_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(Either::Left(Full::new(Bytes::from(self.client_reason()))));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, Self::UpgradeRequired) {
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}
+
+/// Per client connection.
+pub(crate) struct ConnCtx {
+    pub shared: Arc<Shared>,
+    pub peer: SocketAddr,
+    pub accepted: Instant,
+    /// Holds a connection slot until both this connection and its relay are gone.
+    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Everything the relay needs to know about where it goes.
+struct Routed {
+    tenant: Box<str>,
+    ordinal: u32,
+    addr: Box<str>,
+    source: RouteSource,
+    table_version: u64,
+}
+
+pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match forward::<I>(&mut req, &ctx).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            match &e {
+                ProxyError::NotFound
+                | ProxyError::BadNamespace(_)
+                | ProxyError::UpgradeRequired => {
+                    tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status = e.status().as_u16(), reason = %e, "request refused");
+                }
+                _ => {
+                    tracing::warn!(client.addr = %ctx.peer, status = e.status().as_u16(), error = %crate::logging::DisplayChain(&e), "upgrade failed");
+                }
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn forward<I>(
+    req: &mut Request<Incoming>,
+    ctx: &ConnCtx,
+) -> Result<Response<ProxyBody>, ProxyError>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shared = &ctx.shared;
+    let tenant = match shared.prefix.namespace(req.uri().path()) {
+        Ok(ns) => ns,
+        Err(PathError::NotUnderPrefix) => return Err(ProxyError::NotFound),
+        Err(PathError::Namespace(e)) => return Err(ProxyError::BadNamespace(e)),
+    };
+    if !is_websocket_upgrade(req) {
+        return Err(ProxyError::UpgradeRequired);
+    }
+
+    // The one table load of this connection: the backend chosen here is kept for life.
+    let routed = {
+        let table = shared.table.load();
+        let route = table.route(tenant);
+        Routed {
+            tenant: tenant.into(),
+            ordinal: route.ordinal,
+            addr: route.addr.into(),
+            source: route.source,
+            table_version: table.version(),
+        }
+    };
+
+    let backend_req = backend_request(req, ctx.peer, shared.tls);
+    let timeout = shared.limits.backend_timeout;
+    let answer = match tokio::time::timeout(timeout, upgrade_backend(&routed, backend_req)).await {
+        Ok(answer) => answer?,
+        Err(_) => {
+            return Err(ProxyError::BackendTimeout {
+                ordinal: routed.ordinal,
+                addr: routed.addr,
+            })
+        }
+    };
+    let (head, backend, backend_pre) = match answer {
+        BackendAnswer::Refused(resp) => {
+            // The backend said no (e.g. 403 or 404): the client hears it as it was said.
+            tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, status = resp.status().as_u16(), "backend refused the upgrade");
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, Either::Right(body)));
+        }
+        BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
+    };
+
+    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut headers = head.headers;
+    strip_hop_by_hop(&mut headers);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(
+        HeaderName::from_static(TABLE_VERSION_HEADER),
+        HeaderValue::from(routed.table_version),
+    );
+    *resp.headers_mut() = headers;
+
+    let on_client_upgrade = hyper::upgrade::on(req);
+    let peer = ctx.peer;
+    let accepted = ctx.accepted;
+    let permit = ctx.permit.clone();
+    let drain = shared.lifecycle.close_tunnels.clone();
+    let relay_config = RelayConfig {
+        close_timeout: shared.limits.close_timeout,
+    };
+    let upgrade_timeout = shared.limits.request_timeout;
+    shared.lifecycle.tasks.spawn(async move {
+        let _permit = permit;
+        let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                tracing::debug!(client.addr = %peer, error = %e, "client upgrade failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client.addr = %peer, "client upgrade timed out");
+                return;
+            }
+        };
+        // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
+        // reads and writes it directly.
+        let parts = match client.downcast::<TokioIo<I>>() {
+            Ok(parts) => parts,
+            Err(_) => {
+                tracing::error!(client.addr = %peer, "upgraded connection has an unexpected type");
+                return;
+            }
+        };
+        let started = Instant::now();
+        tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
+        let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, &drain, relay_config).await;
+        tracing::info!(
+            client.addr = %peer,
+            tenant = %routed.tenant,
+            backend.ordinal = routed.ordinal,
+            backend.addr = %routed.addr,
+            route.source = routed.source.as_str(),
+            table.version = routed.table_version,
+            duration_ms = started.elapsed().as_millis() as u64,
+            setup_ms = (started - accepted).as_millis() as u64,
+            bytes.from_client = report.bytes_from_client,
+            bytes.from_backend = report.bytes_from_backend,
+            close.reason = report.reason.as_str(),
+            close.client_code = report.client_close_code,
+            close.backend_code = report.backend_close_code,
+            close.sent_to_client = report.sent_to_client,
+            close.sent_to_backend = report.sent_to_backend,
+            close.timed_out = report.timed_out,
+            "connection closed"
+        );
+    });
+    Ok(resp)
+}
+
+enum BackendAnswer {
+    Upgraded {
+        head: http::response::Parts,
+        io: TcpStream,
+        pre: Bytes,
+    },
+    Refused(Response<Incoming>),
+}
+
+async fn upgrade_backend(
+    routed: &Routed,
+    req: Request<Empty<Bytes>>,
+) -> Result<BackendAnswer, ProxyError> {
+    let protocol_err = |source| ProxyError::BackendProtocol {
+        ordinal: routed.ordinal,
+        addr: routed.addr.clone(),
+        source,
+    };
+    let tcp = TcpStream::connect(&*routed.addr).await.map_err(|source| {
+        ProxyError::BackendUnreachable {
+            ordinal: routed.ordinal,
+            addr: routed.addr.clone(),
+            source,
+        }
+    })?;
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(protocol_err)?;
+    // Drives the backend connection until it is upgraded (or, for a refusal, until the
+    // body has been passed on).
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = sender.send_request(req).await.map_err(protocol_err)?;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(BackendAnswer::Refused(resp));
+    }
+    if !header_has_token(resp.headers(), header::UPGRADE, "websocket") {
+        return Err(ProxyError::BackendBadUpgrade {
+            ordinal: routed.ordinal,
+            addr: routed.addr.clone(),
+        });
+    }
+    let upgraded = hyper::upgrade::on(&mut resp).await.map_err(protocol_err)?;
+    let parts =
+        upgraded
+            .downcast::<TokioIo<TcpStream>>()
+            .map_err(|_| ProxyError::BackendBadUpgrade {
+                ordinal: routed.ordinal,
+                addr: routed.addr.clone(),
+            })?;
+    let (head, _) = resp.into_parts();
+    Ok(BackendAnswer::Upgraded {
+        head,
+        io: parts.io.into_inner(),
+        pre: parts.read_buf,
+    })
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == Method::GET
+        && req.version() == Version::HTTP_11
+        && header_has_token(req.headers(), header::UPGRADE, "websocket")
+        && header_has_token(req.headers(), header::CONNECTION, "upgrade")
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any
+/// the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::CONTENT_LENGTH,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+/// The upgrade request as the backend gets it: the client's end-to-end headers (its
+/// WebSocket headers, Origin, cookies, auth) plus `X-Forwarded-*`.
+fn backend_request(req: &Request<Incoming>, peer: SocketAddr, tls: bool) -> Request<Empty<Bytes>> {
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    let xff_name = HeaderName::from_static("x-forwarded-for");
+    let client_ip = peer.ip().to_string();
+    let xff = match headers.get(&xff_name).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {client_ip}"),
+        None => client_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert(xff_name, v);
+    }
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static(if tls { "https" } else { "http" }),
+    );
+    if let Some(host) = req.headers().get(header::HOST).cloned() {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    let uri = req.uri().path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::from(pq.clone()),
+    );
+    let mut out = Request::new(Empty::new());
+    *out.method_mut() = Method::GET;
+    *out.uri_mut() = uri;
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_pinned() {
+        let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (ProxyError::NotFound, 404),
+            (ProxyError::BadNamespace(NamespaceError::Empty), 400),
+            (ProxyError::UpgradeRequired, 426),
+            (
+                ProxyError::BackendUnreachable {
+                    ordinal: 1,
+                    addr: "a:1".into(),
+                    source: io(),
+                },
+                502,
+            ),
+            (
+                ProxyError::BackendTimeout {
+                    ordinal: 1,
+                    addr: "a:1".into(),
+                },
+                504,
+            ),
+            (
+                ProxyError::BackendBadUpgrade {
+                    ordinal: 1,
+                    addr: "a:1".into(),
+                },
+                502,
+            ),
+        ];
+        for (e, status) in cases {
+            assert_eq!(e.status().as_u16(), status, "{e}");
+            let body = e.client_reason();
+            assert!(
+                body.ends_with('\n') && body.matches('\n').count() == 1,
+                "{body:?}"
+            );
+            assert!(!body.contains("a:1"), "backend address leaked: {body}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://app"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["cookie", "origin", "sec-websocket-key"]);
+    }
+
+    #[test]
+    fn header_tokens() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(header_has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!header_has_token(&h, header::CONNECTION, "close"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(header_has_token(&h, header::UPGRADE, "websocket"));
+    }
+}

@@ -1,0 +1,454 @@
+//! The bidirectional relay between an upgraded client and its backend.
+//!
+//! One future polls both directions (no task per direction, no lock around a split TLS
+//! stream). Bytes are copied as they come; a [`FrameCursor`] per direction follows frame
+//! headers so the relay knows where it may inject a close frame:
+//! - the backend goes away between frames → the client gets 1011 (EOF) or 1014 (error);
+//! - the client goes away between frames → the backend gets 1001;
+//! - the router drains → both get 1001 at their next frame boundary.
+//!
+//! Each close is followed by FIN. Once either side has ended, `close_timeout` bounds how
+//! long the other may take, so a relay never hangs.
+
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
+
+use crate::frame::{close_frame, code, FrameCursor};
+
+/// Bytes read per direction at a time; one TLS record holds at most 16 KiB of plaintext.
+const BUF_SIZE: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelayConfig {
+    /// Once one side has ended (or a drain began), how long the other may take.
+    pub close_timeout: Duration,
+}
+
+/// Why a relayed connection ended: the first thing that happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The backend sent a close frame.
+    BackendClosed,
+    /// The client's connection ended without a close frame.
+    ClientGone,
+    /// The backend's connection ended without a close frame.
+    BackendGone,
+    /// Reading from or writing to the client failed.
+    ClientError,
+    /// Reading from or writing to the backend failed.
+    BackendError,
+    /// The router closed it while draining.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::BackendClosed => "backend_closed",
+            Self::ClientGone => "client_gone",
+            Self::BackendGone => "backend_gone",
+            Self::ClientError => "client_error",
+            Self::BackendError => "backend_error",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// What a relay did, for the per-connection log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayReport {
+    pub reason: CloseReason,
+    pub bytes_from_client: u64,
+    pub bytes_from_backend: u64,
+    /// Close code in the client's close frame, if it sent one.
+    pub client_close_code: Option<u16>,
+    /// Close code in the backend's close frame, if it sent one.
+    pub backend_close_code: Option<u16>,
+    /// Close code the router injected toward the client.
+    pub sent_to_client: Option<u16>,
+    /// Close code the router injected toward the backend.
+    pub sent_to_backend: Option<u16>,
+    /// `close_timeout` ran out before both sides finished.
+    pub timed_out: bool,
+}
+
+/// Relays until both directions end. `client_pre` and `backend_pre` are bytes each side
+/// sent that were read along with the HTTP upgrade; they go out first. When `drain` is
+/// cancelled both sides get close 1001.
+pub async fn run<C, B>(
+    client: C,
+    backend: B,
+    client_pre: Bytes,
+    backend_pre: Bytes,
+    drain: &CancellationToken,
+    config: RelayConfig,
+) -> RelayReport
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut relay = Relay {
+        client,
+        backend,
+        to_backend: Pump::new(Toward::Backend, client_pre),
+        to_client: Pump::new(Toward::Client, backend_pre),
+        close_timeout: config.close_timeout,
+        deadline: None,
+        reason: None,
+        timed_out: false,
+    };
+    tokio::select! {
+        report = &mut relay => return report,
+        _ = drain.cancelled() => {}
+    }
+    relay.stop();
+    relay.await
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Toward {
+    Client,
+    Backend,
+}
+
+/// The first notable thing a direction saw.
+#[derive(Debug, Clone, Copy)]
+enum Event {
+    PassedClose,
+    ReadEof,
+    ReadError,
+    WriteError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Forward,
+    Inject,
+    Shutdown,
+    Discard,
+    Done,
+}
+
+/// One direction: read from the source, write to the sink.
+struct Pump {
+    toward: Toward,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    frames: FrameCursor,
+    state: State,
+    need_flush: bool,
+    bytes: u64,
+    /// The source ended (EOF or error): what to do once the buffer is written out.
+    read_ended: bool,
+    read_failed: bool,
+    /// Inject this close code at the next frame boundary.
+    stop: Option<(u16, &'static str)>,
+    inject: Vec<u8>,
+    injected: Option<u16>,
+    event: Option<Event>,
+}
+
+impl Pump {
+    fn new(toward: Toward, pre: Bytes) -> Self {
+        let mut buf = vec![0u8; BUF_SIZE.max(pre.len())].into_boxed_slice();
+        buf[..pre.len()].copy_from_slice(&pre);
+        Self {
+            toward,
+            buf,
+            pos: 0,
+            len: pre.len(),
+            frames: FrameCursor::default(),
+            state: State::Forward,
+            need_flush: false,
+            bytes: 0,
+            read_ended: false,
+            read_failed: false,
+            stop: None,
+            inject: Vec::new(),
+            injected: None,
+            event: None,
+        }
+    }
+
+    fn note(&mut self, e: Event) {
+        self.event.get_or_insert(e);
+    }
+
+    /// Past plain forwarding: a close is under way in this direction.
+    fn closing(&self) -> bool {
+        self.state != State::Forward || self.read_ended || self.stop.is_some()
+    }
+
+    fn begin_inject(&mut self, code: u16, reason: &str) {
+        // A close already went through (the peers are mid-handshake) or boundaries are
+        // unknown: a close frame now would be a protocol error, so only FIN.
+        if self.frames.passed_close() || !self.frames.at_boundary() {
+            self.state = State::Shutdown;
+            return;
+        }
+        let mask = match self.toward {
+            Toward::Client => None,
+            // Masking toward a server is mandatory; the key need not be secret here, only
+            // varied, and a randomly seeded hasher gives that without another dependency.
+            Toward::Backend => Some((RandomState::new().hash_one(self.bytes) as u32).to_ne_bytes()),
+        };
+        self.inject = close_frame(code, reason, mask);
+        self.injected = Some(code);
+        self.state = State::Inject;
+    }
+
+    fn end_code(&self) -> (u16, &'static str) {
+        match (self.toward, self.read_failed) {
+            (Toward::Client, false) => (code::INTERNAL_ERROR, "backend closed the connection"),
+            (Toward::Client, true) => (code::BAD_GATEWAY, "backend connection failed"),
+            (Toward::Backend, _) => (code::GOING_AWAY, "client went away"),
+        }
+    }
+
+    fn poll_pump<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+    ) -> Poll<()>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        loop {
+            match self.state {
+                State::Forward => {
+                    if self.pos < self.len {
+                        let avail = &self.buf[self.pos..self.len];
+                        let n = match self.stop {
+                            Some((code, reason)) => match self.frames.bytes_to_boundary(avail) {
+                                Some(0) => {
+                                    self.begin_inject(code, reason);
+                                    continue;
+                                }
+                                Some(n) => n,
+                                None => avail.len(),
+                            },
+                            None => avail.len(),
+                        };
+                        match dst.as_mut().poll_write(cx, &avail[..n]) {
+                            Poll::Ready(Ok(w)) if w > 0 => {
+                                let had_close = self.frames.passed_close();
+                                self.frames.advance(&self.buf[self.pos..self.pos + w]);
+                                if !had_close && self.frames.passed_close() {
+                                    self.note(Event::PassedClose);
+                                }
+                                self.pos += w;
+                                self.bytes += w as u64;
+                                self.need_flush = true;
+                            }
+                            Poll::Ready(_) => {
+                                self.note(Event::WriteError);
+                                self.state = State::Done;
+                            }
+                            Poll::Pending => return Poll::Pending,
+                        }
+                        continue;
+                    }
+                    if self.read_ended {
+                        if self.frames.passed_close() {
+                            self.state = State::Shutdown;
+                        } else {
+                            let (code, reason) = self.stop.unwrap_or_else(|| self.end_code());
+                            self.begin_inject(code, reason);
+                        }
+                        continue;
+                    }
+                    if let Some((code, reason)) = self.stop {
+                        if self.frames.at_boundary() || self.frames.desynced() {
+                            self.begin_inject(code, reason);
+                            continue;
+                        }
+                    }
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    match src.as_mut().poll_read(cx, &mut rb) {
+                        Poll::Ready(Ok(())) => {
+                            let n = rb.filled().len();
+                            if n == 0 {
+                                self.note(Event::ReadEof);
+                                self.read_ended = true;
+                            } else {
+                                self.pos = 0;
+                                self.len = n;
+                            }
+                        }
+                        Poll::Ready(Err(e)) => {
+                            self.read_ended = true;
+                            // A TLS peer that closes TCP without close_notify is common
+                            // (browsers do it); that is a hang-up, not a failure.
+                            if e.kind() == io::ErrorKind::UnexpectedEof {
+                                self.note(Event::ReadEof);
+                            } else {
+                                self.read_failed = true;
+                                self.note(Event::ReadError);
+                            }
+                        }
+                        Poll::Pending => {
+                            if self.need_flush {
+                                match dst.as_mut().poll_flush(cx) {
+                                    Poll::Ready(Ok(())) => self.need_flush = false,
+                                    Poll::Ready(Err(_)) => {
+                                        self.note(Event::WriteError);
+                                        self.state = State::Done;
+                                        continue;
+                                    }
+                                    Poll::Pending => {}
+                                }
+                            }
+                            return Poll::Pending;
+                        }
+                    }
+                }
+                State::Inject => {
+                    while !self.inject.is_empty() {
+                        match ready!(dst.as_mut().poll_write(cx, &self.inject)) {
+                            Ok(w) if w > 0 => {
+                                self.inject.drain(..w);
+                            }
+                            _ => {
+                                self.note(Event::WriteError);
+                                self.state = State::Done;
+                                return Poll::Ready(());
+                            }
+                        }
+                    }
+                    if ready!(dst.as_mut().poll_flush(cx)).is_err() {
+                        self.note(Event::WriteError);
+                        self.state = State::Done;
+                        return Poll::Ready(());
+                    }
+                    self.state = State::Shutdown;
+                }
+                State::Shutdown => {
+                    // An error here means the peer is already gone, which is where we
+                    // were heading anyway.
+                    let _ = ready!(dst.as_mut().poll_shutdown(cx));
+                    self.state = if self.read_ended {
+                        State::Done
+                    } else {
+                        State::Discard
+                    };
+                }
+                State::Discard => {
+                    // After our close, anything more from the source is moot; read it so
+                    // its sender sees its close handshake complete, until it hangs up.
+                    let mut rb = ReadBuf::new(&mut self.buf);
+                    match ready!(src.as_mut().poll_read(cx, &mut rb)) {
+                        Ok(()) if !rb.filled().is_empty() => {}
+                        _ => {
+                            self.read_ended = true;
+                            self.state = State::Done;
+                        }
+                    }
+                }
+                State::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+struct Relay<C, B> {
+    client: C,
+    backend: B,
+    to_backend: Pump,
+    to_client: Pump,
+    close_timeout: Duration,
+    deadline: Option<Pin<Box<Sleep>>>,
+    reason: Option<CloseReason>,
+    timed_out: bool,
+}
+
+impl<C, B> Relay<C, B> {
+    /// Both sides get 1001 at their next frame boundary.
+    fn stop(&mut self) {
+        self.reason.get_or_insert(CloseReason::Shutdown);
+        for p in [&mut self.to_backend, &mut self.to_client] {
+            p.stop
+                .get_or_insert((code::GOING_AWAY, "wsrouter shutting down"));
+        }
+    }
+
+    fn report(&self) -> RelayReport {
+        RelayReport {
+            reason: self.reason.unwrap_or(CloseReason::ClientGone),
+            bytes_from_client: self.to_backend.bytes,
+            bytes_from_backend: self.to_client.bytes,
+            client_close_code: self.to_backend.frames.close_code(),
+            backend_close_code: self.to_client.frames.close_code(),
+            sent_to_client: self.to_client.injected,
+            sent_to_backend: self.to_backend.injected,
+            timed_out: self.timed_out,
+        }
+    }
+
+    fn note_reason(&mut self) {
+        if self.reason.is_some() {
+            return;
+        }
+        self.reason = match (self.to_backend.event, self.to_client.event) {
+            (Some(Event::PassedClose), _) => Some(CloseReason::ClientClosed),
+            (_, Some(Event::PassedClose)) => Some(CloseReason::BackendClosed),
+            (Some(Event::ReadEof), _) => Some(CloseReason::ClientGone),
+            (_, Some(Event::ReadEof)) => Some(CloseReason::BackendGone),
+            (Some(Event::ReadError), _) | (_, Some(Event::WriteError)) => {
+                Some(CloseReason::ClientError)
+            }
+            (_, Some(Event::ReadError)) | (Some(Event::WriteError), _) => {
+                Some(CloseReason::BackendError)
+            }
+            (None, None) => None,
+        };
+    }
+}
+
+impl<C, B> Future for Relay<C, B>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    type Output = RelayReport;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayReport> {
+        let this = self.get_mut();
+        let up = this
+            .to_backend
+            .poll_pump(cx, Pin::new(&mut this.client), Pin::new(&mut this.backend))
+            .is_ready();
+        let down = this
+            .to_client
+            .poll_pump(cx, Pin::new(&mut this.backend), Pin::new(&mut this.client))
+            .is_ready();
+        this.note_reason();
+        if up && down {
+            return Poll::Ready(this.report());
+        }
+        if this.deadline.is_none() && (this.to_backend.closing() || this.to_client.closing()) {
+            this.deadline = Some(Box::pin(tokio::time::sleep(this.close_timeout)));
+        }
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                this.timed_out = true;
+                return Poll::Ready(this.report());
+            }
+        }
+        Poll::Pending
+    }
+}

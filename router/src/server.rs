@@ -1,0 +1,302 @@
+//! The data path's outer loop: bind, accept under a connection cap, TLS, HTTP/1.1 with
+//! upgrades, and the drain on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use wsrouter::{PathPrefix, RoutingTable};
+
+use crate::admin;
+use crate::config::{Limits, RouterConfig};
+use crate::lifecycle::Lifecycle;
+use crate::proxy::{self, ConnCtx};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State every connection reads; owned by the router, shared by reference count.
+pub(crate) struct Shared {
+    /// The routing table. The data path only loads it; the control plane only stores it.
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    pub prefix: PathPrefix,
+    pub limits: Limits,
+    pub tls: bool,
+    tls_acceptor: Option<TlsAcceptor>,
+    http: http1::Builder,
+    pub lifecycle: Lifecycle,
+    slots: Arc<Semaphore>,
+    refused: AtomicU64,
+}
+
+/// A running router.
+pub struct RouterHandle {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    /// Cancelled once the router has drained and stopped.
+    done: CancellationToken,
+}
+
+impl RouterHandle {
+    /// The address the WebSocket listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The table slot, for the control plane to publish new tables into.
+    pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
+        self.shared.table.clone()
+    }
+
+    /// Client connections and relays still running.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.lifecycle.tasks.len()
+    }
+
+    /// Connections refused because the cap was reached.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
+    /// Begins the drain (what SIGTERM does): stop accepting, fail readiness, give live
+    /// sockets the grace period, then close them with 1001.
+    pub fn shutdown(&self) {
+        self.shared.lifecycle.stop_accepting.cancel();
+    }
+
+    /// Skips what is left of the grace period (a second SIGTERM).
+    pub fn close_now(&self) {
+        self.shared.lifecycle.stop_accepting.cancel();
+        self.shared.lifecycle.close_tunnels.cancel();
+    }
+
+    /// Waits until the router has drained and stopped.
+    pub async fn drained(&self) {
+        self.done.cancelled().await
+    }
+}
+
+/// Binds the listeners and starts serving.
+pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let admin_listener = match config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.limits.request_timeout)
+        // One request per connection: it either upgrades or gets its answer and closes,
+        // so an idle keep-alive connection cannot hold a slot.
+        .keep_alive(false)
+        .max_buf_size(config.limits.max_header_bytes)
+        .max_headers(config.limits.max_headers);
+
+    let lifecycle = Lifecycle::default();
+    let table = config.table;
+    tracing::info!(
+        table.version = table.version(),
+        table.source = %table.source(),
+        replicas = table.replicas().get(),
+        overrides = table.overrides().len(),
+        "routing table loaded"
+    );
+    lifecycle.set_table_loaded();
+    let shared = Arc::new(Shared {
+        table: Arc::new(ArcSwap::from_pointee(table)),
+        prefix: config.path_prefix,
+        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        limits: config.limits,
+        tls: config.tls.is_some(),
+        tls_acceptor: config.tls.map(TlsAcceptor::from),
+        http,
+        lifecycle: lifecycle.clone(),
+        refused: AtomicU64::new(0),
+    });
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = admin_listener
+        .map(|l| tokio::spawn(admin::serve(l, lifecycle.clone(), admin_stop.clone())));
+    let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
+    lifecycle.set_listening();
+    tracing::info!(listen.addr = %addr, admin.addr = ?admin_addr, tls = shared.tls, "listening");
+
+    let drain_grace = config.drain_grace;
+    let sup_shared = shared.clone();
+    let done = CancellationToken::new();
+    let sup_done = done.clone();
+    tokio::spawn(async move {
+        let lc = &sup_shared.lifecycle;
+        lc.stop_accepting.cancelled().await;
+        lc.set_draining();
+        let _ = accept_task.await;
+        lc.tasks.close();
+        tracing::info!(live = lc.tasks.len(), grace = ?drain_grace, "draining: listener closed, live sockets have the grace period");
+        tokio::select! {
+            _ = lc.tasks.wait() => {}
+            _ = tokio::time::sleep(drain_grace) => {}
+            _ = lc.close_tunnels.cancelled() => {}
+        }
+        if !lc.tasks.is_empty() {
+            tracing::info!(
+                live = lc.tasks.len(),
+                "grace period over: closing live sockets with 1001"
+            );
+        }
+        lc.close_tunnels.cancel();
+        // Every relay ends within close_timeout of its close; the margin covers the rest.
+        let bound = sup_shared.limits.close_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, lc.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                live = lc.tasks.len(),
+                "connections still open after the close timeout; exiting anyway"
+            );
+        }
+        admin_stop.cancel();
+        if let Some(t) = admin_task {
+            let _ = t.await;
+        }
+        tracing::info!("drained");
+        sup_done.cancel();
+    });
+
+    Ok(RouterHandle {
+        addr,
+        admin_addr,
+        shared,
+        done,
+    })
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.lifecycle.stop_accepting.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // Usually out of file descriptors: wait for some to be freed instead
+                    // of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(5);
+        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
+            // At the cap: close at once so the client fails fast and live sockets are
+            // untouched.
+            let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(client.addr = %peer, refused = n, "connection limit reached; refusing new connections");
+            }
+            drop(tcp);
+            continue;
+        };
+        let conn_shared = shared.clone();
+        shared
+            .lifecycle
+            .tasks
+            .spawn(serve_conn(conn_shared, tcp, peer, Arc::new(permit)));
+    }
+}
+
+async fn serve_conn(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let accepted = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let Some(acceptor) = shared.tls_acceptor.clone() else {
+        return serve_http(shared, tcp, peer, accepted, permit).await;
+    };
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)) => r,
+        _ = shared.lifecycle.close_tunnels.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => serve_http(shared, tls, peer, accepted, permit).await,
+        Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client.addr = %peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    accepted: Instant,
+    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        peer,
+        accepted,
+        permit,
+    });
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy::handle::<I>(req, ctx).await) }
+    });
+    let conn = shared
+        .http
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    // Until the upgrade: the request's headers are bounded by header_read_timeout and the
+    // backend by backend_timeout; this bounds the whole exchange, whatever stalls.
+    let bound = shared.limits.request_timeout + shared.limits.backend_timeout;
+    tokio::select! {
+        r = tokio::time::timeout(bound, conn) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error"),
+            Err(_) => tracing::debug!(client.addr = %peer, "upgrade request timed out"),
+        },
+        _ = shared.lifecycle.close_tunnels.cancelled() => {}
+    }
+}

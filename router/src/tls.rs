@@ -1,0 +1,180 @@
+//! TLS termination: PEM files into a rustls server config (TLS 1.2 and 1.3, ALPN
+//! `http/1.1` only, since WebSocket upgrades here are HTTP/1.1), and dev certificates
+//! made at run time with rcgen.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TlsError {
+    #[error("reading certificate file {path}")]
+    ReadCert {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("certificate file {path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("reading private key file {path}")]
+    ReadKey {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("certificate and key do not make a usable TLS config")]
+    Config(#[source] rustls::Error),
+    #[error("generating a dev certificate")]
+    Generate(#[source] rcgen::Error),
+}
+
+/// Reads a PEM certificate chain and private key and builds the server config.
+pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::ReadCert {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::ReadKey {
+        path: key.to_owned(),
+        source,
+    })?;
+    server_config(chain, key_der)
+}
+
+/// Builds the server config from DER material.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Config)?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(TlsError::Config)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A throwaway CA and a server certificate it signed, made in memory.
+pub struct DevCert {
+    /// The CA certificate (PEM), for clients to trust.
+    pub ca_pem: String,
+    pub ca_der: CertificateDer<'static>,
+    /// The server certificate (PEM) followed by nothing else; the CA is not sent.
+    pub cert_pem: String,
+    pub cert_der: CertificateDer<'static>,
+    /// The server's private key (PEM, PKCS#8).
+    pub key_pem: String,
+    key_der: Vec<u8>,
+}
+
+impl DevCert {
+    /// An ECDSA P-256 CA and a server certificate for `hosts` (DNS names or IP addresses).
+    pub fn generate(hosts: &[&str]) -> Result<Self, TlsError> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let ca_key = KeyPair::generate().map_err(TlsError::Generate)?;
+        let mut ca_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(TlsError::Generate)?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "wsrouter dev CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key).map_err(TlsError::Generate)?;
+
+        let key = KeyPair::generate().map_err(TlsError::Generate)?;
+        let names: Vec<String> = hosts.iter().map(|h| (*h).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(TlsError::Generate)?;
+        params.distinguished_name.push(
+            DnType::CommonName,
+            hosts.first().copied().unwrap_or("localhost"),
+        );
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let issuer = Issuer::from_params(&ca_params, &ca_key);
+        let cert = params
+            .signed_by(&key, &issuer)
+            .map_err(TlsError::Generate)?;
+        Ok(Self {
+            ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().clone(),
+            cert_pem: cert.pem(),
+            cert_der: cert.der().clone(),
+            key_pem: key.serialize_pem(),
+            key_der: key.serialize_der(),
+        })
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    }
+
+    /// The server config presenting this certificate.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(vec![self.cert_der.clone()], self.key_der())
+    }
+
+    /// A client config that trusts only this CA; for tests and tools.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        // The CA was made a moment ago by rcgen; a failure here is a bug, not input.
+        roots
+            .add(self.ca_der.clone())
+            .expect("freshly generated CA certificate parses");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("aws-lc-rs supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_files_round_trip() {
+        let dev = DevCert::generate(&["localhost", "127.0.0.1"]).unwrap();
+        let dir = std::env::temp_dir().join(format!("wsrouter-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &dev.cert_pem).unwrap();
+        std::fs::write(&key, &dev.key_pem).unwrap();
+        let config = load_server_config(&cert, &key).unwrap();
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        // Wrong files give errors that name the file.
+        let err = load_server_config(&dir.join("missing.crt"), &key).unwrap_err();
+        assert!(matches!(err, TlsError::ReadCert { .. }), "{err:?}");
+        let err = load_server_config(&key, &key).unwrap_err();
+        assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
+        let err = load_server_config(&cert, &cert).unwrap_err();
+        assert!(matches!(err, TlsError::ReadKey { .. }), "{err:?}");
+        // A key that does not match the certificate is refused up front.
+        let other = DevCert::generate(&["localhost"]).unwrap();
+        std::fs::write(&key, &other.key_pem).unwrap();
+        let err = load_server_config(&cert, &key).unwrap_err();
+        assert!(matches!(err, TlsError::Config(_)), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
