@@ -82,6 +82,10 @@ impl ProxyError {
         }
     }
 
+    /// Every answer but a 101 closes the connection: a client gets one request per
+    /// connection, so an idle keep-alive connection cannot hold a slot.
+    /// Every answer but a 101 closes the connection: a client gets one request per
+    /// connection, so an idle keep-alive connection cannot hold a slot.
     fn into_response(self) -> Response<ProxyBody> {
         let mut resp = Response::new(Either::Left(Full::new(Bytes::from(self.client_reason()))));
         *resp.status_mut() = self.status();
@@ -90,9 +94,9 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         if matches!(self, Self::UpgradeRequired) {
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             h.insert(
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
@@ -124,7 +128,7 @@ pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> 
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    match forward::<I>(&mut req, &ctx).await {
+    let resp = match forward::<I>(&mut req, &ctx).await {
         Ok(resp) => resp,
         Err(e) => {
             match &e {
@@ -139,7 +143,27 @@ where
             }
             e.into_response()
         }
+    };
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && req.headers().contains_key(header::UPGRADE)
+    {
+        close_unused_upgrade(&mut req, &ctx);
     }
+    resp
+}
+
+/// hyper hands the socket of an upgrade-shaped request to its upgrade future even when
+/// the answer is not 101; claim it and close it cleanly (TLS close_notify, then FIN)
+/// instead of letting it drop.
+fn close_unused_upgrade(req: &mut Request<Incoming>, ctx: &ConnCtx) {
+    let pending = hyper::upgrade::on(req);
+    ctx.shared.lifecycle.tasks.spawn(async move {
+        if let Ok(Ok(upgraded)) =
+            tokio::time::timeout(std::time::Duration::from_secs(1), pending).await
+        {
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut TokioIo::new(upgraded)).await;
+        }
+    });
 }
 
 async fn forward<I>(
@@ -189,6 +213,9 @@ where
             tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, status = resp.status().as_u16(), "backend refused the upgrade");
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return Ok(Response::from_parts(parts, Either::Right(body)));
         }
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),

@@ -125,9 +125,6 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.limits.request_timeout)
-        // One request per connection: it either upgrades or gets its answer and closes,
-        // so an idle keep-alive connection cannot hold a slot.
-        .keep_alive(false)
         .max_buf_size(config.limits.max_header_bytes)
         .max_headers(config.limits.max_headers);
 

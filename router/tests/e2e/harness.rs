@@ -1,0 +1,287 @@
+//! Test harness: real echo backends and a real router on loopback port 0, TLS clients,
+//! and bounded waits. Nothing here sleeps to wait for something to happen.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use futures_util::StreamExt;
+use router::config::{Limits, RouterConfig};
+use router::tls::DevCert;
+use router::RouterHandle;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use wsrouter::{Backends, Overrides, PathPrefix, RoutingTable, TableSource};
+
+pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+
+/// Every wait in these tests is bounded by this unless it says otherwise.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> Result<T> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
+}
+
+pub fn limits() -> Limits {
+    Limits {
+        handshake_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+        backend_timeout: Duration::from_secs(3),
+        close_timeout: Duration::from_secs(3),
+        max_connections: 1000,
+        max_header_bytes: 16 * 1024,
+        max_headers: 64,
+    }
+}
+
+pub struct Harness {
+    pub router: RouterHandle,
+    pub backends: Vec<backend::EchoHandle>,
+    connector: TlsConnector,
+}
+
+pub struct Options {
+    pub backends: usize,
+    pub interval: Duration,
+    pub limits: Limits,
+    /// Addresses to use instead of echo backends, by ordinal.
+    pub replace: Vec<(usize, String)>,
+    pub overrides: Vec<(&'static str, &'static str)>,
+    pub drain_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            backends: 4,
+            interval: Duration::from_secs(1),
+            limits: limits(),
+            replace: Vec::new(),
+            overrides: Vec::new(),
+            drain_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start(opts: Options) -> Result<Self> {
+        let mut backends = Vec::new();
+        for i in 0..opts.backends {
+            let l = TcpListener::bind("127.0.0.1:0").await?;
+            let cfg = backend::EchoConfig::new(format!("backend-{i}")).with_interval(opts.interval);
+            backends.push(backend::spawn(l, cfg)?);
+        }
+        let mut addrs: Vec<String> = backends
+            .iter()
+            .map(|b| b.local_addr().to_string())
+            .collect();
+        for (i, a) in opts.replace {
+            addrs[i] = a;
+        }
+        let b = Backends::static_list(addrs)?;
+        let replicas = b.fixed_replicas().context("replicas")?;
+        let overrides = Overrides::parse(opts.overrides, "backend")?;
+        let table = RoutingTable::build(1, TableSource::Flags, &b, replicas, overrides)?;
+        let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+        let router = router::start(RouterConfig {
+            listen: "127.0.0.1:0".parse()?,
+            tls: Some(cert.server_config()?),
+            admin_listen: Some("127.0.0.1:0".parse()?),
+            path_prefix: PathPrefix::default(),
+            drain_grace: opts.drain_grace,
+            limits: opts.limits,
+            table,
+        })
+        .await?;
+        let connector = TlsConnector::from(cert.client_config());
+        Ok(Self {
+            router,
+            backends,
+            connector,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.router.local_addr()
+    }
+
+    /// A TLS connection to the router, handshake done.
+    pub async fn tls(&self) -> Result<TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr()).await?;
+        let name = ServerName::try_from("localhost")?;
+        Ok(self.connector.connect(name, tcp).await?)
+    }
+
+    /// A WebSocket client on `path` through the router.
+    pub async fn ws_path(
+        &self,
+        path: &str,
+    ) -> Result<(
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    )> {
+        let tls = self.tls().await?;
+        let url = format!("wss://localhost:{}{path}", self.addr().port());
+        Ok(tokio_tungstenite::client_async(url, tls).await?)
+    }
+
+    pub async fn ws(&self, ns: &str) -> Result<Ws> {
+        Ok(within(
+            WAIT,
+            "websocket connect",
+            self.ws_path(&format!("/ws/{ns}")),
+        )
+        .await??
+        .0)
+    }
+
+    /// Sends raw bytes over TLS and reads the whole answer (the router closes after it).
+    pub async fn raw(&self, request: &[u8]) -> Result<RawResponse> {
+        let mut tls = self.tls().await?;
+        tls.write_all(request).await?;
+        let mut out = Vec::new();
+        match within(WAIT, "raw response", tls.read_to_end(&mut out)).await? {
+            Ok(_) => {}
+            // hyper drops the socket without close_notify after answering a request it
+            // could not parse (400, 431); the answer itself is complete.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+                eprintln!(
+                    "no close_notify after {:?}",
+                    String::from_utf8_lossy(&out).lines().next()
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+        RawResponse::parse(&out)
+    }
+
+    /// The ordinal the router's current table gives a tenant.
+    pub fn ordinal(&self, ns: &str) -> u32 {
+        self.router.table().load().route(ns).ordinal
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Result<RawResponse> {
+        let admin = self.router.admin_addr().context("admin")?;
+        http_get(admin, path).await
+    }
+}
+
+/// A plain HTTP/1.1 GET, for the admin listener.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    within(WAIT, "admin response", tcp.read_to_end(&mut out)).await??;
+    RawResponse::parse(&out)
+}
+
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    fn parse(bytes: &[u8]) -> Result<Self> {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no header end")?;
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .context("no status")?
+            .parse()?;
+        Ok(Self {
+            status,
+            head: head.to_ascii_lowercase(),
+            body: body.to_owned(),
+        })
+    }
+}
+
+/// A counter message from the echo backend.
+#[derive(Debug, serde::Deserialize, PartialEq)]
+pub struct Counter {
+    pub server: String,
+    pub counter: u64,
+    pub ns: String,
+}
+
+pub fn as_counter(m: &Message) -> Option<Counter> {
+    match m {
+        Message::Text(t) => serde_json::from_str(t.as_str()).ok(),
+        _ => None,
+    }
+}
+
+/// The next counter message, skipping anything else.
+pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
+    within(WAIT, "a counter", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(m)) => {
+                    if let Some(c) = as_counter(&m) {
+                        return Ok(c);
+                    }
+                }
+                Some(Err(e)) => return Err(anyhow!("stream error: {e}")),
+                None => return Err(anyhow!("stream ended")),
+            }
+        }
+    })
+    .await?
+}
+
+/// A backend address that refuses connections: a port bound then released.
+pub async fn dead_port() -> Result<String> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let a = l.local_addr()?;
+    drop(l);
+    Ok(a.to_string())
+}
+
+/// A backend that accepts connections and never answers; holds them until dropped.
+pub struct BlackHole {
+    pub addr: SocketAddr,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl BlackHole {
+    pub async fn start() -> Result<Self> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        Ok(Self { addr, _task: task })
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self._task.abort();
+    }
+}
+
+/// The first namespace `tenant-N` that routes to `ordinal`.
+pub fn tenant_on(h: &Harness, ordinal: u32, skip: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("tenant-{i}"))
+        .filter(|ns| h.ordinal(ns) == ordinal)
+        .nth(skip)
+        .unwrap_or_default()
+}

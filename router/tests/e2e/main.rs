@@ -1,0 +1,7 @@
+//! End-to-end tests: real TLS, real WebSocket clients, real backends, all on loopback.
+
+mod harness;
+mod limits;
+mod relay;
+mod requests;
+mod routing;

@@ -1,0 +1,87 @@
+//! Faults after the upgrade: a dying backend closes only its own sockets.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_backend_closes_only_its_own_sockets() -> Result<()> {
+    let h = Harness::start(Options {
+        interval: Duration::from_millis(25),
+        ..Options::default()
+    })
+    .await?;
+    let mut victims = Vec::new();
+    let mut others = Vec::new();
+    for ordinal in 0..4 {
+        for k in 0..3 {
+            let ns = tenant_on(&h, ordinal, k);
+            let mut ws = h.ws(&ns).await?;
+            assert_eq!(
+                next_counter(&mut ws).await?.server,
+                format!("backend-{ordinal}")
+            );
+            if ordinal == 1 {
+                victims.push(ws);
+            } else {
+                others.push(ws);
+            }
+        }
+    }
+
+    let killed = Instant::now();
+    within(WAIT, "backend kill", h.backends[1].kill()).await?;
+    for mut ws in victims {
+        // A close frame from the router (1011: backend gone) or EOF, within a second.
+        let end = within(Duration::from_secs(1), "victim close", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        return Some(frame.map(|f| u16::from(f.code)))
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        })
+        .await?;
+        if let Some(code) = end {
+            assert_eq!(code, Some(1011), "close code toward the client");
+        }
+    }
+    assert!(killed.elapsed() < Duration::from_secs(2));
+
+    // Everyone else keeps streaming, in order.
+    for ws in &mut others {
+        let a = next_counter(ws).await?.counter;
+        let b = next_counter(ws).await?.counter;
+        assert_eq!(b, a + 1);
+    }
+    Ok(())
+}
+
+/// A client that vanishes mid-stream frees its slot, and its backend hears a close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_client_releases_its_relay() -> Result<()> {
+    let h = Harness::start(Options {
+        interval: Duration::from_millis(10),
+        ..Options::default()
+    })
+    .await?;
+    let mut ws = h.ws("ns-01").await?;
+    next_counter(&mut ws).await?;
+    let before = h.router.live_tasks();
+    assert!(before >= 1);
+    drop(ws);
+    within(WAIT, "relay to end", async {
+        while h.router.live_tasks() >= before {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    Ok(())
+}

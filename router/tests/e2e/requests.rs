@@ -1,0 +1,111 @@
+//! Every refusal gets the right status and a reason, and the router keeps serving.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::harness::*;
+
+fn upgrade(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+async fn still_serving(h: &Harness, ns: &str) -> Result<()> {
+    let mut ws = h.ws(ns).await?;
+    let c = next_counter(&mut ws).await?;
+    assert_eq!(c.ns, ns);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_have_the_right_status_and_reason() -> Result<()> {
+    let hole = BlackHole::start().await?;
+    let mut limits = limits();
+    limits.backend_timeout = Duration::from_millis(300);
+    let h = Harness::start(Options {
+        replace: vec![(1, dead_port().await?), (3, hole.addr.to_string())],
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    // Tenants whose pods are healthy, refused, and silent.
+    let on_dead = tenant_on(&h, 1, 0);
+    let on_hole = tenant_on(&h, 3, 0);
+    let healthy = (0..)
+        .map(|i| format!("ok-{i}"))
+        .find(|ns| matches!(h.ordinal(ns), 0 | 2))
+        .unwrap_or_default();
+
+    let cases: Vec<(Vec<u8>, u16, &str)> = vec![
+        (upgrade("/ws/Bad_NS"), 400, "namespace has 'B' at position 0"),
+        (upgrade("/ws/"), 400, "missing namespace"),
+        (upgrade("/ws/-lead"), 400, "must start with a letter or digit"),
+        (upgrade(&format!("/ws/{}", "a".repeat(64))), 400, "at most 63"),
+        (upgrade("/ws/ns%2F01"), 400, "'%'"),
+        (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 426, "only serves WebSocket upgrades"),
+        (b"POST /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n".to_vec(), 426, "WebSocket"),
+        (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_vec(), 426, "WebSocket"),
+        (upgrade("/"), 404, "not found"),
+        (upgrade("/metrics"), 404, "not found"),
+        (upgrade("/wsx/ns-01"), 404, "not found"),
+        (upgrade(&format!("/ws/{on_dead}")), 502, "backend unavailable"),
+        (upgrade(&format!("/ws/{on_hole}")), 504, "did not answer in time"),
+        (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, ""),
+    ];
+    for (req, status, reason) in cases {
+        let first_line = String::from_utf8_lossy(&req)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        let resp = h.raw(&req).await?;
+        assert_eq!(resp.status, status, "{first_line}: {resp:?}");
+        assert!(
+            resp.body.contains(reason),
+            "{first_line}: body {:?} lacks {reason:?}",
+            resp.body
+        );
+        if status == 426 {
+            assert!(
+                resp.head.contains("upgrade: websocket"),
+                "{first_line}: {}",
+                resp.head
+            );
+        }
+        still_serving(&h, &healthy).await?;
+    }
+
+    // A backend's own refusal is relayed as it was said.
+    let resp = h.raw(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+    assert_eq!(resp.status, 426, "{resp:?}");
+    assert!(resp.body.contains("websocket upgrade required"), "{resp:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_health_and_readiness() -> Result<()> {
+    let h = Harness::start(Options::default()).await?;
+    assert_eq!(h.admin_get("/healthz").await?.status, 200);
+    let ready = h.admin_get("/readyz").await?;
+    assert_eq!((ready.status, ready.body.as_str()), (200, "ready\n"));
+    assert_eq!(h.admin_get("/nope").await?.status, 404);
+    // A live socket keeps the router in its grace period while readiness is checked.
+    let mut ws = h.ws("ns-01").await?;
+    next_counter(&mut ws).await?;
+    h.router.shutdown();
+    let ready = h.admin_get("/readyz").await?;
+    assert_eq!((ready.status, ready.body.as_str()), (503, "draining\n"));
+    assert_eq!(
+        h.admin_get("/healthz").await?.status,
+        200,
+        "liveness holds while draining"
+    );
+    // New connections are refused once the listener is closed.
+    assert!(within(WAIT, "refused connect", h.tls()).await?.is_err());
+    h.router.close_now();
+    within(WAIT, "drain", h.router.drained()).await?;
+    Ok(())
+}
