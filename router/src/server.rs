@@ -155,7 +155,12 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         .map(|l| tokio::spawn(admin::serve(l, lifecycle.clone(), admin_stop.clone())));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
     lifecycle.set_listening();
-    tracing::info!(listen.addr = %addr, admin.addr = ?admin_addr, tls = shared.tls, "listening");
+    tracing::info!(
+        listen.addr = %addr,
+        admin.addr = %admin_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        tls = shared.tls,
+        "listening"
+    );
 
     let drain_grace = config.drain_grace;
     let sup_shared = shared.clone();
