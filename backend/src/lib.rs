@@ -212,6 +212,14 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
     resp
 }
 
+/// One counter message; fields serialize in this order.
+#[derive(serde::Serialize)]
+struct Tick<'a> {
+    server: &'a str,
+    counter: u64,
+    ns: &'a str,
+}
+
 async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared: Arc<Shared>) {
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     let mut ticker = tokio::time::interval(shared.config.interval);
@@ -243,12 +251,8 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
                 Some(Err(_)) | None => return,
             },
             _ = ticker.tick() => {
-                let line = serde_json::json!({
-                    "server": shared.config.server_name,
-                    "counter": counter,
-                    "ns": ns,
-                })
-                .to_string();
+                let tick = Tick { server: &shared.config.server_name, counter, ns: &ns };
+                let Ok(line) = serde_json::to_string(&tick) else { return };
                 counter += 1;
                 if ws.send(Message::text(line)).await.is_err() {
                     return;

@@ -1,0 +1,107 @@
+//! The echo backend on its own: counters in the documented shape, verbatim echo,
+//! /healthz, refusals, and a graceful shutdown that says 1001.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn start() -> Result<backend::EchoHandle> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    Ok(backend::spawn(
+        l,
+        backend::EchoConfig::new("backend-7").with_interval(Duration::from_millis(20)),
+    )?)
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> Result<String> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, tcp.read_to_string(&mut out)).await??;
+    Ok(out)
+}
+
+#[tokio::test]
+async fn streams_counters_and_echoes() -> Result<()> {
+    let h = start().await?;
+    let url = format!("ws://{}/ws/ns-01", h.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    let first = tokio::time::timeout(WAIT, ws.next())
+        .await?
+        .context("ended")??;
+    // The exact wire shape, field order included.
+    assert_eq!(
+        first,
+        Message::text(r#"{"server":"backend-7","counter":0,"ns":"ns-01"}"#)
+    );
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await?;
+    ws.send(Message::text("ping?")).await?;
+    let mut echoes = Vec::new();
+    let mut last_counter = 0;
+    while echoes.len() < 2 {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await?
+            .context("ended")??
+        {
+            Message::Text(t) if t.starts_with('{') => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                let c = v["counter"].as_u64().context("counter")?;
+                assert_eq!(c, last_counter + 1);
+                last_counter = c;
+            }
+            m => echoes.push(m),
+        }
+    }
+    assert_eq!(
+        echoes,
+        [
+            Message::binary(vec![0u8, 1, 2, 255]),
+            Message::text("ping?")
+        ]
+    );
+
+    // Graceful shutdown: the client hears 1001.
+    let shutdown = tokio::spawn(async move { h.shutdown().await });
+    let code = tokio::time::timeout(WAIT, async {
+        let mut code = None;
+        // Keep polling after the close so tungstenite sends its reply and the
+        // handshake completes.
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Close(Some(f)) = m {
+                code = Some(u16::from(f.code));
+            }
+        }
+        code
+    })
+    .await?;
+    assert_eq!(code, Some(1001));
+    tokio::time::timeout(WAIT, shutdown).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_and_refusals() -> Result<()> {
+    let h = start().await?;
+    assert!(get(h.local_addr(), "/healthz")
+        .await?
+        .starts_with("HTTP/1.1 200"));
+    assert!(get(h.local_addr(), "/ws/ns-01")
+        .await?
+        .starts_with("HTTP/1.1 426"));
+    assert!(get(h.local_addr(), "/ws/Bad")
+        .await?
+        .starts_with("HTTP/1.1 400"));
+    assert!(get(h.local_addr(), "/nope")
+        .await?
+        .starts_with("HTTP/1.1 404"));
+    h.kill().await;
+    Ok(())
+}
