@@ -42,6 +42,25 @@ async fn run(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Cert(args) => {
+            let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+            let written =
+                router::tls::DevCert::generate(&hosts).and_then(|c| c.write_to(&args.out));
+            return match written {
+                Ok(()) => {
+                    println!(
+                        "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}",
+                        args.out.display(),
+                        hosts.join(", ")
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("{}", router::logging::DisplayChain(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
         Command::Dev(args) => match router::dev::start(args).await {
             Ok(dev) => {
                 println!("{}", dev.banner());

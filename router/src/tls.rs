@@ -30,6 +30,12 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
     #[error("generating a dev certificate")]
     Generate(#[source] rcgen::Error),
+    #[error("writing {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Reads a PEM certificate chain and private key and builds the server config.
@@ -121,6 +127,31 @@ impl DevCert {
         })
     }
 
+    /// Writes `ca.crt`, `tls.crt` and `tls.key` (mode 0600) into `dir`: the names a
+    /// Kubernetes TLS Secret uses, so the directory can be mounted or turned into one.
+    pub fn write_to(&self, dir: &Path) -> Result<(), TlsError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let write = |name: &str, body: &str, mode: u32| {
+            let path = dir.join(name);
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(mode)
+                .open(&path)
+                .and_then(|mut f| f.write_all(body.as_bytes()))
+                .map_err(|source| TlsError::Write { path, source })
+        };
+        std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+            path: dir.to_owned(),
+            source,
+        })?;
+        write("ca.crt", &self.ca_pem, 0o644)?;
+        write("tls.crt", &self.cert_pem, 0o644)?;
+        write("tls.key", &self.key_pem, 0o600)
+    }
+
     pub fn key_der(&self) -> PrivateKeyDer<'static> {
         PrivateKeyDer::Pkcs8(self.key_der.clone().into())
     }
@@ -156,10 +187,13 @@ mod tests {
     fn pem_files_round_trip() {
         let dev = DevCert::generate(&["localhost", "127.0.0.1"]).unwrap();
         let dir = std::env::temp_dir().join(format!("wsrouter-tls-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        dev.write_to(&dir).unwrap();
         let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
-        std::fs::write(&cert, &dev.cert_pem).unwrap();
-        std::fs::write(&key, &dev.key_pem).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let config = load_server_config(&cert, &key).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
 
