@@ -88,8 +88,8 @@ impl EchoHandle {
     }
 }
 
-/// Serves on `listener` until the handle shuts it down.
-pub fn spawn(listener: TcpListener, config: EchoConfig) -> std::io::Result<EchoHandle> {
+/// Serves on `listener` (in background tasks) until the returned handle shuts it down.
+pub fn serve(listener: TcpListener, config: EchoConfig) -> std::io::Result<EchoHandle> {
     let addr = listener.local_addr()?;
     let graceful = CancellationToken::new();
     let kill = CancellationToken::new();

@@ -44,7 +44,7 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
-    let handle = backend::spawn(listener, config.clone())?;
+    let handle = backend::serve(listener, config.clone())?;
     tracing::info!(listen.addr = %handle.local_addr(), server = %config.server_name, "echo backend listening");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 async fn start() -> Result<backend::EchoHandle> {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    Ok(backend::spawn(
+    Ok(backend::serve(
         l,
         backend::EchoConfig::new("backend-7").with_interval(Duration::from_millis(20)),
     )?)

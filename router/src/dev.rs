@@ -55,7 +55,7 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
             .with_interval(args.interval);
         cfg.path_prefix = path_prefix.clone();
         backends.push(
-            backend::spawn(listener, cfg)
+            backend::serve(listener, cfg)
                 .map_err(|source| DevError::Backend { ordinal, source })?,
         );
     }

@@ -452,3 +452,210 @@ where
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    const CFG: RelayConfig = RelayConfig {
+        close_timeout: Duration::from_secs(5),
+    };
+
+    /// An unmasked server frame.
+    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let mut f = vec![0x80 | opcode, payload.len() as u8];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A masked client frame.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        assert!(payload.len() < 126);
+        let key = [0x11, 0x22, 0x33, 0x44];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// The code of a close frame at the start of `bytes`, unmasking if needed.
+    fn close_code(bytes: &[u8]) -> Option<u16> {
+        if bytes.first() != Some(&0x88) {
+            return None;
+        }
+        let (masked, off) = (
+            bytes[1] & 0x80 != 0,
+            if bytes[1] & 0x80 != 0 { 6 } else { 2 },
+        );
+        let key = if masked {
+            [bytes[2], bytes[3], bytes[4], bytes[5]]
+        } else {
+            [0; 4]
+        };
+        Some(u16::from_be_bytes([
+            bytes[off] ^ key[0],
+            bytes[off + 1] ^ key[1],
+        ]))
+    }
+
+    struct Ends {
+        client: DuplexStream,
+        backend: DuplexStream,
+        relay: tokio::task::JoinHandle<RelayReport>,
+        drain: CancellationToken,
+    }
+
+    fn start(client_pre: &[u8], backend_pre: &[u8]) -> Ends {
+        let (client, relay_client) = duplex(64 * 1024);
+        let (backend, relay_backend) = duplex(64 * 1024);
+        let drain = CancellationToken::new();
+        let d = drain.clone();
+        let (cp, bp) = (
+            Bytes::copy_from_slice(client_pre),
+            Bytes::copy_from_slice(backend_pre),
+        );
+        let relay =
+            tokio::spawn(async move { run(relay_client, relay_backend, cp, bp, &d, CFG).await });
+        Ends {
+            client,
+            backend,
+            relay,
+            drain,
+        }
+    }
+
+    async fn read_all(s: &mut DuplexStream) -> Vec<u8> {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("peer saw EOF in time")
+            .expect("read");
+        out
+    }
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_pre_read_bytes_go_first() {
+        let mut e = start(&client_frame(1, b"early"), &server_frame(1, b"first"));
+        let later = server_frame(2, b"later");
+        e.backend.write_all(&later).await.unwrap();
+        let mut got = vec![0u8; 7 + later.len()];
+        e.client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..7], &server_frame(1, b"first")[..]);
+        assert_eq!(&got[7..], &later[..]);
+        let mut early = vec![0u8; 11];
+        e.backend.read_exact(&mut early).await.unwrap();
+        assert_eq!(early, client_frame(1, b"early"));
+        // A clean close handshake: client close passes, backend's reply passes, EOFs.
+        let close = client_frame(8, &1000u16.to_be_bytes());
+        e.client.write_all(&close).await.unwrap();
+        let reply = server_frame(8, &1000u16.to_be_bytes());
+        e.backend.write_all(&reply).await.unwrap();
+        e.backend.shutdown().await.unwrap();
+        // The backend's FIN reaches the client after the reply; the client hangs up in
+        // turn, and only then does the backend see EOF: the relay stays transparent.
+        let to_client = read_all(&mut e.client).await;
+        assert_eq!(to_client, reply, "no extra close was injected");
+        e.client.shutdown().await.unwrap();
+        let to_backend = read_all(&mut e.backend).await;
+        assert_eq!(to_backend, close);
+        let r = e.relay.await.unwrap();
+        assert_eq!(r.reason, CloseReason::ClientClosed);
+        assert_eq!(
+            (r.client_close_code, r.backend_close_code),
+            (Some(1000), Some(1000))
+        );
+        assert_eq!((r.sent_to_client, r.sent_to_backend), (None, None));
+        assert_eq!(r.bytes_from_client, 11 + close.len() as u64);
+        assert_eq!(
+            r.bytes_from_backend,
+            7 + later.len() as u64 + reply.len() as u64
+        );
+    }
+
+    #[tokio::test]
+    async fn backend_gone_between_frames_gets_the_client_1011() {
+        let mut e = start(b"", b"");
+        e.backend
+            .write_all(&server_frame(1, b"tick"))
+            .await
+            .unwrap();
+        drop(e.backend);
+        let got = read_all(&mut e.client).await;
+        assert_eq!(&got[..6], &server_frame(1, b"tick")[..]);
+        assert_eq!(close_code(&got[6..]), Some(1011));
+        drop(e.client);
+        let r = e.relay.await.unwrap();
+        assert_eq!(r.reason, CloseReason::BackendGone);
+        assert_eq!(r.sent_to_client, Some(1011));
+    }
+
+    #[tokio::test]
+    async fn backend_gone_mid_frame_gets_the_client_only_fin() {
+        let mut e = start(b"", b"");
+        let f = server_frame(2, b"0123456789");
+        e.backend.write_all(&f[..6]).await.unwrap();
+        drop(e.backend);
+        let got = read_all(&mut e.client).await;
+        assert_eq!(got, &f[..6], "no close frame inside a frame");
+        drop(e.client);
+        assert_eq!(e.relay.await.unwrap().sent_to_client, None);
+    }
+
+    #[tokio::test]
+    async fn client_gone_gets_the_backend_a_masked_1001() {
+        let mut e = start(b"", b"");
+        drop(e.client);
+        let got = read_all(&mut e.backend).await;
+        assert_eq!(got[1] & 0x80, 0x80, "frames toward a server are masked");
+        assert_eq!(close_code(&got), Some(1001));
+        drop(e.backend);
+        let r = e.relay.await.unwrap();
+        assert_eq!(
+            (r.reason, r.sent_to_backend),
+            (CloseReason::ClientGone, Some(1001))
+        );
+    }
+
+    #[tokio::test]
+    async fn drain_finishes_the_frame_in_flight_then_closes_both_sides_with_1001() {
+        let mut e = start(b"", b"");
+        let f = server_frame(2, b"0123456789");
+        e.backend.write_all(&f[..5]).await.unwrap();
+        // Wait until the first half reached the client, so the drain starts mid-frame.
+        let mut half = [0u8; 5];
+        e.client.read_exact(&mut half).await.unwrap();
+        e.drain.cancel();
+        tokio::task::yield_now().await;
+        e.backend.write_all(&f[5..]).await.unwrap();
+        // The frame completes, then the close; then the router hangs up.
+        let mut rest = read_all(&mut e.client).await;
+        assert_eq!(&rest[..f.len() - 5], &f[5..]);
+        let close = rest.split_off(f.len() - 5);
+        assert_eq!(close_code(&close), Some(1001));
+        let to_backend = read_all(&mut e.backend).await;
+        assert_eq!(close_code(&to_backend), Some(1001));
+        drop((e.client, e.backend));
+        let r = e.relay.await.unwrap();
+        assert_eq!(r.reason, CloseReason::Shutdown);
+        assert_eq!(
+            (r.sent_to_client, r.sent_to_backend),
+            (Some(1001), Some(1001))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_never_finishes_is_cut_off_after_close_timeout() {
+        let e = start(b"", b"");
+        // The client hangs up; the backend neither reads nor closes.
+        drop(e.client);
+        let r = tokio::time::timeout(CFG.close_timeout * 2, e.relay)
+            .await
+            .expect("relay ended")
+            .unwrap();
+        assert!(r.timed_out);
+        assert_eq!(r.reason, CloseReason::ClientGone);
+        drop(e.backend);
+    }
+}

@@ -51,7 +51,7 @@ async fn readyz(admin: &str) -> Result<u16> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_then_closes_with_1001_and_exits_zero() -> Result<()> {
     let grace = Duration::from_secs(1);
-    let backend = backend::spawn(
+    let backend = backend::serve(
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         backend::EchoConfig::new("backend-0").with_interval(Duration::from_millis(50)),
     )?;

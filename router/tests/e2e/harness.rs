@@ -77,7 +77,7 @@ impl Harness {
         for i in 0..opts.backends {
             let l = TcpListener::bind("127.0.0.1:0").await?;
             let cfg = backend::EchoConfig::new(format!("backend-{i}")).with_interval(opts.interval);
-            backends.push(backend::spawn(l, cfg)?);
+            backends.push(backend::serve(l, cfg)?);
         }
         let mut addrs: Vec<String> = backends
             .iter()
