@@ -194,6 +194,8 @@ pub enum ConfigError {
     HeaderBytesTooSmall,
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    #[error("routing table")]
+    Table(#[source] wsrouter::table::TableError),
 }
 
 /// Limits and timeouts of the data path.
@@ -277,26 +279,11 @@ impl ServeArgs {
                 _ => (backends, fixed),
             }
         };
-        let (overrides, source) = match &self.overrides_file {
-            Some(path) => (
-                load_overrides(path, &self.statefulset)?,
-                TableSource::File {
-                    path: path.display().to_string(),
-                },
-            ),
-            None => (Overrides::default(), TableSource::Flags),
-        };
-        let table = RoutingTable::build(1, source, &backends, replicas, overrides).map_err(
-            |e| match e {
-                wsrouter::table::TableError::Backends(b) => ConfigError::Backends(b),
-                wsrouter::table::TableError::TooFewAddresses {
-                    replicas,
-                    addresses,
-                } => ConfigError::ReplicasMismatch {
-                    replicas,
-                    addresses,
-                },
-            },
+        let table = initial_table(
+            &backends,
+            replicas,
+            self.overrides_file.as_deref(),
+            &self.statefulset,
         )?;
         let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
             (false, Some(cert), Some(key)) => {
@@ -317,10 +304,26 @@ impl ServeArgs {
     }
 }
 
-/// Reads and validates an overrides file for a StatefulSet.
-pub fn load_overrides(path: &std::path::Path, statefulset: &str) -> Result<Overrides, ConfigError> {
-    let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
-    Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)
+/// The first routing table (version 1): the backends, plus the overrides file if one is
+/// given, validated against the StatefulSet's pod names.
+pub fn initial_table(
+    backends: &Backends,
+    replicas: NonZeroU32,
+    overrides_file: Option<&std::path::Path>,
+    statefulset: &str,
+) -> Result<RoutingTable, ConfigError> {
+    let (overrides, source) = match overrides_file {
+        Some(path) => {
+            let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
+            let overrides = Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)?;
+            let source = TableSource::File {
+                path: path.display().to_string(),
+            };
+            (overrides, source)
+        }
+        None => (Overrides::default(), TableSource::Flags),
+    };
+    RoutingTable::build(1, source, backends, replicas, overrides).map_err(ConfigError::Table)
 }
 
 /// The pod's namespace: `$POD_NAMESPACE`, then the service account's, then `default`.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
-use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
+use wsrouter::Backends;
 
 use crate::config::{self, ConfigError, DevArgs, RouterConfig};
 use crate::server::{self, RouterHandle, ServerError};
@@ -41,11 +41,6 @@ pub struct DevHandle {
 pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
     let limits = args.common.limits()?;
     let path_prefix = args.common.path_prefix()?;
-    let overrides = match &args.overrides_file {
-        Some(p) => config::load_overrides(p, DEV_STATEFULSET)?,
-        None => Overrides::default(),
-    };
-
     let mut backends = Vec::new();
     for ordinal in 0..args.backend_count {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -67,23 +62,12 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
     let replicas = backends_cfg
         .fixed_replicas()
         .ok_or(ConfigError::ZeroReplicas)?;
-    let source = match &args.overrides_file {
-        Some(p) => TableSource::File {
-            path: p.display().to_string(),
-        },
-        None => TableSource::Flags,
-    };
-    let table = RoutingTable::build(1, source, &backends_cfg, replicas, overrides).map_err(
-        |e| match e {
-            wsrouter::table::TableError::Backends(b) => ConfigError::Backends(b),
-            wsrouter::table::TableError::TooFewAddresses {
-                replicas,
-                addresses,
-            } => ConfigError::ReplicasMismatch {
-                replicas,
-                addresses,
-            },
-        },
+    // Read the overrides (if any) before the listener binds: a bad file is a config error.
+    let table = config::initial_table(
+        &backends_cfg,
+        replicas,
+        args.overrides_file.as_deref(),
+        DEV_STATEFULSET,
     )?;
 
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
