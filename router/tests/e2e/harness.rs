@@ -56,6 +56,8 @@ pub struct Options {
     pub replace: Vec<(usize, String)>,
     pub overrides: Vec<(&'static str, &'static str)>,
     pub drain_grace: Duration,
+    /// Serve ws:// instead of wss://.
+    pub plaintext: bool,
 }
 
 impl Default for Options {
@@ -67,12 +69,18 @@ impl Default for Options {
             replace: Vec::new(),
             overrides: Vec::new(),
             drain_grace: Duration::from_secs(5),
+            plaintext: false,
         }
     }
 }
 
 impl Harness {
     pub async fn start(opts: Options) -> Result<Self> {
+        let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+        Self::start_with_cert(opts, &cert).await
+    }
+
+    pub async fn start_with_cert(opts: Options, cert: &DevCert) -> Result<Self> {
         let mut backends = Vec::new();
         for i in 0..opts.backends {
             let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -90,10 +98,13 @@ impl Harness {
         let replicas = b.fixed_replicas().context("replicas")?;
         let overrides = Overrides::parse(opts.overrides, "backend")?;
         let table = RoutingTable::build(1, TableSource::Flags, &b, replicas, overrides)?;
-        let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
         let router = router::start(RouterConfig {
             listen: "127.0.0.1:0".parse()?,
-            tls: Some(cert.server_config()?),
+            tls: if opts.plaintext {
+                None
+            } else {
+                Some(cert.server_config()?)
+            },
             admin_listen: Some("127.0.0.1:0".parse()?),
             path_prefix: PathPrefix::default(),
             drain_grace: opts.drain_grace,

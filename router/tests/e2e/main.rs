@@ -6,3 +6,4 @@ mod limits;
 mod relay;
 mod requests;
 mod routing;
+mod tls;

@@ -48,6 +48,7 @@ async fn refusals_have_the_right_status_and_reason() -> Result<()> {
         (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 426, "only serves WebSocket upgrades"),
         (b"POST /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n".to_vec(), 426, "WebSocket"),
         (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_vec(), 426, "WebSocket"),
+        (b"GET /ws/ns-01 HTTP/1.0\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec(), 426, "HTTP/1.1"),
         (upgrade("/"), 404, "not found"),
         (upgrade("/metrics"), 404, "not found"),
         (upgrade("/wsx/ns-01"), 404, "not found"),

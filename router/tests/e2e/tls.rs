@@ -1,0 +1,76 @@
+//! What the TLS listener offers, and the explicit plaintext mode.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use router::tls::DevCert;
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::harness::*;
+
+fn client(
+    cert: &DevCert,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.ca_der.clone())?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// TLS 1.2 and 1.3 both work, and ALPN settles on http/1.1 even when h2 is offered first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
+    let cert = DevCert::generate(&["localhost"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    for (versions, want) in [
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+    ] {
+        let connector = tokio_rustls::TlsConnector::from(client(&cert, versions)?);
+        let tcp = TcpStream::connect(h.addr()).await?;
+        let tls = connector
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let (_, conn) = tls.get_ref();
+        assert_eq!(conn.protocol_version(), Some(want));
+        assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let url = format!("wss://localhost:{}/ws/ns-01", h.addr().port());
+        let (mut ws, _) =
+            within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tls)).await??;
+        next_counter(&mut ws).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_only_when_asked() -> Result<()> {
+    let h = Harness::start(Options {
+        plaintext: true,
+        ..Options::default()
+    })
+    .await?;
+    let tcp = TcpStream::connect(h.addr()).await?;
+    let url = format!("ws://127.0.0.1:{}/ws/ns-01", h.addr().port());
+    let (mut ws, resp) =
+        within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tcp)).await??;
+    assert!(resp.headers().contains_key("x-wsrouter-table"));
+    let first = within(WAIT, "counter", ws.next())
+        .await?
+        .context("ended")??;
+    assert!(as_counter(&first).is_some(), "{first:?}");
+    Ok(())
+}
