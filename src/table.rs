@@ -10,13 +10,22 @@ use crate::backends::{Backends, BackendsError};
 use crate::hash::ordinal_for;
 use crate::overrides::Overrides;
 
-/// Where a table's contents came from, for logs and the admin API.
+/// Where a table's overrides came from, for logs and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableSource {
-    /// Flags only: static backends or a template with `--replicas`, no overrides.
+    /// No overrides source: flags only.
     Flags,
     /// A local overrides file (a ConfigMap manifest).
     File { path: String },
+    /// A ConfigMap mounted as a directory (one file per key).
+    Directory { path: String },
+    /// A ConfigMap watched through the Kubernetes API.
+    ConfigMap {
+        namespace: String,
+        name: String,
+        /// `metadata.resourceVersion` of the object applied; empty when it does not exist.
+        resource_version: String,
+    },
 }
 
 impl std::fmt::Display for TableSource {
@@ -24,7 +33,55 @@ impl std::fmt::Display for TableSource {
         match self {
             Self::Flags => f.write_str("flags"),
             Self::File { path } => write!(f, "file:{path}"),
+            Self::Directory { path } => write!(f, "dir:{path}"),
+            Self::ConfigMap {
+                namespace,
+                name,
+                resource_version,
+            } => write!(f, "configmap:{namespace}/{name}@{resource_version}"),
         }
+    }
+}
+
+/// What changed between two tables, for the one log line per swap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableDiff {
+    pub added: Vec<(String, u32)>,
+    /// `(namespace, old target, new target)`.
+    pub changed: Vec<(String, u32, u32)>,
+    pub removed: Vec<(String, u32)>,
+    pub replicas_before: u32,
+    pub replicas_after: u32,
+    /// Whether the backend addresses differ (same replicas, new template or list).
+    pub addresses_changed: bool,
+}
+
+impl TableDiff {
+    /// Nothing a client could notice: publishing would only bump the version.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty()
+            && self.changed.is_empty()
+            && self.removed.is_empty()
+            && self.replicas_before == self.replicas_after
+            && !self.addresses_changed
+    }
+}
+
+impl std::fmt::Display for TableDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "overrides +{} ~{} -{}, replicas {}→{}",
+            self.added.len(),
+            self.changed.len(),
+            self.removed.len(),
+            self.replicas_before,
+            self.replicas_after
+        )?;
+        if self.addresses_changed {
+            f.write_str(", addresses changed")?;
+        }
+        Ok(())
     }
 }
 
@@ -139,6 +196,42 @@ impl RoutingTable {
     pub fn addresses(&self) -> impl Iterator<Item = &str> {
         self.addrs.iter().map(|a| &**a)
     }
+
+    /// What changes from `self` to `next`.
+    pub fn diff(&self, next: &RoutingTable) -> TableDiff {
+        let mut d = TableDiff {
+            replicas_before: self.replicas.get(),
+            replicas_after: next.replicas.get(),
+            addresses_changed: self.addrs.len() == next.addrs.len() && self.addrs != next.addrs,
+            ..TableDiff::default()
+        };
+        for (ns, new) in next.overrides.sorted() {
+            match self.overrides.get(ns) {
+                None => d.added.push((ns.to_owned(), new)),
+                Some(old) if old != new => d.changed.push((ns.to_owned(), old, new)),
+                Some(_) => {}
+            }
+        }
+        for (ns, old) in self.overrides.sorted() {
+            if next.overrides.get(ns).is_none() {
+                d.removed.push((ns.to_owned(), old));
+            }
+        }
+        d
+    }
+
+    /// Whether `namespace` routes to a different ordinal under `next`.
+    #[inline]
+    pub fn moves(&self, next: &RoutingTable, namespace: &str) -> bool {
+        self.route(namespace).ordinal != next.route(namespace).ordinal
+    }
+
+    /// The same table under a new version and source (what a no-op update publishes
+    /// nothing of, and a real one is built from).
+    pub fn with_version(mut self, version: u64) -> Self {
+        self.version = version;
+        self
+    }
 }
 
 #[cfg(test)]
@@ -220,6 +313,42 @@ mod tests {
                 replicas: 3,
                 addresses: 2
             })
+        );
+    }
+
+    #[test]
+    fn diff_names_what_changed() {
+        let build = |r, entries: &[(&str, &str)]| {
+            RoutingTable::build(
+                1,
+                TableSource::Flags,
+                &template(),
+                nz(r),
+                Overrides::parse(entries.iter().copied(), "backend").unwrap(),
+            )
+            .unwrap()
+        };
+        let a = build(4, &[("ns-01", "0"), ("ns-02", "1"), ("gone", "2")]);
+        let b = build(
+            5,
+            &[("ns-01", "0"), ("ns-02", "3"), ("new-one", "backend-4")],
+        );
+        let d = a.diff(&b);
+        assert_eq!(d.added, vec![("new-one".to_owned(), 4)]);
+        assert_eq!(d.changed, vec![("ns-02".to_owned(), 1, 3)]);
+        assert_eq!(d.removed, vec![("gone".to_owned(), 2)]);
+        assert_eq!((d.replicas_before, d.replicas_after), (4, 5));
+        assert!(!d.addresses_changed);
+        assert_eq!(d.to_string(), "overrides +1 ~1 -1, replicas 4→5");
+        assert!(!d.is_empty());
+        assert!(a.diff(&a.clone().with_version(9)).is_empty());
+        // Who moves: the overridden tenant, and hash tenants that land on the new ordinal.
+        assert!(a.moves(&b, "ns-02"));
+        assert!(!a.moves(&b, "ns-01"));
+        let moved = (0..2000).filter(|i| a.moves(&b, &format!("t-{i}"))).count();
+        assert!(
+            (250..550).contains(&moved),
+            "about 1/5 of hash tenants move: {moved}"
         );
     }
 

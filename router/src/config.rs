@@ -220,8 +220,13 @@ pub struct RouterConfig {
     pub path_prefix: PathPrefix,
     pub drain_grace: Duration,
     pub limits: Limits,
-    /// The first table; the control plane may publish newer ones.
-    pub table: RoutingTable,
+    /// The first table, when the flags fix the replica count; otherwise the first
+    /// StatefulSet observation builds it (until then the router answers 503, not ready).
+    pub table: Option<RoutingTable>,
+    /// How ordinals become addresses when the control plane rebuilds the table.
+    pub backends: Backends,
+    /// Names pods in override targets (`backend-3`).
+    pub statefulset: String,
 }
 
 impl CommonArgs {
@@ -299,7 +304,9 @@ impl ServeArgs {
             path_prefix,
             drain_grace: self.common.drain_grace,
             limits,
-            table,
+            table: Some(table),
+            backends,
+            statefulset: self.statefulset,
         })
     }
 }
@@ -372,7 +379,7 @@ mod tests {
             "127.0.0.1:9002",
         ])
         .unwrap();
-        assert_eq!(c.table.replicas().get(), 2);
+        assert_eq!(c.table.as_ref().unwrap().replicas().get(), 2);
         assert!(c.tls.is_none());
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.path_prefix.as_str(), "/ws/");
@@ -382,7 +389,7 @@ mod tests {
     #[test]
     fn template_backends() {
         let c = serve(&["--plaintext", "--replicas", "3", "--pod-namespace", "prod"]).unwrap();
-        let addrs: Vec<_> = c.table.addresses().collect();
+        let addrs: Vec<_> = c.table.as_ref().unwrap().addresses().collect();
         assert_eq!(addrs[2], "backend-2.backend.prod.svc.cluster.local:9000");
         let c = serve(&[
             "--plaintext",
@@ -397,7 +404,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.table.addresses().collect::<Vec<_>>(),
+            c.table.as_ref().unwrap().addresses().collect::<Vec<_>>(),
             ["echo-0.echo-hl:7000", "echo-1.echo-hl:7000"]
         );
     }

@@ -78,7 +78,9 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
         path_prefix,
         drain_grace: args.common.drain_grace,
         limits,
-        table,
+        table: Some(table),
+        backends: backends_cfg,
+        statefulset: DEV_STATEFULSET.to_owned(),
     })
     .await?;
 
@@ -102,7 +104,9 @@ impl DevHandle {
     /// What to print so a newcomer can try it.
     pub fn banner(&self) -> String {
         let addr = self.router.local_addr();
-        let table = self.router.table().load_full();
+        let Some(table) = self.router.current_table() else {
+            return format!("wsrouter dev: wss://{addr}/ws/{{namespace}} (no routing table yet)\n");
+        };
         let mut out = format!(
             "wsrouter dev: wss://{addr}/ws/{{namespace}} → {} echo backends\n",
             self.backends.len()

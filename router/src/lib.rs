@@ -6,6 +6,8 @@
 //! - [`proxy`]: one request: route, forward the upgrade, answer, start the relay.
 //! - [`relay`]: the byte relay between upgraded sockets, frame-boundary aware.
 //! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
+//! - [`control`]: the one owner of routing state: validates updates, publishes tables.
+//! - [`live`]: which tenants have live sockets here.
 //! - [`lifecycle`]: readiness, drain signals and the tracked tasks.
 //! - [`admin`]: `/healthz`, `/readyz`.
 //! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
@@ -14,9 +16,11 @@
 
 pub mod admin;
 pub mod config;
+pub mod control;
 pub mod dev;
 pub mod frame;
 pub mod lifecycle;
+pub mod live;
 pub mod logging;
 pub mod overrides_file;
 pub mod proxy;

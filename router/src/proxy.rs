@@ -55,6 +55,8 @@ pub enum ProxyError {
     },
     #[error("backend {ordinal} ({addr}) answered 101 without a WebSocket upgrade")]
     BackendBadUpgrade { ordinal: u32, addr: Box<str> },
+    #[error("no routing table loaded yet")]
+    NoTable,
 }
 
 impl ProxyError {
@@ -67,6 +69,15 @@ impl ProxyError {
             | Self::BackendProtocol { .. }
             | Self::BackendBadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::NoTable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Seconds a client should wait before retrying, for answers that will change soon.
+    fn retry_after(&self) -> Option<u32> {
+        match self {
+            Self::NoTable => Some(1),
+            _ => None,
         }
     }
 
@@ -79,11 +90,10 @@ impl ProxyError {
             Self::BackendProtocol { .. } | Self::BackendBadUpgrade { .. } => {
                 "backend error\n".to_owned()
             }
+            Self::NoTable => "not ready: no routing table yet\n".to_owned(),
         }
     }
 
-    /// Every answer but a 101 closes the connection: a client gets one request per
-    /// connection, so an idle keep-alive connection cannot hold a slot.
     /// Every answer but a 101 closes the connection: a client gets one request per
     /// connection, so an idle keep-alive connection cannot hold a slot.
     fn into_response(self) -> Response<ProxyBody> {
@@ -101,6 +111,9 @@ impl ProxyError {
                 header::SEC_WEBSOCKET_VERSION,
                 HeaderValue::from_static("13"),
             );
+        }
+        if let Some(secs) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         resp
     }
@@ -185,7 +198,10 @@ where
 
     // The one table load of this connection: the backend chosen here is kept for life.
     let routed = {
-        let table = shared.table.load();
+        let guard = shared.table.load();
+        let Some(table) = guard.as_deref() else {
+            return Err(ProxyError::NoTable);
+        };
         let route = table.route(tenant);
         Routed {
             tenant: tenant.into(),
@@ -242,6 +258,7 @@ where
         close_timeout: shared.limits.close_timeout,
     };
     let upgrade_timeout = shared.limits.request_timeout;
+    let live = shared.live.clone();
     shared.lifecycle.tasks.spawn(async move {
         let _permit = permit;
         let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
@@ -265,6 +282,7 @@ where
             }
         };
         let started = Instant::now();
+        let _live = live.register(&routed.tenant);
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
         let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, &drain, relay_config).await;
         tracing::info!(

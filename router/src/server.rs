@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,7 +21,9 @@ use wsrouter::{PathPrefix, RoutingTable};
 
 use crate::admin;
 use crate::config::{Limits, RouterConfig};
+use crate::control::{Control, ControlHandle, ControlParts};
 use crate::lifecycle::Lifecycle;
+use crate::live::LiveTenants;
 use crate::proxy::{self, ConnCtx};
 
 #[derive(Debug, Error)]
@@ -37,7 +39,10 @@ pub enum ServerError {
 /// State every connection reads; owned by the router, shared by reference count.
 pub(crate) struct Shared {
     /// The routing table. The data path only loads it; the control plane only stores it.
-    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// Empty until the replica count is known.
+    pub table: Arc<ArcSwapOption<RoutingTable>>,
+    /// Tenants with live sockets here.
+    pub live: Arc<LiveTenants>,
     pub prefix: PathPrefix,
     pub limits: Limits,
     pub tls: bool,
@@ -53,6 +58,7 @@ pub struct RouterHandle {
     addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
+    control: ControlHandle,
     /// Cancelled once the router has drained and stopped.
     done: CancellationToken,
 }
@@ -67,9 +73,19 @@ impl RouterHandle {
         self.admin_addr
     }
 
-    /// The table slot, for the control plane to publish new tables into.
-    pub fn table(&self) -> Arc<ArcSwap<RoutingTable>> {
-        self.shared.table.clone()
+    /// The table now in force, if one is loaded.
+    pub fn current_table(&self) -> Option<Arc<RoutingTable>> {
+        self.shared.table.load_full()
+    }
+
+    /// Where watchers send what they see; the control loop builds and publishes tables.
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
+    }
+
+    /// Tenants with live sockets on this router.
+    pub fn live(&self) -> Arc<LiveTenants> {
+        self.shared.live.clone()
     }
 
     /// Client connections and relays still running.
@@ -129,17 +145,34 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         .max_headers(config.limits.max_headers);
 
     let lifecycle = Lifecycle::default();
-    let table = config.table;
-    tracing::info!(
-        table.version = table.version(),
-        table.source = %table.source(),
-        replicas = table.replicas().get(),
-        overrides = table.overrides().len(),
-        "routing table loaded"
-    );
-    lifecycle.set_table_loaded();
+    let table = Arc::new(ArcSwapOption::new(config.table.map(Arc::new)));
+    match table.load().as_deref() {
+        Some(t) => {
+            tracing::info!(
+                table.version = t.version(),
+                table.source = %t.source(),
+                replicas = t.replicas().get(),
+                overrides = t.overrides().len(),
+                "routing table loaded"
+            );
+            lifecycle.set_table_loaded();
+        }
+        None => tracing::info!(
+            "no routing table until the replica count is known; answering 503 until then"
+        ),
+    }
+    let live = Arc::new(LiveTenants::default());
+    let (control, control_handle, control_rx, _changes) = Control::new(ControlParts {
+        table: table.clone(),
+        backends: config.backends,
+        statefulset: config.statefulset,
+        live: live.clone(),
+        lifecycle: lifecycle.clone(),
+    });
+    tokio::spawn(control.run(control_rx));
     let shared = Arc::new(Shared {
-        table: Arc::new(ArcSwap::from_pointee(table)),
+        table,
+        live,
         prefix: config.path_prefix,
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,
@@ -205,6 +238,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         addr,
         admin_addr,
         shared,
+        control: control_handle,
         done,
     })
 }

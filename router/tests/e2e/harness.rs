@@ -98,6 +98,7 @@ impl Harness {
         let replicas = b.fixed_replicas().context("replicas")?;
         let overrides = Overrides::parse(opts.overrides, "backend")?;
         let table = RoutingTable::build(1, TableSource::Flags, &b, replicas, overrides)?;
+        let backends_cfg = b;
         let router = router::start(RouterConfig {
             listen: "127.0.0.1:0".parse()?,
             tls: if opts.plaintext {
@@ -109,7 +110,9 @@ impl Harness {
             path_prefix: PathPrefix::default(),
             drain_grace: opts.drain_grace,
             limits: opts.limits,
-            table,
+            table: Some(table),
+            backends: backends_cfg,
+            statefulset: "backend".into(),
         })
         .await?;
         let connector = TlsConnector::from(cert.client_config());
@@ -176,7 +179,9 @@ impl Harness {
 
     /// The ordinal the router's current table gives a tenant.
     pub fn ordinal(&self, ns: &str) -> u32 {
-        self.router.table().load().route(ns).ordinal
+        self.router
+            .current_table()
+            .map_or(u32::MAX, |t| t.route(ns).ordinal)
     }
 
     pub async fn admin_get(&self, path: &str) -> Result<RawResponse> {

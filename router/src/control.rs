@@ -1,0 +1,466 @@
+//! The control plane's one owner of routing state. Watchers send it what they saw
+//! (overrides data, replica counts); it validates, builds the next [`RoutingTable`] off
+//! the hot path, and publishes it with one `ArcSwap::store`. A bad update is rejected
+//! whole and the last good table keeps serving.
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::{mpsc, watch};
+use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
+
+use crate::lifecycle::Lifecycle;
+use crate::live::LiveTenants;
+
+/// What a watcher saw.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// The overrides as the source now has them; `None` when the source has none (the
+    /// ConfigMap was deleted, the file is gone).
+    Overrides {
+        source: TableSource,
+        data: Option<BTreeMap<String, String>>,
+    },
+    /// The StatefulSet's `spec.replicas`.
+    Replicas(u32),
+}
+
+/// Why an update did not become a table. Bounded, for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A key that is not a DNS-1123 label, a bad target, or a duplicate key.
+    InvalidOverrides,
+    /// The source could not be read or parsed (bad YAML, not a ConfigMap, non-string value).
+    Unparsable,
+    /// Zero replicas, or more than a static backend list has addresses for.
+    BadReplicas,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidOverrides => "invalid_overrides",
+            Self::Unparsable => "unparsable",
+            Self::BadReplicas => "bad_replicas",
+        }
+    }
+}
+
+/// Counters the admin endpoints read.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    pub swaps: AtomicU64,
+    pub rejected_invalid_overrides: AtomicU64,
+    pub rejected_unparsable: AtomicU64,
+    pub rejected_bad_replicas: AtomicU64,
+    pub inactive_overrides: AtomicU64,
+}
+
+impl ControlStats {
+    pub fn reject(&self, reason: RejectReason) {
+        let c = match reason {
+            RejectReason::InvalidOverrides => &self.rejected_invalid_overrides,
+            RejectReason::Unparsable => &self.rejected_unparsable,
+            RejectReason::BadReplicas => &self.rejected_bad_replicas,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        match reason {
+            RejectReason::InvalidOverrides => &self.rejected_invalid_overrides,
+            RejectReason::Unparsable => &self.rejected_unparsable,
+            RejectReason::BadReplicas => &self.rejected_bad_replicas,
+        }
+        .load(Ordering::Relaxed)
+    }
+}
+
+/// Where watchers send [`Input`]s.
+#[derive(Clone)]
+pub struct ControlHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    pub stats: Arc<ControlStats>,
+}
+
+impl ControlHandle {
+    /// Hands an update to the control loop. Fails only once the router has stopped.
+    pub fn send(&self, input: Input) -> bool {
+        self.tx.send(input).is_ok()
+    }
+}
+
+/// The state the control loop owns.
+pub struct Control {
+    table: Arc<ArcSwapOption<RoutingTable>>,
+    backends: Backends,
+    statefulset: String,
+    replicas: Option<NonZeroU32>,
+    overrides: Overrides,
+    source: TableSource,
+    version: u64,
+    live: Arc<LiveTenants>,
+    changed: watch::Sender<u64>,
+    stats: Arc<ControlStats>,
+    lifecycle: Lifecycle,
+}
+
+/// What one input did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Published {
+        version: u64,
+    },
+    Unchanged,
+    /// Waiting for the replica count before a first table can be built.
+    Pending,
+    Rejected(RejectReason),
+}
+
+pub struct ControlParts {
+    pub table: Arc<ArcSwapOption<RoutingTable>>,
+    pub backends: Backends,
+    pub statefulset: String,
+    pub live: Arc<LiveTenants>,
+    pub lifecycle: Lifecycle,
+}
+
+impl Control {
+    /// Starts from whatever table is already published (possibly none).
+    pub fn new(
+        parts: ControlParts,
+    ) -> (
+        Self,
+        ControlHandle,
+        mpsc::UnboundedReceiver<Input>,
+        watch::Receiver<u64>,
+    ) {
+        let current = parts.table.load_full();
+        let (replicas, overrides, source, version) = match &current {
+            Some(t) => (
+                Some(t.replicas()),
+                t.overrides().clone(),
+                t.source().clone(),
+                t.version(),
+            ),
+            None => (None, Overrides::default(), TableSource::Flags, 0),
+        };
+        let (changed, changes) = watch::channel(version);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(ControlStats::default());
+        let control = Self {
+            table: parts.table,
+            backends: parts.backends,
+            statefulset: parts.statefulset,
+            replicas,
+            overrides,
+            source,
+            version,
+            live: parts.live,
+            changed,
+            stats: stats.clone(),
+            lifecycle: parts.lifecycle,
+        };
+        (control, ControlHandle { tx, stats }, rx, changes)
+    }
+
+    /// Applies inputs until every handle is gone.
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+        while let Some(input) = rx.recv().await {
+            self.apply(input);
+        }
+    }
+
+    /// Applies one input: the candidate state is built and published, or rejected and
+    /// forgotten; only a good update becomes the state later inputs build on.
+    pub fn apply(&mut self, input: Input) -> Applied {
+        let mut overrides = None;
+        let mut source = None;
+        let mut replicas = self.replicas;
+        match input {
+            Input::Overrides { source: src, data } => {
+                let data = data.unwrap_or_default();
+                match Overrides::parse(&data, &self.statefulset) {
+                    Ok(o) => {
+                        overrides = Some(o);
+                        source = Some(src);
+                    }
+                    Err(e) => {
+                        for err in &e.errors {
+                            tracing::warn!(source = %src, key = err.key(), error = %err, "overrides update rejected; the last good table keeps serving");
+                        }
+                        self.stats.reject(RejectReason::InvalidOverrides);
+                        return Applied::Rejected(RejectReason::InvalidOverrides);
+                    }
+                }
+            }
+            Input::Replicas(n) => match NonZeroU32::new(n) {
+                Some(n) => replicas = Some(n),
+                None => {
+                    tracing::warn!("the StatefulSet has 0 replicas; keeping the last table (its pods will not be ready)");
+                    self.stats.reject(RejectReason::BadReplicas);
+                    return Applied::Rejected(RejectReason::BadReplicas);
+                }
+            },
+        }
+        let overrides = overrides.unwrap_or_else(|| self.overrides.clone());
+        let source = source.unwrap_or_else(|| self.source.clone());
+        let applied = self.publish(replicas, &overrides, &source);
+        if !matches!(applied, Applied::Rejected(_)) {
+            self.overrides = overrides;
+            self.source = source;
+            self.replicas = replicas;
+        }
+        applied
+    }
+
+    fn publish(
+        &mut self,
+        replicas: Option<NonZeroU32>,
+        overrides: &Overrides,
+        source: &TableSource,
+    ) -> Applied {
+        let Some(replicas) = replicas else {
+            return Applied::Pending;
+        };
+        let next = match RoutingTable::build(
+            self.version + 1,
+            source.clone(),
+            &self.backends,
+            replicas,
+            overrides.clone(),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "table rejected; the last good table keeps serving");
+                self.stats.reject(RejectReason::BadReplicas);
+                return Applied::Rejected(RejectReason::BadReplicas);
+            }
+        };
+        let current = self.table.load_full();
+        let (diff, tenants_moved, sockets_moved) = match &current {
+            Some(cur) => {
+                let diff = cur.diff(&next);
+                if diff.is_empty() {
+                    return Applied::Unchanged;
+                }
+                let (mut tenants, mut sockets) = (0u64, 0u64);
+                for (tenant, n) in self.live.snapshot() {
+                    if cur.moves(&next, &tenant) {
+                        tenants += 1;
+                        sockets += u64::from(n);
+                    }
+                }
+                (Some(diff), tenants, sockets)
+            }
+            None => (None, 0, 0),
+        };
+        let inactive = next.overrides().inactive(replicas);
+        self.stats
+            .inactive_overrides
+            .store(inactive.len() as u64, Ordering::Relaxed);
+        for (ns, target) in &inactive {
+            tracing::warn!(tenant = ns, target, replicas = replicas.get(), "override points beyond the StatefulSet; inactive until it grows (the tenant follows its hash)");
+        }
+        self.version = next.version();
+        tracing::info!(
+            table.version = next.version(),
+            table.source = %next.source(),
+            change = %diff.as_ref().map_or_else(|| "first table".to_owned(), |d| d.to_string()),
+            overrides = next.overrides().len(),
+            overrides.inactive = inactive.len(),
+            replicas = replicas.get(),
+            live.tenants_moved = tenants_moved,
+            live.sockets_moved = sockets_moved,
+            "routing table swapped"
+        );
+        if let Some(d) = &diff {
+            tracing::debug!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "override changes");
+        }
+        self.table.store(Some(Arc::new(next)));
+        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        self.lifecycle.set_table_loaded();
+        self.changed.send_replace(self.version);
+        Applied::Published {
+            version: self.version,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wsrouter::BackendTemplate;
+
+    fn control(
+        initial: Option<u32>,
+    ) -> (Control, Arc<ArcSwapOption<RoutingTable>>, Arc<LiveTenants>) {
+        let backends = Backends::Template(
+            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "ns").unwrap(),
+        );
+        let table = Arc::new(ArcSwapOption::empty());
+        if let Some(r) = initial {
+            let t = RoutingTable::build(
+                1,
+                TableSource::Flags,
+                &backends,
+                NonZeroU32::new(r).unwrap(),
+                Overrides::default(),
+            )
+            .unwrap();
+            table.store(Some(Arc::new(t)));
+        }
+        let live = Arc::new(LiveTenants::default());
+        let (c, _, _, _) = Control::new(ControlParts {
+            table: table.clone(),
+            backends,
+            statefulset: "backend".into(),
+            live: live.clone(),
+            lifecycle: Lifecycle::default(),
+        });
+        (c, table, live)
+    }
+
+    fn data(entries: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
+        Some(
+            entries
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    fn cm(rv: &str) -> TableSource {
+        TableSource::ConfigMap {
+            namespace: "ns".into(),
+            name: "wsrouter-overrides".into(),
+            resource_version: rv.into(),
+        }
+    }
+
+    #[test]
+    fn updates_publish_new_versions_and_bad_ones_keep_the_last_good_table() {
+        let (mut c, table, _) = control(Some(4));
+        let current = || table.load_full().unwrap();
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: cm("10"),
+                data: data(&[("ns-01", "0")])
+            }),
+            Applied::Published { version: 2 }
+        );
+        assert_eq!(current().route("ns-01").ordinal, 0);
+        // Same data again (a resync): nothing to publish.
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: cm("11"),
+                data: data(&[("ns-01", "0")])
+            }),
+            Applied::Unchanged
+        );
+        // One bad key rejects the whole update; the table stays.
+        let bad = data(&[("ns-01", "1"), ("Bad_Key", "2")]);
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: cm("12"),
+                data: bad
+            }),
+            Applied::Rejected(RejectReason::InvalidOverrides)
+        );
+        assert_eq!(current().version(), 2);
+        assert_eq!(current().route("ns-01").ordinal, 0);
+        assert_eq!(c.stats.rejected(RejectReason::InvalidOverrides), 1);
+        // Deleted ConfigMap: no overrides.
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: cm(""),
+                data: None
+            }),
+            Applied::Published { version: 3 }
+        );
+        assert_eq!(current().route("ns-01").ordinal, 2);
+        assert_eq!(c.stats.swaps.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn replicas_rebuild_and_inactive_overrides_wait_for_growth() {
+        let (mut c, table, _) = control(Some(4));
+        c.apply(Input::Overrides {
+            source: cm("1"),
+            data: data(&[("acme-prod", "backend-5")]),
+        });
+        let t = table.load_full().unwrap();
+        assert_eq!(t.route("acme-prod").inactive_override, Some(5));
+        assert_eq!(c.stats.inactive_overrides.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            c.apply(Input::Replicas(6)),
+            Applied::Published { version: 3 }
+        );
+        let t = table.load_full().unwrap();
+        assert_eq!((t.replicas().get(), t.route("acme-prod").ordinal), (6, 5));
+        assert_eq!(c.stats.inactive_overrides.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            c.apply(Input::Replicas(0)),
+            Applied::Rejected(RejectReason::BadReplicas)
+        );
+        assert_eq!(table.load_full().unwrap().replicas().get(), 6);
+    }
+
+    #[test]
+    fn no_table_until_replicas_are_known() {
+        let (mut c, table, _) = control(None);
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: cm("1"),
+                data: data(&[("ns-01", "1")])
+            }),
+            Applied::Pending
+        );
+        assert!(table.load().is_none());
+        assert!(!c.lifecycle.is_ready());
+        assert_eq!(
+            c.apply(Input::Replicas(3)),
+            Applied::Published { version: 1 }
+        );
+        assert_eq!(table.load_full().unwrap().route("ns-01").ordinal, 1);
+    }
+
+    #[test]
+    fn static_lists_cannot_grow() {
+        let backends =
+            Backends::static_list(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]).unwrap();
+        let t = RoutingTable::build(
+            1,
+            TableSource::Flags,
+            &backends,
+            NonZeroU32::new(2).unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        let table = Arc::new(ArcSwapOption::from_pointee(t));
+        let (mut c, _, _, _) = Control::new(ControlParts {
+            table: table.clone(),
+            backends,
+            statefulset: "backend".into(),
+            live: Arc::new(LiveTenants::default()),
+            lifecycle: Lifecycle::default(),
+        });
+        assert_eq!(
+            c.apply(Input::Replicas(3)),
+            Applied::Rejected(RejectReason::BadReplicas)
+        );
+        assert_eq!(table.load_full().unwrap().replicas().get(), 2);
+        // The rejected count is not remembered: the next overrides update still builds.
+        let src = TableSource::File { path: "f".into() };
+        assert_eq!(
+            c.apply(Input::Overrides {
+                source: src,
+                data: data(&[("ns-01", "1")])
+            }),
+            Applied::Published { version: 2 }
+        );
+    }
+}
