@@ -12,7 +12,7 @@ use thiserror::Error;
 use wsrouter::backends::DEFAULT_TEMPLATE;
 use wsrouter::{
     BackendTemplate, Backends, BackendsError, Overrides, OverridesError, PathPrefix, PrefixError,
-    RoutingTable, TableSource, TemplateError,
+    TableSource, TemplateError,
 };
 
 use crate::overrides_file::{self, OverridesFileError};
@@ -91,7 +91,7 @@ pub struct ServeArgs {
     /// Backend address template with {statefulset}, {i}, {service}, {namespace}; used when no --backend is given.
     #[arg(long, env = "WSROUTER_BACKEND_TEMPLATE", default_value = DEFAULT_TEMPLATE)]
     pub backend_template: String,
-    /// Number of backend pods (required with a template).
+    /// Number of backend pods; without it (and with a template) the StatefulSet's spec.replicas is watched.
     #[arg(long, env = "WSROUTER_REPLICAS")]
     pub replicas: Option<u32>,
     /// The backend StatefulSet's name: fills {statefulset} and names pods in override targets.
@@ -103,9 +103,15 @@ pub struct ServeArgs {
     /// Kubernetes namespace of the backends: fills {namespace} [default: $POD_NAMESPACE, then the service account's]
     #[arg(long, env = "WSROUTER_POD_NAMESPACE")]
     pub pod_namespace: Option<String>,
-    /// A ConfigMap manifest whose `data` maps namespace → target ("3" or "backend-3"), read at start.
-    #[arg(long, env = "WSROUTER_OVERRIDES_FILE")]
+    /// Overrides from a ConfigMap manifest file (data: namespace → "3" or "backend-3"), watched.
+    #[arg(long, env = "WSROUTER_OVERRIDES_FILE", conflicts_with_all = ["overrides_dir", "configmap"])]
     pub overrides_file: Option<PathBuf>,
+    /// Overrides from a ConfigMap mounted as a volume (one file per key), watched.
+    #[arg(long, env = "WSROUTER_OVERRIDES_DIR", conflicts_with = "configmap")]
+    pub overrides_dir: Option<PathBuf>,
+    /// Overrides from this ConfigMap, watched through the Kubernetes API [default in a cluster: wsrouter-overrides]
+    #[arg(long, env = "WSROUTER_CONFIGMAP")]
+    pub configmap: Option<String>,
     /// Address of the admin listener (plain HTTP: /healthz, /readyz).
     #[arg(long, env = "WSROUTER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
@@ -131,7 +137,7 @@ pub struct DevArgs {
     /// Time between the echo backends' counter messages.
     #[arg(long, env = "WSROUTER_DEV_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
-    /// A ConfigMap manifest of overrides (namespace → "2" or "backend-2"), read at start.
+    /// A ConfigMap manifest of overrides (namespace → "2" or "backend-2"), watched: edit it to reroute live.
     #[arg(long, env = "WSROUTER_OVERRIDES_FILE")]
     pub overrides_file: Option<PathBuf>,
     #[command(flatten)]
@@ -178,8 +184,6 @@ pub enum ConfigError {
     Backends(#[source] BackendsError),
     #[error("--backend-template")]
     Template(#[source] TemplateError),
-    #[error("--replicas is required with a backend template (or give --backend addresses)")]
-    NoReplicas,
     #[error("--replicas must be at least 1")]
     ZeroReplicas,
     #[error("--replicas {replicas} but only {addresses} --backend addresses")]
@@ -220,13 +224,70 @@ pub struct RouterConfig {
     pub path_prefix: PathPrefix,
     pub drain_grace: Duration,
     pub limits: Limits,
-    /// The first table, when the flags fix the replica count; otherwise the first
-    /// StatefulSet observation builds it (until then the router answers 503, not ready).
-    pub table: Option<RoutingTable>,
-    /// How ordinals become addresses when the control plane rebuilds the table.
+    pub routing: RoutingConfig,
+}
+
+/// How routing tables are made. The control loop builds every one of them, the first
+/// included, as soon as it knows the replica count and (for a watched source) the
+/// overrides; until then the router answers 503 and is not ready.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// How ordinals become addresses.
     pub backends: Backends,
     /// Names pods in override targets (`backend-3`).
     pub statefulset: String,
+    /// Fixed by flags; `None` when the StatefulSet's `spec.replicas` is watched.
+    pub replicas: Option<NonZeroU32>,
+    /// Overrides known at start, and where they came from.
+    pub overrides: Overrides,
+    pub source: TableSource,
+    /// Overrides come from a watched source not read yet: route nothing before its
+    /// first read, rather than route some tenants without their overrides.
+    pub await_overrides: bool,
+}
+
+impl RoutingConfig {
+    /// Static backends or a fixed template, no overrides.
+    pub fn fixed(backends: Backends, replicas: NonZeroU32) -> Self {
+        Self {
+            backends,
+            statefulset: "backend".to_owned(),
+            replicas: Some(replicas),
+            overrides: Overrides::default(),
+            source: TableSource::Flags,
+            await_overrides: false,
+        }
+    }
+}
+
+/// What the control plane watches.
+#[derive(Debug, Clone, Default)]
+pub struct WatchConfig {
+    pub overrides: OverridesWatch,
+    /// Watch this StatefulSet's `spec.replicas`.
+    pub statefulset: Option<String>,
+    /// Watch this Service's EndpointSlices for pod readiness.
+    pub endpoint_slices: Option<String>,
+    /// The Kubernetes namespace of the watched objects.
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OverridesWatch {
+    #[default]
+    None,
+    File(PathBuf),
+    Dir(PathBuf),
+    ConfigMap(String),
+}
+
+impl WatchConfig {
+    /// Whether anything is watched through the Kubernetes API.
+    pub fn needs_kube(&self) -> bool {
+        matches!(self.overrides, OverridesWatch::ConfigMap(_))
+            || self.statefulset.is_some()
+            || self.endpoint_slices.is_some()
+    }
 }
 
 impl CommonArgs {
@@ -253,13 +314,21 @@ impl CommonArgs {
     }
 }
 
+/// The ConfigMap watched through the API when running in a cluster and no other
+/// overrides source is given.
+pub const DEFAULT_CONFIGMAP: &str = "wsrouter-overrides";
+
 impl ServeArgs {
-    /// Validates the flags and reads the files they name.
-    pub fn into_config(self) -> Result<RouterConfig, ConfigError> {
+    /// Validates the flags and reads the files they name: the router's config, and what
+    /// its control plane watches.
+    pub fn into_config(self) -> Result<(RouterConfig, WatchConfig), ConfigError> {
         let limits = self.common.limits()?;
         let path_prefix = self.common.path_prefix()?;
-        let (backends, replicas) = if self.backends.is_empty() {
-            let namespace = self.pod_namespace.clone().unwrap_or_else(pod_namespace);
+        let namespace = self.pod_namespace.clone().unwrap_or_else(pod_namespace);
+        // kubelet sets this in every pod; its absence means "not in a cluster".
+        let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
+        let templated = self.backends.is_empty();
+        let (backends, replicas) = if templated {
             let template = BackendTemplate::parse(
                 &self.backend_template,
                 &self.statefulset,
@@ -267,29 +336,54 @@ impl ServeArgs {
                 &namespace,
             )
             .map_err(ConfigError::Template)?;
-            let replicas = self.replicas.ok_or(ConfigError::NoReplicas)?;
-            let replicas = NonZeroU32::new(replicas).ok_or(ConfigError::ZeroReplicas)?;
+            let replicas = match self.replicas {
+                Some(r) => Some(NonZeroU32::new(r).ok_or(ConfigError::ZeroReplicas)?),
+                None => None,
+            };
             (Backends::Template(template), replicas)
         } else {
             let n = self.backends.len();
             let backends = Backends::static_list(self.backends).map_err(ConfigError::Backends)?;
             let fixed = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
-            match self.replicas {
-                Some(r) if r as usize != n => {
-                    return Err(ConfigError::ReplicasMismatch {
-                        replicas: r,
-                        addresses: n,
-                    })
-                }
-                _ => (backends, fixed),
+            if let Some(r) = self.replicas.filter(|&r| r as usize != n) {
+                return Err(ConfigError::ReplicasMismatch {
+                    replicas: r,
+                    addresses: n,
+                });
             }
+            (backends, Some(fixed))
         };
-        let table = initial_table(
-            &backends,
-            replicas,
-            self.overrides_file.as_deref(),
-            &self.statefulset,
-        )?;
+        let overrides_watch = match (self.overrides_file, self.overrides_dir, self.configmap) {
+            (Some(f), _, _) => OverridesWatch::File(f),
+            (_, Some(d), _) => OverridesWatch::Dir(d),
+            (_, _, Some(c)) => OverridesWatch::ConfigMap(c),
+            _ if in_cluster => OverridesWatch::ConfigMap(DEFAULT_CONFIGMAP.to_owned()),
+            _ => OverridesWatch::None,
+        };
+        let (overrides, source, await_overrides) = match &overrides_watch {
+            // A local file is read now: a bad one is a configuration error.
+            OverridesWatch::File(path) => (
+                load_overrides(path, &self.statefulset)?,
+                TableSource::File {
+                    path: path.display().to_string(),
+                },
+                false,
+            ),
+            OverridesWatch::Dir(_) | OverridesWatch::ConfigMap(_) => {
+                (Overrides::default(), TableSource::Flags, true)
+            }
+            OverridesWatch::None => (Overrides::default(), TableSource::Flags, false),
+        };
+        let mut watch = WatchConfig {
+            overrides: overrides_watch,
+            statefulset: replicas.is_none().then(|| self.statefulset.clone()),
+            endpoint_slices: None,
+            namespace,
+        };
+        // Pod readiness matters only for StatefulSet pods reached through the API.
+        if templated && (watch.needs_kube() || in_cluster) {
+            watch.endpoint_slices = Some(self.service.clone());
+        }
         let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
             (false, Some(cert), Some(key)) => {
                 Some(tls::load_server_config(cert, key).map_err(ConfigError::Tls)?)
@@ -297,40 +391,30 @@ impl ServeArgs {
             // clap makes cert and key required unless --plaintext.
             _ => None,
         };
-        Ok(RouterConfig {
+        let config = RouterConfig {
             listen: self.listen,
             tls,
             admin_listen: Some(self.admin_listen),
             path_prefix,
             drain_grace: self.common.drain_grace,
             limits,
-            table: Some(table),
-            backends,
-            statefulset: self.statefulset,
-        })
+            routing: RoutingConfig {
+                backends,
+                statefulset: self.statefulset,
+                replicas,
+                overrides,
+                source,
+                await_overrides,
+            },
+        };
+        Ok((config, watch))
     }
 }
 
-/// The first routing table (version 1): the backends, plus the overrides file if one is
-/// given, validated against the StatefulSet's pod names.
-pub fn initial_table(
-    backends: &Backends,
-    replicas: NonZeroU32,
-    overrides_file: Option<&std::path::Path>,
-    statefulset: &str,
-) -> Result<RoutingTable, ConfigError> {
-    let (overrides, source) = match overrides_file {
-        Some(path) => {
-            let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
-            let overrides = Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)?;
-            let source = TableSource::File {
-                path: path.display().to_string(),
-            };
-            (overrides, source)
-        }
-        None => (Overrides::default(), TableSource::Flags),
-    };
-    RoutingTable::build(1, source, backends, replicas, overrides).map_err(ConfigError::Table)
+/// Reads and validates an overrides manifest file.
+pub fn load_overrides(path: &std::path::Path, statefulset: &str) -> Result<Overrides, ConfigError> {
+    let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
+    Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)
 }
 
 /// The pod's namespace: `$POD_NAMESPACE`, then the service account's, then `default`.
@@ -359,6 +443,7 @@ mod tests {
         match cli.command {
             Command::Serve(s) => s
                 .into_config()
+                .map(|(c, _)| c)
                 .map_err(|e| crate::logging::DisplayChain(&e).to_string()),
             _ => Err("not serve".to_owned()),
         }
@@ -379,7 +464,7 @@ mod tests {
             "127.0.0.1:9002",
         ])
         .unwrap();
-        assert_eq!(c.table.as_ref().unwrap().replicas().get(), 2);
+        assert_eq!(c.routing.replicas.map(NonZeroU32::get), Some(2));
         assert!(c.tls.is_none());
         assert_eq!(c.listen.to_string(), "0.0.0.0:8443");
         assert_eq!(c.path_prefix.as_str(), "/ws/");
@@ -389,8 +474,8 @@ mod tests {
     #[test]
     fn template_backends() {
         let c = serve(&["--plaintext", "--replicas", "3", "--pod-namespace", "prod"]).unwrap();
-        let addrs: Vec<_> = c.table.as_ref().unwrap().addresses().collect();
-        assert_eq!(addrs[2], "backend-2.backend.prod.svc.cluster.local:9000");
+        let addrs = c.routing.backends.addresses(c.routing.replicas.unwrap());
+        assert_eq!(&*addrs[2], "backend-2.backend.prod.svc.cluster.local:9000");
         let c = serve(&[
             "--plaintext",
             "--replicas",
@@ -404,9 +489,66 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.table.as_ref().unwrap().addresses().collect::<Vec<_>>(),
-            ["echo-0.echo-hl:7000", "echo-1.echo-hl:7000"]
+            c.routing.backends.addresses(c.routing.replicas.unwrap()),
+            [
+                Box::from("echo-0.echo-hl:7000"),
+                Box::from("echo-1.echo-hl:7000")
+            ]
         );
+    }
+
+    fn watch(args: &[&str]) -> WatchConfig {
+        let mut argv = vec!["wsrouter", "serve", "--plaintext"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(s) => s.into_config().unwrap().1,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn what_gets_watched() {
+        // A template without --replicas follows the StatefulSet and its pods' readiness.
+        let w = watch(&["--pod-namespace", "prod"]);
+        assert_eq!(
+            (w.statefulset.as_deref(), w.endpoint_slices.as_deref()),
+            (Some("backend"), Some("backend"))
+        );
+        assert_eq!(w.namespace, "prod");
+        assert!(w.needs_kube());
+        // Fixed replicas and static backends outside a cluster: nothing to watch.
+        let w = watch(&["--backend", "127.0.0.1:1"]);
+        assert!(!w.needs_kube());
+        assert_eq!(w.overrides, OverridesWatch::None);
+        let w = watch(&["--replicas", "2", "--configmap", "routes"]);
+        assert_eq!(w.overrides, OverridesWatch::ConfigMap("routes".into()));
+        assert_eq!(w.statefulset, None);
+        let w = watch(&[
+            "--replicas",
+            "2",
+            "--overrides-dir",
+            "/etc/wsrouter/overrides",
+        ]);
+        assert_eq!(
+            w.overrides,
+            OverridesWatch::Dir("/etc/wsrouter/overrides".into())
+        );
+        assert!(
+            serve(&["--plaintext", "--replicas", "2", "--overrides-dir", "/x"])
+                .unwrap()
+                .routing
+                .await_overrides
+        );
+        assert!(serve(&[
+            "--plaintext",
+            "--replicas",
+            "2",
+            "--overrides-dir",
+            "/x",
+            "--configmap",
+            "y"
+        ])
+        .is_err());
     }
 
     #[test]
@@ -432,7 +574,6 @@ mod tests {
     fn bad_flags_are_errors() {
         let cases: &[(&[&str], &str)] = &[
             (&["--replicas", "1"], "--tls-cert"),
-            (&["--plaintext"], "--replicas is required"),
             (&["--plaintext", "--replicas", "0"], "at least 1"),
             (&["--plaintext", "--backend", "nope"], "HOST:PORT"),
             (

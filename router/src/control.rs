@@ -12,6 +12,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, watch};
 use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
 
+use crate::config::RoutingConfig;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
 
@@ -57,6 +58,10 @@ pub struct ControlStats {
     pub rejected_unparsable: AtomicU64,
     pub rejected_bad_replicas: AtomicU64,
     pub inactive_overrides: AtomicU64,
+    /// Watches (re)started: the first list and every relist.
+    pub watch_restarts: AtomicU64,
+    /// Errors from the API server or a broken watch stream.
+    pub watch_errors: AtomicU64,
 }
 
 impl ControlStats {
@@ -101,6 +106,8 @@ pub struct Control {
     replicas: Option<NonZeroU32>,
     overrides: Overrides,
     source: TableSource,
+    /// False until a watched overrides source has been read once.
+    overrides_known: bool,
     version: u64,
     live: Arc<LiveTenants>,
     changed: watch::Sender<u64>,
@@ -121,15 +128,16 @@ pub enum Applied {
 }
 
 pub struct ControlParts {
+    /// The slot tables are published into.
     pub table: Arc<ArcSwapOption<RoutingTable>>,
-    pub backends: Backends,
-    pub statefulset: String,
+    pub routing: RoutingConfig,
     pub live: Arc<LiveTenants>,
     pub lifecycle: Lifecycle,
 }
 
 impl Control {
-    /// Starts from whatever table is already published (possibly none).
+    /// Publishes the first table at once when the configuration has all it needs
+    /// (a replica count, and overrides unless they come from a source not read yet).
     pub fn new(
         parts: ControlParts,
     ) -> (
@@ -138,32 +146,36 @@ impl Control {
         mpsc::UnboundedReceiver<Input>,
         watch::Receiver<u64>,
     ) {
-        let current = parts.table.load_full();
-        let (replicas, overrides, source, version) = match &current {
-            Some(t) => (
-                Some(t.replicas()),
-                t.overrides().clone(),
-                t.source().clone(),
-                t.version(),
-            ),
-            None => (None, Overrides::default(), TableSource::Flags, 0),
-        };
-        let (changed, changes) = watch::channel(version);
+        let (changed, changes) = watch::channel(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ControlStats::default());
-        let control = Self {
+        let r = parts.routing;
+        let mut control = Self {
             table: parts.table,
-            backends: parts.backends,
-            statefulset: parts.statefulset,
-            replicas,
-            overrides,
-            source,
-            version,
+            backends: r.backends,
+            statefulset: r.statefulset,
+            replicas: r.replicas,
+            overrides: r.overrides,
+            source: r.source,
+            overrides_known: !r.await_overrides,
+            version: 0,
             live: parts.live,
             changed,
             stats: stats.clone(),
             lifecycle: parts.lifecycle,
         };
+        let (replicas, overrides, source) = (
+            control.replicas,
+            control.overrides.clone(),
+            control.source.clone(),
+        );
+        if let Applied::Pending = control.publish(replicas, &overrides, &source) {
+            tracing::info!(
+                replicas_known = replicas.is_some(),
+                overrides_known = control.overrides_known,
+                "no routing table until the control plane has read its sources; answering 503 until then"
+            );
+        }
         (control, ControlHandle { tx, stats }, rx, changes)
     }
 
@@ -206,10 +218,15 @@ impl Control {
                 }
             },
         }
+        let overrides_changed = overrides.is_some();
         let overrides = overrides.unwrap_or_else(|| self.overrides.clone());
         let source = source.unwrap_or_else(|| self.source.clone());
+        let was_known = self.overrides_known;
+        self.overrides_known |= overrides_changed;
         let applied = self.publish(replicas, &overrides, &source);
-        if !matches!(applied, Applied::Rejected(_)) {
+        if matches!(applied, Applied::Rejected(_)) {
+            self.overrides_known = was_known;
+        } else {
             self.overrides = overrides;
             self.source = source;
             self.replicas = replicas;
@@ -223,7 +240,7 @@ impl Control {
         overrides: &Overrides,
         source: &TableSource,
     ) -> Applied {
-        let Some(replicas) = replicas else {
+        let (Some(replicas), true) = (replicas, self.overrides_known) else {
             return Applied::Pending;
         };
         let next = match RoutingTable::build(
@@ -295,33 +312,32 @@ mod tests {
     use super::*;
     use wsrouter::BackendTemplate;
 
-    fn control(
-        initial: Option<u32>,
-    ) -> (Control, Arc<ArcSwapOption<RoutingTable>>, Arc<LiveTenants>) {
-        let backends = Backends::Template(
-            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "ns").unwrap(),
-        );
-        let table = Arc::new(ArcSwapOption::empty());
-        if let Some(r) = initial {
-            let t = RoutingTable::build(
-                1,
-                TableSource::Flags,
-                &backends,
-                NonZeroU32::new(r).unwrap(),
-                Overrides::default(),
-            )
-            .unwrap();
-            table.store(Some(Arc::new(t)));
+    fn routing(replicas: Option<u32>, await_overrides: bool) -> RoutingConfig {
+        let t =
+            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "ns").unwrap();
+        RoutingConfig {
+            backends: Backends::Template(t),
+            statefulset: "backend".into(),
+            replicas: replicas.and_then(NonZeroU32::new),
+            overrides: Overrides::default(),
+            source: TableSource::Flags,
+            await_overrides,
         }
-        let live = Arc::new(LiveTenants::default());
+    }
+
+    fn control_with(routing: RoutingConfig) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {
+        let table = Arc::new(ArcSwapOption::empty());
         let (c, _, _, _) = Control::new(ControlParts {
             table: table.clone(),
-            backends,
-            statefulset: "backend".into(),
-            live: live.clone(),
+            routing,
+            live: Arc::new(LiveTenants::default()),
             lifecycle: Lifecycle::default(),
         });
-        (c, table, live)
+        (c, table)
+    }
+
+    fn control(replicas: Option<u32>) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {
+        control_with(routing(replicas, false))
     }
 
     fn data(entries: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -341,57 +357,51 @@ mod tests {
         }
     }
 
+    fn overrides(source: TableSource, entries: &[(&str, &str)]) -> Input {
+        Input::Overrides {
+            source,
+            data: data(entries),
+        }
+    }
+
     #[test]
     fn updates_publish_new_versions_and_bad_ones_keep_the_last_good_table() {
-        let (mut c, table, _) = control(Some(4));
+        let (mut c, table) = control(Some(4));
         let current = || table.load_full().unwrap();
+        assert_eq!(current().version(), 1);
         assert_eq!(
-            c.apply(Input::Overrides {
-                source: cm("10"),
-                data: data(&[("ns-01", "0")])
-            }),
+            c.apply(overrides(cm("10"), &[("ns-01", "0")])),
             Applied::Published { version: 2 }
         );
         assert_eq!(current().route("ns-01").ordinal, 0);
         // Same data again (a resync): nothing to publish.
         assert_eq!(
-            c.apply(Input::Overrides {
-                source: cm("11"),
-                data: data(&[("ns-01", "0")])
-            }),
+            c.apply(overrides(cm("11"), &[("ns-01", "0")])),
             Applied::Unchanged
         );
         // One bad key rejects the whole update; the table stays.
-        let bad = data(&[("ns-01", "1"), ("Bad_Key", "2")]);
+        let bad = overrides(cm("12"), &[("ns-01", "1"), ("Bad_Key", "2")]);
         assert_eq!(
-            c.apply(Input::Overrides {
-                source: cm("12"),
-                data: bad
-            }),
+            c.apply(bad),
             Applied::Rejected(RejectReason::InvalidOverrides)
         );
         assert_eq!(current().version(), 2);
         assert_eq!(current().route("ns-01").ordinal, 0);
         assert_eq!(c.stats.rejected(RejectReason::InvalidOverrides), 1);
         // Deleted ConfigMap: no overrides.
-        assert_eq!(
-            c.apply(Input::Overrides {
-                source: cm(""),
-                data: None
-            }),
-            Applied::Published { version: 3 }
-        );
+        let deleted = Input::Overrides {
+            source: cm(""),
+            data: None,
+        };
+        assert_eq!(c.apply(deleted), Applied::Published { version: 3 });
         assert_eq!(current().route("ns-01").ordinal, 2);
-        assert_eq!(c.stats.swaps.load(Ordering::Relaxed), 2);
+        assert_eq!(c.stats.swaps.load(Ordering::Relaxed), 3);
     }
 
     #[test]
     fn replicas_rebuild_and_inactive_overrides_wait_for_growth() {
-        let (mut c, table, _) = control(Some(4));
-        c.apply(Input::Overrides {
-            source: cm("1"),
-            data: data(&[("acme-prod", "backend-5")]),
-        });
+        let (mut c, table) = control(Some(4));
+        c.apply(overrides(cm("1"), &[("acme-prod", "backend-5")]));
         let t = table.load_full().unwrap();
         assert_eq!(t.route("acme-prod").inactive_override, Some(5));
         assert_eq!(c.stats.inactive_overrides.load(Ordering::Relaxed), 1);
@@ -411,12 +421,9 @@ mod tests {
 
     #[test]
     fn no_table_until_replicas_are_known() {
-        let (mut c, table, _) = control(None);
+        let (mut c, table) = control(None);
         assert_eq!(
-            c.apply(Input::Overrides {
-                source: cm("1"),
-                data: data(&[("ns-01", "1")])
-            }),
+            c.apply(overrides(cm("1"), &[("ns-01", "1")])),
             Applied::Pending
         );
         assert!(table.load().is_none());
@@ -429,25 +436,29 @@ mod tests {
     }
 
     #[test]
+    fn a_watched_source_is_awaited_before_the_first_table() {
+        let (mut c, table) = control_with(routing(Some(4), true));
+        assert!(table.load().is_none());
+        assert_eq!(c.apply(Input::Replicas(5)), Applied::Pending);
+        // A bad first read does not unblock routing either.
+        let bad = overrides(cm("1"), &[("X", "1")]);
+        assert_eq!(
+            c.apply(bad),
+            Applied::Rejected(RejectReason::InvalidOverrides)
+        );
+        assert!(table.load().is_none());
+        let good = overrides(cm("2"), &[("ns-01", "4")]);
+        assert_eq!(c.apply(good), Applied::Published { version: 1 });
+        let t = table.load_full().unwrap();
+        assert_eq!((t.replicas().get(), t.route("ns-01").ordinal), (5, 4));
+    }
+
+    #[test]
     fn static_lists_cannot_grow() {
         let backends =
             Backends::static_list(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]).unwrap();
-        let t = RoutingTable::build(
-            1,
-            TableSource::Flags,
-            &backends,
-            NonZeroU32::new(2).unwrap(),
-            Overrides::default(),
-        )
-        .unwrap();
-        let table = Arc::new(ArcSwapOption::from_pointee(t));
-        let (mut c, _, _, _) = Control::new(ControlParts {
-            table: table.clone(),
-            backends,
-            statefulset: "backend".into(),
-            live: Arc::new(LiveTenants::default()),
-            lifecycle: Lifecycle::default(),
-        });
+        let (mut c, table) =
+            control_with(RoutingConfig::fixed(backends, NonZeroU32::new(2).unwrap()));
         assert_eq!(
             c.apply(Input::Replicas(3)),
             Applied::Rejected(RejectReason::BadReplicas)
@@ -456,11 +467,9 @@ mod tests {
         // The rejected count is not remembered: the next overrides update still builds.
         let src = TableSource::File { path: "f".into() };
         assert_eq!(
-            c.apply(Input::Overrides {
-                source: src,
-                data: data(&[("ns-01", "1")])
-            }),
+            c.apply(overrides(src, &[("ns-01", "1")])),
             Applied::Published { version: 2 }
         );
+        assert_eq!(table.load_full().unwrap().replicas().get(), 2);
     }
 }

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 
 use thiserror::Error;
-use wsrouter::Backends;
+use wsrouter::{Backends, Overrides, TableSource};
 
-use crate::config::{self, ConfigError, DevArgs, RouterConfig};
+use crate::config::{self, ConfigError, DevArgs, RouterConfig, RoutingConfig};
 use crate::server::{self, RouterHandle, ServerError};
 use crate::tls::{DevCert, TlsError};
+use crate::watch::{self, files::FileSource};
 
 /// The StatefulSet name the dev backends pretend to be, so override targets read as in a
 /// cluster (`backend-2`).
@@ -28,6 +29,8 @@ pub enum DevError {
     },
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error(transparent)]
+    Watch(#[from] watch::files::FileWatchError),
 }
 
 pub struct DevHandle {
@@ -63,12 +66,21 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
         .fixed_replicas()
         .ok_or(ConfigError::ZeroReplicas)?;
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
-    let table = config::initial_table(
-        &backends_cfg,
-        replicas,
-        args.overrides_file.as_deref(),
-        DEV_STATEFULSET,
-    )?;
+    let (overrides, source) = match &args.overrides_file {
+        Some(p) => (
+            config::load_overrides(p, DEV_STATEFULSET)?,
+            TableSource::File {
+                path: p.display().to_string(),
+            },
+        ),
+        None => (Overrides::default(), TableSource::Flags),
+    };
+    let routing = RoutingConfig {
+        statefulset: DEV_STATEFULSET.to_owned(),
+        overrides,
+        source,
+        ..RoutingConfig::fixed(backends_cfg, replicas)
+    };
 
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let router = server::start(RouterConfig {
@@ -78,11 +90,17 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
         path_prefix,
         drain_grace: args.common.drain_grace,
         limits,
-        table: Some(table),
-        backends: backends_cfg,
-        statefulset: DEV_STATEFULSET.to_owned(),
+        routing,
     })
     .await?;
+    // Edit the file to reroute live: the same watcher `serve --overrides-file` uses.
+    if let Some(p) = &args.overrides_file {
+        watch::files::spawn(
+            FileSource::Manifest(p.clone()),
+            router.control(),
+            router.stopping(),
+        )?;
+    }
 
     // The CA is public material; writing it lets curl or a browser verify if wanted.
     let ca_file = {

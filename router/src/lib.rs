@@ -10,8 +10,10 @@
 //! - [`live`]: which tenants have live sockets here.
 //! - [`lifecycle`]: readiness, drain signals and the tracked tasks.
 //! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`pods`]: which backend pods are known not ready (503 instead of a connect timeout).
 //! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
 //! - [`dev`]: `wsrouter dev`, the router with local echo backends.
+//! - [`watch`]: watchers feeding the control loop (files, mounted ConfigMaps, the Kubernetes API).
 //! - [`logging`]: tracing setup.
 
 pub mod admin;
@@ -23,9 +25,11 @@ pub mod lifecycle;
 pub mod live;
 pub mod logging;
 pub mod overrides_file;
+pub mod pods;
 pub mod proxy;
 pub mod relay;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 pub use server::{start, RouterHandle};

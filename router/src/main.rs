@@ -30,17 +30,25 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     let handle = match command {
         Command::Serve(args) => {
-            let config = match args.into_config() {
+            let (config, watch) = match args.into_config() {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
-            match router::start(config).await.context("starting the router") {
+            let handle = match router::start(config).await.context("starting the router") {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::error!("{e:#}");
                     return ExitCode::FAILURE;
                 }
+            };
+            if let Err(e) = router::watch::start(&watch, &handle, None).await {
+                tracing::error!(
+                    "invalid configuration: {}",
+                    router::logging::DisplayChain(&e)
+                );
+                return ExitCode::from(EXIT_CONFIG);
             }
+            handle
         }
         Command::Cert(args) => {
             let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();

@@ -57,6 +57,8 @@ pub enum ProxyError {
     BackendBadUpgrade { ordinal: u32, addr: Box<str> },
     #[error("no routing table loaded yet")]
     NoTable,
+    #[error("backend {ordinal} is not ready")]
+    BackendNotReady { ordinal: u32 },
 }
 
 impl ProxyError {
@@ -69,7 +71,7 @@ impl ProxyError {
             | Self::BackendProtocol { .. }
             | Self::BackendBadUpgrade { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoTable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoTable | Self::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -77,6 +79,8 @@ impl ProxyError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::NoTable => Some(1),
+            // A pod restart takes seconds; sooner would only be refused again.
+            Self::BackendNotReady { .. } => Some(5),
             _ => None,
         }
     }
@@ -91,6 +95,7 @@ impl ProxyError {
                 "backend error\n".to_owned()
             }
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
+            Self::BackendNotReady { .. } => "backend not ready; retry shortly\n".to_owned(),
         }
     }
 
@@ -211,6 +216,14 @@ where
             table_version: table.version(),
         }
     };
+
+    // Known not ready: say so now rather than after a connect timeout. The tenant stays
+    // on its pod; its state lives there.
+    if shared.not_ready.load().contains(routed.ordinal) {
+        return Err(ProxyError::BackendNotReady {
+            ordinal: routed.ordinal,
+        });
+    }
 
     let backend_req = backend_request(req, ctx.peer, shared.tls);
     let timeout = shared.limits.backend_timeout;
@@ -481,6 +494,8 @@ mod tests {
                 },
                 502,
             ),
+            (ProxyError::NoTable, 503),
+            (ProxyError::BackendNotReady { ordinal: 2 }, 503),
         ];
         for (e, status) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

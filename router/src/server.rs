@@ -24,6 +24,7 @@ use crate::config::{Limits, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts};
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
+use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
 
 #[derive(Debug, Error)]
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     pub table: Arc<ArcSwapOption<RoutingTable>>,
     /// Tenants with live sockets here.
     pub live: Arc<LiveTenants>,
+    /// Backend pods known not to be ready.
+    pub not_ready: PodReadiness,
     pub prefix: PathPrefix,
     pub limits: Limits,
     pub tls: bool,
@@ -59,6 +62,7 @@ pub struct RouterHandle {
     admin_addr: Option<SocketAddr>,
     shared: Arc<Shared>,
     control: ControlHandle,
+    statefulset: String,
     /// Cancelled once the router has drained and stopped.
     done: CancellationToken,
 }
@@ -81,6 +85,21 @@ impl RouterHandle {
     /// Where watchers send what they see; the control loop builds and publishes tables.
     pub fn control(&self) -> ControlHandle {
         self.control.clone()
+    }
+
+    /// Cancelled when the router begins to drain: watchers stop with it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shared.lifecycle.stop_accepting.clone()
+    }
+
+    /// Where the EndpointSlice watcher publishes pods known not ready.
+    pub fn pod_readiness(&self) -> PodReadiness {
+        self.shared.not_ready.clone()
+    }
+
+    /// The StatefulSet whose pods are the backends.
+    pub fn statefulset(&self) -> &str {
+        &self.statefulset
     }
 
     /// Tenants with live sockets on this router.
@@ -145,27 +164,12 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         .max_headers(config.limits.max_headers);
 
     let lifecycle = Lifecycle::default();
-    let table = Arc::new(ArcSwapOption::new(config.table.map(Arc::new)));
-    match table.load().as_deref() {
-        Some(t) => {
-            tracing::info!(
-                table.version = t.version(),
-                table.source = %t.source(),
-                replicas = t.replicas().get(),
-                overrides = t.overrides().len(),
-                "routing table loaded"
-            );
-            lifecycle.set_table_loaded();
-        }
-        None => tracing::info!(
-            "no routing table until the replica count is known; answering 503 until then"
-        ),
-    }
+    let table = Arc::new(ArcSwapOption::empty());
     let live = Arc::new(LiveTenants::default());
+    let statefulset = config.routing.statefulset.clone();
     let (control, control_handle, control_rx, _changes) = Control::new(ControlParts {
         table: table.clone(),
-        backends: config.backends,
-        statefulset: config.statefulset,
+        routing: config.routing,
         live: live.clone(),
         lifecycle: lifecycle.clone(),
     });
@@ -173,6 +177,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let shared = Arc::new(Shared {
         table,
         live,
+        not_ready: PodReadiness::default(),
         prefix: config.path_prefix,
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,
@@ -239,6 +244,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         admin_addr,
         shared,
         control: control_handle,
+        statefulset,
         done,
     })
 }

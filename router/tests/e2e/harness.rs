@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures_util::StreamExt;
-use router::config::{Limits, RouterConfig};
+use router::config::{Limits, RouterConfig, RoutingConfig};
 use router::tls::DevCert;
 use router::RouterHandle;
 use rustls::pki_types::ServerName;
@@ -17,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use wsrouter::{Backends, Overrides, PathPrefix, RoutingTable, TableSource};
+use wsrouter::{Backends, Overrides, PathPrefix};
 
 pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
@@ -97,8 +97,7 @@ impl Harness {
         let b = Backends::static_list(addrs)?;
         let replicas = b.fixed_replicas().context("replicas")?;
         let overrides = Overrides::parse(opts.overrides, "backend")?;
-        let table = RoutingTable::build(1, TableSource::Flags, &b, replicas, overrides)?;
-        let backends_cfg = b;
+
         let router = router::start(RouterConfig {
             listen: "127.0.0.1:0".parse()?,
             tls: if opts.plaintext {
@@ -110,9 +109,10 @@ impl Harness {
             path_prefix: PathPrefix::default(),
             drain_grace: opts.drain_grace,
             limits: opts.limits,
-            table: Some(table),
-            backends: backends_cfg,
-            statefulset: "backend".into(),
+            routing: RoutingConfig {
+                overrides,
+                ..RoutingConfig::fixed(b, replicas)
+            },
         })
         .await?;
         let connector = TlsConnector::from(cert.client_config());

@@ -1,0 +1,223 @@
+//! Overrides from the filesystem: a ConfigMap manifest file (`--overrides-file`), or a
+//! ConfigMap mounted as a volume (`--overrides-dir`, one file per key).
+//!
+//! Both watch a directory, not a file: editors replace files by renaming over them, and
+//! kubelet updates a mounted ConfigMap by swapping the `..data` symlink, so a watch on
+//! the file itself would miss the change. Any event re-reads the whole source after a
+//! short quiet period; the control loop drops updates that change nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wsrouter::TableSource;
+
+use crate::control::{ControlHandle, Input, RejectReason};
+use crate::logging::DisplayChain;
+use crate::overrides_file;
+
+/// Events arrive in bursts (write, chmod, rename); wait for this much quiet before reading.
+const SETTLE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Error)]
+pub enum FileWatchError {
+    #[error("watching {path}")]
+    Watch {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum DirReadError {
+    #[error("reading {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not UTF-8 text")]
+    NotText { path: PathBuf },
+}
+
+/// Reads a mounted ConfigMap: every regular file (or symlink to one) whose name does not
+/// start with `.` is a key, its content the value. kubelet's `..data` and timestamped
+/// directories start with `.`.
+pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, DirReadError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| DirReadError::Io { path, source }
+    };
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name();
+        let Some(key) = name.to_str() else {
+            return Err(DirReadError::NotText { path: entry.path() });
+        };
+        if key.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // Follows the symlinks kubelet makes; directories are not keys.
+        if !std::fs::metadata(&path).map_err(io(&path))?.is_file() {
+            continue;
+        }
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        let value =
+            String::from_utf8(bytes).map_err(|_| DirReadError::NotText { path: path.clone() })?;
+        out.insert(key.to_owned(), value);
+    }
+    Ok(out)
+}
+
+/// What to watch.
+#[derive(Debug, Clone)]
+pub enum FileSource {
+    /// A ConfigMap manifest file.
+    Manifest(PathBuf),
+    /// A mounted ConfigMap directory.
+    Directory(PathBuf),
+}
+
+impl FileSource {
+    fn watched_dir(&self) -> PathBuf {
+        match self {
+            Self::Manifest(p) => match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+                _ => PathBuf::from("."),
+            },
+            Self::Directory(d) => d.clone(),
+        }
+    }
+
+    fn table_source(&self) -> TableSource {
+        match self {
+            Self::Manifest(p) => TableSource::File {
+                path: p.display().to_string(),
+            },
+            Self::Directory(d) => TableSource::Directory {
+                path: d.display().to_string(),
+            },
+        }
+    }
+
+    /// Reads the source; `Ok(None)` when the file is absent (mid-replace, or removed).
+    fn read(&self) -> Result<Option<BTreeMap<String, String>>, String> {
+        match self {
+            Self::Manifest(p) => match overrides_file::read(p) {
+                Ok(d) => Ok(Some(d)),
+                Err(overrides_file::OverridesFileError::Read { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(DisplayChain(&e).to_string()),
+            },
+            Self::Directory(d) => read_dir(d)
+                .map(Some)
+                .map_err(|e| DisplayChain(&e).to_string()),
+        }
+    }
+
+    /// Reads and sends one update. A source that cannot be read is logged and counted;
+    /// the last good table keeps serving.
+    fn reload(&self, control: &ControlHandle) {
+        match self.read() {
+            Ok(Some(data)) => {
+                control.send(Input::Overrides {
+                    source: self.table_source(),
+                    data: Some(data),
+                });
+            }
+            Ok(None) => {
+                tracing::warn!(source = %self.table_source(), "overrides file is gone; keeping the last good table");
+            }
+            Err(e) => {
+                tracing::warn!(source = %self.table_source(), error = %e, "overrides unreadable; keeping the last good table");
+                control.stats.reject(RejectReason::Unparsable);
+            }
+        }
+    }
+}
+
+/// Watches `source` and sends every change to the control loop, starting with its
+/// current contents, until `stop` is cancelled.
+pub fn spawn(
+    source: FileSource,
+    control: ControlHandle,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
+    let dir = source.watched_dir();
+    let (tx, mut events) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        // Only the fact of a change matters: the whole source is re-read.
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|source| FileWatchError::Watch {
+        path: dir.clone(),
+        source,
+    })?;
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|source| FileWatchError::Watch {
+            path: dir.clone(),
+            source,
+        })?;
+    tracing::info!(source = %source.table_source(), "watching overrides");
+    Ok(tokio::spawn(async move {
+        // The watcher stops when dropped; it lives as long as this task.
+        let _watcher = watcher;
+        source.reload(&control);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                ev = events.recv() => if ev.is_none() { return },
+            }
+            // Let the burst settle, then read once.
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(SETTLE) => break,
+                    ev = events.recv() => if ev.is_none() { return },
+                }
+            }
+            source.reload(&control);
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounted_configmap_layout_reads_keys_only() {
+        // kubelet's layout: ..2025_01_01/key files, ..data -> ..2025_01_01, key -> ..data/key
+        let dir = std::env::temp_dir().join(format!("wsrouter-readdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ts = dir.join("..2025_01_01_00_00_00.1");
+        std::fs::create_dir_all(&ts).unwrap();
+        std::fs::write(ts.join("ns-01"), "3\n").unwrap();
+        std::fs::write(ts.join("ns-42"), "backend-0").unwrap();
+        std::os::unix::fs::symlink("..2025_01_01_00_00_00.1", dir.join("..data")).unwrap();
+        for k in ["ns-01", "ns-42"] {
+            std::os::unix::fs::symlink(format!("..data/{k}"), dir.join(k)).unwrap();
+        }
+        let data = read_dir(&dir).unwrap();
+        assert_eq!(data.len(), 2);
+        assert_eq!(data["ns-01"], "3\n");
+        assert_eq!(data["ns-42"], "backend-0");
+        std::fs::write(ts.join("bin"), [0xff, 0xfe]).unwrap();
+        std::os::unix::fs::symlink("..data/bin", dir.join("bin")).unwrap();
+        assert!(matches!(read_dir(&dir), Err(DirReadError::NotText { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

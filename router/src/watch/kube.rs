@@ -1,0 +1,220 @@
+//! Watches through the Kubernetes API, with kube's watcher: the overrides ConfigMap,
+//! the backend StatefulSet's `spec.replicas`, and the backend Service's EndpointSlices.
+//!
+//! The watcher relists after `410 Gone`, resumes from bookmarks, and retries a failing
+//! API server with backoff; meanwhile the last good table keeps serving. A ConfigMap whose
+//! data is bad is a rejected update (logged with its key, counted), never a dead watch.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use wsrouter::{parse_target, TableSource};
+
+use crate::control::{ControlHandle, Input};
+use crate::pods::{NotReadyPods, PodReadiness};
+
+/// One watch's events, with errors counted and logged, until `stop`.
+async fn for_each_event<K, S>(
+    what: &str,
+    stream: S,
+    control: &ControlHandle,
+    stop: &CancellationToken,
+    mut on_event: impl FnMut(Event<K>),
+) where
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = stream.next() => item,
+        };
+        match item {
+            Some(Ok(ev)) => {
+                if matches!(ev, Event::Init) {
+                    control.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(watch = what, "listing");
+                }
+                on_event(ev);
+            }
+            Some(Err(e)) => {
+                // The stream backs off and retries by itself; the table is untouched.
+                control.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(watch = what, error = %crate::logging::DisplayChain(&e), "watch failed; retrying with backoff, the last good table keeps serving");
+            }
+            None => return,
+        }
+    }
+}
+
+/// Watches one ConfigMap by name; its `data` is the overrides.
+pub async fn watch_configmap(
+    client: Client,
+    namespace: String,
+    name: String,
+    control: ControlHandle,
+    stop: CancellationToken,
+) {
+    let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    let send = |cm: Option<ConfigMap>| {
+        let resource_version = cm
+            .as_ref()
+            .and_then(|c| c.resource_version())
+            .unwrap_or_default();
+        let data = cm.map(|c| {
+            if c.binary_data.as_ref().is_some_and(|b| !b.is_empty()) {
+                tracing::warn!(configmap = %name, "binaryData is ignored; overrides are read from data");
+            }
+            c.data.unwrap_or_default()
+        });
+        control.send(Input::Overrides {
+            source: TableSource::ConfigMap {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                resource_version,
+            },
+            data,
+        });
+    };
+    // During a (re)list, hold what arrives until InitDone: only a complete list may
+    // replace what is applied.
+    let mut listing: Option<Option<ConfigMap>> = None;
+    for_each_event("configmap", stream, &control, &stop, |ev| match ev {
+        Event::Init => listing = Some(None),
+        Event::InitApply(cm) => listing = Some(Some(cm)),
+        Event::InitDone => match listing.take().flatten() {
+            Some(cm) => send(Some(cm)),
+            None => {
+                tracing::warn!(configmap = %name, namespace = %namespace, "ConfigMap not found: no overrides");
+                send(None);
+            }
+        },
+        Event::Apply(cm) => send(Some(cm)),
+        Event::Delete(_) => {
+            tracing::warn!(configmap = %name, namespace = %namespace, "ConfigMap deleted: no overrides");
+            send(None);
+        }
+    })
+    .await;
+}
+
+/// Watches the StatefulSet's `spec.replicas`.
+pub async fn watch_statefulset(
+    client: Client,
+    namespace: String,
+    name: String,
+    control: ControlHandle,
+    stop: CancellationToken,
+) {
+    let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    let replicas = |sts: &StatefulSet| {
+        // The API server defaults an unset spec.replicas to 1.
+        let n = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        u32::try_from(n).unwrap_or(0)
+    };
+    let mut seen_in_list = false;
+    for_each_event("statefulset", stream, &control, &stop, |ev| match ev {
+        Event::Init => seen_in_list = false,
+        Event::InitApply(sts) | Event::Apply(sts) => {
+            seen_in_list = true;
+            control.send(Input::Replicas(replicas(&sts)));
+        }
+        Event::InitDone if !seen_in_list => {
+            tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet not found; keeping the last table");
+        }
+        Event::InitDone => {}
+        Event::Delete(_) => {
+            tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet deleted; keeping the last table");
+        }
+    })
+    .await;
+}
+
+/// Watches the Service's EndpointSlices and publishes which pods are known not ready.
+pub async fn watch_endpoint_slices(
+    client: Client,
+    namespace: String,
+    service: String,
+    statefulset: String,
+    readiness: PodReadiness,
+    control: ControlHandle,
+    stop: CancellationToken,
+) {
+    let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
+    let config =
+        watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
+    let stream = watcher::watcher(api, config).default_backoff();
+    // Slice name → (ordinal, ready) of each endpoint in it.
+    let mut slices: BTreeMap<String, Vec<(u32, bool)>> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, Vec<(u32, bool)>>> = None;
+    let endpoints = |slice: &EndpointSlice| -> Vec<(u32, bool)> {
+        slice
+            .endpoints
+            .iter()
+            .filter_map(|ep| {
+                let pod = ep
+                    .target_ref
+                    .as_ref()
+                    .and_then(|r| r.name.as_deref())
+                    .or(ep.hostname.as_deref())?;
+                let ordinal = parse_target(pod, &statefulset).ok()?;
+                // Unset means unknown, which Kubernetes says to treat as ready.
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                Some((ordinal, ready))
+            })
+            .collect()
+    };
+    let publish = |slices: &BTreeMap<String, Vec<(u32, bool)>>| {
+        let ready: Vec<u32> = slices
+            .values()
+            .flatten()
+            .filter(|(_, r)| *r)
+            .map(|(o, _)| *o)
+            .collect();
+        let not_ready: Vec<u32> = slices
+            .values()
+            .flatten()
+            .filter(|(o, r)| !*r && !ready.contains(o))
+            .map(|(o, _)| *o)
+            .collect();
+        let next = NotReadyPods::new(not_ready);
+        if **readiness.load() != next {
+            tracing::info!(service = %service, not_ready = ?next.ordinals(), "backend pod readiness changed");
+            readiness.store(Arc::new(next));
+        }
+    };
+    for_each_event("endpointslices", stream, &control, &stop, |ev| match ev {
+        Event::Init => listing = Some(BTreeMap::new()),
+        Event::InitApply(s) => {
+            if let Some(l) = listing.as_mut() {
+                l.insert(s.name_any(), endpoints(&s));
+            }
+        }
+        Event::InitDone => {
+            slices = listing.take().unwrap_or_default();
+            publish(&slices);
+        }
+        Event::Apply(s) => {
+            slices.insert(s.name_any(), endpoints(&s));
+            publish(&slices);
+        }
+        Event::Delete(s) => {
+            slices.remove(&s.name_any());
+            publish(&slices);
+        }
+    })
+    .await;
+}

@@ -1,0 +1,102 @@
+//! The control plane's eyes: watchers that turn what they see into
+//! [`Input`](crate::control::Input)s for the control loop. They never touch the table.
+//!
+//! - [`files`]: an overrides manifest file, or a ConfigMap mounted as a directory.
+//! - [`kube`]: the ConfigMap, the StatefulSet and the EndpointSlices, through the API.
+
+pub mod files;
+pub mod kube;
+
+use thiserror::Error;
+use tokio::task::JoinHandle;
+
+use crate::config::{OverridesWatch, WatchConfig};
+use crate::RouterHandle;
+
+#[derive(Debug, Error)]
+pub enum WatchError {
+    #[error(transparent)]
+    Files(#[from] files::FileWatchError),
+    #[error("the Kubernetes API is needed (for {why}) but no configuration was found (in-cluster or kubeconfig)")]
+    NoKube {
+        why: &'static str,
+        #[source]
+        source: ::kube::Error,
+    },
+}
+
+/// Starts every watcher `config` asks for, feeding `router`'s control loop; they stop
+/// when the router begins to drain. `client` is the API client to use; `None` infers
+/// one (in-cluster, else kubeconfig) if anything needs it.
+pub async fn start(
+    config: &WatchConfig,
+    router: &RouterHandle,
+    client: Option<::kube::Client>,
+) -> Result<Vec<JoinHandle<()>>, WatchError> {
+    let control = router.control();
+    let stop = router.stopping();
+    let mut tasks = Vec::new();
+    match &config.overrides {
+        OverridesWatch::File(p) => tasks.push(files::spawn(
+            files::FileSource::Manifest(p.clone()),
+            control.clone(),
+            stop.clone(),
+        )?),
+        OverridesWatch::Dir(d) => tasks.push(files::spawn(
+            files::FileSource::Directory(d.clone()),
+            control.clone(),
+            stop.clone(),
+        )?),
+        OverridesWatch::ConfigMap(_) | OverridesWatch::None => {}
+    }
+    if !config.needs_kube() {
+        return Ok(tasks);
+    }
+    let client = match client {
+        Some(c) => c,
+        None => ::kube::Client::try_default()
+            .await
+            .map_err(|source| WatchError::NoKube {
+                why: if config.statefulset.is_some() {
+                    "the replica count: give --replicas to run without it"
+                } else {
+                    "the overrides ConfigMap"
+                },
+                source,
+            })?,
+    };
+    let ns = config.namespace.clone();
+    if let OverridesWatch::ConfigMap(name) = &config.overrides {
+        tracing::info!(configmap = %name, namespace = %ns, "watching overrides ConfigMap");
+        tasks.push(tokio::spawn(kube::watch_configmap(
+            client.clone(),
+            ns.clone(),
+            name.clone(),
+            control.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(sts) = &config.statefulset {
+        tracing::info!(statefulset = %sts, namespace = %ns, "watching StatefulSet replicas");
+        tasks.push(tokio::spawn(kube::watch_statefulset(
+            client.clone(),
+            ns.clone(),
+            sts.clone(),
+            control.clone(),
+            stop.clone(),
+        )));
+    }
+    if let Some(svc) = &config.endpoint_slices {
+        tracing::info!(service = %svc, namespace = %ns, "watching EndpointSlices for pod readiness");
+        tasks.push(tokio::spawn(kube::watch_endpoint_slices(
+            client,
+            ns,
+            svc.clone(),
+            router.statefulset().to_owned(),
+            router.pod_readiness(),
+            control,
+            stop,
+        )));
+    }
+    Ok(tasks)
+}
