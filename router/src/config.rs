@@ -44,7 +44,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the router (what the Deployment runs).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the router with local echo backends and a self-signed certificate: no cluster, no setup.
     Dev(DevArgs),
     /// Write a dev CA and a server certificate signed by it (ca.crt, tls.crt, tls.key).
@@ -441,7 +441,7 @@ mod tests {
         argv.extend_from_slice(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
         match cli.command {
-            Command::Serve(s) => s
+            Command::Serve(s) => (*s)
                 .into_config()
                 .map(|(c, _)| c)
                 .map_err(|e| crate::logging::DisplayChain(&e).to_string()),
@@ -501,7 +501,7 @@ mod tests {
         let mut argv = vec!["wsrouter", "serve", "--plaintext"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(s) => s.into_config().unwrap().1,
+            Command::Serve(s) => (*s).into_config().unwrap().1,
             _ => unreachable!(),
         }
     }

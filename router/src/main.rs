@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> ExitCode {
     let handle = match command {
         Command::Serve(args) => {
-            let (config, watch) = match args.into_config() {
+            let (config, watch) = match (*args).into_config() {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
