@@ -165,7 +165,11 @@ impl Backends {
     /// beyond its own length (it cannot invent addresses).
     pub fn addresses(&self, replicas: NonZeroU32) -> Vec<Box<str>> {
         match self {
-            Self::Static(v) => v.iter().map(|a| a.as_str().into()).collect(),
+            Self::Static(v) => v
+                .iter()
+                .take(replicas.get() as usize)
+                .map(|a| a.as_str().into())
+                .collect(),
             Self::Template(t) => (0..replicas.get()).map(|i| t.render(i).into()).collect(),
         }
     }

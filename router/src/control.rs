@@ -89,12 +89,26 @@ impl ControlStats {
 pub struct ControlHandle {
     tx: mpsc::UnboundedSender<Input>,
     pub stats: Arc<ControlStats>,
+    /// How many inputs the loop has finished with (published, unchanged or rejected).
+    processed: watch::Receiver<u64>,
+    /// The version of the table last published.
+    changes: watch::Receiver<u64>,
 }
 
 impl ControlHandle {
     /// Hands an update to the control loop. Fails only once the router has stopped.
     pub fn send(&self, input: Input) -> bool {
         self.tx.send(input).is_ok()
+    }
+
+    /// Follows the number of inputs handled, for waiting on "this update was seen".
+    pub fn processed(&self) -> watch::Receiver<u64> {
+        self.processed.clone()
+    }
+
+    /// Follows the published table version.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
     }
 }
 
@@ -111,6 +125,7 @@ pub struct Control {
     version: u64,
     live: Arc<LiveTenants>,
     changed: watch::Sender<u64>,
+    processed: watch::Sender<u64>,
     stats: Arc<ControlStats>,
     lifecycle: Lifecycle,
 }
@@ -138,15 +153,9 @@ pub struct ControlParts {
 impl Control {
     /// Publishes the first table at once when the configuration has all it needs
     /// (a replica count, and overrides unless they come from a source not read yet).
-    pub fn new(
-        parts: ControlParts,
-    ) -> (
-        Self,
-        ControlHandle,
-        mpsc::UnboundedReceiver<Input>,
-        watch::Receiver<u64>,
-    ) {
+    pub fn new(parts: ControlParts) -> (Self, ControlHandle, mpsc::UnboundedReceiver<Input>) {
         let (changed, changes) = watch::channel(0);
+        let (processed, processed_rx) = watch::channel(0);
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = Arc::new(ControlStats::default());
         let r = parts.routing;
@@ -161,6 +170,7 @@ impl Control {
             version: 0,
             live: parts.live,
             changed,
+            processed,
             stats: stats.clone(),
             lifecycle: parts.lifecycle,
         };
@@ -176,13 +186,20 @@ impl Control {
                 "no routing table until the control plane has read its sources; answering 503 until then"
             );
         }
-        (control, ControlHandle { tx, stats }, rx, changes)
+        let handle = ControlHandle {
+            tx,
+            stats,
+            processed: processed_rx,
+            changes,
+        };
+        (control, handle, rx)
     }
 
     /// Applies inputs until every handle is gone.
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
         while let Some(input) = rx.recv().await {
             self.apply(input);
+            self.processed.send_modify(|n| *n += 1);
         }
     }
 
@@ -327,7 +344,7 @@ mod tests {
 
     fn control_with(routing: RoutingConfig) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {
         let table = Arc::new(ArcSwapOption::empty());
-        let (c, _, _, _) = Control::new(ControlParts {
+        let (c, _, _) = Control::new(ControlParts {
             table: table.clone(),
             routing,
             live: Arc::new(LiveTenants::default()),

@@ -167,7 +167,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let table = Arc::new(ArcSwapOption::empty());
     let live = Arc::new(LiveTenants::default());
     let statefulset = config.routing.statefulset.clone();
-    let (control, control_handle, control_rx, _changes) = Control::new(ControlParts {
+    let (control, control_handle, control_rx) = Control::new(ControlParts {
         table: table.clone(),
         routing: config.routing,
         live: live.clone(),

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
@@ -58,6 +59,8 @@ pub struct Options {
     pub drain_grace: Duration,
     /// Serve ws:// instead of wss://.
     pub plaintext: bool,
+    /// Replicas and overrides come from watches (as in a cluster), not from the start.
+    pub watched: bool,
 }
 
 impl Default for Options {
@@ -70,6 +73,7 @@ impl Default for Options {
             overrides: Vec::new(),
             drain_grace: Duration::from_secs(5),
             plaintext: false,
+            watched: false,
         }
     }
 }
@@ -111,6 +115,8 @@ impl Harness {
             limits: opts.limits,
             routing: RoutingConfig {
                 overrides,
+                replicas: (!opts.watched).then_some(replicas),
+                await_overrides: opts.watched,
                 ..RoutingConfig::fixed(b, replicas)
             },
         })
@@ -175,6 +181,43 @@ impl Harness {
             Err(e) => return Err(e.into()),
         }
         RawResponse::parse(&out)
+    }
+
+    /// Waits (bounded) until the current table satisfies `pred`.
+    pub async fn wait_table(
+        &self,
+        what: &str,
+        pred: impl Fn(&wsrouter::RoutingTable) -> bool,
+    ) -> Result<Arc<wsrouter::RoutingTable>> {
+        let mut changes = self.router.control().changes();
+        within(WAIT, what, async {
+            loop {
+                if let Some(t) = self.router.current_table().filter(|t| pred(t)) {
+                    return Ok(t);
+                }
+                changes
+                    .changed()
+                    .await
+                    .map_err(|_| anyhow!("control loop gone"))?;
+            }
+        })
+        .await?
+    }
+
+    /// Waits (bounded) until the control loop has handled `n` more inputs than `from`.
+    pub async fn wait_processed(&self, from: u64, n: u64) -> Result<()> {
+        let mut processed = self.router.control().processed();
+        within(
+            WAIT,
+            "control loop to handle an update",
+            processed.wait_for(|&p| p >= from + n),
+        )
+        .await??;
+        Ok(())
+    }
+
+    pub fn processed(&self) -> u64 {
+        *self.router.control().processed().borrow()
     }
 
     /// The ordinal the router's current table gives a tenant.

@@ -1,7 +1,9 @@
 //! End-to-end tests: real TLS, real WebSocket clients, real backends, all on loopback.
 
 mod dev;
+mod fake_api;
 mod harness;
+mod kube;
 mod limits;
 mod relay;
 mod requests;
