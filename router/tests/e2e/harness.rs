@@ -61,6 +61,8 @@ pub struct Options {
     pub plaintext: bool,
     /// Replicas and overrides come from watches (as in a cluster), not from the start.
     pub watched: bool,
+    /// Overrides come from a watched source: no table before its first read.
+    pub await_overrides: bool,
 }
 
 impl Default for Options {
@@ -74,6 +76,7 @@ impl Default for Options {
             drain_grace: Duration::from_secs(5),
             plaintext: false,
             watched: false,
+            await_overrides: false,
         }
     }
 }
@@ -116,7 +119,7 @@ impl Harness {
             routing: RoutingConfig {
                 overrides,
                 replicas: (!opts.watched).then_some(replicas),
-                await_overrides: opts.watched,
+                await_overrides: opts.watched || opts.await_overrides,
                 ..RoutingConfig::fixed(b, replicas)
             },
         })

@@ -2,6 +2,7 @@
 
 mod dev;
 mod fake_api;
+mod files;
 mod harness;
 mod kube;
 mod limits;

@@ -1,0 +1,174 @@
+//! Overrides from the filesystem reach the table within a bounded wait: a ConfigMap
+//! mounted as a directory (kubelet's atomic `..data` swap), and the local file that
+//! `wsrouter dev` watches.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use router::config::{Cli, Command, OverridesWatch, WatchConfig};
+use router::control::RejectReason;
+
+use crate::harness::*;
+
+fn temp_dir(name: &str) -> Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("wsrouter-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
+/// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new
+/// timestamped directory, a `..data_tmp` symlink renamed over `..data`, then the per-key
+/// symlinks for new keys, then the old keys' symlinks and directory removed.
+fn kubelet_publish(dir: &Path, generation: u32, data: &[(&str, &str)]) -> Result<()> {
+    let ts = format!("..2025_01_01_00_00_{generation:02}.{generation}");
+    std::fs::create_dir(dir.join(&ts))?;
+    for (k, v) in data {
+        std::fs::write(dir.join(&ts).join(k), v)?;
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    symlink(&ts, dir.join("..data_tmp"))?;
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+    for (k, _) in data {
+        if std::fs::symlink_metadata(dir.join(k)).is_err() {
+            symlink(format!("..data/{k}"), dir.join(k))?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !data.iter().any(|(k, _)| *k == name) {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old))?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mounted_configmap_follows_kubelet_data_swaps() -> Result<()> {
+    let dir = temp_dir("mounted")?;
+    kubelet_publish(&dir, 1, &[("ns-01", "1\n")])?;
+    let h = Harness::start(Options {
+        await_overrides: true,
+        ..Options::default()
+    })
+    .await?;
+    assert!(
+        h.router.current_table().is_none(),
+        "no table before the directory is read"
+    );
+    let watch = WatchConfig {
+        overrides: OverridesWatch::Dir(dir.clone()),
+        ..WatchConfig::default()
+    };
+    router::watch::start(&watch, &h.router, None).await?;
+    let t = h
+        .wait_table("first read of the directory", |_| true)
+        .await?;
+    assert_eq!(t.route("ns-01").ordinal, 1);
+    assert!(t.source().to_string().starts_with("dir:"));
+
+    kubelet_publish(&dir, 2, &[("ns-01", "3"), ("ns-02", "backend-0")])?;
+    let t = h
+        .wait_table("after the ..data swap", |t| t.route("ns-01").ordinal == 3)
+        .await?;
+    assert_eq!(t.route("ns-02").ordinal, 0);
+    let mut ws = h.ws("ns-01").await?;
+    assert_eq!(next_counter(&mut ws).await?.server, "backend-3");
+
+    // A key removed in the next generation is gone from the table.
+    kubelet_publish(&dir, 3, &[("ns-02", "backend-0")])?;
+    h.wait_table("key removed", |t| t.overrides().len() == 1)
+        .await?;
+
+    // A bad value is rejected; the last good table stays.
+    let version = h.router.current_table().map(|t| t.version());
+    let seen = h.processed();
+    kubelet_publish(&dir, 4, &[("ns-02", "banana")])?;
+    h.wait_processed(seen, 1).await?;
+    assert_eq!(h.router.current_table().map(|t| t.version()), version);
+    assert_eq!(
+        h.router
+            .control()
+            .stats
+            .rejected(RejectReason::InvalidOverrides),
+        1
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_reroutes_live_when_the_overrides_file_is_edited() -> Result<()> {
+    let dir = temp_dir("devfile")?;
+    let file = dir.join("overrides.yaml");
+    let manifest = |data: &str| {
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata:\n{data}"
+        )
+    };
+    std::fs::write(&file, manifest("  ns-01: \"0\"\n"))?;
+    let cli = Cli::try_parse_from([
+        "wsrouter",
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--overrides-file",
+        file.to_str().context("path")?,
+    ])?;
+    let Command::Dev(args) = cli.command else {
+        anyhow::bail!("not dev")
+    };
+    let dev = router::dev::start(args).await?;
+    let table = |ns: &str| dev.router.current_table().map(|t| t.route(ns).ordinal);
+    assert_eq!(table("ns-01"), Some(0));
+    let mut changes = dev.router.control().changes();
+
+    // An editor saves by writing a new file and renaming it over the old one.
+    let tmp = dir.join(".overrides.yaml.swp");
+    std::fs::write(&tmp, manifest("  ns-01: backend-3\n"))?;
+    std::fs::rename(&tmp, &file)?;
+    within(
+        WAIT,
+        "rename-over edit",
+        changes.wait_for(|_| table("ns-01") == Some(3)),
+    )
+    .await??;
+
+    // Or writes in place.
+    std::fs::write(&file, manifest("  ns-01: \"1\"\n"))?;
+    within(
+        WAIT,
+        "in-place edit",
+        changes.wait_for(|_| table("ns-01") == Some(1)),
+    )
+    .await??;
+
+    // A broken edit is rejected and counted; routing is unchanged.
+    let seen = *dev.router.control().processed().borrow();
+    let stats = dev.router.control().stats.clone();
+    std::fs::write(&file, "data: [this is not, a configmap")?;
+    within(WAIT, "rejection", async {
+        let mut p = dev.router.control().processed();
+        // Unparsable files never reach the control loop; they are counted by the watcher.
+        loop {
+            if stats.rejected(RejectReason::Unparsable) > 0 {
+                return;
+            }
+            tokio::select! { _ = p.changed() => {}, _ = tokio::task::yield_now() => {} }
+        }
+    })
+    .await?;
+    assert_eq!(*dev.router.control().processed().borrow(), seen);
+    assert_eq!(table("ns-01"), Some(1));
+    dev.router.close_now();
+    within(WAIT, "drain", dev.router.drained()).await?;
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}
