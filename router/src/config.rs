@@ -16,6 +16,7 @@ use wsrouter::{
 };
 
 use crate::overrides_file::{self, OverridesFileError};
+use crate::reroute::RerouteConfig;
 use crate::tls::{self, TlsError};
 
 /// Where the service account's namespace is mounted in every pod.
@@ -174,6 +175,12 @@ pub struct CommonArgs {
     /// Most header fields in an upgrade request; more gets 431.
     #[arg(long, env = "WSROUTER_MAX_HEADERS", default_value_t = 64)]
     pub max_headers: usize,
+    /// When a tenant's backend changes, close its live sockets on the old one with 1012 after this grace (default: never).
+    #[arg(long, env = "WSROUTER_REROUTE_DRAIN", value_parser = humantime::parse_duration)]
+    pub reroute_drain: Option<Duration>,
+    /// Most reroute closes per second.
+    #[arg(long, env = "WSROUTER_REROUTE_DRAIN_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub reroute_drain_rate: u32,
 }
 
 #[derive(Debug, Error)]
@@ -225,6 +232,8 @@ pub struct RouterConfig {
     pub drain_grace: Duration,
     pub limits: Limits,
     pub routing: RoutingConfig,
+    /// Close moved tenants' sockets with 1012 (`--reroute-drain`); `None`: never.
+    pub reroute: Option<RerouteConfig>,
 }
 
 /// How routing tables are made. The control loop builds every one of them, the first
@@ -306,6 +315,13 @@ impl CommonArgs {
             max_connections: self.max_connections,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+        })
+    }
+
+    pub fn reroute(&self) -> Option<RerouteConfig> {
+        self.reroute_drain.map(|grace| RerouteConfig {
+            grace,
+            per_second: self.reroute_drain_rate,
         })
     }
 
@@ -397,6 +413,7 @@ impl ServeArgs {
             admin_listen: Some(self.admin_listen),
             path_prefix,
             drain_grace: self.common.drain_grace,
+            reroute: self.common.reroute(),
             limits,
             routing: RoutingConfig {
                 backends,

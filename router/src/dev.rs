@@ -89,6 +89,7 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
         admin_listen: Some(args.admin_listen),
         path_prefix,
         drain_grace: args.common.drain_grace,
+        reroute: args.common.reroute(),
         limits,
         routing,
     })

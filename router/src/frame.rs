@@ -10,6 +10,8 @@ pub mod code {
     pub const INTERNAL_ERROR: u16 = 1011;
     /// The backend connection failed (reset, I/O error).
     pub const BAD_GATEWAY: u16 = 1014;
+    /// The tenant moved to another backend: reconnect (`--reroute-drain`).
+    pub const SERVICE_RESTART: u16 = 1012;
 }
 
 const OP_CLOSE: u8 = 0x8;

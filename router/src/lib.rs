@@ -5,6 +5,7 @@
 //! - [`server`]: bind, accept under a cap, TLS, HTTP/1.1 with upgrades, drain.
 //! - [`proxy`]: one request: route, forward the upgrade, answer, start the relay.
 //! - [`relay`]: the byte relay between upgraded sockets, frame-boundary aware.
+//! - [`reroute`]: opt-in 1012 closes for sockets whose tenant moved.
 //! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
 //! - [`control`]: the one owner of routing state: validates updates, publishes tables.
 //! - [`live`]: which tenants have live sockets here.
@@ -28,6 +29,7 @@ pub mod overrides_file;
 pub mod pods;
 pub mod proxy;
 pub mod relay;
+pub mod reroute;
 pub mod server;
 pub mod tls;
 pub mod watch;

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wsrouter::{NamespaceError, PathError, RouteSource};
 
-use crate::relay::{self, RelayConfig};
+use crate::relay::{self, RelayConfig, Stop};
 use crate::server::Shared;
 
 /// Response header carrying the routing table version that routed the request, so two
@@ -272,6 +272,7 @@ where
     };
     let upgrade_timeout = shared.limits.request_timeout;
     let live = shared.live.clone();
+    let reroute = shared.reroute.clone();
     shared.lifecycle.tasks.spawn(async move {
         let _permit = permit;
         let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
@@ -297,7 +298,19 @@ where
         let started = Instant::now();
         let _live = live.register(&routed.tenant);
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, &drain, relay_config).await;
+        let stop = async {
+            let moved = async {
+                match &reroute {
+                    Some(r) => r.moved(&routed.tenant, routed.ordinal, started.elapsed().as_nanos() as u64).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = drain.cancelled() => Stop::SHUTDOWN,
+                _ = moved => Stop::REROUTED,
+            }
+        };
+        let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, stop, relay_config).await;
         tracing::info!(
             client.addr = %peer,
             tenant = %routed.tenant,

@@ -20,7 +20,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
-use tokio_util::sync::CancellationToken;
 
 use crate::frame::{close_frame, code, FrameCursor};
 
@@ -50,6 +49,8 @@ pub enum CloseReason {
     BackendError,
     /// The router closed it while draining.
     Shutdown,
+    /// The router closed it because the tenant's route moved (`--reroute-drain`).
+    Rerouted,
 }
 
 impl CloseReason {
@@ -62,6 +63,7 @@ impl CloseReason {
             Self::ClientError => "client_error",
             Self::BackendError => "backend_error",
             Self::Shutdown => "shutdown",
+            Self::Rerouted => "rerouted",
         }
     }
 }
@@ -84,15 +86,39 @@ pub struct RelayReport {
     pub timed_out: bool,
 }
 
+/// Why the router ends a relay itself, and what it tells both sides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    pub code: u16,
+    pub reason: &'static str,
+    pub close_reason: CloseReason,
+}
+
+impl Stop {
+    /// The router is draining: 1001 going away.
+    pub const SHUTDOWN: Stop = Stop {
+        code: code::GOING_AWAY,
+        reason: "wsrouter shutting down",
+        close_reason: CloseReason::Shutdown,
+    };
+    /// The tenant's route moved: 1012 service restart, so the client reconnects to its
+    /// new home.
+    pub const REROUTED: Stop = Stop {
+        code: code::SERVICE_RESTART,
+        reason: "tenant moved; reconnect",
+        close_reason: CloseReason::Rerouted,
+    };
+}
+
 /// Relays until both directions end. `client_pre` and `backend_pre` are bytes each side
-/// sent that were read along with the HTTP upgrade; they go out first. When `drain` is
-/// cancelled both sides get close 1001.
+/// sent that were read along with the HTTP upgrade; they go out first. When `stop`
+/// resolves both sides get its close code at their next frame boundary.
 pub async fn run<C, B>(
     client: C,
     backend: B,
     client_pre: Bytes,
     backend_pre: Bytes,
-    drain: &CancellationToken,
+    stop: impl Future<Output = Stop>,
     config: RelayConfig,
 ) -> RelayReport
 where
@@ -109,11 +135,11 @@ where
         reason: None,
         timed_out: false,
     };
-    tokio::select! {
+    let why = tokio::select! {
         report = &mut relay => return report,
-        _ = drain.cancelled() => {}
-    }
-    relay.stop();
+        why = stop => why,
+    };
+    relay.stop(why);
     relay.await
 }
 
@@ -378,11 +404,10 @@ struct Relay<C, B> {
 
 impl<C, B> Relay<C, B> {
     /// Both sides get 1001 at their next frame boundary.
-    fn stop(&mut self) {
-        self.reason.get_or_insert(CloseReason::Shutdown);
+    fn stop(&mut self, why: Stop) {
+        self.reason.get_or_insert(why.close_reason);
         for p in [&mut self.to_backend, &mut self.to_client] {
-            p.stop
-                .get_or_insert((code::GOING_AWAY, "wsrouter shutting down"));
+            p.stop.get_or_insert((why.code, why.reason));
         }
     }
 
@@ -457,6 +482,7 @@ where
 mod tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+    use tokio_util::sync::CancellationToken;
 
     const CFG: RelayConfig = RelayConfig {
         close_timeout: Duration::from_secs(5),
@@ -516,8 +542,13 @@ mod tests {
             Bytes::copy_from_slice(client_pre),
             Bytes::copy_from_slice(backend_pre),
         );
-        let relay =
-            tokio::spawn(async move { run(relay_client, relay_backend, cp, bp, &d, CFG).await });
+        let relay = tokio::spawn(async move {
+            let stop = async move {
+                d.cancelled().await;
+                Stop::SHUTDOWN
+            };
+            run(relay_client, relay_backend, cp, bp, stop, CFG).await
+        });
         Ends {
             client,
             backend,

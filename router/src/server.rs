@@ -26,6 +26,7 @@ use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
 use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
+use crate::reroute::Reroute;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -46,6 +47,8 @@ pub(crate) struct Shared {
     pub live: Arc<LiveTenants>,
     /// Backend pods known not to be ready.
     pub not_ready: PodReadiness,
+    /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
+    pub reroute: Option<Arc<Reroute>>,
     pub prefix: PathPrefix,
     pub limits: Limits,
     pub tls: bool,
@@ -174,10 +177,14 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         lifecycle: lifecycle.clone(),
     });
     tokio::spawn(control.run(control_rx));
+    let reroute = config
+        .reroute
+        .map(|r| Arc::new(Reroute::new(r, table.clone(), control_handle.changes())));
     let shared = Arc::new(Shared {
         table,
         live,
         not_ready: PodReadiness::default(),
+        reroute,
         prefix: config.path_prefix,
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,

@@ -63,6 +63,7 @@ pub struct Options {
     pub watched: bool,
     /// Overrides come from a watched source: no table before its first read.
     pub await_overrides: bool,
+    pub reroute: Option<router::reroute::RerouteConfig>,
 }
 
 impl Default for Options {
@@ -77,6 +78,7 @@ impl Default for Options {
             plaintext: false,
             watched: false,
             await_overrides: false,
+            reroute: None,
         }
     }
 }
@@ -115,6 +117,7 @@ impl Harness {
             admin_listen: Some("127.0.0.1:0".parse()?),
             path_prefix: PathPrefix::default(),
             drain_grace: opts.drain_grace,
+            reroute: opts.reroute,
             limits: opts.limits,
             routing: RoutingConfig {
                 overrides,

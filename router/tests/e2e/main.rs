@@ -9,4 +9,5 @@ mod limits;
 mod relay;
 mod requests;
 mod routing;
+mod swaps;
 mod tls;
