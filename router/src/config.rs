@@ -47,7 +47,7 @@ pub enum Command {
     /// Run the router (what the Deployment runs).
     Serve(Box<ServeArgs>),
     /// Run the router with local echo backends and a self-signed certificate: no cluster, no setup.
-    Dev(DevArgs),
+    Dev(Box<DevArgs>),
     /// Write a dev CA and a server certificate signed by it (ca.crt, tls.crt, tls.key).
     Cert(CertArgs),
 }

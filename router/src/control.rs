@@ -27,6 +27,12 @@ pub enum Input {
     },
     /// The StatefulSet's `spec.replicas`.
     Replicas(u32),
+    /// The overrides source could not be read or parsed; already logged by the watcher.
+    Unreadable,
+    /// A watch (re)listed: its first list, or a relist after 410 or a lost stream.
+    WatchRestarted,
+    /// A watch failed (API server error or lost stream) and is retrying with backoff.
+    WatchFailed,
 }
 
 /// Why an update did not become a table. Bounded, for metric labels.
@@ -225,6 +231,18 @@ impl Control {
                         return Applied::Rejected(RejectReason::InvalidOverrides);
                     }
                 }
+            }
+            Input::Unreadable => {
+                self.stats.reject(RejectReason::Unparsable);
+                return Applied::Rejected(RejectReason::Unparsable);
+            }
+            Input::WatchRestarted => {
+                self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                return Applied::Unchanged;
+            }
+            Input::WatchFailed => {
+                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                return Applied::Unchanged;
             }
             Input::Replicas(n) => match NonZeroU32::new(n) {
                 Some(n) => replicas = Some(n),

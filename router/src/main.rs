@@ -69,7 +69,7 @@ async fn run(command: Command) -> ExitCode {
                 }
             };
         }
-        Command::Dev(args) => match router::dev::start(args).await {
+        Command::Dev(args) => match router::dev::start(*args).await {
             Ok(dev) => {
                 println!("{}", dev.banner());
                 // Backends live as long as the router; they drop after it drains.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wsrouter::TableSource;
 
-use crate::control::{ControlHandle, Input, RejectReason};
+use crate::control::{ControlHandle, Input};
 use crate::logging::DisplayChain;
 use crate::overrides_file;
 
@@ -140,7 +140,7 @@ impl FileSource {
             }
             Err(e) => {
                 tracing::warn!(source = %self.table_source(), error = %e, "overrides unreadable; keeping the last good table");
-                control.stats.reject(RejectReason::Unparsable);
+                control.send(Input::Unreadable);
             }
         }
     }

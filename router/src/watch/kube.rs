@@ -6,7 +6,6 @@
 //! data is bad is a rejected update (logged with its key, counted), never a dead watch.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
@@ -41,14 +40,14 @@ async fn for_each_event<K, S>(
         match item {
             Some(Ok(ev)) => {
                 if matches!(ev, Event::Init) {
-                    control.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                    control.send(Input::WatchRestarted);
                     tracing::debug!(watch = what, "listing");
                 }
                 on_event(ev);
             }
             Some(Err(e)) => {
                 // The stream backs off and retries by itself; the table is untouched.
-                control.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                control.send(Input::WatchFailed);
                 tracing::warn!(watch = what, error = %crate::logging::DisplayChain(&e), "watch failed; retrying with backoff, the last good table keeps serving");
             }
             None => return,

@@ -35,7 +35,7 @@ async fn dev_mode_routes_over_wss_with_overrides() -> Result<()> {
     let Command::Dev(args) = cli.command else {
         anyhow::bail!("not dev")
     };
-    let dev = router::dev::start(args).await?;
+    let dev = router::dev::start(*args).await?;
     let banner = dev.banner();
     let addr = dev.router.local_addr();
     assert!(

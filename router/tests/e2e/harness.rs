@@ -210,20 +210,18 @@ impl Harness {
         .await?
     }
 
-    /// Waits (bounded) until the control loop has handled `n` more inputs than `from`.
-    pub async fn wait_processed(&self, from: u64, n: u64) -> Result<()> {
-        let mut processed = self.router.control().processed();
+    /// Waits (bounded) until the control loop has rejected `n` updates for `reason`,
+    /// re-checking each time it finishes with an input.
+    pub async fn wait_rejected(&self, reason: router::control::RejectReason, n: u64) -> Result<()> {
+        let control = self.router.control();
+        let mut processed = control.processed();
         within(
             WAIT,
-            "control loop to handle an update",
-            processed.wait_for(|&p| p >= from + n),
+            "a rejected update",
+            processed.wait_for(|_| control.stats.rejected(reason) >= n),
         )
         .await??;
         Ok(())
-    }
-
-    pub fn processed(&self) -> u64 {
-        *self.router.control().processed().borrow()
     }
 
     /// The ordinal the router's current table gives a tenant.

@@ -105,13 +105,12 @@ async fn configmap_and_statefulset_follow_the_api() -> Result<()> {
 
     // Malformed data: rejected whole, the last good table keeps serving.
     let before = h.router.current_table().map(|t| t.version());
-    let seen = h.processed();
     api.apply(
         "configmaps",
         NS,
         configmap(CM, &[("ns-01", "1"), ("Not_A_Namespace", "1")]),
     );
-    h.wait_processed(seen, 1).await?;
+    h.wait_rejected(RejectReason::InvalidOverrides, 1).await?;
     assert_eq!(h.router.current_table().map(|t| t.version()), before);
     assert_eq!(
         h.router
@@ -125,9 +124,8 @@ async fn configmap_and_statefulset_follow_the_api() -> Result<()> {
         t.route("ns-01").inactive_override == Some(9)
     })
     .await?;
-    let seen = h.processed();
     api.apply("configmaps", NS, configmap(CM, &[("ns-01", "pod-1")]));
-    h.wait_processed(seen, 1).await?;
+    h.wait_rejected(RejectReason::InvalidOverrides, 2).await?;
     assert_eq!(
         h.router
             .control()
@@ -212,24 +210,14 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
         "still ready on the last good table"
     );
     // The watchers notice (errors counted) and retry with backoff until it is back.
-    within(WAIT, "watch errors during the outage", async {
-        let mut processed = h.router.control().processed();
-        while h
-            .router
-            .control()
-            .stats
-            .watch_errors
-            .load(Ordering::Relaxed)
-            == errors
-        {
-            // Errors do not pass through the control loop; wake on anything or yield.
-            tokio::select! {
-                _ = processed.changed() => {}
-                _ = tokio::task::yield_now() => {}
-            }
-        }
-    })
-    .await?;
+    let control = h.router.control();
+    let mut processed = control.processed();
+    within(
+        WAIT,
+        "watch errors during the outage",
+        processed.wait_for(|_| control.stats.watch_errors.load(Ordering::Relaxed) > errors),
+    )
+    .await??;
     api.restart().await?;
     h.wait_table("caught up after the outage", |t| {
         t.route("ns-01").ordinal == 2
