@@ -170,7 +170,12 @@ impl Overrides {
         self.map.is_empty()
     }
 
-    /// Entries in namespace order, so listings and diffs are stable.
+    /// Entries in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.map.iter().map(|(k, &o)| (&**k, o))
+    }
+
+    /// Entries in namespace order, so listings are stable.
     pub fn sorted(&self) -> Vec<(&str, u32)> {
         let mut v: Vec<_> = self.map.iter().map(|(k, &o)| (&**k, o)).collect();
         v.sort_unstable();

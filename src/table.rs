@@ -205,18 +205,23 @@ impl RoutingTable {
             addresses_changed: self.addrs.len() == next.addrs.len() && self.addrs != next.addrs,
             ..TableDiff::default()
         };
-        for (ns, new) in next.overrides.sorted() {
+        // Walk the maps as they are and sort only what differs: typically a few
+        // entries out of many thousands.
+        for (ns, new) in next.overrides.iter() {
             match self.overrides.get(ns) {
                 None => d.added.push((ns.to_owned(), new)),
                 Some(old) if old != new => d.changed.push((ns.to_owned(), old, new)),
                 Some(_) => {}
             }
         }
-        for (ns, old) in self.overrides.sorted() {
+        for (ns, old) in self.overrides.iter() {
             if next.overrides.get(ns).is_none() {
                 d.removed.push((ns.to_owned(), old));
             }
         }
+        d.added.sort_unstable();
+        d.changed.sort_unstable();
+        d.removed.sort_unstable();
         d
     }
 
