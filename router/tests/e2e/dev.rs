@@ -3,10 +3,8 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::Parser;
+use anyhow::Result;
 use futures_util::StreamExt;
-use router::config::{Cli, Command};
 use rustls::pki_types::ServerName;
 
 use crate::harness::*;
@@ -20,22 +18,7 @@ async fn dev_mode_routes_over_wss_with_overrides() -> Result<()> {
         &file,
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata:\n  ns-01: backend-0\n",
     )?;
-    let cli = Cli::try_parse_from([
-        "wsrouter",
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--interval",
-        "50ms",
-        "--overrides-file",
-        file.to_str().context("path")?,
-    ])?;
-    let Command::Dev(args) = cli.command else {
-        anyhow::bail!("not dev")
-    };
-    let dev = router::dev::start(*args).await?;
+    let dev = start_dev(&file, &["--interval", "50ms"]).await?;
     let banner = dev.banner();
     let addr = dev.router.local_addr();
     assert!(

@@ -5,9 +5,8 @@
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
-use clap::Parser;
-use router::config::{Cli, Command, OverridesWatch, WatchConfig};
+use anyhow::Result;
+use router::config::{OverridesWatch, WatchConfig};
 use router::control::RejectReason;
 
 use crate::harness::*;
@@ -111,20 +110,7 @@ async fn dev_reroutes_live_when_the_overrides_file_is_edited() -> Result<()> {
         )
     };
     std::fs::write(&file, manifest("  ns-01: \"0\"\n"))?;
-    let cli = Cli::try_parse_from([
-        "wsrouter",
-        "dev",
-        "--listen",
-        "127.0.0.1:0",
-        "--admin-listen",
-        "127.0.0.1:0",
-        "--overrides-file",
-        file.to_str().context("path")?,
-    ])?;
-    let Command::Dev(args) = cli.command else {
-        anyhow::bail!("not dev")
-    };
-    let dev = router::dev::start(*args).await?;
+    let dev = start_dev(&file, &[]).await?;
     let table = |ns: &str| dev.router.current_table().map(|t| t.route(ns).ordinal);
     assert_eq!(table("ns-01"), Some(0));
     let mut changes = dev.router.control().changes();

@@ -237,6 +237,31 @@ impl Harness {
     }
 }
 
+/// `wsrouter dev` on loopback port 0, with an overrides file and more flags, as a user
+/// would start it.
+pub async fn start_dev(
+    overrides_file: &std::path::Path,
+    extra: &[&str],
+) -> Result<router::dev::DevHandle> {
+    use clap::Parser;
+    let mut argv = vec![
+        "wsrouter",
+        "dev",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--overrides-file",
+    ];
+    argv.push(overrides_file.to_str().context("path")?);
+    argv.extend_from_slice(extra);
+    let router::config::Command::Dev(args) = router::config::Cli::try_parse_from(argv)?.command
+    else {
+        anyhow::bail!("not dev")
+    };
+    Ok(router::dev::start(*args).await?)
+}
+
 /// A plain HTTP/1.1 GET, for the admin listener.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
     let mut tcp = TcpStream::connect(addr).await?;
