@@ -34,6 +34,10 @@ async fn run(command: Command) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
+            let kube = match router::watch::kube_client(&watch).await {
+                Ok(k) => k,
+                Err(e) => return config_error(&e),
+            };
             let handle = match router::start(config).await.context("starting the router") {
                 Ok(h) => h,
                 Err(e) => {
@@ -41,12 +45,8 @@ async fn run(command: Command) -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            if let Err(e) = router::watch::start(&watch, &handle, None).await {
-                tracing::error!(
-                    "invalid configuration: {}",
-                    router::logging::DisplayChain(&e)
-                );
-                return ExitCode::from(EXIT_CONFIG);
+            if let Err(e) = router::watch::start(&watch, &handle, kube).await {
+                return config_error(&e);
             }
             handle
         }
@@ -88,7 +88,7 @@ async fn run(command: Command) -> ExitCode {
     serve_until_signals(handle).await
 }
 
-fn config_error(e: &router::config::ConfigError) -> ExitCode {
+fn config_error(e: &dyn std::error::Error) -> ExitCode {
     tracing::error!(
         "invalid configuration: {}",
         router::logging::DisplayChain(e)

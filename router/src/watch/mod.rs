@@ -25,6 +25,23 @@ pub enum WatchError {
     },
 }
 
+/// The API client `config` needs, if any: in-cluster, else kubeconfig. Made before the
+/// router binds, so a missing cluster is a configuration error like any other.
+pub async fn kube_client(config: &WatchConfig) -> Result<Option<::kube::Client>, WatchError> {
+    if !config.needs_kube() {
+        return Ok(None);
+    }
+    let why = if config.statefulset.is_some() {
+        "the replica count: give --replicas to run without it"
+    } else {
+        "the overrides ConfigMap"
+    };
+    ::kube::Client::try_default()
+        .await
+        .map(Some)
+        .map_err(|source| WatchError::NoKube { why, source })
+}
+
 /// Starts every watcher `config` asks for, feeding `router`'s control loop; they stop
 /// when the router begins to drain. `client` is the API client to use; `None` infers
 /// one (in-cluster, else kubeconfig) if anything needs it.
@@ -54,16 +71,10 @@ pub async fn start(
     }
     let client = match client {
         Some(c) => c,
-        None => ::kube::Client::try_default()
-            .await
-            .map_err(|source| WatchError::NoKube {
-                why: if config.statefulset.is_some() {
-                    "the replica count: give --replicas to run without it"
-                } else {
-                    "the overrides ConfigMap"
-                },
-                source,
-            })?,
+        None => match kube_client(config).await? {
+            Some(c) => c,
+            None => return Ok(tasks),
+        },
     };
     let ns = config.namespace.clone();
     if let OverridesWatch::ConfigMap(name) = &config.overrides {
