@@ -55,6 +55,9 @@ struct State {
     oldest_rv: u64,
     watches: Vec<Watch>,
     requests: Vec<Recorded>,
+    /// The server is "gone": nothing is accepted, answered or delivered. Checked under
+    /// the same lock that registers watches, so no request slips through an outage.
+    down: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -127,6 +130,9 @@ impl FakeApi {
         let conns = self.conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                if state.lock().unwrap().down {
+                    continue;
+                }
                 let state = state.clone();
                 let svc = service_fn(move |req| {
                     let state = state.clone();
@@ -145,16 +151,21 @@ impl FakeApi {
     /// The API server goes away: every connection (watches included) is cut and new
     /// ones are refused.
     pub fn stop(&self) {
+        {
+            let mut st = self.state.lock().unwrap();
+            st.down = true;
+            st.watches.clear();
+        }
         if let Some(t) = self.acceptor.lock().unwrap().take() {
             t.abort();
         }
         self.conns.lock().unwrap().abort_all();
-        self.state.lock().unwrap().watches.clear();
     }
 
     /// It comes back on the same address.
     pub async fn restart(&self) -> Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
+        self.state.lock().unwrap().down = false;
         self.serve(listener);
         Ok(())
     }
@@ -279,6 +290,10 @@ fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Body> {
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let query: BTreeMap<String, String> = url_pairs(&raw_query);
     let mut st = state.lock().unwrap();
+    if st.down {
+        // A connection that raced the outage: cut it as the real outage would.
+        return status(503, "ServiceUnavailable", "the API server is down");
+    }
     st.requests.push(Recorded {
         method: req.method().to_string(),
         path: path.clone(),
