@@ -279,6 +279,8 @@ pub struct WatchConfig {
     pub endpoint_slices: Option<String>,
     /// The Kubernetes namespace of the watched objects.
     pub namespace: String,
+    /// The TLS certificate and key files, reloaded when they change.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -395,6 +397,10 @@ impl ServeArgs {
             statefulset: replicas.is_none().then(|| self.statefulset.clone()),
             endpoint_slices: None,
             namespace,
+            tls_files: match (self.plaintext, &self.tls_cert, &self.tls_key) {
+                (false, Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                _ => None,
+            },
         };
         // Pod readiness matters only for StatefulSet pods reached through the API.
         if templated && (watch.needs_kube() || in_cluster) {

@@ -68,6 +68,9 @@ pub struct ControlStats {
     pub watch_restarts: AtomicU64,
     /// Errors from the API server or a broken watch stream.
     pub watch_errors: AtomicU64,
+    /// TLS certificates reloaded, and new pairs refused (the last good one kept).
+    pub tls_reloads: AtomicU64,
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl ControlStats {

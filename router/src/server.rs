@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -52,7 +52,8 @@ pub(crate) struct Shared {
     pub prefix: PathPrefix,
     pub limits: Limits,
     pub tls: bool,
-    tls_acceptor: Option<TlsAcceptor>,
+    /// The TLS config new handshakes use; the certificate watcher swaps it.
+    tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     http: http1::Builder,
     pub lifecycle: Lifecycle,
     slots: Arc<Semaphore>,
@@ -93,6 +94,11 @@ impl RouterHandle {
     /// Cancelled when the router begins to drain: watchers stop with it.
     pub fn stopping(&self) -> CancellationToken {
         self.shared.lifecycle.stop_accepting.clone()
+    }
+
+    /// The TLS config slot the certificate watcher stores into (`None`: plaintext).
+    pub fn tls_config(&self) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
+        self.shared.tls_config.clone()
     }
 
     /// Where the EndpointSlice watcher publishes pods known not ready.
@@ -189,7 +195,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,
         tls: config.tls.is_some(),
-        tls_acceptor: config.tls.map(TlsAcceptor::from),
+        tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
         http,
         lifecycle: lifecycle.clone(),
         refused: AtomicU64::new(0),
@@ -300,7 +306,11 @@ async fn serve_conn(
 ) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let Some(acceptor) = shared.tls_acceptor.clone() else {
+    let Some(acceptor) = shared
+        .tls_config
+        .as_ref()
+        .map(|c| TlsAcceptor::from(c.load_full()))
+    else {
         return serve_http(shared, tcp, peer, accepted, permit).await;
     };
     let handshake = tokio::select! {

@@ -153,7 +153,19 @@ pub fn spawn(
     control: ControlHandle,
     stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
-    let dir = source.watched_dir();
+    tracing::info!(source = %source.table_source(), "watching overrides");
+    watch_dirs(&[source.watched_dir()], stop, move || {
+        source.reload(&control)
+    })
+}
+
+/// Calls `reload` once now, then once after each burst of filesystem events in `dirs`
+/// has settled, until `stop` is cancelled.
+pub fn watch_dirs(
+    dirs: &[PathBuf],
+    stop: CancellationToken,
+    mut reload: impl FnMut() + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Only the fact of a change matters: the whole source is re-read.
@@ -162,20 +174,21 @@ pub fn spawn(
         }
     })
     .map_err(|source| FileWatchError::Watch {
-        path: dir.clone(),
+        path: dirs.first().cloned().unwrap_or_default(),
         source,
     })?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|source| FileWatchError::Watch {
-            path: dir.clone(),
-            source,
-        })?;
-    tracing::info!(source = %source.table_source(), "watching overrides");
+    for dir in dirs {
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|source| FileWatchError::Watch {
+                path: dir.clone(),
+                source,
+            })?;
+    }
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped; it lives as long as this task.
         let _watcher = watcher;
-        source.reload(&control);
+        reload();
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
@@ -189,7 +202,7 @@ pub fn spawn(
                     ev = events.recv() => if ev.is_none() { return },
                 }
             }
-            source.reload(&control);
+            reload();
         }
     }))
 }

@@ -3,7 +3,9 @@
 //!
 //! - [`files`]: an overrides manifest file, or a ConfigMap mounted as a directory.
 //! - [`kube`]: the ConfigMap, the StatefulSet and the EndpointSlices, through the API.
+//! - [`certs`]: the TLS certificate and key, reloaded on change.
 
+pub mod certs;
 pub mod files;
 pub mod kube;
 
@@ -53,6 +55,15 @@ pub async fn start(
     let control = router.control();
     let stop = router.stopping();
     let mut tasks = Vec::new();
+    if let (Some((cert, key)), Some(slot)) = (&config.tls_files, router.tls_config()) {
+        tasks.push(certs::spawn(
+            cert.clone(),
+            key.clone(),
+            slot,
+            control.stats.clone(),
+            stop.clone(),
+        )?);
+    }
     match &config.overrides {
         OverridesWatch::File(p) => tasks.push(files::spawn(
             files::FileSource::Manifest(p.clone()),

@@ -2,8 +2,7 @@
 //! mounted as a directory (kubelet's atomic `..data` swap), and the local file that
 //! `wsrouter dev` watches.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Result;
 use router::config::{OverridesWatch, WatchConfig};
@@ -16,35 +15,6 @@ fn temp_dir(name: &str) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d)?;
     Ok(d)
-}
-
-/// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new
-/// timestamped directory, a `..data_tmp` symlink renamed over `..data`, then the per-key
-/// symlinks for new keys, then the old keys' symlinks and directory removed.
-fn kubelet_publish(dir: &Path, generation: u32, data: &[(&str, &str)]) -> Result<()> {
-    let ts = format!("..2025_01_01_00_00_{generation:02}.{generation}");
-    std::fs::create_dir(dir.join(&ts))?;
-    for (k, v) in data {
-        std::fs::write(dir.join(&ts).join(k), v)?;
-    }
-    let old = std::fs::read_link(dir.join("..data")).ok();
-    symlink(&ts, dir.join("..data_tmp"))?;
-    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
-    for (k, _) in data {
-        if std::fs::symlink_metadata(dir.join(k)).is_err() {
-            symlink(format!("..data/{k}"), dir.join(k))?;
-        }
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let name = entry?.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && !data.iter().any(|(k, _)| *k == name) {
-            std::fs::remove_file(dir.join(&name))?;
-        }
-    }
-    if let Some(old) = old {
-        std::fs::remove_dir_all(dir.join(old))?;
-    }
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,6 +64,8 @@ pub struct Options {
     /// Overrides come from a watched source: no table before its first read.
     pub await_overrides: bool,
     pub reroute: Option<router::reroute::RerouteConfig>,
+    /// Serve TLS from these PEM files instead of the harness certificate.
+    pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl Default for Options {
@@ -79,6 +81,7 @@ impl Default for Options {
             watched: false,
             await_overrides: false,
             reroute: None,
+            tls_files: None,
         }
     }
 }
@@ -109,10 +112,10 @@ impl Harness {
 
         let router = router::start(RouterConfig {
             listen: "127.0.0.1:0".parse()?,
-            tls: if opts.plaintext {
-                None
-            } else {
-                Some(cert.server_config()?)
+            tls: match (&opts.tls_files, opts.plaintext) {
+                (_, true) => None,
+                (Some((c, k)), false) => Some(router::tls::load_server_config(c, k)?),
+                (None, false) => Some(cert.server_config()?),
             },
             admin_listen: Some("127.0.0.1:0".parse()?),
             path_prefix: PathPrefix::default(),
@@ -260,6 +263,39 @@ pub async fn start_dev(
         anyhow::bail!("not dev")
     };
     Ok(router::dev::start(*args).await?)
+}
+
+/// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new
+/// timestamped directory, a `..data_tmp` symlink renamed over `..data`, then the per-key
+/// symlinks for new keys, then the old keys' symlinks and directory removed.
+pub fn kubelet_publish(
+    dir: &std::path::Path,
+    generation: u32,
+    data: &[(&str, &str)],
+) -> Result<()> {
+    let ts = format!("..2025_01_01_00_00_{generation:02}.{generation}");
+    std::fs::create_dir(dir.join(&ts))?;
+    for (k, v) in data {
+        std::fs::write(dir.join(&ts).join(k), v)?;
+    }
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    std::os::unix::fs::symlink(&ts, dir.join("..data_tmp"))?;
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+    for (k, _) in data {
+        if std::fs::symlink_metadata(dir.join(k)).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{k}"), dir.join(k))?;
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') && !data.iter().any(|(k, _)| *k == name) {
+            std::fs::remove_file(dir.join(&name))?;
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old))?;
+    }
+    Ok(())
 }
 
 /// A plain HTTP/1.1 GET, for the admin listener.

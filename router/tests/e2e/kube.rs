@@ -21,6 +21,7 @@ fn watch_config() -> WatchConfig {
         statefulset: Some("backend".into()),
         endpoint_slices: Some("backend".into()),
         namespace: NS.into(),
+        tls_files: None,
     }
 }
 

@@ -1,0 +1,61 @@
+//! Certificate hot reload: the router watches the directory of its mounted certificate
+//! and key (a Secret volume swaps `..data` like a ConfigMap volume) and swaps its rustls
+//! config. New handshakes get the new certificate; live sockets are untouched; a broken
+//! or mismatched pair is logged and the last good one keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::control::ControlStats;
+use crate::logging::DisplayChain;
+use crate::tls;
+use crate::watch::files::{watch_dirs, FileWatchError};
+
+fn parent(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches `cert` and `key` and stores every good new pair into `slot`.
+pub fn spawn(
+    cert: PathBuf,
+    key: PathBuf,
+    slot: Arc<ArcSwap<ServerConfig>>,
+    stats: Arc<ControlStats>,
+    stop: CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
+    let mut dirs = vec![parent(&cert)];
+    if parent(&key) != dirs[0] {
+        dirs.push(parent(&key));
+    }
+    tracing::info!(cert = %cert.display(), key = %key.display(), "watching the TLS certificate");
+    // The bytes last loaded: events that change nothing (kubelet touches, our own first
+    // read) do not rebuild the config.
+    let mut loaded: Option<(Vec<u8>, Vec<u8>)> =
+        std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
+    watch_dirs(&dirs, stop, move || {
+        let current = std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
+        if current.is_none() || current == loaded {
+            return;
+        }
+        match tls::load_server_config(&cert, &key) {
+            Ok(config) => {
+                slot.store(config);
+                loaded = current;
+                stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(cert = %cert.display(), "TLS certificate reloaded; new handshakes use it");
+            }
+            Err(e) => {
+                stats.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %DisplayChain(&e), "new TLS certificate unusable; keeping the last good one");
+            }
+        }
+    })
+}
