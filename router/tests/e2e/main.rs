@@ -7,6 +7,7 @@ mod files;
 mod harness;
 mod kube;
 mod limits;
+mod rbac;
 mod relay;
 mod requests;
 mod routing;

@@ -1,0 +1,233 @@
+//! The names the router defaults to (ConfigMap, StatefulSet, Service, ports, env vars,
+//! paths) are the names in `k8s/`, so the two cannot drift apart.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use clap::CommandFactory;
+use router::config::{Cli, DEFAULT_CONFIGMAP};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// Every object in k8s/*.yaml, by "Kind/name".
+fn manifests() -> Result<BTreeMap<String, Value>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml")
+            || path.ends_with("kustomization.yaml")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+            let key = format!(
+                "{}/{}",
+                v["kind"].as_str().context("kind")?,
+                v["metadata"]["name"].as_str().context("name")?
+            );
+            out.insert(key, v);
+        }
+    }
+    Ok(out)
+}
+
+/// The default of `wsrouter serve --{flag}`.
+fn serve_default(flag: &str) -> String {
+    let cmd = Cli::command();
+    let serve = cmd.find_subcommand("serve").expect("serve subcommand");
+    let arg = serve
+        .get_arguments()
+        .find(|a| a.get_long() == Some(flag))
+        .expect("flag exists");
+    arg.get_default_values()
+        .first()
+        .map(|v| v.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+fn container(obj: &Value) -> &Value {
+    &obj["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn named_port(c: &Value, name: &str) -> u64 {
+    c["ports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == name)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or(0)
+}
+
+fn env_names(c: &Value) -> Vec<&str> {
+    c["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["name"].as_str())
+        .collect()
+}
+
+fn seconds(s: &str) -> u64 {
+    humantime::parse_duration(s)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[test]
+fn router_defaults_match_the_manifests() -> Result<()> {
+    let m = manifests()?;
+    let statefulset = serve_default("statefulset");
+    let service = serve_default("service");
+
+    // The overrides ConfigMap the router watches by default.
+    assert!(
+        m.contains_key(&format!("ConfigMap/{DEFAULT_CONFIGMAP}")),
+        "{:?}",
+        m.keys()
+    );
+    // The StatefulSet and its headless Service, named as the router's template expects.
+    let sts = m
+        .get(&format!("StatefulSet/{statefulset}"))
+        .context("StatefulSet")?;
+    assert_eq!(sts["spec"]["serviceName"], service.as_str());
+    let svc = m
+        .get(&format!("Service/{service}"))
+        .context("headless Service")?;
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    // The template's port is the backend's port, end to end.
+    let template_port = port_of(&serve_default("backend-template"));
+    assert_eq!(named_port(container(sts), "ws"), template_port);
+    assert_eq!(
+        svc["spec"]["ports"][0]["port"].as_u64(),
+        Some(template_port)
+    );
+    assert!(container(sts)["args"]
+        .to_string()
+        .contains(&format!(":{template_port}")));
+    let backend_env = env_names(container(sts));
+    assert!(
+        backend_env.contains(&"POD_NAME") && backend_env.contains(&"POD_NAMESPACE"),
+        "{backend_env:?}"
+    );
+
+    // The router: its listener and admin ports, probes, env, and the TLS mount.
+    let dep = m.get("Deployment/wsrouter").context("Deployment")?;
+    let c = container(dep);
+    assert_eq!(named_port(c, "wss"), port_of(&serve_default("listen")));
+    assert_eq!(
+        named_port(c, "admin"),
+        port_of(&serve_default("admin-listen"))
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], "admin");
+    assert!(env_names(c).contains(&"POD_NAMESPACE"));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .context("args")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[0], "serve");
+    let mount = c["volumeMounts"][0]["mountPath"]
+        .as_str()
+        .context("tls mount")?;
+    assert!(
+        args.contains(&format!("--tls-cert={mount}/tls.crt").as_str()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&format!("--tls-key={mount}/tls.key").as_str()),
+        "{args:?}"
+    );
+    assert!(
+        c["volumeMounts"][0].get("subPath").is_none(),
+        "a subPath mount never sees rotations"
+    );
+
+    // Termination outlasts preStop + drain grace + close timeout.
+    let flag = |name: &str| {
+        args.iter()
+            .find_map(|a| a.strip_prefix(&format!("--{name}=")))
+            .map(str::to_owned)
+    };
+    let grace = seconds(&flag("drain-grace").unwrap_or_else(|| serve_default("drain-grace")));
+    let close = seconds(&flag("close-timeout").unwrap_or_else(|| serve_default("close-timeout")));
+    let pre_stop = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .context("preStop sleep")?;
+    let termination = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .context("termination grace")?;
+    assert!(
+        termination > pre_stop + grace + close,
+        "{termination} <= {pre_stop} + {grace} + {close}"
+    );
+
+    // Hardened pods.
+    for obj in [dep, sts] {
+        let pod = &obj["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        let sc = &container(obj)["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+        assert!(container(obj)["resources"]["requests"].is_object());
+    }
+
+    // The Service, the PDB and the NetworkPolicy select what they should.
+    let lb = m.get("Service/wsrouter").context("router Service")?;
+    assert_eq!(lb["spec"]["type"], "LoadBalancer");
+    assert_eq!(lb["spec"]["ports"][0]["port"], 443);
+    assert_eq!(lb["spec"]["ports"][0]["targetPort"], "wss");
+    let router_labels = &dep["spec"]["template"]["metadata"]["labels"];
+    assert_eq!(
+        m.get("PodDisruptionBudget/wsrouter").context("PDB")?["spec"]["selector"]["matchLabels"],
+        *router_labels
+    );
+    let np = m
+        .get("NetworkPolicy/backend-from-router")
+        .context("NetworkPolicy")?;
+    assert_eq!(
+        np["spec"]["podSelector"]["matchLabels"],
+        sts["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        *router_labels
+    );
+    assert_eq!(
+        np["spec"]["ingress"][0]["ports"][0]["port"].as_u64(),
+        Some(template_port)
+    );
+
+    // RBAC names the same objects, and binds the account the Deployment runs as.
+    let role = m.get("Role/wsrouter").context("Role")?;
+    let names: Vec<String> = role["rules"]
+        .as_array()
+        .context("rules")?
+        .iter()
+        .flat_map(|r| r["resourceNames"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(names, [DEFAULT_CONFIGMAP.to_owned(), statefulset]);
+    assert_eq!(
+        dep["spec"]["template"]["spec"]["serviceAccountName"],
+        "wsrouter"
+    );
+    let binding = m.get("RoleBinding/wsrouter").context("RoleBinding")?;
+    assert_eq!(binding["subjects"][0]["name"], "wsrouter");
+    assert!(m.contains_key("ServiceAccount/wsrouter"));
+    Ok(())
+}
