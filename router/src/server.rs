@@ -129,11 +129,15 @@ impl RouterHandle {
     /// Begins the drain (what SIGTERM does): stop accepting, fail readiness, give live
     /// sockets the grace period, then close them with 1001.
     pub fn shutdown(&self) {
+        // Readiness fails at once, not when the supervisor gets to it, so a probe right
+        // after SIGTERM already sees 503.
+        self.shared.lifecycle.set_draining();
         self.shared.lifecycle.stop_accepting.cancel();
     }
 
     /// Skips what is left of the grace period (a second SIGTERM).
     pub fn close_now(&self) {
+        self.shared.lifecycle.set_draining();
         self.shared.lifecycle.stop_accepting.cancel();
         self.shared.lifecycle.close_tunnels.cancel();
     }
