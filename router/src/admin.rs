@@ -1,6 +1,13 @@
 //! The admin listener: plain HTTP on its own port, for probes and operators.
+//!
+//! - `/healthz`: 200 while the process runs. `/readyz`: 200 once a table is loaded and the
+//!   listener bound, 503 while draining.
+//! - `/metrics`: Prometheus metrics (OpenMetrics text).
+//! - `/route/{namespace}`: how a tenant routes now, and why.
+//! - `/table`: the whole routing table, where it came from, and the live tenants.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -8,14 +15,16 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use wsrouter::{ordinal_for, validate_namespace};
 
-use crate::lifecycle::Lifecycle;
+use crate::server::Shared;
 
 /// Serves until `stop` is cancelled. It stays up while the router drains, so probes see
 /// `/readyz` fail rather than a refused connection.
-pub async fn serve(listener: TcpListener, lifecycle: Lifecycle, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let conns = tokio_util::task::TaskTracker::new();
     loop {
         let tcp = tokio::select! {
@@ -29,12 +38,12 @@ pub async fn serve(listener: TcpListener, lifecycle: Lifecycle, stop: Cancellati
                 }
             },
         };
-        let lc = lifecycle.clone();
+        let shared = shared.clone();
         let stop = stop.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
-                let lc = lc.clone();
-                async move { Ok::<_, Infallible>(route(&req, &lc)) }
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&req, &shared)) }
             });
             let conn =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
@@ -48,17 +57,118 @@ pub async fn serve(listener: TcpListener, lifecycle: Lifecycle, stop: Cancellati
     conns.wait().await;
 }
 
-fn route(req: &Request<Incoming>, lc: &Lifecycle) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
+    let lc = &shared.lifecycle;
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if lc.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if lc.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        "/metrics" => {
+            shared.metrics.draining.set(i64::from(lc.is_draining()));
+            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            r
+        }
+        "/table" => table_json(shared),
+        path => match path.strip_prefix("/route/") {
+            Some(ns) => route_json(shared, ns),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
+}
+
+fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
+    if let Err(e) = validate_namespace(ns) {
+        return json_response(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() }));
+    }
+    let Some(table) = shared.table.load_full() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "no routing table loaded yet" }),
+        );
+    };
+    let replicas = table.replicas().get();
+    let route = table.route(ns);
+    let override_info = table.overrides().get(ns).map(|target| {
+        let active = target < replicas;
+        json!({
+            "target": target,
+            "active": active,
+            "reason": if active { Value::Null } else {
+                json!(format!("target {target} is beyond the {replicas} replicas; the tenant follows its hash until the StatefulSet grows"))
+            },
+        })
+    });
+    let body = json!({
+        "namespace": ns,
+        "ordinal": route.ordinal,
+        "address": route.addr,
+        "source": route.source.as_str(),
+        "hash_ordinal": ordinal_for(ns, table.replicas()),
+        "override": override_info,
+        "pod_known_not_ready": shared.not_ready.load().contains(route.ordinal),
+        "live_sockets": shared.live.count(ns),
+        "table_version": table.version(),
+        "table_source": table.source().to_string(),
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
+    let Some(table) = shared.table.load_full() else {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "no routing table loaded yet" }),
+        );
+    };
+    let overrides: Map<String, Value> = table
+        .overrides()
+        .sorted()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    let inactive: Map<String, Value> = table
+        .overrides()
+        .inactive(table.replicas())
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), json!(v)))
+        .collect();
+    let mut live = shared.live.snapshot();
+    live.sort_unstable();
+    let live: Map<String, Value> = live
+        .into_iter()
+        .map(|(k, v)| (k.into_string(), json!(v)))
+        .collect();
+    let body = json!({
+        "version": table.version(),
+        "source": table.source().to_string(),
+        "replicas": table.replicas().get(),
+        "addresses": table.addresses().collect::<Vec<_>>(),
+        "overrides": overrides,
+        "inactive_overrides": inactive,
+        "pods_known_not_ready": shared.not_ready.load().ordinals(),
+        "live_tenants": live,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

@@ -5,16 +5,19 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
 use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
 
 use crate::config::RoutingConfig;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
+use crate::metrics::ReasonLabel;
 
 /// What a watcher saw.
 #[derive(Debug, Clone)]
@@ -56,40 +59,39 @@ impl RejectReason {
     }
 }
 
-/// Counters the admin endpoints read.
+/// The control plane's counters and gauges, registered as Prometheus metrics.
 #[derive(Debug, Default)]
 pub struct ControlStats {
-    pub swaps: AtomicU64,
-    pub rejected_invalid_overrides: AtomicU64,
-    pub rejected_unparsable: AtomicU64,
-    pub rejected_bad_replicas: AtomicU64,
-    pub inactive_overrides: AtomicU64,
+    pub table_version: Gauge,
+    pub table_replicas: Gauge,
+    pub table_overrides: Gauge,
+    pub inactive_overrides: Gauge,
+    pub swaps: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
     /// Watches (re)started: the first list and every relist.
-    pub watch_restarts: AtomicU64,
+    pub watch_restarts: Counter,
     /// Errors from the API server or a broken watch stream.
-    pub watch_errors: AtomicU64,
+    pub watch_errors: Counter,
     /// TLS certificates reloaded, and new pairs refused (the last good one kept).
-    pub tls_reloads: AtomicU64,
-    pub tls_reload_failures: AtomicU64,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
 }
 
 impl ControlStats {
     pub fn reject(&self, reason: RejectReason) {
-        let c = match reason {
-            RejectReason::InvalidOverrides => &self.rejected_invalid_overrides,
-            RejectReason::Unparsable => &self.rejected_unparsable,
-            RejectReason::BadReplicas => &self.rejected_bad_replicas,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
     }
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
-        match reason {
-            RejectReason::InvalidOverrides => &self.rejected_invalid_overrides,
-            RejectReason::Unparsable => &self.rejected_unparsable,
-            RejectReason::BadReplicas => &self.rejected_bad_replicas,
-        }
-        .load(Ordering::Relaxed)
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .get()
     }
 }
 
@@ -157,6 +159,8 @@ pub struct ControlParts {
     pub routing: RoutingConfig,
     pub live: Arc<LiveTenants>,
     pub lifecycle: Lifecycle,
+    /// Where the loop counts what it does (registered as metrics by the router).
+    pub stats: Arc<ControlStats>,
 }
 
 impl Control {
@@ -166,7 +170,7 @@ impl Control {
         let (changed, changes) = watch::channel(0);
         let (processed, processed_rx) = watch::channel(0);
         let (tx, rx) = mpsc::unbounded_channel();
-        let stats = Arc::new(ControlStats::default());
+        let stats = parts.stats;
         let r = parts.routing;
         let mut control = Self {
             table: parts.table,
@@ -240,11 +244,11 @@ impl Control {
                 return Applied::Rejected(RejectReason::Unparsable);
             }
             Input::WatchRestarted => {
-                self.stats.watch_restarts.fetch_add(1, Ordering::Relaxed);
+                self.stats.watch_restarts.inc();
                 return Applied::Unchanged;
             }
             Input::WatchFailed => {
-                self.stats.watch_errors.fetch_add(1, Ordering::Relaxed);
+                self.stats.watch_errors.inc();
                 return Applied::Unchanged;
             }
             Input::Replicas(n) => match NonZeroU32::new(n) {
@@ -314,9 +318,7 @@ impl Control {
             None => (None, 0, 0),
         };
         let inactive = next.overrides().inactive(replicas);
-        self.stats
-            .inactive_overrides
-            .store(inactive.len() as u64, Ordering::Relaxed);
+        self.stats.inactive_overrides.set(inactive.len() as i64);
         for (ns, target) in &inactive {
             tracing::warn!(tenant = ns, target, replicas = replicas.get(), "override points beyond the StatefulSet; inactive until it grows (the tenant follows its hash)");
         }
@@ -336,7 +338,10 @@ impl Control {
             tracing::debug!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "override changes");
         }
         self.table.store(Some(Arc::new(next)));
-        self.stats.swaps.fetch_add(1, Ordering::Relaxed);
+        self.stats.swaps.inc();
+        self.stats.table_version.set(self.version as i64);
+        self.stats.table_replicas.set(i64::from(replicas.get()));
+        self.stats.table_overrides.set(overrides.len() as i64);
         self.lifecycle.set_table_loaded();
         self.changed.send_replace(self.version);
         Applied::Published {
@@ -370,6 +375,7 @@ mod tests {
             routing,
             live: Arc::new(LiveTenants::default()),
             lifecycle: Lifecycle::default(),
+            stats: Arc::default(),
         });
         (c, table)
     }
@@ -433,7 +439,7 @@ mod tests {
         };
         assert_eq!(c.apply(deleted), Applied::Published { version: 3 });
         assert_eq!(current().route("ns-01").ordinal, 2);
-        assert_eq!(c.stats.swaps.load(Ordering::Relaxed), 3);
+        assert_eq!(c.stats.swaps.get(), 3);
     }
 
     #[test]
@@ -442,14 +448,14 @@ mod tests {
         c.apply(overrides(cm("1"), &[("acme-prod", "backend-5")]));
         let t = table.load_full().unwrap();
         assert_eq!(t.route("acme-prod").inactive_override, Some(5));
-        assert_eq!(c.stats.inactive_overrides.load(Ordering::Relaxed), 1);
+        assert_eq!(c.stats.inactive_overrides.get(), 1);
         assert_eq!(
             c.apply(Input::Replicas(6)),
             Applied::Published { version: 3 }
         );
         let t = table.load_full().unwrap();
         assert_eq!((t.replicas().get(), t.route("acme-prod").ordinal), (6, 5));
-        assert_eq!(c.stats.inactive_overrides.load(Ordering::Relaxed), 0);
+        assert_eq!(c.stats.inactive_overrides.get(), 0);
         assert_eq!(
             c.apply(Input::Replicas(0)),
             Applied::Rejected(RejectReason::BadReplicas)

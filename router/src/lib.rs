@@ -10,7 +10,8 @@
 //! - [`control`]: the one owner of routing state: validates updates, publishes tables.
 //! - [`live`]: which tenants have live sockets here.
 //! - [`lifecycle`]: readiness, drain signals and the tracked tasks.
-//! - [`admin`]: `/healthz`, `/readyz`.
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/route/{namespace}`, `/table`.
+//! - [`metrics`]: Prometheus metrics (bounded labels).
 //! - [`pods`]: which backend pods are known not ready (503 instead of a connect timeout).
 //! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
 //! - [`dev`]: `wsrouter dev`, the router with local echo backends.
@@ -25,6 +26,7 @@ pub mod frame;
 pub mod lifecycle;
 pub mod live;
 pub mod logging;
+pub mod metrics;
 pub mod overrides_file;
 pub mod pods;
 pub mod proxy;

@@ -17,6 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wsrouter::{NamespaceError, PathError, RouteSource};
 
+use crate::metrics::{ClosedLabels, DirectionLabel, OrdinalLabel, StatusLabel};
 use crate::relay::{self, RelayConfig, Stop};
 use crate::server::Shared;
 
@@ -162,9 +163,20 @@ where
             e.into_response()
         }
     };
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS
-        && req.headers().contains_key(header::UPGRADE)
-    {
+    let status = resp.status();
+    ctx.shared
+        .metrics
+        .upgrade_responses
+        .get_or_create(&StatusLabel {
+            status: status.as_u16(),
+        })
+        .inc();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        ctx.shared
+            .metrics
+            .upgrade_seconds
+            .observe(ctx.accepted.elapsed().as_secs_f64());
+    } else if req.headers().contains_key(header::UPGRADE) {
         close_unused_upgrade(&mut req, &ctx);
     }
     resp
@@ -273,6 +285,7 @@ where
     let upgrade_timeout = shared.limits.request_timeout;
     let live = shared.live.clone();
     let reroute = shared.reroute.clone();
+    let metrics = shared.metrics.clone();
     shared.lifecycle.tasks.spawn(async move {
         let _permit = permit;
         let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
@@ -297,6 +310,8 @@ where
         };
         let started = Instant::now();
         let _live = live.register(&routed.tenant);
+        let ordinal_label = OrdinalLabel { ordinal: routed.ordinal };
+        metrics.connections_active.get_or_create(&ordinal_label).inc();
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
         let stop = async {
             let moved = async {
@@ -311,6 +326,13 @@ where
             }
         };
         let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, stop, relay_config).await;
+        metrics.connections_active.get_or_create(&ordinal_label).dec();
+        metrics
+            .connections_closed
+            .get_or_create(&ClosedLabels { ordinal: routed.ordinal, reason: report.reason.as_str() })
+            .inc();
+        metrics.bytes.get_or_create(&DirectionLabel { direction: "from_client" }).inc_by(report.bytes_from_client);
+        metrics.bytes.get_or_create(&DirectionLabel { direction: "from_backend" }).inc_by(report.bytes_from_backend);
         tracing::info!(
             client.addr = %peer,
             tenant = %routed.tenant,

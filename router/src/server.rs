@@ -3,7 +3,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,10 @@ use wsrouter::{PathPrefix, RoutingTable};
 
 use crate::admin;
 use crate::config::{Limits, RouterConfig};
-use crate::control::{Control, ControlHandle, ControlParts};
+use crate::control::{Control, ControlHandle, ControlParts, ControlStats};
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
 use crate::reroute::Reroute;
@@ -49,6 +49,7 @@ pub(crate) struct Shared {
     pub not_ready: PodReadiness,
     /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
     pub reroute: Option<Arc<Reroute>>,
+    pub metrics: Arc<Metrics>,
     pub prefix: PathPrefix,
     pub limits: Limits,
     pub tls: bool,
@@ -57,7 +58,6 @@ pub(crate) struct Shared {
     http: http1::Builder,
     pub lifecycle: Lifecycle,
     slots: Arc<Semaphore>,
-    refused: AtomicU64,
 }
 
 /// A running router.
@@ -123,7 +123,7 @@ impl RouterHandle {
 
     /// Connections refused because the cap was reached.
     pub fn refused_connections(&self) -> u64 {
-        self.shared.refused.load(Ordering::Relaxed)
+        self.shared.metrics.connections_refused.get()
     }
 
     /// Begins the drain (what SIGTERM does): stop accepting, fail readiness, give live
@@ -179,12 +179,15 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let lifecycle = Lifecycle::default();
     let table = Arc::new(ArcSwapOption::empty());
     let live = Arc::new(LiveTenants::default());
+    let stats = Arc::new(ControlStats::default());
+    let metrics = Arc::new(Metrics::new(stats.clone()));
     let statefulset = config.routing.statefulset.clone();
     let (control, control_handle, control_rx) = Control::new(ControlParts {
         table: table.clone(),
         routing: config.routing,
         live: live.clone(),
         lifecycle: lifecycle.clone(),
+        stats,
     });
     tokio::spawn(control.run(control_rx));
     let reroute = config
@@ -195,6 +198,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         live,
         not_ready: PodReadiness::default(),
         reroute,
+        metrics,
         prefix: config.path_prefix,
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,
@@ -202,12 +206,11 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
         http,
         lifecycle: lifecycle.clone(),
-        refused: AtomicU64::new(0),
     });
 
     let admin_stop = CancellationToken::new();
-    let admin_task = admin_listener
-        .map(|l| tokio::spawn(admin::serve(l, lifecycle.clone(), admin_stop.clone())));
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone())));
     let accept_task = tokio::spawn(accept_loop(listener, shared.clone()));
     lifecycle.set_listening();
     tracing::info!(
@@ -284,10 +287,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             },
         };
         backoff = Duration::from_millis(5);
+        shared.metrics.connections_accepted.inc();
         let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
             // At the cap: close at once so the client fails fast and live sockets are
             // untouched.
-            let n = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            let n = shared.metrics.connections_refused.inc() + 1;
             if n.is_power_of_two() {
                 tracing::warn!(client.addr = %peer, refused = n, "connection limit reached; refusing new connections");
             }
@@ -322,9 +326,29 @@ async fn serve_conn(
         _ = shared.lifecycle.close_tunnels.cancelled() => return,
     };
     match handshake {
-        Ok(Ok(tls)) => serve_http(shared, tls, peer, accepted, permit).await,
-        Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(client.addr = %peer, "TLS handshake timed out"),
+        Ok(Ok(tls)) => {
+            shared
+                .metrics
+                .tls_handshake_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+            serve_http(shared, tls, peer, accepted, permit).await
+        }
+        Ok(Err(e)) => {
+            shared
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(&ReasonLabel { reason: "error" })
+                .inc();
+            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            shared
+                .metrics
+                .tls_handshake_failures
+                .get_or_create(&ReasonLabel { reason: "timeout" })
+                .inc();
+            tracing::debug!(client.addr = %peer, "TLS handshake timed out")
+        }
     }
 }
 

@@ -4,7 +4,6 @@
 //! or mismatched pair is logged and the last good one keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -49,11 +48,11 @@ pub fn spawn(
             Ok(config) => {
                 slot.store(config);
                 loaded = current;
-                stats.tls_reloads.fetch_add(1, Ordering::Relaxed);
+                stats.tls_reloads.inc();
                 tracing::info!(cert = %cert.display(), "TLS certificate reloaded; new handshakes use it");
             }
             Err(e) => {
-                stats.tls_reload_failures.fetch_add(1, Ordering::Relaxed);
+                stats.tls_reload_failures.inc();
                 tracing::warn!(error = %DisplayChain(&e), "new TLS certificate unusable; keeping the last good one");
             }
         }

@@ -1,7 +1,6 @@
 //! Certificate rotation under live sockets: a Secret volume's `..data` swap brings a new
 //! certificate to new handshakes, no live socket is dropped, and a broken pair is refused.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,7 +98,7 @@ async fn rotation_reaches_new_handshakes_and_spares_live_sockets() -> Result<()>
     })
     .await??;
     let stats = h.router.control().stats;
-    assert_eq!(stats.tls_reloads.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.tls_reloads.get(), 1);
 
     // Every live socket kept streaming through the rotation, in order.
     for ws in &mut live {
@@ -115,7 +114,7 @@ async fn rotation_reaches_new_handshakes_and_spares_live_sockets() -> Result<()>
     )?;
     within(WAIT, "the refusal", async {
         // Each probe is a real handshake, which also lets the watcher run.
-        while stats.tls_reload_failures.load(Ordering::Relaxed) == 0 {
+        while stats.tls_reload_failures.get() == 0 {
             presented(h.addr(), client.clone()).await?;
         }
         Ok::<_, anyhow::Error>(())

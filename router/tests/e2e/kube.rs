@@ -2,7 +2,6 @@
 //! initial list, modify, delete, bookmarks, relist after 410, an API server outage, bad
 //! data rejected with the last good table kept, replica changes, pod readiness.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -172,12 +171,7 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     let h = router_with(&api).await?;
     h.wait_table("first table", |t| t.route("ns-01").ordinal == 0)
         .await?;
-    let restarts = h
-        .router
-        .control()
-        .stats
-        .watch_restarts
-        .load(Ordering::Relaxed);
+    let restarts = h.router.control().stats.watch_restarts.get();
 
     // 410 Gone: the watches end with an ERROR event and cannot resume; a relist brings
     // the change made in between.
@@ -186,23 +180,13 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     h.wait_table("relisted after 410", |t| t.route("ns-01").ordinal == 1)
         .await?;
     assert!(
-        h.router
-            .control()
-            .stats
-            .watch_restarts
-            .load(Ordering::Relaxed)
-            > restarts,
+        h.router.control().stats.watch_restarts.get() > restarts,
         "no relist happened"
     );
 
     // The API server goes away. Routing keeps the last good table meanwhile.
     api.stop();
-    let errors = h
-        .router
-        .control()
-        .stats
-        .watch_errors
-        .load(Ordering::Relaxed);
+    let errors = h.router.control().stats.watch_errors.get();
     api.apply("configmaps", NS, configmap(CM, &[("ns-01", "2")]));
     assert_eq!(served_by(&h, "ns-01").await?, "backend-1");
     assert_eq!(
@@ -216,7 +200,7 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     within(
         WAIT,
         "watch errors during the outage",
-        processed.wait_for(|_| control.stats.watch_errors.load(Ordering::Relaxed) > errors),
+        processed.wait_for(|_| control.stats.watch_errors.get() > errors),
     )
     .await??;
     api.restart().await?;

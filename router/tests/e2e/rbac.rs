@@ -132,12 +132,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
         router::watch::start(&watch, &h.router, Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)
             .await?;
-        let restarts = h
-            .router
-            .control()
-            .stats
-            .watch_restarts
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let restarts = h.router.control().stats.watch_restarts.get();
         api.expire();
         api.apply(
             "configmaps",
@@ -146,14 +141,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
         );
         h.wait_table("relisted", |t| t.route("ns-01").ordinal == 2)
             .await?;
-        assert!(
-            h.router
-                .control()
-                .stats
-                .watch_restarts
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > restarts
-        );
+        assert!(h.router.control().stats.watch_restarts.get() > restarts);
         api.apply(
             "configmaps",
             ns,

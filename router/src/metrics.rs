@@ -1,0 +1,187 @@
+//! Prometheus metrics, served at `/metrics` on the admin listener (OpenMetrics text).
+//!
+//! Labels are bounded: backend ordinals, close reasons, HTTP statuses, directions and
+//! rejection reasons; never tenants or client addresses. The control plane's counters
+//! ([`ControlStats`](crate::control::ControlStats)) are registered here too, so every
+//! number an operator reads has one owner.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::control::ControlStats;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OrdinalLabel {
+    pub ordinal: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub ordinal: u32,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// The data path's metrics. Cheap to update: atomics, and for labelled families one
+/// read-locked lookup per connection event (never per frame).
+pub struct Metrics {
+    registry: Registry,
+    pub connections_accepted: Counter,
+    pub connections_refused: Counter,
+    pub connections_active: Family<OrdinalLabel, Gauge>,
+    pub connections_closed: Family<ClosedLabels, Counter>,
+    pub upgrade_responses: Family<StatusLabel, Counter>,
+    pub bytes: Family<DirectionLabel, Counter>,
+    pub tls_handshake_seconds: Histogram,
+    pub tls_handshake_failures: Family<ReasonLabel, Counter>,
+    pub upgrade_seconds: Histogram,
+    pub draining: Gauge,
+    pub control: Arc<ControlStats>,
+}
+
+impl Metrics {
+    pub fn new(control: Arc<ControlStats>) -> Self {
+        let mut r = Registry::with_prefix("wsrouter");
+        let m = Self {
+            connections_accepted: Counter::default(),
+            connections_refused: Counter::default(),
+            connections_active: Family::default(),
+            connections_closed: Family::default(),
+            upgrade_responses: Family::default(),
+            bytes: Family::default(),
+            // 100 µs .. ~3 s
+            tls_handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            tls_handshake_failures: Family::default(),
+            // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
+            upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
+            draining: Gauge::default(),
+            control,
+            registry: Registry::default(),
+        };
+        r.register(
+            "connections_accepted",
+            "Client TCP connections accepted",
+            m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Client connections closed at once because --max-connections was reached",
+            m.connections_refused.clone(),
+        );
+        r.register(
+            "connections_active",
+            "Upgraded connections being relayed, by backend ordinal",
+            m.connections_active.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Relayed connections that ended, by backend ordinal and close reason",
+            m.connections_closed.clone(),
+        );
+        r.register(
+            "upgrade_responses",
+            "Answers to requests on the WebSocket listener, by HTTP status",
+            m.upgrade_responses.clone(),
+        );
+        r.register("relayed_bytes", "Bytes relayed, by direction (from_client, from_backend), counted when a connection ends", m.bytes.clone());
+        r.register(
+            "tls_handshake_seconds",
+            "Time to complete a client TLS handshake",
+            m.tls_handshake_seconds.clone(),
+        );
+        r.register(
+            "tls_handshake_failures",
+            "Client TLS handshakes that failed (error) or took too long (timeout)",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "upgrade_seconds",
+            "Time from accepting a connection to answering its upgrade with 101",
+            m.upgrade_seconds.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while the router drains after SIGTERM",
+            m.draining.clone(),
+        );
+        let c = &m.control;
+        r.register(
+            "table_version",
+            "Version of the routing table in force (0: none yet)",
+            c.table_version.clone(),
+        );
+        r.register(
+            "table_replicas",
+            "Backend replicas in the routing table",
+            c.table_replicas.clone(),
+        );
+        r.register(
+            "table_overrides",
+            "Overrides in the routing table",
+            c.table_overrides.clone(),
+        );
+        r.register(
+            "table_inactive_overrides",
+            "Overrides pointing beyond the current replicas (the tenant follows its hash)",
+            c.inactive_overrides.clone(),
+        );
+        r.register("table_swaps", "Routing tables published", c.swaps.clone());
+        r.register(
+            "table_rejected_updates",
+            "Updates rejected whole, the last good table kept, by reason",
+            c.rejected.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Kubernetes watches (re)listed: first list, relist after 410 or a lost stream",
+            c.watch_restarts.clone(),
+        );
+        r.register(
+            "watch_errors",
+            "Kubernetes API errors and broken watch streams (retried with backoff)",
+            c.watch_errors.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "TLS certificates reloaded from disk",
+            c.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_reload_failures",
+            "New TLS certificate pairs refused (the last good one kept)",
+            c.tls_reload_failures.clone(),
+        );
+        Self { registry: r, ..m }
+    }
+
+    /// The exposition, in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
