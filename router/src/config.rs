@@ -50,6 +50,50 @@ pub enum Command {
     Dev(Box<DevArgs>),
     /// Write a dev CA and a server certificate signed by it (ca.crt, tls.crt, tls.key).
     Cert(CertArgs),
+    /// Where a namespace routes, by the routing contract alone (no router needed).
+    Route(RouteArgs),
+    /// What an overrides edit or a scale would move, before it is applied.
+    Plan(PlanArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RouteArgs {
+    /// The tenant namespace.
+    pub namespace: String,
+    /// Number of backend pods.
+    #[arg(long, env = "WSROUTER_REPLICAS")]
+    pub replicas: u32,
+    /// A ConfigMap manifest of overrides to apply.
+    #[arg(long, env = "WSROUTER_OVERRIDES_FILE")]
+    pub overrides: Option<PathBuf>,
+    /// The StatefulSet's name, for pod names in targets and output.
+    #[arg(long, env = "WSROUTER_STATEFULSET", default_value = "backend")]
+    pub statefulset: String,
+    /// Print JSON instead of one line.
+    #[arg(long, env = "WSROUTER_JSON")]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlanArgs {
+    /// The new overrides: a ConfigMap manifest, validated as the watchers would.
+    #[arg(long, env = "WSROUTER_PLAN_OVERRIDES")]
+    pub overrides: PathBuf,
+    /// The new replica count [default: unchanged].
+    #[arg(long, env = "WSROUTER_REPLICAS")]
+    pub replicas: Option<u32>,
+    /// A running router's admin address (http://HOST:PORT): its table and live sockets are "now".
+    #[arg(long, env = "WSROUTER_ADMIN_URL", conflicts_with_all = ["current", "current_replicas"])]
+    pub admin: Option<String>,
+    /// Offline: the overrides manifest in force now [default: none].
+    #[arg(long, env = "WSROUTER_PLAN_CURRENT")]
+    pub current: Option<PathBuf>,
+    /// Offline: the replica count now.
+    #[arg(long, env = "WSROUTER_PLAN_CURRENT_REPLICAS")]
+    pub current_replicas: Option<u32>,
+    /// The StatefulSet's name, for pod names in targets.
+    #[arg(long, env = "WSROUTER_STATEFULSET", default_value = "backend")]
+    pub statefulset: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -16,6 +16,7 @@
 //! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
 //! - [`dev`]: `wsrouter dev`, the router with local echo backends.
 //! - [`watch`]: watchers feeding the control loop (files, mounted ConfigMaps, the Kubernetes API).
+//! - [`ops`]: `wsrouter route` and `wsrouter plan`.
 //! - [`logging`]: tracing setup.
 
 pub mod admin;
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod logging;
 pub mod metrics;
+pub mod ops;
 pub mod overrides_file;
 pub mod pods;
 pub mod proxy;

@@ -50,6 +50,53 @@ async fn run(command: Command) -> ExitCode {
             }
             handle
         }
+        Command::Route(args) => {
+            return match router::ops::route(
+                &args.namespace,
+                args.replicas,
+                args.overrides.as_deref(),
+                &args.statefulset,
+            ) {
+                Ok(v) if args.json => {
+                    println!("{v}");
+                    ExitCode::SUCCESS
+                }
+                Ok(v) => {
+                    println!(
+                        "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
+                        args.namespace,
+                        v["pod"].as_str().unwrap_or_default(),
+                        v["ordinal"],
+                        v["source"].as_str().unwrap_or_default(),
+                        v["xxh3_64"].as_str().unwrap_or_default(),
+                        args.replicas
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(&e),
+            };
+        }
+        Command::Plan(args) => {
+            let current = match &args.admin {
+                Some(url) => router::ops::Current::from_admin(url, &args.statefulset).await,
+                None => router::ops::Current::offline(
+                    args.current.as_deref(),
+                    args.current_replicas,
+                    &args.statefulset,
+                ),
+            };
+            let plan = current.and_then(|cur| {
+                let new = router::ops::read_overrides(&args.overrides, &args.statefulset)?;
+                router::ops::plan(&cur, new, args.replicas, &args.statefulset)
+            });
+            return match plan {
+                Ok(p) => {
+                    print!("{p}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(&e),
+            };
+        }
         Command::Cert(args) => {
             let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
             let written =
@@ -86,6 +133,12 @@ async fn run(command: Command) -> ExitCode {
         },
     };
     serve_until_signals(handle).await
+}
+
+/// A rejected plan or route input: the reasons on stderr, one per line, exit 1.
+fn usage_error(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("wsrouter: {}", router::logging::DisplayChain(e));
+    ExitCode::FAILURE
 }
 
 fn config_error(e: &dyn std::error::Error) -> ExitCode {

@@ -1,0 +1,388 @@
+//! Operator commands that need no running router, or only its admin endpoint:
+//! `wsrouter route` (the routing contract, offline) and `wsrouter plan` (what an
+//! overrides edit or a scale would move, before it is applied).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
+use std::path::Path;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use thiserror::Error;
+use wsrouter::{
+    tenant_key, validate_namespace, BackendTemplate, Backends, NamespaceError, Overrides,
+    OverridesError, RouteSource, RoutingTable, TableSource,
+};
+
+use crate::overrides_file::{self, OverridesFileError};
+
+#[derive(Debug, Error)]
+pub enum OpsError {
+    #[error("namespace {namespace:?}")]
+    Namespace {
+        namespace: String,
+        #[source]
+        source: NamespaceError,
+    },
+    #[error("replicas must be at least 1")]
+    ZeroReplicas,
+    #[error(transparent)]
+    File(#[from] OverridesFileError),
+    /// The same rejection the watchers would give, every offending key listed.
+    #[error("{path}: rejected")]
+    Invalid {
+        path: String,
+        #[source]
+        source: OverridesError,
+    },
+    #[error(
+        "offline, the current replica count is needed: give --current-replicas (or --admin URL)"
+    )]
+    NoCurrentReplicas,
+    #[error("asking the router at {url}")]
+    Admin {
+        url: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("the router at {url} answered something that is not its /table: {detail}")]
+    BadTable { url: String, detail: String },
+}
+
+/// A table for reasoning about ordinals; addresses do not matter here.
+fn table(statefulset: &str, replicas: NonZeroU32, overrides: Overrides) -> RoutingTable {
+    let template = BackendTemplate::parse("{statefulset}-{i}:1", statefulset, "", "")
+        .unwrap_or_else(|_| unreachable!("the template is a constant with {{i}} and a port"));
+    RoutingTable::build(
+        0,
+        TableSource::Flags,
+        &Backends::Template(template),
+        replicas,
+        overrides,
+    )
+    .unwrap_or_else(|_| unreachable!("a template covers any replica count"))
+}
+
+fn replicas(n: u32) -> Result<NonZeroU32, OpsError> {
+    NonZeroU32::new(n).ok_or(OpsError::ZeroReplicas)
+}
+
+/// Reads an overrides manifest and validates it exactly as the watchers do.
+pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, OpsError> {
+    let data = overrides_file::read(path)?;
+    Overrides::parse(&data, statefulset).map_err(|source| OpsError::Invalid {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// `wsrouter route`: the routing contract for one namespace, as JSON.
+pub fn route(
+    namespace: &str,
+    replica_count: u32,
+    overrides: Option<&Path>,
+    statefulset: &str,
+) -> Result<Value, OpsError> {
+    validate_namespace(namespace).map_err(|source| OpsError::Namespace {
+        namespace: namespace.to_owned(),
+        source,
+    })?;
+    let overrides = match overrides {
+        Some(p) => read_overrides(p, statefulset)?,
+        None => Overrides::default(),
+    };
+    let t = table(statefulset, replicas(replica_count)?, overrides);
+    let r = t.route(namespace);
+    Ok(json!({
+        "namespace": namespace,
+        "xxh3_64": format!("{:#018x}", tenant_key(namespace)),
+        "replicas": replica_count,
+        "ordinal": r.ordinal,
+        "pod": format!("{statefulset}-{}", r.ordinal),
+        "source": r.source.as_str(),
+        "inactive_override": r.inactive_override,
+    }))
+}
+
+/// One tenant a change would move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub tenant: String,
+    pub from: u32,
+    pub to: u32,
+    pub why: &'static str,
+    pub live_sockets: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub replicas_before: u32,
+    pub replicas_after: u32,
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub moves: Vec<Move>,
+    /// Share of hash-routed tenants (not listed) the replica change moves.
+    pub hash_share_moved: f64,
+}
+
+/// What the router runs now: replicas, overrides, live sockets per tenant.
+pub struct Current {
+    pub replicas: u32,
+    pub overrides: Overrides,
+    pub live: BTreeMap<String, u64>,
+}
+
+impl Current {
+    /// Offline: a current overrides file (or none) and the current replica count.
+    pub fn offline(
+        file: Option<&Path>,
+        replicas: Option<u32>,
+        statefulset: &str,
+    ) -> Result<Self, OpsError> {
+        Ok(Self {
+            replicas: replicas.ok_or(OpsError::NoCurrentReplicas)?,
+            overrides: match file {
+                Some(p) => read_overrides(p, statefulset)?,
+                None => Overrides::default(),
+            },
+            live: BTreeMap::new(),
+        })
+    }
+
+    /// From a running router's `/table`.
+    pub async fn from_admin(url: &str, statefulset: &str) -> Result<Self, OpsError> {
+        let v = fetch_json(url, "/table").await?;
+        let bad = |detail: &str| OpsError::BadTable {
+            url: url.to_owned(),
+            detail: detail.to_owned(),
+        };
+        let replicas = v["replicas"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad("no replicas"))?;
+        let entries: Vec<(String, String)> = v["overrides"]
+            .as_object()
+            .ok_or_else(|| bad("no overrides"))?
+            .iter()
+            .map(|(k, t)| {
+                (
+                    k.clone(),
+                    t.as_u64().map(|o| o.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let overrides = Overrides::parse(entries, statefulset).map_err(|e| bad(&e.to_string()))?;
+        let live = v["live_tenants"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Self {
+            replicas,
+            overrides,
+            live,
+        })
+    }
+}
+
+/// Which tenants `new_overrides` (and `new_replicas`) would move from where they are now.
+pub fn plan(
+    current: &Current,
+    new_overrides: Overrides,
+    new_replicas: Option<u32>,
+    statefulset: &str,
+) -> Result<Plan, OpsError> {
+    let before = table(
+        statefulset,
+        replicas(current.replicas)?,
+        current.overrides.clone(),
+    );
+    let after_replicas = replicas(new_replicas.unwrap_or(current.replicas))?;
+    let after = table(statefulset, after_replicas, new_overrides);
+    let diff = before.diff(&after);
+    // Tenants worth naming: every overridden one, before or after, and every live one.
+    let mut tenants: BTreeSet<&str> = BTreeSet::new();
+    tenants.extend(before.overrides().iter().map(|(k, _)| k));
+    tenants.extend(after.overrides().iter().map(|(k, _)| k));
+    tenants.extend(current.live.keys().map(String::as_str));
+    let moves = tenants
+        .into_iter()
+        .filter_map(|t| {
+            let (a, b) = (before.route(t), after.route(t));
+            (a.ordinal != b.ordinal).then(|| Move {
+                tenant: t.to_owned(),
+                from: a.ordinal,
+                to: b.ordinal,
+                why: match (a.source, b.source) {
+                    (RouteSource::Override, RouteSource::Override) => "override changed",
+                    (RouteSource::Hash, RouteSource::Override) => "override added",
+                    (RouteSource::Override, RouteSource::Hash) if b.inactive_override.is_some() => {
+                        "override now inactive"
+                    }
+                    (RouteSource::Override, RouteSource::Hash) => "override removed",
+                    (RouteSource::Hash, RouteSource::Hash) => "replicas changed",
+                },
+                live_sockets: current.live.get(t).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    let (n, m) = (f64::from(current.replicas), f64::from(after_replicas.get()));
+    Ok(Plan {
+        replicas_before: current.replicas,
+        replicas_after: after_replicas.get(),
+        added: diff.added.len(),
+        changed: diff.changed.len(),
+        removed: diff.removed.len(),
+        moves,
+        // Jump hash: growing N→M moves 1−N/M of tenants onto the new pods; shrinking
+        // moves those on the removed pods, 1−M/N.
+        hash_share_moved: if m >= n { 1.0 - n / m } else { 1.0 - m / n },
+    })
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "plan: replicas {} → {}, overrides +{} ~{} -{}",
+            self.replicas_before, self.replicas_after, self.added, self.changed, self.removed
+        )?;
+        if self.moves.is_empty() {
+            writeln!(f, "no listed tenant moves")?;
+        }
+        for m in &self.moves {
+            writeln!(
+                f,
+                "  {:<32} {:>4} → {:<4} {:<22} live sockets here: {}",
+                m.tenant, m.from, m.to, m.why, m.live_sockets
+            )?;
+        }
+        if self.replicas_before != self.replicas_after {
+            writeln!(
+                f,
+                "hash-routed tenants not listed: about {:.0}% move ({} → {} replicas)",
+                self.hash_share_moved * 100.0,
+                self.replicas_before,
+                self.replicas_after
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// GET `{base}{path}` from a router's admin listener, as JSON.
+pub async fn fetch_json(base: &str, path: &str) -> Result<Value, OpsError> {
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| OpsError::Admin {
+        url: base.to_owned(),
+        source: e,
+    };
+    let authority = base
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .unwrap_or(base)
+        .to_owned();
+    let tcp = tokio::net::TcpStream::connect(&authority)
+        .await
+        .map_err(|e| err(e.into()))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .await
+            .map_err(|e| err(e.into()))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header(http::header::HOST, &authority)
+        .body(Empty::new())
+        .map_err(|e| err(e.into()))?;
+    let resp = sender.send_request(req).await.map_err(|e| err(e.into()))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| err(e.into()))?
+        .to_bytes();
+    if !status.is_success() {
+        return Err(err(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )
+        .into()));
+    }
+    serde_json::from_slice(&body).map_err(|e| err(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_reproduces_the_golden_vectors() {
+        let cases = [
+            ("ns-01", "0x92a8b9e96c944c02", [0, 1, 2, 2, 2, 2, 2]),
+            ("ns-02", "0x0491707bc197bf27", [0, 1, 1, 1, 1, 1, 9]),
+            ("acme-prod", "0xf755c6ba18352c29", [0, 1, 1, 3, 3, 6, 6]),
+        ];
+        for (ns, key, ordinals) in cases {
+            for (r, want) in [1, 2, 3, 4, 5, 8, 16].into_iter().zip(ordinals) {
+                let v = route(ns, r, None, "backend").unwrap();
+                assert_eq!(v["xxh3_64"], key);
+                assert_eq!(v["ordinal"], want, "{ns} over {r}");
+                assert_eq!(v["pod"], format!("backend-{want}"));
+                assert_eq!(v["source"], "hash");
+            }
+        }
+        assert!(matches!(
+            route("Bad", 4, None, "backend"),
+            Err(OpsError::Namespace { .. })
+        ));
+        assert!(matches!(
+            route("ns-01", 0, None, "backend"),
+            Err(OpsError::ZeroReplicas)
+        ));
+    }
+
+    #[test]
+    fn plan_names_moved_tenants_and_why() {
+        let cur = Current {
+            replicas: 4,
+            overrides: Overrides::parse([("ns-01", "0"), ("gone", "1"), ("stay", "3")], "backend")
+                .unwrap(),
+            live: [("ns-02".to_owned(), 2), ("acme-prod".to_owned(), 5)]
+                .into_iter()
+                .collect(),
+        };
+        let new = Overrides::parse(
+            [("ns-01", "3"), ("stay", "3"), ("acme-prod", "backend-9")],
+            "backend",
+        )
+        .unwrap();
+        let p = plan(&cur, new, Some(8), "backend").unwrap();
+        let moves: Vec<_> = p
+            .moves
+            .iter()
+            .map(|m| (m.tenant.as_str(), m.from, m.to, m.why, m.live_sockets))
+            .collect();
+        // ns-02 (live, hash): 1 over 4 → 1 over 8, stays; acme-prod: 3 over 4 → 6 over 8
+        // with an inactive override to 9; gone: override 1 removed → hash over 8.
+        let gone_hash = wsrouter::ordinal_for("gone", NonZeroU32::new(8).unwrap());
+        let mut want = vec![
+            ("acme-prod", 3, 6, "replicas changed", 5),
+            ("ns-01", 0, 3, "override changed", 0),
+        ];
+        if gone_hash != 1 {
+            want.insert(1, ("gone", 1, gone_hash, "override removed", 0));
+        }
+        assert_eq!(moves, want);
+        assert_eq!((p.added, p.changed, p.removed), (1, 1, 1));
+        assert!((p.hash_share_moved - 0.5).abs() < 1e-9);
+        assert!(p
+            .to_string()
+            .starts_with("plan: replicas 4 → 8, overrides +1 ~1 -1"));
+    }
+}
