@@ -7,6 +7,7 @@ mod files;
 mod harness;
 mod kube;
 mod limits;
+mod operate;
 mod rbac;
 mod relay;
 mod requests;
