@@ -62,6 +62,9 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     .await?;
     for _ in 0..3 {
         let mut ws = h.ws("ns-01").await?;
+        // The counter first: the backend favours incoming messages over its ticker, so a
+        // quick client could otherwise close before counter 0 is ever sent.
+        assert_eq!(next_counter(&mut ws).await?.counter, 0);
         ws.send(Message::text("hello")).await?;
         let mut echoed = false;
         while !echoed {
