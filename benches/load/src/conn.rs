@@ -1,0 +1,238 @@
+//! Opening connections: TCP from a chosen loopback source address, TLS that accepts the
+//! self-signed certificates benchmarks use, and the WebSocket handshake.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::SinkExt;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::{next_echo, ConnResult, LoadConfig, LoadError};
+
+/// Where to connect: `ws://` or `wss://` HOST:PORT and the path prefix.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    /// Host header and TLS server name.
+    pub host: String,
+    pub prefix: String,
+}
+
+impl Target {
+    /// `ws://127.0.0.1:8443/ws/` or `wss://…`. The host must be an IP literal (no DNS:
+    /// this tool only loads loopback).
+    pub fn parse(url: &str, server_name: &str) -> Result<Self, LoadError> {
+        let bad = |why| LoadError::BadUrl {
+            url: url.to_owned(),
+            why,
+        };
+        let (tls, rest) = if let Some(r) = url.strip_prefix("wss://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("ws://") {
+            (false, r)
+        } else {
+            return Err(bad("must start with ws:// or wss://"));
+        };
+        let (authority, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
+        let addr: SocketAddr = authority.parse().map_err(|_| bad("host must be IP:PORT"))?;
+        let mut prefix = format!("/{path}");
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Ok(Self {
+            addr,
+            tls,
+            host: server_name.to_owned(),
+            prefix,
+        })
+    }
+
+    pub(crate) fn check_loopback(&self) -> Result<(), LoadError> {
+        if self.addr.ip().is_loopback() {
+            Ok(())
+        } else {
+            Err(LoadError::NotLoopback(self.addr))
+        }
+    }
+
+    pub(crate) fn tls_connector(&self) -> Option<TlsConnector> {
+        self.tls.then(|| {
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .unwrap_or_else(|_| unreachable!("aws-lc-rs supports the default versions"))
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsConnector::from(Arc::new(config))
+        })
+    }
+}
+
+/// Accepts any certificate (benchmarks use self-signed ones) but still checks that the
+/// server signed the handshake with the key of the certificate it sent.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client WebSocket, plain or over TLS.
+pub enum Ws {
+    Plain(Box<WebSocketStream<TcpStream>>),
+    Tls(Box<WebSocketStream<TlsStream<TcpStream>>>),
+}
+
+pub(crate) async fn open(
+    target: &Target,
+    tls: Option<&TlsConnector>,
+    source: Option<IpAddr>,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<Ws, String> {
+    let work = async {
+        let socket = if target.addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(ip) = source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        let tcp = socket
+            .connect(target.addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let url = format!(
+            "{}://{}:{}{}{}",
+            if target.tls { "wss" } else { "ws" },
+            target.host,
+            target.addr.port(),
+            target.prefix,
+            namespace
+        );
+        match tls {
+            Some(c) => {
+                let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+                let s = c
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("tls: {e}"))?;
+                let (ws, _) = tokio_tungstenite::client_async(url, s)
+                    .await
+                    .map_err(|e| format!("upgrade: {e}"))?;
+                Ok(Ws::Tls(Box::new(ws)))
+            }
+            None => {
+                let (ws, _) = tokio_tungstenite::client_async(url, tcp)
+                    .await
+                    .map_err(|e| format!("upgrade: {e}"))?;
+                Ok(Ws::Plain(Box::new(ws)))
+            }
+        }
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+}
+
+impl Ws {
+    /// Sends `p` and waits for the same bytes back.
+    pub(crate) async fn send_and_check(
+        &mut self,
+        p: &[u8],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let echo = match self {
+            Ws::Plain(ws) => {
+                ws.send(Message::binary(p.to_vec()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                next_echo(ws, timeout).await?
+            }
+            Ws::Tls(ws) => {
+                ws.send(Message::binary(p.to_vec()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                next_echo(ws.as_mut(), timeout).await?
+            }
+        };
+        if echo == p {
+            Ok(())
+        } else {
+            Err("echo differs".to_owned())
+        }
+    }
+
+    pub(crate) async fn ping_pong(
+        self,
+        id: usize,
+        cfg: &LoadConfig,
+        rate: Option<f64>,
+        until: Instant,
+    ) -> ConnResult {
+        match self {
+            Ws::Plain(ws) => crate::ping_pong(*ws, id, cfg, rate, until).await,
+            Ws::Tls(ws) => crate::ping_pong(*ws, id, cfg, rate, until).await,
+        }
+    }
+
+    pub(crate) async fn throughput(
+        self,
+        id: usize,
+        cfg: &LoadConfig,
+        window: usize,
+        until: Instant,
+    ) -> ConnResult {
+        match self {
+            Ws::Plain(ws) => crate::throughput(*ws, id, cfg, window, until).await,
+            Ws::Tls(ws) => crate::throughput(*ws, id, cfg, window, until).await,
+        }
+    }
+}

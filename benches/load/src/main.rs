@@ -1,0 +1,122 @@
+//! `wsload`: load a WebSocket proxy on this machine. See the library docs for the modes.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use wsload::{LoadConfig, Mode, Target};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsload",
+    version,
+    about = "Load a WebSocket proxy on loopback: ping-pong latency, throughput, idle connections"
+)]
+struct Args {
+    /// ws://IP:PORT/PREFIX/ or wss://IP:PORT/PREFIX/ (loopback only); connection i uses PREFIX{tenant-prefix}{i % tenants}.
+    #[arg(long, default_value = "wss://127.0.0.1:8443/ws/")]
+    url: String,
+    /// TLS server name and Host header.
+    #[arg(long, default_value = "localhost")]
+    server_name: String,
+    #[arg(long, value_enum, default_value_t = ModeArg::PingPong)]
+    mode: ModeArg,
+    /// Concurrent connections (at most 50,000).
+    #[arg(long, short = 'c', default_value_t = 50)]
+    connections: usize,
+    /// Distinct tenant namespaces the connections are spread over.
+    #[arg(long, default_value_t = 1000)]
+    tenants: usize,
+    #[arg(long, default_value = "load-")]
+    tenant_prefix: String,
+    /// Message size in bytes (at least 16).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Measurement time, or idle time per phase for hold-idle (at most 10m).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// ping-pong: messages per second per connection, each timed from its scheduled send time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// throughput: messages in flight per connection.
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// hold-idle: after the first idle phase each connection carries one message of this many bytes, then idles again.
+    #[arg(long)]
+    burst: Option<usize>,
+    /// Spread connections over this many source addresses 127.0.0.2, 127.0.0.3, … (0: let the OS choose).
+    #[arg(long, default_value_t = 0)]
+    sources: u8,
+    /// Connections opened at once.
+    #[arg(long, default_value_t = 64)]
+    parallel: usize,
+    /// Bound on each connect and each echo.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ModeArg {
+    PingPong,
+    Throughput,
+    HoldIdle,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if a.connections == 0 || a.connections > 50_000 {
+        bail!("--connections must be 1..=50000");
+    }
+    if a.duration > Duration::from_secs(600) {
+        bail!("--duration is at most 10m");
+    }
+    let sources: Vec<IpAddr> = (0..a.sources)
+        .map(|i| IpAddr::from([127, 0, 0, 2 + i]))
+        .collect();
+    let mode = match a.mode {
+        ModeArg::PingPong => Mode::PingPong { rate: a.rate },
+        ModeArg::Throughput => Mode::Throughput { window: a.window },
+        ModeArg::HoldIdle => Mode::HoldIdle { burst: a.burst },
+    };
+    let cfg = LoadConfig {
+        target: Target::parse(&a.url, &a.server_name)?,
+        connections: a.connections,
+        tenants: a.tenants,
+        tenant_prefix: a.tenant_prefix,
+        mode,
+        size: a.size.max(16),
+        duration: a.duration,
+        sources,
+        open_parallelism: a.parallel,
+        timeout: a.timeout,
+    };
+    // Everything is bounded: the run, plus opening and draining, cannot outlast this.
+    let limit = a.duration * 3 + a.timeout * 4 + Duration::from_secs(60);
+    let report = tokio::time::timeout(limit, wsload::run(cfg))
+        .await
+        .context("the run overran its time bound")??;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "connections {} (failed {}), {:.0} connects/s; messages {} in {:.2}s = {:.0} msg/s, {:.1} MB/s; errors {}",
+            report.connections, report.connect_failures, report.connects_per_second, report.messages, report.seconds,
+            report.messages_per_second, report.megabytes_per_second, report.errors
+        );
+        if let Some(l) = &report.latency {
+            println!(
+                "latency µs: p50 {} p99 {} p99.9 {} max {} ({} samples)",
+                l.p50_us, l.p99_us, l.p999_us, l.max_us, l.samples
+            );
+        }
+        if let Some(n) = report.still_echoing {
+            println!("still echoing after holding: {n}/{}", report.connections);
+        }
+    }
+    Ok(())
+}
