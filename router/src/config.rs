@@ -11,8 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use thiserror::Error;
 use wsrouter::backends::DEFAULT_TEMPLATE;
 use wsrouter::{
-    BackendTemplate, Backends, BackendsError, Overrides, OverridesError, PathPrefix, PrefixError,
-    TableSource, TemplateError,
+    BackendTemplate, Backends, BackendsError, Overrides, PathPrefix, PrefixError, TableSource,
+    TemplateError,
 };
 
 use crate::overrides_file::{self, OverridesFileError};
@@ -243,8 +243,6 @@ pub enum ConfigError {
     Tls(#[source] TlsError),
     #[error("--overrides-file")]
     OverridesFile(#[source] OverridesFileError),
-    #[error("--overrides-file: rejected")]
-    Overrides(#[source] OverridesError),
     #[error("--max-header-bytes must be at least 8192 (the HTTP/1 minimum buffer)")]
     HeaderBytesTooSmall,
     #[error("--max-connections must be at least 1")]
@@ -425,7 +423,8 @@ impl ServeArgs {
         let (overrides, source, await_overrides) = match &overrides_watch {
             // A local file is read now: a bad one is a configuration error.
             OverridesWatch::File(path) => (
-                load_overrides(path, &self.statefulset)?,
+                overrides_file::read_overrides(path, &self.statefulset)
+                    .map_err(ConfigError::OverridesFile)?,
                 TableSource::File {
                     path: path.display().to_string(),
                 },
@@ -476,12 +475,6 @@ impl ServeArgs {
         };
         Ok((config, watch))
     }
-}
-
-/// Reads and validates an overrides manifest file.
-pub fn load_overrides(path: &std::path::Path, statefulset: &str) -> Result<Overrides, ConfigError> {
-    let data = overrides_file::read(path).map_err(ConfigError::OverridesFile)?;
-    Overrides::parse(&data, statefulset).map_err(ConfigError::Overrides)
 }
 
 /// The pod's namespace: `$POD_NAMESPACE`, then the service account's, then `default`.

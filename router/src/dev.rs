@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use thiserror::Error;
 use wsrouter::{Backends, Overrides, TableSource};
 
-use crate::config::{self, ConfigError, DevArgs, RouterConfig, RoutingConfig};
+use crate::config::{ConfigError, DevArgs, RouterConfig, RoutingConfig};
 use crate::server::{self, RouterHandle, ServerError};
 use crate::tls::{DevCert, TlsError};
 use crate::watch::{self, files::FileSource};
@@ -68,7 +68,8 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
     let (overrides, source) = match &args.overrides_file {
         Some(p) => (
-            config::load_overrides(p, DEV_STATEFULSET)?,
+            crate::overrides_file::read_overrides(p, DEV_STATEFULSET)
+                .map_err(ConfigError::OverridesFile)?,
             TableSource::File {
                 path: p.display().to_string(),
             },

@@ -86,7 +86,8 @@ async fn run(command: Command) -> ExitCode {
                 ),
             };
             let plan = current.and_then(|cur| {
-                let new = router::ops::read_overrides(&args.overrides, &args.statefulset)?;
+                let new =
+                    router::overrides_file::read_overrides(&args.overrides, &args.statefulset)?;
                 router::ops::plan(&cur, new, args.replicas, &args.statefulset)
             });
             return match plan {

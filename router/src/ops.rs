@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use thiserror::Error;
 use wsrouter::{
     tenant_key, validate_namespace, BackendTemplate, Backends, NamespaceError, Overrides,
-    OverridesError, RouteSource, RoutingTable, TableSource,
+    RouteSource, RoutingTable, TableSource,
 };
 
 use crate::overrides_file::{self, OverridesFileError};
@@ -30,13 +30,6 @@ pub enum OpsError {
     ZeroReplicas,
     #[error(transparent)]
     File(#[from] OverridesFileError),
-    /// The same rejection the watchers would give, every offending key listed.
-    #[error("{path}: rejected")]
-    Invalid {
-        path: String,
-        #[source]
-        source: OverridesError,
-    },
     #[error(
         "offline, the current replica count is needed: give --current-replicas (or --admin URL)"
     )]
@@ -69,15 +62,6 @@ fn replicas(n: u32) -> Result<NonZeroU32, OpsError> {
     NonZeroU32::new(n).ok_or(OpsError::ZeroReplicas)
 }
 
-/// Reads an overrides manifest and validates it exactly as the watchers do.
-pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, OpsError> {
-    let data = overrides_file::read(path)?;
-    Overrides::parse(&data, statefulset).map_err(|source| OpsError::Invalid {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 /// `wsrouter route`: the routing contract for one namespace, as JSON.
 pub fn route(
     namespace: &str,
@@ -90,7 +74,7 @@ pub fn route(
         source,
     })?;
     let overrides = match overrides {
-        Some(p) => read_overrides(p, statefulset)?,
+        Some(p) => overrides_file::read_overrides(p, statefulset)?,
         None => Overrides::default(),
     };
     let t = table(statefulset, replicas(replica_count)?, overrides);
@@ -145,7 +129,7 @@ impl Current {
         Ok(Self {
             replicas: replicas.ok_or(OpsError::NoCurrentReplicas)?,
             overrides: match file {
-                Some(p) => read_overrides(p, statefulset)?,
+                Some(p) => overrides_file::read_overrides(p, statefulset)?,
                 None => Overrides::default(),
             },
             live: BTreeMap::new(),

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
+use wsrouter::{Overrides, OverridesError};
 
 #[derive(Debug, Error)]
 pub enum OverridesFileError {
@@ -25,6 +26,13 @@ pub enum OverridesFileError {
     WrongKind { path: PathBuf, kind: String },
     #[error("{path}: data.{key} is not a string; quote it (\"3\"), as the API server requires")]
     NotAString { path: PathBuf, key: String },
+    /// The same rejection the watchers give, every offending key listed.
+    #[error("{path}: rejected")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: OverridesError,
+    },
 }
 
 #[derive(Deserialize)]
@@ -34,6 +42,16 @@ struct Manifest {
     // `kubectl apply` would refuse it.
     #[serde(default)]
     data: BTreeMap<String, serde_yaml::Value>,
+}
+
+/// The overrides in the manifest at `path`, validated for `statefulset` exactly as the
+/// control loop validates a watched update.
+pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, OverridesFileError> {
+    let data = read(path)?;
+    Overrides::parse(&data, statefulset).map_err(|source| OverridesFileError::Invalid {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The `data` of the ConfigMap manifest at `path`.

@@ -255,7 +255,7 @@ async fn plan_and_route_commands() -> Result<()> {
 
     // As a library, against the live router's /table.
     let current = router::ops::Current::from_admin(&admin, "backend").await?;
-    let new_overrides = router::ops::read_overrides(&new, "backend")?;
+    let new_overrides = router::overrides_file::read_overrides(&new, "backend")?;
     let plan = router::ops::plan(&current, new_overrides, None, "backend")?;
     let moves: Vec<_> = plan
         .moves
