@@ -237,7 +237,7 @@ where
         });
     }
 
-    let backend_req = backend_request(req, ctx.peer, shared.tls);
+    let backend_req = backend_request(req, ctx.peer, shared.tls_config.is_some());
     let timeout = shared.limits.backend_timeout;
     let answer = match tokio::time::timeout(timeout, upgrade_backend(&routed, backend_req)).await {
         Ok(answer) => answer?,

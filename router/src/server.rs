@@ -52,9 +52,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub prefix: PathPrefix,
     pub limits: Limits,
-    pub tls: bool,
     /// The TLS config new handshakes use; the certificate watcher swaps it.
-    tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     http: http1::Builder,
     pub lifecycle: Lifecycle,
     slots: Arc<Semaphore>,
@@ -202,7 +201,6 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         prefix: config.path_prefix,
         slots: Arc::new(Semaphore::new(config.limits.max_connections)),
         limits: config.limits,
-        tls: config.tls.is_some(),
         tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
         http,
         lifecycle: lifecycle.clone(),
@@ -216,7 +214,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     tracing::info!(
         listen.addr = %addr,
         admin.addr = %admin_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        tls = shared.tls,
+        tls = shared.tls_config.is_some(),
         "listening"
     );
 
