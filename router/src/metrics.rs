@@ -51,9 +51,15 @@ pub struct Metrics {
     pub connections_active: Family<OrdinalLabel, Gauge>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub upgrade_responses: Family<StatusLabel, Counter>,
-    pub bytes: Family<DirectionLabel, Counter>,
+    bytes: Family<DirectionLabel, Counter>,
+    /// Handles into `bytes` for its two fixed labels, taken once so a connection's end
+    /// costs two atomic adds, not two family lookups.
+    pub bytes_from_client: Counter,
+    pub bytes_from_backend: Counter,
     pub tls_handshake_seconds: Histogram,
-    pub tls_handshake_failures: Family<ReasonLabel, Counter>,
+    tls_handshake_failures: Family<ReasonLabel, Counter>,
+    pub tls_handshake_errors: Counter,
+    pub tls_handshake_timeouts: Counter,
     pub upgrade_seconds: Histogram,
     pub draining: Gauge,
     pub control: Arc<ControlStats>,
@@ -69,9 +75,13 @@ impl Metrics {
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
             bytes: Family::default(),
+            bytes_from_client: Counter::default(),
+            bytes_from_backend: Counter::default(),
             // 100 µs .. ~3 s
             tls_handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             tls_handshake_failures: Family::default(),
+            tls_handshake_errors: Counter::default(),
+            tls_handshake_timeouts: Counter::default(),
             // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
             upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             draining: Gauge::default(),
@@ -171,7 +181,34 @@ impl Metrics {
             "New TLS certificate pairs refused (the last good one kept)",
             c.tls_reload_failures.clone(),
         );
-        Self { registry: r, ..m }
+        let bytes_from_client = m
+            .bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_client",
+            })
+            .clone();
+        let bytes_from_backend = m
+            .bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_backend",
+            })
+            .clone();
+        let tls_handshake_errors = m
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: "error" })
+            .clone();
+        let tls_handshake_timeouts = m
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: "timeout" })
+            .clone();
+        Self {
+            registry: r,
+            bytes_from_client,
+            bytes_from_backend,
+            tls_handshake_errors,
+            tls_handshake_timeouts,
+            ..m
+        }
     }
 
     /// The exposition, in OpenMetrics text format.

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wsrouter::{NamespaceError, PathError, RouteSource};
 
-use crate::metrics::{ClosedLabels, DirectionLabel, OrdinalLabel, StatusLabel};
+use crate::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::relay::{self, RelayConfig, Stop};
 use crate::server::Shared;
 
@@ -310,8 +310,12 @@ where
         };
         let started = Instant::now();
         let _live = live.register(&routed.tenant);
-        let ordinal_label = OrdinalLabel { ordinal: routed.ordinal };
-        metrics.connections_active.get_or_create(&ordinal_label).inc();
+        // One lookup for this relay's gauge; it is decremented through the same handle.
+        let active = metrics
+            .connections_active
+            .get_or_create(&OrdinalLabel { ordinal: routed.ordinal })
+            .clone();
+        active.inc();
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
         let stop = async {
             let moved = async {
@@ -326,13 +330,13 @@ where
             }
         };
         let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, stop, relay_config).await;
-        metrics.connections_active.get_or_create(&ordinal_label).dec();
+        active.dec();
         metrics
             .connections_closed
             .get_or_create(&ClosedLabels { ordinal: routed.ordinal, reason: report.reason.as_str() })
             .inc();
-        metrics.bytes.get_or_create(&DirectionLabel { direction: "from_client" }).inc_by(report.bytes_from_client);
-        metrics.bytes.get_or_create(&DirectionLabel { direction: "from_backend" }).inc_by(report.bytes_from_backend);
+        metrics.bytes_from_client.inc_by(report.bytes_from_client);
+        metrics.bytes_from_backend.inc_by(report.bytes_from_backend);
         tracing::info!(
             client.addr = %peer,
             tenant = %routed.tenant,

@@ -23,7 +23,7 @@ use crate::config::{Limits, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats};
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
-use crate::metrics::{Metrics, ReasonLabel};
+use crate::metrics::Metrics;
 use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
 use crate::reroute::Reroute;
@@ -332,19 +332,11 @@ async fn serve_conn(
             serve_http(shared, tls, peer, accepted, permit).await
         }
         Ok(Err(e)) => {
-            shared
-                .metrics
-                .tls_handshake_failures
-                .get_or_create(&ReasonLabel { reason: "error" })
-                .inc();
+            shared.metrics.tls_handshake_errors.inc();
             tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
         }
         Err(_) => {
-            shared
-                .metrics
-                .tls_handshake_failures
-                .get_or_create(&ReasonLabel { reason: "timeout" })
-                .inc();
+            shared.metrics.tls_handshake_timeouts.inc();
             tracing::debug!(client.addr = %peer, "TLS handshake timed out")
         }
     }
