@@ -163,20 +163,31 @@ impl DevCert {
 
     /// A client config that trusts only this CA; for tests and tools.
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
         // The CA was made a moment ago by rcgen; a failure here is a bug, not input.
-        roots
-            .add(self.ca_der.clone())
-            .expect("freshly generated CA certificate parses");
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default protocol versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let config = client_config(std::slice::from_ref(&self.ca_der), rustls::DEFAULT_VERSIONS)
+            .expect("a freshly generated CA makes a client config");
         Arc::new(config)
     }
+}
+
+/// A client config trusting only `cas`, for `versions`, offering ALPN `http/1.1`: what
+/// tests and tools use to talk to the router.
+pub fn client_config(
+    cas: &[CertificateDer<'static>],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca.clone()).map_err(TlsError::Config)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 #[cfg(test)]

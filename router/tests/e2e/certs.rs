@@ -56,17 +56,10 @@ async fn rotation_reaches_new_handshakes_and_spares_live_sockets() -> Result<()>
     router::watch::start(&watch, &h.router, None).await?;
 
     // A client that trusts both CAs, so it can see which certificate it was given.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(old.ca_der.clone())?;
-    roots.add(new.ca_der.clone())?;
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth(),
-    );
+    let client = Arc::new(router::tls::client_config(
+        &[old.ca_der.clone(), new.ca_der.clone()],
+        rustls::DEFAULT_VERSIONS,
+    )?);
     assert_eq!(presented(h.addr(), client.clone()).await?, old.cert_der);
 
     // Live sockets, on the old certificate, streaming.

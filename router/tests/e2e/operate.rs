@@ -119,8 +119,14 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
         ),
         ("wsrouter_tls_handshake_seconds_count", 6.0),
         // Present (at 0) from start-up, so rate() and alerts work before the first failure.
-        ("wsrouter_tls_handshake_failures_total{reason=\"error\"}", 0.0),
-        ("wsrouter_tls_handshake_failures_total{reason=\"timeout\"}", 0.0),
+        (
+            "wsrouter_tls_handshake_failures_total{reason=\"error\"}",
+            0.0,
+        ),
+        (
+            "wsrouter_tls_handshake_failures_total{reason=\"timeout\"}",
+            0.0,
+        ),
         ("wsrouter_upgrade_seconds_count", 3.0),
         ("wsrouter_table_version", 1.0),
         ("wsrouter_table_replicas", 4.0),
