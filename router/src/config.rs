@@ -157,7 +157,7 @@ pub struct ServeArgs {
     /// Overrides from this ConfigMap, watched through the Kubernetes API [default in a cluster: wsrouter-overrides]
     #[arg(long, env = "WSROUTER_CONFIGMAP")]
     pub configmap: Option<String>,
-    /// Address of the admin listener (plain HTTP: /healthz, /readyz).
+    /// Address of the admin listener (plain HTTP: /healthz, /readyz, /metrics, /route/{ns}, /table).
     #[arg(long, env = "WSROUTER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
     pub admin_listen: SocketAddr,
     #[command(flatten)]
