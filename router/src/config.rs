@@ -32,6 +32,9 @@ pub struct Cli {
     /// Log format: human-readable lines or one JSON object per event. Levels come from RUST_LOG.
     #[arg(long, global = true, env = "WSROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Worker threads of the async runtime [default: the CPUs this process may use]
+    #[arg(long, global = true, env = "WSROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -222,6 +225,14 @@ pub struct CommonArgs {
     /// When a tenant's backend changes, close its live sockets on the old one with 1012 after this grace (default: never).
     #[arg(long, env = "WSROUTER_REROUTE_DRAIN", value_parser = humantime::parse_duration)]
     pub reroute_drain: Option<Duration>,
+    /// TLS key-exchange groups to accept, most preferred first; repeat it or give a comma list [default: rustls' own: x25519, secp256r1, secp384r1, x25519mlkem768]
+    #[arg(
+        long = "tls-key-exchange",
+        env = "WSROUTER_TLS_KEY_EXCHANGE",
+        value_enum,
+        value_delimiter = ','
+    )]
+    pub tls_key_exchange: Vec<tls::KeyExchange>,
     /// Most reroute closes per second.
     #[arg(long, env = "WSROUTER_REROUTE_DRAIN_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub reroute_drain_rate: u32,
@@ -323,6 +334,8 @@ pub struct WatchConfig {
     pub namespace: String,
     /// The TLS certificate and key files, reloaded when they change.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Settings a reloaded certificate is served with.
+    pub tls_options: tls::TlsOptions,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -360,6 +373,12 @@ impl CommonArgs {
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
         })
+    }
+
+    pub fn tls_options(&self) -> tls::TlsOptions {
+        tls::TlsOptions {
+            key_exchange: self.tls_key_exchange.clone(),
+        }
     }
 
     pub fn reroute(&self) -> Option<RerouteConfig> {
@@ -444,15 +463,16 @@ impl ServeArgs {
                 (false, Some(c), Some(k)) => Some((c.clone(), k.clone())),
                 _ => None,
             },
+            tls_options: self.common.tls_options(),
         };
         // Pod readiness matters only for StatefulSet pods reached through the API.
         if templated && (watch.needs_kube() || in_cluster) {
             watch.endpoint_slices = Some(self.service.clone());
         }
         let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
-            (false, Some(cert), Some(key)) => {
-                Some(tls::load_server_config(cert, key).map_err(ConfigError::Tls)?)
-            }
+            (false, Some(cert), Some(key)) => Some(
+                tls::load_server_config(cert, key, &watch.tls_options).map_err(ConfigError::Tls)?,
+            ),
             // clap makes cert and key required unless --plaintext.
             _ => None,
         };

@@ -86,7 +86,7 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let router = server::start(RouterConfig {
         listen: args.listen,
-        tls: Some(cert.server_config()?),
+        tls: Some(cert.server_config(&args.common.tls_options())?),
         admin_listen: Some(args.admin_listen),
         path_prefix,
         drain_grace: args.common.drain_grace,

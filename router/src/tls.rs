@@ -39,7 +39,11 @@ pub enum TlsError {
 }
 
 /// Reads a PEM certificate chain and private key and builds the server config.
-pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn load_server_config(
+    cert: &Path,
+    key: &Path,
+    options: &TlsOptions,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::ReadCert {
@@ -55,15 +59,50 @@ pub fn load_server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, 
         path: key.to_owned(),
         source,
     })?;
-    server_config(chain, key_der)
+    server_config(chain, key_der, options)
+}
+
+/// Key-exchange groups the server may agree on, most preferred first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyExchange {
+    /// Hybrid post-quantum X25519 + ML-KEM-768.
+    #[value(name = "x25519mlkem768")]
+    X25519Mlkem768,
+    X25519,
+    Secp256r1,
+    Secp384r1,
+}
+
+impl KeyExchange {
+    fn group(self) -> &'static dyn rustls::crypto::SupportedKxGroup {
+        use rustls::crypto::aws_lc_rs::kx_group;
+        match self {
+            Self::X25519Mlkem768 => kx_group::X25519MLKEM768,
+            Self::X25519 => kx_group::X25519,
+            Self::Secp256r1 => kx_group::SECP256R1,
+            Self::Secp384r1 => kx_group::SECP384R1,
+        }
+    }
+}
+
+/// TLS settings beside the certificate; kept so a reloaded certificate gets the same.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// Empty: rustls' defaults (X25519, P-256, P-384 and the X25519MLKEM768 hybrid).
+    pub key_exchange: Vec<KeyExchange>,
 }
 
 /// Builds the server config from DER material.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    options: &TlsOptions,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !options.key_exchange.is_empty() {
+        provider.kx_groups = options.key_exchange.iter().map(|k| k.group()).collect();
+    }
+    let provider = Arc::new(provider);
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
@@ -157,8 +196,8 @@ impl DevCert {
     }
 
     /// The server config presenting this certificate.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        server_config(vec![self.cert_der.clone()], self.key_der())
+    pub fn server_config(&self, options: &TlsOptions) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(vec![self.cert_der.clone()], self.key_der(), options)
     }
 
     /// A client config that trusts only this CA; for tests and tools.
@@ -205,21 +244,55 @@ mod tests {
             std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let config = load_server_config(&cert, &key).unwrap();
+        let config = load_server_config(&cert, &key, &TlsOptions::default()).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
 
         // Wrong files give errors that name the file.
-        let err = load_server_config(&dir.join("missing.crt"), &key).unwrap_err();
+        let err =
+            load_server_config(&dir.join("missing.crt"), &key, &TlsOptions::default()).unwrap_err();
         assert!(matches!(err, TlsError::ReadCert { .. }), "{err:?}");
-        let err = load_server_config(&key, &key).unwrap_err();
+        let err = load_server_config(&key, &key, &TlsOptions::default()).unwrap_err();
         assert!(matches!(err, TlsError::NoCertificate { .. }), "{err:?}");
-        let err = load_server_config(&cert, &cert).unwrap_err();
+        let err = load_server_config(&cert, &cert, &TlsOptions::default()).unwrap_err();
         assert!(matches!(err, TlsError::ReadKey { .. }), "{err:?}");
         // A key that does not match the certificate is refused up front.
         let other = DevCert::generate(&["localhost"]).unwrap();
         std::fs::write(&key, &other.key_pem).unwrap();
-        let err = load_server_config(&cert, &key).unwrap_err();
+        let err = load_server_config(&cert, &key, &TlsOptions::default()).unwrap_err();
         assert!(matches!(err, TlsError::Config(_)), "{err:?}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_exchange_pinned_or_default() {
+        let dev = DevCert::generate(&["localhost"]).unwrap();
+        let names = |o: &TlsOptions| -> Vec<rustls::NamedGroup> {
+            let c = dev.server_config(o).unwrap();
+            c.crypto_provider()
+                .kx_groups
+                .iter()
+                .map(|g| g.name())
+                .collect()
+        };
+        let default = names(&TlsOptions::default());
+        let provider: Vec<_> = rustls::crypto::aws_lc_rs::default_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(default, provider);
+        assert!(default.contains(&rustls::NamedGroup::X25519MLKEM768));
+        assert!(default.contains(&rustls::NamedGroup::X25519));
+        let pinned = TlsOptions {
+            key_exchange: vec![KeyExchange::X25519],
+        };
+        assert_eq!(names(&pinned), vec![rustls::NamedGroup::X25519]);
+        let two = TlsOptions {
+            key_exchange: vec![KeyExchange::Secp256r1, KeyExchange::Secp384r1],
+        };
+        assert_eq!(
+            names(&two),
+            vec![rustls::NamedGroup::secp256r1, rustls::NamedGroup::secp384r1]
+        );
     }
 }

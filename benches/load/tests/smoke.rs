@@ -29,7 +29,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
     let h = router::start(RouterConfig {
         listen: "127.0.0.1:0".parse()?,
         tls: if tls {
-            Some(cert.server_config()?)
+            Some(cert.server_config(&Default::default())?)
         } else {
             None
         },

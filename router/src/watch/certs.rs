@@ -26,6 +26,7 @@ fn parent(p: &Path) -> PathBuf {
 pub fn spawn(
     cert: PathBuf,
     key: PathBuf,
+    options: tls::TlsOptions,
     slot: Arc<ArcSwap<ServerConfig>>,
     stats: Arc<ControlStats>,
     stop: CancellationToken,
@@ -44,7 +45,7 @@ pub fn spawn(
         if current.is_none() || current == loaded {
             return;
         }
-        match tls::load_server_config(&cert, &key) {
+        match tls::load_server_config(&cert, &key, &options) {
             Ok(config) => {
                 slot.store(config);
                 loaded = current;

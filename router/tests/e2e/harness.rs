@@ -66,6 +66,7 @@ pub struct Options {
     pub reroute: Option<router::reroute::RerouteConfig>,
     /// Serve TLS from these PEM files instead of the harness certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    pub tls_options: router::tls::TlsOptions,
 }
 
 impl Default for Options {
@@ -82,6 +83,7 @@ impl Default for Options {
             await_overrides: false,
             reroute: None,
             tls_files: None,
+            tls_options: Default::default(),
         }
     }
 }
@@ -114,8 +116,10 @@ impl Harness {
             listen: "127.0.0.1:0".parse()?,
             tls: match (&opts.tls_files, opts.plaintext) {
                 (_, true) => None,
-                (Some((c, k)), false) => Some(router::tls::load_server_config(c, k)?),
-                (None, false) => Some(cert.server_config()?),
+                (Some((c, k)), false) => {
+                    Some(router::tls::load_server_config(c, k, &opts.tls_options)?)
+                }
+                (None, false) => Some(cert.server_config(&opts.tls_options)?),
             },
             admin_listen: Some("127.0.0.1:0".parse()?),
             path_prefix: PathPrefix::default(),

@@ -51,6 +51,53 @@ async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
     Ok(())
 }
 
+/// `--tls-key-exchange x25519` holds even against a client that prefers the post-quantum
+/// hybrid, which an unpinned router agrees to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_exchange_can_be_pinned() -> Result<()> {
+    use router::tls::{KeyExchange, TlsOptions};
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    use rustls::NamedGroup;
+    let cert = DevCert::generate(&["localhost"])?;
+    let mut provider = default_provider();
+    provider.kx_groups = vec![kx_group::X25519MLKEM768, kx_group::X25519];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.ca_der.clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    for (key_exchange, want) in [
+        (vec![KeyExchange::X25519], NamedGroup::X25519),
+        (vec![], NamedGroup::X25519MLKEM768),
+    ] {
+        let opts = Options {
+            tls_options: TlsOptions { key_exchange },
+            ..Options::default()
+        };
+        let h = Harness::start_with_cert(opts, &cert).await?;
+        let tcp = TcpStream::connect(h.addr()).await?;
+        let tls = within(
+            WAIT,
+            "handshake",
+            connector.connect(ServerName::try_from("localhost")?, tcp),
+        )
+        .await??;
+        let group = tls
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
+        assert_eq!(group, Some(want));
+        let url = format!("wss://localhost:{}/ws/ns-01", h.addr().port());
+        let (mut ws, _) =
+            within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tls)).await??;
+        next_counter(&mut ws).await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_only_when_asked() -> Result<()> {
     let h = Harness::start(Options {
