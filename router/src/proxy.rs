@@ -1,8 +1,10 @@
 //! One client request: route it, forward the upgrade to the chosen backend, answer, and
 //! hand both upgraded sockets to the relay.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -286,8 +288,10 @@ where
     let live = shared.live.clone();
     let reroute = shared.reroute.clone();
     let metrics = shared.metrics.clone();
+    let tasks = shared.lifecycle.tasks.clone();
+    // Two stages: this task waits for the client's upgrade; the relay then runs as its own
+    // task holding only what a live socket needs, so the upgrade's state is freed.
     shared.lifecycle.tasks.spawn(async move {
-        let _permit = permit;
         let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
@@ -304,7 +308,7 @@ where
         let parts = match client.downcast::<TokioIo<I>>() {
             Ok(parts) => parts,
             Err(_) => {
-                tracing::error!(client.addr = %peer, "upgraded connection has an unexpected type");
+                tracing::error!(client.addr = %peer, "upgraded connection of an unexpected type");
                 return;
             }
         };
@@ -313,39 +317,95 @@ where
         // One lookup for this relay's gauge; it is decremented through the same handle.
         let active = metrics
             .connections_active
-            .get_or_create(&OrdinalLabel { ordinal: routed.ordinal })
+            .get_or_create(&OrdinalLabel {
+                ordinal: routed.ordinal,
+            })
             .clone();
         active.inc();
-        tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        let stop = async {
-            let moved = async {
-                match &reroute {
-                    Some(r) => r.moved(&routed.tenant, routed.ordinal, started.elapsed().as_nanos() as u64).await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = drain.cancelled() => Stop::SHUTDOWN,
-                _ = moved => Stop::REROUTED,
+        tracing::debug!(
+            client.addr = %peer,
+            tenant = %routed.tenant,
+            backend.ordinal = routed.ordinal,
+            "relay started"
+        );
+        let stop: Pin<Box<dyn Future<Output = Stop> + Send>> = match reroute {
+            None => Box::pin(async move {
+                drain.cancelled_owned().await;
+                Stop::SHUTDOWN
+            }),
+            Some(r) => {
+                let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
+                let salt = started.elapsed().as_nanos() as u64;
+                Box::pin(async move {
+                    tokio::select! {
+                        _ = drain.cancelled() => Stop::SHUTDOWN,
+                        _ = r.moved(&tenant, ordinal, salt) => Stop::REROUTED,
+                    }
+                })
             }
         };
-        let report = relay::run(parts.io.into_inner(), backend, parts.read_buf, backend_pre, stop, relay_config).await;
-        active.dec();
+        let client_io = parts.io.into_inner();
+        let relay = relay::run(
+            client_io,
+            backend,
+            parts.read_buf,
+            backend_pre,
+            stop,
+            relay_config,
+        );
+        let live = LiveRelay {
+            routed,
+            peer,
+            accepted,
+            started,
+            active,
+            metrics,
+            _permit: permit,
+            _live,
+        };
+        tasks.spawn(live.run(relay));
+    });
+    Ok(resp)
+}
+
+/// What a running relay keeps beside its sockets, to count and log its end.
+struct LiveRelay {
+    routed: Routed,
+    peer: SocketAddr,
+    accepted: Instant,
+    started: Instant,
+    active: prometheus_client::metrics::gauge::Gauge,
+    metrics: Arc<crate::metrics::Metrics>,
+    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _live: crate::live::LiveGuard,
+}
+
+impl LiveRelay {
+    async fn run<I>(self, relay: relay::Relay<I, TcpStream>)
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
+        let report = relay.await;
+        let (routed, metrics) = (&self.routed, &self.metrics);
+        self.active.dec();
         metrics
             .connections_closed
-            .get_or_create(&ClosedLabels { ordinal: routed.ordinal, reason: report.reason.as_str() })
+            .get_or_create(&ClosedLabels {
+                ordinal: routed.ordinal,
+                reason: report.reason.as_str(),
+            })
             .inc();
         metrics.bytes_from_client.inc_by(report.bytes_from_client);
         metrics.bytes_from_backend.inc_by(report.bytes_from_backend);
         tracing::info!(
-            client.addr = %peer,
+            client.addr = %self.peer,
             tenant = %routed.tenant,
             backend.ordinal = routed.ordinal,
             backend.addr = %routed.addr,
             route.source = routed.source.as_str(),
             table.version = routed.table_version,
-            duration_ms = started.elapsed().as_millis() as u64,
-            setup_ms = (started - accepted).as_millis() as u64,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            setup_ms = (self.started - self.accepted).as_millis() as u64,
             bytes.from_client = report.bytes_from_client,
             bytes.from_backend = report.bytes_from_backend,
             close.reason = report.reason.as_str(),
@@ -356,8 +416,7 @@ where
             close.timed_out = report.timed_out,
             "connection closed"
         );
-    });
-    Ok(resp)
+    }
 }
 
 enum BackendAnswer {
