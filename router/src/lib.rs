@@ -36,6 +36,7 @@ pub mod relay;
 pub mod reroute;
 pub mod server;
 pub mod tls;
+pub mod tls_io;
 pub mod watch;
 
 pub use server::{start, RouterHandle};

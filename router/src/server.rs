@@ -14,7 +14,6 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{PathPrefix, RoutingTable};
 
@@ -27,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
 use crate::reroute::Reroute;
+use crate::tls_io;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -312,15 +312,11 @@ async fn serve_conn(
 ) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let Some(acceptor) = shared
-        .tls_config
-        .as_ref()
-        .map(|c| TlsAcceptor::from(c.load_full()))
-    else {
+    let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
         return serve_http(shared, tcp, peer, accepted, permit).await;
     };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(shared.limits.handshake_timeout, acceptor.accept(tcp)) => r,
+        r = tokio::time::timeout(shared.limits.handshake_timeout, tls_io::accept(config, tcp)) => r,
         _ = shared.lifecycle.close_tunnels.cancelled() => return,
     };
     match handshake {
