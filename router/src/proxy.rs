@@ -381,11 +381,25 @@ struct LiveRelay {
 }
 
 impl LiveRelay {
-    async fn run<I>(self, relay: relay::Relay<I, TcpStream>)
+    /// The relay task: the relay itself, then the count and the log line. A plain
+    /// future rather than an async fn, so the relay's state is held once, not twice
+    /// (an async fn keeps its argument and the awaited future side by side).
+    fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
     where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let report = relay.await;
+        let mut relay = relay;
+        let mut live = Some(self);
+        std::future::poll_fn(move |cx| {
+            let report = std::task::ready!(Pin::new(&mut relay).poll(cx));
+            if let Some(live) = live.take() {
+                live.finish(report);
+            }
+            std::task::Poll::Ready(())
+        })
+    }
+
+    fn finish(self, report: relay::RelayReport) {
         let (routed, metrics) = (&self.routed, &self.metrics);
         self.active.dec();
         metrics
