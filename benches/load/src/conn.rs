@@ -66,7 +66,12 @@ impl Target {
 
     pub(crate) fn tls_connector(&self) -> Option<TlsConnector> {
         self.tls.then(|| {
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            // Key exchange pinned to X25519, so every target under comparison does the same
+            // handshake work (rustls would otherwise offer a post-quantum hybrid first, which
+            // a rustls server would pick and OpenSSL 3.0 cannot).
+            let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+            provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+            let provider = Arc::new(provider);
             let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .unwrap_or_else(|_| unreachable!("aws-lc-rs supports the default versions"))

@@ -155,7 +155,12 @@ where
         ..ConnResult::default()
     };
     let interval = rate.map(|per_sec| Duration::from_secs_f64(1.0 / per_sec));
-    let start = tokio::time::Instant::now();
+    // Connections start their schedules spread over one interval, so the offered load is
+    // even rather than every connection sending in the same instant.
+    let phase = interval.map_or(Duration::ZERO, |i| {
+        i.mul_f64((id % cfg.connections.max(1)) as f64 / cfg.connections.max(1) as f64)
+    });
+    let start = tokio::time::Instant::now() + phase;
     let mut seq = 0u64;
     while Instant::now() < until {
         // With a rate, the message is due at its slot whether or not the last one was late.
