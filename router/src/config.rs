@@ -32,7 +32,7 @@ pub struct Cli {
     /// Log format: human-readable lines or one JSON object per event. Levels come from RUST_LOG.
     #[arg(long, global = true, env = "WSROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Worker threads of the async runtime [default: the CPUs this process may use]
+    /// Threads serving connections, each with its own event loop and listener (SO_REUSEPORT) [default: the CPUs this process may use]
     #[arg(long, global = true, env = "WSROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     #[command(subcommand)]
@@ -287,6 +287,9 @@ pub struct RouterConfig {
     pub routing: RoutingConfig,
     /// Close moved tenants' sockets with 1012 (`--reroute-drain`); `None`: never.
     pub reroute: Option<RerouteConfig>,
+    /// Threads serving connections, each with its own event loop and its own
+    /// SO_REUSEPORT listener (`--workers`). 0: serve on the caller's runtime.
+    pub io_threads: usize,
 }
 
 /// How routing tables are made. The control loop builds every one of them, the first
@@ -477,6 +480,7 @@ impl ServeArgs {
             _ => None,
         };
         let config = RouterConfig {
+            io_threads: 0,
             listen: self.listen,
             tls,
             admin_listen: Some(self.admin_listen),

@@ -41,7 +41,7 @@ pub struct DevHandle {
     pub ca_file: Option<PathBuf>,
 }
 
-pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
+pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevError> {
     let limits = args.common.limits()?;
     let path_prefix = args.common.path_prefix()?;
     let mut backends = Vec::new();
@@ -85,6 +85,7 @@ pub async fn start(args: DevArgs) -> Result<DevHandle, DevError> {
 
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let router = server::start(RouterConfig {
+        io_threads,
         listen: args.listen,
         tls: Some(cert.server_config(&args.common.tls_options())?),
         admin_listen: Some(args.admin_listen),

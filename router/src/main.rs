@@ -20,28 +20,35 @@ const EXIT_CONFIG: u8 = 64;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     router::logging::init(cli.log_format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(n) = cli.workers {
-        builder.worker_threads(usize::from(n));
-    }
-    let runtime = match builder.build() {
+    // Connections run on their own I/O threads (server::io_thread); this runtime only
+    // carries the control plane, the watchers and the admin listener.
+    let io_threads = cli.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("wsrouter-control")
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsrouter: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(run(cli.command))
+    runtime.block_on(run(cli.command, io_threads))
 }
 
-async fn run(command: Command) -> ExitCode {
+async fn run(command: Command, io_threads: usize) -> ExitCode {
     let handle = match command {
         Command::Serve(args) => {
-            let (config, watch) = match (*args).into_config() {
+            let (mut config, watch) = match (*args).into_config() {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
             };
+            config.io_threads = io_threads;
             let kube = match router::watch::kube_client(&watch).await {
                 Ok(k) => k,
                 Err(e) => return config_error(&e),
@@ -125,7 +132,7 @@ async fn run(command: Command) -> ExitCode {
                 }
             };
         }
-        Command::Dev(args) => match router::dev::start(*args).await {
+        Command::Dev(args) => match router::dev::start(*args, io_threads).await {
             Ok(dev) => {
                 println!("{}", dev.banner());
                 // Backends live as long as the router; they drop after it drains.

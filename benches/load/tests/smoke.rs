@@ -27,6 +27,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
     )?;
     let cert = router::tls::DevCert::generate(&["localhost"])?;
     let h = router::start(RouterConfig {
+        io_threads: 0,
         listen: "127.0.0.1:0".parse()?,
         tls: if tls {
             Some(cert.server_config(&Default::default())?)

@@ -67,6 +67,8 @@ pub struct Options {
     /// Serve TLS from these PEM files instead of the harness certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
     pub tls_options: router::tls::TlsOptions,
+    /// Serve on dedicated I/O threads, as the binary does (0: on the test's runtime).
+    pub io_threads: usize,
 }
 
 impl Default for Options {
@@ -84,6 +86,7 @@ impl Default for Options {
             reroute: None,
             tls_files: None,
             tls_options: Default::default(),
+            io_threads: 0,
         }
     }
 }
@@ -113,6 +116,7 @@ impl Harness {
         let overrides = Overrides::parse(opts.overrides, "backend")?;
 
         let router = router::start(RouterConfig {
+            io_threads: opts.io_threads,
             listen: "127.0.0.1:0".parse()?,
             tls: match (&opts.tls_files, opts.plaintext) {
                 (_, true) => None,
@@ -266,7 +270,7 @@ pub async fn start_dev(
     else {
         anyhow::bail!("not dev")
     };
-    Ok(router::dev::start(*args).await?)
+    Ok(router::dev::start(*args, 0).await?)
 }
 
 /// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
@@ -83,5 +83,53 @@ async fn vanished_client_releases_its_relay() -> Result<()> {
         }
     })
     .await?;
+    Ok(())
+}
+
+/// On dedicated I/O threads (how the binary serves: SO_REUSEPORT listeners, one event
+/// loop each), connections relay byte for byte; a drain then closes every one with 1001
+/// and completes, the I/O threads' event loops included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_threads_relay_then_drain() -> Result<()> {
+    let h = Harness::start(Options {
+        io_threads: 2,
+        interval: Duration::from_secs(3600),
+        drain_grace: Duration::from_millis(100),
+        ..Options::default()
+    })
+    .await?;
+    let mut sockets = Vec::new();
+    for i in 0..24u8 {
+        let mut ws = h.ws(&format!("ns-{i:02}")).await?;
+        let payload = vec![i; 3000 + usize::from(i)];
+        ws.send(Message::binary(payload.clone())).await?;
+        let echo = within(WAIT, "echo", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => return Ok(b),
+                    Some(Ok(_)) => continue,
+                    other => return Err(anyhow::anyhow!("no echo: {other:?}")),
+                }
+            }
+        })
+        .await??;
+        assert!(echo[..] == payload[..], "echo differs on socket {i}");
+        sockets.push(ws);
+    }
+    h.router.shutdown();
+    for mut ws in sockets {
+        let code = within(WAIT, "close", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        })
+        .await?;
+        assert_eq!(code, Some(1001));
+    }
+    within(WAIT, "drain", h.router.drained()).await?;
     Ok(())
 }
