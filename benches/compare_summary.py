@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Summarise benches/compare.sh's results.tsv: the median of each figure over rounds, and
+wsrouter's ratio to the better of HAProxy and NGINX, checked against the issue's bars."""
+
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+PROXIES = ("haproxy", "nginx")
+# metric → True if higher is better
+HIGHER = {
+    "msg_per_s": True,
+    "MB_per_s": True,
+    "conns_per_s": True,
+    "p50_us": False,
+    "p99_us": False,
+    "p999_us": False,
+    "cpu_s_per_M_msgs": False,
+    "kb_per_conn": False,
+    "kb_per_conn_after_burst": False,
+}
+# The bars: (workload, metric) → the ratio wsrouter must reach against the better of the two.
+BARS = {
+    **{(w, "msg_per_s"): 1.0 for w in ("c50_s64", "c50_s16384", "c500_s64", "c500_s16384")},
+    **{(w, "p99_us"): 1.0 for w in ("c50_s64", "c50_s16384", "c500_s64", "c500_s16384")},
+    ("c50_s64", "cpu_s_per_M_msgs"): 1.0,
+    ("c500_s64", "cpu_s_per_M_msgs"): 1.0,
+    ("handshake", "conns_per_s"): 1.0,
+    ("idle", "kb_per_conn"): 0.5,
+    ("idle", "kb_per_conn_after_burst"): 0.5,
+}
+
+
+def main(path: str) -> None:
+    values = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            try:
+                values[(row["target"], row["workload"], row["metric"])].append(float(row["value"]))
+            except ValueError:
+                pass
+    med = {k: statistics.median(v) for k, v in values.items()}
+    targets = [t for t in ("wsrouter", "haproxy", "nginx", "direct") if any(k[0] == t for k in med)]
+    rows = sorted({(w, m) for (_, w, m) in med if m in HIGHER})
+    print(f"medians over rounds ({path})")
+    header = f"{'workload':<12} {'metric':<24}" + "".join(f"{t:>12}" for t in targets) + f"{'ws/best':>9}  bar"
+    print(header)
+    print("-" * len(header))
+    failed = []
+    for w, m in rows:
+        cells = "".join(
+            f"{med[(t, w, m)]:>12.{2 if med[(t, w, m)] < 100 else 0}f}" if (t, w, m) in med else f"{'-':>12}"
+            for t in targets
+        )
+        ratio_s, bar_s = "", ""
+        others = [med[(p, w, m)] for p in PROXIES if (p, w, m) in med]
+        if ("wsrouter", w, m) in med and others:
+            best = max(others) if HIGHER[m] else min(others)
+            ratio = med[("wsrouter", w, m)] / best if best else float("nan")
+            ratio_s = f"{ratio:>9.2f}"
+            if (w, m) in BARS:
+                need = BARS[(w, m)]
+                ok = ratio >= need if HIGHER[m] else ratio <= need
+                bar_s = f"  {'≥' if HIGHER[m] else '≤'}{need:g} {'met' if ok else 'NOT MET'}"
+                if not ok:
+                    failed.append(f"{w} {m}")
+        print(f"{w:<12} {m:<24}{cells}{ratio_s}{bar_s}")
+    for (t, w, m), v in sorted(med.items()):
+        if m in ("errors",) and v:
+            print(f"note: {t} {w} had {v:g} errors (median)")
+        if m == "still_echoing" and v < med.get((t, w, "connections"), 0):
+            print(f"note: {t} only {v:g} connections still echoed after holding")
+    print("bars not met: " + (", ".join(failed) if failed else "none"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
