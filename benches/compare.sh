@@ -28,7 +28,7 @@ MEMORY=${MEMORY:-1}     # 0: skip the idle-memory run
 HANDSHAKES=${HANDSHAKES:-1}
 WORKERS=${WORKERS:-2}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-OUT=${OUT:-$ROOT/target/compare}
+OUT=$(realpath -m "${OUT:-$ROOT/target/compare}")
 BIN=$ROOT/target/release
 # Fixed loopback ports: the proxies' configs name them.
 BACKEND_PORTS=(19001 19002 19003 19004)

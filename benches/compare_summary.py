@@ -32,7 +32,7 @@ BARS = {
 }
 
 
-def main(path: str) -> None:
+def main(path: str, markdown: bool = False) -> None:
     values = defaultdict(list)
     with open(path, newline="") as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -43,10 +43,14 @@ def main(path: str) -> None:
     med = {k: statistics.median(v) for k, v in values.items()}
     targets = [t for t in ("wsrouter", "haproxy", "nginx", "direct") if any(k[0] == t for k in med)]
     rows = sorted({(w, m) for (_, w, m) in med if m in HIGHER})
-    print(f"medians over rounds ({path})")
-    header = f"{'workload':<12} {'metric':<24}" + "".join(f"{t:>12}" for t in targets) + f"{'ws/best':>9}  bar"
-    print(header)
-    print("-" * len(header))
+    if markdown:
+        print("| workload | metric | " + " | ".join(targets) + " | wsrouter / best of HAProxy, NGINX | bar |")
+        print("|---|---|" + "---:|" * len(targets) + "---:|---|")
+    else:
+        print(f"medians over rounds ({path})")
+        header = f"{'workload':<12} {'metric':<24}" + "".join(f"{t:>12}" for t in targets) + f"{'ws/best':>9}  bar"
+        print(header)
+        print("-" * len(header))
     failed = []
     for w, m in rows:
         cells = "".join(
@@ -65,7 +69,13 @@ def main(path: str) -> None:
                 bar_s = f"  {'≥' if HIGHER[m] else '≤'}{need:g} {'met' if ok else 'NOT MET'}"
                 if not ok:
                     failed.append(f"{w} {m}")
-        print(f"{w:<12} {m:<24}{cells}{ratio_s}{bar_s}")
+        if markdown:
+            md = " | ".join(
+                (f"{med[(t, w, m)]:.{2 if med[(t, w, m)] < 100 else 0}f}" if (t, w, m) in med else "-") for t in targets
+            )
+            print(f"| {w} | {m} | {md} | {ratio_s.strip()} | {bar_s.strip()} |")
+        else:
+            print(f"{w:<12} {m:<24}{cells}{ratio_s}{bar_s}")
     for (t, w, m), v in sorted(med.items()):
         if m in ("errors",) and v:
             print(f"note: {t} {w} had {v:g} errors (median)")
@@ -75,4 +85,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], markdown="--markdown" in sys.argv[2:])

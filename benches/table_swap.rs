@@ -1,8 +1,9 @@
 //! The control plane's cost of a big update, and the data path's cost of a routing
 //! decision while tables are being swapped under it.
 //!
-//! - `build_validate_swap/100000`: parse + validate 100,000 overrides, build the table,
-//!   publish it with one `ArcSwap::store` (and free the old one), as the control loop does.
+//! - `build_validate_swap/{1000,100000}`: parse + validate 1,000 or 100,000 overrides,
+//!   build the table, publish it with one `ArcSwap::store` (and free the old one), as the
+//!   control loop does.
 //! - `diff_*/100000`: the change summary the swap log line prints, when every override
 //!   changed and when one did.
 //! - `decision/*`: `ArcSwap::load` + `route` per connection, idle vs. with another thread
@@ -32,7 +33,11 @@ fn backends() -> Backends {
 }
 
 fn entries(shift: usize) -> Vec<(String, String)> {
-    (0..N)
+    entries_n(N, shift)
+}
+
+fn entries_n(n: usize, shift: usize) -> Vec<(String, String)> {
+    (0..n)
         .map(|i| {
             (
                 format!("tenant-{i}"),
@@ -60,20 +65,23 @@ fn table(version: u64, entries: &[(String, String)]) -> RoutingTable {
 
 fn swap(c: &mut Criterion) {
     let data = entries(0);
-    let slot = ArcSwapOption::from_pointee(table(1, &data));
     let mut g = c.benchmark_group("control_plane");
     g.sample_size(10);
-    let mut version = 1;
-    g.bench_with_input(
-        BenchmarkId::new("build_validate_swap", N),
-        &data,
-        |b, data| {
-            b.iter(|| {
-                version += 1;
-                slot.store(Some(Arc::new(table(version, data))));
-            })
-        },
-    );
+    for n in [1_000, N] {
+        let data = entries_n(n, 0);
+        let slot = ArcSwapOption::from_pointee(table(1, &data));
+        let mut version = 1;
+        g.bench_with_input(
+            BenchmarkId::new("build_validate_swap", n),
+            &data,
+            |b, data| {
+                b.iter(|| {
+                    version += 1;
+                    slot.store(Some(Arc::new(table(version, data))));
+                })
+            },
+        );
+    }
     let a = table(1, &data);
     let b2 = table(2, &entries(1));
     g.bench_with_input(BenchmarkId::new("diff_all_changed", N), &(), |b, _| {
