@@ -191,7 +191,7 @@ impl TlsStream {
             done += discard;
             let state = match state {
                 Ok(s) => s,
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => return Err(self.fail(e, &mut incoming[done..])),
             };
             match state {
                 ConnectionState::ReadTraffic(mut r) => {
@@ -211,7 +211,7 @@ impl TlsStream {
                         }
                     }
                     if let Some(e) = failed {
-                        return Err(self.fail(e));
+                        return Err(self.fail(e, &mut incoming[done..]));
                     }
                 }
                 ConnectionState::EncodeTlsData(mut e) => encode(&mut e, &mut self.out)?,
@@ -254,11 +254,11 @@ impl TlsStream {
     }
 
     /// A TLS error: rustls has queued an alert for the peer; send it if the socket takes
-    /// it at once, and report the error.
-    fn fail(&mut self, e: rustls::Error) -> io::Error {
-        let mut nothing: [u8; 0] = [];
+    /// it at once, and report the error. `rest` is the input rustls has not discarded
+    /// (rustls may still point into it, so it gets exactly that, as after any call).
+    fn fail(&mut self, e: rustls::Error, rest: &mut [u8]) -> io::Error {
         if let Ok(ConnectionState::EncodeTlsData(mut alert)) =
-            self.conn.process_tls_records(&mut nothing).state
+            self.conn.process_tls_records(rest).state
         {
             let _ = encode(&mut alert, &mut self.out);
         }
@@ -600,6 +600,79 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    }
+
+    /// A client whose every TLS byte is a separate TCP write (the handshake included):
+    /// records and handshake messages arrive split anywhere, and all still add up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ciphertext_dribbled_one_byte_per_write() {
+        use std::io::{Read, Write};
+        let cert = DevCert::generate(&["localhost"]).unwrap();
+        let server_config = cert.server_config(&TlsOptions::default()).unwrap();
+        let client_config = Arc::new(
+            crate::tls::client_config(std::slice::from_ref(&cert.ca_der), rustls::DEFAULT_VERSIONS)
+                .unwrap(),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let message: Vec<u8> = data(40_000, 9);
+        let sent = message.clone();
+        // A blocking rustls client on its own thread, writing ciphertext byte by byte.
+        let client = std::thread::spawn(move || {
+            let name = ServerName::try_from("localhost").unwrap();
+            let mut conn = rustls::ClientConnection::new(client_config, name).unwrap();
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            tcp.set_read_timeout(Some(WAIT)).unwrap();
+            let dribble = |conn: &mut rustls::ClientConnection, tcp: &mut std::net::TcpStream| {
+                let mut out = Vec::new();
+                while conn.wants_write() {
+                    conn.write_tls(&mut out).unwrap();
+                }
+                for b in out {
+                    tcp.write_all(&[b]).unwrap();
+                }
+            };
+            while conn.is_handshaking() {
+                dribble(&mut conn, &mut tcp);
+                if conn.is_handshaking() {
+                    conn.read_tls(&mut tcp).unwrap();
+                    conn.process_new_packets().unwrap();
+                }
+            }
+            conn.writer().write_all(&sent).unwrap();
+            dribble(&mut conn, &mut tcp);
+            // Wait for the server's one-byte acknowledgement, then close cleanly.
+            let mut ack = [0u8; 1];
+            loop {
+                conn.read_tls(&mut tcp).unwrap();
+                conn.process_new_packets().unwrap();
+                if conn.reader().read(&mut ack).is_ok() {
+                    break;
+                }
+            }
+            conn.send_close_notify();
+            dribble(&mut conn, &mut tcp);
+            ack[0]
+        });
+        let work = async {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut server = accept(server_config, tcp).await.unwrap();
+            let mut got = vec![0u8; message.len()];
+            server.read_exact(&mut got).await.unwrap();
+            assert!(got == message, "bytes differ");
+            server.write_all(b"k").await.unwrap();
+            server.flush().await.unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(
+                server.read_to_end(&mut rest).await.unwrap(),
+                0,
+                "clean close"
+            );
+            idle_holds_nothing(&server);
+        };
+        tokio::time::timeout(WAIT, work).await.expect("in time");
+        assert_eq!(client.join().unwrap(), b'k');
     }
 
     /// A client that is not speaking TLS at all fails the handshake cleanly.
