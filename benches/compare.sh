@@ -297,6 +297,7 @@ run_memory() {
   record "$round" "$target" idle rss_after_burst_kb "${burst:-0}"
   record "$round" "$target" idle connections "$n"
   record "$round" "$target" idle still_echoing "$still"
+  record "$round" "$target" idle burst_ok "$(sed -n 's/.*phase=after-burst.* ok=\([0-9]*\).*/\1/p' "$err")"
   record "$round" "$target" idle kb_per_conn "$(python3 -c "print((${idle:-0}-$base)/$n)")"
   record "$round" "$target" idle kb_per_conn_after_burst "$(python3 -c "print((${burst:-0}-$base)/$n)")"
   log "round $round $target: RSS $base → $idle → $burst KB over $n connections; still echoing $still"

@@ -81,6 +81,8 @@ def main(path: str, markdown: bool = False) -> None:
             print(f"note: {t} {w} had {v:g} errors (median)")
         if m == "still_echoing" and v < med.get((t, w, "connections"), 0):
             print(f"note: {t} only {v:g} connections still echoed after holding")
+        if m == "burst_ok" and v < med.get((t, w, "connections"), 0):
+            print(f"note: {t} echoed only {v:g} of the 16 KiB bursts")
     print("bars not met: " + (", ".join(failed) if failed else "none"))
 
 
