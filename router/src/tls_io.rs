@@ -282,83 +282,73 @@ fn deliver(plain: &mut Vec<u8>, plain_pos: usize, dst: Option<&mut ReadBuf<'_>>,
     plain.extend_from_slice(rest);
 }
 
-/// Appends the ciphertext rustls produces to `out`, growing it as much as asked.
-fn encode(
-    e: &mut EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+/// Why writing into a slice stopped: it was too small, or something else.
+enum Short {
+    Need(usize),
+    Failed(io::Error),
+}
+
+impl From<EncodeError> for Short {
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::InsufficientSize(s) => Short::Need(s.required_size),
+            other => Short::Failed(io::Error::other(other)),
+        }
+    }
+}
+
+impl From<EncryptError> for Short {
+    fn from(e: EncryptError) -> Self {
+        match e {
+            EncryptError::InsufficientSize(s) => Short::Need(s.required_size),
+            other => Short::Failed(io::Error::other(other)),
+        }
+    }
+}
+
+/// Appends what `produce` writes to `out`: it gets `room` bytes first, then as many as
+/// rustls says it needs.
+fn append(
     out: &mut Vec<u8>,
+    mut room: usize,
+    mut produce: impl FnMut(&mut [u8]) -> Result<usize, Short>,
 ) -> io::Result<()> {
-    let mut room = 512;
     loop {
         let start = out.len();
         out.resize(start + room, 0);
-        match e.encode(&mut out[start..]) {
+        match produce(&mut out[start..]) {
             Ok(n) => {
                 out.truncate(start + n);
                 return Ok(());
             }
-            Err(EncodeError::InsufficientSize(s)) => {
+            Err(Short::Need(n)) => {
                 out.truncate(start);
-                room = s.required_size;
+                room = n;
             }
-            Err(err) => {
+            Err(Short::Failed(e)) => {
                 out.truncate(start);
-                return Err(io::Error::other(err));
+                return Err(e);
             }
         }
     }
 }
 
-fn encrypt(
-    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
-    data: &[u8],
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    // Enough for every record's overhead, so one try nearly always does; rustls says
-    // exactly how much it needs when not (a key update rides along, say).
-    let mut room = data.len() + (data.len() / (1 << 14) + 1) * RECORD_OVERHEAD + 64;
-    loop {
-        let start = out.len();
-        out.resize(start + room, 0);
-        match w.encrypt(data, &mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(s)) => {
-                out.truncate(start);
-                room = s.required_size;
-            }
-            Err(err) => {
-                out.truncate(start);
-                return Err(io::Error::other(err));
-            }
-        }
-    }
+type ServerData = rustls::server::ServerConnectionData;
+
+/// Handshake and alert messages rustls has ready, as ciphertext at the end of `out`.
+fn encode(e: &mut EncodeTlsData<'_, ServerData>, out: &mut Vec<u8>) -> io::Result<()> {
+    append(out, 512, |buf| Ok(e.encode(buf)?))
 }
 
-fn close_notify(
-    w: &mut WriteTraffic<'_, rustls::server::ServerConnectionData>,
-    out: &mut Vec<u8>,
-) -> io::Result<()> {
-    let mut room = 64;
-    loop {
-        let start = out.len();
-        out.resize(start + room, 0);
-        match w.queue_close_notify(&mut out[start..]) {
-            Ok(n) => {
-                out.truncate(start + n);
-                return Ok(());
-            }
-            Err(EncryptError::InsufficientSize(s)) => {
-                out.truncate(start);
-                room = s.required_size;
-            }
-            Err(err) => {
-                out.truncate(start);
-                return Err(io::Error::other(err));
-            }
-        }
-    }
+fn encrypt(w: &mut WriteTraffic<'_, ServerData>, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    // Enough for every record's overhead, so one try nearly always does (a key update
+    // riding along is the exception, and rustls then says how much it needs).
+    let room = data.len() + (data.len() / (1 << 14) + 1) * RECORD_OVERHEAD + 64;
+    append(out, room, |buf| Ok(w.encrypt(data, buf)?))
+}
+
+fn close_notify(w: &mut WriteTraffic<'_, ServerData>, out: &mut Vec<u8>) -> io::Result<()> {
+    append(out, 64, |buf| Ok(w.queue_close_notify(buf)?))
 }
 
 impl AsyncRead for TlsStream {

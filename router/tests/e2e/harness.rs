@@ -358,6 +358,21 @@ pub fn as_counter(m: &Message) -> Option<Counter> {
 }
 
 /// The next counter message, skipping anything else.
+/// The code of the close frame the router sends next, skipping other messages; `None`
+/// if the socket ends without one. Bounded by `WAIT`.
+pub async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
+    within(WAIT, "a close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
 pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
     within(WAIT, "a counter", async {
         loop {

@@ -118,17 +118,7 @@ async fn io_threads_relay_then_drain() -> Result<()> {
     }
     h.router.shutdown();
     for mut ws in sockets {
-        let code = within(WAIT, "close", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                    Some(Ok(_)) => continue,
-                    _ => return None,
-                }
-            }
-        })
-        .await?;
-        assert_eq!(code, Some(1001));
+        assert_eq!(next_close_code(&mut ws).await?, Some(1001));
     }
     within(WAIT, "drain", h.router.drained()).await?;
     Ok(())

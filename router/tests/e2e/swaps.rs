@@ -186,17 +186,7 @@ async fn reroute_drain_closes_only_moved_tenants_with_1012() -> Result<()> {
         .await?;
     let swapped = Instant::now();
     for ws in &mut moved_socks {
-        let code = within(WAIT, "1012", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                    Some(Ok(_)) => continue,
-                    _ => return None,
-                }
-            }
-        })
-        .await?;
-        assert_eq!(code, Some(1012));
+        assert_eq!(next_close_code(ws).await?, Some(1012));
     }
     assert!(
         swapped.elapsed() >= grace,
