@@ -337,8 +337,6 @@ pub struct WatchConfig {
     pub namespace: String,
     /// The TLS certificate and key files, reloaded when they change.
     pub tls_files: Option<(PathBuf, PathBuf)>,
-    /// Settings a reloaded certificate is served with.
-    pub tls_options: tls::TlsOptions,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -466,7 +464,6 @@ impl ServeArgs {
                 (false, Some(c), Some(k)) => Some((c.clone(), k.clone())),
                 _ => None,
             },
-            tls_options: self.common.tls_options(),
         };
         // Pod readiness matters only for StatefulSet pods reached through the API.
         if templated && (watch.needs_kube() || in_cluster) {
@@ -474,7 +471,8 @@ impl ServeArgs {
         }
         let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
             (false, Some(cert), Some(key)) => Some(
-                tls::load_server_config(cert, key, &watch.tls_options).map_err(ConfigError::Tls)?,
+                tls::load_server_config(cert, key, &self.common.tls_options())
+                    .map_err(ConfigError::Tls)?,
             ),
             // clap makes cert and key required unless --plaintext.
             _ => None,

@@ -44,6 +44,24 @@ pub fn load_server_config(
     key: &Path,
     options: &TlsOptions,
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = read_pem(cert, key)?;
+    server_config(chain, key, options)
+}
+
+/// Builds the config for a new certificate and key with everything else as `current`
+/// has it (key exchange, versions, ALPN), for hot reloads.
+pub fn reload_server_config(
+    cert: &Path,
+    key: &Path,
+    current: &ServerConfig,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let (chain, key) = read_pem(cert, key)?;
+    config_with(current.crypto_provider().clone(), chain, key)
+}
+
+type Pem = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+
+fn read_pem(cert: &Path, key: &Path) -> Result<Pem, TlsError> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsError::ReadCert {
@@ -59,7 +77,7 @@ pub fn load_server_config(
         path: key.to_owned(),
         source,
     })?;
-    server_config(chain, key_der, options)
+    Ok((chain, key_der))
 }
 
 /// Key-exchange groups the server may agree on, most preferred first.
@@ -85,7 +103,7 @@ impl KeyExchange {
     }
 }
 
-/// TLS settings beside the certificate; kept so a reloaded certificate gets the same.
+/// TLS settings beside the certificate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Empty: rustls' defaults (X25519, P-256, P-384 and the X25519MLKEM768 hybrid).
@@ -102,7 +120,14 @@ pub fn server_config(
     if !options.key_exchange.is_empty() {
         provider.kx_groups = options.key_exchange.iter().map(|k| k.group()).collect();
     }
-    let provider = Arc::new(provider);
+    config_with(Arc::new(provider), chain, key)
+}
+
+fn config_with(
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Config)?
@@ -287,6 +312,21 @@ mod tests {
             key_exchange: vec![KeyExchange::X25519],
         };
         assert_eq!(names(&pinned), vec![rustls::NamedGroup::X25519]);
+        // A hot reload keeps what the running config has.
+        let dir = std::env::temp_dir().join(format!("wsrouter-kx-test-{}", std::process::id()));
+        dev.write_to(&dir).unwrap();
+        let running = dev.server_config(&pinned).unwrap();
+        let reloaded =
+            reload_server_config(&dir.join("tls.crt"), &dir.join("tls.key"), &running).unwrap();
+        let groups: Vec<_> = reloaded
+            .crypto_provider()
+            .kx_groups
+            .iter()
+            .map(|g| g.name())
+            .collect();
+        assert_eq!(groups, vec![rustls::NamedGroup::X25519]);
+        assert_eq!(reloaded.alpn_protocols, running.alpn_protocols);
+        std::fs::remove_dir_all(&dir).unwrap();
         let two = TlsOptions {
             key_exchange: vec![KeyExchange::Secp256r1, KeyExchange::Secp384r1],
         };

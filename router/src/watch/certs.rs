@@ -26,7 +26,6 @@ fn parent(p: &Path) -> PathBuf {
 pub fn spawn(
     cert: PathBuf,
     key: PathBuf,
-    options: tls::TlsOptions,
     slot: Arc<ArcSwap<ServerConfig>>,
     stats: Arc<ControlStats>,
     stop: CancellationToken,
@@ -45,7 +44,7 @@ pub fn spawn(
         if current.is_none() || current == loaded {
             return;
         }
-        match tls::load_server_config(&cert, &key, &options) {
+        match tls::reload_server_config(&cert, &key, &slot.load()) {
             Ok(config) => {
                 slot.store(config);
                 loaded = current;

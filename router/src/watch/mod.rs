@@ -59,7 +59,6 @@ pub async fn start(
         tasks.push(certs::spawn(
             cert.clone(),
             key.clone(),
-            config.tls_options.clone(),
             slot,
             control.stats.clone(),
             stop.clone(),

@@ -21,7 +21,6 @@ fn watch_config() -> WatchConfig {
         endpoint_slices: Some("backend".into()),
         namespace: NS.into(),
         tls_files: None,
-        ..WatchConfig::default()
     }
 }
 

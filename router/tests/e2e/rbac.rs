@@ -128,7 +128,6 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
             endpoint_slices: Some("backend".into()),
             namespace: ns.into(),
             tls_files: None,
-            ..WatchConfig::default()
         };
         router::watch::start(&watch, &h.router, Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)
