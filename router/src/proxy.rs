@@ -277,21 +277,12 @@ where
     *resp.headers_mut() = headers;
 
     let on_client_upgrade = hyper::upgrade::on(req);
-    let peer = ctx.peer;
-    let accepted = ctx.accepted;
-    let permit = ctx.permit.clone();
-    let drain = shared.lifecycle.close_tunnels.clone();
-    let relay_config = RelayConfig {
-        close_timeout: shared.limits.close_timeout,
-    };
-    let upgrade_timeout = shared.limits.request_timeout;
-    let live = shared.live.clone();
-    let reroute = shared.reroute.clone();
-    let metrics = shared.metrics.clone();
-    let tasks = shared.lifecycle.tasks.clone();
+    let (peer, accepted, permit) = (ctx.peer, ctx.accepted, ctx.permit.clone());
+    let shared = shared.clone();
     // Two stages: this task waits for the client's upgrade; the relay then runs as its own
     // task holding only what a live socket needs, so the upgrade's state is freed.
-    shared.lifecycle.tasks.spawn(async move {
+    ctx.shared.lifecycle.tasks.spawn(async move {
+        let upgrade_timeout = shared.limits.request_timeout;
         let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
@@ -313,9 +304,10 @@ where
             }
         };
         let started = Instant::now();
-        let _live = live.register(&routed.tenant);
+        let _live = shared.live.register(&routed.tenant);
         // One lookup for this relay's gauge; it is decremented through the same handle.
-        let active = metrics
+        let active = shared
+            .metrics
             .connections_active
             .get_or_create(&OrdinalLabel {
                 ordinal: routed.ordinal,
@@ -328,7 +320,8 @@ where
             backend.ordinal = routed.ordinal,
             "relay started"
         );
-        let stop: Pin<Box<dyn Future<Output = Stop> + Send>> = match reroute {
+        let drain = shared.lifecycle.close_tunnels.clone();
+        let stop: Pin<Box<dyn Future<Output = Stop> + Send>> = match shared.reroute.clone() {
             None => Box::pin(async move {
                 drain.cancelled_owned().await;
                 Stop::SHUTDOWN
@@ -351,7 +344,9 @@ where
             parts.read_buf,
             backend_pre,
             stop,
-            relay_config,
+            RelayConfig {
+                close_timeout: shared.limits.close_timeout,
+            },
         );
         let live = LiveRelay {
             routed,
@@ -359,11 +354,11 @@ where
             accepted,
             started,
             active,
-            metrics,
+            shared: shared.clone(),
             _permit: permit,
             _live,
         };
-        tasks.spawn(live.run(relay));
+        shared.lifecycle.tasks.spawn(live.run(relay));
     });
     Ok(resp)
 }
@@ -375,7 +370,7 @@ struct LiveRelay {
     accepted: Instant,
     started: Instant,
     active: prometheus_client::metrics::gauge::Gauge,
-    metrics: Arc<crate::metrics::Metrics>,
+    shared: Arc<Shared>,
     _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
     _live: crate::live::LiveGuard,
 }
@@ -400,7 +395,7 @@ impl LiveRelay {
     }
 
     fn finish(self, report: relay::RelayReport) {
-        let (routed, metrics) = (&self.routed, &self.metrics);
+        let (routed, metrics) = (&self.routed, &self.shared.metrics);
         self.active.dec();
         metrics
             .connections_closed

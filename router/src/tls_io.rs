@@ -84,15 +84,6 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
 }
 
 impl TlsStream {
-    /// The negotiated protocol version and key-exchange group, for tests and logs.
-    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
-    }
-
-    pub fn negotiated_key_exchange_group(&self) -> Option<rustls::NamedGroup> {
-        self.conn.negotiated_key_exchange_group().map(|g| g.name())
-    }
-
     fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         loop {
             ready!(self.poll_send(cx))?;
