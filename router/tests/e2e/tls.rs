@@ -20,6 +20,17 @@ fn client(
     Ok(Arc::new(config))
 }
 
+/// A WebSocket upgrade over `tls` reaches a backend and gets its first counter.
+async fn upgrade_and_count(
+    h: &Harness,
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<()> {
+    let url = format!("wss://localhost:{}/ws/ns-01", h.addr().port());
+    let (mut ws, _) = within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tls)).await??;
+    next_counter(&mut ws).await?;
+    Ok(())
+}
+
 /// TLS 1.2 and 1.3 both work, and ALPN settles on http/1.1 even when h2 is offered first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
@@ -43,10 +54,7 @@ async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
         let (_, conn) = tls.get_ref();
         assert_eq!(conn.protocol_version(), Some(want));
         assert_eq!(conn.alpn_protocol(), Some(&b"http/1.1"[..]));
-        let url = format!("wss://localhost:{}/ws/ns-01", h.addr().port());
-        let (mut ws, _) =
-            within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tls)).await??;
-        next_counter(&mut ws).await?;
+        upgrade_and_count(&h, tls).await?;
     }
     Ok(())
 }
@@ -90,10 +98,7 @@ async fn key_exchange_can_be_pinned() -> Result<()> {
             .negotiated_key_exchange_group()
             .map(|g| g.name());
         assert_eq!(group, Some(want));
-        let url = format!("wss://localhost:{}/ws/ns-01", h.addr().port());
-        let (mut ws, _) =
-            within(WAIT, "upgrade", tokio_tungstenite::client_async(url, tls)).await??;
-        next_counter(&mut ws).await?;
+        upgrade_and_count(&h, tls).await?;
     }
     Ok(())
 }
