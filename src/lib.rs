@@ -15,6 +15,9 @@ pub mod table;
 
 pub use backends::{BackendTemplate, Backends, BackendsError, TemplateError};
 pub use hash::{jump_consistent_hash, ordinal_for, tenant_key};
-pub use namespace::{validate_namespace, NamespaceError, PathError, PathPrefix, PrefixError};
+pub use namespace::{
+    check_path_rest, validate_namespace, AmbiguousPath, NamespaceError, PathError, PathPrefix,
+    PrefixError,
+};
 pub use overrides::{parse_target, OverrideError, Overrides, OverridesError, TargetError};
 pub use table::{Route, RouteSource, RoutingTable, TableDiff, TableSource};

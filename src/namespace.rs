@@ -58,6 +58,71 @@ pub enum PathError {
     /// The path is under the prefix but the namespace segment is bad (`400`).
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
+    /// After the prefix the path has a segment that a backend normalising paths would
+    /// resolve differently from the router (`400`).
+    #[error(transparent)]
+    Ambiguous(#[from] AmbiguousPath),
+}
+
+/// Path forms after the prefix that the router refuses, so the router and a backend
+/// that normalises paths (RFC 3986 §5.2.4) always agree on the tenant and the path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum AmbiguousPath {
+    #[error(
+        "path has a '.' or '..' segment (also when percent-encoded); send the path as resolved"
+    )]
+    DotSegment,
+    #[error("path has an encoded '/' or '\\' (%2F, %5C) or a '\\'; these separate segments for some servers and not for others")]
+    EncodedSeparator,
+}
+
+/// Checks every segment of `rest` (the path after the namespace, query excluded):
+/// no `.` or `..` segment, plain or percent-encoded, and no separator a backend might
+/// decode or translate into `/`.
+pub fn check_path_rest(rest: &str) -> Result<(), AmbiguousPath> {
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => return Err(AmbiguousPath::EncodedSeparator),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = [
+                    bytes[i + 1].to_ascii_uppercase(),
+                    bytes[i + 2].to_ascii_uppercase(),
+                ];
+                if hex == *b"2F" || hex == *b"5C" {
+                    return Err(AmbiguousPath::EncodedSeparator);
+                }
+                i += 3;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    for segment in rest.split('/') {
+        if is_dot_segment(segment) {
+            return Err(AmbiguousPath::DotSegment);
+        }
+    }
+    Ok(())
+}
+
+/// `.` or `..`, each dot written plainly or as `%2E` / `%2e`.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut dots = 0;
+    let mut s = segment.as_bytes();
+    while !s.is_empty() {
+        if s[0] == b'.' {
+            s = &s[1..];
+        } else if s.len() >= 3 && s[0] == b'%' && s[1] == b'2' && (s[2] | 0x20) == b'e' {
+            s = &s[3..];
+        } else {
+            return false;
+        }
+        dots += 1;
+    }
+    dots == 1 || dots == 2
 }
 
 /// Why a configured path prefix is unusable.
@@ -102,7 +167,8 @@ impl PathPrefix {
     }
 
     /// The namespace segment of `path` (the path only, no query string): the text after the
-    /// prefix up to the next `/`. What follows it is the backend's business.
+    /// prefix up to the next `/`. What follows it is passed on unchanged, so it must not
+    /// be something a backend would resolve to another place ([`check_path_rest`]).
     ///
     /// The prefix without its trailing slash (`/ws`) counts as "under the prefix" with an
     /// empty namespace, so a client that forgot the namespace learns why rather than
@@ -113,8 +179,9 @@ impl PathPrefix {
             None if path == &self.with_slash[..self.with_slash.len() - 1] => "",
             None => return Err(PathError::NotUnderPrefix),
         };
-        let ns = rest.split_once('/').map_or(rest, |(ns, _)| ns);
+        let (ns, after) = rest.split_once('/').unwrap_or((rest, ""));
         validate_namespace(ns)?;
+        check_path_rest(after)?;
         Ok(ns)
     }
 }
@@ -226,9 +293,94 @@ mod tests {
             ("/other/ns-01", Err(PathError::NotUnderPrefix)),
             ("/WS/ns-01", Err(PathError::NotUnderPrefix)),
             ("ws/ns-01", Err(PathError::NotUnderPrefix)),
+            // What follows the namespace may not resolve elsewhere on a backend.
+            ("/ws/a/b.c/..d/.e./x.", Ok("a")),
+            ("/ws/a/%2E%2Ex", Ok("a")),
+            ("/ws/a/%41%25", Ok("a")),
+            ("/ws/a/..", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/.", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/./b", Err(AmbiguousPath::DotSegment.into())),
+            (
+                "/ws/a/../../ws/b/../../admin",
+                Err(AmbiguousPath::DotSegment.into()),
+            ),
+            ("/ws/a/%2e%2E/b", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/.%2e", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/%2e", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/x%2Fy", Err(AmbiguousPath::EncodedSeparator.into())),
+            ("/ws/a/x%2fy", Err(AmbiguousPath::EncodedSeparator.into())),
+            ("/ws/a/x%5cy", Err(AmbiguousPath::EncodedSeparator.into())),
+            ("/ws/a/x\\y", Err(AmbiguousPath::EncodedSeparator.into())),
+            ("/ws/a/x%2", Ok("a")),
         ];
         for (path, want) in cases {
             assert_eq!(&p.namespace(path), want, "path {path:?}");
+        }
+    }
+
+    /// A reference normaliser, as a backend might apply it: percent-decode everything,
+    /// treat `\\` as `/`, then remove dot segments (RFC 3986 §5.2.4).
+    fn normalise(path: &str) -> Vec<Vec<u8>> {
+        let b = path.as_bytes();
+        let mut decoded = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if b[i] == b'%' && i + 2 < b.len() {
+                if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                    decoded.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+            }
+            decoded.push(b[i]);
+            i += 1;
+        }
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for seg in decoded.split(|&c| c == b'/' || c == b'\\') {
+            match seg {
+                b"." => {}
+                b".." => {
+                    out.pop();
+                }
+                s => out.push(s.to_vec()),
+            }
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+        /// Whatever the path, the parser does not panic, and when it accepts one, a
+        /// backend that normalises the path sees the same tenant right after the prefix.
+        #[test]
+        fn accepted_paths_mean_the_same_after_normalising(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("/".to_owned()),
+                    proptest::strategy::Just(".".to_owned()),
+                    proptest::strategy::Just("..".to_owned()),
+                    proptest::strategy::Just("%2e".to_owned()),
+                    proptest::strategy::Just("%2F".to_owned()),
+                    proptest::strategy::Just("%5c".to_owned()),
+                    proptest::strategy::Just("\\".to_owned()),
+                    proptest::strategy::Just("ws".to_owned()),
+                    "[a-c0-9%-]{0,4}",
+                ],
+                0..12,
+            )
+        ) {
+            let path = format!("/ws/{}", parts.concat());
+            let p = PathPrefix::default();
+            if let Ok(ns) = p.namespace(&path) {
+                let segs = normalise(&path);
+                // ["", "ws", ns, ...]
+                proptest::prop_assert!(segs.len() >= 3, "{path}: {segs:?}");
+                proptest::prop_assert_eq!(&segs[1], b"ws");
+                proptest::prop_assert_eq!(&segs[2], ns.as_bytes(), "{}", path);
+            }
         }
     }
 
