@@ -33,6 +33,9 @@ pub struct EchoConfig {
     /// Time between counter messages.
     pub interval: Duration,
     pub path_prefix: PathPrefix,
+    /// Stream counters (the first at connect) besides echoing; off: a pure echo server,
+    /// as conformance suites expect.
+    pub counters: bool,
 }
 
 impl EchoConfig {
@@ -41,7 +44,14 @@ impl EchoConfig {
             server_name: server_name.into(),
             interval: Duration::from_secs(1),
             path_prefix: PathPrefix::default(),
+            counters: true,
         }
+    }
+
+    /// Echo only: no counter messages.
+    pub fn echo_only(mut self) -> Self {
+        self.counters = false;
+        self
     }
 
     pub fn with_interval(mut self, interval: Duration) -> Self {
@@ -117,6 +127,7 @@ struct Shared {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(5);
     loop {
         let stream = tokio::select! {
             _ = shared.graceful.cancelled() => return,
@@ -124,13 +135,18 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    // Out of descriptors or similar: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of descriptors or similar: back off (exponentially, logged
+                    // once per step) instead of spinning.
+                    if backoff < Duration::from_secs(1) {
+                        tracing::warn!(error = %e, ?backoff, "accept failed; backing off");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
         };
+        backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
         let conn_shared = shared.clone();
         shared.tasks.spawn(async move {
@@ -168,6 +184,7 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
         Ok(ns) => ns.to_owned(),
         Err(PathError::NotUnderPrefix) => return plain(StatusCode::NOT_FOUND, "not found\n"),
         Err(PathError::Namespace(_)) => return plain(StatusCode::BAD_REQUEST, "bad namespace\n"),
+        Err(PathError::Ambiguous(_)) => return plain(StatusCode::BAD_REQUEST, "bad path\n"),
     };
     let headers = req.headers();
     let is_upgrade = headers
@@ -224,6 +241,7 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     let mut ticker = tokio::time::interval(shared.config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let counters = shared.config.counters;
     let mut counter: u64 = 0;
     loop {
         tokio::select! {
@@ -250,7 +268,7 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
-            _ = ticker.tick() => {
+            _ = ticker.tick(), if counters => {
                 let tick = Tick { server: &shared.config.server_name, counter, ns: &ns };
                 let Ok(line) = serde_json::to_string(&tick) else { return };
                 counter += 1;

@@ -24,6 +24,16 @@ struct Args {
     /// Name in the `server` field; defaults to $POD_NAME, then the hostname.
     #[arg(long, env = "ECHO_SERVER_NAME")]
     server_name: Option<String>,
+    /// `counter`: stream counters (the first at connect) and echo; `echo`: echo only, as
+    /// conformance suites (Autobahn) expect.
+    #[arg(long, env = "ECHO_MODE", value_enum, default_value_t = Mode::Counter)]
+    mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    Counter,
+    Echo,
 }
 
 #[tokio::main]
@@ -40,6 +50,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(backend::default_server_name),
     )
     .with_interval(args.interval);
+    config.counters = args.mode == Mode::Counter;
     config.path_prefix = wsrouter::PathPrefix::new(&args.path_prefix).context("--path-prefix")?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
