@@ -24,7 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// The largest TLS record on the wire: header, 2^14 bytes of plaintext, 256 of expansion.
-const MAX_RECORD: usize = 5 + (1 << 14) + 256;
+pub const MAX_RECORD: usize = 5 + (1 << 14) + 256;
+/// The default for `--max-client-hello`: room for post-quantum key shares (X25519MLKEM768
+/// adds 1,216 bytes) and long SNI/ALPN lists, a quarter of what TLS allows.
+pub const DEFAULT_MAX_CLIENT_HELLO: usize = 16 << 10;
+/// TLS alert `illegal_parameter`, what OpenSSL sends for an excessive message size.
+const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 /// rustls joins a handshake message split over records in place, up to 64 KiB, so the
 /// scratch buffer holds that plus a record.
 const SCRATCH_SIZE: usize = (64 << 10) + MAX_RECORD;
@@ -47,9 +52,35 @@ enum Then<'a> {
     CloseNotify,
 }
 
-/// A server-side TLS stream over TCP. Made by [`accept`].
-pub struct TlsStream {
-    tcp: TcpStream,
+/// Told how many bytes a connection in its TLS handshake holds, so a budget shared by
+/// all such connections can be kept.
+pub trait Meter {
+    fn held(&mut self, bytes: usize);
+}
+
+impl Meter for () {
+    fn held(&mut self, _: usize) {}
+}
+
+/// What one handshake may cost.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// The largest ClientHello accepted; a larger one gets a fatal alert as soon as its
+    /// header says so, before its bytes are held.
+    pub max_client_hello: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        Self {
+            max_client_hello: DEFAULT_MAX_CLIENT_HELLO,
+        }
+    }
+}
+
+/// A server-side TLS stream over a byte stream (TCP in the router). Made by [`accept`].
+pub struct TlsStream<S = TcpStream> {
+    tcp: S,
     conn: UnbufferedServerConnection,
     /// Received ciphertext not yet processed: the start of a record still arriving.
     partial: Vec<u8>,
@@ -62,11 +93,24 @@ pub struct TlsStream {
     /// The peer sent close_notify or closed its side of TCP.
     read_eof: bool,
     close_sent: bool,
+    /// A TLS error, reported once the alert rustls queued for it has been sent.
+    failed: Option<io::Error>,
+    /// The ClientHello's declared length has been checked.
+    hello_checked: bool,
 }
 
 /// Completes a TLS handshake on `tcp` with `config`. Bytes the client sent after its
-/// Finished (the HTTP request, usually) are kept for the first read.
-pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<TlsStream> {
+/// Finished (the HTTP request, usually) are kept for the first read. `meter` hears how
+/// many bytes the handshake holds as that changes.
+pub async fn accept<S>(
+    config: Arc<ServerConfig>,
+    tcp: S,
+    limits: HandshakeLimits,
+    meter: &mut impl Meter,
+) -> io::Result<TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let conn = UnbufferedServerConnection::new(config).map_err(io::Error::other)?;
     let mut stream = TlsStream {
         tcp,
@@ -78,14 +122,33 @@ pub async fn accept(config: Arc<ServerConfig>, tcp: TcpStream) -> io::Result<Tls
         out_pos: 0,
         read_eof: false,
         close_sent: false,
+        failed: None,
+        hello_checked: false,
     };
-    std::future::poll_fn(|cx| stream.poll_handshake(cx)).await?;
+    std::future::poll_fn(|cx| stream.poll_handshake(cx, limits, meter)).await?;
+    meter.held(0);
     Ok(stream)
 }
 
-impl TlsStream {
-    fn poll_handshake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// The stream the TLS runs over.
+    pub fn get_ref(&self) -> &S {
+        &self.tcp
+    }
+
+    /// The stream the TLS runs over; writing to it directly would corrupt the TLS.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.tcp
+    }
+
+    fn poll_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        limits: HandshakeLimits,
+        meter: &mut impl Meter,
+    ) -> Poll<io::Result<()>> {
         loop {
+            ready!(self.poll_failed(cx))?;
             ready!(self.poll_send(cx))?;
             if !self.conn.is_handshaking() {
                 return Poll::Ready(Ok(()));
@@ -96,8 +159,69 @@ impl TlsStream {
                     "peer closed during the TLS handshake",
                 )));
             }
-            ready!(SCRATCH.with_borrow_mut(|s| self.poll_receive(cx, s, None)))?;
+            let received =
+                SCRATCH.with_borrow_mut(|s| self.poll_receive(cx, s, None, Some(limits)));
+            if let Err(e) = ready!(received) {
+                self.stash(e);
+                continue;
+            }
+            meter.held(self.partial.capacity());
         }
+    }
+
+    /// Keeps `e` to report once what is queued (the alert, usually) has gone out.
+    fn stash(&mut self, e: io::Error) {
+        self.failed.get_or_insert(e);
+    }
+
+    /// After a failure: flushes what is queued (best effort), then gives the error.
+    fn poll_failed(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.failed.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        if let Err(e) = ready!(self.poll_send(cx)) {
+            tracing::trace!(error = %e, "TLS alert not delivered");
+        }
+        let _ = ready!(Pin::new(&mut self.tcp).poll_flush(cx));
+        match self.failed.take() {
+            Some(e) => {
+                // After a TLS error every later call fails the same way; after a
+                // hang-up, reads see EOF.
+                if e.kind() != io::ErrorKind::UnexpectedEof {
+                    self.failed = Some(io::Error::new(e.kind(), e.to_string()));
+                }
+                self.read_eof = true;
+                Poll::Ready(Err(e))
+            }
+            None => Poll::Ready(Ok(())),
+        }
+    }
+
+    /// Refuses a ClientHello whose header declares more than the limit, before its
+    /// bytes are held: a fatal `illegal_parameter` alert in the clear (nothing has been
+    /// negotiated yet), then the error.
+    fn check_client_hello(&mut self, input: &[u8], limits: HandshakeLimits) -> io::Result<()> {
+        if self.hello_checked || input.len() < 9 {
+            return Ok(());
+        }
+        self.hello_checked = true;
+        // Record: type 22 (handshake), version, length; then message type 1, 24-bit length.
+        if input[0] != 22 || input[5] != 1 {
+            return Ok(());
+        }
+        let declared = u32::from_be_bytes([0, input[6], input[7], input[8]]) as usize;
+        if declared <= limits.max_client_hello {
+            return Ok(());
+        }
+        self.out
+            .extend_from_slice(&[21, 3, 3, 0, 2, 2, ALERT_ILLEGAL_PARAMETER]);
+        Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "ClientHello of {declared} bytes is over --max-client-hello ({})",
+                limits.max_client_hello
+            ),
+        ))
     }
 
     /// Writes queued ciphertext to the socket; frees the queue once it is empty.
@@ -116,19 +240,27 @@ impl TlsStream {
 
     /// Reads ciphertext from the socket and processes every whole record; plaintext goes
     /// to `dst` as far as it fits, the rest into `plain`.
+    ///
+    /// During the handshake (`limits` given) a handshake message may not make the
+    /// connection hold more than the ClientHello limit plus one record.
     fn poll_receive(
         &mut self,
         cx: &mut Context<'_>,
         scratch: &mut [u8],
         dst: Option<&mut ReadBuf<'_>>,
+        limits: Option<HandshakeLimits>,
     ) -> Poll<io::Result<()>> {
         let saved = self.partial.len();
-        if saved == scratch.len() {
+        let cap = limits.map_or(scratch.len(), |l| {
+            (l.max_client_hello + MAX_RECORD).min(scratch.len())
+        });
+        if saved >= cap {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "TLS message larger than 64 KiB",
+                "TLS handshake message larger than the connection may hold",
             )));
         }
+        let scratch = &mut scratch[..cap];
         scratch[..saved].copy_from_slice(&self.partial);
         let mut rb = ReadBuf::new(&mut scratch[saved..]);
         ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut rb))?;
@@ -143,6 +275,9 @@ impl TlsStream {
             )));
         }
         let used = saved + n;
+        if let Some(limits) = limits {
+            self.check_client_hello(&scratch[..used], limits)?;
+        }
         let discard = self.pump(&mut scratch[..used], dst, Then::Nothing)?;
         let rest = &scratch[discard..used];
         self.partial = if rest.is_empty() {
@@ -244,17 +379,34 @@ impl TlsStream {
         }
     }
 
-    /// A TLS error: rustls has queued an alert for the peer; send it if the socket takes
-    /// it at once, and report the error. `rest` is the input rustls has not discarded
-    /// (rustls may still point into it, so it gets exactly that, as after any call).
+    /// A TLS error: rustls has queued an alert for the peer (after whatever else it had
+    /// pending); queue all of it, to be sent before the error is reported. `rest` is the
+    /// input rustls has not discarded (rustls may still point into it, so it gets
+    /// exactly that, as after any call).
     fn fail(&mut self, e: rustls::Error, rest: &mut [u8]) -> io::Error {
-        if let Ok(ConnectionState::EncodeTlsData(mut alert)) =
-            self.conn.process_tls_records(rest).state
-        {
-            let _ = encode(&mut alert, &mut self.out);
-        }
-        if let Ok(n) = self.tcp.try_write(&self.out[self.out_pos..]) {
-            self.out_pos += n;
+        // rustls hands out one queued message per call. After an error in a message it
+        // queued several (ServerHello, ..., the alert) and reports the error again once
+        // they are out. After an error in the record layer it queued the alert alone, and
+        // a second call would parse the same bad bytes again (and alert twice).
+        let record_layer = matches!(
+            e,
+            rustls::Error::InvalidMessage(_)
+                | rustls::Error::PeerSentOversizedRecord
+                | rustls::Error::DecryptError
+                | rustls::Error::PeerMisbehaved(
+                    rustls::PeerMisbehaved::IllegalMiddleboxChangeCipherSpec
+                )
+        );
+        for _ in 0..if record_layer { 1 } else { 16 } {
+            match self.conn.process_tls_records(rest).state {
+                Ok(ConnectionState::EncodeTlsData(mut pending)) => {
+                    if encode(&mut pending, &mut self.out).is_err() {
+                        break;
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                _ => break,
+            }
         }
         io::Error::new(io::ErrorKind::InvalidData, e)
     }
@@ -342,7 +494,7 @@ fn close_notify(w: &mut WriteTraffic<'_, ServerData>, out: &mut Vec<u8>) -> io::
     append(out, 64, |buf| Ok(w.queue_close_notify(buf)?))
 }
 
-impl AsyncRead for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -353,6 +505,7 @@ impl AsyncRead for TlsStream {
             return Poll::Ready(Ok(()));
         }
         loop {
+            ready!(this.poll_failed(cx))?;
             if this.plain_pos < this.plain.len() {
                 let n = buf.remaining().min(this.plain.len() - this.plain_pos);
                 buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
@@ -372,7 +525,17 @@ impl AsyncRead for TlsStream {
                 return Poll::Ready(Err(e));
             }
             let before = buf.filled().len();
-            ready!(SCRATCH.with_borrow_mut(|s| this.poll_receive(cx, s, Some(&mut *buf))))?;
+            let received =
+                SCRATCH.with_borrow_mut(|s| this.poll_receive(cx, s, Some(&mut *buf), None));
+            if let Err(e) = ready!(received) {
+                if buf.filled().len() > before {
+                    // Hand over what was read; the error comes with the next read.
+                    this.stash(e);
+                    return Poll::Ready(Ok(()));
+                }
+                this.stash(e);
+                continue;
+            }
             if buf.filled().len() > before {
                 if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                     return Poll::Ready(Err(e));
@@ -383,13 +546,14 @@ impl AsyncRead for TlsStream {
     }
 }
 
-impl AsyncWrite for TlsStream {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        ready!(this.poll_failed(cx))?;
         // Backpressure: queue nothing more until the socket has taken what is queued.
         ready!(this.poll_send(cx))?;
         if data.is_empty() {
@@ -453,7 +617,9 @@ mod tests {
         };
         let accept = async {
             let (tcp, _) = listener.accept().await.unwrap();
-            accept(server, tcp).await.unwrap()
+            accept(server, tcp, HandshakeLimits::default(), &mut ())
+                .await
+                .unwrap()
         };
         tokio::time::timeout(WAIT, async { tokio::join!(accept, connect) })
             .await
@@ -638,7 +804,9 @@ mod tests {
         });
         let work = async {
             let (tcp, _) = listener.accept().await.unwrap();
-            let mut server = accept(server_config, tcp).await.unwrap();
+            let mut server = accept(server_config, tcp, HandshakeLimits::default(), &mut ())
+                .await
+                .unwrap();
             let mut got = vec![0u8; message.len()];
             server.read_exact(&mut got).await.unwrap();
             assert!(got == message, "bytes differ");
@@ -668,9 +836,12 @@ mod tests {
             .await
             .unwrap();
         let (stcp, _) = listener.accept().await.unwrap();
-        let r = tokio::time::timeout(WAIT, accept(server, stcp))
-            .await
-            .unwrap();
+        let r = tokio::time::timeout(
+            WAIT,
+            accept(server, stcp, HandshakeLimits::default(), &mut ()),
+        )
+        .await
+        .unwrap();
         assert!(r.is_err());
     }
 }
