@@ -4,12 +4,8 @@
 
 /// Close codes the router sends itself (RFC 6455 §7.4.1 and the IANA registry).
 pub mod code {
-    /// The router is shutting down, or the client went away (toward the backend).
+    /// The router is shutting down.
     pub const GOING_AWAY: u16 = 1001;
-    /// The backend closed its connection without a close frame.
-    pub const INTERNAL_ERROR: u16 = 1011;
-    /// The backend connection failed (reset, I/O error).
-    pub const BAD_GATEWAY: u16 = 1014;
     /// The tenant moved to another backend: reconnect (`--reroute-drain`).
     pub const SERVICE_RESTART: u16 = 1012;
 }

@@ -2,13 +2,16 @@
 //!
 //! One future polls both directions (no task per direction, no lock around a split TLS
 //! stream). Bytes are copied as they come; a [`FrameCursor`] per direction follows frame
-//! headers so the relay knows where it may inject a close frame:
-//! - the backend goes away between frames → the client gets 1011 (EOF) or 1014 (error);
-//! - the client goes away between frames → the backend gets 1001;
-//! - the router drains → both get 1001 at their next frame boundary.
+//! headers so the relay knows where it may inject a close frame.
 //!
-//! Each close is followed by FIN. Once either side has ended, `close_timeout` bounds how
-//! long the other may take, so a relay never hangs.
+//! The relay is transparent: it originates close frames only for the router's own
+//! events (drain: 1001, reroute: 1012), and only while no close frame has passed either
+//! way (the peers' own closing handshake is then under way). When one side ends its
+//! connection without a close frame, the other sees it end the same way: a FIN (with
+//! TLS close_notify toward a TLS client) for a FIN, a reset for a reset.
+//!
+//! Once either side has ended, or a close frame has passed, `close_timeout` bounds how
+//! long the rest may take; then both sides get FIN. A relay never hangs.
 //!
 //! Memory: an idle connection holds no relay buffer. Reads go into one scratch buffer
 //! per worker thread and are written straight on; only bytes the sink cannot take yet
@@ -30,6 +33,29 @@ use tokio::time::Sleep;
 
 use crate::frame::{close_frame, code, FrameCursor};
 
+/// Ends a connection abruptly (a TCP reset), to pass on a peer's reset as it was.
+pub trait Reset {
+    fn reset(&mut self);
+}
+
+impl Reset for tokio::net::TcpStream {
+    fn reset(&mut self) {
+        // Linger 0: closing the socket (when the relay drops it) sends RST, not FIN.
+        #[allow(deprecated)]
+        let _ = self.set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::tls_io::TlsStream<S> {
+    fn reset(&mut self) {
+        self.get_mut().reset();
+    }
+}
+
+impl Reset for tokio::io::DuplexStream {
+    fn reset(&mut self) {}
+}
+
 /// Bytes read at a time; one TLS record holds at most 16 KiB of plaintext.
 const BUF_SIZE: usize = 16 * 1024;
 
@@ -42,7 +68,8 @@ thread_local! {
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// Once one side has ended (or a drain began), how long the other may take.
+    /// Once one side has ended, a close frame has passed, or a drain began, how long
+    /// the rest may take.
     pub close_timeout: Duration,
 }
 
@@ -175,6 +202,8 @@ enum State {
     Forward,
     Inject,
     Shutdown,
+    /// Pass a reset on: the sink is reset rather than shut down.
+    Reset,
     Discard,
     Done,
 }
@@ -198,6 +227,9 @@ struct Pump {
     inject: Vec<u8>,
     injected: Option<u16>,
     event: Option<Event>,
+    /// The source was reset and the sink has been reset in turn: the whole connection
+    /// is over, both ways.
+    reset_sent: bool,
 }
 
 impl Pump {
@@ -216,6 +248,7 @@ impl Pump {
             inject: Vec::new(),
             injected: None,
             event: None,
+            reset_sent: false,
         }
     }
 
@@ -264,7 +297,10 @@ impl Pump {
 
     /// Past plain forwarding: a close is under way in this direction.
     fn closing(&self) -> bool {
-        self.state != State::Forward || self.read_ended || self.stop.is_some()
+        self.state != State::Forward
+            || self.read_ended
+            || self.stop.is_some()
+            || self.frames.passed_close()
     }
 
     fn begin_inject(&mut self, code: u16, reason: &str) {
@@ -285,14 +321,6 @@ impl Pump {
         self.state = State::Inject;
     }
 
-    fn end_code(&self) -> (u16, &'static str) {
-        match (self.toward, self.read_failed) {
-            (Toward::Client, false) => (code::INTERNAL_ERROR, "backend closed the connection"),
-            (Toward::Client, true) => (code::BAD_GATEWAY, "backend connection failed"),
-            (Toward::Backend, _) => (code::GOING_AWAY, "client went away"),
-        }
-    }
-
     fn poll_pump<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -301,7 +329,7 @@ impl Pump {
     ) -> Poll<()>
     where
         R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        W: AsyncWrite + Reset + Unpin + ?Sized,
     {
         loop {
             match self.state {
@@ -340,12 +368,12 @@ impl Pump {
                         continue;
                     }
                     if self.read_ended {
-                        if self.frames.passed_close() {
-                            self.state = State::Shutdown;
+                        // The source ended its connection: end the sink's the same way.
+                        self.state = if self.read_failed {
+                            State::Reset
                         } else {
-                            let (code, reason) = self.stop.unwrap_or_else(|| self.end_code());
-                            self.begin_inject(code, reason);
-                        }
+                            State::Shutdown
+                        };
                         continue;
                     }
                     if let Some((code, reason)) = self.stop {
@@ -420,6 +448,11 @@ impl Pump {
                     }
                     self.state = State::Shutdown;
                 }
+                State::Reset => {
+                    dst.as_mut().get_mut().reset();
+                    self.reset_sent = true;
+                    self.state = State::Done;
+                }
                 State::Shutdown => {
                     // An error here means the peer is already gone, which is where we
                     // were heading anyway.
@@ -467,12 +500,45 @@ pub struct Relay<C, B> {
 }
 
 impl<C, B> Relay<C, B> {
-    /// Both sides get 1001 at their next frame boundary.
+    /// A close frame has passed one way or the other: the peers are closing.
+    fn close_passed(&self) -> bool {
+        self.to_backend.frames.passed_close() || self.to_client.frames.passed_close()
+    }
+
+    /// Both sides get the stop's close frame at their next frame boundary, unless the
+    /// peers' own close is already under way: then that finishes, bounded by the close
+    /// timeout, and the router adds nothing.
     fn stop(&mut self, why: Stop) {
         self.reason.get_or_insert(why.close_reason);
+        if self.close_passed() {
+            return;
+        }
         for p in [&mut self.to_backend, &mut self.to_client] {
             p.stop.get_or_insert((why.code, why.reason));
         }
+    }
+
+    /// A stop not yet begun is dropped once a peer's close frame passes.
+    fn withdraw_stops(&mut self) {
+        if !self.close_passed() {
+            return;
+        }
+        for p in [&mut self.to_backend, &mut self.to_client] {
+            if p.state == State::Forward && p.stop.is_some() {
+                p.stop = None;
+            }
+        }
+    }
+
+    /// The close timeout ran out: a last try (without waiting) to shut both sides down
+    /// cleanly; the sockets are closed when the relay is dropped in any case.
+    fn give_up(&mut self, cx: &mut Context<'_>)
+    where
+        C: AsyncWrite + Unpin,
+        B: AsyncWrite + Unpin,
+    {
+        let _ = Pin::new(&mut self.client).poll_shutdown(cx);
+        let _ = Pin::new(&mut self.backend).poll_shutdown(cx);
     }
 
     fn report(&self) -> RelayReport {
@@ -510,8 +576,8 @@ impl<C, B> Relay<C, B> {
 
 impl<C, B> Future for Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    B: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Reset + Unpin,
+    B: AsyncRead + AsyncWrite + Reset + Unpin,
 {
     type Output = RelayReport;
 
@@ -531,8 +597,11 @@ where
             .to_client
             .poll_pump(cx, Pin::new(&mut this.backend), Pin::new(&mut this.client))
             .is_ready();
+        this.withdraw_stops();
         this.note_reason();
-        if up && down {
+        // A reset ends both directions at once; dropping the sockets now resets the one
+        // passed on (linger 0) and closes the one already reset.
+        if (up && down) || this.to_backend.reset_sent || this.to_client.reset_sent {
             return Poll::Ready(this.report());
         }
         if this.deadline.is_none() && (this.to_backend.closing() || this.to_client.closing()) {
@@ -541,6 +610,7 @@ where
         if let Some(d) = this.deadline.as_mut() {
             if d.as_mut().poll(cx).is_ready() {
                 this.timed_out = true;
+                this.give_up(cx);
                 return Poll::Ready(this.report());
             }
         }
@@ -720,8 +790,11 @@ mod tests {
         );
     }
 
+    /// The backend hangs up without a close frame: the client sees the same, its data
+    /// then EOF, and no close frame the backend never sent (RFC 6455 §7.1.7 allows a
+    /// server to fail a connection by dropping TCP; the client must hear just that).
     #[tokio::test]
-    async fn backend_gone_between_frames_gets_the_client_1011() {
+    async fn backend_gone_is_passed_on_as_eof_not_a_close_frame() {
         let mut e = start(b"", b"");
         e.backend
             .write_all(&server_frame(1, b"tick"))
@@ -729,12 +802,11 @@ mod tests {
             .unwrap();
         drop(e.backend);
         let got = read_all(&mut e.client).await;
-        assert_eq!(&got[..6], &server_frame(1, b"tick")[..]);
-        assert_eq!(close_code(&got[6..]), Some(1011));
+        assert_eq!(got, server_frame(1, b"tick"), "nothing added");
         drop(e.client);
         let r = e.relay.await.unwrap();
         assert_eq!(r.reason, CloseReason::BackendGone);
-        assert_eq!(r.sent_to_client, Some(1011));
+        assert_eq!((r.sent_to_client, r.sent_to_backend), (None, None));
     }
 
     #[tokio::test]
@@ -750,18 +822,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn client_gone_gets_the_backend_a_masked_1001() {
+    async fn client_gone_is_passed_on_as_eof() {
         let mut e = start(b"", b"");
         drop(e.client);
         let got = read_all(&mut e.backend).await;
-        assert_eq!(got[1] & 0x80, 0x80, "frames toward a server are masked");
-        assert_eq!(close_code(&got), Some(1001));
+        assert!(got.is_empty(), "the router sent the backend {got:?}");
         drop(e.backend);
         let r = e.relay.await.unwrap();
         assert_eq!(
             (r.reason, r.sent_to_backend),
-            (CloseReason::ClientGone, Some(1001))
+            (CloseReason::ClientGone, None)
         );
+    }
+
+    /// A close frame passed, then both peers go silent: the close timeout starts at the
+    /// close frame and ends the relay.
+    #[tokio::test(start_paused = true)]
+    async fn a_close_handshake_that_never_finishes_is_bounded() {
+        let mut e = start(b"", b"");
+        let close = client_frame(8, &1000u16.to_be_bytes());
+        e.client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        e.backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        let r = tokio::time::timeout(CFG.close_timeout * 2, &mut e.relay)
+            .await
+            .expect("the relay ended within the close timeout")
+            .unwrap();
+        assert!(r.timed_out);
+        assert_eq!(r.reason, CloseReason::ClientClosed);
+        assert_eq!((r.sent_to_client, r.sent_to_backend), (None, None));
+    }
+
+    /// A drain that begins once the peers are already closing adds no close frame of
+    /// its own.
+    #[tokio::test]
+    async fn drain_during_a_close_handshake_adds_nothing() {
+        let mut e = start(b"", b"");
+        let close = server_frame(8, &1000u16.to_be_bytes());
+        e.backend.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        e.client.read_exact(&mut got).await.unwrap();
+        e.drain.cancel();
+        let reply = client_frame(8, &1000u16.to_be_bytes());
+        e.client.write_all(&reply).await.unwrap();
+        e.client.shutdown().await.unwrap();
+        let to_backend = read_all(&mut e.backend).await;
+        assert_eq!(
+            to_backend, reply,
+            "only the client's own close reached the backend"
+        );
+        drop(e.backend);
+        let to_client = read_all(&mut e.client).await;
+        assert!(to_client.is_empty(), "{to_client:?}");
+        let r = e.relay.await.unwrap();
+        assert_eq!((r.sent_to_client, r.sent_to_backend), (None, None));
     }
 
     #[tokio::test]

@@ -36,7 +36,8 @@ async fn killed_backend_closes_only_its_own_sockets() -> Result<()> {
     let killed = Instant::now();
     within(WAIT, "backend kill", h.backends[1].kill()).await?;
     for mut ws in victims {
-        // A close frame from the router (1011: backend gone) or EOF, within a second.
+        // The backend vanished without a close frame: the client sees its connection end
+        // the same way (no close frame from the router), within a second.
         let end = within(Duration::from_secs(1), "victim close", async {
             loop {
                 match ws.next().await {
@@ -49,9 +50,7 @@ async fn killed_backend_closes_only_its_own_sockets() -> Result<()> {
             }
         })
         .await?;
-        if let Some(code) = end {
-            assert_eq!(code, Some(1011), "close code toward the client");
-        }
+        assert_eq!(end, None, "the router made up a close frame");
     }
     assert!(killed.elapsed() < Duration::from_secs(2));
 
