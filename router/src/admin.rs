@@ -8,49 +8,87 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace};
 
-use crate::server::Shared;
+use crate::admission::{Admission, AdmissionConfig, AdmissionStats};
+use crate::server::{AcceptErrors, Shared};
+
+/// Most admin connections at once. Probes and a scraper need a handful; when full the
+/// oldest is dropped, so a probe still gets through while something holds many open.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Time to send a request head, and the longest an idle keep-alive connection stays.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest an admin connection lives, whatever it does.
+pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves until `stop` is cancelled. It stays up while the router drains, so probes see
 /// `/readyz` fail rather than a refused connection.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let conns = tokio_util::task::TaskTracker::new();
+    // The admin listener's own pool: the pending pool's rules (a cap, the oldest dropped
+    // when full), with nothing shared with the data path.
+    let pool = Admission::new(
+        AdmissionConfig {
+            max_pending: MAX_ADMIN_CONNECTIONS,
+            max_pending_bytes: usize::MAX,
+            // Probes come from the node, scrapes from one pod: a per-source cap would
+            // only let a crowd from one address lock them out.
+            max_pending_per_ip: usize::MAX,
+            max_live: 1,
+            max_live_per_ip: 0,
+        },
+        AdmissionStats {
+            evicted: shared.metrics.admin_evicted.clone(),
+            ..AdmissionStats::default()
+        },
+    );
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_buf_size(8192);
+    let mut errors = AcceptErrors::new("admin");
     loop {
-        let tcp = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
-                Ok((tcp, _)) => tcp,
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    errors.failed(e).await;
                     continue;
                 }
             },
         };
+        errors.accepted();
+        let Ok(slot) = pool.admit_pending(peer.ip()) else {
+            continue;
+        };
         let shared = shared.clone();
         let stop = stop.clone();
+        let http = http.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&req, &shared)) }
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+            let conn = http.serve_connection(TokioIo::new(tcp), svc);
+            let evicted = slot.evicted();
             tokio::select! {
-                _ = conn => {}
+                _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, conn) => {}
+                _ = evicted.cancelled() => {}
                 _ = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
     conns.close();

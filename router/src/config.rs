@@ -213,9 +213,24 @@ pub struct CommonArgs {
     /// Once one side of a socket has closed, how long the other side has to finish.
     #[arg(long, env = "WSROUTER_CLOSE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub close_timeout: Duration,
-    /// Most concurrent client connections; beyond it new ones are closed at once.
+    /// Most live connections (request parsed, upgrading or relaying); beyond it new requests get 503.
     #[arg(long, env = "WSROUTER_MAX_CONNECTIONS", default_value_t = 9000)]
     pub max_connections: usize,
+    /// Most live connections from one source address (IPv6: its /64); 0: no cap (clients often share NATs).
+    #[arg(long, env = "WSROUTER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: usize,
+    /// Most connections still in TLS or reading their request head; when full, the oldest is dropped.
+    #[arg(long, env = "WSROUTER_MAX_PENDING", default_value_t = 1000)]
+    pub max_pending: usize,
+    /// Most bytes those pending connections may hold together (e.g. 24MiB); past it, the oldest are dropped.
+    #[arg(long, env = "WSROUTER_MAX_PENDING_BYTES", default_value = "24MiB", value_parser = parse_size)]
+    pub max_pending_bytes: usize,
+    /// Most pending connections from one source address (IPv6: its /64); more are closed at once.
+    #[arg(long, env = "WSROUTER_MAX_PENDING_PER_IP", default_value_t = 64)]
+    pub max_pending_per_ip: usize,
+    /// Largest TLS ClientHello accepted (e.g. 16KiB, 1KiB–64KiB); larger ones get a fatal alert.
+    #[arg(long, env = "WSROUTER_MAX_CLIENT_HELLO", default_value = "16KiB", value_parser = parse_size)]
+    pub max_client_hello: usize,
     /// Largest upgrade request head (request line + headers) in bytes; larger gets 431.
     #[arg(long, env = "WSROUTER_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
@@ -258,6 +273,12 @@ pub enum ConfigError {
     HeaderBytesTooSmall,
     #[error("--max-connections must be at least 1")]
     NoConnections,
+    #[error("--max-pending and --max-pending-per-ip must be at least 1")]
+    NoPending,
+    #[error("--max-pending-bytes must be at least {min} (one pending connection)")]
+    PendingBytesTooSmall { min: usize },
+    #[error("--max-client-hello must be between 1KiB and 64KiB")]
+    ClientHelloOutOfRange,
     #[error("routing table")]
     Table(#[source] wsrouter::table::TableError),
 }
@@ -270,8 +291,66 @@ pub struct Limits {
     pub backend_timeout: Duration,
     pub close_timeout: Duration,
     pub max_connections: usize,
+    /// 0: no per-source cap.
+    pub max_connections_per_ip: usize,
+    pub max_pending: usize,
+    pub max_pending_bytes: usize,
+    pub max_pending_per_ip: usize,
+    pub max_client_hello: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+}
+
+impl Default for Limits {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            backend_timeout: Duration::from_secs(5),
+            close_timeout: Duration::from_secs(5),
+            max_connections: 9000,
+            max_connections_per_ip: 0,
+            max_pending: 1000,
+            max_pending_bytes: 24 << 20,
+            max_pending_per_ip: 64,
+            max_client_hello: crate::tls_io::DEFAULT_MAX_CLIENT_HELLO,
+            max_header_bytes: 16 * 1024,
+            max_headers: 64,
+        }
+    }
+}
+
+impl Limits {
+    /// The pools these limits describe.
+    pub fn admission(&self) -> crate::admission::AdmissionConfig {
+        crate::admission::AdmissionConfig {
+            max_pending: self.max_pending,
+            max_pending_bytes: self.max_pending_bytes,
+            max_pending_per_ip: self.max_pending_per_ip,
+            max_live: self.max_connections,
+            max_live_per_ip: self.max_connections_per_ip,
+        }
+    }
+}
+
+/// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 16384, 16KiB, 24MiB)"))?;
+    let mult: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Everything the router needs to run, validated.
@@ -365,12 +444,27 @@ impl CommonArgs {
         if self.max_connections == 0 {
             return Err(ConfigError::NoConnections);
         }
+        if self.max_pending == 0 || self.max_pending_per_ip == 0 {
+            return Err(ConfigError::NoPending);
+        }
+        let min = crate::admission::PENDING_BASE_BYTES + crate::admission::REQUEST_HEAD_BYTES;
+        if self.max_pending_bytes < min {
+            return Err(ConfigError::PendingBytesTooSmall { min });
+        }
+        if !(1 << 10..=64 << 10).contains(&self.max_client_hello) {
+            return Err(ConfigError::ClientHelloOutOfRange);
+        }
         Ok(Limits {
             handshake_timeout: self.handshake_timeout,
             request_timeout: self.request_timeout,
             backend_timeout: self.backend_timeout,
             close_timeout: self.close_timeout,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
+            max_pending: self.max_pending,
+            max_pending_bytes: self.max_pending_bytes,
+            max_pending_per_ip: self.max_pending_per_ip,
+            max_client_hello: self.max_client_hello,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
         })
@@ -529,6 +623,13 @@ mod tests {
                 .map_err(|e| crate::logging::DisplayChain(&e).to_string()),
             _ => Err("not serve".to_owned()),
         }
+    }
+
+    #[test]
+    fn limits_default_is_the_command_lines() {
+        let c = serve(&["--plaintext", "--replicas", "1"]).unwrap();
+        let d = Limits::default();
+        assert_eq!(format!("{:?}", c.limits), format!("{d:?}"));
     }
 
     #[test]

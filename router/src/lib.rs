@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the CLI and the validated [`config::RouterConfig`].
 //! - [`tls`]: PEM files or dev certificates into a rustls server config.
+//! - [`admission`]: the pending and live pools: caps, byte budget, per-source limits.
 //! - [`server`]: bind, accept under a cap, TLS, HTTP/1.1 with upgrades, drain.
 //! - [`proxy`]: one request: route, forward the upgrade, answer, start the relay.
 //! - [`relay`]: the byte relay between upgraded sockets, frame-boundary aware.
@@ -20,6 +21,7 @@
 //! - [`logging`]: tracing setup.
 
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod control;
 pub mod dev;
@@ -35,6 +37,7 @@ pub mod proxy;
 pub mod relay;
 pub mod reroute;
 pub mod server;
+mod sys;
 pub mod tls;
 pub mod tls_io;
 pub mod watch;

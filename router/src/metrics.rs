@@ -47,7 +47,12 @@ pub struct ReasonLabel {
 pub struct Metrics {
     registry: Registry,
     pub connections_accepted: Counter,
+    /// Totals over every refusal reason, for tests and the handle.
     pub connections_refused: Counter,
+    refused: Family<ReasonLabel, Counter>,
+    pub admission: crate::admission::AdmissionStats,
+    backend_handshake_failures: Family<ReasonLabel, Counter>,
+    pub admin_evicted: Counter,
     pub connections_active: Family<OrdinalLabel, Gauge>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub upgrade_responses: Family<StatusLabel, Counter>,
@@ -71,6 +76,10 @@ impl Metrics {
         let m = Self {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
+            refused: Family::default(),
+            admission: Default::default(),
+            backend_handshake_failures: Family::default(),
+            admin_evicted: Counter::default(),
             connections_active: Family::default(),
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
@@ -95,8 +104,33 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Client connections closed at once because --max-connections was reached",
-            m.connections_refused.clone(),
+            "Client connections refused: pending_per_ip (closed at accept), live_full or live_per_ip (503/429 to the request)",
+            m.refused.clone(),
+        );
+        r.register(
+            "pending_connections",
+            "Connections in TLS or reading their request head",
+            m.admission.pending.clone(),
+        );
+        r.register(
+            "pending_bytes",
+            "Bytes charged to pending connections (budget: --max-pending-bytes)",
+            m.admission.pending_bytes.clone(),
+        );
+        r.register(
+            "pending_evicted",
+            "Pending connections dropped, oldest first, to make room (pool or byte budget full)",
+            m.admission.evicted.clone(),
+        );
+        r.register(
+            "backend_handshake_failures",
+            "Backend 101s refused as a 502, by what was wrong (accept, upgrade, connection, protocol, extension)",
+            m.backend_handshake_failures.clone(),
+        );
+        r.register(
+            "admin_connections_evicted",
+            "Admin connections dropped, oldest first, because the admin listener's cap was reached",
+            m.admin_evicted.clone(),
         );
         r.register(
             "connections_active",
@@ -201,6 +235,9 @@ impl Metrics {
             .tls_handshake_failures
             .get_or_create(&ReasonLabel { reason: "timeout" })
             .clone();
+        for reason in ["pending_per_ip", "live_full", "live_per_ip"] {
+            let _ = m.refused.get_or_create(&ReasonLabel { reason });
+        }
         Self {
             registry: r,
             bytes_from_client,
@@ -209,6 +246,23 @@ impl Metrics {
             tls_handshake_timeouts,
             ..m
         }
+    }
+
+    /// Counts a refused connection.
+    pub fn refused(&self, why: crate::admission::Refusal) {
+        self.connections_refused.inc();
+        self.refused
+            .get_or_create(&ReasonLabel {
+                reason: why.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a backend 101 refused as a 502.
+    pub fn bad_backend_handshake(&self, reason: &'static str) {
+        self.backend_handshake_failures
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// The exposition, in OpenMetrics text format.

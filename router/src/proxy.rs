@@ -17,8 +17,9 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use wsrouter::{NamespaceError, PathError, RouteSource};
+use wsrouter::{AmbiguousPath, NamespaceError, PathError, RouteSource};
 
+use crate::admission::{LiveSlot, PendingSlot, Refusal};
 use crate::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::relay::{self, RelayConfig, Stop};
 use crate::server::Shared;
@@ -36,6 +37,24 @@ pub enum ProxyError {
     NotFound,
     #[error("{0}")]
     BadNamespace(#[source] NamespaceError),
+    #[error("{0}")]
+    AmbiguousPath(#[source] AmbiguousPath),
+    #[error("{0}")]
+    BadHost(#[source] HostError),
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.1)")]
+    BadKey,
+    #[error("only WebSocket version 13 is supported")]
+    UnsupportedVersion,
+    #[error("at capacity ({})", .0.as_str())]
+    AtCapacity(Refusal),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("backend {ordinal} ({addr}) answered 101 with a bad handshake: {why}")]
+    BackendBadHandshake {
+        ordinal: u32,
+        addr: Box<str>,
+        why: BadHandshake,
+    },
     #[error(
         "this path only serves WebSocket upgrades (GET with Upgrade: websocket over HTTP/1.1)"
     )]
@@ -68,20 +87,43 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::BadNamespace(_) => StatusCode::BAD_REQUEST,
-            Self::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Self::BadNamespace(_) | Self::AmbiguousPath(_) | Self::BadHost(_) | Self::BadKey => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::UpgradeRequired | Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::BackendUnreachable { .. }
             | Self::BackendProtocol { .. }
-            | Self::BackendBadUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            | Self::BackendBadUpgrade { .. }
+            | Self::BackendBadHandshake { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::NoTable | Self::BackendNotReady { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::AtCapacity(Refusal::LivePerIp) | Self::AtCapacity(Refusal::PendingPerIp) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::NoTable
+            | Self::BackendNotReady { .. }
+            | Self::AtCapacity(Refusal::LiveFull)
+            | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
+    }
+
+    /// Refused for what the client sent, not for the state of the router or a backend.
+    fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound
+                | Self::BadNamespace(_)
+                | Self::AmbiguousPath(_)
+                | Self::BadHost(_)
+                | Self::BadKey
+                | Self::UpgradeRequired
+                | Self::UnsupportedVersion
+        )
     }
 
     /// Seconds a client should wait before retrying, for answers that will change soon.
     fn retry_after(&self) -> Option<u32> {
         match self {
-            Self::NoTable => Some(1),
+            Self::NoTable | Self::AtCapacity(_) | Self::ShuttingDown => Some(1),
             // A pod restart takes seconds; sooner would only be refused again.
             Self::BackendNotReady { .. } => Some(5),
             _ => None,
@@ -91,12 +133,20 @@ impl ProxyError {
     /// The one-line body a client gets. Backend errors do not reveal backend addresses.
     fn client_reason(&self) -> String {
         match self {
-            Self::NotFound | Self::BadNamespace(_) | Self::UpgradeRequired => format!("{self}\n"),
+            Self::NotFound
+            | Self::BadNamespace(_)
+            | Self::AmbiguousPath(_)
+            | Self::BadHost(_)
+            | Self::BadKey
+            | Self::UpgradeRequired
+            | Self::UnsupportedVersion => format!("{self}\n"),
+            Self::AtCapacity(_) => "at capacity; retry shortly\n".to_owned(),
+            Self::ShuttingDown => "shutting down; retry\n".to_owned(),
             Self::BackendUnreachable { .. } => "backend unavailable\n".to_owned(),
             Self::BackendTimeout { .. } => "backend did not answer in time\n".to_owned(),
-            Self::BackendProtocol { .. } | Self::BackendBadUpgrade { .. } => {
-                "backend error\n".to_owned()
-            }
+            Self::BackendProtocol { .. }
+            | Self::BackendBadUpgrade { .. }
+            | Self::BackendBadHandshake { .. } => "backend error\n".to_owned(),
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
             Self::BackendNotReady { .. } => "backend not ready; retry shortly\n".to_owned(),
         }
@@ -113,7 +163,7 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        if matches!(self, Self::UpgradeRequired) {
+        if matches!(self, Self::UpgradeRequired | Self::UnsupportedVersion) {
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(
                 header::SEC_WEBSOCKET_VERSION,
@@ -127,13 +177,51 @@ impl ProxyError {
     }
 }
 
+/// Why a request's Host is refused (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HostError {
+    #[error("missing Host header (RFC 9112 §3.2)")]
+    Missing,
+    #[error("more than one Host header (RFC 9112 §3.2)")]
+    Repeated,
+    #[error("Host header is not a valid host[:port]")]
+    Invalid,
+}
+
+/// What was wrong with a backend's 101.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum BadHandshake {
+    #[error("no Upgrade: websocket")]
+    Upgrade,
+    #[error("no Connection: upgrade")]
+    Connection,
+    #[error("Sec-WebSocket-Accept missing or not the one for the key sent")]
+    Accept,
+    #[error("a subprotocol the client did not offer")]
+    Protocol,
+    #[error("an extension the client did not offer")]
+    Extension,
+}
+
+impl BadHandshake {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Upgrade => "upgrade",
+            Self::Connection => "connection",
+            Self::Accept => "accept",
+            Self::Protocol => "protocol",
+            Self::Extension => "extension",
+        }
+    }
+}
+
 /// Per client connection.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub accepted: Instant,
-    /// Holds a connection slot until both this connection and its relay are gone.
-    pub permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    /// The pending-pool place, given back once the request head is parsed.
+    pub pending: std::sync::Mutex<Option<PendingSlot>>,
 }
 
 /// Everything the relay needs to know about where it goes.
@@ -143,20 +231,33 @@ struct Routed {
     addr: Box<str>,
     source: RouteSource,
     table_version: u64,
+    /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
+    host: HeaderValue,
 }
 
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
 {
+    // The head is parsed: this connection leaves the pending pool.
+    if let Ok(mut pending) = ctx.pending.lock() {
+        pending.take();
+    }
     let resp = match forward::<I>(&mut req, &ctx).await {
         Ok(resp) => resp,
         Err(e) => {
+            if let ProxyError::AtCapacity(why) = &e {
+                ctx.shared.metrics.refused(*why);
+            }
+            if let ProxyError::BackendBadHandshake { why, .. } = &e {
+                ctx.shared.metrics.bad_backend_handshake(why.as_str());
+            }
             match &e {
-                ProxyError::NotFound
-                | ProxyError::BadNamespace(_)
-                | ProxyError::UpgradeRequired => {
+                e if e.is_client_error() => {
                     tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status = e.status().as_u16(), reason = %e, "request refused");
+                }
+                ProxyError::AtCapacity(_) | ProxyError::ShuttingDown => {
+                    tracing::debug!(client.addr = %ctx.peer, status = e.status().as_u16(), reason = %e, "request refused");
                 }
                 _ => {
                     tracing::warn!(client.addr = %ctx.peer, status = e.status().as_u16(), error = %crate::logging::DisplayChain(&e), "upgrade failed");
@@ -203,17 +304,20 @@ async fn forward<I>(
     ctx: &ConnCtx,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
 {
     let shared = &ctx.shared;
+    let host = request_host(req).map_err(ProxyError::BadHost)?;
     let tenant = match shared.prefix.namespace(req.uri().path()) {
         Ok(ns) => ns,
         Err(PathError::NotUnderPrefix) => return Err(ProxyError::NotFound),
         Err(PathError::Namespace(e)) => return Err(ProxyError::BadNamespace(e)),
+        Err(PathError::Ambiguous(e)) => return Err(ProxyError::AmbiguousPath(e)),
     };
     if !is_websocket_upgrade(req) {
         return Err(ProxyError::UpgradeRequired);
     }
+    let key = websocket_key(req.headers())?;
 
     // The one table load of this connection: the backend chosen here is kept for life.
     let routed = {
@@ -228,6 +332,7 @@ where
             addr: route.addr.into(),
             source: route.source,
             table_version: table.version(),
+            host,
         }
     };
 
@@ -239,16 +344,28 @@ where
         });
     }
 
-    let backend_req = backend_request(req, ctx.peer, shared.tls_config.is_some());
+    // From here the connection counts against the live pool, backend socket included.
+    let live = shared
+        .admission
+        .admit_live(ctx.peer.ip())
+        .map_err(ProxyError::AtCapacity)?;
+
+    let backend_req = backend_request(req, ctx.peer, shared.tls_config.is_some(), &routed.host);
+    let offered = Offered::from_request(req.headers());
     let timeout = shared.limits.backend_timeout;
-    let answer = match tokio::time::timeout(timeout, upgrade_backend(&routed, backend_req)).await {
-        Ok(answer) => answer?,
-        Err(_) => {
-            return Err(ProxyError::BackendTimeout {
-                ordinal: routed.ordinal,
-                addr: routed.addr,
-            })
-        }
+    let upgrade = tokio::time::timeout(timeout, upgrade_backend(&routed, backend_req));
+    let answer = tokio::select! {
+        r = upgrade => match r {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(ProxyError::BackendTimeout {
+                    ordinal: routed.ordinal,
+                    addr: routed.addr,
+                })
+            }
+        },
+        // The drain's grace period ended while the backend had not answered.
+        _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
     };
     let (head, backend, backend_pre) = match answer {
         BackendAnswer::Refused(resp) => {
@@ -263,6 +380,13 @@ where
         }
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
     };
+    if let Err(why) = check_backend_handshake(&head.headers, &key, &offered) {
+        return Err(ProxyError::BackendBadHandshake {
+            ordinal: routed.ordinal,
+            addr: routed.addr,
+            why,
+        });
+    }
 
     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -277,7 +401,7 @@ where
     *resp.headers_mut() = headers;
 
     let on_client_upgrade = hyper::upgrade::on(req);
-    let (peer, accepted, permit) = (ctx.peer, ctx.accepted, ctx.permit.clone());
+    let (peer, accepted) = (ctx.peer, ctx.accepted);
     let shared = shared.clone();
     // Two stages: this task waits for the client's upgrade; the relay then runs as its own
     // task holding only what a live socket needs, so the upgrade's state is freed.
@@ -355,7 +479,7 @@ where
             started,
             active,
             shared: shared.clone(),
-            _permit: permit,
+            _slot: live,
             _live,
         };
         shared.lifecycle.tasks.spawn(live.run(relay));
@@ -371,7 +495,7 @@ struct LiveRelay {
     started: Instant,
     active: prometheus_client::metrics::gauge::Gauge,
     shared: Arc<Shared>,
-    _permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    _slot: LiveSlot,
     _live: crate::live::LiveGuard,
 }
 
@@ -381,7 +505,7 @@ impl LiveRelay {
     /// (an async fn keeps its argument and the awaited future side by side).
     fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
     where
-        I: AsyncRead + AsyncWrite + Unpin,
+        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin,
     {
         let mut relay = relay;
         let mut live = Some(self);
@@ -413,6 +537,7 @@ impl LiveRelay {
             backend.addr = %routed.addr,
             route.source = routed.source.as_str(),
             table.version = routed.table_version,
+            http.host = routed.host.to_str().unwrap_or_default(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             setup_ms = (self.started - self.accepted).as_millis() as u64,
             bytes.from_client = report.bytes_from_client,
@@ -467,12 +592,6 @@ async fn upgrade_backend(
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(BackendAnswer::Refused(resp));
     }
-    if !header_has_token(resp.headers(), header::UPGRADE, "websocket") {
-        return Err(ProxyError::BackendBadUpgrade {
-            ordinal: routed.ordinal,
-            addr: routed.addr.clone(),
-        });
-    }
     let upgraded = hyper::upgrade::on(&mut resp).await.map_err(protocol_err)?;
     let parts =
         upgraded
@@ -487,6 +606,130 @@ async fn upgrade_backend(
         io: parts.io.into_inner(),
         pre: parts.read_buf,
     })
+}
+
+/// The host a request is for: its one `Host` header, or, for an absolute-form target,
+/// the target's authority, which replaces Host (RFC 9112 §3.2.2).
+fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, HostError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next().ok_or(HostError::Missing)?;
+    if hosts.next().is_some() {
+        return Err(HostError::Repeated);
+    }
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err(HostError::Invalid);
+        }
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Invalid);
+    }
+    let valid = host
+        .to_str()
+        .ok()
+        .filter(|h| !h.is_empty() && !h.contains('@'))
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .is_some();
+    if !valid {
+        return Err(HostError::Invalid);
+    }
+    Ok(host.clone())
+}
+
+/// The client's `Sec-WebSocket-Key` (one, 16 bytes in base64) after checking the version.
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, ProxyError> {
+    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    match (versions.next(), versions.next()) {
+        (Some(v), None) if v.as_bytes() == b"13" => {}
+        _ => return Err(ProxyError::UnsupportedVersion),
+    }
+    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    match (keys.next(), keys.next()) {
+        (Some(k), None) if is_base64_16(k.as_bytes()) => Ok(k.clone()),
+        _ => Err(ProxyError::BadKey),
+    }
+}
+
+/// 16 bytes in base64: 22 characters of the alphabet, then `==`.
+fn is_base64_16(k: &[u8]) -> bool {
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
+        // The last character's low four bits are padding and must be zero.
+        && b"AQgw".contains(&k[21])
+}
+
+/// What the client offered, which the backend may pick from and nothing else.
+#[derive(Debug, Default)]
+struct Offered {
+    protocols: Vec<String>,
+    extensions: Vec<String>,
+}
+
+impl Offered {
+    fn from_request(headers: &HeaderMap) -> Self {
+        Self {
+            protocols: list(headers, header::SEC_WEBSOCKET_PROTOCOL)
+                .map(str::to_owned)
+                .collect(),
+            extensions: list(headers, header::SEC_WEBSOCKET_EXTENSIONS)
+                .map(extension_name)
+                .collect(),
+        }
+    }
+}
+
+/// The items of a comma-separated header, over all its lines, trimmed, empty ones skipped.
+fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+fn extension_name(ext: &str) -> String {
+    ext.split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// A backend 101 is passed on only if it completes the handshake the client asked for
+/// (RFC 6455 §4.1, the client's checks): the upgrade tokens, the accept value for the
+/// key the router forwarded, and only a subprotocol and extensions the client offered.
+fn check_backend_handshake(
+    headers: &HeaderMap,
+    key: &HeaderValue,
+    offered: &Offered,
+) -> Result<(), BadHandshake> {
+    if !header_has_token(headers, header::UPGRADE, "websocket") {
+        return Err(BadHandshake::Upgrade);
+    }
+    if !header_has_token(headers, header::CONNECTION, "upgrade") {
+        return Err(BadHandshake::Connection);
+    }
+    let want = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let mut accepts = headers.get_all(header::SEC_WEBSOCKET_ACCEPT).iter();
+    match (accepts.next(), accepts.next()) {
+        (Some(a), None) if a.as_bytes() == want.as_bytes() => {}
+        _ => return Err(BadHandshake::Accept),
+    }
+    let protocols: Vec<&str> = list(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
+    match protocols[..] {
+        [] => {}
+        [p] if offered.protocols.iter().any(|o| o == p) => {}
+        _ => return Err(BadHandshake::Protocol),
+    }
+    for ext in list(headers, header::SEC_WEBSOCKET_EXTENSIONS) {
+        if !offered.extensions.contains(&extension_name(ext)) {
+            return Err(BadHandshake::Extension);
+        }
+    }
+    Ok(())
 }
 
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
@@ -535,9 +778,15 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The upgrade request as the backend gets it: the client's end-to-end headers (its
 /// WebSocket headers, Origin, cookies, auth) plus `X-Forwarded-*`.
-fn backend_request(req: &Request<Incoming>, peer: SocketAddr, tls: bool) -> Request<Empty<Bytes>> {
+fn backend_request(
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    host: &HeaderValue,
+) -> Request<Empty<Bytes>> {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
+    headers.insert(header::HOST, host.clone());
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let xff_name = HeaderName::from_static("x-forwarded-for");
@@ -553,9 +802,7 @@ fn backend_request(req: &Request<Incoming>, peer: SocketAddr, tls: bool) -> Requ
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static(if tls { "https" } else { "http" }),
     );
-    if let Some(host) = req.headers().get(header::HOST).cloned() {
-        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
-    }
+    headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
     let uri = req.uri().path_and_query().map_or_else(
         || http::Uri::from_static("/"),
         |pq| http::Uri::from(pq.clone()),

@@ -13,11 +13,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{PathPrefix, RoutingTable};
 
 use crate::admin;
+use crate::admission::{Admission, PendingSlot, REQUEST_HEAD_BYTES};
 use crate::config::{Limits, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats};
 use crate::lifecycle::Lifecycle;
@@ -60,7 +61,8 @@ pub(crate) struct Shared {
     pub tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     http: http1::Builder,
     pub lifecycle: Lifecycle,
-    slots: Arc<Semaphore>,
+    /// The pending and live pools.
+    pub admission: Arc<Admission>,
 }
 
 /// A running router.
@@ -124,9 +126,14 @@ impl RouterHandle {
         self.shared.lifecycle.tasks.len()
     }
 
-    /// Connections refused because the cap was reached.
+    /// Connections refused by a cap (per source, or the live pool full).
     pub fn refused_connections(&self) -> u64 {
         self.shared.metrics.connections_refused.get()
+    }
+
+    /// The pending and live pools, to see how full they are.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.shared.admission.clone()
     }
 
     /// Begins the drain (what SIGTERM does): stop accepting, fail readiness, give live
@@ -157,7 +164,10 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         addr: config.listen,
         source,
     };
-    let listeners = bind_listeners(config.listen, config.io_threads.max(1)).map_err(bind_err)?;
+    // A client that connects and sends nothing waits in the kernel, not in a slot.
+    let defer = config.limits.handshake_timeout.max(Duration::from_secs(1));
+    let listeners =
+        bind_listeners(config.listen, config.io_threads.max(1), defer).map_err(bind_err)?;
     let addr = listeners[0].local_addr().map_err(bind_err)?;
     // Each I/O thread's event loop is built here, so a failure is an error of start().
     let io_runtimes = (0..config.io_threads)
@@ -206,9 +216,9 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         live,
         not_ready: PodReadiness::default(),
         reroute,
-        metrics,
         prefix: config.path_prefix,
-        slots: Arc::new(Semaphore::new(config.limits.max_connections)),
+        admission: Admission::new(config.limits.admission(), metrics.admission.clone()),
+        metrics,
         limits: config.limits,
         tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
         http,
@@ -303,7 +313,13 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
 
 /// Binds `n` listeners on `addr` sharing one port with SO_REUSEPORT, so the kernel
 /// spreads new connections over the I/O threads (port 0: the rest take the first's).
-fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<TcpListener>> {
+/// Clients speak first (ClientHello, or the request in plaintext), so each listener
+/// defers accept until data arrives, for up to `defer`.
+fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+    defer: Duration,
+) -> std::io::Result<Vec<TcpListener>> {
     let mut addr = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -317,6 +333,7 @@ fn bind_listeners(addr: SocketAddr, n: usize) -> std::io::Result<Vec<TcpListener
             socket.set_reuseport(true)?;
         }
         socket.bind(addr)?;
+        crate::sys::set_defer_accept(&socket, defer)?;
         let listener = socket.listen(1024)?;
         addr = listener.local_addr()?;
         out.push(listener);
@@ -346,56 +363,95 @@ fn io_thread(
     });
 }
 
+/// Accept errors (out of descriptors, mostly) back off exponentially instead of
+/// spinning, and are logged at most once per interval with a count of the rest.
+pub(crate) struct AcceptErrors {
+    what: &'static str,
+    backoff: Duration,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptErrors {
+    const FIRST: Duration = Duration::from_millis(5);
+    const MAX: Duration = Duration::from_secs(1);
+    const LOG_EVERY: Duration = Duration::from_secs(5);
+
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            backoff: Self::FIRST,
+            last_log: None,
+            unlogged: 0,
+        }
+    }
+
+    pub(crate) fn accepted(&mut self) {
+        self.backoff = Self::FIRST;
+    }
+
+    pub(crate) async fn failed(&mut self, e: std::io::Error) {
+        self.unlogged += 1;
+        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+            tracing::warn!(listener = self.what, error = %e, errors = self.unlogged, backoff = ?self.backoff, "accept failed; backing off");
+            self.last_log = Some(Instant::now());
+            self.unlogged = 0;
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Self::MAX);
+    }
+}
+
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let mut backoff = Duration::from_millis(5);
+    let mut errors = AcceptErrors::new("wss");
     loop {
         let (tcp, peer) = tokio::select! {
             _ = shared.lifecycle.stop_accepting.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {
-                    // Usually out of file descriptors: wait for some to be freed instead
-                    // of spinning on the error.
-                    tracing::warn!(error = %e, "accept failed; backing off {backoff:?}");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    errors.failed(e).await;
                     continue;
                 }
             },
         };
-        backoff = Duration::from_millis(5);
+        errors.accepted();
         shared.metrics.connections_accepted.inc();
-        let Ok(permit) = shared.slots.clone().try_acquire_owned() else {
-            // At the cap: close at once so the client fails fast and live sockets are
-            // untouched.
-            let n = shared.metrics.connections_refused.inc() + 1;
-            if n.is_power_of_two() {
-                tracing::warn!(client.addr = %peer, refused = n, "connection limit reached; refusing new connections");
+        let slot = match shared.admission.admit_pending(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Over its source's share: close at once; nobody else is affected.
+                shared.metrics.refused(why);
+                tracing::debug!(client.addr = %peer, reason = why.as_str(), "connection refused");
+                drop(tcp);
+                continue;
             }
-            drop(tcp);
-            continue;
         };
         let conn_shared = shared.clone();
         shared
             .lifecycle
             .tasks
-            .spawn(serve_conn(conn_shared, tcp, peer, Arc::new(permit)));
+            .spawn(serve_conn(conn_shared, tcp, peer, slot));
     }
 }
 
-async fn serve_conn(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
-) {
+async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut slot: PendingSlot) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
+    let evicted = slot.evicted();
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
-        return serve_http(shared, tcp, peer, accepted, permit).await;
+        slot.hold(REQUEST_HEAD_BYTES);
+        return serve_http(shared, tcp, peer, accepted, slot).await;
+    };
+    let limits = tls_io::HandshakeLimits {
+        max_client_hello: shared.limits.max_client_hello,
     };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(shared.limits.handshake_timeout, tls_io::accept(config, tcp)) => r,
+        r = tokio::time::timeout(shared.limits.handshake_timeout, tls_io::accept(config, tcp, limits, &mut slot)) => r,
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (TLS)");
+            return;
+        }
         _ = shared.lifecycle.close_tunnels.cancelled() => return,
     };
     match handshake {
@@ -404,7 +460,8 @@ async fn serve_conn(
                 .metrics
                 .tls_handshake_seconds
                 .observe(accepted.elapsed().as_secs_f64());
-            serve_http(shared, tls, peer, accepted, permit).await
+            slot.hold(REQUEST_HEAD_BYTES);
+            serve_http(shared, tls, peer, accepted, slot).await
         }
         Ok(Err(e)) => {
             shared.metrics.tls_handshake_errors.inc();
@@ -422,15 +479,16 @@ async fn serve_http<I>(
     io: I,
     peer: SocketAddr,
     accepted: Instant,
-    permit: Arc<tokio::sync::OwnedSemaphorePermit>,
+    slot: PendingSlot,
 ) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
 {
+    let evicted = slot.evicted();
     let ctx = Arc::new(ConnCtx {
         shared: shared.clone(),
         peer,
         accepted,
-        permit,
+        pending: std::sync::Mutex::new(Some(slot)),
     });
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
@@ -440,15 +498,25 @@ async fn serve_http<I>(
         .http
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
     // Until the upgrade: the request's headers are bounded by header_read_timeout and the
     // backend by backend_timeout; this bounds the whole exchange, whatever stalls.
     let bound = shared.limits.request_timeout + shared.limits.backend_timeout;
     tokio::select! {
-        r = tokio::time::timeout(bound, conn) => match r {
+        r = tokio::time::timeout(bound, conn.as_mut()) => match r {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error"),
             Err(_) => tracing::debug!(client.addr = %peer, "upgrade request timed out"),
         },
-        _ = shared.lifecycle.close_tunnels.cancelled() => {}
+        // Only while the head is still being read: the handler gives the slot back.
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
+        }
+        _ = shared.lifecycle.close_tunnels.cancelled() => {
+            // The grace period is over. A request being handled gets its answer (a 503
+            // if it still waits on the backend); a connection with none just closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
     }
 }

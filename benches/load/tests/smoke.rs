@@ -44,8 +44,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
             backend_timeout: Duration::from_secs(5),
             close_timeout: Duration::from_secs(2),
             max_connections: 1000,
-            max_header_bytes: 16384,
-            max_headers: 64,
+            ..Limits::default()
         },
         routing: RoutingConfig::fixed(list, NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)),
     })

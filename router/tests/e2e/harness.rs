@@ -38,8 +38,7 @@ pub fn limits() -> Limits {
         backend_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(3),
         max_connections: 1000,
-        max_header_bytes: 16 * 1024,
-        max_headers: 64,
+        ..Limits::default()
     }
 }
 
@@ -198,6 +197,24 @@ impl Harness {
             Err(e) => return Err(e.into()),
         }
         RawResponse::parse(&out)
+    }
+
+    /// Sends raw bytes over TLS and reads the answer's head only (a 101 keeps the
+    /// connection open).
+    pub async fn raw_head(&self, request: &[u8]) -> Result<String> {
+        let mut tls = self.tls().await?;
+        tls.write_all(request).await?;
+        let mut out = Vec::new();
+        let mut b = [0u8; 1];
+        within(WAIT, "a response head", async {
+            while !out.ends_with(b"\r\n\r\n") {
+                anyhow::ensure!(tls.read(&mut b).await? == 1, "closed before a head");
+                out.push(b[0]);
+            }
+            Ok(())
+        })
+        .await??;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Waits (bounded) until the current table satisfies `pred`.
@@ -431,4 +448,151 @@ pub fn tenant_on(h: &Harness, ordinal: u32, skip: usize) -> String {
         .filter(|ns| h.ordinal(ns) == ordinal)
         .nth(skip)
         .unwrap_or_default()
+}
+
+/// A TCP connection to `addr` from the loopback address `src` (127.0.0.0/8 has many), as
+/// a client behind another address would make it.
+pub async fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(src, 0))?;
+    socket.connect(addr).await
+}
+
+/// Builds a backend's answer from the request's key and head.
+pub type Answer = fn(key: &str, head: &str) -> String;
+
+/// What a [`FakeBackend`] does with an upgrade request.
+#[derive(Clone, Copy)]
+pub enum FakeAnswer {
+    /// A 101 built by the function from the request's key (and the request head), then
+    /// the connection is held open, reading and discarding.
+    Upgrade(Answer),
+    /// A correct 101, then TCP FIN without a close frame.
+    UpgradeThenFin,
+    /// A correct 101, then a TCP reset.
+    UpgradeThenReset,
+}
+
+/// A backend that records the request heads it gets and answers as told: to see what
+/// the router forwards, and how it treats a backend that misbehaves.
+pub struct FakeBackend {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// The correct `Sec-WebSocket-Accept` for a key.
+pub fn accept_for(key: &str) -> String {
+    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
+}
+
+/// A correct 101 for `key`.
+pub fn good_101(key: &str, _head: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        accept_for(key)
+    )
+}
+
+impl FakeBackend {
+    pub async fn start(answer: FakeAnswer) -> Result<Self> {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = l.local_addr()?;
+        let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut b).await {
+                            Ok(1) => head.push(b[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let key = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .starts_with("sec-websocket-key:")
+                                .then(|| l[18..].trim().to_owned())
+                        })
+                        .unwrap_or_default();
+                    if let Ok(mut h) = seen.lock() {
+                        h.push(head.clone());
+                    }
+                    let reply = match answer {
+                        FakeAnswer::Upgrade(f) => f(&key, &head),
+                        _ => good_101(&key, &head),
+                    };
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    match answer {
+                        FakeAnswer::Upgrade(_) => {
+                            let mut sink = [0u8; 1024];
+                            while let Ok(n) = s.read(&mut sink).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        FakeAnswer::UpgradeThenFin => {
+                            let _ = s.shutdown().await;
+                            let mut sink = [0u8; 1024];
+                            while let Ok(n) = s.read(&mut sink).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        }
+                        FakeAnswer::UpgradeThenReset => {
+                            #[allow(deprecated)]
+                            let _ = s.set_linger(Some(Duration::ZERO));
+                            drop(s);
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Self { addr, heads, task })
+    }
+
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for FakeBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// `name{labels} value` lines of an exposition, keyed by `name{labels}`.
+pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
+        .collect()
+}
+
+/// The router's `/metrics`: the text, and its samples.
+pub async fn scrape_metrics(
+    h: &Harness,
+) -> Result<(String, std::collections::BTreeMap<String, f64>)> {
+    let r = h.admin_get("/metrics").await?;
+    anyhow::ensure!(r.status == 200, "{r:?}");
+    anyhow::ensure!(
+        r.head
+            .contains("content-type: application/openmetrics-text"),
+        "{}",
+        r.head
+    );
+    let s = samples(&r.body);
+    Ok((r.body, s))
 }

@@ -238,7 +238,7 @@ async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
     // Without a key the backend itself answers 426, so each probe ends at once until
     // the router knows better and answers 503 without asking the backend.
     let req = format!(
-        "GET /ws/{on2} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws/{on2} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     let resp = within(WAIT, "503 for a pod not ready", async {
         loop {

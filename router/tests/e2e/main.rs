@@ -5,6 +5,7 @@ mod dev;
 mod fake_api;
 mod files;
 mod harness;
+mod hostile;
 mod kube;
 mod limits;
 mod operate;

@@ -2,7 +2,6 @@
 //! the route explainer and table against the golden vectors and after a swap, and
 //! `wsrouter plan` / `wsrouter route`.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -14,28 +13,6 @@ use tokio_tungstenite::tungstenite::Message;
 use wsrouter::TableSource;
 
 use crate::harness::*;
-
-/// `name{labels} value` lines of an exposition, keyed by `name{labels}`.
-fn samples(text: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter_map(|(k, v)| v.parse().ok().map(|v| (k.to_owned(), v)))
-        .collect()
-}
-
-async fn scrape(h: &Harness) -> Result<(String, BTreeMap<String, f64>)> {
-    let r = h.admin_get("/metrics").await?;
-    anyhow::ensure!(r.status == 200, "{r:?}");
-    anyhow::ensure!(
-        r.head
-            .contains("content-type: application/openmetrics-text"),
-        "{}",
-        r.head
-    );
-    let s = samples(&r.body);
-    Ok((r.body, s))
-}
 
 fn swap(entries: &[(&str, &str)]) -> Input {
     Input::Overrides {
@@ -86,7 +63,7 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     let closed = "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\"}";
     let (text, m) = within(WAIT, "three closed relays", async {
         loop {
-            let (text, m) = scrape(&h).await?;
+            let (text, m) = scrape_metrics(&h).await?;
             if m.get(closed) == Some(&3.0) {
                 return Ok::<_, anyhow::Error>((text, m));
             }
@@ -102,7 +79,12 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     let from_backend = 3.0 * ((2 + counter_json.len()) + (2 + 5) + 2) as f64;
     let want: &[(&str, f64)] = &[
         ("wsrouter_connections_accepted_total", 6.0),
-        ("wsrouter_connections_refused_total", 0.0),
+        (
+            "wsrouter_connections_refused_total{reason=\"live_full\"}",
+            0.0,
+        ),
+        ("wsrouter_pending_connections", 0.0),
+        ("wsrouter_pending_evicted_total", 0.0),
         ("wsrouter_upgrade_responses_total{status=\"101\"}", 3.0),
         ("wsrouter_upgrade_responses_total{status=\"400\"}", 1.0),
         ("wsrouter_upgrade_responses_total{status=\"404\"}", 1.0),
@@ -151,7 +133,7 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     h.router.control().send(swap(&[("Bad Key", "3")]));
     h.wait_rejected(router::control::RejectReason::InvalidOverrides, 1)
         .await?;
-    let (text, m) = scrape(&h).await?;
+    let (text, m) = scrape_metrics(&h).await?;
     assert_eq!(m.get("wsrouter_table_version"), Some(&2.0));
     assert_eq!(m.get("wsrouter_table_swaps_total"), Some(&2.0));
     assert_eq!(

@@ -1,0 +1,401 @@
+//! Who may hold a connection. Two pools, each bounded on its own, so nothing that has
+//! not yet sent a valid upgrade request can take a live socket's place:
+//!
+//! - **pending**: from accept until the request head is parsed (TLS handshake, then the
+//!   HTTP head). A count cap, a byte budget for what those connections hold, and a cap
+//!   per source address. When the pool is full, the *oldest* pending connection is
+//!   dropped to make room: an attacker holding slots open (silent or stalled) keeps
+//!   losing them to newcomers, and a real client, which finishes in milliseconds, gets
+//!   through. A source over its own cap is refused at once instead.
+//! - **live**: from the parsed request to the end of the relay (`--max-connections`),
+//!   optionally per source address. Full: the client gets a 503.
+//!
+//! Per-source counts key IPv4 addresses whole and IPv6 addresses by their /64, the
+//! block one host usually has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+/// What a pending connection is charged on admission: its task, its socket's
+/// registration and rustls' handshake state (about 9 KB measured for a stalled
+/// complete ClientHello, benches/RESULTS.md).
+pub const PENDING_BASE_BYTES: usize = 8 << 10;
+/// What reading the request head is charged: hyper's first read buffer.
+pub const REQUEST_HEAD_BYTES: usize = 8 << 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    pub max_pending: usize,
+    pub max_pending_bytes: usize,
+    pub max_pending_per_ip: usize,
+    pub max_live: usize,
+    /// 0: no per-source cap on live connections.
+    pub max_live_per_ip: usize,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its source already has `--max-pending-per-ip` connections pending.
+    PendingPerIp,
+    /// `--max-connections` live connections.
+    LiveFull,
+    /// Its source already has `--max-connections-per-ip` live connections.
+    LivePerIp,
+}
+
+impl Refusal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PendingPerIp => "pending_per_ip",
+            Self::LiveFull => "live_full",
+            Self::LivePerIp => "live_per_ip",
+        }
+    }
+}
+
+/// A source address as the per-source caps count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Source(u128);
+
+impl From<IpAddr> for Source {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Source(u128::from(u32::from(v4))),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source(u128::from(u32::from(v4))),
+                // The /64, with a marker bit so it cannot equal an IPv4 key.
+                None => Source((u128::from(v6) >> 64) | (1 << 127)),
+            },
+        }
+    }
+}
+
+/// Counters the pools keep for `/metrics`.
+#[derive(Clone, Default)]
+pub struct AdmissionStats {
+    pub pending: Gauge,
+    pub pending_bytes: Gauge,
+    pub evicted: Counter,
+}
+
+/// The two pools. One per router; shared by every I/O thread.
+pub struct Admission {
+    config: AdmissionConfig,
+    pending: Mutex<Pending>,
+    pending_bytes: AtomicUsize,
+    live: Arc<Semaphore>,
+    live_per_ip: Mutex<HashMap<Source, usize>>,
+    stats: AdmissionStats,
+}
+
+#[derive(Default)]
+struct Pending {
+    next_id: u64,
+    /// By admission order: the first entry is the oldest.
+    queue: BTreeMap<u64, (Source, CancellationToken)>,
+    per_ip: HashMap<Source, usize>,
+}
+
+impl Pending {
+    fn forget(&mut self, source: Source) {
+        if let Some(n) = self.per_ip.get_mut(&source) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&source);
+            }
+        }
+    }
+}
+
+impl Admission {
+    pub fn new(config: AdmissionConfig, stats: AdmissionStats) -> Arc<Self> {
+        Arc::new(Self {
+            live: Arc::new(Semaphore::new(config.max_live)),
+            config,
+            pending: Mutex::default(),
+            pending_bytes: AtomicUsize::new(0),
+            live_per_ip: Mutex::default(),
+            stats,
+        })
+    }
+
+    pub fn config(&self) -> &AdmissionConfig {
+        &self.config
+    }
+
+    /// Connections pending now.
+    pub fn pending_count(&self) -> usize {
+        lock(&self.pending).queue.len()
+    }
+
+    /// Bytes charged to pending connections now.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Live connections now.
+    pub fn live_count(&self) -> usize {
+        self.config.max_live - self.live.available_permits()
+    }
+
+    /// Admits a newly accepted connection to the pending pool, dropping the oldest
+    /// pending ones if the pool is full.
+    pub fn admit_pending(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, Refusal> {
+        let source = Source::from(ip);
+        let evicted = CancellationToken::new();
+        let id = {
+            let mut p = lock(&self.pending);
+            if p.per_ip.get(&source).copied().unwrap_or(0) >= self.config.max_pending_per_ip {
+                return Err(Refusal::PendingPerIp);
+            }
+            while p.queue.len() >= self.config.max_pending {
+                if !self.evict_oldest(&mut p) {
+                    break;
+                }
+            }
+            let id = p.next_id;
+            p.next_id += 1;
+            p.queue.insert(id, (source, evicted.clone()));
+            *p.per_ip.entry(source).or_default() += 1;
+            self.stats.pending.set(p.queue.len() as i64);
+            id
+        };
+        let mut slot = PendingSlot {
+            admission: self.clone(),
+            id,
+            source,
+            held: 0,
+            evicted,
+        };
+        slot.hold(0);
+        Ok(slot)
+    }
+
+    /// Drops the oldest pending connection; false if there is none.
+    fn evict_oldest(&self, p: &mut Pending) -> bool {
+        let Some((_, (source, token))) = p.queue.pop_first() else {
+            return false;
+        };
+        p.forget(source);
+        token.cancel();
+        self.stats.evicted.inc();
+        true
+    }
+
+    /// While pending connections hold more than the budget, drops the oldest.
+    fn enforce_bytes(&self) {
+        if self.pending_bytes.load(Ordering::Relaxed) <= self.config.max_pending_bytes {
+            return;
+        }
+        let mut p = lock(&self.pending);
+        // Evicted connections give their bytes back when their task next runs, so
+        // count what each eviction will free rather than waiting for it.
+        let mut over = self
+            .pending_bytes
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.config.max_pending_bytes);
+        while over > 0 && self.evict_oldest(&mut p) {
+            over = over.saturating_sub(PENDING_BASE_BYTES);
+        }
+        self.stats.pending.set(p.queue.len() as i64);
+    }
+
+    /// A place in the live pool, for a connection whose request is parsed.
+    pub fn admit_live(self: &Arc<Self>, ip: IpAddr) -> Result<LiveSlot, Refusal> {
+        let source = Source::from(ip);
+        let permit = self
+            .live
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refusal::LiveFull)?;
+        if self.config.max_live_per_ip > 0 {
+            let mut per_ip = lock(&self.live_per_ip);
+            let n = per_ip.entry(source).or_default();
+            if *n >= self.config.max_live_per_ip {
+                return Err(Refusal::LivePerIp);
+            }
+            *n += 1;
+        }
+        Ok(LiveSlot {
+            admission: self.clone(),
+            source,
+            _permit: permit,
+        })
+    }
+}
+
+/// A place in the pending pool; given back when dropped.
+pub struct PendingSlot {
+    admission: Arc<Admission>,
+    id: u64,
+    source: Source,
+    held: usize,
+    evicted: CancellationToken,
+}
+
+impl PendingSlot {
+    /// Cancelled when the pool dropped this connection to make room.
+    pub fn evicted(&self) -> CancellationToken {
+        self.evicted.clone()
+    }
+
+    /// This connection now holds `bytes` (besides its base charge).
+    pub fn hold(&mut self, bytes: usize) {
+        let total = PENDING_BASE_BYTES + bytes;
+        let a = &self.admission;
+        if total >= self.held {
+            a.pending_bytes
+                .fetch_add(total - self.held, Ordering::Relaxed);
+        } else {
+            a.pending_bytes
+                .fetch_sub(self.held - total, Ordering::Relaxed);
+        }
+        self.held = total;
+        a.stats
+            .pending_bytes
+            .set(a.pending_bytes.load(Ordering::Relaxed) as i64);
+        if total > PENDING_BASE_BYTES {
+            a.enforce_bytes();
+        }
+    }
+}
+
+impl crate::tls_io::Meter for PendingSlot {
+    fn held(&mut self, bytes: usize) {
+        self.hold(bytes);
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let a = &self.admission;
+        a.pending_bytes.fetch_sub(self.held, Ordering::Relaxed);
+        a.stats
+            .pending_bytes
+            .set(a.pending_bytes.load(Ordering::Relaxed) as i64);
+        let mut p = lock(&a.pending);
+        if p.queue.remove(&self.id).is_some() {
+            p.forget(self.source);
+        }
+        a.stats.pending.set(p.queue.len() as i64);
+    }
+}
+
+/// A place in the live pool; given back when dropped.
+pub struct LiveSlot {
+    admission: Arc<Admission>,
+    source: Source,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for LiveSlot {
+    fn drop(&mut self) {
+        if self.admission.config.max_live_per_ip == 0 {
+            return;
+        }
+        let mut per_ip = lock(&self.admission.live_per_ip);
+        if let Some(n) = per_ip.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The pools' maps stay consistent even if a holder panicked: every update is one step.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pools(max_pending: usize, per_ip: usize, bytes: usize) -> Arc<Admission> {
+        Admission::new(
+            AdmissionConfig {
+                max_pending,
+                max_pending_bytes: bytes,
+                max_pending_per_ip: per_ip,
+                max_live: 2,
+                max_live_per_ip: 1,
+            },
+            AdmissionStats::default(),
+        )
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pending_pool_drops_its_oldest() {
+        let a = pools(3, 10, usize::MAX);
+        let s: Vec<_> = (0..3)
+            .map(|i| a.admit_pending(ip(&format!("10.0.0.{i}"))).unwrap())
+            .collect();
+        let newest = a.admit_pending(ip("10.0.0.9")).unwrap();
+        assert!(s[0].evicted().is_cancelled());
+        assert!(!s[1].evicted().is_cancelled() && !newest.evicted().is_cancelled());
+        assert_eq!(a.pending_count(), 3);
+        assert_eq!(a.stats.evicted.get(), 1);
+        drop(s);
+        assert_eq!(a.pending_count(), 1);
+        drop(newest);
+        assert_eq!((a.pending_count(), a.pending_bytes()), (0, 0));
+    }
+
+    #[test]
+    fn one_source_cannot_take_more_than_its_share() {
+        let a = pools(100, 2, usize::MAX);
+        let _x = a.admit_pending(ip("10.0.0.1")).unwrap();
+        let y = a.admit_pending(ip("10.0.0.1")).unwrap();
+        assert_eq!(
+            a.admit_pending(ip("10.0.0.1")).err(),
+            Some(Refusal::PendingPerIp)
+        );
+        // IPv6 counts by /64; mapped IPv4 is IPv4.
+        let _v6 = a.admit_pending(ip("2001:db8::1")).unwrap();
+        let _v6b = a.admit_pending(ip("2001:db8::2")).unwrap();
+        assert!(a.admit_pending(ip("2001:db8::3")).is_err());
+        assert!(a.admit_pending(ip("2001:db8:0:1::3")).is_ok());
+        assert!(a.admit_pending(ip("::ffff:10.0.0.1")).is_err());
+        drop(y);
+        assert!(a.admit_pending(ip("10.0.0.1")).is_ok());
+    }
+
+    #[test]
+    fn bytes_over_budget_drop_the_oldest() {
+        let a = pools(100, 100, 4 * PENDING_BASE_BYTES);
+        let old = a.admit_pending(ip("10.0.0.1")).unwrap();
+        let mut big = a.admit_pending(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.pending_bytes(), 2 * PENDING_BASE_BYTES);
+        big.hold(3 * PENDING_BASE_BYTES);
+        assert!(old.evicted().is_cancelled(), "over budget: the oldest goes");
+        assert!(!big.evicted().is_cancelled());
+        big.hold(0);
+        drop(old);
+        assert_eq!(a.pending_bytes(), PENDING_BASE_BYTES);
+    }
+
+    #[test]
+    fn live_pool_and_its_per_source_cap() {
+        let a = pools(10, 10, usize::MAX);
+        let one = a.admit_live(ip("10.0.0.1")).unwrap();
+        assert_eq!(a.admit_live(ip("10.0.0.1")).err(), Some(Refusal::LivePerIp));
+        let two = a.admit_live(ip("10.0.0.2")).unwrap();
+        assert_eq!(a.admit_live(ip("10.0.0.3")).err(), Some(Refusal::LiveFull));
+        assert_eq!(a.live_count(), 2);
+        drop((one, two));
+        assert!(a.admit_live(ip("10.0.0.1")).is_ok());
+    }
+}

@@ -1,0 +1,33 @@
+//! The one socket option the standard crates do not expose.
+
+use std::time::Duration;
+
+/// `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept()` only once data has
+/// arrived (or after about `wait`), so a client that connects and says nothing costs no
+/// descriptor, no task and no pending slot meanwhile. Linux only; a no-op elsewhere.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub fn set_defer_accept(socket: &impl std::os::fd::AsRawFd, wait: Duration) -> std::io::Result<()> {
+    let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the descriptor is a live socket owned by the caller for the whole call, and
+    // the option value is a c_int on the stack whose size is passed with it.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_defer_accept(_: &impl std::os::fd::AsRawFd, _: Duration) -> std::io::Result<()> {
+    Ok(())
+}
