@@ -8,11 +8,23 @@ use router::config::{Cli, Command};
 use router::RouterHandle;
 use tokio::signal::unix::{signal, SignalKind};
 
-// mimalloc rather than glibc's malloc: its size classes keep the many small, same-sized
-// per-connection allocations tight, and it returns freed pages to the OS, so a burst's
-// buffers do not stay in RSS while 9,000 sockets sit idle (benches/RESULTS.md).
+// jemalloc rather than glibc's malloc: glibc kept what a burst of 16 KiB messages freed,
+// so 9,000 idle sockets cost more after traffic than before; jemalloc's size classes stay
+// flat (benches/RESULTS.md).
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start. By default it keeps freed pages for 10 s and
+/// gives them back only when the process allocates again, so after a flood of hostile
+/// handshakes an idle router would sit on the flood's memory. A background thread returns
+/// dirty pages after 1 s, whether or not anything else happens, and nothing lingers as
+/// "muzzy" (benches/RESULTS.md, the hostile-load run). `_RJEM_MALLOC_CONF` in the
+/// environment still overrides these.
+#[allow(unsafe_code)]
+// SAFETY: jemalloc reads this NUL-terminated string once at initialisation; it is a
+// plain immutable static with the symbol name tikv-jemalloc-sys' prefixed build looks up.
+#[export_name = "_rjem_malloc_conf"]
+pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 /// EX_USAGE from sysexits.h: the configuration is wrong, restarting will not help.
 const EXIT_CONFIG: u8 = 64;
