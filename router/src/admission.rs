@@ -3,17 +3,19 @@
 //!
 //! - **pending**: from accept until the request head is parsed (TLS handshake, then the
 //!   HTTP head). A count cap, a byte budget for what those connections hold, and a cap
-//!   per source address. When the pool is full, the *oldest* pending connection is
-//!   dropped to make room: an attacker holding slots open (silent or stalled) keeps
-//!   losing them to newcomers, and a real client, which finishes in milliseconds, gets
-//!   through. A source over its own cap is refused at once instead.
+//!   per source address. When the pool is full, a pending connection is dropped to make
+//!   room: the oldest of the source address that holds the most. An attacker holding
+//!   slots open (silent or stalled, and reopening them as fast as the machine allows)
+//!   keeps losing them, and a real client, one connection from its own address, is the
+//!   last to go. A source over its own cap is refused at once instead.
 //! - **live**: from the parsed request to the end of the relay (`--max-connections`),
 //!   optionally per source address. Full: the client gets a 503.
 //!
 //! Per-source counts key IPv4 addresses whole and IPv6 addresses by their /64, the
 //! block one host usually has.
 
-use std::collections::{BTreeMap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -62,7 +64,7 @@ impl Refusal {
 }
 
 /// A source address as the per-source caps count it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Source(u128);
 
 impl From<IpAddr> for Source {
@@ -99,19 +101,58 @@ pub struct Admission {
 #[derive(Default)]
 struct Pending {
     next_id: u64,
-    /// By admission order: the first entry is the oldest.
-    queue: BTreeMap<u64, (Source, CancellationToken)>,
-    per_ip: HashMap<Source, usize>,
+    /// Every pending connection, by admission number.
+    entries: HashMap<u64, (Source, CancellationToken)>,
+    /// Each source's pending connections, oldest first.
+    by_source: HashMap<Source, VecDeque<u64>>,
+    /// Sources by how many pending connections they hold, then by how old their
+    /// oldest is: the last is the one to drop from.
+    heaviest: BTreeSet<(usize, Reverse<u64>, Source)>,
 }
 
 impl Pending {
-    fn forget(&mut self, source: Source) {
-        if let Some(n) = self.per_ip.get_mut(&source) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_ip.remove(&source);
-            }
+    fn held_by(&self, source: Source) -> usize {
+        self.by_source.get(&source).map_or(0, VecDeque::len)
+    }
+
+    /// `source`'s place in `heaviest`.
+    fn rank(&self, source: Source) -> Option<(usize, Reverse<u64>, Source)> {
+        let q = self.by_source.get(&source)?;
+        Some((q.len(), Reverse(*q.front()?), source))
+    }
+
+    /// Changes `source`'s connections, keeping its place in `heaviest` right.
+    fn update(&mut self, source: Source, change: impl FnOnce(&mut VecDeque<u64>)) {
+        if let Some(r) = self.rank(source) {
+            self.heaviest.remove(&r);
         }
+        let q = self.by_source.entry(source).or_default();
+        change(q);
+        if q.is_empty() {
+            self.by_source.remove(&source);
+        }
+        if let Some(r) = self.rank(source) {
+            self.heaviest.insert(r);
+        }
+    }
+
+    fn insert(&mut self, id: u64, source: Source, token: CancellationToken) {
+        self.update(source, |q| q.push_back(id));
+        self.entries.insert(id, (source, token));
+    }
+
+    /// Removes `id`; its token, if it was there.
+    fn remove(&mut self, id: u64) -> Option<CancellationToken> {
+        let (source, token) = self.entries.remove(&id)?;
+        self.update(source, |q| q.retain(|&x| x != id));
+        Some(token)
+    }
+
+    /// The connection to drop for room: the oldest of the source holding the most
+    /// (of equals, the one whose oldest is oldest).
+    fn victim(&self) -> Option<u64> {
+        let &(_, Reverse(oldest), _) = self.heaviest.last()?;
+        Some(oldest)
     }
 }
 
@@ -133,7 +174,7 @@ impl Admission {
 
     /// Connections pending now.
     pub fn pending_count(&self) -> usize {
-        lock(&self.pending).queue.len()
+        lock(&self.pending).entries.len()
     }
 
     /// Bytes charged to pending connections now.
@@ -146,32 +187,30 @@ impl Admission {
         self.config.max_live - self.live.available_permits()
     }
 
-    /// Admits a newly accepted connection to the pending pool, dropping the oldest
-    /// pending ones if the pool is full.
+    /// Admits a newly accepted connection to the pending pool, dropping another pending
+    /// one if the pool is full (see the module docs for which).
     pub fn admit_pending(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, Refusal> {
         let source = Source::from(ip);
         let evicted = CancellationToken::new();
         let id = {
             let mut p = lock(&self.pending);
-            if p.per_ip.get(&source).copied().unwrap_or(0) >= self.config.max_pending_per_ip {
+            if p.held_by(source) >= self.config.max_pending_per_ip {
                 return Err(Refusal::PendingPerIp);
             }
-            while p.queue.len() >= self.config.max_pending {
-                if !self.evict_oldest(&mut p) {
+            while p.entries.len() >= self.config.max_pending {
+                if !self.evict(&mut p) {
                     break;
                 }
             }
             let id = p.next_id;
             p.next_id += 1;
-            p.queue.insert(id, (source, evicted.clone()));
-            *p.per_ip.entry(source).or_default() += 1;
-            self.stats.pending.set(p.queue.len() as i64);
+            p.insert(id, source, evicted.clone());
+            self.stats.pending.set(p.entries.len() as i64);
             id
         };
         let mut slot = PendingSlot {
             admission: self.clone(),
             id,
-            source,
             held: 0,
             evicted,
         };
@@ -179,18 +218,18 @@ impl Admission {
         Ok(slot)
     }
 
-    /// Drops the oldest pending connection; false if there is none.
-    fn evict_oldest(&self, p: &mut Pending) -> bool {
-        let Some((_, (source, token))) = p.queue.pop_first() else {
+    /// Drops one pending connection to make room; false if there is none.
+    fn evict(&self, p: &mut Pending) -> bool {
+        let Some(token) = p.victim().and_then(|id| p.remove(id)) else {
             return false;
         };
-        p.forget(source);
         token.cancel();
         self.stats.evicted.inc();
         true
     }
 
-    /// While pending connections hold more than the budget, drops the oldest.
+    /// While pending connections hold more than the budget, drops some (as for a full
+    /// pool).
     fn enforce_bytes(&self) {
         if self.pending_bytes.load(Ordering::Relaxed) <= self.config.max_pending_bytes {
             return;
@@ -202,10 +241,10 @@ impl Admission {
             .pending_bytes
             .load(Ordering::Relaxed)
             .saturating_sub(self.config.max_pending_bytes);
-        while over > 0 && self.evict_oldest(&mut p) {
+        while over > 0 && self.evict(&mut p) {
             over = over.saturating_sub(PENDING_BASE_BYTES);
         }
-        self.stats.pending.set(p.queue.len() as i64);
+        self.stats.pending.set(p.entries.len() as i64);
     }
 
     /// A place in the live pool, for a connection whose request is parsed.
@@ -236,7 +275,6 @@ impl Admission {
 pub struct PendingSlot {
     admission: Arc<Admission>,
     id: u64,
-    source: Source,
     held: usize,
     evicted: CancellationToken,
 }
@@ -282,10 +320,8 @@ impl Drop for PendingSlot {
             .pending_bytes
             .set(a.pending_bytes.load(Ordering::Relaxed) as i64);
         let mut p = lock(&a.pending);
-        if p.queue.remove(&self.id).is_some() {
-            p.forget(self.source);
-        }
-        a.stats.pending.set(p.queue.len() as i64);
+        p.remove(self.id);
+        a.stats.pending.set(p.entries.len() as i64);
     }
 }
 
@@ -335,6 +371,25 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_full_pool_drops_the_oldest_of_the_heaviest_source() {
+        let a = pools(5, 10, usize::MAX);
+        let lone = a.admit_pending(ip("10.0.0.1")).unwrap();
+        let crowd: Vec<_> = (0..4)
+            .map(|_| a.admit_pending(ip("10.0.0.2")).unwrap())
+            .collect();
+        let newcomer = a.admit_pending(ip("10.0.0.3")).unwrap();
+        assert!(crowd[0].evicted().is_cancelled(), "the crowd's oldest goes");
+        assert!(
+            !lone.evicted().is_cancelled(),
+            "older, but alone at its address"
+        );
+        assert!(!newcomer.evicted().is_cancelled());
+        let _more = a.admit_pending(ip("10.0.0.4")).unwrap();
+        assert!(crowd[1].evicted().is_cancelled());
+        assert!(!lone.evicted().is_cancelled());
     }
 
     #[test]

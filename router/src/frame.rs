@@ -380,4 +380,171 @@ mod tests {
         c.advance(&f);
         assert!(c.at_boundary());
     }
+
+    /// What a reference decoder, reading the whole stream at once, finds in it.
+    #[derive(Debug, Default)]
+    struct Reference {
+        /// Where each whole frame ends, with its close code if it is a close frame
+        /// (`Some(None)`: a close frame without a code).
+        ends: Vec<(usize, Option<Option<u16>>)>,
+        /// Where the first invalid header ends: from there boundaries are unknown.
+        desync_at: Option<usize>,
+    }
+
+    fn reference(b: &[u8]) -> Reference {
+        let mut r = Reference::default();
+        let mut p = 0;
+        while p + 2 <= b.len() {
+            let (b0, b1) = (b[p], b[p + 1]);
+            let hl = header_len(b1) as usize;
+            if p + hl > b.len() {
+                break;
+            }
+            let (len, at) = match b1 & 0x7f {
+                126 => (u64::from(u16::from_be_bytes([b[p + 2], b[p + 3]])), 4),
+                127 => {
+                    let mut x = [0u8; 8];
+                    x.copy_from_slice(&b[p + 2..p + 10]);
+                    (u64::from_be_bytes(x), 10)
+                }
+                n => (u64::from(n), 2),
+            };
+            let opcode = b0 & 0x0f;
+            let control = opcode & 0x8 != 0;
+            if !matches!(opcode, 0 | 1 | 2 | 8 | 9 | 10)
+                || len >> 63 != 0
+                || (control && (b0 & 0x80 == 0 || len > 125))
+            {
+                r.desync_at = Some(p + hl);
+                return r;
+            }
+            let start = p + hl;
+            let end = start as u64 + len;
+            if end > b.len() as u64 {
+                break;
+            }
+            let end = end as usize;
+            let close = (opcode == 8).then(|| {
+                (len >= 2).then(|| {
+                    let key = (b1 & 0x80 != 0).then(|| [b[p + at], b[p + at + 1]]);
+                    let k = key.unwrap_or([0, 0]);
+                    u16::from_be_bytes([b[start] ^ k[0], b[start + 1] ^ k[1]])
+                })
+            });
+            r.ends.push((end, close));
+            p = end;
+        }
+        r
+    }
+
+    fn cases() -> u32 {
+        std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000)
+    }
+
+    fn arb_frame() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let opcode = prop_oneof![
+            8 => prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]),
+            1 => 0u8..16,
+        ];
+        let len = prop_oneof![
+            8 => 0usize..130,
+            1 => 126usize..300,
+            1 => 65_530usize..65_600,
+        ];
+        (
+            any::<bool>(),
+            opcode,
+            len,
+            any::<Option<[u8; 4]>>(),
+            any::<u8>(),
+            any::<u16>(),
+        )
+            .prop_map(|(fin, op, len, mask, rsv, code)| {
+                let control = op & 0x8 != 0;
+                // Mostly valid control frames, so streams go on past them.
+                let (fin, len) = if control && rsv % 8 != 0 {
+                    (true, len.min(125))
+                } else {
+                    (fin, len)
+                };
+                let mut payload = vec![0x5a; len];
+                if op == 8 && len >= 2 {
+                    payload[..2].copy_from_slice(&code.to_be_bytes());
+                }
+                let mut f = frame(fin, op, &payload, mask);
+                f[0] |= rsv & 0x70;
+                f
+            })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(cases()))]
+
+        /// Any stream of frames (valid or not, garbage after), split anywhere: after
+        /// every chunk the cursor agrees with a reference decoder that saw the whole
+        /// stream, on boundaries, desync, close frames and their codes, and the bytes
+        /// to the next boundary.
+        #[test]
+        fn the_cursor_agrees_with_a_reference_decoder(
+            frames in proptest::collection::vec(arb_frame(), 0..12),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            cuts in proptest::collection::vec(0usize..70_000, 0..16),
+        ) {
+            let mut bytes: Vec<u8> = frames.concat();
+            bytes.extend_from_slice(&garbage);
+            let whole = reference(&bytes);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
+            let mut c = FrameCursor::default();
+            let mut at = 0;
+            for cut in cuts {
+                let rest = &bytes[at..];
+                let to_boundary = c.bytes_to_boundary(rest);
+                c.advance(&bytes[at..cut]);
+                at = cut;
+                let desynced = whole.desync_at.is_some_and(|d| at >= d);
+                proptest::prop_assert_eq!(c.desynced(), desynced, "at {}", at);
+                if desynced {
+                    proptest::prop_assert!(!c.at_boundary());
+                    continue;
+                }
+                let ended: Vec<_> = whole.ends.iter().filter(|(e, _)| *e <= at).collect();
+                let boundary = at == 0 || ended.last().is_some_and(|(e, _)| *e == at);
+                proptest::prop_assert_eq!(c.at_boundary(), boundary, "at {}", at);
+                let closes: Vec<_> = ended.iter().filter_map(|(_, close)| *close).collect();
+                proptest::prop_assert_eq!(c.passed_close(), !closes.is_empty());
+                proptest::prop_assert_eq!(c.close_code(), closes.last().copied().flatten());
+                // Before this chunk, the distance to the next boundary within what was
+                // left was the reference's (none once the stream has desynced).
+                let start = bytes.len() - rest.len();
+                let next = if start == 0 || whole.ends.iter().any(|(e, _)| *e == start) {
+                    Some(0)
+                } else {
+                    whole.ends.iter().find(|(e, _)| *e > start).map(|(e, _)| e - start)
+                };
+                let next = next.filter(|_| whole.desync_at.is_none_or(|d| start < d));
+                proptest::prop_assert_eq!(to_boundary, next, "from {}", start);
+            }
+        }
+
+        /// Arbitrary bytes, huge claimed lengths included: no panic, and the cursor's
+        /// state stays its fixed size (it never buffers).
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            step in 1usize..64,
+        ) {
+            let mut c = FrameCursor::default();
+            for chunk in bytes.chunks(step) {
+                let _ = c.bytes_to_boundary(chunk);
+                c.advance(chunk);
+            }
+            proptest::prop_assert_eq!(std::mem::size_of_val(&c), std::mem::size_of::<FrameCursor>());
+        }
+    }
 }

@@ -214,7 +214,9 @@ fn router_defaults_match_the_manifests() -> Result<()> {
 
     // The router's own policy: the WebSocket port from anywhere, the admin port only
     // from namespaces labelled for it.
-    let rnp = m.get("NetworkPolicy/wsrouter").context("router NetworkPolicy")?;
+    let rnp = m
+        .get("NetworkPolicy/wsrouter")
+        .context("router NetworkPolicy")?;
     assert_eq!(rnp["spec"]["podSelector"]["matchLabels"], *router_labels);
     let rules = rnp["spec"]["ingress"].as_array().context("ingress")?;
     let port_rule = |port: u64| {
@@ -228,8 +230,7 @@ fn router_defaults_match_the_manifests() -> Result<()> {
     assert!(wss.is_object() && wss.get("from").is_none(), "{wss}");
     let admin = port_rule(port_of(&serve_default("admin-listen")));
     assert_eq!(
-        admin["from"][0]["namespaceSelector"]["matchLabels"]["wsrouter.io/admin-access"],
-        "true",
+        admin["from"][0]["namespaceSelector"]["matchLabels"]["wsrouter.io/admin-access"], "true",
         "{admin}"
     );
     assert_eq!(rules.len(), 2, "nothing else is let in");

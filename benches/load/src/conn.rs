@@ -65,7 +65,12 @@ impl Target {
     }
 
     pub(crate) fn tls_connector(&self) -> Option<TlsConnector> {
-        self.tls.then(|| {
+        self.tls.then(|| TlsConnector::from(self.client_config()))
+    }
+
+    /// The TLS client config every connection uses.
+    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        {
             // Key exchange pinned to X25519, so every target under comparison does the same
             // handshake work (rustls would otherwise offer a post-quantum hybrid first, which
             // a rustls server would pick and OpenSSL 3.0 cannot).
@@ -79,8 +84,8 @@ impl Target {
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            TlsConnector::from(Arc::new(config))
-        })
+            Arc::new(config)
+        }
     }
 }
 
@@ -130,6 +135,22 @@ pub enum Ws {
     Tls(Box<WebSocketStream<TlsStream<TcpStream>>>),
 }
 
+/// A TCP connection to `addr`, from `source` if given.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }?;
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    socket.connect(addr).await
+}
+
 pub(crate) async fn open(
     target: &Target,
     tls: Option<&TlsConnector>,
@@ -138,19 +159,7 @@ pub(crate) async fn open(
     timeout: Duration,
 ) -> Result<Ws, String> {
     let work = async {
-        let socket = if target.addr.is_ipv4() {
-            TcpSocket::new_v4()
-        } else {
-            TcpSocket::new_v6()
-        }
-        .map_err(|e| e.to_string())?;
-        if let Some(ip) = source {
-            socket
-                .bind(SocketAddr::new(ip, 0))
-                .map_err(|e| format!("bind {ip}: {e}"))?;
-        }
-        let tcp = socket
-            .connect(target.addr)
+        let tcp = connect_tcp(target.addr, source)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let _ = tcp.set_nodelay(true);

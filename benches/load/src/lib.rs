@@ -9,9 +9,13 @@
 //!   ports do not run out), hold them idle, optionally pass one burst each and hold again,
 //!   then check every one still echoes. Phase lines on stderr let a script sample RSS.
 //!
+//! - [`flood::flood`]: hostile handshakes (partial or complete ClientHellos that stall),
+//!   held and reopened for a fixed time, for the memory-under-attack benchmark.
+//!
 //! Loopback only, and every phase is bounded in time.
 
 mod conn;
+pub mod flood;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

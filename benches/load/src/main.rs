@@ -57,6 +57,19 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// flood: what each connection sends before it stalls.
+    #[arg(long, value_enum, default_value_t = HelloArg::Partial)]
+    hello: HelloArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum HelloArg {
+    /// 62 KB of a ClientHello claiming 65,520 bytes.
+    Partial,
+    /// 15,000 bytes of a ClientHello claiming 16,000.
+    PartialWithinLimit,
+    /// A whole ClientHello, then nothing.
+    Complete,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,6 +77,8 @@ enum ModeArg {
     PingPong,
     Throughput,
     HoldIdle,
+    /// Hostile: stalled TLS handshakes held (and reopened when dropped) for --duration.
+    Flood,
 }
 
 #[tokio::main]
@@ -76,12 +91,34 @@ async fn main() -> anyhow::Result<()> {
         bail!("--duration is at most 10m");
     }
     let sources: Vec<IpAddr> = (0..a.sources)
-        .map(|i| IpAddr::from([127, 0, 0, 2 + i]))
+        .map(|i| IpAddr::from([127, 0, 0, 2u8.saturating_add(i)]))
         .collect();
+    if let ModeArg::Flood = a.mode {
+        let cfg = wsload::flood::FloodConfig {
+            target: Target::parse(&a.url, &a.server_name)?,
+            connections: a.connections,
+            hello: match a.hello {
+                HelloArg::Partial => wsload::flood::Hello::Partial,
+                HelloArg::PartialWithinLimit => wsload::flood::Hello::PartialWithinLimit,
+                HelloArg::Complete => wsload::flood::Hello::Complete,
+            },
+            duration: a.duration,
+            sources,
+            open_parallelism: a.parallel,
+            timeout: a.timeout,
+        };
+        let limit = a.duration + a.timeout * 2 + Duration::from_secs(30);
+        let report = tokio::time::timeout(limit, wsload::flood::flood(cfg))
+            .await
+            .context("the flood overran its time bound")??;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let mode = match a.mode {
         ModeArg::PingPong => Mode::PingPong { rate: a.rate },
         ModeArg::Throughput => Mode::Throughput { window: a.window },
         ModeArg::HoldIdle => Mode::HoldIdle { burst: a.burst },
+        ModeArg::Flood => unreachable!("handled above"),
     };
     let cfg = LoadConfig {
         target: Target::parse(&a.url, &a.server_name)?,
