@@ -105,3 +105,40 @@ async fn health_and_refusals() -> Result<()> {
     h.kill().await;
     Ok(())
 }
+
+/// `--mode echo`: nothing unprompted, not even at connect; every message echoed, in
+/// order; pings answered (what a conformance suite expects of an echo server).
+#[tokio::test]
+async fn echo_mode_only_echoes() -> Result<()> {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let h = backend::serve(
+        l,
+        backend::EchoConfig::new("echo")
+            .with_interval(Duration::from_millis(1))
+            .echo_only(),
+    )?;
+    let url = format!("ws://{}/ws/ns-01", h.local_addr());
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
+    ws.send(Message::Ping(vec![7u8].into())).await?;
+    let sent = [
+        Message::text("a"),
+        Message::binary(vec![1u8, 2]),
+        Message::text("c"),
+    ];
+    for m in &sent {
+        ws.send(m.clone()).await?;
+    }
+    // The pong first (nothing came before it, with a 1 ms interval it would have),
+    // then the echoes in order.
+    let pong = tokio::time::timeout(WAIT, ws.next())
+        .await?
+        .context("ended")??;
+    assert_eq!(pong, Message::Pong(vec![7u8].into()));
+    for m in &sent {
+        let got = tokio::time::timeout(WAIT, ws.next())
+            .await?
+            .context("ended")??;
+        assert_eq!(&got, m);
+    }
+    Ok(())
+}

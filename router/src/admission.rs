@@ -17,7 +17,6 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prometheus_client::metrics::counter::Counter;
@@ -92,17 +91,29 @@ pub struct AdmissionStats {
 pub struct Admission {
     config: AdmissionConfig,
     pending: Mutex<Pending>,
-    pending_bytes: AtomicUsize,
     live: Arc<Semaphore>,
     live_per_ip: Mutex<HashMap<Source, usize>>,
     stats: AdmissionStats,
 }
 
+/// One pending connection, as the pool sees it.
+struct Entry {
+    source: Source,
+    evicted: CancellationToken,
+    /// Bytes charged to it, base included.
+    held: usize,
+}
+
+/// The pending pool. Every count and byte is kept here, under one lock, so an eviction
+/// gives its bytes back the moment it is decided (the connection's task frees the
+/// memory a moment later) and the pool never drops more than it must.
 #[derive(Default)]
 struct Pending {
     next_id: u64,
     /// Every pending connection, by admission number.
-    entries: HashMap<u64, (Source, CancellationToken)>,
+    entries: HashMap<u64, Entry>,
+    /// Bytes charged to all of them.
+    bytes: usize,
     /// Each source's pending connections, oldest first.
     by_source: HashMap<Source, VecDeque<u64>>,
     /// Sources by how many pending connections they hold, then by how old their
@@ -136,16 +147,25 @@ impl Pending {
         }
     }
 
-    fn insert(&mut self, id: u64, source: Source, token: CancellationToken) {
+    fn insert(&mut self, id: u64, source: Source, evicted: CancellationToken) {
         self.update(source, |q| q.push_back(id));
-        self.entries.insert(id, (source, token));
+        self.bytes += PENDING_BASE_BYTES;
+        self.entries.insert(
+            id,
+            Entry {
+                source,
+                evicted,
+                held: PENDING_BASE_BYTES,
+            },
+        );
     }
 
-    /// Removes `id`; its token, if it was there.
+    /// Removes `id` and its bytes; its eviction token, if it was there.
     fn remove(&mut self, id: u64) -> Option<CancellationToken> {
-        let (source, token) = self.entries.remove(&id)?;
-        self.update(source, |q| q.retain(|&x| x != id));
-        Some(token)
+        let e = self.entries.remove(&id)?;
+        self.bytes -= e.held;
+        self.update(e.source, |q| q.retain(|&x| x != id));
+        Some(e.evicted)
     }
 
     /// The connection to drop for room: the oldest of the source holding the most
@@ -162,7 +182,6 @@ impl Admission {
             live: Arc::new(Semaphore::new(config.max_live)),
             config,
             pending: Mutex::default(),
-            pending_bytes: AtomicUsize::new(0),
             live_per_ip: Mutex::default(),
             stats,
         })
@@ -179,7 +198,12 @@ impl Admission {
 
     /// Bytes charged to pending connections now.
     pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes.load(Ordering::Relaxed)
+        lock(&self.pending).bytes
+    }
+
+    fn publish(&self, p: &Pending) {
+        self.stats.pending.set(p.entries.len() as i64);
+        self.stats.pending_bytes.set(p.bytes as i64);
     }
 
     /// Live connections now.
@@ -197,7 +221,9 @@ impl Admission {
             if p.held_by(source) >= self.config.max_pending_per_ip {
                 return Err(Refusal::PendingPerIp);
             }
-            while p.entries.len() >= self.config.max_pending {
+            while p.entries.len() >= self.config.max_pending
+                || p.bytes + PENDING_BASE_BYTES > self.config.max_pending_bytes
+            {
                 if !self.evict(&mut p) {
                     break;
                 }
@@ -205,17 +231,14 @@ impl Admission {
             let id = p.next_id;
             p.next_id += 1;
             p.insert(id, source, evicted.clone());
-            self.stats.pending.set(p.entries.len() as i64);
+            self.publish(&p);
             id
         };
-        let mut slot = PendingSlot {
+        Ok(PendingSlot {
             admission: self.clone(),
             id,
-            held: 0,
             evicted,
-        };
-        slot.hold(0);
-        Ok(slot)
+        })
     }
 
     /// Drops one pending connection to make room; false if there is none.
@@ -226,25 +249,6 @@ impl Admission {
         token.cancel();
         self.stats.evicted.inc();
         true
-    }
-
-    /// While pending connections hold more than the budget, drops some (as for a full
-    /// pool).
-    fn enforce_bytes(&self) {
-        if self.pending_bytes.load(Ordering::Relaxed) <= self.config.max_pending_bytes {
-            return;
-        }
-        let mut p = lock(&self.pending);
-        // Evicted connections give their bytes back when their task next runs, so
-        // count what each eviction will free rather than waiting for it.
-        let mut over = self
-            .pending_bytes
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.config.max_pending_bytes);
-        while over > 0 && self.evict(&mut p) {
-            over = over.saturating_sub(PENDING_BASE_BYTES);
-        }
-        self.stats.pending.set(p.entries.len() as i64);
     }
 
     /// A place in the live pool, for a connection whose request is parsed.
@@ -275,7 +279,6 @@ impl Admission {
 pub struct PendingSlot {
     admission: Arc<Admission>,
     id: u64,
-    held: usize,
     evicted: CancellationToken,
 }
 
@@ -285,24 +288,25 @@ impl PendingSlot {
         self.evicted.clone()
     }
 
-    /// This connection now holds `bytes` (besides its base charge).
+    /// This connection now holds `bytes` (besides its base charge). Over the budget,
+    /// pending connections are dropped (as for a full pool) until it fits; this one
+    /// too, if it is the one to go.
     pub fn hold(&mut self, bytes: usize) {
-        let total = PENDING_BASE_BYTES + bytes;
         let a = &self.admission;
-        if total >= self.held {
-            a.pending_bytes
-                .fetch_add(total - self.held, Ordering::Relaxed);
-        } else {
-            a.pending_bytes
-                .fetch_sub(self.held - total, Ordering::Relaxed);
+        let mut p = lock(&a.pending);
+        let Some(e) = p.entries.get_mut(&self.id) else {
+            // Already dropped: its bytes are no longer counted.
+            return;
+        };
+        let total = PENDING_BASE_BYTES + bytes;
+        let before = std::mem::replace(&mut e.held, total);
+        p.bytes = p.bytes - before + total;
+        while p.bytes > a.config.max_pending_bytes {
+            if !a.evict(&mut p) {
+                break;
+            }
         }
-        self.held = total;
-        a.stats
-            .pending_bytes
-            .set(a.pending_bytes.load(Ordering::Relaxed) as i64);
-        if total > PENDING_BASE_BYTES {
-            a.enforce_bytes();
-        }
+        a.publish(&p);
     }
 }
 
@@ -315,13 +319,9 @@ impl crate::tls_io::Meter for PendingSlot {
 impl Drop for PendingSlot {
     fn drop(&mut self) {
         let a = &self.admission;
-        a.pending_bytes.fetch_sub(self.held, Ordering::Relaxed);
-        a.stats
-            .pending_bytes
-            .set(a.pending_bytes.load(Ordering::Relaxed) as i64);
         let mut p = lock(&a.pending);
         p.remove(self.id);
-        a.stats.pending.set(p.entries.len() as i64);
+        a.publish(&p);
     }
 }
 
@@ -452,5 +452,62 @@ mod tests {
         assert_eq!(a.live_count(), 2);
         drop((one, two));
         assert!(a.admit_live(ip("10.0.0.1")).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod churn {
+    use super::*;
+
+    /// Many addresses flooding a full pool, each reopening what it loses, their dropped
+    /// connections slow to go: a client alone at its address is never the one dropped,
+    /// and the pool never drops more than it must.
+    #[test]
+    fn a_lone_client_outlives_a_churning_flood() {
+        let a = Admission::new(
+            AdmissionConfig {
+                max_pending: 1000,
+                max_pending_bytes: 24 << 20,
+                max_pending_per_ip: 64,
+                max_live: 1,
+                max_live_per_ip: 0,
+            },
+            AdmissionStats::default(),
+        );
+        let mut held: Vec<PendingSlot> = Vec::new();
+        let mut lone = None;
+        for i in 0..20_000u32 {
+            let ip = IpAddr::from([127, 0, (i % 200 / 100) as u8 + 1, (i % 100) as u8 + 2]);
+            if let Ok(mut s) = a.admit_pending(ip) {
+                s.hold(16_000 + 16_600);
+                held.push(s);
+            }
+            // Dropped connections go away only now and then, as their tasks get to run
+            // under load: until then their memory is still held.
+            if i % 500 == 0 {
+                held.retain(|s| !s.evicted().is_cancelled());
+            }
+            if i == 5_000 {
+                let mut s = a.admit_pending(IpAddr::from([127, 0, 0, 1])).unwrap();
+                s.hold(2_000);
+                lone = Some(s);
+            }
+            if let Some(s) = &lone {
+                assert!(
+                    !s.evicted().is_cancelled(),
+                    "the lone client was dropped at {i}"
+                );
+            }
+        }
+        assert!(a.pending_count() <= 1000);
+        // The byte budget binds first here (about 40 KB each): full to within one.
+        let one = PENDING_BASE_BYTES + 16_000 + 16_600;
+        assert!(a.pending_bytes() <= 24 << 20);
+        assert!(
+            a.pending_bytes() > (24 << 20) - 2 * one,
+            "dropped too many: {} pending, {} bytes",
+            a.pending_count(),
+            a.pending_bytes()
+        );
     }
 }

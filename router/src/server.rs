@@ -368,7 +368,7 @@ fn io_thread(
 pub(crate) struct AcceptErrors {
     what: &'static str,
     backoff: Duration,
-    last_log: Option<Instant>,
+    last_log: Option<tokio::time::Instant>,
     unlogged: u64,
 }
 
@@ -390,15 +390,20 @@ impl AcceptErrors {
         self.backoff = Self::FIRST;
     }
 
-    pub(crate) async fn failed(&mut self, e: std::io::Error) {
+    /// Logs (at most once per interval) and waits out the backoff. Returns whether it
+    /// logged.
+    pub(crate) async fn failed(&mut self, e: std::io::Error) -> bool {
         self.unlogged += 1;
-        if self.last_log.is_none_or(|t| t.elapsed() >= Self::LOG_EVERY) {
+        let now = tokio::time::Instant::now();
+        let log = self.last_log.is_none_or(|t| now - t >= Self::LOG_EVERY);
+        if log {
             tracing::warn!(listener = self.what, error = %e, errors = self.unlogged, backoff = ?self.backoff, "accept failed; backing off");
-            self.last_log = Some(Instant::now());
+            self.last_log = Some(now);
             self.unlogged = 0;
         }
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(Self::MAX);
+        log
     }
 }
 
@@ -518,5 +523,32 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Out of descriptors for a minute: the waits grow to a second each, and the log
+    /// gets one line per five seconds, not one per retry.
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_and_log_at_a_bounded_rate() {
+        let mut errors = AcceptErrors::new("test");
+        let start = tokio::time::Instant::now();
+        let (mut tries, mut logged) = (0, 0);
+        while start.elapsed() < Duration::from_secs(60) {
+            let emfile = std::io::Error::from_raw_os_error(24);
+            logged += u32::from(errors.failed(emfile).await);
+            tries += 1;
+        }
+        assert!(tries < 75, "{tries} retries in a minute");
+        assert!(
+            (12..=13).contains(&logged),
+            "{logged} log lines in a minute"
+        );
+        assert_eq!(errors.backoff, AcceptErrors::MAX);
+        errors.accepted();
+        assert_eq!(errors.backoff, AcceptErrors::FIRST);
     }
 }

@@ -251,9 +251,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         limits: Option<HandshakeLimits>,
     ) -> Poll<io::Result<()>> {
         let saved = self.partial.len();
-        let cap = limits.map_or(scratch.len(), |l| {
+        let mut cap = limits.map_or(scratch.len(), |l| {
             (l.max_client_hello + MAX_RECORD).min(scratch.len())
         });
+        // Read no more than the reader asked for plus a record, so what it has not
+        // taken (kept in `plain`) is at most one record: a connection whose reader is
+        // stalled holds that much, not a whole scratch buffer's worth.
+        if let Some(dst) = &dst {
+            cap = cap.min(saved + dst.remaining() + MAX_RECORD);
+        }
         if saved >= cap {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -1016,9 +1022,10 @@ mod tests {
             })
         }
 
-        /// The most the server may hold at once: a read's worth of ciphertext and what
-        /// it decrypts, plus what it has queued to send.
-        const HELD_BOUND: usize = 2 * SCRATCH_SIZE;
+        /// The most the server may hold between reads (a reader taking 4 KiB at a
+        /// time): the start of a record, a record's plaintext not taken yet, and what it
+        /// has queued to send (session tickets).
+        const HELD_BOUND: usize = 3 * MAX_RECORD;
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(cases()))]

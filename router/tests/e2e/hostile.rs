@@ -590,3 +590,48 @@ async fn the_admin_port_times_out_and_always_answers_healthz() -> Result<()> {
     read_until_closed(&mut partial, limit).await?;
     Ok(())
 }
+
+/// A close frame has passed, and neither side says more: `--close-timeout` ends it,
+/// and the client gets FIN; the relay and its slot are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_handshake_with_no_end_is_cut_at_the_close_timeout() -> Result<()> {
+    // A backend that takes the upgrade and then reads forever, never answering a close.
+    let fake = FakeBackend::start(FakeAnswer::Upgrade(good_101)).await?;
+    let mut limits = limits();
+    limits.close_timeout = Duration::from_millis(500);
+    let h = Harness::start(Options {
+        backends: 1,
+        replace: vec![(0, fake.addr.to_string())],
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut tls = h.tls().await?;
+    tls.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        anyhow::ensure!(within(WAIT, "the 101", tls.read(&mut b)).await?? == 1);
+        head.push(b[0]);
+    }
+    // A masked close frame, code 1000; then silence from the client too.
+    tls.write_all(&[0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2])
+        .await?;
+    let mut rest = Vec::new();
+    let end = within(WAIT, "the router to end it", tls.read_to_end(&mut rest)).await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(end.is_ok(), "not a clean end: {end:?}");
+    let adm = h.router.admission();
+    within(WAIT, "the live slot to be given back", async {
+        while adm.live_count() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    let (_, m) = scrape_metrics(&h).await?;
+    assert_eq!(
+        m.get("wsrouter_connections_closed_total{ordinal=\"0\",reason=\"client_closed\"}"),
+        Some(&1.0)
+    );
+    Ok(())
+}
