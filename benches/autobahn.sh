@@ -18,16 +18,23 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "${OUT:-$ROOT/target/autobahn}")
 BIN=$(realpath -m "${BIN:-$ROOT/target/debug}")
 CASES=${CASES:-ci}
-PY2=${PY2:-$(command -v python2.7 || echo /root/.pyenv/versions/2.7.18/bin/python2.7)}
+# Python 2.7: $PY2, else pyenv's, else one on the PATH that runs (pyenv's shim may not).
+find_py2() {
+  local root
+  root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  for p in "$root"/versions/2.7*/bin/python2.7; do
+    [[ -x $p ]] && { echo "$p"; return; }
+  done
+  if python2.7 -c pass 2>/dev/null; then command -v python2.7; fi
+}
+PY2=${PY2:-$(find_py2)}
 VENV=${VENV:-${TMPDIR:-/tmp}/wsrouter-autobahn-venv}
 
-log() { printf '[autobahn %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+BENCH_NAME=autobahn
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
-[[ -x $PY2 ]] || die "no Python 2.7 at $PY2 (set PY2)"
+[[ -n $PY2 && -x $PY2 ]] || die "no Python 2.7 found (set PY2)"
 if [[ ! -x $VENV/bin/wstest ]]; then
   log "installing autobahntestsuite into $VENV"
   "$PY2" -m pip install --quiet --disable-pip-version-check 'virtualenv<20.22' >/dev/null
@@ -50,13 +57,6 @@ trap cleanup EXIT
 # A free loopback port: bind port 0 and read it back (held by nothing afterwards, so the
 # caller binds it at once; a clash fails loudly at start-up, never silently).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "nothing listens on 127.0.0.1:$1 after 10 s"
-}
 
 ECHO_PORT=$(free_port)
 "$BIN/echo-backend" --listen "127.0.0.1:$ECHO_PORT" --mode echo --server-name autobahn \

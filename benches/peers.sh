@@ -13,11 +13,8 @@ BACKEND_PORTS=(19001 19002 19003 19004)
 declare -A PORT=([wsrouter]=18441 [haproxy]=18442 [nginx]=18443)
 ADMIN_PORT=18449
 
-log() { printf '[%s %s] %s\n' "${BENCH_NAME:-bench}" "$(date +%T)" "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
 # --- tools ------------------------------------------------------------------------------
 if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
@@ -37,15 +34,6 @@ cleanup() {
   wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-# Waits (bounded) until something listens on 127.0.0.1:$1.
-wait_port() {
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "nothing listens on 127.0.0.1:$1 after 10 s"
-}
 
 for p in "${BACKEND_PORTS[@]}" "${PORT[@]}" $ADMIN_PORT; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi

@@ -106,18 +106,10 @@ impl ProxyError {
         }
     }
 
-    /// Refused for what the client sent, not for the state of the router or a backend.
+    /// Refused for what the client sent (or how much), not for the state of the router
+    /// or a backend: a 4xx.
     fn is_client_error(&self) -> bool {
-        matches!(
-            self,
-            Self::NotFound
-                | Self::BadNamespace(_)
-                | Self::AmbiguousPath(_)
-                | Self::BadHost(_)
-                | Self::BadKey
-                | Self::UpgradeRequired
-                | Self::UnsupportedVersion
-        )
+        self.status().is_client_error()
     }
 
     /// Seconds a client should wait before retrying, for answers that will change soon.
@@ -132,14 +124,11 @@ impl ProxyError {
 
     /// The one-line body a client gets. Backend errors do not reveal backend addresses.
     fn client_reason(&self) -> String {
+        // A 4xx names what the client should change: its message says just that.
+        if self.is_client_error() {
+            return format!("{self}\n");
+        }
         match self {
-            Self::NotFound
-            | Self::BadNamespace(_)
-            | Self::AmbiguousPath(_)
-            | Self::BadHost(_)
-            | Self::BadKey
-            | Self::UpgradeRequired
-            | Self::UnsupportedVersion => format!("{self}\n"),
             Self::AtCapacity(_) => "at capacity; retry shortly\n".to_owned(),
             Self::ShuttingDown => "shutting down; retry\n".to_owned(),
             Self::BackendUnreachable { .. } => "backend unavailable\n".to_owned(),
@@ -149,6 +138,14 @@ impl ProxyError {
             | Self::BackendBadHandshake { .. } => "backend error\n".to_owned(),
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
             Self::BackendNotReady { .. } => "backend not ready; retry shortly\n".to_owned(),
+            // The 4xx variants, answered above.
+            Self::NotFound
+            | Self::BadNamespace(_)
+            | Self::AmbiguousPath(_)
+            | Self::BadHost(_)
+            | Self::BadKey
+            | Self::UpgradeRequired
+            | Self::UnsupportedVersion => format!("{self}\n"),
         }
     }
 
@@ -253,11 +250,10 @@ where
                 ctx.shared.metrics.bad_backend_handshake(why.as_str());
             }
             match &e {
-                e if e.is_client_error() => {
+                e if e.is_client_error()
+                    || matches!(e, ProxyError::AtCapacity(_) | ProxyError::ShuttingDown) =>
+                {
                     tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status = e.status().as_u16(), reason = %e, "request refused");
-                }
-                ProxyError::AtCapacity(_) | ProxyError::ShuttingDown => {
-                    tracing::debug!(client.addr = %ctx.peer, status = e.status().as_u16(), reason = %e, "request refused");
                 }
                 _ => {
                     tracing::warn!(client.addr = %ctx.peer, status = e.status().as_u16(), error = %crate::logging::DisplayChain(&e), "upgrade failed");

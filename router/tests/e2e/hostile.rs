@@ -15,24 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::harness::*;
 
 /// The start of a ClientHello whose handshake header declares `declared` bytes, cut to
-/// `send` bytes on the wire, in records of at most 16 KiB.
-fn client_hello_claiming(declared: usize, send: usize) -> Vec<u8> {
-    let mut body = vec![
-        1u8,
-        (declared >> 16) as u8,
-        (declared >> 8) as u8,
-        declared as u8,
-    ];
-    body.extend(std::iter::repeat_n(0x42u8, declared));
-    let mut wire = Vec::new();
-    for chunk in body.chunks(16 << 10) {
-        wire.extend_from_slice(&[22, 3, 1]);
-        wire.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        wire.extend_from_slice(chunk);
-    }
-    wire.truncate(send);
-    wire
-}
+/// `send` bytes on the wire: what the load tool's flood sends.
+use wsload::flood::client_hello_claiming;
 
 /// Reads until EOF or error, bounded; returns what came.
 async fn read_until_closed(s: &mut TcpStream, limit: Duration) -> Result<Vec<u8>> {

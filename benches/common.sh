@@ -1,0 +1,17 @@
+# Helpers every benchmark script sources: logging, and a bounded wait for a port.
+# The caller sets BENCH_NAME.
+
+log() { printf '[%s %s] %s\n' "${BENCH_NAME:-bench}" "$(date +%T)" "$*" >&2; }
+die() {
+  log "error: $*"
+  exit 1
+}
+
+# Waits (bounded) until something listens on 127.0.0.1:$1.
+wait_port() {
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$1 after 10 s"
+}
