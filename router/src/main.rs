@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::error::ErrorKind;
 use clap::Parser;
 use router::config::{Cli, Command};
 use router::RouterHandle;
@@ -30,7 +31,10 @@ pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_command_line(e),
+    };
     router::logging::init(cli.log_format);
     // Connections run on their own I/O threads (server::io_thread); this runtime only
     // carries the control plane, the watchers and the admin listener.
@@ -161,6 +165,35 @@ async fn run(command: Command, io_threads: usize) -> ExitCode {
         },
     };
     serve_until_signals(handle).await
+}
+
+/// clap's verdict on the command line: help and version as asked (exit 0); anything
+/// else is a configuration error, one line naming the flag and what is wrong, exit 64.
+fn bad_command_line(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(EXIT_CONFIG)
+        }
+        _ => {
+            // clap's message runs to the first blank line (a list of missing flags
+            // spans several); the usage and tips after it are left out.
+            let text = e.to_string();
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = message.join(" ");
+            let line = line.strip_prefix("error: ").unwrap_or(&line);
+            eprintln!("wsrouter: invalid configuration: {line}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
 }
 
 /// A rejected plan or route input: the reasons on stderr, one per line, exit 1.

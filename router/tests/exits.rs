@@ -1,0 +1,107 @@
+//! "A bad configuration exits with status 64": every kind of bad configuration, as an
+//! operator would type it, exits 64 before binding anything, with one line that names
+//! the flag and what is wrong.
+
+use std::process::{Command, Output};
+
+fn wsrouter(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsrouter"));
+    cmd.args(args)
+        // Nothing from the caller's environment may change the verdict.
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "error");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("the binary runs")
+}
+
+/// A plaintext serve that would start (so only the flag under test is wrong), on ports
+/// nothing else uses: if the binary did start, the test would see it not exit.
+const OK: &[&str] = &[
+    "serve",
+    "--plaintext",
+    "--backend",
+    "127.0.0.1:9",
+    "--listen",
+    "127.0.0.1:1",
+    "--admin-listen",
+    "127.0.0.1:1",
+];
+
+#[test]
+fn every_kind_of_bad_configuration_exits_64_naming_the_flag() {
+    let with = |extra: &[&'static str]| {
+        let mut v: Vec<&str> = OK.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+        // clap's own verdicts
+        (with(&["--drain-grace", "soon"]), vec![], "--drain-grace"),
+        (vec!["serve", "--replicas", "1"], vec![], "--tls-cert"),
+        (with(&["--tls-cert", "x.pem"]), vec![], "--tls-cert"),
+        (
+            vec!["--workers", "0", "serve", "--plaintext", "--replicas", "1"],
+            vec![],
+            "--workers",
+        ),
+        (with(&["--no-such-flag"]), vec![], "--no-such-flag"),
+        (
+            with(&[]),
+            vec![("WSROUTER_MAX_PENDING_BYTES", "lots")],
+            "--max-pending-bytes",
+        ),
+        (vec!["frobnicate"], vec![], "frobnicate"),
+        // validation after parsing
+        (
+            with(&["--max-header-bytes", "100"]),
+            vec![],
+            "--max-header-bytes",
+        ),
+        (
+            with(&["--max-client-hello", "1MiB"]),
+            vec![],
+            "--max-client-hello",
+        ),
+        (with(&["--path-prefix", "ws"]), vec![], "--path-prefix"),
+        (
+            vec![
+                "serve",
+                "--tls-cert",
+                "/nonexistent/c.pem",
+                "--tls-key",
+                "/nonexistent/k.pem",
+                "--replicas",
+                "1",
+            ],
+            vec![],
+            "/nonexistent/c.pem",
+        ),
+    ];
+    for (args, env, names) in cases {
+        let out = wsrouter(&args, &env);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: not one line: {stderr}");
+        assert!(lines[0].contains(names), "{args:?}: {stderr}");
+        assert!(
+            lines[0].contains("invalid configuration"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    for args in [&["--help"][..], &["--version"], &["serve", "--help"]] {
+        let out = wsrouter(args, &[]);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty());
+    }
+    // No subcommand: the usage, and 64.
+    let out = wsrouter(&[], &[]);
+    assert_eq!(out.status.code(), Some(64));
+}
