@@ -37,7 +37,9 @@ fn every_kind_of_bad_configuration_exits_64_naming_the_flag() {
         v.extend_from_slice(extra);
         v
     };
-    let cases: Vec<(Vec<&str>, Vec<(&str, &str)>, &str)> = vec![
+    // (arguments, environment, what the one line must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         // clap's own verdicts
         (with(&["--drain-grace", "soon"]), vec![], "--drain-grace"),
         (vec!["serve", "--replicas", "1"], vec![], "--tls-cert"),
