@@ -128,7 +128,11 @@ fn decision(c: &mut Criterion) {
         std::thread::spawn(move || {
             let mut swaps = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                slot.store(Some(if swaps % 2 == 0 { a.clone() } else { b.clone() }));
+                slot.store(Some(if swaps.is_multiple_of(2) {
+                    a.clone()
+                } else {
+                    b.clone()
+                }));
                 swaps += 1;
             }
             swaps

@@ -20,7 +20,7 @@ pub enum OverridesFileError {
     Parse {
         path: PathBuf,
         #[source]
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
     #[error("{path} is a {kind}, not a ConfigMap")]
     WrongKind { path: PathBuf, kind: String },
@@ -41,7 +41,7 @@ struct Manifest {
     // Values must be strings, as the API server demands: `ns-01: 3` is refused here as
     // `kubectl apply` would refuse it.
     #[serde(default)]
-    data: BTreeMap<String, serde_yaml::Value>,
+    data: BTreeMap<String, serde_norway::Value>,
 }
 
 /// The overrides in the manifest at `path`, validated for `statefulset` exactly as the
@@ -77,7 +77,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, String>, OverridesFileError>
 }
 
 enum ParseError {
-    Yaml(serde_yaml::Error),
+    Yaml(serde_norway::Error),
     WrongKind(String),
     NotAString(String),
 }
@@ -87,14 +87,14 @@ fn parse(text: &str) -> Result<BTreeMap<String, String>, ParseError> {
     if text.trim().is_empty() {
         return Ok(BTreeMap::new());
     }
-    let m: Manifest = serde_yaml::from_str(text).map_err(ParseError::Yaml)?;
+    let m: Manifest = serde_norway::from_str(text).map_err(ParseError::Yaml)?;
     match m.kind {
         Some(k) if k != "ConfigMap" => Err(ParseError::WrongKind(k)),
         _ => m
             .data
             .into_iter()
             .map(|(k, v)| match v {
-                serde_yaml::Value::String(s) => Ok((k, s)),
+                serde_norway::Value::String(s) => Ok((k, s)),
                 _ => Err(ParseError::NotAString(k)),
             })
             .collect(),

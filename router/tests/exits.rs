@@ -39,7 +39,7 @@ fn every_kind_of_bad_configuration_exits_64_naming_the_flag() {
     };
     // (arguments, environment, what the one line must name)
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
-    let cases: Vec<Case> = vec![
+    let cases: Vec<Case<'_>> = vec![
         // clap's own verdicts
         (with(&["--drain-grace", "soon"]), vec![], "--drain-grace"),
         (vec!["serve", "--replicas", "1"], vec![], "--tls-cert"),

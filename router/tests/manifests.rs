@@ -21,8 +21,8 @@ fn manifests() -> Result<BTreeMap<String, Value>> {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v: Value = serde_json::to_value(serde_yaml::Value::deserialize(doc)?)?;
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            let v: Value = serde_json::to_value(serde_norway::Value::deserialize(doc)?)?;
             let key = format!(
                 "{}/{}",
                 v["kind"].as_str().context("kind")?,

@@ -18,9 +18,10 @@ fn role_grants() -> Result<BTreeSet<Grant>> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/rbac.yaml");
     let text = std::fs::read_to_string(path)?;
     let mut grants = BTreeSet::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value =
-            serde_json::to_value(<serde_yaml::Value as serde::Deserialize>::deserialize(doc)?)?;
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let v: Value = serde_json::to_value(
+            <serde_norway::Value as serde::Deserialize>::deserialize(doc)?,
+        )?;
         if v["kind"] != "Role" {
             continue;
         }
