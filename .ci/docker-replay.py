@@ -99,8 +99,8 @@ def main():
     shutil.rmtree(scratch, ignore_errors=True)
     os.makedirs(scratch)
 
-    stages = {}  # name -> root dir
-    root = workdir = None
+    stages = {}  # name -> (root dir, WORKDIR, ENV) as the stage ended
+    root = workdir = current = None
     env = dict(os.environ)
     index = 0
     for keyword, rest in instructions(dockerfile):
@@ -110,13 +110,19 @@ def main():
                 sys.exit(f"FROM {rest}: not understood")
             base, name = m.group(1), m.group(2) or f"stage{index}"
             index += 1
+            if root is not None:
+                # The stage just ended: what later stages build on and copy from.
+                stages[current] = (root, workdir, env)
             root = os.path.join(scratch, name)
             if base in stages:
-                shutil.copytree(stages[base], root, symlinks=True)
+                # A stage built on another inherits its files, WORKDIR and ENV.
+                base_root, workdir, env = stages[base]
+                shutil.copytree(base_root, root, symlinks=True)
+                env = dict(env)
             else:
                 os.makedirs(root)
-            stages[name] = root
-            workdir = "/"
+                workdir, env = "/", dict(os.environ)
+            current = name
             print(f"replay: FROM {base} AS {name}", flush=True)
         elif keyword == "WORKDIR":
             workdir = os.path.normpath(os.path.join(workdir, rest))
@@ -130,7 +136,7 @@ def main():
             while words and words[0].startswith("--"):
                 flag = words.pop(0)
                 if flag.startswith("--from="):
-                    source_root, rel_patterns = stages[flag[len("--from="):]], None
+                    source_root, rel_patterns = stages[flag[len("--from="):]][0], None
             *srcs, dst = words
             dst_abs = root + os.path.normpath(os.path.join(workdir, dst))
             into_dir = dst.endswith("/") or len(srcs) > 1 or os.path.isdir(dst_abs)
@@ -147,12 +153,15 @@ def main():
                     shutil.copy2(s, target)
             print(f"replay: COPY {rest}", flush=True)
         elif keyword == "RUN":
-            for path in re.findall(r"(?<![\w.$-])(/[\w./-]+)", rest):
+            for path in re.findall(r"(?<![\w.$}-])(/[\w./-]+)", rest):
                 if not (path + "/").startswith(workdir.rstrip("/") + "/"):
                     sys.exit(f"RUN names {path}, outside WORKDIR {workdir}: the replay cannot run it")
             print(f"replay: RUN {rest}", flush=True)
             cwd = root + workdir
-            cmd = rest.replace(workdir.rstrip("/") + "/", cwd.rstrip("/") + "/") if workdir != "/" else rest
+            # Absolute paths under WORKDIR (only those are allowed) point into the stage.
+            cmd = rest
+            if workdir != "/":
+                cmd = re.sub(r"(?<![\w.$}/-])" + re.escape(workdir) + r"(?=/|\b)", cwd, rest)
             subprocess.run(["bash", "-euo", "pipefail", "-c", cmd], cwd=cwd, env=env, check=True)
         elif keyword in ("USER", "EXPOSE", "ENTRYPOINT", "CMD", "LABEL", "ARG"):
             continue
