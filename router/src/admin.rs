@@ -16,13 +16,13 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace};
 
 use crate::admission::{Admission, AdmissionConfig, AdmissionStats};
 use crate::server::{AcceptErrors, Shared};
+use crate::views::{ErrorView, OverrideView, RouteView, TableView};
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the
 /// oldest is dropped, so a probe still gets through while something holds many open.
@@ -122,83 +122,80 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+fn no_table() -> Response<Full<Bytes>> {
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &ErrorView {
+            error: "no routing table loaded yet".to_owned(),
+        },
+    )
+}
+
 fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
     if let Err(e) = validate_namespace(ns) {
-        return json_response(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() }));
+        return json_response(
+            StatusCode::BAD_REQUEST,
+            &ErrorView {
+                error: e.to_string(),
+            },
+        );
     }
     let Some(table) = shared.table.load_full() else {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": "no routing table loaded yet" }),
-        );
+        return no_table();
     };
     let replicas = table.replicas().get();
     let route = table.route(ns);
-    let override_info = table.overrides().get(ns).map(|target| {
+    let override_ = table.overrides().get(ns).map(|target| {
         let active = target < replicas;
-        json!({
-            "target": target,
-            "active": active,
-            "reason": if active { Value::Null } else {
-                json!(format!("target {target} is beyond the {replicas} replicas; the tenant follows its hash until the StatefulSet grows"))
-            },
-        })
+        OverrideView {
+            target,
+            active,
+            reason: (!active).then(|| {
+                format!("target {target} is beyond the {replicas} replicas; the tenant follows its hash until the StatefulSet grows")
+            }),
+        }
     });
-    let body = json!({
-        "namespace": ns,
-        "ordinal": route.ordinal,
-        "address": route.addr,
-        "source": route.source.as_str(),
-        "hash_ordinal": ordinal_for(ns, table.replicas()),
-        "override": override_info,
-        "pod_known_not_ready": shared.not_ready.load().contains(route.ordinal),
-        "live_sockets": shared.live.count(ns),
-        "table_version": table.version(),
-        "table_source": table.source().to_string(),
-    });
-    json_response(StatusCode::OK, &body)
+    let view = RouteView {
+        namespace: ns.to_owned(),
+        ordinal: route.ordinal,
+        address: route.addr.to_owned(),
+        source: route.source.as_str().to_owned(),
+        hash_ordinal: ordinal_for(ns, table.replicas()),
+        override_,
+        pod_known_not_ready: shared.not_ready.load().contains(route.ordinal),
+        live_sockets: u64::from(shared.live.count(ns)),
+        table_version: table.version(),
+        table_source: table.source().to_string(),
+    };
+    json_response(StatusCode::OK, &view)
 }
 
 fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
     let Some(table) = shared.table.load_full() else {
-        return json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": "no routing table loaded yet" }),
-        );
+        return no_table();
     };
-    let overrides: Map<String, Value> = table
-        .overrides()
-        .sorted()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
-    let inactive: Map<String, Value> = table
-        .overrides()
-        .inactive(table.replicas())
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), json!(v)))
-        .collect();
-    let mut live = shared.live.snapshot();
-    live.sort_unstable();
-    let live: Map<String, Value> = live
-        .into_iter()
-        .map(|(k, v)| (k.into_string(), json!(v)))
-        .collect();
-    let body = json!({
-        "version": table.version(),
-        "source": table.source().to_string(),
-        "replicas": table.replicas().get(),
-        "addresses": table.addresses().collect::<Vec<_>>(),
-        "overrides": overrides,
-        "inactive_overrides": inactive,
-        "pods_known_not_ready": shared.not_ready.load().ordinals(),
-        "live_tenants": live,
-    });
-    json_response(StatusCode::OK, &body)
+    let owned = |m: Vec<(&str, u32)>| m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let view = TableView {
+        version: table.version(),
+        source: table.source().to_string(),
+        replicas: table.replicas().get(),
+        addresses: table.addresses().map(str::to_owned).collect(),
+        overrides: owned(table.overrides().sorted()),
+        inactive_overrides: owned(table.overrides().inactive(table.replicas())),
+        pods_known_not_ready: shared.not_ready.load().ordinals().to_vec(),
+        live_tenants: shared
+            .live
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| (k.into_string(), u64::from(v)))
+            .collect(),
+    };
+    json_response(StatusCode::OK, &view)
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
-    let mut body = v.to_string();
+fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    // Serialising these plain structs cannot fail; an empty object would be the answer.
+    let mut body = serde_json::to_string(v).unwrap_or_else(|_| "{}".to_owned());
     body.push('\n');
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;

@@ -19,6 +19,7 @@
 //! - [`watch`]: watchers feeding the control loop (files, mounted ConfigMaps, the Kubernetes API).
 //! - [`ops`]: `wsrouter route` and `wsrouter plan`.
 //! - [`logging`]: tracing setup.
+//! - [`views`]: the JSON the admin listener serves and the commands read.
 
 pub mod admin;
 pub mod admission;
@@ -40,6 +41,7 @@ pub mod server;
 mod sys;
 pub mod tls;
 pub mod tls_io;
+pub mod views;
 pub mod watch;
 
 pub use server::{start, RouterHandle};

@@ -88,19 +88,17 @@ async fn run(command: Command, io_threads: usize) -> ExitCode {
                 args.overrides.as_deref(),
                 &args.statefulset,
             ) {
-                Ok(v) if args.json => {
-                    println!("{v}");
-                    ExitCode::SUCCESS
-                }
+                Ok(v) if args.json => match serde_json::to_string(&v) {
+                    Ok(json) => {
+                        println!("{json}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => usage_error(&e),
+                },
                 Ok(v) => {
                     println!(
                         "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
-                        args.namespace,
-                        v["pod"].as_str().unwrap_or_default(),
-                        v["ordinal"],
-                        v["source"].as_str().unwrap_or_default(),
-                        v["xxh3_64"].as_str().unwrap_or_default(),
-                        args.replicas
+                        v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas
                     );
                     ExitCode::SUCCESS
                 }

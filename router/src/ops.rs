@@ -9,7 +9,6 @@ use std::path::Path;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
 use thiserror::Error;
 use wsrouter::{
     tenant_key, validate_namespace, BackendTemplate, Backends, NamespaceError, Overrides,
@@ -17,6 +16,7 @@ use wsrouter::{
 };
 
 use crate::overrides_file::{self, OverridesFileError};
+use crate::views::{ContractView, TableView};
 
 #[derive(Debug, Error)]
 pub enum OpsError {
@@ -62,13 +62,13 @@ fn replicas(n: u32) -> Result<NonZeroU32, OpsError> {
     NonZeroU32::new(n).ok_or(OpsError::ZeroReplicas)
 }
 
-/// `wsrouter route`: the routing contract for one namespace, as JSON.
+/// `wsrouter route`: the routing contract for one namespace.
 pub fn route(
     namespace: &str,
     replica_count: u32,
     overrides: Option<&Path>,
     statefulset: &str,
-) -> Result<Value, OpsError> {
+) -> Result<ContractView, OpsError> {
     validate_namespace(namespace).map_err(|source| OpsError::Namespace {
         namespace: namespace.to_owned(),
         source,
@@ -79,15 +79,15 @@ pub fn route(
     };
     let t = table(statefulset, replicas(replica_count)?, overrides);
     let r = t.route(namespace);
-    Ok(json!({
-        "namespace": namespace,
-        "xxh3_64": format!("{:#018x}", tenant_key(namespace)),
-        "replicas": replica_count,
-        "ordinal": r.ordinal,
-        "pod": format!("{statefulset}-{}", r.ordinal),
-        "source": r.source.as_str(),
-        "inactive_override": r.inactive_override,
-    }))
+    Ok(ContractView {
+        namespace: namespace.to_owned(),
+        xxh3_64: format!("{:#018x}", tenant_key(namespace)),
+        replicas: replica_count,
+        ordinal: r.ordinal,
+        pod: format!("{statefulset}-{}", r.ordinal),
+        source: r.source.as_str().to_owned(),
+        inactive_override: r.inactive_override,
+    })
 }
 
 /// One tenant a change would move.
@@ -138,35 +138,16 @@ impl Current {
 
     /// From a running router's `/table`.
     pub async fn from_admin(url: &str, statefulset: &str) -> Result<Self, OpsError> {
-        let v = fetch_json(url, "/table").await?;
-        let bad = |detail: &str| OpsError::BadTable {
+        let body = fetch(url, "/table").await?;
+        let bad = |detail: String| OpsError::BadTable {
             url: url.to_owned(),
-            detail: detail.to_owned(),
+            detail,
         };
-        let replicas = v["replicas"]
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| bad("no replicas"))?;
-        let entries: Vec<(String, String)> = v["overrides"]
-            .as_object()
-            .ok_or_else(|| bad("no overrides"))?
-            .iter()
-            .map(|(k, t)| {
-                (
-                    k.clone(),
-                    t.as_u64().map(|o| o.to_string()).unwrap_or_default(),
-                )
-            })
-            .collect();
-        let overrides = Overrides::parse(entries, statefulset).map_err(|e| bad(&e.to_string()))?;
-        let live = v["live_tenants"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let v: TableView = serde_json::from_slice(&body).map_err(|e| bad(e.to_string()))?;
+        let replicas = v.replicas;
+        let entries = v.overrides.into_iter().map(|(k, t)| (k, t.to_string()));
+        let overrides = Overrides::parse(entries, statefulset).map_err(|e| bad(e.to_string()))?;
+        let live = v.live_tenants;
         Ok(Self {
             replicas,
             overrides,
@@ -260,8 +241,8 @@ impl std::fmt::Display for Plan {
     }
 }
 
-/// GET `{base}{path}` from a router's admin listener, as JSON.
-pub async fn fetch_json(base: &str, path: &str) -> Result<Value, OpsError> {
+/// GET `{base}{path}` from a router's admin listener: the body of a 2xx answer.
+pub async fn fetch(base: &str, path: &str) -> Result<Bytes, OpsError> {
     let err = |e: Box<dyn std::error::Error + Send + Sync>| OpsError::Admin {
         url: base.to_owned(),
         source: e,
@@ -298,7 +279,7 @@ pub async fn fetch_json(base: &str, path: &str) -> Result<Value, OpsError> {
         )
         .into()));
     }
-    serde_json::from_slice(&body).map_err(|e| err(e.into()))
+    Ok(body)
 }
 
 #[cfg(test)]
@@ -315,10 +296,10 @@ mod tests {
         for (ns, key, ordinals) in cases {
             for (r, want) in [1, 2, 3, 4, 5, 8, 16].into_iter().zip(ordinals) {
                 let v = route(ns, r, None, "backend").unwrap();
-                assert_eq!(v["xxh3_64"], key);
-                assert_eq!(v["ordinal"], want, "{ns} over {r}");
-                assert_eq!(v["pod"], format!("backend-{want}"));
-                assert_eq!(v["source"], "hash");
+                assert_eq!(v.xxh3_64, key);
+                assert_eq!(v.ordinal, want, "{ns} over {r}");
+                assert_eq!(v.pod, format!("backend-{want}"));
+                assert_eq!(v.source, "hash");
             }
         }
         assert!(matches!(

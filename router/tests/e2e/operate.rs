@@ -151,6 +151,12 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
 
 async fn route_json(h: &Harness, ns: &str) -> Result<(u16, Value)> {
     let r = h.admin_get(&format!("/route/{ns}")).await?;
+    // Every 200 is a RouteView, every refusal an ErrorView: the types the commands read.
+    if r.status == 200 {
+        let _: router::views::RouteView = serde_json::from_str(&r.body)?;
+    } else {
+        let _: router::views::ErrorView = serde_json::from_str(&r.body)?;
+    }
     Ok((r.status, serde_json::from_str(&r.body)?))
 }
 
@@ -213,7 +219,9 @@ async fn route_explainer_and_table_follow_swaps() -> Result<()> {
     let (_, v) = route_json(&h, "ns-02").await?;
     assert_eq!(v["live_sockets"], 1);
 
-    let t: Value = serde_json::from_str(&h.admin_get("/table").await?.body)?;
+    let body = h.admin_get("/table").await?.body;
+    let _: router::views::TableView = serde_json::from_str(&body)?;
+    let t: Value = serde_json::from_str(&body)?;
     assert_eq!(t["version"], 2);
     assert_eq!(t["replicas"], 4);
     assert_eq!(t["addresses"].as_array().map(Vec::len), Some(4));

@@ -1,0 +1,72 @@
+//! The JSON the admin listener serves and the operator commands read or print: one set
+//! of types for both sides, so a field renamed on one side fails to compile on the
+//! other instead of reading back as nothing.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /table`: the routing table in force, where it came from, and the live tenants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableView {
+    pub version: u64,
+    pub source: String,
+    pub replicas: u32,
+    /// Backend address per ordinal.
+    pub addresses: Vec<String>,
+    /// Every override, namespace → ordinal, active or not.
+    pub overrides: BTreeMap<String, u32>,
+    /// Overrides that point beyond the current replicas (the tenant follows its hash).
+    pub inactive_overrides: BTreeMap<String, u32>,
+    pub pods_known_not_ready: Vec<u32>,
+    /// Namespace → live sockets on this router.
+    pub live_tenants: BTreeMap<String, u64>,
+}
+
+/// `GET /route/{namespace}`: how a tenant routes now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteView {
+    pub namespace: String,
+    pub ordinal: u32,
+    pub address: String,
+    /// `hash` or `override`.
+    pub source: String,
+    /// Where the hash alone would send the tenant.
+    pub hash_ordinal: u32,
+    #[serde(rename = "override")]
+    pub override_: Option<OverrideView>,
+    pub pod_known_not_ready: bool,
+    pub live_sockets: u64,
+    pub table_version: u64,
+    pub table_source: String,
+}
+
+/// The tenant's override, if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideView {
+    pub target: u32,
+    pub active: bool,
+    /// Why an inactive override does not apply.
+    pub reason: Option<String>,
+}
+
+/// `wsrouter route NAMESPACE --json`: the routing contract for one namespace, offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractView {
+    pub namespace: String,
+    /// `XXH3-64(namespace, seed 0)` as `0x` and 16 hex digits.
+    pub xxh3_64: String,
+    pub replicas: u32,
+    pub ordinal: u32,
+    pub pod: String,
+    /// `hash` or `override`.
+    pub source: String,
+    /// An override beyond the replicas, which the hash overruled.
+    pub inactive_override: Option<u32>,
+}
+
+/// An admin endpoint's refusal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorView {
+    pub error: String,
+}
