@@ -52,6 +52,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
             evicted: shared.metrics.admin_evicted.clone(),
             ..AdmissionStats::default()
         },
+        Default::default(),
     );
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())

@@ -94,6 +94,7 @@ pub struct Admission {
     live: Arc<Semaphore>,
     live_per_ip: Mutex<HashMap<Source, usize>>,
     stats: AdmissionStats,
+    changes: crate::lifecycle::Changes,
 }
 
 /// One pending connection, as the pool sees it.
@@ -177,13 +178,18 @@ impl Pending {
 }
 
 impl Admission {
-    pub fn new(config: AdmissionConfig, stats: AdmissionStats) -> Arc<Self> {
+    pub fn new(
+        config: AdmissionConfig,
+        stats: AdmissionStats,
+        changes: crate::lifecycle::Changes,
+    ) -> Arc<Self> {
         Arc::new(Self {
             live: Arc::new(Semaphore::new(config.max_live)),
             config,
             pending: Mutex::default(),
             live_per_ip: Mutex::default(),
             stats,
+            changes,
         })
     }
 
@@ -204,6 +210,7 @@ impl Admission {
     fn publish(&self, p: &Pending) {
         self.stats.pending.set(p.entries.len() as i64);
         self.stats.pending_bytes.set(p.bytes as i64);
+        self.changes.note();
     }
 
     /// Live connections now.
@@ -267,10 +274,11 @@ impl Admission {
             }
             *n += 1;
         }
+        self.changes.note();
         Ok(LiveSlot {
             admission: self.clone(),
             source,
-            _permit: permit,
+            permit: Some(permit),
         })
     }
 }
@@ -329,21 +337,23 @@ impl Drop for PendingSlot {
 pub struct LiveSlot {
     admission: Arc<Admission>,
     source: Source,
-    _permit: OwnedSemaphorePermit,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for LiveSlot {
     fn drop(&mut self) {
-        if self.admission.config.max_live_per_ip == 0 {
-            return;
-        }
-        let mut per_ip = lock(&self.admission.live_per_ip);
-        if let Some(n) = per_ip.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.source);
+        if self.admission.config.max_live_per_ip > 0 {
+            let mut per_ip = lock(&self.admission.live_per_ip);
+            if let Some(n) = per_ip.get_mut(&self.source) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(&self.source);
+                }
             }
         }
+        // The place is free once the permit is back: only then wake the waiters.
+        drop(self.permit.take());
+        self.admission.changes.note();
     }
 }
 
@@ -366,6 +376,7 @@ mod tests {
                 max_live_per_ip: 1,
             },
             AdmissionStats::default(),
+            Default::default(),
         )
     }
 
@@ -473,6 +484,7 @@ mod churn {
                 max_live_per_ip: 0,
             },
             AdmissionStats::default(),
+            Default::default(),
         );
         let mut held: Vec<PendingSlot> = Vec::new();
         let mut lone = None;

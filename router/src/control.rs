@@ -75,6 +75,8 @@ pub struct ControlStats {
     /// TLS certificates reloaded, and new pairs refused (the last good one kept).
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    /// Woken on every change watchers make outside the table (certificate, pod readiness).
+    pub changes: crate::lifecycle::Changes,
 }
 
 impl ControlStats {

@@ -6,8 +6,36 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::sync::Notify;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Wakes whoever waits for the router's state to change: readiness, the listener, the
+/// pools, a relay's end, a certificate reload, pod readiness. Tests and tools wait on it
+/// (with a bound) instead of polling.
+#[derive(Clone, Debug, Default)]
+pub struct Changes(Arc<Notify>);
+
+impl Changes {
+    pub fn note(&self) {
+        self.0.notify_waiters();
+    }
+
+    /// Returns once `cond` holds, checking it again after every change.
+    pub async fn until(&self, mut cond: impl FnMut() -> bool) {
+        loop {
+            let notified = self.0.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a change between the two is not missed.
+            notified.as_mut().enable();
+            if cond() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 #[derive(Clone, Default)]
 pub struct Lifecycle {
@@ -17,6 +45,7 @@ pub struct Lifecycle {
     pub close_tunnels: CancellationToken,
     /// Every connection and relay task.
     pub tasks: TaskTracker,
+    pub changes: Changes,
     readiness: Arc<Readiness>,
 }
 
@@ -28,16 +57,37 @@ struct Readiness {
 }
 
 impl Lifecycle {
+    /// A lifecycle whose changes wake `changes`' waiters.
+    pub fn with_changes(changes: Changes) -> Self {
+        Self {
+            changes,
+            ..Self::default()
+        }
+    }
+
     pub fn set_table_loaded(&self) {
         self.readiness.table_loaded.store(true, Ordering::Release);
+        self.changes.note();
     }
 
     pub fn set_listening(&self) {
         self.readiness.listening.store(true, Ordering::Release);
+        self.changes.note();
+    }
+
+    /// Every listener has closed (the drain began).
+    pub fn set_listener_closed(&self) {
+        self.readiness.listening.store(false, Ordering::Release);
+        self.changes.note();
+    }
+
+    pub fn is_listening(&self) -> bool {
+        self.readiness.listening.load(Ordering::Acquire)
     }
 
     pub fn set_draining(&self) {
         self.readiness.draining.store(true, Ordering::Release);
+        self.changes.note();
     }
 
     pub fn is_draining(&self) -> bool {

@@ -131,6 +131,17 @@ impl RouterHandle {
         self.shared.metrics.connections_refused.get()
     }
 
+    /// Woken on every change of the router's state (readiness, listener, pools, relays,
+    /// certificate, pod readiness): wait on it instead of polling.
+    pub fn changes(&self) -> crate::lifecycle::Changes {
+        self.shared.lifecycle.changes.clone()
+    }
+
+    /// Whether the listeners still accept (false once the drain has closed them).
+    pub fn is_listening(&self) -> bool {
+        self.shared.lifecycle.is_listening()
+    }
+
     /// The pending and live pools, to see how full they are.
     pub fn admission(&self) -> Arc<Admission> {
         self.shared.admission.clone()
@@ -194,10 +205,11 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         .max_buf_size(config.limits.max_header_bytes)
         .max_headers(config.limits.max_headers);
 
-    let lifecycle = Lifecycle::default();
+    let stats = Arc::new(ControlStats::default());
+    // One set of waiters for every change, whoever makes it.
+    let lifecycle = Lifecycle::with_changes(stats.changes.clone());
     let table = Arc::new(ArcSwapOption::empty());
     let live = Arc::new(LiveTenants::default());
-    let stats = Arc::new(ControlStats::default());
     let metrics = Arc::new(Metrics::new(stats.clone()));
     let statefulset = config.routing.statefulset.clone();
     let (control, control_handle, control_rx) = Control::new(ControlParts {
@@ -217,7 +229,11 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         not_ready: PodReadiness::default(),
         reroute,
         prefix: config.path_prefix,
-        admission: Admission::new(config.limits.admission(), metrics.admission.clone()),
+        admission: Admission::new(
+            config.limits.admission(),
+            metrics.admission.clone(),
+            lifecycle.changes.clone(),
+        ),
         metrics,
         limits: config.limits,
         tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
@@ -271,6 +287,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         for a in accepting {
             let _ = a.await;
         }
+        lc.set_listener_closed();
         lc.tasks.close();
         tracing::info!(live = lc.tasks.len(), grace = ?drain_grace, "draining: listener closed, live sockets have the grace period");
         tokio::select! {

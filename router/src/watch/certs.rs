@@ -49,6 +49,7 @@ pub fn spawn(
                 slot.store(config);
                 loaded = current;
                 stats.tls_reloads.inc();
+                stats.changes.note();
                 tracing::info!(cert = %cert.display(), "TLS certificate reloaded; new handshakes use it");
             }
             Err(e) => {

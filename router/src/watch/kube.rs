@@ -193,6 +193,7 @@ pub async fn watch_endpoint_slices(
         if **readiness.load() != next {
             tracing::info!(service = %service, not_ready = ?next.ordinals(), "backend pod readiness changed");
             readiness.store(Arc::new(next));
+            control.stats.changes.note();
         }
     };
     for_each_event("endpointslices", stream, &control, &stop, |ev| match ev {

@@ -407,12 +407,24 @@ pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
     .await?
 }
 
-/// A backend address that refuses connections: a port bound then released.
-pub async fn dead_port() -> Result<String> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let a = l.local_addr()?;
-    drop(l);
-    Ok(a.to_string())
+/// A backend address that refuses every connection: a socket bound to the port for the
+/// test's length but never listening, so the kernel answers each SYN with a reset (a
+/// port bound and then freed could be taken by someone else meanwhile).
+pub struct Refusing {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl Refusing {
+    pub async fn start() -> Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let addr = socket.local_addr()?;
+        Ok(Self {
+            addr,
+            _socket: socket,
+        })
+    }
 }
 
 /// A backend that accepts connections and never answers; holds them until dropped.

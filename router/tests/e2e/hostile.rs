@@ -51,11 +51,13 @@ async fn an_oversized_client_hello_is_refused_with_an_alert() -> Result<()> {
         "a fatal illegal_parameter alert"
     );
     let adm = h.router.admission();
-    within(WAIT, "the pending pool to empty", async {
-        while adm.pending_count() > 0 || adm.pending_bytes() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "the pending pool to empty",
+        h.router
+            .changes()
+            .until(|| adm.pending_count() == 0 && adm.pending_bytes() == 0),
+    )
     .await?;
     // A real client is served as before.
     let mut ws = h.ws("ns-01").await?;
@@ -86,11 +88,13 @@ async fn stalled_client_hellos_stay_within_the_byte_budget() -> Result<()> {
         peak = peak.max(adm.pending_bytes());
     }
     // Wait until the router has read them all (the last one is pending, or evicted).
-    within(WAIT, "evictions", async {
-        while h.router.admission().pending_count() > 40 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "evictions",
+        h.router
+            .changes()
+            .until(|| h.router.admission().pending_count() <= 40),
+    )
     .await?;
     let budget = 512 << 10;
     // Over by at most one connection's charge while an eviction is under way.
@@ -131,11 +135,13 @@ async fn one_source_is_held_to_its_pending_share() -> Result<()> {
         s.write_all(&client_hello_claiming(2000, 100)).await?;
         held.push(s);
     }
-    within(WAIT, "four pending", async {
-        while h.router.admission().pending_count() < 4 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "four pending",
+        h.router
+            .changes()
+            .until(|| h.router.admission().pending_count() >= 4),
+    )
     .await?;
     let mut fifth = connect_from(attacker, h.addr()).await?;
     fifth.write_all(&client_hello_claiming(2000, 100)).await?;
@@ -226,11 +232,11 @@ async fn a_full_pending_pool_does_not_lock_out_clients_or_touch_live_sockets() -
         }
     }
     let adm = h.router.admission();
-    within(WAIT, "the attackers to fill the pending pool", async {
-        while adm.pending_count() < 64 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "the attackers to fill the pending pool",
+        h.router.changes().until(|| adm.pending_count() >= 64),
+    )
     .await?;
 
     // A normal client, ten tries, each within the handshake timeout.
@@ -488,11 +494,11 @@ async fn an_upgrade_pending_at_the_end_of_the_drain_gets_503() -> Result<()> {
     tls.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
     // Wait until the request is with the backend (the live pool counts it).
     let adm = h.router.admission();
-    within(WAIT, "the upgrade to reach the backend", async {
-        while adm.live_count() == 0 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "the upgrade to reach the backend",
+        h.router.changes().until(|| adm.live_count() != 0),
+    )
     .await?;
     h.router.shutdown();
     let mut out = Vec::new();
@@ -606,11 +612,11 @@ async fn a_close_handshake_with_no_end_is_cut_at_the_close_timeout() -> Result<(
     assert!(rest.is_empty(), "{rest:?}");
     assert!(end.is_ok(), "not a clean end: {end:?}");
     let adm = h.router.admission();
-    within(WAIT, "the live slot to be given back", async {
-        while adm.live_count() > 0 {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "the live slot to be given back",
+        h.router.changes().until(|| adm.live_count() == 0),
+    )
     .await?;
     let (_, m) = scrape_metrics(&h).await?;
     assert_eq!(

@@ -235,21 +235,19 @@ async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
         NS,
         endpoint_slice("backend-abc", "backend", "backend", &two_down),
     );
-    // Each probe reads only the answer's head: a 101 while the router still sends the
-    // tenant to its pod, then the 503 once it knows better, without asking the backend.
+    // Once the router knows, it answers 503 without asking the backend.
+    let readiness = h.router.pod_readiness();
+    within(
+        WAIT,
+        "the router to learn the pod is not ready",
+        h.router.changes().until(|| readiness.load().contains(2)),
+    )
+    .await?;
     let req = format!(
         "GET /ws/{on2} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    let resp = within(WAIT, "503 for a pod not ready", async {
-        loop {
-            let head = h.raw_head(req.as_bytes()).await?;
-            if head.starts_with("HTTP/1.1 503") {
-                return h.raw(req.as_bytes()).await;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await??;
+    let resp = h.raw(req.as_bytes()).await?;
+    assert_eq!(resp.status, 503, "{resp:?}");
     assert!(resp.head.contains("retry-after: 5"), "{}", resp.head);
     assert!(resp.body.contains("not ready"), "{}", resp.body);
     // Other pods are untouched.
@@ -260,14 +258,12 @@ async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
         NS,
         endpoint_slice("backend-abc", "backend", "backend", &all_ready),
     );
-    within(WAIT, "pod ready again", async {
-        loop {
-            if let Ok(s) = served_by(&h, &on2).await {
-                return s;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "pod ready again",
+        h.router.changes().until(|| !readiness.load().contains(2)),
+    )
     .await?;
+    assert_eq!(served_by(&h, &on2).await?, "backend-2");
     Ok(())
 }

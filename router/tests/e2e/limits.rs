@@ -49,16 +49,14 @@ async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
     // Once a slot frees, a new client gets in (wait for the slot on events, bounded).
     a.close(None).await?;
     drop(a);
-    let c = within(WAIT, "a free slot", async {
-        loop {
-            if let Ok(ws) = h.ws("tenant-c").await {
-                return ws;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    let mut c = c?;
+    let adm = h.router.admission();
+    within(
+        WAIT,
+        "a free slot",
+        h.router.changes().until(|| adm.live_count() < 2),
+    )
+    .await?;
+    let mut c = h.ws("tenant-c").await?;
     echo_ok(&mut c, "c works").await?;
     Ok(())
 }
@@ -66,8 +64,10 @@ async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_and_slow_clients_are_cut_off() -> Result<()> {
     let mut limits = limits();
-    limits.handshake_timeout = Duration::from_millis(300);
-    limits.request_timeout = Duration::from_millis(300);
+    // Long enough for this test's own client under a loaded CI machine; the cut-offs are
+    // awaited with the usual bound.
+    limits.handshake_timeout = Duration::from_secs(1);
+    limits.request_timeout = Duration::from_secs(1);
     let h = Harness::start(Options {
         limits,
         ..Options::default()
@@ -77,12 +77,8 @@ async fn silent_and_slow_clients_are_cut_off() -> Result<()> {
     // Connects and never starts TLS.
     let mut silent = TcpStream::connect(h.addr()).await?;
     let mut buf = [0u8; 64];
-    let n = within(
-        Duration::from_secs(3),
-        "handshake timeout",
-        silent.read(&mut buf),
-    )
-    .await?;
+    // TCP_DEFER_ACCEPT holds it in the kernel for about a second first.
+    let n = within(WAIT, "handshake timeout", silent.read(&mut buf)).await?;
     assert!(matches!(n, Ok(0) | Err(_)), "silent client got {n:?}");
 
     // Finishes TLS, then trickles half a request.
@@ -90,12 +86,7 @@ async fn silent_and_slow_clients_are_cut_off() -> Result<()> {
     slow.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: x\r\n")
         .await?;
     let mut out = Vec::new();
-    let r = within(
-        Duration::from_secs(3),
-        "request timeout",
-        slow.read_to_end(&mut out),
-    )
-    .await?;
+    let r = within(WAIT, "request timeout", slow.read_to_end(&mut out)).await?;
     assert!(r.is_ok() || out.is_empty(), "{r:?}");
     Ok(())
 }

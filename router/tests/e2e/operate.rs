@@ -61,16 +61,14 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
 
     // Relays finish just after their clients see the end; wait for the third.
     let closed = "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\"}";
-    let (text, m) = within(WAIT, "three closed relays", async {
-        loop {
-            let (text, m) = scrape_metrics(&h).await?;
-            if m.get(closed) == Some(&3.0) {
-                return Ok::<_, anyhow::Error>((text, m));
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await??;
+    let adm = h.router.admission();
+    within(
+        WAIT,
+        "three closed relays",
+        h.router.changes().until(|| adm.live_count() == 0),
+    )
+    .await?;
+    let (text, m) = scrape_metrics(&h).await?;
 
     // Bytes, frame by frame: the client sends "hello" (2+4 mask+5) and an empty close
     // (2+4); the backend sends its counter, the echo (2+5) and an empty close reply (2).

@@ -73,14 +73,14 @@ async fn vanished_client_releases_its_relay() -> Result<()> {
     .await?;
     let mut ws = h.ws("ns-01").await?;
     next_counter(&mut ws).await?;
-    let before = h.router.live_tasks();
-    assert!(before >= 1);
+    let adm = h.router.admission();
+    assert_eq!(adm.live_count(), 1);
     drop(ws);
-    within(WAIT, "relay to end", async {
-        while h.router.live_tasks() >= before {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "relay to end",
+        h.router.changes().until(|| adm.live_count() == 0),
+    )
     .await?;
     Ok(())
 }

@@ -23,10 +23,12 @@ async fn still_serving(h: &Harness, ns: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_have_the_right_status_and_reason() -> Result<()> {
     let hole = BlackHole::start().await?;
+    let refusing = Refusing::start().await?;
     let mut limits = limits();
-    limits.backend_timeout = Duration::from_millis(300);
+    // The silent backend's 504 comes after this; healthy upgrades need far less.
+    limits.backend_timeout = Duration::from_secs(1);
     let h = Harness::start(Options {
-        replace: vec![(1, dead_port().await?), (3, hole.addr.to_string())],
+        replace: vec![(1, refusing.addr.to_string()), (3, hole.addr.to_string())],
         limits,
         ..Options::default()
     })
@@ -136,12 +138,13 @@ async fn admin_health_and_readiness() -> Result<()> {
     );
     // The accept loop closes the listener as it sees the drain begin; from then on new
     // connections are refused.
-    within(WAIT, "the listener to close", async {
-        while h.tls().await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
+    within(
+        WAIT,
+        "the listener to close",
+        h.router.changes().until(|| !h.router.is_listening()),
+    )
     .await?;
+    assert!(h.tls().await.is_err(), "a closed listener accepted");
     h.router.close_now();
     within(WAIT, "drain", h.router.drained()).await?;
     Ok(())
