@@ -57,112 +57,126 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.command, io_threads))
 }
 
+/// One subcommand, start to exit status.
 async fn run(command: Command, io_threads: usize) -> ExitCode {
-    let handle = match command {
-        Command::Serve(args) => {
-            let (mut config, watch) = match (*args).into_config() {
-                Ok(c) => c,
-                Err(e) => return config_error(&e),
-            };
-            config.io_threads = io_threads;
-            let kube = match router::watch::kube_client(&watch).await {
-                Ok(k) => k,
-                Err(e) => return config_error(&e),
-            };
-            let handle = match router::start(config).await.context("starting the router") {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            if let Err(e) = router::watch::start(&watch, &handle, kube).await {
-                return config_error(&e);
-            }
-            handle
-        }
-        Command::Route(args) => {
-            return match router::ops::route(
-                &args.namespace,
-                args.replicas,
-                args.overrides.as_deref(),
-                &args.statefulset,
-            ) {
-                Ok(v) if args.json => match serde_json::to_string(&v) {
-                    Ok(json) => {
-                        println!("{json}");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => usage_error(&e),
-                },
-                Ok(v) => {
-                    println!(
-                        "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
-                        v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => usage_error(&e),
-            };
-        }
-        Command::Plan(args) => {
-            let current = match &args.admin {
-                Some(url) => router::ops::Current::from_admin(url, &args.statefulset).await,
-                None => router::ops::Current::offline(
-                    args.current.as_deref(),
-                    args.current_replicas,
-                    &args.statefulset,
-                ),
-            };
-            let plan = current.and_then(|cur| {
-                let new =
-                    router::overrides_file::read_overrides(&args.overrides, &args.statefulset)?;
-                router::ops::plan(&cur, new, args.replicas, &args.statefulset)
-            });
-            return match plan {
-                Ok(p) => {
-                    print!("{p}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => usage_error(&e),
-            };
-        }
-        Command::Cert(args) => {
-            let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
-            let written =
-                router::tls::DevCert::generate(&hosts).and_then(|c| c.write_to(&args.out));
-            return match written {
-                Ok(()) => {
-                    println!(
-                        "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}",
-                        args.out.display(),
-                        hosts.join(", ")
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!("{}", router::logging::DisplayChain(&e));
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        Command::Dev(args) => match router::dev::start(*args, io_threads).await {
-            Ok(dev) => {
-                println!("{}", dev.banner());
-                // Backends live as long as the router; they drop after it drains.
-                let backends = dev.backends;
-                let r = serve_until_signals(dev.router).await;
-                drop(backends);
-                return r;
-            }
-            Err(router::dev::DevError::Config(e)) => return config_error(&e),
-            Err(e) => {
-                tracing::error!("{:#}", anyhow::Error::from(e));
-                return ExitCode::FAILURE;
-            }
-        },
+    match command {
+        Command::Serve(args) => serve(*args, io_threads).await,
+        Command::Dev(args) => dev(*args, io_threads).await,
+        Command::Route(args) => route(&args),
+        Command::Plan(args) => plan(&args).await,
+        Command::Cert(args) => cert(&args),
+    }
+}
+
+/// `wsrouter serve`: validate, reach the API server if needed, bind, watch, serve until
+/// signalled.
+async fn serve(args: router::config::ServeArgs, io_threads: usize) -> ExitCode {
+    let (mut config, watch) = match args.into_config() {
+        Ok(c) => c,
+        Err(e) => return config_error(&e),
     };
+    config.io_threads = io_threads;
+    let kube = match router::watch::kube_client(&watch).await {
+        Ok(k) => k,
+        Err(e) => return config_error(&e),
+    };
+    let handle = match router::start(config).await.context("starting the router") {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = router::watch::start(&watch, &handle, kube).await {
+        return config_error(&e);
+    }
     serve_until_signals(handle).await
+}
+
+/// `wsrouter dev`: the router with in-process echo backends, until signalled.
+async fn dev(args: router::config::DevArgs, io_threads: usize) -> ExitCode {
+    match router::dev::start(args, io_threads).await {
+        Ok(dev) => {
+            println!("{}", dev.banner());
+            // Backends live as long as the router; they drop after it drains.
+            let backends = dev.backends;
+            let r = serve_until_signals(dev.router).await;
+            drop(backends);
+            r
+        }
+        Err(router::dev::DevError::Config(e)) => config_error(&e),
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `wsrouter route`: the routing contract for one namespace, as a line or JSON.
+fn route(args: &router::config::RouteArgs) -> ExitCode {
+    let v = match router::ops::route(
+        &args.namespace,
+        args.replicas,
+        args.overrides.as_deref(),
+        &args.statefulset,
+    ) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    if args.json {
+        match serde_json::to_string(&v) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return usage_error(&e),
+        }
+    } else {
+        println!(
+            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
+            v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `wsrouter plan`: what an overrides edit or a scale would move.
+async fn plan(args: &router::config::PlanArgs) -> ExitCode {
+    let current = match &args.admin {
+        Some(url) => router::ops::Current::from_admin(url, &args.statefulset).await,
+        None => router::ops::Current::offline(
+            args.current.as_deref(),
+            args.current_replicas,
+            &args.statefulset,
+        ),
+    };
+    let plan = current.and_then(|cur| {
+        let new = router::overrides_file::read_overrides(&args.overrides, &args.statefulset)?;
+        router::ops::plan(&cur, new, args.replicas, &args.statefulset)
+    });
+    match plan {
+        Ok(p) => {
+            print!("{p}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e),
+    }
+}
+
+/// `wsrouter cert`: a dev CA and a server certificate, written as a TLS Secret's files.
+fn cert(args: &router::config::CertArgs) -> ExitCode {
+    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+    match router::tls::DevCert::generate(&hosts).and_then(|c| c.write_to(&args.out)) {
+        Ok(()) => {
+            println!(
+                "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}",
+                args.out.display(),
+                hosts.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("{}", router::logging::DisplayChain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// clap's verdict on the command line: help and version as asked (exit 0); anything

@@ -295,6 +295,8 @@ fn close_unused_upgrade(req: &mut Request<Incoming>, ctx: &ConnCtx) {
     });
 }
 
+/// The request's way through: route it, take a live place, upgrade the backend, answer
+/// 101, and leave the rest (the client's upgrade, then the relay) to a task of its own.
 async fn forward<I>(
     req: &mut Request<Incoming>,
     ctx: &ConnCtx,
@@ -302,7 +304,43 @@ async fn forward<I>(
 where
     I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
 {
-    let shared = &ctx.shared;
+    let (routed, key) = route_request(req, &ctx.shared)?;
+    // From here the connection counts against the live pool, backend socket included.
+    let live = ctx
+        .shared
+        .admission
+        .admit_live(ctx.peer.ip())
+        .map_err(ProxyError::AtCapacity)?;
+    let (head, backend, backend_pre) = match upgrade_with_backend(req, ctx, &routed, &key).await? {
+        BackendAnswer::Refused(resp) => return Ok(relay_refusal(&routed, resp)),
+        BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
+    };
+    let resp = answer_101(head.headers, routed.table_version);
+    let pending = PendingRelay {
+        routed,
+        backend,
+        backend_pre,
+        live,
+        peer: ctx.peer,
+        accepted: ctx.accepted,
+        shared: ctx.shared.clone(),
+    };
+    // Two stages: this task waits for the client's upgrade; the relay then runs as its own
+    // task holding only what a live socket needs, so the upgrade's state is freed.
+    let on_client_upgrade = hyper::upgrade::on(req);
+    ctx.shared
+        .lifecycle
+        .tasks
+        .spawn(pending.await_client::<I>(on_client_upgrade));
+    Ok(resp)
+}
+
+/// Checks the request (Host, path, upgrade, key) and makes the one table load of this
+/// connection: the backend chosen here is kept for life.
+fn route_request(
+    req: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<(Routed, HeaderValue), ProxyError> {
     let host = request_host(req).map_err(ProxyError::BadHost)?;
     let tenant = match shared.prefix.namespace(req.uri().path()) {
         Ok(ns) => ns,
@@ -314,8 +352,6 @@ where
         return Err(ProxyError::UpgradeRequired);
     }
     let key = websocket_key(req.headers())?;
-
-    // The one table load of this connection: the backend chosen here is kept for life.
     let routed = {
         let guard = shared.table.load();
         let Some(table) = guard.as_deref() else {
@@ -331,7 +367,6 @@ where
             host,
         }
     };
-
     // Known not ready: say so now rather than after a connect timeout. The tenant stays
     // on its pod; its state lives there.
     if shared.not_ready.load().contains(routed.ordinal) {
@@ -339,71 +374,93 @@ where
             ordinal: routed.ordinal,
         });
     }
+    Ok((routed, key))
+}
 
-    // From here the connection counts against the live pool, backend socket included.
-    let live = shared
-        .admission
-        .admit_live(ctx.peer.ip())
-        .map_err(ProxyError::AtCapacity)?;
-
+/// Forwards the upgrade to the backend, within the backend timeout and until the drain's
+/// grace period ends, and checks a 101 completes the handshake the client asked for.
+async fn upgrade_with_backend(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    routed: &Routed,
+    key: &HeaderValue,
+) -> Result<BackendAnswer, ProxyError> {
+    let shared = &ctx.shared;
     let backend_req = backend_request(req, ctx.peer, shared.tls_config.is_some(), &routed.host);
     let offered = Offered::from_request(req.headers());
-    let timeout = shared.limits.backend_timeout;
-    let upgrade = tokio::time::timeout(timeout, upgrade_backend(&routed, backend_req));
+    let upgrade = tokio::time::timeout(
+        shared.limits.backend_timeout,
+        upgrade_backend(routed, backend_req),
+    );
     let answer = tokio::select! {
-        r = upgrade => match r {
-            Ok(answer) => answer?,
-            Err(_) => {
-                return Err(ProxyError::BackendTimeout {
-                    ordinal: routed.ordinal,
-                    addr: routed.addr,
-                })
-            }
-        },
+        r = upgrade => r.map_err(|_| ProxyError::BackendTimeout {
+            ordinal: routed.ordinal,
+            addr: routed.addr.clone(),
+        })??,
         // The drain's grace period ended while the backend had not answered.
         _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
     };
-    let (head, backend, backend_pre) = match answer {
-        BackendAnswer::Refused(resp) => {
-            // The backend said no (e.g. 403 or 404): the client hears it as it was said.
-            tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, status = resp.status().as_u16(), "backend refused the upgrade");
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            parts
-                .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return Ok(Response::from_parts(parts, Either::Right(body)));
-        }
-        BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
-    };
-    if let Err(why) = check_backend_handshake(&head.headers, &key, &offered) {
-        return Err(ProxyError::BackendBadHandshake {
-            ordinal: routed.ordinal,
-            addr: routed.addr,
-            why,
-        });
+    if let BackendAnswer::Upgraded { head, .. } = &answer {
+        check_backend_handshake(&head.headers, key, &offered).map_err(|why| {
+            ProxyError::BackendBadHandshake {
+                ordinal: routed.ordinal,
+                addr: routed.addr.clone(),
+                why,
+            }
+        })?;
     }
+    Ok(answer)
+}
 
+/// The backend said no (e.g. 403 or 404): the client hears it as it was said.
+fn relay_refusal(routed: &Routed, resp: Response<Incoming>) -> Response<ProxyBody> {
+    tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, status = resp.status().as_u16(), "backend refused the upgrade");
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Response::from_parts(parts, Either::Right(body))
+}
+
+/// The client's 101: the backend's end-to-end headers (its accept, subprotocol,
+/// extensions), the upgrade tokens, and the table version that routed it.
+fn answer_101(mut headers: HeaderMap, table_version: u64) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(
         HeaderName::from_static(TABLE_VERSION_HEADER),
-        HeaderValue::from(routed.table_version),
+        HeaderValue::from(table_version),
     );
     *resp.headers_mut() = headers;
+    resp
+}
 
-    let on_client_upgrade = hyper::upgrade::on(req);
-    let (peer, accepted) = (ctx.peer, ctx.accepted);
-    let shared = shared.clone();
-    // Two stages: this task waits for the client's upgrade; the relay then runs as its own
-    // task holding only what a live socket needs, so the upgrade's state is freed.
-    ctx.shared.lifecycle.tasks.spawn(async move {
-        let upgrade_timeout = shared.limits.request_timeout;
-        let client = match tokio::time::timeout(upgrade_timeout, on_client_upgrade).await {
+/// A backend upgraded and a 101 on its way to the client: what the relay will need once
+/// the client's side of the upgrade completes.
+struct PendingRelay {
+    routed: Routed,
+    backend: TcpStream,
+    backend_pre: Bytes,
+    live: LiveSlot,
+    peer: SocketAddr,
+    accepted: Instant,
+    shared: Arc<Shared>,
+}
+
+impl PendingRelay {
+    /// Waits (within the request timeout) for hyper to hand over the client's upgraded
+    /// socket, then starts the relay as a task of its own.
+    async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
+    where
+        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let upgrade_timeout = self.shared.limits.request_timeout;
+        let client = match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 tracing::debug!(client.addr = %peer, error = %e, "client upgrade failed");
@@ -416,13 +473,28 @@ where
         };
         // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
         // reads and writes it directly.
-        let parts = match client.downcast::<TokioIo<I>>() {
-            Ok(parts) => parts,
+        match client.downcast::<TokioIo<I>>() {
+            Ok(parts) => self.start(parts.io.into_inner(), parts.read_buf),
             Err(_) => {
-                tracing::error!(client.addr = %peer, "upgraded connection of an unexpected type");
-                return;
+                tracing::error!(client.addr = %peer, "upgraded connection of an unexpected type")
             }
-        };
+        }
+    }
+
+    /// Registers the live socket, counts it, and spawns the relay task.
+    fn start<I>(self, client: I, client_pre: Bytes)
+    where
+        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+    {
+        let Self {
+            routed,
+            backend,
+            backend_pre,
+            live,
+            peer,
+            accepted,
+            shared,
+        } = self;
         let started = Instant::now();
         let _live = shared.live.register(&routed.tenant);
         // One lookup for this relay's gauge; it is decremented through the same handle.
@@ -434,53 +506,57 @@ where
             })
             .clone();
         active.inc();
-        tracing::debug!(
-            client.addr = %peer,
-            tenant = %routed.tenant,
-            backend.ordinal = routed.ordinal,
-            "relay started"
-        );
-        let drain = shared.lifecycle.close_tunnels.clone();
-        let stop: Pin<Box<dyn Future<Output = Stop> + Send>> = match shared.reroute.clone() {
-            None => Box::pin(async move {
-                drain.cancelled_owned().await;
-                Stop::SHUTDOWN
-            }),
-            Some(r) => {
-                let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-                let salt = started.elapsed().as_nanos() as u64;
-                Box::pin(async move {
-                    tokio::select! {
-                        _ = drain.cancelled() => Stop::SHUTDOWN,
-                        _ = r.moved(&tenant, ordinal, salt) => Stop::REROUTED,
-                    }
-                })
-            }
-        };
-        let client_io = parts.io.into_inner();
+        tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
+        let stop = stop_signal(&shared, &routed, started);
         let relay = relay::run(
-            client_io,
+            client,
             backend,
-            parts.read_buf,
+            client_pre,
             backend_pre,
             stop,
             RelayConfig {
                 close_timeout: shared.limits.close_timeout,
             },
         );
+        let tasks = shared.lifecycle.tasks.clone();
         let live = LiveRelay {
             routed,
             peer,
             accepted,
             started,
             active,
-            shared: shared.clone(),
+            shared,
             _slot: live,
             _live,
         };
-        shared.lifecycle.tasks.spawn(live.run(relay));
-    });
-    Ok(resp)
+        tasks.spawn(live.run(relay));
+    }
+}
+
+/// What ends a relay on the router's own initiative: the drain's end (1001) and, with
+/// `--reroute-drain`, the tenant's move (1012).
+fn stop_signal(
+    shared: &Shared,
+    routed: &Routed,
+    started: Instant,
+) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
+    let drain = shared.lifecycle.close_tunnels.clone();
+    match shared.reroute.clone() {
+        None => Box::pin(async move {
+            drain.cancelled_owned().await;
+            Stop::SHUTDOWN
+        }),
+        Some(r) => {
+            let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
+            let salt = started.elapsed().as_nanos() as u64;
+            Box::pin(async move {
+                tokio::select! {
+                    _ = drain.cancelled() => Stop::SHUTDOWN,
+                    _ = r.moved(&tenant, ordinal, salt) => Stop::REROUTED,
+                }
+            })
+        }
+    }
 }
 
 /// What a running relay keeps beside its sockets, to count and log its end.
