@@ -502,53 +502,20 @@ impl ServeArgs {
         // kubelet sets this in every pod; its absence means "not in a cluster".
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let templated = self.backends.is_empty();
-        let (backends, replicas) = if templated {
-            let template = BackendTemplate::parse(
-                &self.backend_template,
-                &self.statefulset,
-                &self.service,
-                &namespace,
-            )
-            .map_err(ConfigError::Template)?;
-            let replicas = match self.replicas {
-                Some(r) => Some(NonZeroU32::new(r).ok_or(ConfigError::ZeroReplicas)?),
-                None => None,
-            };
-            (Backends::Template(template), replicas)
-        } else {
-            let n = self.backends.len();
-            let backends = Backends::static_list(self.backends).map_err(ConfigError::Backends)?;
-            let fixed = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
-            if let Some(r) = self.replicas.filter(|&r| r as usize != n) {
-                return Err(ConfigError::ReplicasMismatch {
-                    replicas: r,
-                    addresses: n,
-                });
-            }
-            (backends, Some(fixed))
-        };
-        let overrides_watch = match (self.overrides_file, self.overrides_dir, self.configmap) {
+        let (backends, replicas) = self.backends_and_replicas(&namespace)?;
+        let overrides_watch = match (
+            self.overrides_file.clone(),
+            self.overrides_dir.clone(),
+            self.configmap.clone(),
+        ) {
             (Some(f), _, _) => OverridesWatch::File(f),
             (_, Some(d), _) => OverridesWatch::Dir(d),
             (_, _, Some(c)) => OverridesWatch::ConfigMap(c),
             _ if in_cluster => OverridesWatch::ConfigMap(DEFAULT_CONFIGMAP.to_owned()),
             _ => OverridesWatch::None,
         };
-        let (overrides, source, await_overrides) = match &overrides_watch {
-            // A local file is read now: a bad one is a configuration error.
-            OverridesWatch::File(path) => (
-                overrides_file::read_overrides(path, &self.statefulset)
-                    .map_err(ConfigError::OverridesFile)?,
-                TableSource::File {
-                    path: path.display().to_string(),
-                },
-                false,
-            ),
-            OverridesWatch::Dir(_) | OverridesWatch::ConfigMap(_) => {
-                (Overrides::default(), TableSource::Flags, true)
-            }
-            OverridesWatch::None => (Overrides::default(), TableSource::Flags, false),
-        };
+        let (overrides, source, await_overrides) =
+            initial_overrides(&overrides_watch, &self.statefulset)?;
         let mut watch = WatchConfig {
             overrides: overrides_watch,
             statefulset: replicas.is_none().then(|| self.statefulset.clone()),
@@ -591,6 +558,64 @@ impl ServeArgs {
         };
         Ok((config, watch))
     }
+}
+
+impl ServeArgs {
+    /// How ordinals become addresses (a static list or a template), and the replica
+    /// count if the flags fix it (`None`: the StatefulSet's is watched).
+    fn backends_and_replicas(
+        &self,
+        namespace: &str,
+    ) -> Result<(Backends, Option<NonZeroU32>), ConfigError> {
+        if self.backends.is_empty() {
+            let template = BackendTemplate::parse(
+                &self.backend_template,
+                &self.statefulset,
+                &self.service,
+                namespace,
+            )
+            .map_err(ConfigError::Template)?;
+            let replicas = match self.replicas {
+                Some(r) => Some(NonZeroU32::new(r).ok_or(ConfigError::ZeroReplicas)?),
+                None => None,
+            };
+            return Ok((Backends::Template(template), replicas));
+        }
+        let n = self.backends.len();
+        let backends =
+            Backends::static_list(self.backends.clone()).map_err(ConfigError::Backends)?;
+        let fixed = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
+        if let Some(r) = self.replicas.filter(|&r| r as usize != n) {
+            return Err(ConfigError::ReplicasMismatch {
+                replicas: r,
+                addresses: n,
+            });
+        }
+        Ok((backends, Some(fixed)))
+    }
+}
+
+/// The overrides known at start, where they came from, and whether to wait for a first
+/// read of a watched source before routing anything.
+fn initial_overrides(
+    watch: &OverridesWatch,
+    statefulset: &str,
+) -> Result<(Overrides, TableSource, bool), ConfigError> {
+    Ok(match watch {
+        // A local file is read now: a bad one is a configuration error.
+        OverridesWatch::File(path) => (
+            overrides_file::read_overrides(path, statefulset)
+                .map_err(ConfigError::OverridesFile)?,
+            TableSource::File {
+                path: path.display().to_string(),
+            },
+            false,
+        ),
+        OverridesWatch::Dir(_) | OverridesWatch::ConfigMap(_) => {
+            (Overrides::default(), TableSource::Flags, true)
+        }
+        OverridesWatch::None => (Overrides::default(), TableSource::Flags, false),
+    })
 }
 
 /// The pod's namespace: `$POD_NAMESPACE`, then the service account's, then `default`.

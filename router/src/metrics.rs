@@ -97,6 +97,44 @@ impl Metrics {
             control,
             registry: Registry::default(),
         };
+        m.register_data(&mut r);
+        register_control(&mut r, &m.control);
+        let bytes_from_client = m
+            .bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_client",
+            })
+            .clone();
+        let bytes_from_backend = m
+            .bytes
+            .get_or_create(&DirectionLabel {
+                direction: "from_backend",
+            })
+            .clone();
+        let tls_handshake_errors = m
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: "error" })
+            .clone();
+        let tls_handshake_timeouts = m
+            .tls_handshake_failures
+            .get_or_create(&ReasonLabel { reason: "timeout" })
+            .clone();
+        for reason in ["pending_per_ip", "live_full", "live_per_ip"] {
+            let _ = m.refused.get_or_create(&ReasonLabel { reason });
+        }
+        Self {
+            registry: r,
+            bytes_from_client,
+            bytes_from_backend,
+            tls_handshake_errors,
+            tls_handshake_timeouts,
+            ..m
+        }
+    }
+
+    /// The data path's series.
+    fn register_data(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "connections_accepted",
             "Client TCP connections accepted",
@@ -168,84 +206,6 @@ impl Metrics {
             "1 while the router drains after SIGTERM",
             m.draining.clone(),
         );
-        let c = &m.control;
-        r.register(
-            "table_version",
-            "Version of the routing table in force (0: none yet)",
-            c.table_version.clone(),
-        );
-        r.register(
-            "table_replicas",
-            "Backend replicas in the routing table",
-            c.table_replicas.clone(),
-        );
-        r.register(
-            "table_overrides",
-            "Overrides in the routing table",
-            c.table_overrides.clone(),
-        );
-        r.register(
-            "table_inactive_overrides",
-            "Overrides pointing beyond the current replicas (the tenant follows its hash)",
-            c.inactive_overrides.clone(),
-        );
-        r.register("table_swaps", "Routing tables published", c.swaps.clone());
-        r.register(
-            "table_rejected_updates",
-            "Updates rejected whole, the last good table kept, by reason",
-            c.rejected.clone(),
-        );
-        r.register(
-            "watch_restarts",
-            "Kubernetes watches (re)listed: first list, relist after 410 or a lost stream",
-            c.watch_restarts.clone(),
-        );
-        r.register(
-            "watch_errors",
-            "Kubernetes API errors and broken watch streams (retried with backoff)",
-            c.watch_errors.clone(),
-        );
-        r.register(
-            "tls_reloads",
-            "TLS certificates reloaded from disk",
-            c.tls_reloads.clone(),
-        );
-        r.register(
-            "tls_reload_failures",
-            "New TLS certificate pairs refused (the last good one kept)",
-            c.tls_reload_failures.clone(),
-        );
-        let bytes_from_client = m
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "from_client",
-            })
-            .clone();
-        let bytes_from_backend = m
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "from_backend",
-            })
-            .clone();
-        let tls_handshake_errors = m
-            .tls_handshake_failures
-            .get_or_create(&ReasonLabel { reason: "error" })
-            .clone();
-        let tls_handshake_timeouts = m
-            .tls_handshake_failures
-            .get_or_create(&ReasonLabel { reason: "timeout" })
-            .clone();
-        for reason in ["pending_per_ip", "live_full", "live_per_ip"] {
-            let _ = m.refused.get_or_create(&ReasonLabel { reason });
-        }
-        Self {
-            registry: r,
-            bytes_from_client,
-            bytes_from_backend,
-            tls_handshake_errors,
-            tls_handshake_timeouts,
-            ..m
-        }
     }
 
     /// Counts a refused connection.
@@ -272,6 +232,56 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The control plane's counters, owned by [`ControlStats`], served here.
+fn register_control(r: &mut Registry, c: &ControlStats) {
+    r.register(
+        "table_version",
+        "Version of the routing table in force (0: none yet)",
+        c.table_version.clone(),
+    );
+    r.register(
+        "table_replicas",
+        "Backend replicas in the routing table",
+        c.table_replicas.clone(),
+    );
+    r.register(
+        "table_overrides",
+        "Overrides in the routing table",
+        c.table_overrides.clone(),
+    );
+    r.register(
+        "table_inactive_overrides",
+        "Overrides pointing beyond the current replicas (the tenant follows its hash)",
+        c.inactive_overrides.clone(),
+    );
+    r.register("table_swaps", "Routing tables published", c.swaps.clone());
+    r.register(
+        "table_rejected_updates",
+        "Updates rejected whole, the last good table kept, by reason",
+        c.rejected.clone(),
+    );
+    r.register(
+        "watch_restarts",
+        "Kubernetes watches (re)listed: first list, relist after 410 or a lost stream",
+        c.watch_restarts.clone(),
+    );
+    r.register(
+        "watch_errors",
+        "Kubernetes API errors and broken watch streams (retried with backoff)",
+        c.watch_errors.clone(),
+    );
+    r.register(
+        "tls_reloads",
+        "TLS certificates reloaded from disk",
+        c.tls_reloads.clone(),
+    );
+    r.register(
+        "tls_reload_failures",
+        "New TLS certificate pairs refused (the last good one kept)",
+        c.tls_reload_failures.clone(),
+    );
 }
 
 /// The content type of [`Metrics::encode`]'s output.

@@ -171,8 +171,9 @@ impl RouterHandle {
 
 /// Binds the listeners and starts serving.
 pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
-    let bind_err = |source| ServerError::Bind {
-        addr: config.listen,
+    let listen = config.listen;
+    let bind_err = move |source| ServerError::Bind {
+        addr: listen,
         source,
     };
     // A client that connects and sends nothing waits in the kernel, not in a slot.
@@ -198,13 +199,54 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         None => None,
     };
     let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let drain_grace = config.drain_grace;
+    let (shared, control) = build_shared(config);
 
+    let admin_stop = CancellationToken::new();
+    let admin_task =
+        admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone())));
+    let done = CancellationToken::new();
+    let accepting = spawn_accept_loops(listeners, io_runtimes, &shared, &done, bind_err)?;
+    shared.lifecycle.set_listening();
+    tracing::info!(
+        listen.addr = %addr,
+        admin.addr = %admin_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        tls = shared.tls_config.is_some(),
+        "listening"
+    );
+    let drained = Drain {
+        shared: shared.clone(),
+        accepting,
+        grace: drain_grace,
+        admin_stop,
+        admin_task,
+        done: done.clone(),
+    };
+    tokio::spawn(drained.run());
+
+    Ok(RouterHandle {
+        addr,
+        admin_addr,
+        shared,
+        control: control.handle,
+        statefulset: control.statefulset,
+        done,
+    })
+}
+
+/// The control loop's handle, and the StatefulSet it names pods after.
+struct ControlStarted {
+    handle: ControlHandle,
+    statefulset: String,
+}
+
+/// The state every connection reads, and the control loop (started) that owns the table.
+fn build_shared(config: RouterConfig) -> (Arc<Shared>, ControlStarted) {
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.limits.request_timeout)
         .max_buf_size(config.limits.max_header_bytes)
         .max_headers(config.limits.max_headers);
-
     let stats = Arc::new(ControlStats::default());
     // One set of waiters for every change, whoever makes it.
     let lifecycle = Lifecycle::with_changes(stats.changes.clone());
@@ -212,7 +254,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let live = Arc::new(LiveTenants::default());
     let metrics = Arc::new(Metrics::new(stats.clone()));
     let statefulset = config.routing.statefulset.clone();
-    let (control, control_handle, control_rx) = Control::new(ControlParts {
+    let (control, handle, control_rx) = Control::new(ControlParts {
         table: table.clone(),
         routing: config.routing,
         live: live.clone(),
@@ -222,7 +264,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     tokio::spawn(control.run(control_rx));
     let reroute = config
         .reroute
-        .map(|r| Arc::new(Reroute::new(r, table.clone(), control_handle.changes())));
+        .map(|r| Arc::new(Reroute::new(r, table.clone(), handle.changes())));
     let shared = Arc::new(Shared {
         table,
         live,
@@ -238,13 +280,26 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         limits: config.limits,
         tls_config: config.tls.map(|c| Arc::new(ArcSwap::new(c))),
         http,
-        lifecycle: lifecycle.clone(),
+        lifecycle,
     });
+    (
+        shared,
+        ControlStarted {
+            handle,
+            statefulset,
+        },
+    )
+}
 
-    let admin_stop = CancellationToken::new();
-    let admin_task =
-        admin_listener.map(|l| tokio::spawn(admin::serve(l, shared.clone(), admin_stop.clone())));
-    let done = CancellationToken::new();
+/// One accept loop per listener: on the caller's runtime without I/O threads, else each
+/// on its own thread's event loop. Each receiver hears when its loop has stopped.
+fn spawn_accept_loops(
+    listeners: Vec<TcpListener>,
+    io_runtimes: Vec<tokio::runtime::Runtime>,
+    shared: &Arc<Shared>,
+    done: &CancellationToken,
+    bind_err: impl Fn(std::io::Error) -> ServerError,
+) -> Result<Vec<oneshot::Receiver<()>>, ServerError> {
     let mut accepting = Vec::new();
     if io_runtimes.is_empty() {
         let (tx, rx) = oneshot::channel();
@@ -256,43 +311,48 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
             }
             let _ = tx.send(());
         });
-    } else {
-        for (i, (listener, rt)) in listeners.into_iter().zip(io_runtimes).enumerate() {
-            let (tx, rx) = oneshot::channel();
-            accepting.push(rx);
-            // The listener moves to the thread's own event loop.
-            let listener = listener.into_std().map_err(bind_err)?;
-            let (shared, done) = (shared.clone(), done.clone());
-            std::thread::Builder::new()
-                .name(format!("wsrouter-io-{i}"))
-                .spawn(move || io_thread(rt, listener, shared, done, tx))
-                .map_err(ServerError::Thread)?;
-        }
+        return Ok(accepting);
     }
-    lifecycle.set_listening();
-    tracing::info!(
-        listen.addr = %addr,
-        admin.addr = %admin_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
-        tls = shared.tls_config.is_some(),
-        "listening"
-    );
+    for (i, (listener, rt)) in listeners.into_iter().zip(io_runtimes).enumerate() {
+        let (tx, rx) = oneshot::channel();
+        accepting.push(rx);
+        // The listener moves to the thread's own event loop.
+        let listener = listener.into_std().map_err(&bind_err)?;
+        let (shared, done) = (shared.clone(), done.clone());
+        std::thread::Builder::new()
+            .name(format!("wsrouter-io-{i}"))
+            .spawn(move || io_thread(rt, listener, shared, done, tx))
+            .map_err(ServerError::Thread)?;
+    }
+    Ok(accepting)
+}
 
-    let drain_grace = config.drain_grace;
-    let sup_shared = shared.clone();
-    let sup_done = done.clone();
-    tokio::spawn(async move {
-        let lc = &sup_shared.lifecycle;
+/// The drain, from SIGTERM (or [`RouterHandle::shutdown`]) to "drained".
+struct Drain {
+    shared: Arc<Shared>,
+    accepting: Vec<oneshot::Receiver<()>>,
+    grace: Duration,
+    admin_stop: CancellationToken,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
+    done: CancellationToken,
+}
+
+impl Drain {
+    /// Stop accepting, fail readiness, give live sockets the grace period, close the rest
+    /// with 1001, bounded by the close timeout; the admin listener stays up until the end.
+    async fn run(self) {
+        let lc = &self.shared.lifecycle;
         lc.stop_accepting.cancelled().await;
         lc.set_draining();
-        for a in accepting {
+        for a in self.accepting {
             let _ = a.await;
         }
         lc.set_listener_closed();
         lc.tasks.close();
-        tracing::info!(live = lc.tasks.len(), grace = ?drain_grace, "draining: listener closed, live sockets have the grace period");
+        tracing::info!(live = lc.tasks.len(), grace = ?self.grace, "draining: listener closed, live sockets have the grace period");
         tokio::select! {
             _ = lc.tasks.wait() => {}
-            _ = tokio::time::sleep(drain_grace) => {}
+            _ = tokio::time::sleep(self.grace) => {}
             _ = lc.close_tunnels.cancelled() => {}
         }
         if !lc.tasks.is_empty() {
@@ -303,29 +363,20 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         }
         lc.close_tunnels.cancel();
         // Every relay ends within close_timeout of its close; the margin covers the rest.
-        let bound = sup_shared.limits.close_timeout + Duration::from_secs(1);
+        let bound = self.shared.limits.close_timeout + Duration::from_secs(1);
         if tokio::time::timeout(bound, lc.tasks.wait()).await.is_err() {
             tracing::warn!(
                 live = lc.tasks.len(),
                 "connections still open after the close timeout; exiting anyway"
             );
         }
-        admin_stop.cancel();
-        if let Some(t) = admin_task {
+        self.admin_stop.cancel();
+        if let Some(t) = self.admin_task {
             let _ = t.await;
         }
         tracing::info!("drained");
-        sup_done.cancel();
-    });
-
-    Ok(RouterHandle {
-        addr,
-        admin_addr,
-        shared,
-        control: control_handle,
-        statefulset,
-        done,
-    })
+        self.done.cancel();
+    }
 }
 
 /// Binds `n` listeners on `addr` sharing one port with SO_REUSEPORT, so the kernel
