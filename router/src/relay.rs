@@ -321,6 +321,9 @@ impl Pump {
         self.state = State::Inject;
     }
 
+    /// Runs this direction until it is done (`Ready`) or must wait (`Pending`): one
+    /// method per state, each returning `Ready(())` when it made progress or changed
+    /// state (so the loop goes on) and `Pending` when it has to wait.
     fn poll_pump<R, W>(
         &mut self,
         cx: &mut Context<'_>,
@@ -332,126 +335,17 @@ impl Pump {
         W: AsyncWrite + Reset + Unpin + ?Sized,
     {
         loop {
-            match self.state {
-                State::Forward => {
-                    if self.pos < self.buf.len() {
-                        let avail = &self.buf[self.pos..];
-                        let n = match self.stop {
-                            Some((code, reason)) => match self.frames.bytes_to_boundary(avail) {
-                                Some(0) => {
-                                    self.begin_inject(code, reason);
-                                    continue;
-                                }
-                                Some(n) => n,
-                                None => avail.len(),
-                            },
-                            None => avail.len(),
-                        };
-                        match dst.as_mut().poll_write(cx, &avail[..n]) {
-                            Poll::Ready(Ok(w)) if w > 0 => {
-                                let (pos, buf) = (self.pos, std::mem::take(&mut self.buf));
-                                self.wrote(&buf[pos..pos + w]);
-                                self.buf = buf;
-                                self.pos += w;
-                                if self.pos == self.buf.len() {
-                                    // Written out: give the memory back while idle.
-                                    self.buf = Vec::new();
-                                    self.pos = 0;
-                                }
-                            }
-                            Poll::Ready(_) => {
-                                self.note(Event::WriteError);
-                                self.state = State::Done;
-                            }
-                            Poll::Pending => return Poll::Pending,
-                        }
-                        continue;
-                    }
-                    if self.read_ended {
-                        // The source ended its connection: end the sink's the same way.
-                        self.state = if self.read_failed {
-                            State::Reset
-                        } else {
-                            State::Shutdown
-                        };
-                        continue;
-                    }
-                    if let Some((code, reason)) = self.stop {
-                        if self.frames.at_boundary() || self.frames.desynced() {
-                            self.begin_inject(code, reason);
-                            continue;
-                        }
-                    }
-                    let read = SCRATCH.with_borrow_mut(|scratch| {
-                        let mut rb = ReadBuf::new(scratch);
-                        let r = src.as_mut().poll_read(cx, &mut rb);
-                        let n = rb.filled().len();
-                        match r {
-                            Poll::Ready(Ok(())) if n > 0 => {
-                                self.forward(cx, dst.as_mut(), &scratch[..n]);
-                                Poll::Ready(Ok(n))
-                            }
-                            Poll::Ready(r) => Poll::Ready(r.map(|()| 0)),
-                            Poll::Pending => Poll::Pending,
-                        }
-                    });
-                    match read {
-                        Poll::Ready(Ok(0)) => {
-                            self.note(Event::ReadEof);
-                            self.read_ended = true;
-                        }
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Ready(Err(e)) => {
-                            self.read_ended = true;
-                            // A TLS peer that closes TCP without close_notify is common
-                            // (browsers do it); that is a hang-up, not a failure.
-                            if e.kind() == io::ErrorKind::UnexpectedEof {
-                                self.note(Event::ReadEof);
-                            } else {
-                                self.read_failed = true;
-                                self.note(Event::ReadError);
-                            }
-                        }
-                        Poll::Pending => {
-                            if self.need_flush {
-                                match dst.as_mut().poll_flush(cx) {
-                                    Poll::Ready(Ok(())) => self.need_flush = false,
-                                    Poll::Ready(Err(_)) => {
-                                        self.note(Event::WriteError);
-                                        self.state = State::Done;
-                                        continue;
-                                    }
-                                    Poll::Pending => {}
-                                }
-                            }
-                            return Poll::Pending;
-                        }
-                    }
+            let step = match self.state {
+                State::Forward if self.pos < self.buf.len() => {
+                    self.poll_write_held(cx, dst.as_mut())
                 }
-                State::Inject => {
-                    while !self.inject.is_empty() {
-                        match ready!(dst.as_mut().poll_write(cx, &self.inject)) {
-                            Ok(w) if w > 0 => {
-                                self.inject.drain(..w);
-                            }
-                            _ => {
-                                self.note(Event::WriteError);
-                                self.state = State::Done;
-                                return Poll::Ready(());
-                            }
-                        }
-                    }
-                    if ready!(dst.as_mut().poll_flush(cx)).is_err() {
-                        self.note(Event::WriteError);
-                        self.state = State::Done;
-                        return Poll::Ready(());
-                    }
-                    self.state = State::Shutdown;
-                }
+                State::Forward => self.poll_forward(cx, src.as_mut(), dst.as_mut()),
+                State::Inject => self.poll_inject(cx, dst.as_mut()),
                 State::Reset => {
                     dst.as_mut().get_mut().reset();
                     self.reset_sent = true;
                     self.state = State::Done;
+                    Poll::Ready(())
                 }
                 State::Shutdown => {
                     // An error here means the peer is already gone, which is where we
@@ -462,26 +356,182 @@ impl Pump {
                     } else {
                         State::Discard
                     };
+                    Poll::Ready(())
                 }
-                State::Discard => {
-                    // After our close, anything more from the source is moot; read it so
-                    // its sender sees its close handshake complete, until it hangs up.
-                    let read = SCRATCH.with_borrow_mut(|scratch| {
-                        let mut rb = ReadBuf::new(scratch);
-                        ready!(src.as_mut().poll_read(cx, &mut rb))?;
-                        Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
-                    });
-                    match ready!(read) {
-                        Ok(n) if n > 0 => {}
-                        _ => {
-                            self.read_ended = true;
-                            self.state = State::Done;
-                        }
-                    }
-                }
+                State::Discard => self.poll_discard(cx, src.as_mut()),
                 State::Done => return Poll::Ready(()),
+            };
+            ready!(step);
+        }
+    }
+
+    /// Forward, with bytes held back: write them first (up to the next frame boundary
+    /// when a stop is pending, where the close frame goes).
+    fn poll_write_held<W>(&mut self, cx: &mut Context<'_>, mut dst: Pin<&mut W>) -> Poll<()>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        let avail = &self.buf[self.pos..];
+        let n = match self.stop {
+            Some((code, reason)) => match self.frames.bytes_to_boundary(avail) {
+                Some(0) => {
+                    self.begin_inject(code, reason);
+                    return Poll::Ready(());
+                }
+                Some(n) => n,
+                None => avail.len(),
+            },
+            None => avail.len(),
+        };
+        match ready!(dst.as_mut().poll_write(cx, &avail[..n])) {
+            Ok(w) if w > 0 => {
+                let (pos, buf) = (self.pos, std::mem::take(&mut self.buf));
+                self.wrote(&buf[pos..pos + w]);
+                self.buf = buf;
+                self.pos += w;
+                if self.pos == self.buf.len() {
+                    // Written out: give the memory back while idle.
+                    self.buf = Vec::new();
+                    self.pos = 0;
+                }
+            }
+            _ => {
+                self.note(Event::WriteError);
+                self.state = State::Done;
             }
         }
+        Poll::Ready(())
+    }
+
+    /// Forward, nothing held back: mirror an ended source, start a pending stop at a
+    /// boundary, or read and pass on what comes (flushing before waiting).
+    fn poll_forward<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut src: Pin<&mut R>,
+        mut dst: Pin<&mut W>,
+    ) -> Poll<()>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        if self.read_ended {
+            // The source ended its connection: end the sink's the same way.
+            self.state = if self.read_failed {
+                State::Reset
+            } else {
+                State::Shutdown
+            };
+            return Poll::Ready(());
+        }
+        if let Some((code, reason)) = self.stop {
+            if self.frames.at_boundary() || self.frames.desynced() {
+                self.begin_inject(code, reason);
+                return Poll::Ready(());
+            }
+        }
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            let r = src.as_mut().poll_read(cx, &mut rb);
+            let n = rb.filled().len();
+            match r {
+                Poll::Ready(Ok(())) if n > 0 => {
+                    self.forward(cx, dst.as_mut(), &scratch[..n]);
+                    Poll::Ready(Ok(n))
+                }
+                Poll::Ready(r) => Poll::Ready(r.map(|()| 0)),
+                Poll::Pending => Poll::Pending,
+            }
+        });
+        match read {
+            Poll::Ready(Ok(0)) => {
+                self.note(Event::ReadEof);
+                self.read_ended = true;
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => self.read_error(&e),
+            Poll::Pending => return self.poll_flush_then_wait(cx, dst),
+        }
+        Poll::Ready(())
+    }
+
+    fn read_error(&mut self, e: &io::Error) {
+        self.read_ended = true;
+        // A TLS peer that closes TCP without close_notify is common (browsers do it);
+        // that is a hang-up, not a failure.
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            self.note(Event::ReadEof);
+        } else {
+            self.read_failed = true;
+            self.note(Event::ReadError);
+        }
+    }
+
+    /// Nothing to read: flush what was written since the last flush, then wait.
+    fn poll_flush_then_wait<W>(&mut self, cx: &mut Context<'_>, mut dst: Pin<&mut W>) -> Poll<()>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        if self.need_flush {
+            match dst.as_mut().poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.need_flush = false,
+                Poll::Ready(Err(_)) => {
+                    self.note(Event::WriteError);
+                    self.state = State::Done;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Writes the router's close frame, flushes, then shuts the sink down.
+    fn poll_inject<W>(&mut self, cx: &mut Context<'_>, mut dst: Pin<&mut W>) -> Poll<()>
+    where
+        W: AsyncWrite + ?Sized,
+    {
+        while !self.inject.is_empty() {
+            match ready!(dst.as_mut().poll_write(cx, &self.inject)) {
+                Ok(w) if w > 0 => {
+                    self.inject.drain(..w);
+                }
+                _ => {
+                    self.note(Event::WriteError);
+                    self.state = State::Done;
+                    return Poll::Ready(());
+                }
+            }
+        }
+        self.state = match ready!(dst.as_mut().poll_flush(cx)) {
+            Ok(()) => State::Shutdown,
+            Err(_) => {
+                self.note(Event::WriteError);
+                State::Done
+            }
+        };
+        Poll::Ready(())
+    }
+
+    /// After the router's close, anything more from the source is moot; read it so its
+    /// sender sees its close handshake complete, until it hangs up.
+    fn poll_discard<R>(&mut self, cx: &mut Context<'_>, mut src: Pin<&mut R>) -> Poll<()>
+    where
+        R: AsyncRead + ?Sized,
+    {
+        let read = SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(scratch);
+            ready!(src.as_mut().poll_read(cx, &mut rb))?;
+            Poll::Ready(Ok::<_, io::Error>(rb.filled().len()))
+        });
+        match ready!(read) {
+            Ok(n) if n > 0 => {}
+            _ => {
+                self.read_ended = true;
+                self.state = State::Done;
+            }
+        }
+        Poll::Ready(())
     }
 }
 
