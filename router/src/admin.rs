@@ -20,8 +20,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace};
 
+use crate::accept::AcceptErrors;
 use crate::admission::{Admission, AdmissionConfig, AdmissionStats};
-use crate::server::{AcceptErrors, Shared};
+use crate::shared::Shared;
 use crate::views::{ErrorView, OverrideView, RouteView, TableView};
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the

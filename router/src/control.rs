@@ -15,9 +15,9 @@ use tokio::sync::{mpsc, watch};
 use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
 
 use crate::config::RoutingConfig;
+use crate::labels::ReasonLabel;
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
-use crate::metrics::ReasonLabel;
 
 /// What a watcher saw.
 #[derive(Debug, Clone)]

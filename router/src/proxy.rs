@@ -22,7 +22,7 @@ use wsrouter::{AmbiguousPath, NamespaceError, PathError, RouteSource};
 use crate::admission::{LiveSlot, PendingSlot, Refusal};
 use crate::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::relay::{self, RelayConfig, Stop};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 /// Response header carrying the routing table version that routed the request, so two
 /// router replicas can be seen to agree.

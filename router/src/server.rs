@@ -15,11 +15,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
-use wsrouter::{PathPrefix, RoutingTable};
+use wsrouter::RoutingTable;
 
+use crate::accept::AcceptErrors;
 use crate::admin;
 use crate::admission::{Admission, PendingSlot, REQUEST_HEAD_BYTES};
-use crate::config::{Limits, RouterConfig};
+use crate::config::RouterConfig;
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats};
 use crate::lifecycle::Lifecycle;
 use crate::live::LiveTenants;
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::pods::PodReadiness;
 use crate::proxy::{self, ConnCtx};
 use crate::reroute::Reroute;
+use crate::shared::Shared;
 use crate::tls_io;
 
 #[derive(Debug, Error)]
@@ -41,28 +43,6 @@ pub enum ServerError {
     Runtime(#[source] std::io::Error),
     #[error("starting an I/O thread")]
     Thread(#[source] std::io::Error),
-}
-
-/// State every connection reads; owned by the router, shared by reference count.
-pub(crate) struct Shared {
-    /// The routing table. The data path only loads it; the control plane only stores it.
-    /// Empty until the replica count is known.
-    pub table: Arc<ArcSwapOption<RoutingTable>>,
-    /// Tenants with live sockets here.
-    pub live: Arc<LiveTenants>,
-    /// Backend pods known not to be ready.
-    pub not_ready: PodReadiness,
-    /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
-    pub reroute: Option<Arc<Reroute>>,
-    pub metrics: Arc<Metrics>,
-    pub prefix: PathPrefix,
-    pub limits: Limits,
-    /// The TLS config new handshakes use; the certificate watcher swaps it.
-    pub tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
-    http: http1::Builder,
-    pub lifecycle: Lifecycle,
-    /// The pending and live pools.
-    pub admission: Arc<Admission>,
 }
 
 /// A running router.
@@ -431,50 +411,6 @@ fn io_thread(
     });
 }
 
-/// Accept errors (out of descriptors, mostly) back off exponentially instead of
-/// spinning, and are logged at most once per interval with a count of the rest.
-pub(crate) struct AcceptErrors {
-    what: &'static str,
-    backoff: Duration,
-    last_log: Option<tokio::time::Instant>,
-    unlogged: u64,
-}
-
-impl AcceptErrors {
-    const FIRST: Duration = Duration::from_millis(5);
-    const MAX: Duration = Duration::from_secs(1);
-    const LOG_EVERY: Duration = Duration::from_secs(5);
-
-    pub(crate) fn new(what: &'static str) -> Self {
-        Self {
-            what,
-            backoff: Self::FIRST,
-            last_log: None,
-            unlogged: 0,
-        }
-    }
-
-    pub(crate) fn accepted(&mut self) {
-        self.backoff = Self::FIRST;
-    }
-
-    /// Logs (at most once per interval) and waits out the backoff. Returns whether it
-    /// logged.
-    pub(crate) async fn failed(&mut self, e: std::io::Error) -> bool {
-        self.unlogged += 1;
-        let now = tokio::time::Instant::now();
-        let log = self.last_log.is_none_or(|t| now - t >= Self::LOG_EVERY);
-        if log {
-            tracing::warn!(listener = self.what, error = %e, errors = self.unlogged, backoff = ?self.backoff, "accept failed; backing off");
-            self.last_log = Some(now);
-            self.unlogged = 0;
-        }
-        tokio::time::sleep(self.backoff).await;
-        self.backoff = (self.backoff * 2).min(Self::MAX);
-        log
-    }
-}
-
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut errors = AcceptErrors::new("wss");
     loop {
@@ -591,32 +527,5 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Out of descriptors for a minute: the waits grow to a second each, and the log
-    /// gets one line per five seconds, not one per retry.
-    #[tokio::test(start_paused = true)]
-    async fn accept_errors_back_off_and_log_at_a_bounded_rate() {
-        let mut errors = AcceptErrors::new("test");
-        let start = tokio::time::Instant::now();
-        let (mut tries, mut logged) = (0, 0);
-        while start.elapsed() < Duration::from_secs(60) {
-            let emfile = std::io::Error::from_raw_os_error(24);
-            logged += u32::from(errors.failed(emfile).await);
-            tries += 1;
-        }
-        assert!(tries < 75, "{tries} retries in a minute");
-        assert!(
-            (12..=13).contains(&logged),
-            "{logged} log lines in a minute"
-        );
-        assert_eq!(errors.backoff, AcceptErrors::MAX);
-        errors.accepted();
-        assert_eq!(errors.backoff, AcceptErrors::FIRST);
     }
 }

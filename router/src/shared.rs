@@ -1,0 +1,40 @@
+//! The state every client connection reads, in one place that the data path's pieces
+//! (the accept loop, the upgrade, the relay's setup) and the admin views all depend on,
+//! and that depends on none of them.
+
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper::server::conn::http1;
+use wsrouter::{PathPrefix, RoutingTable};
+
+use crate::admission::Admission;
+use crate::config::Limits;
+use crate::lifecycle::Lifecycle;
+use crate::live::LiveTenants;
+use crate::metrics::Metrics;
+use crate::pods::PodReadiness;
+use crate::reroute::Reroute;
+
+/// State every connection reads; owned by the router, shared by reference count.
+pub(crate) struct Shared {
+    /// The routing table. The data path only loads it; the control plane only stores it.
+    /// Empty until the replica count is known.
+    pub table: Arc<ArcSwapOption<RoutingTable>>,
+    /// Tenants with live sockets here.
+    pub live: Arc<LiveTenants>,
+    /// Backend pods known not to be ready.
+    pub not_ready: PodReadiness,
+    /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
+    pub reroute: Option<Arc<Reroute>>,
+    pub metrics: Arc<Metrics>,
+    pub prefix: PathPrefix,
+    pub limits: Limits,
+    /// The TLS config new handshakes use; the certificate watcher swaps it.
+    pub tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// How client connections speak HTTP/1.1 (limits, timeouts).
+    pub http: http1::Builder,
+    pub lifecycle: Lifecycle,
+    /// The pending and live pools.
+    pub admission: Arc<Admission>,
+}
