@@ -193,10 +193,6 @@ impl Admission {
         })
     }
 
-    pub fn config(&self) -> &AdmissionConfig {
-        &self.config
-    }
-
     /// Connections pending now.
     pub fn pending_count(&self) -> usize {
         lock(&self.pending).entries.len()

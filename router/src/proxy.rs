@@ -731,19 +731,18 @@ fn is_base64_16(k: &[u8]) -> bool {
         && b"AQgw".contains(&k[21])
 }
 
-/// What the client offered, which the backend may pick from and nothing else.
+/// What the client offered, which the backend may pick from and nothing else; borrowed
+/// from the request, so checking a 101 allocates nothing.
 #[derive(Debug, Default)]
-struct Offered {
-    protocols: Vec<String>,
-    extensions: Vec<String>,
+struct Offered<'r> {
+    protocols: Vec<&'r str>,
+    extensions: Vec<&'r str>,
 }
 
-impl Offered {
-    fn from_request(headers: &HeaderMap) -> Self {
+impl<'r> Offered<'r> {
+    fn from_request(headers: &'r HeaderMap) -> Self {
         Self {
-            protocols: list(headers, header::SEC_WEBSOCKET_PROTOCOL)
-                .map(str::to_owned)
-                .collect(),
+            protocols: list(headers, header::SEC_WEBSOCKET_PROTOCOL).collect(),
             extensions: list(headers, header::SEC_WEBSOCKET_EXTENSIONS)
                 .map(extension_name)
                 .collect(),
@@ -762,12 +761,9 @@ fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
         .filter(|s| !s.is_empty())
 }
 
-fn extension_name(ext: &str) -> String {
-    ext.split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase()
+/// An extension's name, without its parameters.
+fn extension_name(ext: &str) -> &str {
+    ext.split(';').next().unwrap_or("").trim()
 }
 
 /// A backend 101 is passed on only if it completes the handshake the client asked for
@@ -776,7 +772,7 @@ fn extension_name(ext: &str) -> String {
 fn check_backend_handshake(
     headers: &HeaderMap,
     key: &HeaderValue,
-    offered: &Offered,
+    offered: &Offered<'_>,
 ) -> Result<(), BadHandshake> {
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return Err(BadHandshake::Upgrade);
@@ -793,11 +789,16 @@ fn check_backend_handshake(
     let protocols: Vec<&str> = list(headers, header::SEC_WEBSOCKET_PROTOCOL).collect();
     match protocols[..] {
         [] => {}
-        [p] if offered.protocols.iter().any(|o| o == p) => {}
+        [p] if offered.protocols.contains(&p) => {}
         _ => return Err(BadHandshake::Protocol),
     }
     for ext in list(headers, header::SEC_WEBSOCKET_EXTENSIONS) {
-        if !offered.extensions.contains(&extension_name(ext)) {
+        let name = extension_name(ext);
+        if !offered
+            .extensions
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(name))
+        {
             return Err(BadHandshake::Extension);
         }
     }
@@ -813,10 +814,7 @@ fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
 
 /// Whether a comma-separated header contains `token` (case-insensitive).
 fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    list(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any

@@ -608,3 +608,11 @@ pub async fn scrape_metrics(
     let s = samples(&r.body);
     Ok((r.body, s))
 }
+
+/// A complete WebSocket upgrade request for `path`, as raw bytes.
+pub fn upgrade_request(path: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes()
+}

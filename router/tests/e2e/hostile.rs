@@ -382,7 +382,7 @@ async fn a_broken_backend_handshake_is_a_502() -> Result<()> {
             ..Options::default()
         })
         .await?;
-        let resp = h.raw(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+        let resp = h.raw(&upgrade_request("/ws/ns-01")).await?;
         assert_eq!(resp.status, 502, "{reason}: {resp:?}");
         let (_, m) = scrape_metrics(&h).await?;
         let key = format!("wsrouter_backend_handshake_failures_total{{reason=\"{reason}\"}}");
@@ -457,7 +457,7 @@ async fn a_backends_way_of_ending_reaches_the_client_unchanged() -> Result<()> {
         })
         .await?;
         let mut tls = h.tls().await?;
-        tls.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+        tls.write_all(&upgrade_request("/ws/ns-01")).await?;
         let mut out = Vec::new();
         let end = within(WAIT, "the end", tls.read_to_end(&mut out)).await?;
         let text = String::from_utf8_lossy(&out);
@@ -491,7 +491,7 @@ async fn an_upgrade_pending_at_the_end_of_the_drain_gets_503() -> Result<()> {
     })
     .await?;
     let mut tls = h.tls().await?;
-    tls.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+    tls.write_all(&upgrade_request("/ws/ns-01")).await?;
     // Wait until the request is with the backend (the live pool counts it).
     let adm = h.router.admission();
     within(
@@ -519,7 +519,7 @@ async fn bytes_before_the_101_are_websocket_data_only() -> Result<()> {
         ..Options::default()
     })
     .await?;
-    let request = b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let request = upgrade_request("/ws/ns-01");
     // A masked binary frame "hi" in the same write as the request.
     let frame = [0x82, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     let mut tls = h.tls().await?;
@@ -597,7 +597,7 @@ async fn a_close_handshake_with_no_end_is_cut_at_the_close_timeout() -> Result<(
     })
     .await?;
     let mut tls = h.tls().await?;
-    tls.write_all(b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").await?;
+    tls.write_all(&upgrade_request("/ws/ns-01")).await?;
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {

@@ -243,10 +243,8 @@ async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
         h.router.changes().until(|| readiness.load().contains(2)),
     )
     .await?;
-    let req = format!(
-        "GET /ws/{on2} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-    );
-    let resp = h.raw(req.as_bytes()).await?;
+    let req = upgrade_request(&format!("/ws/{on2}"));
+    let resp = h.raw(&req).await?;
     assert_eq!(resp.status, 503, "{resp:?}");
     assert!(resp.head.contains("retry-after: 5"), "{}", resp.head);
     assert!(resp.body.contains("not ready"), "{}", resp.body);

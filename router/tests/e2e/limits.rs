@@ -37,9 +37,7 @@ async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
     let mut a = h.ws("tenant-a").await?;
     let mut b = h.ws("tenant-b").await?;
     // The third is answered at once: 503, try again shortly.
-    let third = h
-        .raw(b"GET /ws/tenant-c HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await?;
+    let third = h.raw(&upgrade_request("/ws/tenant-c")).await?;
     assert_eq!(third.status, 503, "{third:?}");
     assert!(third.head.contains("retry-after: 1"), "{}", third.head);
     assert!(h.router.refused_connections() >= 1);

@@ -6,13 +6,6 @@ use anyhow::Result;
 
 use crate::harness::*;
 
-fn upgrade(path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes()
-}
-
 async fn still_serving(h: &Harness, ns: &str) -> Result<()> {
     let mut ws = h.ws(ns).await?;
     let c = next_counter(&mut ws).await?;
@@ -42,25 +35,25 @@ async fn refusals_have_the_right_status_and_reason() -> Result<()> {
         .unwrap_or_default();
 
     let cases: Vec<(Vec<u8>, u16, &str)> = vec![
-        (upgrade("/ws/Bad_NS"), 400, "namespace has 'B' at position 0"),
-        (upgrade("/ws/"), 400, "missing namespace"),
-        (upgrade("/ws/-lead"), 400, "must start with a letter or digit"),
-        (upgrade(&format!("/ws/{}", "a".repeat(64))), 400, "at most 63"),
-        (upgrade("/ws/ns%2F01"), 400, "'%'"),
+        (upgrade_request("/ws/Bad_NS"), 400, "namespace has 'B' at position 0"),
+        (upgrade_request("/ws/"), 400, "missing namespace"),
+        (upgrade_request("/ws/-lead"), 400, "must start with a letter or digit"),
+        (upgrade_request(&format!("/ws/{}", "a".repeat(64))), 400, "at most 63"),
+        (upgrade_request("/ws/ns%2F01"), 400, "'%'"),
         (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(), 426, "only serves WebSocket upgrades"),
         (b"POST /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n".to_vec(), 426, "WebSocket"),
         (b"GET /ws/ns-01 HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n".to_vec(), 426, "WebSocket"),
         (b"GET /ws/ns-01 HTTP/1.0\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec(), 426, "HTTP/1.1"),
-        (upgrade("/"), 404, "not found"),
-        (upgrade("/metrics"), 404, "not found"),
-        (upgrade("/wsx/ns-01"), 404, "not found"),
-        (upgrade(&format!("/ws/{on_dead}")), 502, "backend unavailable"),
-        (upgrade(&format!("/ws/{on_hole}")), 504, "did not answer in time"),
+        (upgrade_request("/"), 404, "not found"),
+        (upgrade_request("/metrics"), 404, "not found"),
+        (upgrade_request("/wsx/ns-01"), 404, "not found"),
+        (upgrade_request(&format!("/ws/{on_dead}")), 502, "backend unavailable"),
+        (upgrade_request(&format!("/ws/{on_hole}")), 504, "did not answer in time"),
         (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, ""),
         // The router and a backend that normalises paths must agree on the tenant.
-        (upgrade("/ws/a/../../ws/b/../../admin"), 400, "'.' or '..' segment"),
-        (upgrade("/ws/ns-01/%2e%2E/x"), 400, "'.' or '..' segment"),
-        (upgrade("/ws/ns-01/a%2Fb"), 400, "encoded '/'"),
+        (upgrade_request("/ws/a/../../ws/b/../../admin"), 400, "'.' or '..' segment"),
+        (upgrade_request("/ws/ns-01/%2e%2E/x"), 400, "'.' or '..' segment"),
+        (upgrade_request("/ws/ns-01/a%2Fb"), 400, "encoded '/'"),
         // One Host, exactly (RFC 9112 §3.2).
         (b"GET /ws/ns-01 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(), 400, "missing Host"),
         (b"GET /ws/ns-01 HTTP/1.1\r\nHost: a\r\nHost: b\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(), 400, "more than one Host"),
@@ -109,7 +102,7 @@ async fn a_backends_refusal_is_relayed() -> Result<()> {
         ..Options::default()
     })
     .await?;
-    let resp = h.raw(&upgrade("/ws/ns-01")).await?;
+    let resp = h.raw(&upgrade_request("/ws/ns-01")).await?;
     assert_eq!(
         (resp.status, resp.body.as_str()),
         (403, "no entry"),
