@@ -258,11 +258,14 @@ async fn a_full_pending_pool_does_not_lock_out_clients_or_touch_live_sockets() -
                 .with_context(|| format!("live socket {k}"))?;
         }
     }
+    // The liveness probe is answered while the attack holds the pending pool.
+    let healthz = h.admin_get("/healthz").await?.status;
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         let _ = within(WAIT, "attackers to stop", a).await;
     }
     assert!(ok >= 9, "a normal client got through {ok} times out of 10");
+    assert_eq!(healthz, 200, "/healthz during the attack");
     let (_, m) = scrape_metrics(&h).await?;
     let evicted = m
         .get("wsrouter_pending_evicted_total")
