@@ -219,10 +219,10 @@ pub struct CommonArgs {
     /// Most live connections from one source address (IPv6: its /64); 0: no cap (clients often share NATs).
     #[arg(long, env = "WSROUTER_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: usize,
-    /// Most connections still in TLS or reading their request head; when full, the oldest is dropped.
+    /// Most connections still in TLS or reading their request head; when full, the oldest of the address holding the most is dropped.
     #[arg(long, env = "WSROUTER_MAX_PENDING", default_value_t = 1000)]
     pub max_pending: usize,
-    /// Most bytes those pending connections may hold together (e.g. 24MiB); past it, the oldest are dropped.
+    /// Most bytes those pending connections may hold together (e.g. 24MiB); past it, connections are dropped as for a full pool.
     #[arg(long, env = "WSROUTER_MAX_PENDING_BYTES", default_value = "24MiB", value_parser = parse_size)]
     pub max_pending_bytes: usize,
     /// Most pending connections from one source address (IPv6: its /64); more are closed at once.

@@ -131,7 +131,7 @@ impl Metrics {
         );
         r.register(
             "pending_evicted",
-            "Pending connections dropped, oldest first, to make room (pool or byte budget full)",
+            "Pending connections dropped to make room (pool or byte budget full): the oldest of the address holding the most",
             m.admission.evicted.clone(),
         );
         r.register(
