@@ -26,7 +26,8 @@ use crate::shared::Shared;
 use crate::views::{ErrorView, OverrideView, RouteView, TableView};
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the
-/// oldest is dropped, so a probe still gets through while something holds many open.
+/// oldest of the busiest address is dropped, so a probe still gets through while
+/// something holds many open.
 pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Time to send a request head, and the longest an idle keep-alive connection stays.
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +38,8 @@ pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// `/readyz` fail rather than a refused connection.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let conns = tokio_util::task::TaskTracker::new();
-    // The admin listener's own pool: the pending pool's rules (a cap, the oldest dropped
+    // The admin listener's own pool: the pending pool's rules (a cap, the busiest address's
+    // oldest dropped
     // when full), with nothing shared with the data path.
     let pool = Admission::new(
         AdmissionConfig {

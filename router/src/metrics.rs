@@ -141,7 +141,7 @@ impl Metrics {
         );
         r.register(
             "admin_connections_evicted",
-            "Admin connections dropped, oldest first, because the admin listener's cap was reached",
+            "Admin connections dropped (the busiest address's oldest) because the admin listener's cap was reached",
             m.admin_evicted.clone(),
         );
         r.register(
