@@ -38,9 +38,8 @@ pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// `/readyz` fail rather than a refused connection.
 pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let conns = tokio_util::task::TaskTracker::new();
-    // The admin listener's own pool: the pending pool's rules (a cap, the busiest address's
-    // oldest dropped
-    // when full), with nothing shared with the data path.
+    // The admin listener's own pool: the pending pool's rules (a cap; when full, the
+    // busiest address's oldest is dropped), with nothing shared with the data path.
     let pool = Admission::new(
         AdmissionConfig {
             max_pending: MAX_ADMIN_CONNECTIONS,
