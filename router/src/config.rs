@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 use wsrouter::backends::DEFAULT_TEMPLATE;
 use wsrouter::{
@@ -15,9 +15,14 @@ use wsrouter::{
     TemplateError,
 };
 
-use crate::overrides_file::{self, OverridesFileError};
-use crate::reroute::RerouteConfig;
-use crate::tls::{self, TlsError};
+use crate::control::overrides_file::{self, OverridesFileError};
+use crate::control::watch::{OverridesWatch, WatchConfig};
+use crate::control::RoutingConfig;
+use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
+use crate::data::limits::Limits;
+use crate::data::reroute::RerouteConfig;
+use crate::data::tls_config::{self as tls, TlsError};
+pub use crate::logging::LogFormat;
 
 /// Where the service account's namespace is mounted in every pod.
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
@@ -37,12 +42,6 @@ pub struct Cli {
     pub workers: Option<u16>,
     #[command(subcommand)]
     pub command: Command,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -283,57 +282,6 @@ pub enum ConfigError {
     Table(#[source] wsrouter::table::TableError),
 }
 
-/// Limits and timeouts of the data path.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub handshake_timeout: Duration,
-    pub request_timeout: Duration,
-    pub backend_timeout: Duration,
-    pub close_timeout: Duration,
-    pub max_connections: usize,
-    /// 0: no per-source cap.
-    pub max_connections_per_ip: usize,
-    pub max_pending: usize,
-    pub max_pending_bytes: usize,
-    pub max_pending_per_ip: usize,
-    pub max_client_hello: usize,
-    pub max_header_bytes: usize,
-    pub max_headers: usize,
-}
-
-impl Default for Limits {
-    /// The command line's defaults.
-    fn default() -> Self {
-        Self {
-            handshake_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(10),
-            backend_timeout: Duration::from_secs(5),
-            close_timeout: Duration::from_secs(5),
-            max_connections: 9000,
-            max_connections_per_ip: 0,
-            max_pending: 1000,
-            max_pending_bytes: 24 << 20,
-            max_pending_per_ip: 64,
-            max_client_hello: crate::tls_io::DEFAULT_MAX_CLIENT_HELLO,
-            max_header_bytes: 16 * 1024,
-            max_headers: 64,
-        }
-    }
-}
-
-impl Limits {
-    /// The pools these limits describe.
-    pub fn admission(&self) -> crate::admission::AdmissionConfig {
-        crate::admission::AdmissionConfig {
-            max_pending: self.max_pending,
-            max_pending_bytes: self.max_pending_bytes,
-            max_pending_per_ip: self.max_pending_per_ip,
-            max_live: self.max_connections,
-            max_live_per_ip: self.max_connections_per_ip,
-        }
-    }
-}
-
 /// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
@@ -371,71 +319,6 @@ pub struct RouterConfig {
     pub io_threads: usize,
 }
 
-/// How routing tables are made. The control loop builds every one of them, the first
-/// included, as soon as it knows the replica count and (for a watched source) the
-/// overrides; until then the router answers 503 and is not ready.
-#[derive(Debug, Clone)]
-pub struct RoutingConfig {
-    /// How ordinals become addresses.
-    pub backends: Backends,
-    /// Names pods in override targets (`backend-3`).
-    pub statefulset: String,
-    /// Fixed by flags; `None` when the StatefulSet's `spec.replicas` is watched.
-    pub replicas: Option<NonZeroU32>,
-    /// Overrides known at start, and where they came from.
-    pub overrides: Overrides,
-    pub source: TableSource,
-    /// Overrides come from a watched source not read yet: route nothing before its
-    /// first read, rather than route some tenants without their overrides.
-    pub await_overrides: bool,
-}
-
-impl RoutingConfig {
-    /// Static backends or a fixed template, no overrides.
-    pub fn fixed(backends: Backends, replicas: NonZeroU32) -> Self {
-        Self {
-            backends,
-            statefulset: "backend".to_owned(),
-            replicas: Some(replicas),
-            overrides: Overrides::default(),
-            source: TableSource::Flags,
-            await_overrides: false,
-        }
-    }
-}
-
-/// What the control plane watches.
-#[derive(Debug, Clone, Default)]
-pub struct WatchConfig {
-    pub overrides: OverridesWatch,
-    /// Watch this StatefulSet's `spec.replicas`.
-    pub statefulset: Option<String>,
-    /// Watch this Service's EndpointSlices for pod readiness.
-    pub endpoint_slices: Option<String>,
-    /// The Kubernetes namespace of the watched objects.
-    pub namespace: String,
-    /// The TLS certificate and key files, reloaded when they change.
-    pub tls_files: Option<(PathBuf, PathBuf)>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum OverridesWatch {
-    #[default]
-    None,
-    File(PathBuf),
-    Dir(PathBuf),
-    ConfigMap(String),
-}
-
-impl WatchConfig {
-    /// Whether anything is watched through the Kubernetes API.
-    pub fn needs_kube(&self) -> bool {
-        matches!(self.overrides, OverridesWatch::ConfigMap(_))
-            || self.statefulset.is_some()
-            || self.endpoint_slices.is_some()
-    }
-}
-
 impl CommonArgs {
     pub fn limits(&self) -> Result<Limits, ConfigError> {
         if self.max_header_bytes < 8192 {
@@ -447,7 +330,7 @@ impl CommonArgs {
         if self.max_pending == 0 || self.max_pending_per_ip == 0 {
             return Err(ConfigError::NoPending);
         }
-        let min = crate::admission::PENDING_BASE_BYTES + crate::admission::REQUEST_HEAD_BYTES;
+        let min = PENDING_BASE_BYTES + REQUEST_HEAD_BYTES;
         if self.max_pending_bytes < min {
             return Err(ConfigError::PendingBytesTooSmall { min });
         }

@@ -3,8 +3,6 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::config::LogFormat;
-
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -33,4 +31,11 @@ impl std::fmt::Display for DisplayChain<'_> {
         }
         Ok(())
     }
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
 }

@@ -1,18 +1,30 @@
-//! The module graph of `router/src` has no cycles: each top-level module (a file or a
-//! folder) may use another only if that one does not, directly or through others, use
-//! it back. Read from the sources, so a new `use crate::…` that closes a loop fails here.
+//! The layout of `router/src` is its architecture, and this test keeps it so. Read from
+//! the sources (non-test code), so a new `use` that breaks a rule fails here:
+//!
+//! - the top-level modules form layers: each may use only the ones below it in
+//!   [`LAYERS`] (the data path never reaches into the control plane or the admin
+//!   listener; nothing but the commands uses the composition root);
+//! - inside each folder (`data/`, `control/`, …) the modules form no cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Top-level module → the top-level modules its non-test code names as `crate::x`.
-fn graph() -> BTreeMap<String, BTreeSet<String>> {
+/// Top-level modules, lowest first: each may use only those before it.
+const LAYERS: &[&str] = &[
+    "state", "logging", "data", "control", "admin", "config", "daemon", "commands",
+];
+
+type Graph = BTreeMap<String, BTreeSet<String>>;
+
+/// Every `.rs` file under `router/src` but the crate roots, with its module path
+/// (`data/listen.rs` → `[data, listen]`, `control/watch/mod.rs` → `[control, watch]`).
+fn sources() -> Vec<(Vec<String>, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut out = Vec::new();
     let mut stack = vec![src.clone()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).expect("router/src is readable") {
-            let path = entry.expect("a directory entry").path();
+            let path: PathBuf = entry.expect("a directory entry").path();
             if path.is_dir() {
                 stack.push(path);
                 continue;
@@ -21,39 +33,96 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             let rel = path.strip_prefix(&src).expect("under src");
-            let first = rel.components().next().expect("a component");
-            let top = first
-                .as_os_str()
-                .to_string_lossy()
-                .trim_end_matches(".rs")
-                .to_owned();
-            if top == "main" || top == "lib" {
+            let mut module: Vec<String> = rel
+                .components()
+                .map(|c| {
+                    c.as_os_str()
+                        .to_string_lossy()
+                        .trim_end_matches(".rs")
+                        .to_owned()
+                })
+                .collect();
+            if module.last().is_some_and(|m| m == "mod") {
+                module.pop();
+            }
+            if module == ["main"] || module == ["lib"] {
                 continue;
             }
             let text = std::fs::read_to_string(&path).expect("a source file");
             // Tests may reach anywhere.
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let deps = out.entry(top.clone()).or_default();
-            for (i, _) in code.match_indices("crate::") {
-                let name: String = code[i + 7..]
+            let code = text
+                .split("#[cfg(test)]")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            out.push((module, code));
+        }
+    }
+    out
+}
+
+/// The module paths `code` names, as `crate::a::b` or `super::b`, resolved from
+/// `module` (only names that look like modules: lower case).
+fn uses(module: &[String], code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for (prefix, base) in [
+        ("crate::", Vec::new()),
+        ("super::", module[..module.len().saturating_sub(1)].to_vec()),
+    ] {
+        for (i, _) in code.match_indices(prefix) {
+            // `crate::` inside `super::crate::` cannot happen; `xsuper::` would be a
+            // different word.
+            if code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let mut path = base.clone();
+            for seg in code[i + prefix.len()..].split("::") {
+                let name: String = seg
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                if !name.is_empty()
-                    && name != top
-                    && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                {
-                    deps.insert(name);
+                if name.is_empty() || !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                    break;
                 }
+                path.push(name.clone());
+                if name.len() != seg.len() {
+                    break;
+                }
+            }
+            if path.len() > base.len() {
+                out.push(path);
             }
         }
     }
     out
 }
 
+/// The graph at `depth`: module (its first `depth` segments) → the modules it uses,
+/// cut to the same depth. With `within`, only modules inside that folder.
+fn graph(depth: usize, within: Option<&str>) -> Graph {
+    let mut g = Graph::new();
+    for (module, code) in sources() {
+        if within.is_some_and(|w| module[0] != w) || module.len() < depth {
+            continue;
+        }
+        let from = module[..depth].join("/");
+        let deps = g.entry(from.clone()).or_default();
+        for used in uses(&module, &code) {
+            if used.len() < depth || within.is_some_and(|w| used[0] != w) {
+                continue;
+            }
+            let to = used[..depth].join("/");
+            if to != from {
+                deps.insert(to);
+            }
+        }
+    }
+    g
+}
+
 /// A cycle through `start`, if there is one.
 fn cycle_from(
-    g: &BTreeMap<String, BTreeSet<String>>,
+    g: &Graph,
     start: &str,
     at: &str,
     path: &mut Vec<String>,
@@ -76,14 +145,72 @@ fn cycle_from(
     None
 }
 
-#[test]
-fn top_level_modules_form_no_cycle() {
-    let g = graph();
-    assert!(g.len() > 10, "read too few modules: {:?}", g.keys());
+fn assert_acyclic(g: &Graph) {
     for start in g.keys() {
         let mut path = vec![start.clone()];
-        if let Some(c) = cycle_from(&g, start, start, &mut path, &mut BTreeSet::new()) {
+        if let Some(c) = cycle_from(g, start, start, &mut path, &mut BTreeSet::new()) {
             panic!("import cycle: {}", c.join(" → "));
         }
     }
+}
+
+#[test]
+fn top_level_modules_are_layers() {
+    let g = graph(1, None);
+    let known: BTreeSet<&str> = LAYERS.iter().copied().collect();
+    for module in g.keys() {
+        assert!(
+            known.contains(module.as_str()),
+            "top-level module {module} is not in LAYERS: place it in the architecture"
+        );
+    }
+    for (module, deps) in &g {
+        let rank = LAYERS.iter().position(|l| l == module).unwrap_or(0);
+        for dep in deps {
+            let dep_rank = LAYERS.iter().position(|l| l == dep);
+            assert!(
+                dep_rank.is_some_and(|d| d < rank),
+                "{module} uses {dep}, which is not below it in {LAYERS:?}"
+            );
+        }
+    }
+    assert_acyclic(&g);
+}
+
+#[test]
+fn modules_inside_each_folder_form_no_cycle() {
+    let mut folders = 0;
+    for folder in LAYERS {
+        let g = graph(2, Some(folder));
+        if g.len() < 2 {
+            continue;
+        }
+        folders += 1;
+        assert_acyclic(&g);
+    }
+    assert!(folders >= 4, "read too few folders");
+}
+
+#[test]
+fn the_rules_catch_what_they_should() {
+    // A cycle is found.
+    let g: Graph = [("a", "b"), ("b", "c"), ("c", "a")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), BTreeSet::from([v.to_owned()])))
+        .collect();
+    let mut path = vec!["a".to_owned()];
+    assert!(cycle_from(&g, "a", "a", &mut path, &mut BTreeSet::new()).is_some());
+    // Paths resolve from where they are written.
+    let m = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
+    assert_eq!(
+        uses(&m("data/listen"), "use super::upgrade::{self, ConnCtx};"),
+        vec![m("data/upgrade")]
+    );
+    assert_eq!(
+        uses(
+            &m("control/watch/certs"),
+            "use crate::data::tls_config::TlsSlot;"
+        ),
+        vec![m("data/tls_config")]
+    );
 }

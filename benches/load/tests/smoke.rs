@@ -5,7 +5,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::Result;
-use router::config::{Limits, RouterConfig, RoutingConfig};
+use router::config::RouterConfig;
+use router::control::RoutingConfig;
+use router::data::limits::Limits;
 use wsload::{LoadConfig, Mode, Target};
 use wsrouter::{Backends, PathPrefix};
 
@@ -25,7 +27,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
             .map(|b| b.local_addr().to_string())
             .collect(),
     )?;
-    let cert = router::tls::DevCert::generate(&["localhost"])?;
+    let cert = router::data::tls_config::DevCert::generate(&["localhost"])?;
     let h = router::start(RouterConfig {
         io_threads: 0,
         listen: "127.0.0.1:0".parse()?,

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use router::config::{OverridesWatch, WatchConfig};
+use router::control::watch::{OverridesWatch, WatchConfig};
 use router::control::RejectReason;
 
 use crate::harness::*;
@@ -34,7 +34,7 @@ async fn mounted_configmap_follows_kubelet_data_swaps() -> Result<()> {
         overrides: OverridesWatch::Dir(dir.clone()),
         ..WatchConfig::default()
     };
-    router::watch::start(&watch, &h.router, None).await?;
+    router::control::watch::start(&watch, &h.router.control(), None).await?;
     let t = h
         .wait_table("first read of the directory", |_| true)
         .await?;

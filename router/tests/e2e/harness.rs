@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures_util::StreamExt;
-use router::config::{Limits, RouterConfig, RoutingConfig};
-use router::tls::DevCert;
+use router::config::RouterConfig;
+use router::control::RoutingConfig;
+use router::data::limits::Limits;
+use router::data::tls_config::DevCert;
 use router::RouterHandle;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -62,10 +64,10 @@ pub struct Options {
     pub watched: bool,
     /// Overrides come from a watched source: no table before its first read.
     pub await_overrides: bool,
-    pub reroute: Option<router::reroute::RerouteConfig>,
+    pub reroute: Option<router::data::reroute::RerouteConfig>,
     /// Serve TLS from these PEM files instead of the harness certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    pub tls_options: router::tls::TlsOptions,
+    pub tls_options: router::data::tls_config::TlsOptions,
     /// Serve on dedicated I/O threads, as the binary does (0: on the test's runtime).
     pub io_threads: usize,
 }
@@ -119,9 +121,11 @@ impl Harness {
             listen: "127.0.0.1:0".parse()?,
             tls: match (&opts.tls_files, opts.plaintext) {
                 (_, true) => None,
-                (Some((c, k)), false) => {
-                    Some(router::tls::load_server_config(c, k, &opts.tls_options)?)
-                }
+                (Some((c, k)), false) => Some(router::data::tls_config::load_server_config(
+                    c,
+                    k,
+                    &opts.tls_options,
+                )?),
                 (None, false) => Some(cert.server_config(&opts.tls_options)?),
             },
             admin_listen: Some("127.0.0.1:0".parse()?),
@@ -270,7 +274,7 @@ impl Harness {
 pub async fn start_dev(
     overrides_file: &std::path::Path,
     extra: &[&str],
-) -> Result<router::dev::DevHandle> {
+) -> Result<router::commands::dev::DevHandle> {
     use clap::Parser;
     let mut argv = vec![
         "wsrouter",
@@ -287,7 +291,7 @@ pub async fn start_dev(
     else {
         anyhow::bail!("not dev")
     };
-    Ok(router::dev::start(*args, 0).await?)
+    Ok(router::commands::dev::start(*args, 0).await?)
 }
 
 /// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new

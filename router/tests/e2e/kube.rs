@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use router::config::{OverridesWatch, WatchConfig};
+use router::control::watch::{OverridesWatch, WatchConfig};
 use router::control::RejectReason;
 
 use crate::fake_api::{configmap, endpoint_slice, statefulset, FakeApi};
@@ -32,7 +32,8 @@ async fn router_with(api: &FakeApi) -> Result<Harness> {
         ..Options::default()
     })
     .await?;
-    router::watch::start(&watch_config(), &h.router, Some(api.client()?)).await?;
+    router::control::watch::start(&watch_config(), &h.router.control(), Some(api.client()?))
+        .await?;
     Ok(h)
 }
 
@@ -236,7 +237,7 @@ async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
         endpoint_slice("backend-abc", "backend", "backend", &two_down),
     );
     // Once the router knows, it answers 503 without asking the backend.
-    let readiness = h.router.pod_readiness();
+    let readiness = h.router.control().pod_readiness();
     within(
         WAIT,
         "the router to learn the pod is not ready",

@@ -151,9 +151,9 @@ async fn route_json(h: &Harness, ns: &str) -> Result<(u16, Value)> {
     let r = h.admin_get(&format!("/route/{ns}")).await?;
     // Every 200 is a RouteView, every refusal an ErrorView: the types the commands read.
     if r.status == 200 {
-        let _: router::views::RouteView = serde_json::from_str(&r.body)?;
+        let _: router::admin::views::RouteView = serde_json::from_str(&r.body)?;
     } else {
-        let _: router::views::ErrorView = serde_json::from_str(&r.body)?;
+        let _: router::admin::views::ErrorView = serde_json::from_str(&r.body)?;
     }
     Ok((r.status, serde_json::from_str(&r.body)?))
 }
@@ -218,7 +218,7 @@ async fn route_explainer_and_table_follow_swaps() -> Result<()> {
     assert_eq!(v["live_sockets"], 1);
 
     let body = h.admin_get("/table").await?.body;
-    let _: router::views::TableView = serde_json::from_str(&body)?;
+    let _: router::admin::views::TableView = serde_json::from_str(&body)?;
     let t: Value = serde_json::from_str(&body)?;
     assert_eq!(t["version"], 2);
     assert_eq!(t["replicas"], 4);
@@ -251,9 +251,9 @@ async fn plan_and_route_commands() -> Result<()> {
     std::fs::write(&new, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata:\n  ns-01: \"3\"\n  ns-02: backend-0\n")?;
 
     // As a library, against the live router's /table.
-    let current = router::ops::Current::from_admin(&admin, "backend").await?;
-    let new_overrides = router::overrides_file::read_overrides(&new, "backend")?;
-    let plan = router::ops::plan(&current, new_overrides, None, "backend")?;
+    let current = router::commands::plan::Current::from_admin(&admin, "backend").await?;
+    let new_overrides = router::control::overrides_file::read_overrides(&new, "backend")?;
+    let plan = router::commands::plan::plan(&current, new_overrides, None, "backend")?;
     let moves: Vec<_> = plan
         .moves
         .iter()

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use router::config::{OverridesWatch, WatchConfig};
+use router::control::watch::{OverridesWatch, WatchConfig};
 use serde_json::Value;
 
 use crate::fake_api::{configmap, endpoint_slice, statefulset, FakeApi, Recorded};
@@ -130,7 +130,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
             namespace: ns.into(),
             tls_files: None,
         };
-        router::watch::start(&watch, &h.router, Some(api.client()?)).await?;
+        router::control::watch::start(&watch, &h.router.control(), Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)
             .await?;
         let restarts = h.router.control().stats.watch_restarts.get();

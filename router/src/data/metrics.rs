@@ -1,11 +1,8 @@
-//! Prometheus metrics, served at `/metrics` on the admin listener (OpenMetrics text).
+//! The data path's metrics. It registers them itself into the registry the admin
+//! listener serves (`/metrics`), as the control plane does its own.
 //!
 //! Labels are bounded: backend ordinals, close reasons, HTTP statuses, directions and
-//! rejection reasons; never tenants or client addresses. The control plane's counters
-//! ([`ControlStats`](crate::control::ControlStats)) are registered here too, so every
-//! number an operator reads has one owner.
-
-use std::sync::Arc;
+//! rejection reasons; never tenants or client addresses.
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -13,20 +10,20 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::control::ControlStats;
-pub use crate::labels::{ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel};
+use super::admission::{AdmissionStats, Refusal};
+pub use crate::state::labels::{
+    ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
+};
 
 /// The data path's metrics. Cheap to update: atomics, and for labelled families one
 /// read-locked lookup per connection event (never per frame).
 pub struct Metrics {
-    registry: Registry,
     pub connections_accepted: Counter,
     /// Totals over every refusal reason, for tests and the handle.
     pub connections_refused: Counter,
     refused: Family<ReasonLabel, Counter>,
-    pub admission: crate::admission::AdmissionStats,
+    pub admission: AdmissionStats,
     backend_handshake_failures: Family<ReasonLabel, Counter>,
-    pub admin_evicted: Counter,
     pub connections_active: Family<OrdinalLabel, Gauge>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub upgrade_responses: Family<StatusLabel, Counter>,
@@ -40,20 +37,22 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     pub tls_handshake_timeouts: Counter,
     pub upgrade_seconds: Histogram,
-    pub draining: Gauge,
-    pub control: Arc<ControlStats>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    pub fn new(control: Arc<ControlStats>) -> Self {
-        let mut r = Registry::with_prefix("wsrouter");
+    pub fn new() -> Self {
         let m = Self {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
             refused: Family::default(),
             admission: Default::default(),
             backend_handshake_failures: Family::default(),
-            admin_evicted: Counter::default(),
             connections_active: Family::default(),
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
@@ -67,12 +66,7 @@ impl Metrics {
             tls_handshake_timeouts: Counter::default(),
             // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
             upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
-            draining: Gauge::default(),
-            control,
-            registry: Registry::default(),
         };
-        m.register_data(&mut r);
-        register_control(&mut r, &m.control);
         let bytes_from_client = m
             .bytes
             .get_or_create(&DirectionLabel {
@@ -97,7 +91,6 @@ impl Metrics {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }
         Self {
-            registry: r,
             bytes_from_client,
             bytes_from_backend,
             tls_handshake_errors,
@@ -106,8 +99,8 @@ impl Metrics {
         }
     }
 
-    /// The data path's series.
-    fn register_data(&self, r: &mut Registry) {
+    /// Adds the data path's series to `r`.
+    pub fn register(&self, r: &mut Registry) {
         let m = self;
         r.register(
             "connections_accepted",
@@ -140,11 +133,6 @@ impl Metrics {
             m.backend_handshake_failures.clone(),
         );
         r.register(
-            "admin_connections_evicted",
-            "Admin connections dropped (the busiest address's oldest) because the admin listener's cap was reached",
-            m.admin_evicted.clone(),
-        );
-        r.register(
             "connections_active",
             "Upgraded connections being relayed, by backend ordinal",
             m.connections_active.clone(),
@@ -175,15 +163,10 @@ impl Metrics {
             "Time from accepting a connection to answering its upgrade with 101",
             m.upgrade_seconds.clone(),
         );
-        r.register(
-            "draining",
-            "1 while the router drains after SIGTERM",
-            m.draining.clone(),
-        );
     }
 
     /// Counts a refused connection.
-    pub fn refused(&self, why: crate::admission::Refusal) {
+    pub fn refused(&self, why: Refusal) {
         self.connections_refused.inc();
         self.refused
             .get_or_create(&ReasonLabel {
@@ -198,65 +181,4 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
-
-    /// The exposition, in OpenMetrics text format.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
-    }
 }
-
-/// The control plane's counters, owned by [`ControlStats`], served here.
-fn register_control(r: &mut Registry, c: &ControlStats) {
-    r.register(
-        "table_version",
-        "Version of the routing table in force (0: none yet)",
-        c.table_version.clone(),
-    );
-    r.register(
-        "table_replicas",
-        "Backend replicas in the routing table",
-        c.table_replicas.clone(),
-    );
-    r.register(
-        "table_overrides",
-        "Overrides in the routing table",
-        c.table_overrides.clone(),
-    );
-    r.register(
-        "table_inactive_overrides",
-        "Overrides pointing beyond the current replicas (the tenant follows its hash)",
-        c.inactive_overrides.clone(),
-    );
-    r.register("table_swaps", "Routing tables published", c.swaps.clone());
-    r.register(
-        "table_rejected_updates",
-        "Updates rejected whole, the last good table kept, by reason",
-        c.rejected.clone(),
-    );
-    r.register(
-        "watch_restarts",
-        "Kubernetes watches (re)listed: first list, relist after 410 or a lost stream",
-        c.watch_restarts.clone(),
-    );
-    r.register(
-        "watch_errors",
-        "Kubernetes API errors and broken watch streams (retried with backoff)",
-        c.watch_errors.clone(),
-    );
-    r.register(
-        "tls_reloads",
-        "TLS certificates reloaded from disk",
-        c.tls_reloads.clone(),
-    );
-    r.register(
-        "tls_reload_failures",
-        "New TLS certificate pairs refused (the last good one kept)",
-        c.tls_reload_failures.clone(),
-    );
-}
-
-/// The content type of [`Metrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

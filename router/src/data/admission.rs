@@ -94,7 +94,7 @@ pub struct Admission {
     live: Arc<Semaphore>,
     live_per_ip: Mutex<HashMap<Source, usize>>,
     stats: AdmissionStats,
-    changes: crate::lifecycle::Changes,
+    changes: crate::state::lifecycle::Changes,
 }
 
 /// One pending connection, as the pool sees it.
@@ -181,7 +181,7 @@ impl Admission {
     pub fn new(
         config: AdmissionConfig,
         stats: AdmissionStats,
-        changes: crate::lifecycle::Changes,
+        changes: crate::state::lifecycle::Changes,
     ) -> Arc<Self> {
         Arc::new(Self {
             live: Arc::new(Semaphore::new(config.max_live)),
@@ -314,7 +314,7 @@ impl PendingSlot {
     }
 }
 
-impl crate::tls_io::Meter for PendingSlot {
+impl crate::data::tls_stream::Meter for PendingSlot {
     fn held(&mut self, bytes: usize) {
         self.hold(bytes);
     }

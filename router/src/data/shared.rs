@@ -1,23 +1,24 @@
 //! The state every client connection reads, in one place that the data path's pieces
-//! (the accept loop, the upgrade, the relay's setup) and the admin views all depend on,
-//! and that depends on none of them.
+//! (the accept loop, the upgrade, the relay's setup) and the admin views depend on, and
+//! that depends on none of them.
 
 use std::sync::Arc;
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use wsrouter::{PathPrefix, RoutingTable};
 
-use crate::admission::Admission;
-use crate::config::Limits;
-use crate::lifecycle::Lifecycle;
-use crate::live::LiveTenants;
-use crate::metrics::Metrics;
-use crate::pods::PodReadiness;
-use crate::reroute::Reroute;
+use super::admission::Admission;
+use super::limits::Limits;
+use super::metrics::Metrics;
+use super::reroute::Reroute;
+use super::tls_config::TlsSlot;
+use crate::state::lifecycle::Lifecycle;
+use crate::state::pods::PodReadiness;
+use crate::state::tenants::LiveTenants;
 
 /// State every connection reads; owned by the router, shared by reference count.
-pub(crate) struct Shared {
+pub struct Shared {
     /// The routing table. The data path only loads it; the control plane only stores it.
     /// Empty until the replica count is known.
     pub table: Arc<ArcSwapOption<RoutingTable>>,
@@ -31,7 +32,7 @@ pub(crate) struct Shared {
     pub prefix: PathPrefix,
     pub limits: Limits,
     /// The TLS config new handshakes use; the certificate watcher swaps it.
-    pub tls_config: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub tls_config: Option<TlsSlot>,
     /// How client connections speak HTTP/1.1 (limits, timeouts).
     pub http: http1::Builder,
     pub lifecycle: Lifecycle,

@@ -4,16 +4,11 @@
 //! or mismatched pair is logged and the last good one keeps serving.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use rustls::ServerConfig;
-use tokio_util::sync::CancellationToken;
-
-use crate::control::ControlStats;
+use super::files::{watch_dirs, FileWatchError};
+use crate::control::ControlHandle;
+use crate::data::tls_config::{self, TlsSlot};
 use crate::logging::DisplayChain;
-use crate::tls;
-use crate::watch::files::{watch_dirs, FileWatchError};
 
 fn parent(p: &Path) -> PathBuf {
     match p.parent() {
@@ -22,13 +17,13 @@ fn parent(p: &Path) -> PathBuf {
     }
 }
 
-/// Watches `cert` and `key` and stores every good new pair into `slot`.
+/// Watches `cert` and `key` and stores every good new pair into `slot`, until the
+/// router drains.
 pub fn spawn(
     cert: PathBuf,
     key: PathBuf,
-    slot: Arc<ArcSwap<ServerConfig>>,
-    stats: Arc<ControlStats>,
-    stop: CancellationToken,
+    slot: TlsSlot,
+    control: &ControlHandle,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     let mut dirs = vec![parent(&cert)];
     if parent(&key) != dirs[0] {
@@ -39,12 +34,13 @@ pub fn spawn(
     // read) do not rebuild the config.
     let mut loaded: Option<(Vec<u8>, Vec<u8>)> =
         std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
-    watch_dirs(&dirs, stop, move || {
+    let stats = control.stats.clone();
+    watch_dirs(&dirs, control.stopping(), move || {
         let current = std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
         if current.is_none() || current == loaded {
             return;
         }
-        match tls::reload_server_config(&cert, &key, &slot.load()) {
+        match tls_config::reload_server_config(&cert, &key, &slot.load()) {
             Ok(config) => {
                 slot.store(config);
                 loaded = current;

@@ -19,10 +19,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wsrouter::{AmbiguousPath, NamespaceError, PathError, RouteSource};
 
-use crate::admission::{LiveSlot, PendingSlot, Refusal};
-use crate::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
-use crate::relay::{self, RelayConfig, Stop};
-use crate::shared::Shared;
+use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
+use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
+use crate::data::relay::{self, RelayConfig, Stop};
+use crate::data::shared::Shared;
 
 /// Response header carrying the routing table version that routed the request, so two
 /// router replicas can be seen to agree.
@@ -234,7 +234,7 @@ struct Routed {
 
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
-    I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
 {
     // The head is parsed: this connection leaves the pending pool.
     if let Ok(mut pending) = ctx.pending.lock() {
@@ -302,7 +302,7 @@ async fn forward<I>(
     ctx: &ConnCtx,
 ) -> Result<Response<ProxyBody>, ProxyError>
 where
-    I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
 {
     let (routed, key) = route_request(req, &ctx.shared)?;
     // From here the connection counts against the live pool, backend socket included.
@@ -456,7 +456,7 @@ impl PendingRelay {
     /// socket, then starts the relay as a task of its own.
     async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
     where
-        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let upgrade_timeout = self.shared.limits.request_timeout;
@@ -484,7 +484,7 @@ impl PendingRelay {
     /// Registers the live socket, counts it, and spawns the relay task.
     fn start<I>(self, client: I, client_pre: Bytes)
     where
-        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
     {
         let Self {
             routed,
@@ -568,7 +568,7 @@ struct LiveRelay {
     active: prometheus_client::metrics::gauge::Gauge,
     shared: Arc<Shared>,
     _slot: LiveSlot,
-    _live: crate::live::LiveGuard,
+    _live: crate::state::tenants::LiveGuard,
 }
 
 impl LiveRelay {
@@ -577,7 +577,7 @@ impl LiveRelay {
     /// (an async fn keeps its argument and the awaited future side by side).
     fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
     where
-        I: AsyncRead + AsyncWrite + crate::relay::Reset + Unpin,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin,
     {
         let mut relay = relay;
         let mut live = Some(self);

@@ -5,10 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
 use thiserror::Error;
+
+/// The TLS config new handshakes use: the listener loads it per handshake, the
+/// certificate watcher stores a reloaded one.
+pub type TlsSlot = Arc<ArcSwap<ServerConfig>>;
 
 #[derive(Debug, Error)]
 pub enum TlsError {

@@ -1,4 +1,4 @@
-//! The control plane's one owner of routing state. Watchers send it what they saw
+//! The control loop: the one owner of routing state. Watchers send it what they saw
 //! (overrides data, replica counts); it validates, builds the next [`RoutingTable`] off
 //! the hot path, and publishes it with one `ArcSwap::store`. A bad update is rejected
 //! whole and the last good table keeps serving.
@@ -8,16 +8,15 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
 use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
 
-use crate::config::RoutingConfig;
-use crate::labels::ReasonLabel;
-use crate::lifecycle::Lifecycle;
-use crate::live::LiveTenants;
+use super::stats::{ControlStats, RejectReason};
+use crate::data::tls_config::TlsSlot;
+use crate::state::lifecycle::Lifecycle;
+use crate::state::pods::PodReadiness;
+use crate::state::tenants::LiveTenants;
 
 /// What a watcher saw.
 #[derive(Debug, Clone)]
@@ -38,66 +37,41 @@ pub enum Input {
     WatchFailed,
 }
 
-/// Why an update did not become a table. Bounded, for metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RejectReason {
-    /// A key that is not a DNS-1123 label, a bad target, or a duplicate key.
-    InvalidOverrides,
-    /// The source could not be read or parsed (bad YAML, not a ConfigMap, non-string value).
-    Unparsable,
-    /// Zero replicas, or more than a static backend list has addresses for.
-    BadReplicas,
+/// How routing tables are made. The control loop builds every one of them, the first
+/// included, as soon as it knows the replica count and (for a watched source) the
+/// overrides; until then the router answers 503 and is not ready.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// How ordinals become addresses.
+    pub backends: Backends,
+    /// Names pods in override targets (`backend-3`).
+    pub statefulset: String,
+    /// Fixed by flags; `None` when the StatefulSet's `spec.replicas` is watched.
+    pub replicas: Option<NonZeroU32>,
+    /// Overrides known at start, and where they came from.
+    pub overrides: Overrides,
+    pub source: TableSource,
+    /// Overrides come from a watched source not read yet: route nothing before its
+    /// first read, rather than route some tenants without their overrides.
+    pub await_overrides: bool,
 }
 
-impl RejectReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidOverrides => "invalid_overrides",
-            Self::Unparsable => "unparsable",
-            Self::BadReplicas => "bad_replicas",
+impl RoutingConfig {
+    /// Static backends or a fixed template, no overrides.
+    pub fn fixed(backends: Backends, replicas: NonZeroU32) -> Self {
+        Self {
+            backends,
+            statefulset: "backend".to_owned(),
+            replicas: Some(replicas),
+            overrides: Overrides::default(),
+            source: TableSource::Flags,
+            await_overrides: false,
         }
     }
 }
 
-/// The control plane's counters and gauges, registered as Prometheus metrics.
-#[derive(Debug, Default)]
-pub struct ControlStats {
-    pub table_version: Gauge,
-    pub table_replicas: Gauge,
-    pub table_overrides: Gauge,
-    pub inactive_overrides: Gauge,
-    pub swaps: Counter,
-    pub rejected: Family<ReasonLabel, Counter>,
-    /// Watches (re)started: the first list and every relist.
-    pub watch_restarts: Counter,
-    /// Errors from the API server or a broken watch stream.
-    pub watch_errors: Counter,
-    /// TLS certificates reloaded, and new pairs refused (the last good one kept).
-    pub tls_reloads: Counter,
-    pub tls_reload_failures: Counter,
-    /// Woken on every change watchers make outside the table (certificate, pod readiness).
-    pub changes: crate::lifecycle::Changes,
-}
-
-impl ControlStats {
-    pub fn reject(&self, reason: RejectReason) {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.as_str(),
-            })
-            .inc();
-    }
-
-    pub fn rejected(&self, reason: RejectReason) -> u64 {
-        self.rejected
-            .get_or_create(&ReasonLabel {
-                reason: reason.as_str(),
-            })
-            .get()
-    }
-}
-
-/// Where watchers send [`Input`]s.
+/// What watchers hold: where to send [`Input`]s, and the slots the control plane fills
+/// besides the table (pod readiness, the TLS config), with the signal to stop on.
 #[derive(Clone)]
 pub struct ControlHandle {
     tx: mpsc::UnboundedSender<Input>,
@@ -106,9 +80,42 @@ pub struct ControlHandle {
     processed: watch::Receiver<u64>,
     /// The version of the table last published.
     changes: watch::Receiver<u64>,
+    slots: Arc<Slots>,
+    /// The StatefulSet whose pods are the backends.
+    statefulset: Arc<str>,
+}
+
+/// What the control plane writes besides the table, and when its watchers stop.
+pub struct Slots {
+    /// Cancelled when the router begins to drain: watchers stop with it.
+    pub stopping: CancellationToken,
+    /// Where the EndpointSlice watcher publishes pods known not ready.
+    pub pod_readiness: PodReadiness,
+    /// Where the certificate watcher stores a reloaded TLS config (`None`: plaintext).
+    pub tls: Option<TlsSlot>,
 }
 
 impl ControlHandle {
+    /// Cancelled when the router begins to drain: watchers stop with it.
+    pub fn stopping(&self) -> CancellationToken {
+        self.slots.stopping.clone()
+    }
+
+    /// Where the EndpointSlice watcher publishes pods known not ready.
+    pub fn pod_readiness(&self) -> PodReadiness {
+        self.slots.pod_readiness.clone()
+    }
+
+    /// The StatefulSet whose pods are the backends.
+    pub fn statefulset(&self) -> &str {
+        &self.statefulset
+    }
+
+    /// The TLS config slot the certificate watcher stores into (`None`: plaintext).
+    pub fn tls_slot(&self) -> Option<TlsSlot> {
+        self.slots.tls.clone()
+    }
+
     /// Hands an update to the control loop. Fails only once the router has stopped.
     pub fn send(&self, input: Input) -> bool {
         self.tx.send(input).is_ok()
@@ -163,6 +170,8 @@ pub struct ControlParts {
     pub lifecycle: Lifecycle,
     /// Where the loop counts what it does (registered as metrics by the router).
     pub stats: Arc<ControlStats>,
+    /// What watchers write besides the table, handed to them with the handle.
+    pub slots: Slots,
 }
 
 impl Control {
@@ -174,6 +183,7 @@ impl Control {
         let (tx, rx) = mpsc::unbounded_channel();
         let stats = parts.stats;
         let r = parts.routing;
+        let statefulset: Arc<str> = r.statefulset.as_str().into();
         let mut control = Self {
             table: parts.table,
             backends: r.backends,
@@ -206,6 +216,8 @@ impl Control {
             stats,
             processed: processed_rx,
             changes,
+            slots: Arc::new(parts.slots),
+            statefulset,
         };
         (control, handle, rx)
     }
@@ -378,6 +390,11 @@ mod tests {
             live: Arc::new(LiveTenants::default()),
             lifecycle: Lifecycle::default(),
             stats: Arc::default(),
+            slots: Slots {
+                stopping: CancellationToken::new(),
+                pod_readiness: PodReadiness::default(),
+                tls: None,
+            },
         });
         (c, table)
     }

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 use wsrouter::{parse_target, TableSource};
 
 use crate::control::{ControlHandle, Input};
-use crate::pods::{NotReadyPods, PodReadiness};
+use crate::logging::DisplayChain;
+use crate::state::pods::NotReadyPods;
 
 /// One watch's events, with errors counted and logged, until `stop`.
 async fn for_each_event<K, S>(
@@ -48,7 +49,7 @@ async fn for_each_event<K, S>(
             Some(Err(e)) => {
                 // The stream backs off and retries by itself; the table is untouched.
                 control.send(Input::WatchFailed);
-                tracing::warn!(watch = what, error = %crate::logging::DisplayChain(&e), "watch failed; retrying with backoff, the last good table keeps serving");
+                tracing::warn!(watch = what, error = %DisplayChain(&e), "watch failed; retrying with backoff, the last good table keeps serving");
             }
             None => return,
         }
@@ -61,8 +62,8 @@ pub async fn watch_configmap(
     namespace: String,
     name: String,
     control: ControlHandle,
-    stop: CancellationToken,
 ) {
+    let stop = control.stopping();
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher::watcher(api, config).default_backoff();
@@ -114,8 +115,8 @@ pub async fn watch_statefulset(
     namespace: String,
     name: String,
     control: ControlHandle,
-    stop: CancellationToken,
 ) {
+    let stop = control.stopping();
     let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher::watcher(api, config).default_backoff();
@@ -147,11 +148,11 @@ pub async fn watch_endpoint_slices(
     client: Client,
     namespace: String,
     service: String,
-    statefulset: String,
-    readiness: PodReadiness,
     control: ControlHandle,
-    stop: CancellationToken,
 ) {
+    let stop = control.stopping();
+    let statefulset = control.statefulset().to_owned();
+    let readiness = control.pod_readiness();
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let config =
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));

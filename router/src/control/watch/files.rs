@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use wsrouter::TableSource;
 
+use crate::control::overrides_file;
 use crate::control::{ControlHandle, Input};
 use crate::logging::DisplayChain;
-use crate::overrides_file;
 
 /// Events arrive in bursts (write, chmod, rename); wait for this much quiet before reading.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -147,14 +147,13 @@ impl FileSource {
 }
 
 /// Watches `source` and sends every change to the control loop, starting with its
-/// current contents, until `stop` is cancelled.
+/// current contents, until the router drains.
 pub fn spawn(
     source: FileSource,
     control: ControlHandle,
-    stop: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     tracing::info!(source = %source.table_source(), "watching overrides");
-    watch_dirs(&[source.watched_dir()], stop, move || {
+    watch_dirs(&[source.watched_dir()], control.stopping(), move || {
         source.reload(&control)
     })
 }

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::process::ExitCode;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -15,8 +16,58 @@ use wsrouter::{
     RouteSource, RoutingTable, TableSource,
 };
 
-use crate::overrides_file::{self, OverridesFileError};
-use crate::views::{ContractView, TableView};
+use super::exit::usage_error;
+use crate::admin::views::{ContractView, TableView};
+use crate::config::{PlanArgs, RouteArgs};
+use crate::control::overrides_file::{self, OverridesFileError};
+
+/// `wsrouter route`: the routing contract for one namespace, as a line or JSON.
+pub fn run_route(args: &RouteArgs) -> ExitCode {
+    let v = match route(
+        &args.namespace,
+        args.replicas,
+        args.overrides.as_deref(),
+        &args.statefulset,
+    ) {
+        Ok(v) => v,
+        Err(e) => return usage_error(&e),
+    };
+    if args.json {
+        match serde_json::to_string(&v) {
+            Ok(json) => println!("{json}"),
+            Err(e) => return usage_error(&e),
+        }
+    } else {
+        println!(
+            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
+            v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+/// `wsrouter plan`: what an overrides edit or a scale would move.
+pub async fn run_plan(args: &PlanArgs) -> ExitCode {
+    let current = match &args.admin {
+        Some(url) => Current::from_admin(url, &args.statefulset).await,
+        None => Current::offline(
+            args.current.as_deref(),
+            args.current_replicas,
+            &args.statefulset,
+        ),
+    };
+    let plan = current.and_then(|cur| {
+        let new = overrides_file::read_overrides(&args.overrides, &args.statefulset)?;
+        plan(&cur, new, args.replicas, &args.statefulset)
+    });
+    match plan {
+        Ok(p) => {
+            print!("{p}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e),
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum OpsError {

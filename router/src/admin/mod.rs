@@ -5,6 +5,12 @@
 //! - `/metrics`: Prometheus metrics (OpenMetrics text).
 //! - `/route/{namespace}`: how a tenant routes now, and why.
 //! - `/table`: the whole routing table, where it came from, and the live tenants.
+//!
+//! - [`metrics`]: the registry every component registers into, encoded for `/metrics`.
+//! - [`views`]: the JSON this listener serves and the commands read, typed both ways.
+
+pub mod metrics;
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -20,10 +26,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace};
 
-use crate::accept::AcceptErrors;
-use crate::admission::{Admission, AdmissionConfig, AdmissionStats};
-use crate::shared::Shared;
-use crate::views::{ErrorView, OverrideView, RouteView, TableView};
+use self::metrics::{AdminMetrics, CONTENT_TYPE};
+use self::views::{ErrorView, OverrideView, RouteView, TableView};
+use crate::data::accept::AcceptErrors;
+use crate::data::admission::{Admission, AdmissionConfig, AdmissionStats};
+use crate::data::shared::Shared;
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the
 /// oldest of the busiest address is dropped, so a probe still gets through while
@@ -36,7 +43,12 @@ pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves until `stop` is cancelled. It stays up while the router drains, so probes see
 /// `/readyz` fail rather than a refused connection.
-pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    metrics: Arc<AdminMetrics>,
+    stop: CancellationToken,
+) {
     let conns = tokio_util::task::TaskTracker::new();
     // The admin listener's own pool: the pending pool's rules (a cap; when full, the
     // busiest address's oldest is dropped), with nothing shared with the data path.
@@ -51,7 +63,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
             max_live_per_ip: 0,
         },
         AdmissionStats {
-            evicted: shared.metrics.admin_evicted.clone(),
+            evicted: metrics.evicted.clone(),
             ..AdmissionStats::default()
         },
         Default::default(),
@@ -76,13 +88,13 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
         let Ok(slot) = pool.admit_pending(peer.ip()) else {
             continue;
         };
-        let shared = shared.clone();
+        let (shared, metrics) = (shared.clone(), metrics.clone());
         let stop = stop.clone();
         let http = http.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&req, &shared)) }
+                let (shared, metrics) = (shared.clone(), metrics.clone());
+                async move { Ok::<_, Infallible>(route(&req, &shared, &metrics)) }
             });
             let conn = http.serve_connection(TokioIo::new(tcp), svc);
             let evicted = slot.evicted();
@@ -98,7 +110,11 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Canc
     conns.wait().await;
 }
 
-fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    shared: &Shared,
+    metrics: &AdminMetrics,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
     }
@@ -109,12 +125,10 @@ fn route(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         "/readyz" if lc.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            shared.metrics.draining.set(i64::from(lc.is_draining()));
-            let mut r = Response::new(Full::new(Bytes::from(shared.metrics.encode())));
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
-            );
+            metrics.draining.set(i64::from(lc.is_draining()));
+            let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
             r
         }
         "/table" => table_json(shared),

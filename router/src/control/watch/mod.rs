@@ -1,5 +1,7 @@
 //! The control plane's eyes: watchers that turn what they see into
 //! [`Input`](crate::control::Input)s for the control loop. They never touch the table.
+//! Each takes the [`ControlHandle`]: where to send inputs, the slots it may fill (pod
+//! readiness, the TLS config), and the signal to stop on.
 //!
 //! - [`files`]: an overrides manifest file, or a ConfigMap mounted as a directory.
 //! - [`kube`]: the ConfigMap, the StatefulSet and the EndpointSlices, through the API.
@@ -9,11 +11,44 @@ pub mod certs;
 pub mod files;
 pub mod kube;
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 use tokio::task::JoinHandle;
 
-use crate::config::{OverridesWatch, WatchConfig};
-use crate::RouterHandle;
+use crate::control::ControlHandle;
+
+/// What the control plane watches.
+#[derive(Debug, Clone, Default)]
+pub struct WatchConfig {
+    pub overrides: OverridesWatch,
+    /// Watch this StatefulSet's `spec.replicas`.
+    pub statefulset: Option<String>,
+    /// Watch this Service's EndpointSlices for pod readiness.
+    pub endpoint_slices: Option<String>,
+    /// The Kubernetes namespace of the watched objects.
+    pub namespace: String,
+    /// The TLS certificate and key files, reloaded when they change.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum OverridesWatch {
+    #[default]
+    None,
+    File(PathBuf),
+    Dir(PathBuf),
+    ConfigMap(String),
+}
+
+impl WatchConfig {
+    /// Whether anything is watched through the Kubernetes API.
+    pub fn needs_kube(&self) -> bool {
+        matches!(self.overrides, OverridesWatch::ConfigMap(_))
+            || self.statefulset.is_some()
+            || self.endpoint_slices.is_some()
+    }
+}
 
 #[derive(Debug, Error)]
 pub enum WatchError {
@@ -44,36 +79,26 @@ pub async fn kube_client(config: &WatchConfig) -> Result<Option<::kube::Client>,
         .map_err(|source| WatchError::NoKube { why, source })
 }
 
-/// Starts every watcher `config` asks for, feeding `router`'s control loop; they stop
-/// when the router begins to drain. `client` is the API client to use; `None` infers
-/// one (in-cluster, else kubeconfig) if anything needs it.
+/// Starts every watcher `config` asks for, feeding `control`; they stop when the router
+/// begins to drain. `client` is the API client to use; `None` infers one (in-cluster,
+/// else kubeconfig) if anything needs it.
 pub async fn start(
     config: &WatchConfig,
-    router: &RouterHandle,
+    control: &ControlHandle,
     client: Option<::kube::Client>,
 ) -> Result<Vec<JoinHandle<()>>, WatchError> {
-    let control = router.control();
-    let stop = router.stopping();
     let mut tasks = Vec::new();
-    if let (Some((cert, key)), Some(slot)) = (&config.tls_files, router.tls_config()) {
-        tasks.push(certs::spawn(
-            cert.clone(),
-            key.clone(),
-            slot,
-            control.stats.clone(),
-            stop.clone(),
-        )?);
+    if let (Some((cert, key)), Some(slot)) = (&config.tls_files, control.tls_slot()) {
+        tasks.push(certs::spawn(cert.clone(), key.clone(), slot, control)?);
     }
     match &config.overrides {
         OverridesWatch::File(p) => tasks.push(files::spawn(
             files::FileSource::Manifest(p.clone()),
             control.clone(),
-            stop.clone(),
         )?),
         OverridesWatch::Dir(d) => tasks.push(files::spawn(
             files::FileSource::Directory(d.clone()),
             control.clone(),
-            stop.clone(),
         )?),
         OverridesWatch::ConfigMap(_) | OverridesWatch::None => {}
     }
@@ -95,7 +120,6 @@ pub async fn start(
             ns.clone(),
             name.clone(),
             control.clone(),
-            stop.clone(),
         )));
     }
     if let Some(sts) = &config.statefulset {
@@ -105,7 +129,6 @@ pub async fn start(
             ns.clone(),
             sts.clone(),
             control.clone(),
-            stop.clone(),
         )));
     }
     if let Some(svc) = &config.endpoint_slices {
@@ -114,10 +137,7 @@ pub async fn start(
             client,
             ns,
             svc.clone(),
-            router.statefulset().to_owned(),
-            router.pod_readiness(),
-            control,
-            stop,
+            control.clone(),
         )));
     }
     Ok(tasks)

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::frame::{close_frame, code, FrameCursor};
+use crate::data::frame::{close_frame, code, FrameCursor};
 
 /// Ends a connection abruptly (a TCP reset), to pass on a peer's reset as it was.
 pub trait Reset {
@@ -46,7 +46,7 @@ impl Reset for tokio::net::TcpStream {
     }
 }
 
-impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::tls_io::TlsStream<S> {
+impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::data::tls_stream::TlsStream<S> {
     fn reset(&mut self) {
         self.get_mut().reset();
     }

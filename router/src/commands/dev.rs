@@ -2,14 +2,18 @@
 //! with a certificate made at start. No cluster, no files to prepare.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use thiserror::Error;
 use wsrouter::{Backends, Overrides, TableSource};
 
-use crate::config::{ConfigError, DevArgs, RouterConfig, RoutingConfig};
-use crate::server::{self, RouterHandle, ServerError};
-use crate::tls::{DevCert, TlsError};
-use crate::watch::{self, files::FileSource};
+use super::exit::{config_error, failure};
+use crate::config::{ConfigError, DevArgs, RouterConfig};
+use crate::control::overrides_file::read_overrides;
+use crate::control::watch::{self, files::FileSource};
+use crate::control::RoutingConfig;
+use crate::daemon::{self, RouterHandle, ServerError};
+use crate::data::tls_config::{DevCert, TlsError};
 
 /// The StatefulSet name the dev backends pretend to be, so override targets read as in a
 /// cluster (`backend-2`).
@@ -41,6 +45,22 @@ pub struct DevHandle {
     pub ca_file: Option<PathBuf>,
 }
 
+/// `wsrouter dev`: the router with in-process echo backends, until signalled.
+pub async fn run(args: DevArgs, io_threads: usize) -> ExitCode {
+    match start(args, io_threads).await {
+        Ok(dev) => {
+            println!("{}", dev.banner());
+            // Backends live as long as the router; they drop after it drains.
+            let backends = dev.backends;
+            let r = super::serve::until_signals(dev.router).await;
+            drop(backends);
+            r
+        }
+        Err(DevError::Config(e)) => config_error(&e),
+        Err(e) => failure("starting wsrouter dev", &e),
+    }
+}
+
 pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevError> {
     let limits = args.common.limits()?;
     let path_prefix = args.common.path_prefix()?;
@@ -68,8 +88,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
     let (overrides, source) = match &args.overrides_file {
         Some(p) => (
-            crate::overrides_file::read_overrides(p, DEV_STATEFULSET)
-                .map_err(ConfigError::OverridesFile)?,
+            read_overrides(p, DEV_STATEFULSET).map_err(ConfigError::OverridesFile)?,
             TableSource::File {
                 path: p.display().to_string(),
             },
@@ -84,7 +103,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     };
 
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
-    let router = server::start(RouterConfig {
+    let router = daemon::start(RouterConfig {
         io_threads,
         listen: args.listen,
         tls: Some(cert.server_config(&args.common.tls_options())?),
@@ -98,11 +117,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     .await?;
     // Edit the file to reroute live: the same watcher `serve --overrides-file` uses.
     if let Some(p) = &args.overrides_file {
-        watch::files::spawn(
-            FileSource::Manifest(p.clone()),
-            router.control(),
-            router.stopping(),
-        )?;
+        watch::files::spawn(FileSource::Manifest(p.clone()), router.control())?;
     }
 
     // The CA is public material; writing it lets curl or a browser verify if wanted.

@@ -1,0 +1,54 @@
+//! The metrics registry `/metrics` encodes. Each component registers its own series
+//! (the data path, the control plane); the admin listener adds its own two and only
+//! encodes.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::control::ControlStats;
+use crate::data::metrics::Metrics as DataMetrics;
+
+/// The content type of [`AdminMetrics::encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Every series the router exposes, and the admin listener's own.
+pub struct AdminMetrics {
+    registry: Registry,
+    /// 1 while the router drains; set when scraped, from the lifecycle.
+    pub draining: Gauge,
+    /// Admin connections dropped because the admin listener was full.
+    pub evicted: Counter,
+}
+
+impl AdminMetrics {
+    pub fn new(data: &DataMetrics, control: &ControlStats) -> Self {
+        let mut registry = Registry::with_prefix("wsrouter");
+        data.register(&mut registry);
+        control.register(&mut registry);
+        let (draining, evicted) = (Gauge::default(), Counter::default());
+        registry.register(
+            "admin_connections_evicted",
+            "Admin connections dropped (the busiest address's oldest) because the admin listener's cap was reached",
+            evicted.clone(),
+        );
+        registry.register(
+            "draining",
+            "1 while the router drains after SIGTERM",
+            draining.clone(),
+        );
+        Self {
+            registry,
+            draining,
+            evicted,
+        }
+    }
+
+    /// The exposition, in OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

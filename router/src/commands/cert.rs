@@ -1,0 +1,22 @@
+//! `wsrouter cert`: a dev CA and a server certificate, written as a TLS Secret's files.
+
+use std::process::ExitCode;
+
+use super::exit::failure;
+use crate::config::CertArgs;
+use crate::data::tls_config::DevCert;
+
+pub fn run(args: &CertArgs) -> ExitCode {
+    let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
+    match DevCert::generate(&hosts).and_then(|c| c.write_to(&args.out)) {
+        Ok(()) => {
+            println!(
+                "wrote {0}/ca.crt, {0}/tls.crt, {0}/tls.key for {1}",
+                args.out.display(),
+                hosts.join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => failure("writing the certificate", &e),
+    }
+}

@@ -1,0 +1,125 @@
+//! The control plane's counters and gauges. It registers them itself; the admin
+//! listener only encodes the registry.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::state::labels::ReasonLabel;
+use crate::state::lifecycle::Changes;
+
+/// Why an update did not become a table. Bounded, for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// A key that is not a DNS-1123 label, a bad target, or a duplicate key.
+    InvalidOverrides,
+    /// The source could not be read or parsed (bad YAML, not a ConfigMap, non-string value).
+    Unparsable,
+    /// Zero replicas, or more than a static backend list has addresses for.
+    BadReplicas,
+}
+
+impl RejectReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidOverrides => "invalid_overrides",
+            Self::Unparsable => "unparsable",
+            Self::BadReplicas => "bad_replicas",
+        }
+    }
+}
+
+/// The control plane's counters and gauges, registered as Prometheus metrics.
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    pub table_version: Gauge,
+    pub table_replicas: Gauge,
+    pub table_overrides: Gauge,
+    pub inactive_overrides: Gauge,
+    pub swaps: Counter,
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Watches (re)started: the first list and every relist.
+    pub watch_restarts: Counter,
+    /// Errors from the API server or a broken watch stream.
+    pub watch_errors: Counter,
+    /// TLS certificates reloaded, and new pairs refused (the last good one kept).
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
+    /// Woken on every change watchers make outside the table (certificate, pod readiness).
+    pub changes: Changes,
+}
+
+impl ControlStats {
+    pub fn reject(&self, reason: RejectReason) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+}
+
+impl ControlStats {
+    /// Adds the control plane's series to `r`.
+    pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "table_version",
+            "Version of the routing table in force (0: none yet)",
+            self.table_version.clone(),
+        );
+        r.register(
+            "table_replicas",
+            "Backend replicas in the routing table",
+            self.table_replicas.clone(),
+        );
+        r.register(
+            "table_overrides",
+            "Overrides in the routing table",
+            self.table_overrides.clone(),
+        );
+        r.register(
+            "table_inactive_overrides",
+            "Overrides pointing beyond the current replicas (the tenant follows its hash)",
+            self.inactive_overrides.clone(),
+        );
+        r.register(
+            "table_swaps",
+            "Routing tables published",
+            self.swaps.clone(),
+        );
+        r.register(
+            "table_rejected_updates",
+            "Updates rejected whole, the last good table kept, by reason",
+            self.rejected.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Kubernetes watches (re)listed: first list, relist after 410 or a lost stream",
+            self.watch_restarts.clone(),
+        );
+        r.register(
+            "watch_errors",
+            "Kubernetes API errors and broken watch streams (retried with backoff)",
+            self.watch_errors.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "TLS certificates reloaded from disk",
+            self.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_reload_failures",
+            "New TLS certificate pairs refused (the last good one kept)",
+            self.tls_reload_failures.clone(),
+        );
+    }
+}

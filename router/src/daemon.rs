@@ -1,0 +1,282 @@
+//! The composition root: builds the state the planes share, starts the control loop,
+//! the data path's listeners and the admin listener, and runs the drain. The planes do
+//! not start one another; only this module knows them all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wsrouter::RoutingTable;
+
+use crate::admin::{self, metrics::AdminMetrics};
+use crate::config::RouterConfig;
+use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
+use crate::data::admission::Admission;
+use crate::data::listen::Listeners;
+pub use crate::data::listen::ServerError;
+use crate::data::metrics::Metrics;
+use crate::data::reroute::Reroute;
+use crate::data::shared::Shared;
+use crate::state::lifecycle::{Changes, Lifecycle};
+use crate::state::pods::PodReadiness;
+use crate::state::tenants::LiveTenants;
+
+/// A running router.
+pub struct RouterHandle {
+    addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    control: ControlHandle,
+    /// Cancelled once the router has drained and stopped.
+    done: CancellationToken,
+}
+
+impl RouterHandle {
+    /// The address the WebSocket listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The table now in force, if one is loaded.
+    pub fn current_table(&self) -> Option<Arc<RoutingTable>> {
+        self.shared.table.load_full()
+    }
+
+    /// Where watchers send what they see; the control loop builds and publishes tables.
+    pub fn control(&self) -> ControlHandle {
+        self.control.clone()
+    }
+
+    /// Tenants with live sockets on this router.
+    pub fn live(&self) -> Arc<LiveTenants> {
+        self.shared.live.clone()
+    }
+
+    /// Client connections and relays still running.
+    pub fn live_tasks(&self) -> usize {
+        self.shared.lifecycle.tasks.len()
+    }
+
+    /// Connections refused by a cap (per source, or the live pool full).
+    pub fn refused_connections(&self) -> u64 {
+        self.shared.metrics.connections_refused.get()
+    }
+
+    /// Woken on every change of the router's state (readiness, listener, pools, relays,
+    /// certificate, pod readiness): wait on it instead of polling.
+    pub fn changes(&self) -> Changes {
+        self.shared.lifecycle.changes.clone()
+    }
+
+    /// Whether the listeners still accept (false once the drain has closed them).
+    pub fn is_listening(&self) -> bool {
+        self.shared.lifecycle.is_listening()
+    }
+
+    /// The pending and live pools, to see how full they are.
+    pub fn admission(&self) -> Arc<Admission> {
+        self.shared.admission.clone()
+    }
+
+    /// Begins the drain (what SIGTERM does): stop accepting, fail readiness, give live
+    /// sockets the grace period, then close them with 1001.
+    pub fn shutdown(&self) {
+        // Readiness fails at once, not when the supervisor gets to it, so a probe right
+        // after SIGTERM already sees 503.
+        self.shared.lifecycle.set_draining();
+        self.shared.lifecycle.stop_accepting.cancel();
+    }
+
+    /// Skips what is left of the grace period (a second SIGTERM).
+    pub fn close_now(&self) {
+        self.shared.lifecycle.set_draining();
+        self.shared.lifecycle.stop_accepting.cancel();
+        self.shared.lifecycle.close_tunnels.cancel();
+    }
+
+    /// Waits until the router has drained and stopped.
+    pub async fn drained(&self) {
+        self.done.cancelled().await
+    }
+}
+
+/// Binds the listeners and starts serving: the control loop first (so a table may be
+/// ready before the first connection), then the admin listener, then the data path.
+pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
+    // A client that connects and sends nothing waits in the kernel, not in a slot.
+    let defer = config.limits.handshake_timeout.max(Duration::from_secs(1));
+    let listeners = Listeners::bind(config.listen, config.io_threads, defer)?;
+    let addr = listeners.local_addr();
+    let admin_listener = match config.admin_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|source| ServerError::Bind { addr: a, source })?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let drain_grace = config.drain_grace;
+    let Planes {
+        shared,
+        control,
+        metrics,
+    } = build(config);
+
+    let admin_stop = CancellationToken::new();
+    let admin_task = admin_listener
+        .map(|l| tokio::spawn(admin::serve(l, shared.clone(), metrics, admin_stop.clone())));
+    let done = CancellationToken::new();
+    let accepting = listeners.serve(&shared, &done)?;
+    shared.lifecycle.set_listening();
+    tracing::info!(
+        listen.addr = %addr,
+        admin.addr = %admin_addr.map_or_else(|| "none".to_owned(), |a| a.to_string()),
+        tls = shared.tls_config.is_some(),
+        "listening"
+    );
+    let drained = Drain {
+        shared: shared.clone(),
+        accepting,
+        grace: drain_grace,
+        admin_stop,
+        admin_task,
+        done: done.clone(),
+    };
+    tokio::spawn(drained.run());
+
+    Ok(RouterHandle {
+        addr,
+        admin_addr,
+        shared,
+        control,
+        done,
+    })
+}
+
+/// What [`build`] wires: the data path's state, the control loop's handle, the registry.
+struct Planes {
+    shared: Arc<Shared>,
+    control: ControlHandle,
+    metrics: Arc<AdminMetrics>,
+}
+
+/// The state the planes share, and the control loop (started) that owns the table.
+/// Every piece is made once here and handed to whoever writes or reads it.
+fn build(config: RouterConfig) -> Planes {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.limits.request_timeout)
+        .max_buf_size(config.limits.max_header_bytes)
+        .max_headers(config.limits.max_headers);
+    let stats = Arc::new(ControlStats::default());
+    // One set of waiters for every change, whoever makes it.
+    let lifecycle = Lifecycle::with_changes(stats.changes.clone());
+    let table = Arc::new(ArcSwapOption::<RoutingTable>::empty());
+    let live = Arc::new(LiveTenants::default());
+    let not_ready = PodReadiness::default();
+    let tls_config = config.tls.map(|c| Arc::new(ArcSwap::new(c)));
+    let data_metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(AdminMetrics::new(&data_metrics, &stats));
+    let (control, handle, control_rx) = Control::new(ControlParts {
+        table: table.clone(),
+        routing: config.routing,
+        live: live.clone(),
+        lifecycle: lifecycle.clone(),
+        stats,
+        slots: Slots {
+            stopping: lifecycle.stop_accepting.clone(),
+            pod_readiness: not_ready.clone(),
+            tls: tls_config.clone(),
+        },
+    });
+    tokio::spawn(control.run(control_rx));
+    let reroute = config
+        .reroute
+        .map(|r| Arc::new(Reroute::new(r, table.clone(), handle.changes())));
+    let shared = Arc::new(Shared {
+        table,
+        live,
+        not_ready,
+        reroute,
+        prefix: config.path_prefix,
+        admission: Admission::new(
+            config.limits.admission(),
+            data_metrics.admission.clone(),
+            lifecycle.changes.clone(),
+        ),
+        metrics: data_metrics,
+        limits: config.limits,
+        tls_config,
+        http,
+        lifecycle,
+    });
+    Planes {
+        shared,
+        control: handle,
+        metrics,
+    }
+}
+
+/// The drain, from SIGTERM (or [`RouterHandle::shutdown`]) to "drained".
+struct Drain {
+    shared: Arc<Shared>,
+    accepting: Vec<oneshot::Receiver<()>>,
+    grace: Duration,
+    admin_stop: CancellationToken,
+    admin_task: Option<JoinHandle<()>>,
+    done: CancellationToken,
+}
+
+impl Drain {
+    /// Stop accepting, fail readiness, give live sockets the grace period, close the rest
+    /// with 1001, bounded by the close timeout; the admin listener stays up until the end.
+    async fn run(self) {
+        let lc = &self.shared.lifecycle;
+        lc.stop_accepting.cancelled().await;
+        lc.set_draining();
+        for a in self.accepting {
+            let _ = a.await;
+        }
+        lc.set_listener_closed();
+        lc.tasks.close();
+        tracing::info!(live = lc.tasks.len(), grace = ?self.grace, "draining: listener closed, live sockets have the grace period");
+        tokio::select! {
+            _ = lc.tasks.wait() => {}
+            _ = tokio::time::sleep(self.grace) => {}
+            _ = lc.close_tunnels.cancelled() => {}
+        }
+        if !lc.tasks.is_empty() {
+            tracing::info!(
+                live = lc.tasks.len(),
+                "grace period over: closing live sockets with 1001"
+            );
+        }
+        lc.close_tunnels.cancel();
+        // Every relay ends within close_timeout of its close; the margin covers the rest.
+        let bound = self.shared.limits.close_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(bound, lc.tasks.wait()).await.is_err() {
+            tracing::warn!(
+                live = lc.tasks.len(),
+                "connections still open after the close timeout; exiting anyway"
+            );
+        }
+        self.admin_stop.cancel();
+        if let Some(t) = self.admin_task {
+            let _ = t.await;
+        }
+        tracing::info!("drained");
+        self.done.cancel();
+    }
+}

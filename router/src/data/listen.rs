@@ -1,0 +1,287 @@
+//! The data path's outer loop: bind, accept on the I/O threads under the pending pool,
+//! TLS, and HTTP/1.1 up to the upgrade.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::accept::AcceptErrors;
+use super::admission::{PendingSlot, REQUEST_HEAD_BYTES};
+use super::relay::Reset;
+use super::shared::Shared;
+use super::tls_stream;
+use super::upgrade::{self, ConnCtx};
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("binding {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("building an I/O thread's event loop")]
+    Runtime(#[source] std::io::Error),
+    #[error("starting an I/O thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The WebSocket listeners, bound, with the event loops that will run them.
+pub struct Listeners {
+    addr: SocketAddr,
+    listeners: Vec<TcpListener>,
+    io_runtimes: Vec<tokio::runtime::Runtime>,
+}
+
+impl Listeners {
+    /// Binds `listen` once per I/O thread (SO_REUSEPORT) and builds each thread's event
+    /// loop, so a failure of either is an error of the router's start. `io_threads` 0:
+    /// one listener, served on the caller's runtime. A client that connects and sends
+    /// nothing waits in the kernel, not in a slot, for up to `defer`.
+    pub fn bind(
+        listen: SocketAddr,
+        io_threads: usize,
+        defer: Duration,
+    ) -> Result<Self, ServerError> {
+        let bind_err = |source| ServerError::Bind {
+            addr: listen,
+            source,
+        };
+        let listeners = bind_listeners(listen, io_threads.max(1), defer).map_err(bind_err)?;
+        let addr = listeners[0].local_addr().map_err(bind_err)?;
+        let io_runtimes = (0..io_threads)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(ServerError::Runtime)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            addr,
+            listeners,
+            io_runtimes,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// One accept loop per listener: on the caller's runtime without I/O threads, else each
+    /// on its own thread's event loop. Each receiver hears when its loop has stopped.
+    /// The I/O threads keep their event loops until `done` (the router drained).
+    pub fn serve(
+        self,
+        shared: &Arc<Shared>,
+        done: &CancellationToken,
+    ) -> Result<Vec<oneshot::Receiver<()>>, ServerError> {
+        let (addr, listeners, io_runtimes) = (self.addr, self.listeners, self.io_runtimes);
+        let bind_err = |source| ServerError::Bind { addr, source };
+        let mut accepting = Vec::new();
+        if io_runtimes.is_empty() {
+            let (tx, rx) = oneshot::channel();
+            accepting.push(rx);
+            let (listener, shared) = (listeners.into_iter().next(), shared.clone());
+            tokio::spawn(async move {
+                if let Some(l) = listener {
+                    accept_loop(l, shared).await;
+                }
+                let _ = tx.send(());
+            });
+            return Ok(accepting);
+        }
+        for (i, (listener, rt)) in listeners.into_iter().zip(io_runtimes).enumerate() {
+            let (tx, rx) = oneshot::channel();
+            accepting.push(rx);
+            // The listener moves to the thread's own event loop.
+            let listener = listener.into_std().map_err(&bind_err)?;
+            let (shared, done) = (shared.clone(), done.clone());
+            std::thread::Builder::new()
+                .name(format!("wsrouter-io-{i}"))
+                .spawn(move || io_thread(rt, listener, shared, done, tx))
+                .map_err(ServerError::Thread)?;
+        }
+        Ok(accepting)
+    }
+}
+
+/// Binds `n` listeners on `addr` sharing one port with SO_REUSEPORT, so the kernel
+/// spreads new connections over the I/O threads (port 0: the rest take the first's).
+/// Clients speak first (ClientHello, or the request in plaintext), so each listener
+/// defers accept until data arrives, for up to `defer`.
+fn bind_listeners(
+    addr: SocketAddr,
+    n: usize,
+    defer: Duration,
+) -> std::io::Result<Vec<TcpListener>> {
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if n > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        super::sys::set_defer_accept(&socket, defer)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// One I/O thread: its own single-threaded event loop accepts on its own listener and
+/// runs every connection it accepted, start to end. No connection's wake-up crosses
+/// threads, which on two cores was worth a fifth of the throughput and most of the
+/// tail latency compared with one shared work-stealing pool (benches/RESULTS.md).
+fn io_thread(
+    rt: tokio::runtime::Runtime,
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    done: CancellationToken,
+    accepting: oneshot::Sender<()>,
+) {
+    rt.block_on(async move {
+        match TcpListener::from_std(listener) {
+            Ok(l) => accept_loop(l, shared).await,
+            Err(e) => tracing::error!(error = %e, "I/O thread cannot use its listener"),
+        }
+        let _ = accepting.send(());
+        // The relays this thread accepted run on it until the router has drained.
+        done.cancelled().await;
+    });
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    let mut errors = AcceptErrors::new("wss");
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = shared.lifecycle.stop_accepting.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.failed(e).await;
+                    continue;
+                }
+            },
+        };
+        errors.accepted();
+        shared.metrics.connections_accepted.inc();
+        let slot = match shared.admission.admit_pending(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Over its source's share: close at once; nobody else is affected.
+                shared.metrics.refused(why);
+                tracing::debug!(client.addr = %peer, reason = why.as_str(), "connection refused");
+                drop(tcp);
+                continue;
+            }
+        };
+        let conn_shared = shared.clone();
+        shared
+            .lifecycle
+            .tasks
+            .spawn(serve_conn(conn_shared, tcp, peer, slot));
+    }
+}
+
+async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut slot: PendingSlot) {
+    let accepted = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let evicted = slot.evicted();
+    let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
+        slot.hold(REQUEST_HEAD_BYTES);
+        return serve_http(shared, tcp, peer, accepted, slot).await;
+    };
+    let limits = tls_stream::HandshakeLimits {
+        max_client_hello: shared.limits.max_client_hello,
+    };
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(shared.limits.handshake_timeout, tls_stream::accept(config, tcp, limits, &mut slot)) => r,
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (TLS)");
+            return;
+        }
+        _ = shared.lifecycle.close_tunnels.cancelled() => return,
+    };
+    match handshake {
+        Ok(Ok(tls)) => {
+            shared
+                .metrics
+                .tls_handshake_seconds
+                .observe(accepted.elapsed().as_secs_f64());
+            slot.hold(REQUEST_HEAD_BYTES);
+            serve_http(shared, tls, peer, accepted, slot).await
+        }
+        Ok(Err(e)) => {
+            shared.metrics.tls_handshake_errors.inc();
+            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
+        }
+        Err(_) => {
+            shared.metrics.tls_handshake_timeouts.inc();
+            tracing::debug!(client.addr = %peer, "TLS handshake timed out")
+        }
+    }
+}
+
+async fn serve_http<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: PendingSlot,
+) where
+    I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
+{
+    let evicted = slot.evicted();
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        peer,
+        accepted,
+        pending: std::sync::Mutex::new(Some(slot)),
+    });
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
+    });
+    let conn = shared
+        .http
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    // Until the upgrade: the request's headers are bounded by header_read_timeout and the
+    // backend by backend_timeout; this bounds the whole exchange, whatever stalls.
+    let bound = shared.limits.request_timeout + shared.limits.backend_timeout;
+    tokio::select! {
+        r = tokio::time::timeout(bound, conn.as_mut()) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error"),
+            Err(_) => tracing::debug!(client.addr = %peer, "upgrade request timed out"),
+        },
+        // Only while the head is still being read: the handler gives the slot back.
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
+        }
+        _ = shared.lifecycle.close_tunnels.cancelled() => {
+            // The grace period is over. A request being handled gets its answer (a 503
+            // if it still waits on the backend); a connection with none just closes.
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+        }
+    }
+}

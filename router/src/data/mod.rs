@@ -1,0 +1,30 @@
+//! The data path: from a client's TCP connection to a relayed WebSocket. It loads the
+//! routing table and never stores it; nothing here takes a lock per frame.
+//!
+//! - [`listen`]: bind, the accept loops on their I/O threads, TLS, HTTP/1.1 up to the
+//!   upgrade.
+//! - [`accept`]: accept errors backed off and logged at a bounded rate (every listener).
+//! - [`admission`]: the pending and live pools: caps, byte budget, per-source limits.
+//! - [`tls_config`]: certificates and keys (PEM files or made for dev) into rustls configs.
+//! - [`tls_stream`]: the TLS stream a connection speaks: bounded handshake, bounded reads.
+//! - [`upgrade`]: one request: route it, upgrade the backend, answer, start the relay.
+//! - [`relay`]: the byte relay between the upgraded sockets, aware of frame boundaries.
+//! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
+//! - [`reroute`]: opt-in 1012 closes for sockets whose tenant moved.
+//! - [`metrics`]: the data path's own counters, registered by the admin listener.
+//! - [`shared`]: what every connection reads (table, limits, pools, metrics, TLS slot).
+//! - [`limits`]: the data path's settings, built by `config`.
+
+pub mod accept;
+pub mod admission;
+pub mod frame;
+pub mod limits;
+pub mod listen;
+pub mod metrics;
+pub mod relay;
+pub mod reroute;
+pub mod shared;
+mod sys;
+pub mod tls_config;
+pub mod tls_stream;
+pub mod upgrade;

@@ -1,0 +1,15 @@
+//! What the planes share and none owns alone. A leaf: nothing here uses another part of
+//! this crate, so the data path, the control plane and the admin listener can all hold
+//! these without depending on each other.
+//!
+//! - [`lifecycle`]: readiness, the drain signals, the tracked tasks, change notifications.
+//! - [`tenants`]: which tenants have live sockets here (the relay writes, the control
+//!   loop and the admin views read).
+//! - [`pods`]: which backend pods are known not ready (the EndpointSlice watcher writes,
+//!   the upgrade reads).
+//! - [`labels`]: bounded metric label sets, so each component labels its own series.
+
+pub mod labels;
+pub mod lifecycle;
+pub mod pods;
+pub mod tenants;
