@@ -1,9 +1,12 @@
-//! How a pod ordinal becomes an address: a static list (ordinal = position) for local
-//! use, or a template rendered per ordinal for a StatefulSet behind a headless Service.
+//! How a pod ordinal becomes a backend: a static list (ordinal = position) for local use,
+//! a template rendered per ordinal (DNS names, resolved when connecting) for use without
+//! the Kubernetes API, or the pods the Service's EndpointSlices name (addresses, no DNS).
 
 use std::num::NonZeroU32;
 
 use thiserror::Error;
+
+use crate::members::{Member, Members};
 
 /// The default template: the stable DNS name a headless Service gives each StatefulSet pod.
 pub const DEFAULT_TEMPLATE: &str = "{statefulset}-{i}.{service}.{namespace}.svc.cluster.local:9000";
@@ -124,6 +127,14 @@ impl BackendTemplate {
     pub fn as_str(&self) -> &str {
         &self.source
     }
+
+    /// The port every rendered address ends in (checked at parse time).
+    pub fn port(&self) -> u16 {
+        self.render(0)
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 fn has_port(addr: &str) -> bool {
@@ -140,6 +151,31 @@ pub enum Backends {
     Static(Vec<String>),
     /// Addresses rendered from a template for however many replicas the table has.
     Template(BackendTemplate),
+    /// The pods the EndpointSlices name, each at its address; an ordinal they do not
+    /// name has no backend yet.
+    Pods(Members),
+}
+
+/// Where one ordinal's connections go.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// `HOST:PORT` from a list or a template; a host name is resolved when connecting.
+    Addr(Box<str>),
+    /// A pod the EndpointSlices name: its address, and whether it takes new connections.
+    Pod(Member),
+    /// No pod known for this ordinal yet: its tenants wait, they are never guessed.
+    Unknown,
+}
+
+impl Backend {
+    /// The address to show (`None` while unknown).
+    pub fn address(&self) -> Option<String> {
+        match self {
+            Self::Addr(a) => Some(a.to_string()),
+            Self::Pod(m) => Some(m.addr.to_string()),
+            Self::Unknown => None,
+        }
+    }
 }
 
 impl Backends {
@@ -157,20 +193,25 @@ impl Backends {
     pub fn fixed_replicas(&self) -> Option<NonZeroU32> {
         match self {
             Self::Static(v) => u32::try_from(v.len()).ok().and_then(NonZeroU32::new),
-            Self::Template(_) => None,
+            Self::Template(_) | Self::Pods(_) => None,
         }
     }
 
-    /// One address per ordinal for `replicas` pods. A static list ignores `replicas`
+    /// One backend per ordinal for `replicas` pods. A static list ignores `replicas`
     /// beyond its own length (it cannot invent addresses).
-    pub fn addresses(&self, replicas: NonZeroU32) -> Vec<Box<str>> {
+    pub fn backends(&self, replicas: NonZeroU32) -> Vec<Backend> {
         match self {
             Self::Static(v) => v
                 .iter()
                 .take(replicas.get() as usize)
-                .map(|a| a.as_str().into())
+                .map(|a| Backend::Addr(a.as_str().into()))
                 .collect(),
-            Self::Template(t) => (0..replicas.get()).map(|i| t.render(i).into()).collect(),
+            Self::Template(t) => (0..replicas.get())
+                .map(|i| Backend::Addr(t.render(i).into()))
+                .collect(),
+            Self::Pods(m) => (0..replicas.get())
+                .map(|i| m.get(i).cloned().map_or(Backend::Unknown, Backend::Pod))
+                .collect(),
         }
     }
 }
@@ -239,6 +280,6 @@ mod tests {
         );
         let b = Backends::static_list(vec!["127.0.0.1:1".into(), "[::1]:2".into()]).unwrap();
         assert_eq!(b.fixed_replicas(), NonZeroU32::new(2));
-        assert_eq!(b.addresses(NonZeroU32::new(2).unwrap()).len(), 2);
+        assert_eq!(b.backends(NonZeroU32::new(2).unwrap()).len(), 2);
     }
 }

@@ -4,17 +4,23 @@
 //! - [`namespace`]: the tenant namespace from a request path, validated as a DNS-1123 label.
 //! - [`hash`]: `XXH3-64(namespace, seed 0)` then jump consistent hash onto a replica count.
 //! - [`overrides`]: per-tenant override targets (`"3"` or `"backend-3"`), parsed and validated.
-//! - [`backends`]: how an ordinal becomes an address (static list or template).
+//! - [`backends`]: how an ordinal becomes a backend (static list, template, or pods).
+//! - [`members`]: the pod at each ordinal, merged from the Service's EndpointSlices.
+//! - [`fingerprint`]: digests equal on two routers exactly when they route alike.
 //! - [`table`]: [`RoutingTable`], the immutable value the data path loads once per connection.
 
 pub mod backends;
+pub mod fingerprint;
 pub mod hash;
+pub mod members;
 pub mod namespace;
 pub mod overrides;
 pub mod table;
 
-pub use backends::{BackendTemplate, Backends, BackendsError, TemplateError};
+pub use backends::{Backend, BackendTemplate, Backends, BackendsError, TemplateError};
+pub use fingerprint::Fingerprint;
 pub use hash::{jump_consistent_hash, ordinal_for, tenant_key};
+pub use members::{Member, Members, SliceEndpoint};
 pub use namespace::{
     check_path_rest, validate_namespace, AmbiguousPath, NamespaceError, PathError, PathPrefix,
     PrefixError,

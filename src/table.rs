@@ -6,7 +6,8 @@ use std::num::NonZeroU32;
 
 use thiserror::Error;
 
-use crate::backends::{Backends, BackendsError};
+use crate::backends::{Backend, Backends, BackendsError};
+use crate::fingerprint::Fingerprint;
 use crate::hash::ordinal_for;
 use crate::overrides::Overrides;
 
@@ -52,8 +53,9 @@ pub struct TableDiff {
     pub removed: Vec<(String, u32)>,
     pub replicas_before: u32,
     pub replicas_after: u32,
-    /// Whether the backend addresses differ (same replicas, new template or list).
-    pub addresses_changed: bool,
+    /// Whether some ordinal's backend differs (a new address or pod, or one that started
+    /// or stopped taking new connections).
+    pub backends_changed: bool,
 }
 
 impl TableDiff {
@@ -63,7 +65,7 @@ impl TableDiff {
             && self.changed.is_empty()
             && self.removed.is_empty()
             && self.replicas_before == self.replicas_after
-            && !self.addresses_changed
+            && !self.backends_changed
     }
 }
 
@@ -78,8 +80,8 @@ impl std::fmt::Display for TableDiff {
             self.replicas_before,
             self.replicas_after
         )?;
-        if self.addresses_changed {
-            f.write_str(", addresses changed")?;
+        if self.backends_changed {
+            f.write_str(", backends changed")?;
         }
         Ok(())
     }
@@ -105,7 +107,7 @@ impl RouteSource {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'t> {
     pub ordinal: u32,
-    pub addr: &'t str,
+    pub backend: &'t Backend,
     pub source: RouteSource,
     /// An override for this tenant that points beyond the current replicas, so the hash
     /// answered instead.
@@ -127,13 +129,14 @@ pub struct RoutingTable {
     version: u64,
     source: TableSource,
     replicas: NonZeroU32,
-    addrs: Vec<Box<str>>,
+    backends: Vec<Backend>,
     overrides: Overrides,
+    fingerprint: Fingerprint,
 }
 
 impl RoutingTable {
     /// Builds a table for `replicas` pods. A static backend list must cover every ordinal;
-    /// a template renders one address per ordinal.
+    /// a template renders one address per ordinal; pods not named yet are unknown.
     pub fn build(
         version: u64,
         source: TableSource,
@@ -141,19 +144,21 @@ impl RoutingTable {
         replicas: NonZeroU32,
         overrides: Overrides,
     ) -> Result<Self, TableError> {
-        let addrs = backends.addresses(replicas);
-        if addrs.len() < replicas.get() as usize {
+        let backends = backends.backends(replicas);
+        if backends.len() < replicas.get() as usize {
             return Err(TableError::TooFewAddresses {
                 replicas: replicas.get(),
-                addresses: addrs.len(),
+                addresses: backends.len(),
             });
         }
+        let fingerprint = Fingerprint::of(replicas.get(), &overrides, &backends);
         Ok(Self {
             version,
             source,
             replicas,
-            addrs,
+            backends,
             overrides,
+            fingerprint,
         })
     }
 
@@ -170,7 +175,7 @@ impl RoutingTable {
         };
         Route {
             ordinal,
-            addr: &self.addrs[ordinal as usize],
+            backend: &self.backends[ordinal as usize],
             source,
             inactive_override,
         }
@@ -192,9 +197,14 @@ impl RoutingTable {
         &self.overrides
     }
 
-    /// The address of each ordinal, in order.
-    pub fn addresses(&self) -> impl Iterator<Item = &str> {
-        self.addrs.iter().map(|a| &**a)
+    /// The backend of each ordinal, in order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+
+    /// What every replica holding the same routing state shows.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
     }
 
     /// What changes from `self` to `next`.
@@ -202,7 +212,8 @@ impl RoutingTable {
         let mut d = TableDiff {
             replicas_before: self.replicas.get(),
             replicas_after: next.replicas.get(),
-            addresses_changed: self.addrs.len() == next.addrs.len() && self.addrs != next.addrs,
+            backends_changed: self.backends.len() == next.backends.len()
+                && self.backends != next.backends,
             ..TableDiff::default()
         };
         // Walk the maps as they are and sort only what differs: typically a few
@@ -268,7 +279,10 @@ mod tests {
                 let route = t.route(ns);
                 assert_eq!(route.ordinal, w, "{ns} over {r}");
                 assert_eq!(route.source, RouteSource::Hash);
-                assert_eq!(route.addr, format!("backend-{w}:9000"));
+                assert_eq!(
+                    route.backend,
+                    &Backend::Addr(format!("backend-{w}:9000").into())
+                );
                 assert_eq!(route.inactive_override, None);
             }
         }
@@ -294,8 +308,8 @@ mod tests {
         let t = RoutingTable::build(8, TableSource::Flags, &template(), nz(6), o).unwrap();
         let r = t.route("acme-prod");
         assert_eq!(
-            (r.ordinal, r.source, r.addr),
-            (5, RouteSource::Override, "backend-5:9000")
+            (r.ordinal, r.source, r.backend.address().as_deref()),
+            (5, RouteSource::Override, Some("backend-5:9000"))
         );
     }
 
@@ -336,7 +350,7 @@ mod tests {
         assert_eq!(d.changed, vec![("ns-02".to_owned(), 1, 3)]);
         assert_eq!(d.removed, vec![("gone".to_owned(), 2)]);
         assert_eq!((d.replicas_before, d.replicas_after), (4, 5));
-        assert!(!d.addresses_changed);
+        assert!(!d.backends_changed);
         assert_eq!(d.to_string(), "overrides +1 ~1 -1, replicas 4→5");
         assert!(!d.is_empty());
         let same_routes_new_version = RoutingTable::build(
@@ -368,7 +382,7 @@ mod tests {
             Overrides::default(),
         )
         .unwrap();
-        let v: Vec<_> = t.addresses().collect();
+        let v: Vec<_> = t.backends().iter().filter_map(Backend::address).collect();
         assert_eq!(v, ["backend-0:9000", "backend-1:9000", "backend-2:9000"]);
         assert_eq!(t.source().to_string(), "flags");
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 use wsrouter::backends::DEFAULT_TEMPLATE;
+use wsrouter::Members;
 use wsrouter::{
     BackendTemplate, Backends, BackendsError, Overrides, PathPrefix, PrefixError, TableSource,
     TemplateError,
@@ -409,10 +410,17 @@ impl ServeArgs {
                 _ => None,
             },
         };
-        // Pod readiness matters only for StatefulSet pods reached through the API.
-        if templated && (watch.needs_kube() || in_cluster) {
-            watch.endpoint_slices = Some(self.service.clone());
-        }
+        // Cluster mode: with the API at hand, the pods come from the Service's
+        // EndpointSlices (address, serving, terminating) and no connection resolves a
+        // name; the template gives only the port. Without it, the template's names are
+        // resolved per connection.
+        let backends = match backends {
+            Backends::Template(t) if templated && (watch.needs_kube() || in_cluster) => {
+                watch.endpoint_slices = Some((self.service.clone(), t.port()));
+                Backends::Pods(Members::default())
+            }
+            other => other,
+        };
         let tls = match (self.plaintext, &self.tls_cert, &self.tls_key) {
             (false, Some(cert), Some(key)) => Some(
                 tls::load_server_config(cert, key, &self.common.tls_options())
@@ -519,6 +527,7 @@ fn pod_namespace() -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use wsrouter::Backend;
 
     fn serve(args: &[&str]) -> Result<RouterConfig, String> {
         let mut argv = vec!["wsrouter", "serve"];
@@ -565,8 +574,11 @@ mod tests {
     #[test]
     fn template_backends() {
         let c = serve(&["--plaintext", "--replicas", "3", "--pod-namespace", "prod"]).unwrap();
-        let addrs = c.routing.backends.addresses(c.routing.replicas.unwrap());
-        assert_eq!(&*addrs[2], "backend-2.backend.prod.svc.cluster.local:9000");
+        let addrs = c.routing.backends.backends(c.routing.replicas.unwrap());
+        assert_eq!(
+            addrs[2].address().as_deref(),
+            Some("backend-2.backend.prod.svc.cluster.local:9000")
+        );
         let c = serve(&[
             "--plaintext",
             "--replicas",
@@ -580,10 +592,10 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            c.routing.backends.addresses(c.routing.replicas.unwrap()),
+            c.routing.backends.backends(c.routing.replicas.unwrap()),
             [
-                Box::from("echo-0.echo-hl:7000"),
-                Box::from("echo-1.echo-hl:7000")
+                Backend::Addr("echo-0.echo-hl:7000".into()),
+                Backend::Addr("echo-1.echo-hl:7000".into())
             ]
         );
     }
@@ -599,11 +611,12 @@ mod tests {
 
     #[test]
     fn what_gets_watched() {
-        // A template without --replicas follows the StatefulSet and its pods' readiness.
+        // A template without --replicas follows the StatefulSet, and takes its pods
+        // from the EndpointSlices at the template's port.
         let w = watch(&["--pod-namespace", "prod"]);
         assert_eq!(
-            (w.statefulset.as_deref(), w.endpoint_slices.as_deref()),
-            (Some("backend"), Some("backend"))
+            (w.statefulset.as_deref(), w.endpoint_slices.clone()),
+            (Some("backend"), Some(("backend".to_owned(), 9000)))
         );
         assert_eq!(w.namespace, "prod");
         assert!(w.needs_kube());
@@ -614,6 +627,13 @@ mod tests {
         let w = watch(&["--replicas", "2", "--configmap", "routes"]);
         assert_eq!(w.overrides, OverridesWatch::ConfigMap("routes".into()));
         assert_eq!(w.statefulset, None);
+        // With the API at hand, pods come from the slices, never from DNS.
+        assert_eq!(w.endpoint_slices, Some(("backend".to_owned(), 9000)));
+        let c = serve(&["--plaintext", "--replicas", "2", "--configmap", "routes"]).unwrap();
+        assert!(matches!(c.routing.backends, Backends::Pods(_)));
+        // Without it, the template's names are resolved per connection.
+        let c = serve(&["--plaintext", "--replicas", "2"]).unwrap();
+        assert!(matches!(c.routing.backends, Backends::Template(_)));
         let w = watch(&[
             "--replicas",
             "2",

@@ -25,7 +25,6 @@ use crate::data::metrics::Metrics;
 use crate::data::reroute::Reroute;
 use crate::data::shared::Shared;
 use crate::state::lifecycle::{Changes, Lifecycle};
-use crate::state::pods::PodReadiness;
 use crate::state::tenants::LiveTenants;
 
 /// A running router.
@@ -185,7 +184,6 @@ fn build(config: RouterConfig) -> Planes {
     let lifecycle = Lifecycle::with_changes(stats.changes.clone());
     let table = Arc::new(ArcSwapOption::<RoutingTable>::empty());
     let live = Arc::new(LiveTenants::default());
-    let not_ready = PodReadiness::default();
     let tls_config = config.tls.map(|c| Arc::new(ArcSwap::new(c)));
     let data_metrics = Arc::new(Metrics::new());
     let metrics = Arc::new(AdminMetrics::new(&data_metrics, &stats));
@@ -197,7 +195,6 @@ fn build(config: RouterConfig) -> Planes {
         stats,
         slots: Slots {
             stopping: lifecycle.stop_accepting.clone(),
-            pod_readiness: not_ready.clone(),
             tls: tls_config.clone(),
         },
     });
@@ -208,7 +205,6 @@ fn build(config: RouterConfig) -> Planes {
     let shared = Arc::new(Shared {
         table,
         live,
-        not_ready,
         reroute,
         prefix: config.path_prefix,
         admission: Admission::new(

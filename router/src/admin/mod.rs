@@ -24,10 +24,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsrouter::{ordinal_for, validate_namespace};
+use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint};
 
 use self::metrics::{AdminMetrics, CONTENT_TYPE};
-use self::views::{ErrorView, OverrideView, RouteView, TableView};
+use self::views::{BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView};
 use crate::data::accept::AcceptErrors;
 use crate::data::admission::{Admission, AdmissionConfig, AdmissionStats};
 use crate::data::shared::Shared;
@@ -175,14 +175,14 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
     let view = RouteView {
         namespace: ns.to_owned(),
         ordinal: route.ordinal,
-        address: route.addr.to_owned(),
+        backend: backend_view(route.ordinal, route.backend),
         source: route.source.as_str().to_owned(),
         hash_ordinal: ordinal_for(ns, table.replicas()),
         override_,
-        pod_known_not_ready: shared.not_ready.load().contains(route.ordinal),
         live_sockets: u64::from(shared.live.count(ns)),
         table_version: table.version(),
         table_source: table.source().to_string(),
+        fingerprint: fingerprint_view(table.fingerprint()),
     };
     json_response(StatusCode::OK, &view)
 }
@@ -196,10 +196,13 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
         version: table.version(),
         source: table.source().to_string(),
         replicas: table.replicas().get(),
-        addresses: table.addresses().map(str::to_owned).collect(),
+        fingerprint: fingerprint_view(table.fingerprint()),
+        backends: (0..)
+            .zip(table.backends())
+            .map(|(i, b)| backend_view(i, b))
+            .collect(),
         overrides: owned(table.overrides().sorted()),
         inactive_overrides: owned(table.overrides().inactive(table.replicas())),
-        pods_known_not_ready: shared.not_ready.load().ordinals().to_vec(),
         live_tenants: shared
             .live
             .snapshot()
@@ -208,6 +211,36 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
             .collect(),
     };
     json_response(StatusCode::OK, &view)
+}
+
+pub fn fingerprint_view(f: Fingerprint) -> FingerprintView {
+    FingerprintView {
+        config: f.config_hex(),
+        membership: f.membership_hex(),
+    }
+}
+
+fn backend_view(ordinal: u32, b: &Backend) -> BackendView {
+    let (pod, uid, state) = match b {
+        Backend::Addr(_) => (None, None, "address"),
+        Backend::Pod(m) => (
+            Some(m.pod.clone()),
+            Some(m.uid.clone()),
+            match (m.serving, m.terminating) {
+                (_, true) => "terminating",
+                (true, false) => "serving",
+                (false, false) => "not_serving",
+            },
+        ),
+        Backend::Unknown => (None, None, "unknown"),
+    };
+    BackendView {
+        ordinal,
+        address: b.address(),
+        pod,
+        uid,
+        state: state.to_owned(),
+    }
 }
 
 fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Full<Bytes>> {

@@ -12,13 +12,13 @@ pub struct TableView {
     pub version: u64,
     pub source: String,
     pub replicas: u32,
-    /// Backend address per ordinal.
-    pub addresses: Vec<String>,
+    pub fingerprint: FingerprintView,
+    /// Each ordinal's backend, in order.
+    pub backends: Vec<BackendView>,
     /// Every override, namespace → ordinal, active or not.
     pub overrides: BTreeMap<String, u32>,
     /// Overrides that point beyond the current replicas (the tenant follows its hash).
     pub inactive_overrides: BTreeMap<String, u32>,
-    pub pods_known_not_ready: Vec<u32>,
     /// Namespace → live sockets on this router.
     pub live_tenants: BTreeMap<String, u64>,
 }
@@ -28,17 +28,41 @@ pub struct TableView {
 pub struct RouteView {
     pub namespace: String,
     pub ordinal: u32,
-    pub address: String,
+    pub backend: BackendView,
     /// `hash` or `override`.
     pub source: String,
     /// Where the hash alone would send the tenant.
     pub hash_ordinal: u32,
     #[serde(rename = "override")]
     pub override_: Option<OverrideView>,
-    pub pod_known_not_ready: bool,
     pub live_sockets: u64,
     pub table_version: u64,
     pub table_source: String,
+    pub fingerprint: FingerprintView,
+}
+
+/// The routing fingerprint: equal on every replica that routes alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FingerprintView {
+    /// Digest of the contract, the replicas and every override (16 hex digits).
+    pub config: String,
+    /// Digest of which pod (or address) holds each ordinal (16 hex digits).
+    pub membership: String,
+}
+
+/// One ordinal's backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub ordinal: u32,
+    /// `HOST:PORT` (`None` while no pod is known).
+    pub address: Option<String>,
+    /// The pod's name and UID, when the EndpointSlices name it.
+    pub pod: Option<String>,
+    pub uid: Option<String>,
+    /// `address` (a list or template entry, connected to as is), `serving`,
+    /// `not_serving`, `terminating` or `unknown`: only `address` and `serving` get new
+    /// connections.
+    pub state: String,
 }
 
 /// The tenant's override, if it has one.
@@ -63,6 +87,9 @@ pub struct ContractView {
     pub source: String,
     /// An override beyond the replicas, which the hash overruled.
     pub inactive_override: Option<u32>,
+    /// The routing config fingerprint of these replicas and overrides (16 hex digits),
+    /// as every router holding them shows it.
+    pub config_fingerprint: String,
 }
 
 /// An admin endpoint's refusal.

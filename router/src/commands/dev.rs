@@ -147,7 +147,12 @@ impl DevHandle {
             "wsrouter dev: wss://{addr}/ws/{{namespace}} → {} echo backends\n",
             self.backends.len()
         );
-        for (i, a) in table.addresses().enumerate() {
+        for (i, a) in table
+            .backends()
+            .iter()
+            .filter_map(|b| b.address())
+            .enumerate()
+        {
             out.push_str(&format!("  backend-{i}  {a}\n"));
         }
         for ns in ["ns-01", "acme-prod"] {

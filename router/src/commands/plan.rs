@@ -39,8 +39,8 @@ pub fn run_route(args: &RouteArgs) -> ExitCode {
         }
     } else {
         println!(
-            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas)",
-            v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas
+            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas; routing config {})",
+            v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas, v.config_fingerprint
         );
     }
     ExitCode::SUCCESS
@@ -138,6 +138,7 @@ pub fn route(
         pod: format!("{statefulset}-{}", r.ordinal),
         source: r.source.as_str().to_owned(),
         inactive_override: r.inactive_override,
+        config_fingerprint: t.fingerprint().config_hex(),
     })
 }
 
@@ -161,6 +162,10 @@ pub struct Plan {
     pub moves: Vec<Move>,
     /// Share of hash-routed tenants (not listed) the replica change moves.
     pub hash_share_moved: f64,
+    /// The routing config fingerprint now and after the change (16 hex digits each):
+    /// what every router's `/table` will show once it is applied.
+    pub config_before: String,
+    pub config_after: String,
 }
 
 /// What the router runs now: replicas, overrides, live sockets per tenant.
@@ -259,6 +264,8 @@ pub fn plan(
         // Jump hash: growing N→M moves 1−N/M of tenants onto the new pods; shrinking
         // moves those on the removed pods, 1−M/N.
         hash_share_moved: if m >= n { 1.0 - n / m } else { 1.0 - m / n },
+        config_before: before.fingerprint().config_hex(),
+        config_after: after.fingerprint().config_hex(),
     })
 }
 
@@ -268,6 +275,11 @@ impl std::fmt::Display for Plan {
             f,
             "plan: replicas {} → {}, overrides +{} ~{} -{}",
             self.replicas_before, self.replicas_after, self.added, self.changed, self.removed
+        )?;
+        writeln!(
+            f,
+            "routing config fingerprint: {} → {}",
+            self.config_before, self.config_after
         )?;
         if self.moves.is_empty() {
             writeln!(f, "no listed tenant moves")?;

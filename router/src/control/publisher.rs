@@ -10,12 +10,11 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
+use wsrouter::{Backends, Members, Overrides, RoutingTable, TableSource};
 
 use super::stats::{ControlStats, RejectReason};
 use crate::data::tls_config::TlsSlot;
 use crate::state::lifecycle::Lifecycle;
-use crate::state::pods::PodReadiness;
 use crate::state::tenants::LiveTenants;
 
 /// What a watcher saw.
@@ -29,6 +28,8 @@ pub enum Input {
     },
     /// The StatefulSet's `spec.replicas`.
     Replicas(u32),
+    /// The pod at each ordinal, merged from every EndpointSlice of the Service.
+    Members(Members),
     /// The overrides source could not be read or parsed; already logged by the watcher.
     Unreadable,
     /// A watch (re)listed: its first list, or a relist after 410 or a lost stream.
@@ -89,8 +90,6 @@ pub struct ControlHandle {
 pub struct Slots {
     /// Cancelled when the router begins to drain: watchers stop with it.
     pub stopping: CancellationToken,
-    /// Where the EndpointSlice watcher publishes pods known not ready.
-    pub pod_readiness: PodReadiness,
     /// Where the certificate watcher stores a reloaded TLS config (`None`: plaintext).
     pub tls: Option<TlsSlot>,
 }
@@ -99,11 +98,6 @@ impl ControlHandle {
     /// Cancelled when the router begins to drain: watchers stop with it.
     pub fn stopping(&self) -> CancellationToken {
         self.slots.stopping.clone()
-    }
-
-    /// Where the EndpointSlice watcher publishes pods known not ready.
-    pub fn pod_readiness(&self) -> PodReadiness {
-        self.slots.pod_readiness.clone()
     }
 
     /// The StatefulSet whose pods are the backends.
@@ -265,6 +259,7 @@ impl Control {
                 self.stats.watch_errors.inc();
                 return Applied::Unchanged;
             }
+            Input::Members(m) => return self.apply_members(m),
             Input::Replicas(n) => match NonZeroU32::new(n) {
                 Some(n) => replicas = Some(n),
                 None => {
@@ -286,6 +281,24 @@ impl Control {
             self.overrides = overrides;
             self.source = source;
             self.replicas = replicas;
+        }
+        applied
+    }
+
+    /// New pods for the ordinals (EndpointSlices): published like any other update, so
+    /// the data path sees a pod's address and whether it takes new connections.
+    fn apply_members(&mut self, members: Members) -> Applied {
+        if !matches!(self.backends, Backends::Pods(_)) {
+            // Addresses come from a list or a template here; the slices only said which
+            // pods exist, which those addresses do not depend on.
+            return Applied::Unchanged;
+        }
+        let previous = std::mem::replace(&mut self.backends, Backends::Pods(members));
+        let (replicas, overrides, source) =
+            (self.replicas, self.overrides.clone(), self.source.clone());
+        let applied = self.publish(replicas, &overrides, &source);
+        if matches!(applied, Applied::Rejected(_)) {
+            self.backends = previous;
         }
         applied
     }
@@ -340,6 +353,7 @@ impl Control {
         tracing::info!(
             table.version = next.version(),
             table.source = %next.source(),
+            table.fingerprint = %next.fingerprint(),
             change = %diff.as_ref().map_or_else(|| "first table".to_owned(), |d| d.to_string()),
             overrides = next.overrides().len(),
             overrides.inactive = inactive.len(),
@@ -356,6 +370,8 @@ impl Control {
         self.stats.table_version.set(self.version as i64);
         self.stats.table_replicas.set(i64::from(replicas.get()));
         self.stats.table_overrides.set(overrides.len() as i64);
+        self.stats
+            .set_fingerprint(self.table.load().as_deref().map(RoutingTable::fingerprint));
         self.lifecycle.set_table_loaded();
         self.changed.send_replace(self.version);
         Applied::Published {
@@ -392,7 +408,6 @@ mod tests {
             stats: Arc::default(),
             slots: Slots {
                 stopping: CancellationToken::new(),
-                pod_readiness: PodReadiness::default(),
                 tls: None,
             },
         });

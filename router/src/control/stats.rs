@@ -6,7 +6,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::state::labels::ReasonLabel;
+use wsrouter::Fingerprint;
+
+use crate::state::labels::{FingerprintLabels, ReasonLabel};
 use crate::state::lifecycle::Changes;
 
 /// Why an update did not become a table. Bounded, for metric labels.
@@ -46,7 +48,10 @@ pub struct ControlStats {
     /// TLS certificates reloaded, and new pairs refused (the last good one kept).
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
-    /// Woken on every change watchers make outside the table (certificate, pod readiness).
+    /// `wsrouter_routing_info{config, membership} 1`: the fingerprint of the table in
+    /// force, one series at a time.
+    pub routing_info: Family<FingerprintLabels, Gauge>,
+    /// Woken on every change watchers make outside the table (certificate).
     pub changes: Changes,
 }
 
@@ -57,6 +62,19 @@ impl ControlStats {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Shows `f` (the table now in force) as the one `routing_info` series.
+    pub fn set_fingerprint(&self, f: Option<Fingerprint>) {
+        self.routing_info.clear();
+        if let Some(f) = f {
+            self.routing_info
+                .get_or_create(&FingerprintLabels {
+                    config: f.config_hex(),
+                    membership: f.membership_hex(),
+                })
+                .set(1);
+        }
     }
 
     pub fn rejected(&self, reason: RejectReason) -> u64 {
@@ -71,6 +89,11 @@ impl ControlStats {
 impl ControlStats {
     /// Adds the control plane's series to `r`.
     pub fn register(&self, r: &mut Registry) {
+        r.register(
+            "routing_info",
+            "The routing fingerprint of the table in force (config: contract, replicas, overrides; membership: the pod at each ordinal); equal on replicas that route alike",
+            self.routing_info.clone(),
+        );
         r.register(
             "table_version",
             "Version of the routing table in force (0: none yet)",

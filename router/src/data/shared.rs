@@ -14,7 +14,6 @@ use super::metrics::Metrics;
 use super::reroute::Reroute;
 use super::tls_config::TlsSlot;
 use crate::state::lifecycle::Lifecycle;
-use crate::state::pods::PodReadiness;
 use crate::state::tenants::LiveTenants;
 
 /// State every connection reads; owned by the router, shared by reference count.
@@ -24,8 +23,6 @@ pub struct Shared {
     pub table: Arc<ArcSwapOption<RoutingTable>>,
     /// Tenants with live sockets here.
     pub live: Arc<LiveTenants>,
-    /// Backend pods known not to be ready.
-    pub not_ready: PodReadiness,
     /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
     pub reroute: Option<Arc<Reroute>>,
     pub metrics: Arc<Metrics>,

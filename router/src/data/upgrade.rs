@@ -17,16 +17,19 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use wsrouter::{AmbiguousPath, NamespaceError, PathError, RouteSource};
+use wsrouter::{AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource};
 
 use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::data::relay::{self, RelayConfig, Stop};
 use crate::data::shared::Shared;
 
-/// Response header carrying the routing table version that routed the request, so two
-/// router replicas can be seen to agree.
+/// Response header carrying this router's local version of the table that routed the
+/// request (a counter: it differs between replicas holding the same table).
 pub const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
+/// Response header carrying the routing fingerprint (`config/membership`) of the table
+/// that routed the request: equal on every replica that routes alike.
+pub const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
 
 pub type ProxyBody = Either<Full<Bytes>, Incoming>;
 
@@ -79,8 +82,10 @@ pub enum ProxyError {
     BackendBadUpgrade { ordinal: u32, addr: Box<str> },
     #[error("no routing table loaded yet")]
     NoTable,
-    #[error("backend {ordinal} is not ready")]
-    BackendNotReady { ordinal: u32 },
+    #[error("backend {ordinal} is {}", if *.terminating { "terminating" } else { "not serving" })]
+    BackendNotServing { ordinal: u32, terminating: bool },
+    #[error("backend {ordinal} has no known address yet")]
+    BackendUnknown { ordinal: u32 },
 }
 
 impl ProxyError {
@@ -100,7 +105,8 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Self::NoTable
-            | Self::BackendNotReady { .. }
+            | Self::BackendNotServing { .. }
+            | Self::BackendUnknown { .. }
             | Self::AtCapacity(Refusal::LiveFull)
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -116,8 +122,10 @@ impl ProxyError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::NoTable | Self::AtCapacity(_) | Self::ShuttingDown => Some(1),
+            // The EndpointSlices name a pod within a second or two of its start.
+            Self::BackendUnknown { .. } => Some(2),
             // A pod restart takes seconds; sooner would only be refused again.
-            Self::BackendNotReady { .. } => Some(5),
+            Self::BackendNotServing { .. } => Some(5),
             _ => None,
         }
     }
@@ -137,7 +145,9 @@ impl ProxyError {
             | Self::BackendBadUpgrade { .. }
             | Self::BackendBadHandshake { .. } => "backend error\n".to_owned(),
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
-            Self::BackendNotReady { .. } => "backend not ready; retry shortly\n".to_owned(),
+            Self::BackendNotServing { .. } | Self::BackendUnknown { .. } => {
+                "backend not ready; retry shortly\n".to_owned()
+            }
             // The 4xx variants, answered above.
             Self::NotFound
             | Self::BadNamespace(_)
@@ -225,11 +235,22 @@ pub(crate) struct ConnCtx {
 struct Routed {
     tenant: Box<str>,
     ordinal: u32,
+    /// Where to connect, as logs show it.
     addr: Box<str>,
+    /// Where to connect: a pod's address as the EndpointSlices give it (no DNS), or a
+    /// `HOST:PORT` from a list or template (resolved when connecting).
+    target: Target,
     source: RouteSource,
     table_version: u64,
+    fingerprint: Fingerprint,
     /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
     host: HeaderValue,
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Socket(SocketAddr),
+    Host(Box<str>),
 }
 
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
@@ -315,7 +336,7 @@ where
         BackendAnswer::Refused(resp) => return Ok(relay_refusal(&routed, resp)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
     };
-    let resp = answer_101(head.headers, routed.table_version);
+    let resp = answer_101(head.headers, &routed);
     let pending = PendingRelay {
         routed,
         backend,
@@ -358,22 +379,34 @@ fn route_request(
             return Err(ProxyError::NoTable);
         };
         let route = table.route(tenant);
+        let ordinal = route.ordinal;
+        // A pod that is not serving, terminating or not known yet: say so now rather
+        // than after a connect timeout, and never guess another. The tenant stays on its
+        // pod; its state lives there.
+        let (addr, target) = match route.backend {
+            Backend::Addr(a) => (a.clone(), Target::Host(a.clone())),
+            Backend::Pod(m) if m.accepts_new() => {
+                (m.addr.to_string().into(), Target::Socket(m.addr))
+            }
+            Backend::Pod(m) => {
+                return Err(ProxyError::BackendNotServing {
+                    ordinal,
+                    terminating: m.terminating,
+                })
+            }
+            Backend::Unknown => return Err(ProxyError::BackendUnknown { ordinal }),
+        };
         Routed {
             tenant: tenant.into(),
-            ordinal: route.ordinal,
-            addr: route.addr.into(),
+            ordinal,
+            addr,
+            target,
             source: route.source,
             table_version: table.version(),
+            fingerprint: table.fingerprint(),
             host,
         }
     };
-    // Known not ready: say so now rather than after a connect timeout. The tenant stays
-    // on its pod; its state lives there.
-    if shared.not_ready.load().contains(routed.ordinal) {
-        return Err(ProxyError::BackendNotReady {
-            ordinal: routed.ordinal,
-        });
-    }
     Ok((routed, key))
 }
 
@@ -424,8 +457,8 @@ fn relay_refusal(routed: &Routed, resp: Response<Incoming>) -> Response<ProxyBod
 }
 
 /// The client's 101: the backend's end-to-end headers (its accept, subprotocol,
-/// extensions), the upgrade tokens, and the table version that routed it.
-fn answer_101(mut headers: HeaderMap, table_version: u64) -> Response<ProxyBody> {
+/// extensions), the upgrade tokens, and the table version and fingerprint that routed it.
+fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut headers);
@@ -433,8 +466,11 @@ fn answer_101(mut headers: HeaderMap, table_version: u64) -> Response<ProxyBody>
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(
         HeaderName::from_static(TABLE_VERSION_HEADER),
-        HeaderValue::from(table_version),
+        HeaderValue::from(routed.table_version),
     );
+    if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
+        headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
+    }
     *resp.headers_mut() = headers;
     resp
 }
@@ -609,6 +645,7 @@ impl LiveRelay {
             backend.addr = %routed.addr,
             route.source = routed.source.as_str(),
             table.version = routed.table_version,
+            table.fingerprint = %routed.fingerprint,
             http.host = routed.host.to_str().unwrap_or_default(),
             duration_ms = self.started.elapsed().as_millis() as u64,
             setup_ms = (self.started - self.accepted).as_millis() as u64,
@@ -643,12 +680,14 @@ async fn upgrade_backend(
         addr: routed.addr.clone(),
         source,
     };
-    let tcp = TcpStream::connect(&*routed.addr).await.map_err(|source| {
-        ProxyError::BackendUnreachable {
-            ordinal: routed.ordinal,
-            addr: routed.addr.clone(),
-            source,
-        }
+    let connected = match &routed.target {
+        Target::Socket(a) => TcpStream::connect(*a).await,
+        Target::Host(h) => TcpStream::connect(&**h).await,
+    };
+    let tcp = connected.map_err(|source| ProxyError::BackendUnreachable {
+        ordinal: routed.ordinal,
+        addr: routed.addr.clone(),
+        source,
     })?;
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
@@ -919,7 +958,14 @@ mod tests {
                 502,
             ),
             (ProxyError::NoTable, 503),
-            (ProxyError::BackendNotReady { ordinal: 2 }, 503),
+            (
+                ProxyError::BackendNotServing {
+                    ordinal: 2,
+                    terminating: true,
+                },
+                503,
+            ),
+            (ProxyError::BackendUnknown { ordinal: 2 }, 503),
         ];
         for (e, status) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

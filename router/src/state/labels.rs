@@ -29,3 +29,10 @@ pub struct DirectionLabel {
 pub struct ReasonLabel {
     pub reason: &'static str,
 }
+
+/// The routing fingerprint, as hex digests: one series at a time per router.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FingerprintLabels {
+    pub config: String,
+    pub membership: String,
+}

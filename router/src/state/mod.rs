@@ -5,11 +5,8 @@
 //! - [`lifecycle`]: readiness, the drain signals, the tracked tasks, change notifications.
 //! - [`tenants`]: which tenants have live sockets here (the relay writes, the control
 //!   loop and the admin views read).
-//! - [`pods`]: which backend pods are known not ready (the EndpointSlice watcher writes,
-//!   the upgrade reads).
 //! - [`labels`]: bounded metric label sets, so each component labels its own series.
 
 pub mod labels;
 pub mod lifecycle;
-pub mod pods;
 pub mod tenants;

@@ -416,6 +416,46 @@ pub fn statefulset(name: &str, replicas: u32) -> Value {
         "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}})
 }
 
+/// One pod endpoint as a slice lists it.
+#[derive(Debug, Clone)]
+pub struct PodEndpoint {
+    pub ordinal: usize,
+    pub uid: String,
+    pub ip: std::net::IpAddr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl PodEndpoint {
+    pub fn serving(ordinal: usize, uid: &str, ip: std::net::IpAddr) -> Self {
+        Self {
+            ordinal,
+            uid: uid.to_owned(),
+            ip,
+            ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+}
+
+/// One EndpointSlice of `service` listing pods `backend-{i}` with their conditions, as
+/// the EndpointSlice controller writes them (targetRef with name and UID, hostname).
+pub fn pod_slice(name: &str, service: &str, port: u16, pods: &[PodEndpoint]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|p| {
+            json!({"addresses": [p.ip.to_string()],
+                "conditions": {"ready": p.ready, "serving": p.serving, "terminating": p.terminating},
+                "hostname": format!("backend-{}", p.ordinal),
+                "targetRef": {"kind": "Pod", "name": format!("backend-{}", p.ordinal), "uid": p.uid}})
+        })
+        .collect();
+    json!({"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "ws", "port": port, "protocol": "TCP"}]})
+}
+
 /// One EndpointSlice of `service` listing pods `{statefulset}-{i}` with their readiness.
 pub fn endpoint_slice(name: &str, service: &str, statefulset: &str, pods: &[(u32, bool)]) -> Value {
     let endpoints: Vec<Value> = pods

@@ -70,6 +70,9 @@ pub struct Options {
     pub tls_options: router::data::tls_config::TlsOptions,
     /// Serve on dedicated I/O threads, as the binary does (0: on the test's runtime).
     pub io_threads: usize,
+    /// Cluster mode: backend `i` listens on [`pod_ip`]`(i)` at one port shared by all
+    /// (as pods do), and the router learns them from EndpointSlices only.
+    pub pods: bool,
 }
 
 impl Default for Options {
@@ -88,8 +91,54 @@ impl Default for Options {
             tls_files: None,
             tls_options: Default::default(),
             io_threads: 0,
+            pods: false,
         }
     }
+}
+
+/// The loopback address pod `ordinal` listens on in cluster mode; `generation` tells a
+/// restarted pod's new address from its old one.
+pub fn pod_ip(ordinal: usize, generation: u8) -> std::net::IpAddr {
+    std::net::Ipv4Addr::new(127, 1 + generation, 0, 1 + ordinal as u8).into()
+}
+
+/// Echo backends `backend-0..n` on [`pod_ip`]`(i, 0)`, all on one port (which it returns).
+pub async fn pod_backends(n: usize, interval: Duration) -> Result<(Vec<backend::EchoHandle>, u16)> {
+    // A port free on the first address is almost always free on the others; if not,
+    // try another.
+    for _ in 0..20 {
+        let first = TcpListener::bind((pod_ip(0, 0), 0)).await?;
+        let port = first.local_addr()?.port();
+        let mut listeners = vec![first];
+        for i in 1..n {
+            match TcpListener::bind((pod_ip(i, 0), port)).await {
+                Ok(l) => listeners.push(l),
+                Err(_) => break,
+            }
+        }
+        if listeners.len() < n {
+            continue;
+        }
+        let mut backends = Vec::new();
+        for (i, l) in listeners.into_iter().enumerate() {
+            let cfg = backend::EchoConfig::new(format!("backend-{i}")).with_interval(interval);
+            backends.push(backend::serve(l, cfg)?);
+        }
+        return Ok((backends, port));
+    }
+    anyhow::bail!("no port free on every pod address")
+}
+
+/// Pod `i` (re)started on `ip` at `port`.
+pub async fn start_pod(
+    i: usize,
+    ip: std::net::IpAddr,
+    port: u16,
+    interval: Duration,
+) -> Result<backend::EchoHandle> {
+    let l = TcpListener::bind((ip, port)).await?;
+    let cfg = backend::EchoConfig::new(format!("backend-{i}")).with_interval(interval);
+    Ok(backend::serve(l, cfg)?)
 }
 
 impl Harness {
@@ -99,6 +148,12 @@ impl Harness {
     }
 
     pub async fn start_with_cert(opts: Options, cert: &DevCert) -> Result<Self> {
+        if opts.pods {
+            let (backends, _) = pod_backends(opts.backends, opts.interval).await?;
+            let router =
+                start_router(&opts, cert, Backends::Pods(Default::default()), None).await?;
+            return Ok(Self::with_router(router, backends, cert));
+        }
         let mut backends = Vec::new();
         for i in 0..opts.backends {
             let l = TcpListener::bind("127.0.0.1:0").await?;
@@ -109,44 +164,26 @@ impl Harness {
             .iter()
             .map(|b| b.local_addr().to_string())
             .collect();
-        for (i, a) in opts.replace {
-            addrs[i] = a;
+        for (i, a) in &opts.replace {
+            addrs[*i] = a.clone();
         }
         let b = Backends::static_list(addrs)?;
         let replicas = b.fixed_replicas().context("replicas")?;
-        let overrides = Overrides::parse(opts.overrides, "backend")?;
+        let router = start_router(&opts, cert, b, Some(replicas)).await?;
+        Ok(Self::with_router(router, backends, cert))
+    }
 
-        let router = router::start(RouterConfig {
-            io_threads: opts.io_threads,
-            listen: "127.0.0.1:0".parse()?,
-            tls: match (&opts.tls_files, opts.plaintext) {
-                (_, true) => None,
-                (Some((c, k)), false) => Some(router::data::tls_config::load_server_config(
-                    c,
-                    k,
-                    &opts.tls_options,
-                )?),
-                (None, false) => Some(cert.server_config(&opts.tls_options)?),
-            },
-            admin_listen: Some("127.0.0.1:0".parse()?),
-            path_prefix: PathPrefix::default(),
-            drain_grace: opts.drain_grace,
-            reroute: opts.reroute,
-            limits: opts.limits,
-            routing: RoutingConfig {
-                overrides,
-                replicas: (!opts.watched).then_some(replicas),
-                await_overrides: opts.watched || opts.await_overrides,
-                ..RoutingConfig::fixed(b, replicas)
-            },
-        })
-        .await?;
-        let connector = TlsConnector::from(cert.client_config());
-        Ok(Self {
+    /// A harness around a router started elsewhere (e.g. one of a fleet).
+    pub fn with_router(
+        router: RouterHandle,
+        backends: Vec<backend::EchoHandle>,
+        cert: &DevCert,
+    ) -> Self {
+        Self {
             router,
             backends,
-            connector,
-        })
+            connector: TlsConnector::from(cert.client_config()),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -267,6 +304,43 @@ impl Harness {
         let admin = self.router.admin_addr().context("admin")?;
         http_get(admin, path).await
     }
+}
+
+/// A router on loopback port 0 as `opts` describe, over `backends`; `replicas` fixed
+/// unless the options say they are watched.
+pub async fn start_router(
+    opts: &Options,
+    cert: &DevCert,
+    backends: Backends,
+    replicas: Option<std::num::NonZeroU32>,
+) -> Result<RouterHandle> {
+    let overrides = Overrides::parse(opts.overrides.iter().copied(), "backend")?;
+    let fixed = replicas.unwrap_or(std::num::NonZeroU32::MIN);
+    Ok(router::start(RouterConfig {
+        io_threads: opts.io_threads,
+        listen: "127.0.0.1:0".parse()?,
+        tls: match (&opts.tls_files, opts.plaintext) {
+            (_, true) => None,
+            (Some((c, k)), false) => Some(router::data::tls_config::load_server_config(
+                c,
+                k,
+                &opts.tls_options,
+            )?),
+            (None, false) => Some(cert.server_config(&opts.tls_options)?),
+        },
+        admin_listen: Some("127.0.0.1:0".parse()?),
+        path_prefix: PathPrefix::default(),
+        drain_grace: opts.drain_grace,
+        reroute: opts.reroute,
+        limits: opts.limits.clone(),
+        routing: RoutingConfig {
+            overrides,
+            replicas: replicas.filter(|_| !opts.watched),
+            await_overrides: opts.watched || opts.await_overrides,
+            ..RoutingConfig::fixed(backends, fixed)
+        },
+    })
+    .await?)
 }
 
 /// `wsrouter dev` on loopback port 0, with an overrides file and more flags, as a user

@@ -8,7 +8,11 @@ use anyhow::Result;
 use router::control::watch::{OverridesWatch, WatchConfig};
 use router::control::RejectReason;
 
-use crate::fake_api::{configmap, endpoint_slice, statefulset, FakeApi};
+use anyhow::Context;
+use futures_util::StreamExt;
+use wsrouter::Backend;
+
+use crate::fake_api::{configmap, pod_slice, statefulset, FakeApi, PodEndpoint};
 use crate::harness::*;
 
 const NS: &str = "prod";
@@ -18,7 +22,8 @@ fn watch_config() -> WatchConfig {
     WatchConfig {
         overrides: OverridesWatch::ConfigMap(CM.into()),
         statefulset: Some("backend".into()),
-        endpoint_slices: Some("backend".into()),
+        // The pods are a static list here; cluster mode has its own tests below.
+        endpoint_slices: None,
         namespace: NS.into(),
         tls_files: None,
     }
@@ -213,56 +218,209 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     Ok(())
 }
 
+/// A router in cluster mode: backends on their own loopback addresses at one port, known
+/// only from EndpointSlices.
+async fn pod_router(api: &FakeApi) -> Result<(Harness, u16)> {
+    let h = Harness::start(Options {
+        backends: 4,
+        watched: true,
+        pods: true,
+        interval: Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await?;
+    let port = h.backends[0].local_addr().port();
+    let watch = WatchConfig {
+        endpoint_slices: Some(("backend".into(), port)),
+        ..watch_config()
+    };
+    router::control::watch::start(&watch, &h.router.control(), Some(api.client()?)).await?;
+    Ok((h, port))
+}
+
+fn pods(n: usize) -> Vec<PodEndpoint> {
+    (0..n)
+        .map(|i| PodEndpoint::serving(i, &format!("uid-{i}"), pod_ip(i, 0)))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pods_known_not_ready_get_503_at_once() -> Result<()> {
+async fn pods_come_from_endpoint_slices_with_their_conditions() -> Result<()> {
     let api = FakeApi::start().await?;
     api.apply("configmaps", NS, configmap(CM, &[]));
     api.apply("statefulsets", NS, statefulset("backend", 4));
-    let all_ready: Vec<(u32, bool)> = (0..4).map(|i| (i, true)).collect();
+    let (h, port) = pod_router(&api).await?;
+    // Only pods 0..3 are named yet: ordinal 3's tenants wait, never guessed.
     api.apply(
         "endpointslices",
         NS,
-        endpoint_slice("backend-abc", "backend", "backend", &all_ready),
+        pod_slice("backend-a", "backend", port, &pods(3)),
     );
-    let h = router_with(&api).await?;
-    h.wait_table("first table", |_| true).await?;
-    let on2 = tenant_on(&h, 2, 0);
-    assert_eq!(served_by(&h, &on2).await?, "backend-2");
+    h.wait_table("pods 0-2 known", |t| {
+        t.backends()
+            .iter()
+            .filter(|b| matches!(b, Backend::Pod(_)))
+            .count()
+            == 3
+    })
+    .await?;
+    let on3 = tenant_on(&h, 3, 0);
+    let resp = h.raw(&upgrade_request(&format!("/ws/{on3}"))).await?;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    assert!(resp.head.contains("retry-after: 2"), "{}", resp.head);
+    // Pods named in two slices are merged; each ordinal reaches its own pod.
+    let mut second = pods(4);
+    second.drain(..3);
+    api.apply(
+        "endpointslices",
+        NS,
+        pod_slice("backend-b", "backend", port, &second),
+    );
+    h.wait_table("pod 3 known", |t| {
+        matches!(t.backends()[3], Backend::Pod(_))
+    })
+    .await?;
+    for i in 0..4 {
+        assert_eq!(
+            served_by(&h, &tenant_on(&h, i, 0)).await?,
+            format!("backend-{i}")
+        );
+    }
 
-    let mut two_down = all_ready.clone();
-    two_down[2].1 = false;
+    // Pod 2 stops serving: 503 at once, the tenant is not moved.
+    let on2 = tenant_on(&h, 2, 0);
+    let mut live = h.ws(&on2).await?;
+    next_counter(&mut live).await?;
+    let mut all = pods(4);
+    all[2].ready = false;
+    all[2].serving = false;
     api.apply(
         "endpointslices",
         NS,
-        endpoint_slice("backend-abc", "backend", "backend", &two_down),
+        pod_slice("backend-a", "backend", port, &all[..3]),
     );
-    // Once the router knows, it answers 503 without asking the backend.
-    let readiness = h.router.control().pod_readiness();
-    within(
-        WAIT,
-        "the router to learn the pod is not ready",
-        h.router.changes().until(|| readiness.load().contains(2)),
+    h.wait_table(
+        "pod 2 not serving",
+        |t| matches!(&t.backends()[2], Backend::Pod(m) if !m.serving),
     )
     .await?;
-    let req = upgrade_request(&format!("/ws/{on2}"));
-    let resp = h.raw(&req).await?;
+    let resp = h.raw(&upgrade_request(&format!("/ws/{on2}"))).await?;
     assert_eq!(resp.status, 503, "{resp:?}");
     assert!(resp.head.contains("retry-after: 5"), "{}", resp.head);
     assert!(resp.body.contains("not ready"), "{}", resp.body);
-    // Other pods are untouched.
-    assert_eq!(served_by(&h, &tenant_on(&h, 1, 0)).await?, "backend-1");
-
+    assert_eq!(h.ordinal(&on2), 2);
+    // Then terminating (serving again while it finishes): still no new sockets, and the
+    // live one is left alone.
+    all[2].serving = true;
+    all[2].terminating = true;
     api.apply(
         "endpointslices",
         NS,
-        endpoint_slice("backend-abc", "backend", "backend", &all_ready),
+        pod_slice("backend-a", "backend", port, &all[..3]),
     );
-    within(
-        WAIT,
-        "pod ready again",
-        h.router.changes().until(|| !readiness.load().contains(2)),
+    h.wait_table(
+        "pod 2 terminating",
+        |t| matches!(&t.backends()[2], Backend::Pod(m) if m.terminating),
     )
     .await?;
-    assert_eq!(served_by(&h, &on2).await?, "backend-2");
+    let resp = h.raw(&upgrade_request(&format!("/ws/{on2}"))).await?;
+    assert_eq!(resp.status, 503, "{resp:?}");
+    next_counter(&mut live).await?;
+    let before = h.router.current_table().context("table")?.fingerprint();
+
+    // Restarted with a new address and UID: the router follows, the membership digest
+    // changes, and the tenant reaches the new pod.
+    let restarted = start_pod(2, pod_ip(2, 1), port, Duration::from_millis(50)).await?;
+    all[2] = PodEndpoint::serving(2, "uid-2-new", pod_ip(2, 1));
+    api.apply(
+        "endpointslices",
+        NS,
+        pod_slice("backend-a", "backend", port, &all[..3]),
+    );
+    let t = h
+        .wait_table(
+            "pod 2 at its new address",
+            |t| matches!(&t.backends()[2], Backend::Pod(m) if m.accepts_new()),
+        )
+        .await?;
+    assert_eq!(t.fingerprint().config, before.config);
+    assert_ne!(t.fingerprint().membership, before.membership);
+    let mut ws = h.ws(&on2).await?;
+    assert_eq!(next_counter(&mut ws).await?.server, "backend-2");
+    drop(restarted);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_mode_never_resolves_a_name() -> Result<()> {
+    use clap::Parser;
+    let api = FakeApi::start().await?;
+    api.apply("configmaps", NS, configmap(CM, &[]));
+    let (backends, port) = pod_backends(2, Duration::from_millis(50)).await?;
+    // The template's host cannot resolve (.invalid, RFC 6761): only its port is used.
+    let template = format!("{{statefulset}}-{{i}}.nowhere.invalid:{port}");
+    let cli = router::config::Cli::try_parse_from([
+        "wsrouter",
+        "serve",
+        "--plaintext",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--replicas",
+        "2",
+        "--configmap",
+        CM,
+        "--pod-namespace",
+        NS,
+        "--backend-template",
+        &template,
+    ])?;
+    let router::config::Command::Serve(args) = cli.command else {
+        anyhow::bail!("not serve")
+    };
+    let (config, watch) = args.into_config()?;
+    assert!(matches!(
+        config.routing.backends,
+        wsrouter::Backends::Pods(_)
+    ));
+    let router = router::start(config).await?;
+    router::control::watch::start(&watch, &router.control(), Some(api.client()?)).await?;
+    api.apply(
+        "endpointslices",
+        NS,
+        pod_slice("backend-a", "backend", port, &pods(2)),
+    );
+    let mut changes = router.control().changes();
+    within(WAIT, "both pods known", async {
+        while !router
+            .current_table()
+            .is_some_and(|t| t.backends().iter().all(|b| matches!(b, Backend::Pod(_))))
+        {
+            changes.changed().await?;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    let table = router.current_table().context("table")?;
+    for ordinal in 0..2 {
+        let ns = (0..)
+            .map(|i| format!("t-{i}"))
+            .find(|ns| table.route(ns).ordinal == ordinal)
+            .context("a tenant")?;
+        let url = format!("ws://127.0.0.1:{}/ws/{ns}", router.local_addr().port());
+        let (mut ws, resp) =
+            within(WAIT, "connect", tokio_tungstenite::connect_async(url)).await??;
+        assert!(resp.headers().contains_key("x-wsrouter-fingerprint"));
+        let counter = within(WAIT, "a counter", ws.next())
+            .await?
+            .context("closed")??;
+        assert!(
+            counter.to_text()?.contains(&format!("backend-{ordinal}")),
+            "{counter:?}"
+        );
+    }
+    router.shutdown();
+    drop(backends);
     Ok(())
 }

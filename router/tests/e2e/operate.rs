@@ -222,7 +222,29 @@ async fn route_explainer_and_table_follow_swaps() -> Result<()> {
     let t: Value = serde_json::from_str(&body)?;
     assert_eq!(t["version"], 2);
     assert_eq!(t["replicas"], 4);
-    assert_eq!(t["addresses"].as_array().map(Vec::len), Some(4));
+    assert_eq!(t["backends"].as_array().map(Vec::len), Some(4));
+    assert_eq!(t["backends"][3]["state"], "address");
+    // The fingerprint everywhere it is shown is the table's.
+    let fp = h
+        .router
+        .current_table()
+        .map(|t| t.fingerprint())
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(t["fingerprint"]["config"], fp.config_hex());
+    assert_eq!(t["fingerprint"]["membership"], fp.membership_hex());
+    assert_eq!(
+        route_json(&h, "ns-01").await?.1["fingerprint"],
+        t["fingerprint"]
+    );
+    let metrics = h.admin_get("/metrics").await?.body;
+    assert!(
+        metrics.contains(&format!(
+            "wsrouter_routing_info{{config=\"{}\",membership=\"{}\"}} 1",
+            fp.config_hex(),
+            fp.membership_hex()
+        )),
+        "{metrics}"
+    );
     assert_eq!(
         t["overrides"],
         serde_json::json!({"acme-prod": 9, "ns-01": 0})
@@ -266,6 +288,28 @@ async fn plan_and_route_commands() -> Result<()> {
             ("ns-02", 1, 0, "override added", 1)
         ]
     );
+    // The fingerprint it prints is the one the router shows now, and the one it shows
+    // once the edit is applied.
+    let now = h.router.current_table().context("table")?.fingerprint();
+    assert_eq!(plan.config_before, now.config_hex());
+    h.router
+        .control()
+        .send(swap(&[("ns-01", "3"), ("ns-02", "backend-0")]));
+    h.wait_table("the planned edit applied", |t| {
+        t.fingerprint().config_hex() == plan.config_after
+    })
+    .await?;
+    assert_eq!(
+        h.router
+            .current_table()
+            .context("table")?
+            .fingerprint()
+            .membership,
+        now.membership
+    );
+    h.router.control().send(swap(&[("ns-01", "0")]));
+    h.wait_table("back as it was", |t| t.fingerprint() == now)
+        .await?;
 
     // As the binary an operator runs.
     let bin = env!("CARGO_BIN_EXE_wsrouter");
@@ -287,6 +331,13 @@ async fn plan_and_route_commands() -> Result<()> {
     );
     assert!(
         stdout.starts_with("plan: replicas 4 → 4, overrides +1 ~1 -0"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "routing config fingerprint: {} → {}",
+            plan.config_before, plan.config_after
+        )),
         "{stdout}"
     );
     assert!(
@@ -331,7 +382,8 @@ async fn plan_and_route_commands() -> Result<()> {
     assert_eq!(
         line.trim(),
         format!(
-            "ns-02 → backend-{} (ordinal {}, hash; XXH3-64 0x0491707bc197bf27, 4 replicas)",
+            // The config fingerprint of 4 replicas and no overrides: a golden vector.
+            "ns-02 → backend-{} (ordinal {}, hash; XXH3-64 0x0491707bc197bf27, 4 replicas; routing config d2e5e9c64cd8821e)",
             h.ordinal("ns-02"),
             h.ordinal("ns-02")
         )

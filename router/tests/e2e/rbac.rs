@@ -126,7 +126,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
         let watch = WatchConfig {
             overrides: OverridesWatch::ConfigMap(router::config::DEFAULT_CONFIGMAP.into()),
             statefulset: watched.then(|| "backend".into()),
-            endpoint_slices: Some("backend".into()),
+            endpoint_slices: Some(("backend".into(), 9000)),
             namespace: ns.into(),
             tls_files: None,
         };

@@ -212,6 +212,16 @@ async fn upgrade_is_forwarded_faithfully() -> Result<()> {
         resp.headers().get("x-wsrouter-table").map(|v| v.as_bytes()),
         Some(&b"1"[..])
     );
+    let fp = h
+        .router
+        .current_table()
+        .map(|t| t.fingerprint().to_string());
+    assert_eq!(
+        resp.headers()
+            .get("x-wsrouter-fingerprint")
+            .and_then(|v| v.to_str().ok()),
+        fp.as_deref()
+    );
     assert_eq!(
         resp.headers()
             .get("sec-websocket-protocol")

@@ -6,7 +6,6 @@
 //! data is bad is a rejected update (logged with its key, counted), never a dead watch.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -16,11 +15,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use wsrouter::{parse_target, TableSource};
+use wsrouter::{Members, SliceEndpoint, TableSource};
 
 use crate::control::{ControlHandle, Input};
 use crate::logging::DisplayChain;
-use crate::state::pods::NotReadyPods;
 
 /// One watch's events, with errors counted and logged, until `stop`.
 async fn for_each_event<K, S>(
@@ -143,65 +141,38 @@ pub async fn watch_statefulset(
     .await;
 }
 
-/// Watches the Service's EndpointSlices and publishes which pods are known not ready.
+/// Watches the Service's EndpointSlices and sends the control loop the pod at each
+/// ordinal (merged from every slice) whenever it changes. `port`: the backends' port.
 pub async fn watch_endpoint_slices(
     client: Client,
     namespace: String,
     service: String,
+    port: u16,
     control: ControlHandle,
 ) {
     let stop = control.stopping();
     let statefulset = control.statefulset().to_owned();
-    let readiness = control.pod_readiness();
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let config =
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
     let stream = watcher::watcher(api, config).default_backoff();
-    // Slice name → (ordinal, ready) of each endpoint in it.
-    let mut slices: BTreeMap<String, Vec<(u32, bool)>> = BTreeMap::new();
-    let mut listing: Option<BTreeMap<String, Vec<(u32, bool)>>> = None;
-    let endpoints = |slice: &EndpointSlice| -> Vec<(u32, bool)> {
-        slice
-            .endpoints
-            .iter()
-            .filter_map(|ep| {
-                let pod = ep
-                    .target_ref
-                    .as_ref()
-                    .and_then(|r| r.name.as_deref())
-                    .or(ep.hostname.as_deref())?;
-                let ordinal = parse_target(pod, &statefulset).ok()?;
-                // Unset means unknown, which Kubernetes says to treat as ready.
-                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-                Some((ordinal, ready))
-            })
-            .collect()
-    };
-    let publish = |slices: &BTreeMap<String, Vec<(u32, bool)>>| {
-        let ready: Vec<u32> = slices
-            .values()
-            .flatten()
-            .filter(|(_, r)| *r)
-            .map(|(o, _)| *o)
-            .collect();
-        let not_ready: Vec<u32> = slices
-            .values()
-            .flatten()
-            .filter(|(o, r)| !*r && !ready.contains(o))
-            .map(|(o, _)| *o)
-            .collect();
-        let next = NotReadyPods::new(not_ready);
-        if **readiness.load() != next {
-            tracing::info!(service = %service, not_ready = ?next.ordinals(), "backend pod readiness changed");
-            readiness.store(Arc::new(next));
-            control.stats.changes.note();
+    // Slice name → its endpoints; the list being read after a (re)list.
+    let mut slices: BTreeMap<String, Vec<SliceEndpoint>> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<String, Vec<SliceEndpoint>>> = None;
+    let mut sent: Option<Members> = None;
+    let mut publish = |slices: &BTreeMap<String, Vec<SliceEndpoint>>| {
+        let members = Members::from_endpoints(&statefulset, port, slices.values().flatten());
+        if sent.as_ref() != Some(&members) {
+            tracing::info!(service = %service, pods = members.len(), "backend pods changed");
+            sent = Some(members.clone());
+            control.send(Input::Members(members));
         }
     };
     for_each_event("endpointslices", stream, &control, &stop, |ev| match ev {
         Event::Init => listing = Some(BTreeMap::new()),
         Event::InitApply(s) => {
             if let Some(l) = listing.as_mut() {
-                l.insert(s.name_any(), endpoints(&s));
+                l.insert(s.name_any(), slice_endpoints(&s));
             }
         }
         Event::InitDone => {
@@ -209,7 +180,7 @@ pub async fn watch_endpoint_slices(
             publish(&slices);
         }
         Event::Apply(s) => {
-            slices.insert(s.name_any(), endpoints(&s));
+            slices.insert(s.name_any(), slice_endpoints(&s));
             publish(&slices);
         }
         Event::Delete(s) => {
@@ -218,4 +189,32 @@ pub async fn watch_endpoint_slices(
         }
     })
     .await;
+}
+
+/// A slice's pod endpoints, as routing reads them. FQDN slices and endpoints without a
+/// pod name or a parseable address are left out.
+fn slice_endpoints(slice: &EndpointSlice) -> Vec<SliceEndpoint> {
+    if !matches!(slice.address_type.as_str(), "IPv4" | "IPv6") {
+        return Vec::new();
+    }
+    slice
+        .endpoints
+        .iter()
+        .filter_map(|ep| {
+            let target = ep.target_ref.as_ref();
+            let pod = target
+                .and_then(|r| r.name.as_deref())
+                .or(ep.hostname.as_deref())?;
+            let ip = ep.addresses.first()?.parse().ok()?;
+            let conditions = ep.conditions.as_ref();
+            Some(SliceEndpoint {
+                pod: pod.to_owned(),
+                uid: target.and_then(|r| r.uid.clone()).unwrap_or_default(),
+                ip,
+                ready: conditions.and_then(|c| c.ready),
+                serving: conditions.and_then(|c| c.serving),
+                terminating: conditions.and_then(|c| c.terminating),
+            })
+        })
+        .collect()
 }

@@ -24,8 +24,9 @@ pub struct WatchConfig {
     pub overrides: OverridesWatch,
     /// Watch this StatefulSet's `spec.replicas`.
     pub statefulset: Option<String>,
-    /// Watch this Service's EndpointSlices for pod readiness.
-    pub endpoint_slices: Option<String>,
+    /// Take the backend pods (address, serving, terminating) from this Service's
+    /// EndpointSlices, at this port.
+    pub endpoint_slices: Option<(String, u16)>,
     /// The Kubernetes namespace of the watched objects.
     pub namespace: String,
     /// The TLS certificate and key files, reloaded when they change.
@@ -131,12 +132,13 @@ pub async fn start(
             control.clone(),
         )));
     }
-    if let Some(svc) = &config.endpoint_slices {
-        tracing::info!(service = %svc, namespace = %ns, "watching EndpointSlices for pod readiness");
+    if let Some((svc, port)) = &config.endpoint_slices {
+        tracing::info!(service = %svc, namespace = %ns, "backend pods from the Service's EndpointSlices");
         tasks.push(tokio::spawn(kube::watch_endpoint_slices(
             client,
             ns,
             svc.clone(),
+            *port,
             control.clone(),
         )));
     }
