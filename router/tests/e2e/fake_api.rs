@@ -119,6 +119,10 @@ impl FakeApi {
         Ok(api)
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// A kube client for this server, as the router would build from a kubeconfig.
     pub fn client(&self) -> Result<kube::Client> {
         let config = kube::Config::new(format!("http://{}", self.addr).parse()?);

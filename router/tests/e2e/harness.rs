@@ -413,6 +413,15 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
     RawResponse::parse(&out)
 }
 
+/// Sends raw bytes over plain TCP and reads the whole answer (the router closes after it).
+pub async fn plain_raw(addr: SocketAddr, request: &[u8]) -> Result<RawResponse> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(request).await?;
+    let mut out = Vec::new();
+    within(WAIT, "raw response", tcp.read_to_end(&mut out)).await??;
+    RawResponse::parse(&out)
+}
+
 #[derive(Debug)]
 pub struct RawResponse {
     pub status: u16,

@@ -4,6 +4,7 @@ mod certs;
 mod dev;
 mod fake_api;
 mod files;
+mod fleet;
 mod harness;
 mod hostile;
 mod kube;

@@ -6,11 +6,14 @@
 //! data is bad is a rejected update (logged with its key, counted), never a dead watch.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::ExponentialBackoff;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
@@ -19,6 +22,27 @@ use wsrouter::{Members, SliceEndpoint, TableSource};
 
 use crate::control::{ControlHandle, Input};
 use crate::logging::DisplayChain;
+
+/// How a failing watch retries: 250 ms doubling to [`WATCH_RETRY_MAX`], each wait plus up
+/// to as much again in jitter, reset after a minute without failures. kube's default
+/// grows to 30 s (client-go's, to spare a struggling API server among thousands of
+/// clients); a router is one of a handful, and its longest wait bounds how long it keeps
+/// an old table once an outage ends: the next try comes within 2 × `WATCH_RETRY_MAX`,
+/// and if the API server compacted its history meanwhile, the relist after the `410`
+/// within as long again.
+fn retry() -> ResetTimerBackoff<ExponentialBackoff> {
+    let b = backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(250))
+        .with_max_delay(WATCH_RETRY_MAX)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times();
+    ResetTimerBackoff::new(b.into(), Duration::from_secs(60))
+}
+
+/// The longest a failing watch waits before it tries again, jitter aside (which adds up
+/// to as much again).
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// One watch's events, with errors counted and logged, until `stop`.
 async fn for_each_event<K, S>(
@@ -64,7 +88,7 @@ pub async fn watch_configmap(
     let stop = control.stopping();
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).backoff(retry());
     let send = |cm: Option<ConfigMap>| {
         let resource_version = cm
             .as_ref()
@@ -117,7 +141,7 @@ pub async fn watch_statefulset(
     let stop = control.stopping();
     let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).backoff(retry());
     let replicas = |sts: &StatefulSet| {
         // The API server defaults an unset spec.replicas to 1.
         let n = sts.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -155,7 +179,7 @@ pub async fn watch_endpoint_slices(
     let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
     let config =
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
-    let stream = watcher::watcher(api, config).default_backoff();
+    let stream = watcher::watcher(api, config).backoff(retry());
     // Slice name → its endpoints; the list being read after a (re)list.
     let mut slices: BTreeMap<String, Vec<SliceEndpoint>> = BTreeMap::new();
     let mut listing: Option<BTreeMap<String, Vec<SliceEndpoint>>> = None;
