@@ -20,6 +20,7 @@ use crate::control::overrides_file::{self, OverridesFileError};
 use crate::control::watch::{OverridesWatch, WatchConfig};
 use crate::control::RoutingConfig;
 use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
+use crate::data::breaker::BreakerConfig;
 use crate::data::limits::Limits;
 use crate::data::reroute::RerouteConfig;
 use crate::data::tls_config::{self as tls, TlsError};
@@ -248,6 +249,12 @@ pub struct CommonArgs {
         value_delimiter = ','
     )]
     pub tls_key_exchange: Vec<tls::KeyExchange>,
+    /// Consecutive failed upgrades to one backend (refused or reset after retries, or no answer in --backend-timeout) that open its circuit breaker; 0: never.
+    #[arg(long, env = "WSROUTER_CIRCUIT_FAILURES", default_value_t = 3)]
+    pub circuit_failures: u32,
+    /// How long an open circuit answers 503 at once before one probe connection is let through.
+    #[arg(long, env = "WSROUTER_CIRCUIT_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub circuit_cooldown: Duration,
     /// Most reroute closes per second.
     #[arg(long, env = "WSROUTER_REROUTE_DRAIN_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub reroute_drain_rate: u32,
@@ -351,6 +358,10 @@ impl CommonArgs {
             max_client_hello: self.max_client_hello,
             max_header_bytes: self.max_header_bytes,
             max_headers: self.max_headers,
+            breaker: BreakerConfig {
+                failures: self.circuit_failures,
+                cooldown: self.circuit_cooldown,
+            },
         })
     }
 

@@ -19,6 +19,7 @@ use crate::admin::{self, metrics::AdminMetrics};
 use crate::config::RouterConfig;
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::Admission;
+use crate::data::breaker::Breakers;
 use crate::data::listen::Listeners;
 pub use crate::data::listen::ServerError;
 use crate::data::metrics::Metrics;
@@ -207,6 +208,7 @@ fn build(config: RouterConfig) -> Planes {
         live,
         reroute,
         prefix: config.path_prefix,
+        breakers: Breakers::new(config.limits.breaker),
         admission: Admission::new(
             config.limits.admission(),
             data_metrics.admission.clone(),

@@ -30,6 +30,7 @@ use self::metrics::{AdminMetrics, CONTENT_TYPE};
 use self::views::{BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView};
 use crate::data::accept::AcceptErrors;
 use crate::data::admission::{Admission, AdmissionConfig, AdmissionStats};
+use crate::data::breaker::BreakerState;
 use crate::data::shared::Shared;
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the
@@ -175,7 +176,7 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
     let view = RouteView {
         namespace: ns.to_owned(),
         ordinal: route.ordinal,
-        backend: backend_view(route.ordinal, route.backend),
+        backend: backend_view(shared, route.ordinal, route.backend),
         source: route.source.as_str().to_owned(),
         hash_ordinal: ordinal_for(ns, table.replicas()),
         override_,
@@ -199,7 +200,7 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
         fingerprint: fingerprint_view(table.fingerprint()),
         backends: (0..)
             .zip(table.backends())
-            .map(|(i, b)| backend_view(i, b))
+            .map(|(i, b)| backend_view(shared, i, b))
             .collect(),
         overrides: owned(table.overrides().sorted()),
         inactive_overrides: owned(table.overrides().inactive(table.replicas())),
@@ -220,7 +221,7 @@ pub fn fingerprint_view(f: Fingerprint) -> FingerprintView {
     }
 }
 
-fn backend_view(ordinal: u32, b: &Backend) -> BackendView {
+fn backend_view(shared: &Shared, ordinal: u32, b: &Backend) -> BackendView {
     let (pod, uid, state) = match b {
         Backend::Addr(_) => (None, None, "address"),
         Backend::Pod(m) => (
@@ -234,12 +235,17 @@ fn backend_view(ordinal: u32, b: &Backend) -> BackendView {
         ),
         Backend::Unknown => (None, None, "unknown"),
     };
+    let address = b.address();
+    let circuit = address
+        .as_deref()
+        .map_or(BreakerState::Closed, |a| shared.breakers.state(a));
     BackendView {
         ordinal,
-        address: b.address(),
+        address,
         pod,
         uid,
         state: state.to_owned(),
+        circuit: circuit.as_str().to_owned(),
     }
 }
 

@@ -63,6 +63,9 @@ pub struct BackendView {
     /// `not_serving`, `terminating` or `unknown`: only `address` and `serving` get new
     /// connections.
     pub state: String,
+    /// The circuit breaker for its address: `closed`, `open` (503 at once for the
+    /// cool-down) or `half_open` (one probe let through).
+    pub circuit: String,
 }
 
 /// The tenant's override, if it has one.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::admission::AdmissionConfig;
+use super::breaker::BreakerConfig;
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone)]
@@ -21,6 +22,7 @@ pub struct Limits {
     pub max_client_hello: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
+    pub breaker: BreakerConfig,
 }
 
 impl Default for Limits {
@@ -39,6 +41,7 @@ impl Default for Limits {
             max_client_hello: super::tls_stream::DEFAULT_MAX_CLIENT_HELLO,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
+            breaker: BreakerConfig::default(),
         }
     }
 }

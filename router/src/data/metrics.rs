@@ -37,6 +37,10 @@ pub struct Metrics {
     pub tls_handshake_errors: Counter,
     pub tls_handshake_timeouts: Counter,
     pub upgrade_seconds: Histogram,
+    /// Backend connections refused or reset and tried again.
+    pub backend_connect_retries: Counter,
+    breaker_trips: Family<OrdinalLabel, Counter>,
+    breaker_open: Family<OrdinalLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -66,6 +70,9 @@ impl Metrics {
             tls_handshake_timeouts: Counter::default(),
             // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
             upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
+            backend_connect_retries: Counter::default(),
+            breaker_trips: Family::default(),
+            breaker_open: Family::default(),
         };
         let bytes_from_client = m
             .bytes
@@ -159,10 +166,40 @@ impl Metrics {
             m.tls_handshake_failures.clone(),
         );
         r.register(
+            "backend_connect_retries",
+            "Backend connections refused or reset before any answer, tried again within --backend-timeout",
+            m.backend_connect_retries.clone(),
+        );
+        r.register(
+            "backend_circuit_trips",
+            "Times a backend's circuit breaker opened (it kept failing), by ordinal",
+            m.breaker_trips.clone(),
+        );
+        r.register(
+            "backend_circuit_open",
+            "1 while a backend's circuit breaker is open or probing, by ordinal",
+            m.breaker_open.clone(),
+        );
+        r.register(
             "upgrade_seconds",
             "Time from accepting a connection to answering its upgrade with 101",
             m.upgrade_seconds.clone(),
         );
+    }
+
+    /// Shows a breaker opening or closing.
+    pub fn breaker(&self, ordinal: u32, t: super::breaker::Transition) {
+        let label = OrdinalLabel { ordinal };
+        match t {
+            super::breaker::Transition::Opened => {
+                self.breaker_trips.get_or_create(&label).inc();
+                self.breaker_open.get_or_create(&label).set(1);
+            }
+            super::breaker::Transition::Closed => {
+                self.breaker_open.get_or_create(&label).set(0);
+            }
+            super::breaker::Transition::None => {}
+        }
     }
 
     /// Counts a refused connection.

@@ -5,6 +5,8 @@
 //!   upgrade.
 //! - [`accept`]: accept errors backed off and logged at a bounded rate (every listener).
 //! - [`admission`]: the pending and live pools: caps, byte budget, per-source limits.
+//! - [`breaker`]: a circuit breaker per backend address: a pod that keeps failing gets a
+//!   cool-down, then one probe.
 //! - [`tls_config`]: certificates and keys (PEM files or made for dev) into rustls configs.
 //! - [`tls_stream`]: the TLS stream a connection speaks: bounded handshake, bounded reads.
 //! - [`upgrade`]: one request: route it, upgrade the backend, answer, start the relay.
@@ -17,6 +19,7 @@
 
 pub mod accept;
 pub mod admission;
+pub mod breaker;
 pub mod frame;
 pub mod limits;
 pub mod listen;

@@ -9,6 +9,7 @@ use hyper::server::conn::http1;
 use wsrouter::{PathPrefix, RoutingTable};
 
 use super::admission::Admission;
+use super::breaker::Breakers;
 use super::limits::Limits;
 use super::metrics::Metrics;
 use super::reroute::Reroute;
@@ -35,4 +36,6 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     /// The pending and live pools.
     pub admission: Arc<Admission>,
+    /// A circuit breaker per backend address.
+    pub breakers: Arc<Breakers>,
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -20,6 +20,7 @@ use tokio::net::TcpStream;
 use wsrouter::{AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource};
 
 use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
+use crate::data::breaker::Transition;
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::data::relay::{self, RelayConfig, Stop};
 use crate::data::shared::Shared;
@@ -86,6 +87,8 @@ pub enum ProxyError {
     BackendNotServing { ordinal: u32, terminating: bool },
     #[error("backend {ordinal} has no known address yet")]
     BackendUnknown { ordinal: u32 },
+    #[error("backend {ordinal} keeps failing: its circuit is open")]
+    BackendCircuitOpen { ordinal: u32, retry_after: u32 },
 }
 
 impl ProxyError {
@@ -107,8 +110,46 @@ impl ProxyError {
             Self::NoTable
             | Self::BackendNotServing { .. }
             | Self::BackendUnknown { .. }
+            | Self::BackendCircuitOpen { .. }
             | Self::AtCapacity(Refusal::LiveFull)
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The backend did not answer as a live pod does: counted by its circuit breaker.
+    fn is_backend_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::BackendUnreachable { .. }
+                | Self::BackendTimeout { .. }
+                | Self::BackendProtocol { .. }
+        )
+    }
+
+    /// A connection refused, reset or aborted before the backend said anything: what a
+    /// restarting pod does, and safe to try again (the client has heard nothing yet).
+    fn is_retryable(&self) -> bool {
+        let reset = |e: &io::Error| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+            )
+        };
+        match self {
+            Self::BackendUnreachable { source, .. } => reset(source),
+            Self::BackendProtocol { source, .. } => {
+                let mut cause = std::error::Error::source(source);
+                while let Some(c) = cause {
+                    if c.downcast_ref::<io::Error>().is_some_and(reset) {
+                        return true;
+                    }
+                    cause = c.source();
+                }
+                source.is_incomplete_message()
+            }
+            _ => false,
         }
     }
 
@@ -126,6 +167,7 @@ impl ProxyError {
             Self::BackendUnknown { .. } => Some(2),
             // A pod restart takes seconds; sooner would only be refused again.
             Self::BackendNotServing { .. } => Some(5),
+            Self::BackendCircuitOpen { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
@@ -145,9 +187,9 @@ impl ProxyError {
             | Self::BackendBadUpgrade { .. }
             | Self::BackendBadHandshake { .. } => "backend error\n".to_owned(),
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
-            Self::BackendNotServing { .. } | Self::BackendUnknown { .. } => {
-                "backend not ready; retry shortly\n".to_owned()
-            }
+            Self::BackendNotServing { .. }
+            | Self::BackendUnknown { .. }
+            | Self::BackendCircuitOpen { .. } => "backend not ready; retry shortly\n".to_owned(),
             // The 4xx variants, answered above.
             Self::NotFound
             | Self::BadNamespace(_)
@@ -410,8 +452,9 @@ fn route_request(
     Ok((routed, key))
 }
 
-/// Forwards the upgrade to the backend, within the backend timeout and until the drain's
-/// grace period ends, and checks a 101 completes the handshake the client asked for.
+/// Forwards the upgrade to the backend under its circuit breaker, within the backend
+/// timeout (retries included) and until the drain's grace period ends, and checks a 101
+/// completes the handshake the client asked for.
 async fn upgrade_with_backend(
     req: &Request<Incoming>,
     ctx: &ConnCtx,
@@ -419,20 +462,43 @@ async fn upgrade_with_backend(
     key: &HeaderValue,
 ) -> Result<BackendAnswer, ProxyError> {
     let shared = &ctx.shared;
-    let backend_req = backend_request(req, ctx.peer, shared.tls_config.is_some(), &routed.host);
+    let permit =
+        shared
+            .breakers
+            .admit(&routed.addr)
+            .map_err(|r| ProxyError::BackendCircuitOpen {
+                ordinal: routed.ordinal,
+                retry_after: r.retry_after_secs,
+            })?;
     let offered = Offered::from_request(req.headers());
-    let upgrade = tokio::time::timeout(
-        shared.limits.backend_timeout,
-        upgrade_backend(routed, backend_req),
-    );
-    let answer = tokio::select! {
-        r = upgrade => r.map_err(|_| ProxyError::BackendTimeout {
+    let deadline = tokio::time::Instant::now() + shared.limits.backend_timeout;
+    let attempts = tokio::time::timeout_at(deadline, upgrade_retrying(req, ctx, routed, deadline));
+    let result = tokio::select! {
+        r = attempts => r.unwrap_or_else(|_| Err(ProxyError::BackendTimeout {
             ordinal: routed.ordinal,
             addr: routed.addr.clone(),
-        })??,
-        // The drain's grace period ended while the backend had not answered.
+        })),
+        // The drain's grace period ended while the backend had not answered: that says
+        // nothing about the backend.
         _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
     };
+    let transition = match &result {
+        // It answered (a 101, or its own refusal): it is alive.
+        Ok(_) => permit.succeeded(),
+        Err(e) if e.is_backend_failure() => permit.failed(),
+        Err(_) => Transition::None,
+    };
+    shared.metrics.breaker(routed.ordinal, transition);
+    match transition {
+        Transition::Opened => {
+            tracing::warn!(backend.ordinal = routed.ordinal, backend.addr = %routed.addr, cooldown = ?shared.breakers.cooldown(), "backend keeps failing: circuit open, its tenants get 503 until a probe succeeds")
+        }
+        Transition::Closed => {
+            tracing::info!(backend.ordinal = routed.ordinal, backend.addr = %routed.addr, "backend answers again: circuit closed")
+        }
+        Transition::None => {}
+    }
+    let answer = result?;
     if let BackendAnswer::Upgraded { head, .. } = &answer {
         check_backend_handshake(&head.headers, key, &offered).map_err(|why| {
             ProxyError::BackendBadHandshake {
@@ -443,6 +509,48 @@ async fn upgrade_with_backend(
         })?;
     }
     Ok(answer)
+}
+
+/// Tries the backend until it answers, retrying a connection refused or reset (a pod
+/// restarting) after a jittered pause while `deadline` allows one more try.
+async fn upgrade_retrying(
+    req: &Request<Incoming>,
+    ctx: &ConnCtx,
+    routed: &Routed,
+    deadline: tokio::time::Instant,
+) -> Result<BackendAnswer, ProxyError> {
+    let tls = ctx.shared.tls_config.is_some();
+    let mut pause = RETRY_FIRST;
+    loop {
+        let backend_req = backend_request(req, ctx.peer, tls, &routed.host);
+        match upgrade_backend(routed, backend_req).await {
+            Err(e) if e.is_retryable() => {
+                // Half to all of `pause`, so a burst of clients does not retry in step.
+                let wait = pause.mul_f64(0.5 + jitter() / 2.0);
+                if tokio::time::Instant::now() + wait >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(backend.ordinal = routed.ordinal, error = %crate::logging::DisplayChain(&e), ?wait, "backend connection failed; retrying");
+                ctx.shared.metrics.backend_connect_retries.inc();
+                tokio::time::sleep(wait).await;
+                pause = (pause * 2).min(RETRY_MAX);
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The first pause before retrying a refused or reset backend connection, and the longest.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// A number in `[0, 1)`, different on every call: jitter needs no more.
+fn jitter() -> f64 {
+    use std::hash::BuildHasher;
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let h = std::hash::RandomState::new().hash_one(n);
+    (h >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// The backend said no (e.g. 403 or 404): the client hears it as it was said.
@@ -929,6 +1037,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refused_or_reset_connection_is_retried_and_nothing_else() {
+        let unreachable = |kind| ProxyError::BackendUnreachable {
+            ordinal: 0,
+            addr: "a:1".into(),
+            source: io::Error::from(kind),
+        };
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::ConnectionReset,
+            io::ErrorKind::ConnectionAborted,
+        ] {
+            assert!(unreachable(kind).is_retryable(), "{kind:?}");
+            assert!(unreachable(kind).is_backend_failure());
+        }
+        for kind in [io::ErrorKind::TimedOut, io::ErrorKind::HostUnreachable] {
+            assert!(!unreachable(kind).is_retryable(), "{kind:?}");
+        }
+        assert!(!ProxyError::NoTable.is_retryable());
+        assert!(!ProxyError::NoTable.is_backend_failure());
+    }
+
+    #[test]
     fn statuses_are_pinned() {
         let io = || io::Error::from(io::ErrorKind::ConnectionRefused);
         let cases = [
@@ -966,6 +1096,13 @@ mod tests {
                 503,
             ),
             (ProxyError::BackendUnknown { ordinal: 2 }, 503),
+            (
+                ProxyError::BackendCircuitOpen {
+                    ordinal: 2,
+                    retry_after: 4,
+                },
+                503,
+            ),
         ];
         for (e, status) in cases {
             assert_eq!(e.status().as_u16(), status, "{e}");

@@ -1,0 +1,295 @@
+//! Circuit breakers per backend address. A pod that keeps failing (connections refused or
+//! reset, or no answer within the backend timeout, retries included) is left alone for a
+//! cool-down: its tenants get `503` + `Retry-After` at once instead of each waiting out
+//! the timeout against it. After the cool-down one connection goes through as a probe; it
+//! closes the breaker if it succeeds and opens it again if not. The tenant is never
+//! moved to another pod: its state lives on this one.
+//!
+//! Keyed by address, so a pod restarted at a new address starts closed. Touched once per
+//! upgrade (never per frame), under one lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct BreakerConfig {
+    /// Consecutive failed upgrades that open the breaker; 0: never.
+    pub failures: u32,
+    /// How long an open breaker refuses before it lets one probe through.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Circuit {
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// The cool-down is over; `probing` while the one probe is out.
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+/// What an operator sees of one breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    /// Refusing for this much longer.
+    Open(Duration),
+    /// Letting one probe through (or waiting on it).
+    HalfOpen,
+}
+
+impl BreakerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open(_) => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// An upgrade refused by an open breaker: retry after this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub retry_after_secs: u32,
+}
+
+#[derive(Default)]
+pub struct Breakers {
+    config: BreakerConfig,
+    circuits: Mutex<HashMap<Box<str>, Circuit>>,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            circuits: Mutex::default(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Circuit>> {
+        // Each update is one insert; a panic elsewhere cannot leave it half done.
+        self.circuits.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// May an upgrade to `addr` go ahead? The permit says how it went.
+    pub fn admit(self: &Arc<Self>, addr: &str) -> Result<Permit, Refused> {
+        if self.config.failures == 0 {
+            return Ok(self.permit(addr, false));
+        }
+        let now = Instant::now();
+        let mut circuits = self.lock();
+        let probe = match circuits.get(addr).copied() {
+            None | Some(Circuit::Closed { .. }) => false,
+            Some(Circuit::Open { until }) if now < until => {
+                let left = until - now;
+                return Err(Refused {
+                    retry_after_secs: left.as_secs_f64().ceil().max(1.0) as u32,
+                });
+            }
+            Some(Circuit::Open { .. }) | Some(Circuit::HalfOpen { probing: false }) => {
+                circuits.insert(addr.into(), Circuit::HalfOpen { probing: true });
+                true
+            }
+            Some(Circuit::HalfOpen { probing: true }) => {
+                return Err(Refused {
+                    retry_after_secs: 1,
+                })
+            }
+        };
+        drop(circuits);
+        Ok(self.permit(addr, probe))
+    }
+
+    fn permit(self: &Arc<Self>, addr: &str, probe: bool) -> Permit {
+        Permit {
+            breakers: self.clone(),
+            addr: addr.into(),
+            probe,
+            decided: false,
+        }
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        self.config.cooldown
+    }
+
+    /// How the breaker for `addr` stands now.
+    pub fn state(&self, addr: &str) -> BreakerState {
+        match self.lock().get(addr).copied() {
+            None | Some(Circuit::Closed { .. }) => BreakerState::Closed,
+            Some(Circuit::Open { until }) => {
+                let now = Instant::now();
+                if now < until {
+                    BreakerState::Open(until - now)
+                } else {
+                    BreakerState::HalfOpen
+                }
+            }
+            Some(Circuit::HalfOpen { .. }) => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Records an outcome; returns `Some(true)` when this opened the breaker and
+    /// `Some(false)` when it closed it.
+    fn record(&self, addr: &str, ok: bool, probe: bool) -> Option<bool> {
+        let mut circuits = self.lock();
+        if ok {
+            let was_open = !matches!(circuits.remove(addr), None | Some(Circuit::Closed { .. }));
+            return was_open.then_some(false);
+        }
+        let failures = match circuits.get(addr).copied() {
+            Some(Circuit::Closed { failures }) => failures + 1,
+            None => 1,
+            // Another upgrade that was already under way when it opened: no news.
+            Some(Circuit::Open { .. }) | Some(Circuit::HalfOpen { .. }) if !probe => return None,
+            Some(_) => self.config.failures,
+        };
+        if failures >= self.config.failures {
+            let until = Instant::now() + self.config.cooldown;
+            circuits.insert(addr.into(), Circuit::Open { until });
+            Some(true)
+        } else {
+            circuits.insert(addr.into(), Circuit::Closed { failures });
+            None
+        }
+    }
+}
+
+/// One upgrade under a breaker. Say how it went with [`Permit::succeeded`] or
+/// [`Permit::failed`]; dropped undecided (the client left, the router is draining), it
+/// counts for nothing, and a probe hands its turn to the next upgrade.
+pub struct Permit {
+    breakers: Arc<Breakers>,
+    addr: Box<str>,
+    probe: bool,
+    decided: bool,
+}
+
+/// What a decided permit changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Opened,
+    Closed,
+}
+
+impl Permit {
+    pub fn succeeded(mut self) -> Transition {
+        self.decide(true)
+    }
+
+    pub fn failed(mut self) -> Transition {
+        self.decide(false)
+    }
+
+    fn decide(&mut self, ok: bool) -> Transition {
+        self.decided = true;
+        if self.breakers.config.failures == 0 {
+            return Transition::None;
+        }
+        match self.breakers.record(&self.addr, ok, self.probe) {
+            Some(true) => Transition::Opened,
+            Some(false) => Transition::Closed,
+            None => Transition::None,
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if self.probe && !self.decided {
+            let mut circuits = self.breakers.lock();
+            if let Some(c @ Circuit::HalfOpen { probing: true }) = circuits.get_mut(&*self.addr) {
+                *c = Circuit::HalfOpen { probing: false };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breakers(cooldown: Duration) -> Arc<Breakers> {
+        Breakers::new(BreakerConfig {
+            failures: 3,
+            cooldown,
+        })
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let b = breakers(Duration::from_secs(60));
+        for _ in 0..2 {
+            assert_eq!(b.admit("a:1").unwrap().failed(), Transition::None);
+        }
+        assert_eq!(b.admit("a:1").unwrap().succeeded(), Transition::None);
+        for _ in 0..2 {
+            b.admit("a:1").unwrap().failed();
+        }
+        assert_eq!(b.state("a:1"), BreakerState::Closed);
+        assert_eq!(b.admit("a:1").unwrap().failed(), Transition::Opened);
+        let refused = b.admit("a:1").map(|_| ()).unwrap_err();
+        assert_eq!(refused.retry_after_secs, 60);
+        assert!(matches!(b.state("a:1"), BreakerState::Open(_)));
+        // Another address is its own breaker.
+        assert!(b.admit("b:1").is_ok());
+    }
+
+    #[test]
+    fn one_probe_after_the_cooldown_closes_or_reopens() {
+        let b = breakers(Duration::ZERO);
+        for _ in 0..3 {
+            b.admit("a:1").unwrap().failed();
+        }
+        assert_eq!(b.state("a:1"), BreakerState::HalfOpen);
+        let probe = b.admit("a:1").unwrap();
+        // Only one probe at a time.
+        assert!(b.admit("a:1").is_err());
+        assert_eq!(probe.failed(), Transition::Opened);
+        let probe = b.admit("a:1").unwrap();
+        assert_eq!(probe.succeeded(), Transition::Closed);
+        assert_eq!(b.state("a:1"), BreakerState::Closed);
+        assert!(b.admit("a:1").is_ok());
+    }
+
+    #[test]
+    fn an_undecided_probe_hands_its_turn_on() {
+        let b = breakers(Duration::ZERO);
+        for _ in 0..3 {
+            b.admit("a:1").unwrap().failed();
+        }
+        drop(b.admit("a:1").unwrap());
+        let next = b.admit("a:1").unwrap();
+        assert_eq!(next.succeeded(), Transition::Closed);
+    }
+
+    #[test]
+    fn zero_failures_means_never() {
+        let b = Breakers::new(BreakerConfig {
+            failures: 0,
+            cooldown: Duration::from_secs(60),
+        });
+        for _ in 0..10 {
+            b.admit("a:1").unwrap().failed();
+        }
+        assert_eq!(b.state("a:1"), BreakerState::Closed);
+    }
+}
