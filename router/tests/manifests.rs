@@ -9,14 +9,20 @@ use router::config::{Cli, DEFAULT_CONFIGMAP};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Every object in k8s/*.yaml, by "Kind/name".
+/// Every object in k8s/base/*.yaml and k8s/monitoring/*.yaml, by "Kind/name".
 fn manifests() -> Result<BTreeMap<String, Value>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
     let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(&dir)? {
-        let path = entry?.path();
+    let mut paths = Vec::new();
+    for dir in ["base", "monitoring"] {
+        for entry in std::fs::read_dir(root.join(dir))? {
+            paths.push(entry?.path());
+        }
+    }
+    for path in paths {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml")
             || path.ends_with("kustomization.yaml")
+            || path.ends_with("rules-test.yaml")
         {
             continue;
         }
@@ -174,6 +180,51 @@ fn router_defaults_match_the_manifests() -> Result<()> {
         termination > pre_stop + grace + close,
         "{termination} <= {pre_stop} + {grace} + {close}"
     );
+
+    // Scaling: the HPA owns the replica count (none in the Deployment), never below 2,
+    // scales down one pod at a time after a long quiet spell; replicas spread over
+    // nodes and zones.
+    assert!(
+        dep["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+    let hpa = m.get("HorizontalPodAutoscaler/wsrouter").context("HPA")?;
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "wsrouter");
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"], "Deployment");
+    assert!(hpa["spec"]["minReplicas"].as_u64() >= Some(2));
+    let down = &hpa["spec"]["behavior"]["scaleDown"];
+    assert!(down["stabilizationWindowSeconds"].as_u64() >= Some(300));
+    for p in down["policies"].as_array().context("scale-down policies")? {
+        assert!(p["type"] == "Pods" && p["value"] == 1, "{p}");
+        assert!(p["periodSeconds"].as_u64() >= Some(60), "{p}");
+    }
+    let spread = dep["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        .as_array()
+        .context("topology spread")?;
+    let keys: Vec<_> = spread.iter().map(|t| &t["topologyKey"]).collect();
+    assert!(
+        keys.contains(&&Value::from("topology.kubernetes.io/zone"))
+            && keys.contains(&&Value::from("kubernetes.io/hostname")),
+        "{keys:?}"
+    );
+    for t in spread {
+        assert_eq!(
+            t["labelSelector"]["matchLabels"],
+            dep["spec"]["template"]["metadata"]["labels"]
+        );
+    }
+
+    // Monitoring: the PodMonitor scrapes the admin port of these pods; the rules alert
+    // on disagreement.
+    let pm = m.get("PodMonitor/wsrouter").context("PodMonitor")?;
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"],
+        dep["spec"]["template"]["metadata"]["labels"]
+    );
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "admin");
+    let rules = m.get("PrometheusRule/wsrouter").context("PrometheusRule")?;
+    assert!(rules.to_string().contains("WsrouterReplicasDisagree"));
 
     // Hardened pods.
     for obj in [dep, sts] {

@@ -97,6 +97,12 @@ impl Metrics {
         for reason in ["pending_per_ip", "live_full", "live_per_ip"] {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }
+        // Zero series from the start, so a rate() or an alert on them has a baseline.
+        for reason in ["accept", "upgrade", "connection", "protocol", "extension"] {
+            let _ = m
+                .backend_handshake_failures
+                .get_or_create(&ReasonLabel { reason });
+        }
         Self {
             bytes_from_client,
             bytes_from_backend,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::control::Input;
+use router::control::{Input, RejectReason};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use wsrouter::TableSource;
@@ -390,5 +390,115 @@ async fn plan_and_route_commands() -> Result<()> {
     );
     std::fs::remove_dir_all(&dir)?;
     drop(live);
+    Ok(())
+}
+
+/// The metric names a scrape of /metrics declares (`# TYPE` lines), with the sample
+/// names each type adds (`_total`, `_bucket`, …).
+fn exported_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let mut words = l.split_whitespace();
+        if (words.next(), words.next()) != (Some("#"), Some("TYPE")) {
+            continue;
+        }
+        let (Some(name), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total", "_created"],
+            "histogram" => &["_bucket", "_sum", "_count", "_created"],
+            _ => &[""],
+        };
+        for s in suffixes {
+            out.insert(format!("{name}{s}"));
+        }
+    }
+    out
+}
+
+/// Every `wsrouter_…` name in `text`.
+fn queried_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for (i, _) in text.match_indices("wsrouter_") {
+        if text[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let name: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        out.insert(name);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_and_dashboard_query_only_exported_metrics() -> Result<()> {
+    // Labelled families appear in /metrics once they have a series: make each happen.
+    let refusing = Refusing::start().await?;
+    let mut limits = limits();
+    limits.backend_timeout = Duration::from_millis(300);
+    limits.breaker = router::data::breaker::BreakerConfig {
+        failures: 1,
+        cooldown: Duration::from_secs(60),
+    };
+    let h = Harness::start(Options {
+        replace: vec![(0, refusing.addr.to_string())],
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut ws = h.ws(&tenant_on(&h, 1, 0)).await?;
+    next_counter(&mut ws).await?;
+    ws.close(None).await?;
+    drop(ws);
+    let resp = h
+        .raw(&upgrade_request(&format!("/ws/{}", tenant_on(&h, 0, 0))))
+        .await?;
+    assert_eq!(resp.status, 502);
+    h.router.control().send(swap(&[("Bad_Key", "1")]));
+    h.wait_rejected(RejectReason::InvalidOverrides, 1).await?;
+    within(
+        WAIT,
+        "the closed socket to be counted",
+        h.router.changes().until(|| h.router.live_tasks() == 0),
+    )
+    .await?;
+    let exported = exported_names(&h.admin_get("/metrics").await?.body);
+    let k8s = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/monitoring");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(k8s.join("dashboard.json"))?)?;
+    let panels = dashboard["panels"].as_array().context("panels")?;
+    assert!(panels.len() >= 8);
+    let mut exprs = Vec::new();
+    for p in panels {
+        let targets = p["targets"].as_array().context("targets")?;
+        assert!(!targets.is_empty(), "{}", p["title"]);
+        for t in targets {
+            exprs.push(t["expr"].as_str().context("expr")?.to_owned());
+        }
+    }
+    exprs.push(
+        dashboard["templating"]["list"][1]["definition"]
+            .as_str()
+            .context("namespace variable")?
+            .to_owned(),
+    );
+    let rules = std::fs::read_to_string(k8s.join("prometheusrule.yaml"))?;
+    let tests = std::fs::read_to_string(k8s.join("rules-test.yaml"))?;
+    for (what, text) in [
+        ("dashboard.json", exprs.join("\n")),
+        ("prometheusrule.yaml", rules),
+        ("rules-test.yaml", tests),
+    ] {
+        let queried = queried_names(&text);
+        assert!(!queried.is_empty(), "{what} queries nothing");
+        let unknown: Vec<_> = queried.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} queries {unknown:?}, which /metrics does not export"
+        );
+    }
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! RBAC conformance: every request the router makes in its in-cluster modes is granted
-//! by the Role in k8s/rbac.yaml, and the Role grants nothing the router does not use.
+//! by the Role in k8s/base/rbac.yaml, and the Role grants nothing the router does not use.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::harness::*;
 type Grant = (String, String, String, String);
 
 fn role_grants() -> Result<BTreeSet<Grant>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/rbac.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s/base/rbac.yaml");
     let text = std::fs::read_to_string(path)?;
     let mut grants = BTreeSet::new();
     for doc in serde_norway::Deserializer::from_str(&text) {
@@ -162,13 +162,13 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
         let (need, req_ns) = needed(r)?;
         assert_eq!(req_ns, ns, "a request outside the pod's namespace: {r:?}");
         let grant = granted(&grants, &need)
-            .with_context(|| format!("not granted by k8s/rbac.yaml: {need:?} for {r:?}"))?;
+            .with_context(|| format!("not granted by k8s/base/rbac.yaml: {need:?} for {r:?}"))?;
         used.insert(grant);
     }
     let unused: Vec<_> = grants.difference(&used).collect();
     assert!(
         unused.is_empty(),
-        "k8s/rbac.yaml grants what the router never uses: {unused:?}"
+        "k8s/base/rbac.yaml grants what the router never uses: {unused:?}"
     );
     Ok(())
 }
