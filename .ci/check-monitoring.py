@@ -3,8 +3,8 @@
 the PrometheusRule's rule groups out for promtool.
 
 kubernetes-validate knows only the core API, so for PodMonitor and PrometheusRule the
-schemas come from the operator's CRDs as cloudcoil-models-prometheus-operator generates
-them, made strict (an unknown field anywhere is an error, as `kubectl apply
+schemas come from the operator's CRDs as cloudcoil-models-prometheus-operator 0.80.1.0
+(operator v0.80, the newest release that installs on Python 3.11) generates them, made strict (an unknown field anywhere is an error, as `kubectl apply
 --validate=strict` would say).
 
 usage: check-monitoring.py RENDERED.yaml RULES_OUT.yaml
