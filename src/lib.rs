@@ -22,8 +22,8 @@ pub use fingerprint::Fingerprint;
 pub use hash::{jump_consistent_hash, ordinal_for, tenant_key};
 pub use members::{Member, Members, SliceEndpoint};
 pub use namespace::{
-    check_path_rest, validate_namespace, AmbiguousPath, NamespaceError, PathError, PathPrefix,
-    PrefixError,
+    check_path_rest, query_param, validate_namespace, AmbiguousPath, NamespaceError, PathError,
+    PathPrefix, PrefixError, RepeatedParam, TenantFrom, TenantFromError,
 };
 pub use overrides::{parse_target, OverrideError, Overrides, OverridesError, TargetError};
 pub use table::{Route, RouteSource, RoutingTable, TableDiff, TableSource};

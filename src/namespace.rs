@@ -62,6 +62,79 @@ pub enum PathError {
     /// resolve differently from the router (`400`).
     #[error(transparent)]
     Ambiguous(#[from] AmbiguousPath),
+    /// The tenant comes from a header or query parameter the request does not carry
+    /// (`400`).
+    #[error("no tenant: the request has no {0}")]
+    Missing(TenantFrom),
+    /// The header or query parameter the tenant comes from is there more than once
+    /// (`400`): which one would a backend read?
+    #[error("{0} is given more than once")]
+    Repeated(TenantFrom),
+}
+
+/// Where a request names its tenant (`--tenant-from`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TenantFrom {
+    /// The path segment after the prefix: `/ws/{tenant}/…` (the default).
+    #[default]
+    Path,
+    /// A request header (name in lower case), for a gateway that sets one.
+    Header(String),
+    /// A query parameter, for clients at one path (`/ws/hub?tenant=…`).
+    Query(String),
+}
+
+impl std::fmt::Display for TenantFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Path => f.write_str("path segment"),
+            Self::Header(h) => write!(f, "header {h}"),
+            Self::Query(q) => write!(f, "query parameter {q}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("--tenant-from {0:?}: expected path, header:NAME or query:NAME (NAME of letters, digits, '-' or '_')")]
+pub struct TenantFromError(pub String);
+
+impl std::str::FromStr for TenantFrom {
+    type Err = TenantFromError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        match s.split_once(':') {
+            None if s == "path" => Ok(Self::Path),
+            Some(("header", n)) if name_ok(n) => Ok(Self::Header(n.to_ascii_lowercase())),
+            Some(("query", n)) if name_ok(n) => Ok(Self::Query(n.to_owned())),
+            _ => Err(TenantFromError(s.to_owned())),
+        }
+    }
+}
+
+/// A query parameter given more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepeatedParam;
+
+/// The value of query parameter `name` in `query` (no `?`): `Ok(None)` when absent,
+/// an error when repeated. Values are taken as they are: a tenant has no characters that
+/// need percent-encoding, so an encoded one is refused by the namespace rule.
+pub fn query_param<'q>(query: &'q str, name: &str) -> Result<Option<&'q str>, RepeatedParam> {
+    let mut found = None;
+    for pair in query.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k == name {
+            if found.is_some() {
+                return Err(RepeatedParam);
+            }
+            found = Some(v);
+        }
+    }
+    Ok(found)
 }
 
 /// Path forms after the prefix that the router refuses, so the router and a backend
@@ -186,6 +259,61 @@ impl PathPrefix {
     }
 }
 
+impl PathPrefix {
+    /// The path after the prefix, checked as the rest of a path is ([`check_path_rest`]),
+    /// for requests whose tenant is not in the path.
+    pub fn under<'p>(&self, path: &'p str) -> Result<&'p str, PathError> {
+        let rest = match path.strip_prefix(&*self.with_slash) {
+            Some(rest) => rest,
+            None if path == &self.with_slash[..self.with_slash.len() - 1] => "",
+            None => return Err(PathError::NotUnderPrefix),
+        };
+        check_path_rest(rest)?;
+        Ok(rest)
+    }
+
+    /// The tenant a request names, from where `from` says: the path segment, a header
+    /// (`header`: its values) or a query parameter (`query`: the query string). The
+    /// path must be under the prefix either way, and the tenant pass the namespace rule.
+    pub fn tenant<'r>(
+        &self,
+        from: &TenantFrom,
+        path: &'r str,
+        query: Option<&'r str>,
+        header: &[&'r [u8]],
+    ) -> Result<&'r str, PathError> {
+        let value = match from {
+            TenantFrom::Path => return self.namespace(path),
+            TenantFrom::Header(_) => {
+                self.under(path)?;
+                match header {
+                    [] => return Err(PathError::Missing(from.clone())),
+                    [one] => std::str::from_utf8(one).map_err(|_| {
+                        PathError::Namespace(NamespaceError::InvalidChar {
+                            found: char::REPLACEMENT_CHARACTER,
+                            position: 0,
+                        })
+                    })?,
+                    _ => return Err(PathError::Repeated(from.clone())),
+                }
+            }
+            TenantFrom::Query(name) => {
+                self.under(path)?;
+                match query_param(query.unwrap_or(""), name) {
+                    Ok(Some(v)) => v,
+                    Ok(None) => return Err(PathError::Missing(from.clone())),
+                    Err(RepeatedParam) => return Err(PathError::Repeated(from.clone())),
+                }
+            }
+        };
+        if value.is_empty() {
+            return Err(PathError::Missing(from.clone()));
+        }
+        validate_namespace(value)?;
+        Ok(value)
+    }
+}
+
 impl Default for PathPrefix {
     fn default() -> Self {
         Self {
@@ -197,6 +325,73 @@ impl Default for PathPrefix {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_from_path_header_or_query() {
+        let p = PathPrefix::default();
+        let path = TenantFrom::Path;
+        let header: TenantFrom = "header:X-Tenant".parse().unwrap();
+        let query: TenantFrom = "query:tenant".parse().unwrap();
+        assert_eq!(header, TenantFrom::Header("x-tenant".into()));
+        assert_eq!(
+            p.tenant(&path, "/ws/acme/x", Some("tenant=b"), &[]),
+            Ok("acme")
+        );
+        assert_eq!(p.tenant(&header, "/ws/hub", None, &[b"acme"]), Ok("acme"));
+        assert_eq!(p.tenant(&header, "/ws", None, &[b"acme"]), Ok("acme"));
+        assert_eq!(
+            p.tenant(&query, "/ws/hub", Some("a=1&tenant=acme&b"), &[]),
+            Ok("acme")
+        );
+        // Missing, repeated, empty, invalid, or not under the prefix.
+        assert_eq!(
+            p.tenant(&header, "/ws/hub", None, &[]),
+            Err(PathError::Missing(header.clone()))
+        );
+        assert_eq!(
+            p.tenant(&header, "/ws/hub", None, &[b"a", b"b"]),
+            Err(PathError::Repeated(header.clone()))
+        );
+        assert_eq!(
+            p.tenant(&header, "/ws/hub", None, &[b""]),
+            Err(PathError::Missing(header.clone()))
+        );
+        assert_eq!(
+            p.tenant(&query, "/ws/hub", Some("tenant=a&tenant=b"), &[]),
+            Err(PathError::Repeated(query.clone()))
+        );
+        assert_eq!(
+            p.tenant(&query, "/ws/hub", None, &[]),
+            Err(PathError::Missing(query.clone()))
+        );
+        assert!(matches!(
+            p.tenant(&query, "/ws/hub", Some("tenant=Acme"), &[]),
+            Err(PathError::Namespace(NamespaceError::InvalidChar { .. }))
+        ));
+        assert!(matches!(
+            p.tenant(&query, "/ws/hub", Some("tenant=a%2Db"), &[]),
+            Err(PathError::Namespace(NamespaceError::InvalidChar { .. }))
+        ));
+        assert!(matches!(
+            p.tenant(&header, "/ws/hub", None, &[&[0xff]]),
+            Err(PathError::Namespace(_))
+        ));
+        assert_eq!(
+            p.tenant(&header, "/other", None, &[b"acme"]),
+            Err(PathError::NotUnderPrefix)
+        );
+        assert!(matches!(
+            p.tenant(&query, "/ws/../admin", Some("tenant=a"), &[]),
+            Err(PathError::Ambiguous(_))
+        ));
+        for bad in ["", "header:", "query", "cookie:x", "header:a b", "Path"] {
+            assert!(bad.parse::<TenantFrom>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            PathError::Missing(query).to_string(),
+            "no tenant: the request has no query parameter tenant"
+        );
+    }
 
     #[test]
     fn namespace_validation_table() {

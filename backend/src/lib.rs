@@ -185,6 +185,10 @@ fn handle(mut req: Request<Incoming>, shared: Arc<Shared>) -> Response<Full<Byte
         Err(PathError::NotUnderPrefix) => return plain(StatusCode::NOT_FOUND, "not found\n"),
         Err(PathError::Namespace(_)) => return plain(StatusCode::BAD_REQUEST, "bad namespace\n"),
         Err(PathError::Ambiguous(_)) => return plain(StatusCode::BAD_REQUEST, "bad path\n"),
+        // Only for a tenant taken from a header or query, which this server does not do.
+        Err(PathError::Missing(_) | PathError::Repeated(_)) => {
+            return plain(StatusCode::BAD_REQUEST, "no tenant\n")
+        }
     };
     let headers = req.headers();
     let is_upgrade = headers

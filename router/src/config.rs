@@ -10,11 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use thiserror::Error;
 use wsrouter::backends::DEFAULT_TEMPLATE;
-use wsrouter::Members;
 use wsrouter::{
     BackendTemplate, Backends, BackendsError, Overrides, PathPrefix, PrefixError, TableSource,
     TemplateError,
 };
+use wsrouter::{Members, TenantFrom};
 
 use crate::control::overrides_file::{self, OverridesFileError};
 use crate::control::watch::{OverridesWatch, WatchConfig};
@@ -22,6 +22,7 @@ use crate::control::RoutingConfig;
 use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
 use crate::data::breaker::BreakerConfig;
 use crate::data::limits::Limits;
+use crate::data::policy::{OriginError, Origins, PolicyConfig};
 use crate::data::reroute::RerouteConfig;
 use crate::data::tls_config::{self as tls, TlsError};
 pub use crate::logging::LogFormat;
@@ -249,6 +250,24 @@ pub struct CommonArgs {
         value_delimiter = ','
     )]
     pub tls_key_exchange: Vec<tls::KeyExchange>,
+    /// Where a request names its tenant: `path` (/ws/{tenant}/…), `header:NAME`, or `query:NAME` (e.g. /ws/hub?tenant=acme).
+    #[arg(long, env = "WSROUTER_TENANT_FROM", default_value = "path")]
+    pub tenant_from: TenantFrom,
+    /// Origins that may open sockets (comma list): scheme://host[:port], scheme://*.domain[:port], or null; others get 403. Default: any.
+    #[arg(long, env = "WSROUTER_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// With --allowed-origins, also refuse requests that send no Origin (browsers always send one; other clients often do not).
+    #[arg(long, env = "WSROUTER_REQUIRE_ORIGIN")]
+    pub require_origin: bool,
+    /// Most live sockets one tenant may hold on this router (its ConfigMap entry `max-connections.<tenant>` overrides it); beyond: 429. 0: no cap.
+    #[arg(long, env = "WSROUTER_MAX_CONNECTIONS_PER_TENANT", default_value_t = 0)]
+    pub max_connections_per_tenant: u32,
+    /// New connections per second one source address (IPv6: its /64) may open; beyond: 429. 0: no limit.
+    #[arg(long, env = "WSROUTER_CONNECTION_RATE_PER_IP", default_value_t = 0.0)]
+    pub connection_rate_per_ip: f64,
+    /// How many new connections one source address may open at once before that rate applies.
+    #[arg(long, env = "WSROUTER_CONNECTION_BURST_PER_IP", default_value_t = 20)]
+    pub connection_burst_per_ip: u32,
     /// Consecutive failed upgrades to one backend (refused or reset after retries, or no answer in --backend-timeout) that open its circuit breaker; 0: never.
     #[arg(long, env = "WSROUTER_CIRCUIT_FAILURES", default_value_t = 3)]
     pub circuit_failures: u32,
@@ -288,6 +307,10 @@ pub enum ConfigError {
     ClientHelloOutOfRange,
     #[error("routing table")]
     Table(#[source] wsrouter::table::TableError),
+    #[error(transparent)]
+    Origins(OriginError),
+    #[error("--connection-rate-per-ip must be a number of connections per second, 0 or more")]
+    BadRate,
 }
 
 /// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
@@ -362,6 +385,21 @@ impl CommonArgs {
                 failures: self.circuit_failures,
                 cooldown: self.circuit_cooldown,
             },
+            policy: self.policy()?,
+        })
+    }
+
+    fn policy(&self) -> Result<PolicyConfig, ConfigError> {
+        if !(self.connection_rate_per_ip >= 0.0 && self.connection_rate_per_ip.is_finite()) {
+            return Err(ConfigError::BadRate);
+        }
+        Ok(PolicyConfig {
+            tenant_from: self.tenant_from.clone(),
+            origins: Origins::parse(&self.allowed_origins, !self.require_origin)
+                .map_err(ConfigError::Origins)?,
+            max_per_tenant: self.max_connections_per_tenant,
+            rate_per_ip: self.connection_rate_per_ip,
+            burst_per_ip: self.connection_burst_per_ip,
         })
     }
 

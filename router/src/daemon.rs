@@ -23,6 +23,7 @@ use crate::data::breaker::Breakers;
 use crate::data::listen::Listeners;
 pub use crate::data::listen::ServerError;
 use crate::data::metrics::Metrics;
+use crate::data::policy::RateLimiter;
 use crate::data::reroute::Reroute;
 use crate::data::shared::Shared;
 use crate::state::lifecycle::{Changes, Lifecycle};
@@ -209,6 +210,11 @@ fn build(config: RouterConfig) -> Planes {
         reroute,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
+        policy: config.limits.policy.clone(),
+        rate: RateLimiter::new(
+            config.limits.policy.rate_per_ip,
+            config.limits.policy.burst_per_ip,
+        ),
         admission: Admission::new(
             config.limits.admission(),
             data_metrics.admission.clone(),

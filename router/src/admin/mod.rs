@@ -181,6 +181,7 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
         hash_ordinal: ordinal_for(ns, table.replicas()),
         override_,
         live_sockets: u64::from(shared.live.count(ns)),
+        max_connections: shared.policy.tenant_cap(&table, ns),
         table_version: table.version(),
         table_source: table.source().to_string(),
         fingerprint: fingerprint_view(table.fingerprint()),

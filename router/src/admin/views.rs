@@ -36,6 +36,8 @@ pub struct RouteView {
     #[serde(rename = "override")]
     pub override_: Option<OverrideView>,
     pub live_sockets: u64,
+    /// The most live sockets this tenant may hold on this router (`None`: no cap).
+    pub max_connections: Option<u32>,
     pub table_version: u64,
     pub table_source: String,
     pub fingerprint: FingerprintView,

@@ -50,6 +50,13 @@ pub enum Refusal {
     LiveFull,
     /// Its source already has `--max-connections-per-ip` live connections.
     LivePerIp,
+    /// Its tenant already holds its cap of live sockets (`--max-connections-per-tenant`
+    /// or its ConfigMap entry).
+    TenantCap,
+    /// Its source opened more than `--connection-rate-per-ip` allows.
+    RatePerIp,
+    /// Its Origin is not in `--allowed-origins`.
+    Origin,
 }
 
 impl Refusal {
@@ -58,13 +65,16 @@ impl Refusal {
             Self::PendingPerIp => "pending_per_ip",
             Self::LiveFull => "live_full",
             Self::LivePerIp => "live_per_ip",
+            Self::TenantCap => "tenant_cap",
+            Self::RatePerIp => "rate_per_ip",
+            Self::Origin => "origin",
         }
     }
 }
 
 /// A source address as the per-source caps count it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct Source(u128);
+pub(crate) struct Source(u128);
 
 impl From<IpAddr> for Source {
     fn from(ip: IpAddr) -> Self {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::admission::AdmissionConfig;
 use super::breaker::BreakerConfig;
+use super::policy::PolicyConfig;
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone)]
@@ -23,6 +24,7 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub breaker: BreakerConfig,
+    pub policy: PolicyConfig,
 }
 
 impl Default for Limits {
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             breaker: BreakerConfig::default(),
+            policy: PolicyConfig::default(),
         }
     }
 }

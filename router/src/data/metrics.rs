@@ -94,7 +94,14 @@ impl Metrics {
             .tls_handshake_failures
             .get_or_create(&ReasonLabel { reason: "timeout" })
             .clone();
-        for reason in ["pending_per_ip", "live_full", "live_per_ip"] {
+        for reason in [
+            "pending_per_ip",
+            "live_full",
+            "live_per_ip",
+            "tenant_cap",
+            "rate_per_ip",
+            "origin",
+        ] {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }
         // Zero series from the start, so a rate() or an alert on them has a baseline.

@@ -13,6 +13,7 @@
 //! - [`relay`]: the byte relay between the upgraded sockets, aware of frame boundaries.
 //! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
 //! - [`reroute`]: opt-in 1012 closes for sockets whose tenant moved.
+//! - [`policy`]: who may open a socket: Origin allowlist, rate per source, cap per tenant.
 //! - [`metrics`]: the data path's own counters, registered by the admin listener.
 //! - [`shared`]: what every connection reads (table, limits, pools, metrics, TLS slot).
 //! - [`limits`]: the data path's settings, built by `config`.
@@ -24,6 +25,7 @@ pub mod frame;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod policy;
 pub mod relay;
 pub mod reroute;
 pub mod shared;

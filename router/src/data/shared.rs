@@ -12,6 +12,7 @@ use super::admission::Admission;
 use super::breaker::Breakers;
 use super::limits::Limits;
 use super::metrics::Metrics;
+use super::policy::{PolicyConfig, RateLimiter};
 use super::reroute::Reroute;
 use super::tls_config::TlsSlot;
 use crate::state::lifecycle::Lifecycle;
@@ -38,4 +39,7 @@ pub struct Shared {
     pub admission: Arc<Admission>,
     /// A circuit breaker per backend address.
     pub breakers: Arc<Breakers>,
+    /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
+    pub policy: PolicyConfig,
+    pub rate: RateLimiter,
 }

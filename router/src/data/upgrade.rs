@@ -17,7 +17,9 @@ use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use wsrouter::{AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource};
+use wsrouter::{
+    AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource, TenantFrom,
+};
 
 use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
 use crate::data::breaker::Transition;
@@ -51,6 +53,14 @@ pub enum ProxyError {
     UnsupportedVersion,
     #[error("at capacity ({})", .0.as_str())]
     AtCapacity(Refusal),
+    #[error("too many new connections from this address; retry after {retry_after}s")]
+    RateLimited { retry_after: u32 },
+    #[error("this tenant has as many sockets as it may hold here; retry later")]
+    TenantFull,
+    #[error("origin not allowed")]
+    OriginDenied,
+    #[error("{0}")]
+    NoTenant(#[source] PathError),
     #[error("shutting down")]
     ShuttingDown,
     #[error("backend {ordinal} ({addr}) answered 101 with a bad handshake: {why}")]
@@ -95,24 +105,43 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::BadNamespace(_) | Self::AmbiguousPath(_) | Self::BadHost(_) | Self::BadKey => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadNamespace(_)
+            | Self::AmbiguousPath(_)
+            | Self::BadHost(_)
+            | Self::BadKey
+            | Self::NoTenant(_) => StatusCode::BAD_REQUEST,
+            Self::OriginDenied => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } | Self::TenantFull => StatusCode::TOO_MANY_REQUESTS,
             Self::UpgradeRequired | Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
             Self::BackendUnreachable { .. }
             | Self::BackendProtocol { .. }
             | Self::BackendBadUpgrade { .. }
             | Self::BackendBadHandshake { .. } => StatusCode::BAD_GATEWAY,
             Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            Self::AtCapacity(Refusal::LivePerIp) | Self::AtCapacity(Refusal::PendingPerIp) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            Self::AtCapacity(
+                Refusal::LivePerIp
+                | Refusal::PendingPerIp
+                | Refusal::TenantCap
+                | Refusal::RatePerIp,
+            ) => StatusCode::TOO_MANY_REQUESTS,
+            Self::AtCapacity(Refusal::Origin) => StatusCode::FORBIDDEN,
             Self::NoTable
             | Self::BackendNotServing { .. }
             | Self::BackendUnknown { .. }
             | Self::BackendCircuitOpen { .. }
             | Self::AtCapacity(Refusal::LiveFull)
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// Refused by a cap or rule on who may connect: counted by reason.
+    fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Self::AtCapacity(r) => Some(*r),
+            Self::RateLimited { .. } => Some(Refusal::RatePerIp),
+            Self::TenantFull => Some(Refusal::TenantCap),
+            Self::OriginDenied => Some(Refusal::Origin),
+            _ => None,
         }
     }
 
@@ -163,6 +192,9 @@ impl ProxyError {
     fn retry_after(&self) -> Option<u32> {
         match self {
             Self::NoTable | Self::AtCapacity(_) | Self::ShuttingDown => Some(1),
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            // Sockets of a busy tenant end at their own pace; a few seconds is polite.
+            Self::TenantFull => Some(5),
             // The EndpointSlices name a pod within a second or two of its start.
             Self::BackendUnknown { .. } => Some(2),
             // A pod restart takes seconds; sooner would only be refused again.
@@ -197,7 +229,11 @@ impl ProxyError {
             | Self::BadHost(_)
             | Self::BadKey
             | Self::UpgradeRequired
-            | Self::UnsupportedVersion => format!("{self}\n"),
+            | Self::UnsupportedVersion
+            | Self::RateLimited { .. }
+            | Self::TenantFull
+            | Self::OriginDenied
+            | Self::NoTenant(_) => format!("{self}\n"),
         }
     }
 
@@ -285,6 +321,8 @@ struct Routed {
     source: RouteSource,
     table_version: u64,
     fingerprint: Fingerprint,
+    /// Live sockets this tenant may hold here (`None`: no cap).
+    tenant_cap: Option<u32>,
     /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
     host: HeaderValue,
 }
@@ -306,15 +344,16 @@ where
     let resp = match forward::<I>(&mut req, &ctx).await {
         Ok(resp) => resp,
         Err(e) => {
-            if let ProxyError::AtCapacity(why) = &e {
-                ctx.shared.metrics.refused(*why);
+            if let Some(why) = e.refusal() {
+                ctx.shared.metrics.refused(why);
             }
             if let ProxyError::BackendBadHandshake { why, .. } = &e {
                 ctx.shared.metrics.bad_backend_handshake(why.as_str());
             }
             match &e {
                 e if e.is_client_error()
-                    || matches!(e, ProxyError::AtCapacity(_) | ProxyError::ShuttingDown) =>
+                    || e.refusal().is_some()
+                    || matches!(e, ProxyError::ShuttingDown) =>
                 {
                     tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status = e.status().as_u16(), reason = %e, "request refused");
                 }
@@ -368,12 +407,23 @@ where
     I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
 {
     let (routed, key) = route_request(req, &ctx.shared)?;
-    // From here the connection counts against the live pool, backend socket included.
-    let live = ctx
-        .shared
+    let shared = &ctx.shared;
+    shared
+        .rate
+        .take(ctx.peer.ip(), Instant::now())
+        .map_err(|wait| ProxyError::RateLimited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+        })?;
+    // From here the connection counts against the live pool, backend socket included,
+    // and against its tenant's cap.
+    let live = shared
         .admission
         .admit_live(ctx.peer.ip())
         .map_err(ProxyError::AtCapacity)?;
+    let tenant_slot = shared
+        .live
+        .try_register(&routed.tenant, routed.tenant_cap)
+        .ok_or(ProxyError::TenantFull)?;
     let (head, backend, backend_pre) = match upgrade_with_backend(req, ctx, &routed, &key).await? {
         BackendAnswer::Refused(resp) => return Ok(relay_refusal(&routed, resp)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
@@ -381,6 +431,7 @@ where
     let resp = answer_101(head.headers, &routed);
     let pending = PendingRelay {
         routed,
+        tenant_slot,
         backend,
         backend_pre,
         live,
@@ -405,16 +456,38 @@ fn route_request(
     shared: &Shared,
 ) -> Result<(Routed, HeaderValue), ProxyError> {
     let host = request_host(req).map_err(ProxyError::BadHost)?;
-    let tenant = match shared.prefix.namespace(req.uri().path()) {
+    let policy = &shared.policy;
+    let header: Vec<&[u8]> = match &policy.tenant_from {
+        TenantFrom::Header(name) => req
+            .headers()
+            .get_all(name.as_str())
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect(),
+        _ => Vec::new(),
+    };
+    let tenant = match shared.prefix.tenant(
+        &policy.tenant_from,
+        req.uri().path(),
+        req.uri().query(),
+        &header,
+    ) {
         Ok(ns) => ns,
         Err(PathError::NotUnderPrefix) => return Err(ProxyError::NotFound),
         Err(PathError::Namespace(e)) => return Err(ProxyError::BadNamespace(e)),
         Err(PathError::Ambiguous(e)) => return Err(ProxyError::AmbiguousPath(e)),
+        Err(e @ (PathError::Missing(_) | PathError::Repeated(_))) => {
+            return Err(ProxyError::NoTenant(e))
+        }
     };
     if !is_websocket_upgrade(req) {
         return Err(ProxyError::UpgradeRequired);
     }
     let key = websocket_key(req.headers())?;
+    // Cross-site WebSocket hijacking stops here, before any backend is touched.
+    if !policy.origins.allows(req.headers()) {
+        return Err(ProxyError::OriginDenied);
+    }
     let routed = {
         let guard = shared.table.load();
         let Some(table) = guard.as_deref() else {
@@ -446,6 +519,7 @@ fn route_request(
             source: route.source,
             table_version: table.version(),
             fingerprint: table.fingerprint(),
+            tenant_cap: policy.tenant_cap(table, tenant),
             host,
         }
     };
@@ -587,6 +661,8 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
 /// the client's side of the upgrade completes.
 struct PendingRelay {
     routed: Routed,
+    /// Counted against its tenant since before the backend was asked.
+    tenant_slot: crate::state::tenants::LiveGuard,
     backend: TcpStream,
     backend_pre: Bytes,
     live: LiveSlot,
@@ -632,6 +708,7 @@ impl PendingRelay {
     {
         let Self {
             routed,
+            tenant_slot,
             backend,
             backend_pre,
             live,
@@ -640,7 +717,6 @@ impl PendingRelay {
             shared,
         } = self;
         let started = Instant::now();
-        let _live = shared.live.register(&routed.tenant);
         // One lookup for this relay's gauge; it is decremented through the same handle.
         let active = shared
             .metrics
@@ -671,7 +747,7 @@ impl PendingRelay {
             active,
             shared,
             _slot: live,
-            _live,
+            _live: tenant_slot,
         };
         tasks.spawn(live.run(relay));
     }
@@ -711,8 +787,10 @@ struct LiveRelay {
     started: Instant,
     active: prometheus_client::metrics::gauge::Gauge,
     shared: Arc<Shared>,
-    _slot: LiveSlot,
+    // Fields drop in this order: the tenant's count first, then the live pool's place,
+    // whose release wakes whoever waits on a change, so they see both.
     _live: crate::state::tenants::LiveGuard,
+    _slot: LiveSlot,
 }
 
 impl LiveRelay {

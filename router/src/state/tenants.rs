@@ -31,6 +31,23 @@ impl LiveTenants {
         }
     }
 
+    /// Like [`register`](Self::register), unless `tenant` already holds `cap` sockets
+    /// (checked and counted under one lock, so concurrent opens cannot overshoot).
+    pub fn try_register(self: &Arc<Self>, tenant: &str, cap: Option<u32>) -> Option<LiveGuard> {
+        {
+            let mut shard = self.shard(tenant);
+            let n = shard.get(tenant).copied().unwrap_or(0);
+            if cap.is_some_and(|c| n >= c) {
+                return None;
+            }
+            shard.insert(tenant.into(), n + 1);
+        }
+        Some(LiveGuard {
+            registry: self.clone(),
+            tenant: tenant.into(),
+        })
+    }
+
     pub fn count(&self, tenant: &str) -> u32 {
         self.shard(tenant).get(tenant).copied().unwrap_or(0)
     }
@@ -84,5 +101,13 @@ mod tests {
         assert_eq!(snap, vec![("a".into(), 1), ("b".into(), 1)]);
         drop((a2, b));
         assert!(live.snapshot().is_empty());
+        let c1 = live.try_register("c", Some(2));
+        let c2 = live.try_register("c", Some(2));
+        assert!(c1.is_some() && c2.is_some());
+        assert!(live.try_register("c", Some(2)).is_none());
+        assert!(live.try_register("c", None).is_some());
+        drop(c1);
+        assert_eq!(live.count("c"), 1);
+        assert!(live.try_register("c", Some(2)).is_some());
     }
 }

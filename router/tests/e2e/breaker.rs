@@ -2,72 +2,13 @@
 //! timeout, and a pod that keeps failing is circuit-broken (503 + Retry-After with no
 //! connect attempt for a cool-down, then one probe).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use router::data::breaker::BreakerConfig;
 use serde_json::Value;
-use tokio::net::TcpListener;
 
 use crate::harness::*;
-
-/// A pod on one address that resets every connection while `resetting` (its process is
-/// starting, or failing), then serves as an echo backend on the same listener.
-struct FlakyPod {
-    addr: std::net::SocketAddr,
-    accepted: Arc<AtomicUsize>,
-    resetting: Arc<AtomicBool>,
-}
-
-impl FlakyPod {
-    /// Resets the first `resets` connections (all while `resets` is `None`), then serves.
-    async fn start(resets: Option<usize>) -> Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let resetting = Arc::new(AtomicBool::new(true));
-        let (n, r) = (accepted.clone(), resetting.clone());
-        // One echo server behind the gate: connections it lets through are handed to it
-        // over a loopback hop, so the pod keeps one address throughout.
-        let echo = TcpListener::bind("127.0.0.1:0").await?;
-        let echo_addr = echo.local_addr()?;
-        let echo = backend::serve(echo, backend::EchoConfig::new("backend-0"))?;
-        tokio::spawn(async move {
-            let _echo = echo;
-            while let Ok((mut s, _)) = listener.accept().await {
-                let seen = n.fetch_add(1, Ordering::SeqCst) + 1;
-                if resets.is_some_and(|k| seen > k) {
-                    r.store(false, Ordering::SeqCst);
-                }
-                if r.load(Ordering::SeqCst) {
-                    let _ = s.set_zero_linger();
-                    drop(s);
-                    continue;
-                }
-                tokio::spawn(async move {
-                    if let Ok(mut up) = tokio::net::TcpStream::connect(echo_addr).await {
-                        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            addr,
-            accepted,
-            resetting,
-        })
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-
-    fn recover(&self) {
-        self.resetting.store(false, Ordering::SeqCst);
-    }
-}
 
 fn options(pod: &FlakyPod, breaker: BreakerConfig) -> Options {
     let mut limits = limits();

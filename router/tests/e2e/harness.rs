@@ -413,6 +413,23 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
     RawResponse::parse(&out)
 }
 
+/// Sends raw bytes over plain TCP and reads the answer's head only.
+pub async fn plain_head(addr: SocketAddr, request: &[u8]) -> Result<String> {
+    let mut tcp = TcpStream::connect(addr).await?;
+    tcp.write_all(request).await?;
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    within(WAIT, "a response head", async {
+        while !out.ends_with(b"\r\n\r\n") {
+            anyhow::ensure!(tcp.read(&mut b).await? == 1, "closed before a head");
+            out.push(b[0]);
+        }
+        Ok(())
+    })
+    .await??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
 /// Sends raw bytes over plain TCP and reads the whole answer (the router closes after it).
 pub async fn plain_raw(addr: SocketAddr, request: &[u8]) -> Result<RawResponse> {
     let mut tcp = TcpStream::connect(addr).await?;
@@ -702,4 +719,61 @@ pub fn upgrade_request(path: &str) -> Vec<u8> {
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
     .into_bytes()
+}
+
+/// A pod on one address that resets every connection while `resetting` (its process is
+/// starting, or failing), then serves as an echo backend on the same listener.
+pub struct FlakyPod {
+    pub addr: std::net::SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    resetting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FlakyPod {
+    /// Resets the first `resets` connections (all while `resets` is `None`), then serves.
+    pub async fn start(resets: Option<usize>) -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let resetting = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (n, r) = (accepted.clone(), resetting.clone());
+        // One echo server behind the gate: connections it lets through are handed to it
+        // over a loopback hop, so the pod keeps one address throughout.
+        let echo = TcpListener::bind("127.0.0.1:0").await?;
+        let echo_addr = echo.local_addr()?;
+        let echo = backend::serve(echo, backend::EchoConfig::new("backend-0"))?;
+        tokio::spawn(async move {
+            let _echo = echo;
+            while let Ok((mut s, _)) = listener.accept().await {
+                let seen = n.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if resets.is_some_and(|k| seen > k) {
+                    r.store(false, std::sync::atomic::Ordering::SeqCst);
+                }
+                if r.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = s.set_zero_linger();
+                    drop(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(echo_addr).await {
+                        let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            accepted,
+            resetting,
+        })
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn recover(&self) {
+        self.resetting
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
 }

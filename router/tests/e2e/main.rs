@@ -3,6 +3,7 @@
 mod breaker;
 mod certs;
 mod dev;
+mod edge;
 mod fake_api;
 mod files;
 mod fleet;
