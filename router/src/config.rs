@@ -21,8 +21,9 @@ use crate::control::watch::{OverridesWatch, WatchConfig};
 use crate::control::RoutingConfig;
 use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
 use crate::data::breaker::BreakerConfig;
-use crate::data::limits::Limits;
+use crate::data::limits::{Limits, SocketTimers};
 use crate::data::policy::{OriginError, Origins, PolicyConfig};
+use crate::data::relay::Ping;
 use crate::data::reroute::RerouteConfig;
 use crate::data::tls_config::{self as tls, TlsError};
 pub use crate::logging::LogFormat;
@@ -250,6 +251,27 @@ pub struct CommonArgs {
         value_delimiter = ','
     )]
     pub tls_key_exchange: Vec<tls::KeyExchange>,
+    /// TCP keepalive on client and backend sockets: idle time before the first probe (then every 10s, 3 probes); 0s: off.
+    #[arg(long, env = "WSROUTER_TCP_KEEPALIVE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub tcp_keepalive: Duration,
+    /// Close (1001 both ways) a socket that carried no data frame either way for this long; pings do not count. Default: never.
+    #[arg(long, env = "WSROUTER_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
+    /// Close (1012, at a frame boundary) a socket this old, so clients rebalance. Default: never.
+    #[arg(long, env = "WSROUTER_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Option<Duration>,
+    /// Each socket's age limit gets up to this much more, at random, so a fleet does not reconnect at once [default: a tenth of --max-connection-age]
+    #[arg(long, env = "WSROUTER_MAX_CONNECTION_AGE_JITTER", value_parser = humantime::parse_duration)]
+    pub max_connection_age_jitter: Option<Duration>,
+    /// Ping each client this often (at a frame boundary; its pong is not passed on). Default: off.
+    #[arg(long, env = "WSROUTER_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    pub ping_interval: Option<Duration>,
+    /// Ping each backend socket this often, likewise. Default: off.
+    #[arg(long, env = "WSROUTER_BACKEND_PING_INTERVAL", value_parser = humantime::parse_duration)]
+    pub backend_ping_interval: Option<Duration>,
+    /// A peer that does not answer a ping within this is gone: the other side gets 1001.
+    #[arg(long, env = "WSROUTER_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub ping_timeout: Duration,
     /// Where a request names its tenant: `path` (/ws/{tenant}/…), `header:NAME`, or `query:NAME` (e.g. /ws/hub?tenant=acme).
     #[arg(long, env = "WSROUTER_TENANT_FROM", default_value = "path")]
     pub tenant_from: TenantFrom,
@@ -309,6 +331,8 @@ pub enum ConfigError {
     Table(#[source] wsrouter::table::TableError),
     #[error(transparent)]
     Origins(OriginError),
+    #[error("{0} must be more than 0 (leave it out to turn it off)")]
+    ZeroDuration(&'static str),
     #[error("--connection-rate-per-ip must be a number of connections per second, 0 or more")]
     BadRate,
 }
@@ -386,6 +410,35 @@ impl CommonArgs {
                 cooldown: self.circuit_cooldown,
             },
             policy: self.policy()?,
+            timers: self.timers()?,
+        })
+    }
+
+    fn timers(&self) -> Result<SocketTimers, ConfigError> {
+        let nonzero = |d: Option<Duration>, flag: &'static str| match d {
+            Some(d) if d.is_zero() => Err(ConfigError::ZeroDuration(flag)),
+            d => Ok(d),
+        };
+        let ping = |interval: Option<Duration>, flag| {
+            Ok::<_, ConfigError>(nonzero(interval, flag)?.map(|interval| Ping {
+                interval,
+                timeout: self.ping_timeout,
+            }))
+        };
+        if self.ping_timeout.is_zero() {
+            return Err(ConfigError::ZeroDuration("--ping-timeout"));
+        }
+        let max_age = nonzero(self.max_connection_age, "--max-connection-age")?;
+        Ok(SocketTimers {
+            tcp_keepalive: (!self.tcp_keepalive.is_zero()).then_some(self.tcp_keepalive),
+            idle_timeout: nonzero(self.idle_timeout, "--idle-timeout")?,
+            max_age,
+            max_age_jitter: self
+                .max_connection_age_jitter
+                .or(max_age.map(|a| a / 10))
+                .unwrap_or_default(),
+            client_ping: ping(self.ping_interval, "--ping-interval")?,
+            backend_ping: ping(self.backend_ping_interval, "--backend-ping-interval")?,
         })
     }
 

@@ -4,13 +4,15 @@
 
 /// Close codes the router sends itself (RFC 6455 §7.4.1 and the IANA registry).
 pub mod code {
-    /// The router is shutting down.
+    /// The router is shutting down, or the peer went quiet (idle or ping timeout).
     pub const GOING_AWAY: u16 = 1001;
     /// The tenant moved to another backend: reconnect (`--reroute-drain`).
     pub const SERVICE_RESTART: u16 = 1012;
 }
 
 const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
 
 /// Tracks frame structure over the bytes written in one direction.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +29,9 @@ pub struct FrameCursor {
     desynced: bool,
     passed_close: bool,
     last_close_code: Option<u16>,
+    /// Data frames (text, binary, continuation) begun: what "activity" means for the
+    /// idle timeout; control frames do not count.
+    data_frames: u64,
 }
 
 impl Default for FrameCursor {
@@ -44,6 +49,7 @@ impl Default for FrameCursor {
             desynced: false,
             passed_close: false,
             last_close_code: None,
+            data_frames: 0,
         }
     }
 }
@@ -64,6 +70,11 @@ impl FrameCursor {
     /// A whole close frame has gone through.
     pub fn passed_close(&self) -> bool {
         self.passed_close
+    }
+
+    /// Data frames begun so far.
+    pub fn data_frames(&self) -> u64 {
+        self.data_frames
     }
 
     /// The code of the last close frame that went through, if it had one.
@@ -173,6 +184,9 @@ impl FrameCursor {
         }
         self.mask = masked.then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
         self.opcode = opcode;
+        if opcode & 0x8 == 0 {
+            self.data_frames += 1;
+        }
         self.remaining = len;
         self.payload_seen = 0;
         self.in_payload = true;
@@ -198,6 +212,85 @@ fn header_len(b1: u8) -> u8 {
         _ => 0,
     };
     2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
+}
+
+/// The length (header and payload) of the frame `data` begins with, once its header is
+/// all there.
+pub fn frame_len(data: &[u8]) -> Option<u64> {
+    let b1 = *data.get(1)?;
+    let header = usize::from(header_len(b1));
+    let h = data.get(..header)?;
+    let payload = match b1 & 0x7f {
+        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+        n => u64::from(n),
+    };
+    Some(header as u64 + payload)
+}
+
+/// A ping frame carrying `token`, masked toward a server.
+pub fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + 4 + 8);
+    out.push(0x80 | OP_PING);
+    match mask {
+        None => {
+            out.push(8);
+            out.extend_from_slice(&token);
+        }
+        Some(key) => {
+            out.push(0x80 | 8);
+            out.extend_from_slice(&key);
+            out.extend(token.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+    }
+    out
+}
+
+/// What the bytes at a frame boundary say about a pong carrying `token`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PongMatch {
+    /// A whole pong frame of this many bytes, carrying the token.
+    Ours(usize),
+    /// Not (or not yet known to be) our pong: pass it on.
+    Other,
+    /// Could be our pong, but the frame is not all here yet (at most 14 + 125 bytes).
+    Partial,
+}
+
+/// Whether `data`, starting at a frame boundary, begins with a pong carrying `token`.
+/// Only headers and the small control payload are read: a pong is at most 125 bytes.
+pub fn match_pong(data: &[u8], token: &[u8; 8]) -> PongMatch {
+    if data.len() < 2 {
+        return if data.first().is_none_or(|b| b & 0x0f == OP_PONG) {
+            PongMatch::Partial
+        } else {
+            PongMatch::Other
+        };
+    }
+    let (b0, b1) = (data[0], data[1]);
+    if b0 & 0x0f != OP_PONG || b0 & 0x80 == 0 || b1 & 0x7f != 8 {
+        return PongMatch::Other;
+    }
+    let masked = b1 & 0x80 != 0;
+    let header = if masked { 6 } else { 2 };
+    let total = header + 8;
+    if data.len() < total {
+        return PongMatch::Partial;
+    }
+    let key = if masked {
+        [data[2], data[3], data[4], data[5]]
+    } else {
+        [0; 4]
+    };
+    let ours = data[header..total]
+        .iter()
+        .enumerate()
+        .all(|(i, b)| b ^ key[i % 4] == token[i]);
+    if ours {
+        PongMatch::Ours(total)
+    } else {
+        PongMatch::Other
+    }
 }
 
 /// A close frame with `code` and a short reason. Frames toward a server (the backend)

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::admission::AdmissionConfig;
 use super::breaker::BreakerConfig;
 use super::policy::PolicyConfig;
+use super::relay::{Ping, RelayConfig};
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone)]
@@ -25,6 +26,43 @@ pub struct Limits {
     pub max_headers: usize,
     pub breaker: BreakerConfig,
     pub policy: PolicyConfig,
+    pub timers: SocketTimers,
+}
+
+/// How long a relayed socket may live, and how the router notices a dead peer.
+#[derive(Debug, Clone, Default)]
+pub struct SocketTimers {
+    /// TCP keepalive on client and backend sockets: idle time before the first probe
+    /// (then every 10 s, 3 probes); `None`: off.
+    pub tcp_keepalive: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_age: Option<Duration>,
+    /// Each socket's age limit is `max_age` plus up to this much, at random.
+    pub max_age_jitter: Duration,
+    pub client_ping: Option<Ping>,
+    pub backend_ping: Option<Ping>,
+}
+
+impl SocketTimers {
+    /// One socket's relay settings: its own jittered age limit.
+    pub fn relay_config(&self, close_timeout: Duration, salt: u64) -> RelayConfig {
+        use std::hash::BuildHasher;
+        let jitter = if self.max_age_jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            let r = std::hash::RandomState::new().hash_one(salt);
+            // A uniform fraction of the window, from the hash's top 53 bits.
+            self.max_age_jitter
+                .mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
+        };
+        RelayConfig {
+            close_timeout,
+            idle_timeout: self.idle_timeout,
+            max_age: self.max_age.map(|a| a + jitter),
+            client_ping: self.client_ping,
+            backend_ping: self.backend_ping,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -45,6 +83,10 @@ impl Default for Limits {
             max_headers: 64,
             breaker: BreakerConfig::default(),
             policy: PolicyConfig::default(),
+            timers: SocketTimers {
+                tcp_keepalive: Some(Duration::from_secs(60)),
+                ..SocketTimers::default()
+            },
         }
     }
 }

@@ -203,6 +203,9 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut slot: PendingSlot) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
+    if let Some(idle) = shared.limits.timers.tcp_keepalive {
+        let _ = super::sys::set_keepalive(&tcp, idle);
+    }
     let evicted = slot.evicted();
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
         slot.hold(REQUEST_HEAD_BYTES);

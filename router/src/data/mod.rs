@@ -29,7 +29,7 @@ pub mod policy;
 pub mod relay;
 pub mod reroute;
 pub mod shared;
-mod sys;
+pub(crate) mod sys;
 pub mod tls_config;
 pub mod tls_stream;
 pub mod upgrade;

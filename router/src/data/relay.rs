@@ -31,7 +31,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::data::frame::{close_frame, code, FrameCursor};
+use crate::data::frame::{
+    close_frame, code, frame_len, match_pong, ping_frame, FrameCursor, PongMatch,
+};
 
 /// Ends a connection abruptly (a TCP reset), to pass on a peer's reset as it was.
 pub trait Reset {
@@ -71,6 +73,34 @@ pub struct RelayConfig {
     /// Once one side has ended, a close frame has passed, or a drain began, how long
     /// the rest may take.
     pub close_timeout: Duration,
+    /// No data frame either way for this long: close 1001 to both sides.
+    pub idle_timeout: Option<Duration>,
+    /// This socket's lifetime (already jittered): then close 1012 to both sides.
+    pub max_age: Option<Duration>,
+    /// Ping the client this often and give up on it (close 1001) without a pong this soon.
+    pub client_ping: Option<Ping>,
+    /// The same toward the backend.
+    pub backend_ping: Option<Ping>,
+}
+
+/// Router-originated pings toward one peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Ping {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl RelayConfig {
+    /// Only the close timeout: no idle, age or ping timers.
+    pub fn closing_within(close_timeout: Duration) -> Self {
+        Self {
+            close_timeout,
+            idle_timeout: None,
+            max_age: None,
+            client_ping: None,
+            backend_ping: None,
+        }
+    }
 }
 
 /// Why a relayed connection ended: the first thing that happened.
@@ -92,6 +122,12 @@ pub enum CloseReason {
     Shutdown,
     /// The router closed it because the tenant's route moved (`--reroute-drain`).
     Rerouted,
+    /// No data frame either way for `--idle-timeout`.
+    Idle,
+    /// The client (or the backend) did not answer the router's ping in time.
+    PingTimeout,
+    /// The socket reached `--max-connection-age`.
+    MaxAge,
 }
 
 impl CloseReason {
@@ -105,6 +141,9 @@ impl CloseReason {
             Self::BackendError => "backend_error",
             Self::Shutdown => "shutdown",
             Self::Rerouted => "rerouted",
+            Self::Idle => "idle",
+            Self::PingTimeout => "ping_timeout",
+            Self::MaxAge => "max_age",
         }
     }
 }
@@ -149,6 +188,24 @@ impl Stop {
         reason: "tenant moved; reconnect",
         close_reason: CloseReason::Rerouted,
     };
+    /// No data either way for the idle timeout: 1001 going away.
+    pub const IDLE: Stop = Stop {
+        code: code::GOING_AWAY,
+        reason: "idle timeout",
+        close_reason: CloseReason::Idle,
+    };
+    /// A peer did not answer the router's ping: the other side hears 1001.
+    pub const PING_TIMEOUT: Stop = Stop {
+        code: code::GOING_AWAY,
+        reason: "peer did not answer ping",
+        close_reason: CloseReason::PingTimeout,
+    };
+    /// The socket is as old as it may get: 1012, reconnect (to wherever it routes now).
+    pub const MAX_AGE: Stop = Stop {
+        code: code::SERVICE_RESTART,
+        reason: "connection age limit; reconnect",
+        close_reason: CloseReason::MaxAge,
+    };
 }
 
 /// Relays until both directions end. `client_pre` and `backend_pre` are bytes each side
@@ -179,6 +236,7 @@ where
         deadline: None,
         reason: None,
         timed_out: false,
+        timers: Timers::new(&config),
     }
 }
 
@@ -230,6 +288,15 @@ struct Pump {
     /// The source was reset and the sink has been reset in turn: the whole connection
     /// is over, both ways.
     reset_sent: bool,
+    /// A router ping to write toward the sink at the next frame boundary.
+    ping_out: Option<Vec<u8>>,
+    /// The router pinged the source with this token: its pong is taken out of the
+    /// stream, never passed on.
+    pong_token: Option<[u8; 8]>,
+    /// That pong has come.
+    pong_seen: bool,
+    /// The start of what may be that pong, read but not yet all here.
+    pong_partial: Vec<u8>,
 }
 
 impl Pump {
@@ -249,7 +316,61 @@ impl Pump {
             injected: None,
             event: None,
             reset_sent: false,
+            ping_out: None,
+            pong_token: None,
+            pong_seen: false,
+            pong_partial: Vec::new(),
         }
+    }
+
+    /// Something waits for the next frame boundary: a close or a ping.
+    fn want_boundary(&self) -> bool {
+        self.stop.is_some() || self.ping_out.is_some()
+    }
+
+    /// At a frame boundary: the pending ping goes out first, then what was held.
+    fn start_ping(&mut self) {
+        if let Some(ping) = self.ping_out.take() {
+            let mut next = ping;
+            next.extend_from_slice(&self.buf[self.pos..]);
+            self.buf = next;
+            self.pos = 0;
+        }
+    }
+
+    /// Takes the router's pong out of freshly read `data` (the source's bytes, nothing
+    /// held before them), or keeps the start of a pong that is not all here yet.
+    fn strip_pong(&mut self, mut data: Vec<u8>) -> Vec<u8> {
+        let Some(token) = self.pong_token else {
+            return data;
+        };
+        if self.frames.desynced() {
+            return data;
+        }
+        // The first boundary in `data`: where the frame being written ends.
+        let mut at = match self.frames.bytes_to_boundary(&data) {
+            Some(n) => n,
+            None => return data,
+        };
+        while at < data.len() {
+            match match_pong(&data[at..], &token) {
+                PongMatch::Ours(len) => {
+                    self.pong_seen = true;
+                    self.pong_token = None;
+                    data.drain(at..at + len);
+                    return data;
+                }
+                PongMatch::Partial => {
+                    self.pong_partial = data.split_off(at);
+                    return data;
+                }
+                PongMatch::Other => match frame_len(&data[at..]) {
+                    Some(n) if (at as u64 + n) <= data.len() as u64 => at += n as usize,
+                    _ => break,
+                },
+            }
+        }
+        data
     }
 
     /// `data` has reached the sink: follow its frames and count it.
@@ -271,7 +392,7 @@ impl Pump {
         W: AsyncWrite + ?Sized,
     {
         let mut done = 0;
-        while self.stop.is_none() && done < data.len() {
+        while !self.want_boundary() && done < data.len() {
             match dst.as_mut().poll_write(cx, &data[done..]) {
                 Poll::Ready(Ok(w)) if w > 0 => {
                     self.wrote(&data[done..done + w]);
@@ -372,16 +493,20 @@ impl Pump {
         W: AsyncWrite + ?Sized,
     {
         let avail = &self.buf[self.pos..];
-        let n = match self.stop {
-            Some((code, reason)) => match self.frames.bytes_to_boundary(avail) {
+        let n = if self.want_boundary() {
+            match self.frames.bytes_to_boundary(avail) {
                 Some(0) => {
-                    self.begin_inject(code, reason);
+                    match self.stop {
+                        Some((code, reason)) => self.begin_inject(code, reason),
+                        None => self.start_ping(),
+                    }
                     return Poll::Ready(());
                 }
                 Some(n) => n,
                 None => avail.len(),
-            },
-            None => avail.len(),
+            }
+        } else {
+            avail.len()
         };
         match ready!(dst.as_mut().poll_write(cx, &avail[..n])) {
             Ok(w) if w > 0 => {
@@ -429,6 +554,14 @@ impl Pump {
                 self.begin_inject(code, reason);
                 return Poll::Ready(());
             }
+        } else if self.ping_out.is_some() {
+            if self.frames.desynced() {
+                // Boundaries are unknown: a ping now could land inside a frame.
+                self.ping_out = None;
+            } else if self.frames.at_boundary() {
+                self.start_ping();
+                return Poll::Ready(());
+            }
         }
         let read = SCRATCH.with_borrow_mut(|scratch| {
             let mut rb = ReadBuf::new(scratch);
@@ -436,7 +569,15 @@ impl Pump {
             let n = rb.filled().len();
             match r {
                 Poll::Ready(Ok(())) if n > 0 => {
-                    self.forward(cx, dst.as_mut(), &scratch[..n]);
+                    if self.pong_token.is_some() || !self.pong_partial.is_empty() {
+                        // Once per ping: copy, so the pong can be cut out.
+                        let mut data = std::mem::take(&mut self.pong_partial);
+                        data.extend_from_slice(&scratch[..n]);
+                        let data = self.strip_pong(data);
+                        self.forward(cx, dst.as_mut(), &data);
+                    } else {
+                        self.forward(cx, dst.as_mut(), &scratch[..n]);
+                    }
                     Poll::Ready(Ok(n))
                 }
                 Poll::Ready(r) => Poll::Ready(r.map(|()| 0)),
@@ -447,6 +588,11 @@ impl Pump {
             Poll::Ready(Ok(0)) => {
                 self.note(Event::ReadEof);
                 self.read_ended = true;
+                // A partial frame at the end is passed on as it came.
+                if !self.pong_partial.is_empty() {
+                    self.buf = std::mem::take(&mut self.pong_partial);
+                    self.pos = 0;
+                }
             }
             Poll::Ready(Ok(_)) => {}
             Poll::Ready(Err(e)) => self.read_error(&e),
@@ -547,6 +693,7 @@ pub struct Relay<C, B> {
     deadline: Option<Pin<Box<Sleep>>>,
     reason: Option<CloseReason>,
     timed_out: bool,
+    timers: Timers,
 }
 
 impl<C, B> Relay<C, B> {
@@ -647,6 +794,14 @@ where
             .to_client
             .poll_pump(cx, Pin::new(&mut this.backend), Pin::new(&mut this.client))
             .is_ready();
+        if let Some(why) = this
+            .timers
+            .poll(cx, &mut this.to_client, &mut this.to_backend)
+        {
+            this.stop(why);
+            // The pumps must see the stop (or a ping) now, not at their next wake-up.
+            cx.waker().wake_by_ref();
+        }
         this.withdraw_stops();
         this.note_reason();
         // A reset ends both directions at once; dropping the sockets now resets the one
@@ -668,6 +823,145 @@ where
     }
 }
 
+/// The relay's clocks, each only when configured (an idle relay holds just the ones it
+/// uses): idle, age and pings. Checked when the relay is polled; each sleep wakes it.
+struct Timers {
+    idle: Option<Box<Idle>>,
+    age: Option<Pin<Box<Sleep>>>,
+    client_ping: Option<Box<Pinger>>,
+    backend_ping: Option<Box<Pinger>>,
+}
+
+/// The idle timeout, checked four times per period against the data frames counted so
+/// far: a socket closes between one and one and a quarter periods after its last data.
+struct Idle {
+    check: Pin<Box<Sleep>>,
+    every: Duration,
+    frames: u64,
+    quiet_checks: u8,
+}
+
+/// Pings toward one peer: each interval a ping (at a frame boundary), and the peer's
+/// pong due within the timeout.
+struct Pinger {
+    ping: Ping,
+    sleep: Pin<Box<Sleep>>,
+    waiting: bool,
+    sent: u64,
+    salt: u64,
+}
+
+impl Timers {
+    fn new(c: &RelayConfig) -> Self {
+        let sleep = |d: Duration| Box::pin(tokio::time::sleep(d));
+        let pinger = |p: Ping| {
+            Box::new(Pinger {
+                ping: p,
+                sleep: sleep(p.interval),
+                waiting: false,
+                sent: 0,
+                salt: RandomState::new().hash_one(p.interval),
+            })
+        };
+        Self {
+            idle: c.idle_timeout.map(|t| {
+                let every = t / 4;
+                Box::new(Idle {
+                    check: sleep(every),
+                    every,
+                    frames: 0,
+                    quiet_checks: 0,
+                })
+            }),
+            age: c.max_age.map(sleep),
+            client_ping: c.client_ping.map(pinger),
+            backend_ping: c.backend_ping.map(pinger),
+        }
+    }
+
+    /// Runs the clocks: a stop when one says the socket is done; pings queued as due.
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        to_client: &mut Pump,
+        to_backend: &mut Pump,
+    ) -> Option<Stop> {
+        if let Some(age) = self.age.as_mut() {
+            if age.as_mut().poll(cx).is_ready() {
+                self.age = None;
+                return Some(Stop::MAX_AGE);
+            }
+        }
+        if let Some(idle) = self.idle.as_mut() {
+            let frames = to_client.frames.data_frames() + to_backend.frames.data_frames();
+            while idle.check.as_mut().poll(cx).is_ready() {
+                if frames != idle.frames {
+                    idle.frames = frames;
+                    idle.quiet_checks = 0;
+                } else {
+                    idle.quiet_checks += 1;
+                }
+                if idle.quiet_checks >= 4 {
+                    self.idle = None;
+                    return Some(Stop::IDLE);
+                }
+                let next = tokio::time::Instant::now() + idle.every;
+                idle.check.as_mut().reset(next);
+            }
+        }
+        // Pinging the client: the ping goes toward it, its pong comes back the other way.
+        if let Some(p) = self.client_ping.as_mut() {
+            if p.poll(cx, to_client, to_backend) {
+                self.client_ping = None;
+                return Some(Stop::PING_TIMEOUT);
+            }
+        }
+        if let Some(p) = self.backend_ping.as_mut() {
+            if p.poll(cx, to_backend, to_client) {
+                self.backend_ping = None;
+                return Some(Stop::PING_TIMEOUT);
+            }
+        }
+        None
+    }
+}
+
+impl Pinger {
+    /// True when the peer did not answer in time.
+    fn poll(&mut self, cx: &mut Context<'_>, sink: &mut Pump, source: &mut Pump) -> bool {
+        if std::mem::take(&mut source.pong_seen) {
+            self.waiting = false;
+            let next = tokio::time::Instant::now() + self.ping.interval;
+            self.sleep.as_mut().reset(next);
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return false;
+        }
+        if self.waiting {
+            return true;
+        }
+        // Once a close is under way, pings would only get in its way.
+        if sink.closing() || source.closing() {
+            return false;
+        }
+        self.sent += 1;
+        let token = RandomState::new()
+            .hash_one((self.salt, self.sent))
+            .to_ne_bytes();
+        let mask = match sink.toward {
+            Toward::Client => None,
+            Toward::Backend => Some((RandomState::new().hash_one(self.sent) as u32).to_ne_bytes()),
+        };
+        sink.ping_out = Some(ping_frame(token, mask));
+        source.pong_token = Some(token);
+        self.waiting = true;
+        let next = tokio::time::Instant::now() + self.ping.timeout;
+        self.sleep.as_mut().reset(next);
+        cx.waker().wake_by_ref();
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +970,10 @@ mod tests {
 
     const CFG: RelayConfig = RelayConfig {
         close_timeout: Duration::from_secs(5),
+        idle_timeout: None,
+        max_age: None,
+        client_ping: None,
+        backend_ping: None,
     };
 
     /// An unmasked server frame.
@@ -968,5 +1266,90 @@ mod tests {
         assert!(r.timed_out);
         assert_eq!(r.reason, CloseReason::ClientGone);
         drop(e.backend);
+    }
+}
+
+#[cfg(test)]
+mod ping_tests {
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
+
+    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let key = [0x5a, 0x01, 0xa5, 0x10];
+        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        f
+    }
+
+    /// The router's ping reaches the client at a frame boundary; the client's pong,
+    /// even split over two writes and followed by data, is taken out of the stream; a
+    /// pong the router did not ask for passes.
+    #[tokio::test(start_paused = true)]
+    async fn our_pong_is_consumed_however_it_is_split() {
+        let (mut client, relay_client) = duplex(64 * 1024);
+        let (mut backend, relay_backend) = duplex(64 * 1024);
+        let config = RelayConfig {
+            client_ping: Some(Ping {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+            }),
+            ..RelayConfig::closing_within(Duration::from_secs(5))
+        };
+        let relay = tokio::spawn(run(
+            relay_client,
+            relay_backend,
+            Bytes::new(),
+            Bytes::new(),
+            std::future::pending(),
+            config,
+        ));
+        // A backend frame in flight when the interval passes: the ping comes after it.
+        backend
+            .write_all(&[0x81, 0x03, b'a', b'b', b'c'])
+            .await
+            .unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let mut got = [0u8; 5 + 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got[..5], &[0x81, 0x03, b'a', b'b', b'c']);
+        assert_eq!(
+            &got[5..7],
+            &[0x89, 0x08],
+            "an unmasked ping with an 8-byte token"
+        );
+        let token = &got[7..15];
+
+        let stranger = masked(0xA, b"not ours");
+        let mut stream = stranger.clone();
+        stream.extend(masked(0xA, token));
+        stream.extend(masked(0x1, b"after"));
+        // Split inside our pong's header.
+        let cut = stranger.len() + 3;
+        client.write_all(&stream[..cut]).await.unwrap();
+        tokio::task::yield_now().await;
+        client.write_all(&stream[cut..]).await.unwrap();
+        let mut want = stranger;
+        want.extend(masked(0x1, b"after"));
+        let mut seen = vec![0u8; want.len()];
+        backend.read_exact(&mut seen).await.unwrap();
+        assert_eq!(
+            seen, want,
+            "the stranger's pong and the data pass; ours does not"
+        );
+
+        // No pong for the next ping: after the timeout, both sides get 1001.
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let mut ping = [0u8; 10];
+        client.read_exact(&mut ping).await.unwrap();
+        assert_eq!(ping[0], 0x89);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let mut close = [0u8; 2];
+        backend.read_exact(&mut close).await.unwrap();
+        assert_eq!(close[0], 0x88);
+        drop((client, backend));
+        let report = relay.await.unwrap();
+        assert_eq!(report.reason, CloseReason::PingTimeout);
+        assert_eq!(report.sent_to_backend, Some(code::GOING_AWAY));
     }
 }

@@ -1,4 +1,5 @@
-//! The one socket option the standard crates do not expose.
+//! Socket options: `TCP_DEFER_ACCEPT`, which the standard crates do not expose, and TCP
+//! keepalive with its three timings.
 
 use std::time::Duration;
 
@@ -30,4 +31,16 @@ pub fn set_defer_accept(socket: &impl std::os::fd::AsRawFd, wait: Duration) -> s
 #[cfg(not(target_os = "linux"))]
 pub fn set_defer_accept(_: &impl std::os::fd::AsRawFd, _: Duration) -> std::io::Result<()> {
     Ok(())
+}
+
+/// TCP keepalive on a connected socket: the first probe after `idle` without traffic,
+/// then every 10 s; after 3 unanswered the kernel reports the peer gone and the relay's
+/// next read fails. This is how a peer that vanished without a FIN (a phone leaving
+/// Wi-Fi) is found when nothing else is sent.
+pub fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }

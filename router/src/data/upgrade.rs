@@ -24,7 +24,7 @@ use wsrouter::{
 use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
 use crate::data::breaker::Transition;
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
-use crate::data::relay::{self, RelayConfig, Stop};
+use crate::data::relay::{self, Stop};
 use crate::data::shared::Shared;
 
 /// Response header carrying this router's local version of the table that routed the
@@ -597,7 +597,8 @@ async fn upgrade_retrying(
     let mut pause = RETRY_FIRST;
     loop {
         let backend_req = backend_request(req, ctx.peer, tls, &routed.host);
-        match upgrade_backend(routed, backend_req).await {
+        let keepalive = ctx.shared.limits.timers.tcp_keepalive;
+        match upgrade_backend(routed, backend_req, keepalive).await {
             Err(e) if e.is_retryable() => {
                 // Half to all of `pause`, so a burst of clients does not retry in step.
                 let wait = pause.mul_f64(0.5 + jitter() / 2.0);
@@ -734,9 +735,10 @@ impl PendingRelay {
             client_pre,
             backend_pre,
             stop,
-            RelayConfig {
-                close_timeout: shared.limits.close_timeout,
-            },
+            shared
+                .limits
+                .timers
+                .relay_config(shared.limits.close_timeout, u64::from(peer.port())),
         );
         let tasks = shared.lifecycle.tasks.clone();
         let live = LiveRelay {
@@ -860,6 +862,7 @@ enum BackendAnswer {
 async fn upgrade_backend(
     routed: &Routed,
     req: Request<Empty<Bytes>>,
+    keepalive: Option<Duration>,
 ) -> Result<BackendAnswer, ProxyError> {
     let protocol_err = |source| ProxyError::BackendProtocol {
         ordinal: routed.ordinal,
@@ -876,6 +879,9 @@ async fn upgrade_backend(
         source,
     })?;
     let _ = tcp.set_nodelay(true);
+    if let Some(idle) = keepalive {
+        let _ = crate::data::sys::set_keepalive(&tcp, idle);
+    }
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
         .await

@@ -10,6 +10,7 @@ mod fleet;
 mod harness;
 mod hostile;
 mod kube;
+mod lifecycle;
 mod limits;
 mod operate;
 mod rbac;

@@ -462,7 +462,9 @@ async fn alerts_and_dashboard_query_only_exported_metrics() -> Result<()> {
     within(
         WAIT,
         "the closed socket to be counted",
-        h.router.changes().until(|| h.router.live_tasks() == 0),
+        h.router
+            .changes()
+            .until(|| h.router.admission().live_count() == 0),
     )
     .await?;
     let exported = exported_names(&h.admin_get("/metrics").await?.body);
