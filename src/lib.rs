@@ -25,5 +25,8 @@ pub use namespace::{
     check_path_rest, query_param, validate_namespace, AmbiguousPath, NamespaceError, PathError,
     PathPrefix, PrefixError, RepeatedParam, TenantFrom, TenantFromError,
 };
-pub use overrides::{parse_target, OverrideError, Overrides, OverridesError, TargetError};
+pub use overrides::{
+    parse_configmap, parse_target, OverrideError, Overrides, OverridesError, TargetError,
+    TenantLimits,
+};
 pub use table::{Route, RouteSource, RoutingTable, TableDiff, TableSource};

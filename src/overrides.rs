@@ -74,13 +74,23 @@ pub enum OverrideError {
     },
     #[error("key {key:?} appears more than once")]
     Duplicate { key: String },
+    #[error("key {key:?} is not a setting: per-tenant settings are max-connections.<namespace>")]
+    UnknownSetting { key: String },
+    #[error(
+        "key {key:?}: {value:?} is not a number of connections (0 to 1000000) or \"unlimited\""
+    )]
+    BadLimit { key: String, value: String },
 }
 
 impl OverrideError {
     /// The key this error is about, for logs and metrics.
     pub fn key(&self) -> &str {
         match self {
-            Self::Key { key, .. } | Self::Target { key, .. } | Self::Duplicate { key } => key,
+            Self::Key { key, .. }
+            | Self::Target { key, .. }
+            | Self::Duplicate { key }
+            | Self::UnknownSetting { key }
+            | Self::BadLimit { key, .. } => key,
         }
     }
 }
@@ -196,9 +206,167 @@ impl Overrides {
     }
 }
 
+/// The key prefix of a tenant's connection cap in the overrides ConfigMap:
+/// `max-connections.<namespace>: "200"` (or `"unlimited"`). ConfigMap keys may hold dots;
+/// namespaces may not, so the two kinds of key cannot collide.
+pub const MAX_CONNECTIONS_KEY: &str = "max-connections.";
+
+/// The largest per-tenant cap accepted: far above what one router holds.
+pub const MAX_TENANT_CAP: u32 = 1_000_000;
+
+/// Per-tenant settings from the overrides ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantLimits {
+    /// namespace → its cap (`None`: unlimited, whatever the default).
+    max_connections: HashMap<Box<str>, Option<u32>, Hasher>,
+}
+
+impl TenantLimits {
+    /// The tenant's own cap if the ConfigMap sets one: `Some(None)` for unlimited.
+    #[inline]
+    pub fn max_connections(&self, namespace: &str) -> Option<Option<u32>> {
+        if self.max_connections.is_empty() {
+            return None;
+        }
+        self.max_connections.get(namespace).copied()
+    }
+
+    pub fn len(&self) -> usize {
+        self.max_connections.len()
+    }
+
+    /// Every tenant's own cap (`None`: unlimited), in namespace order.
+    pub fn sorted(&self) -> Vec<(&str, Option<u32>)> {
+        let mut v: Vec<_> = self
+            .max_connections
+            .iter()
+            .map(|(k, &c)| (&**k, c))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.max_connections.is_empty()
+    }
+}
+
+/// A whole ConfigMap's data: routing overrides (`<namespace>: target`) and per-tenant
+/// settings (`max-connections.<namespace>: N`), validated together; any bad entry
+/// rejects the update, and every bad key is listed.
+pub fn parse_configmap<K, V>(
+    entries: impl IntoIterator<Item = (K, V)>,
+    statefulset: &str,
+) -> Result<(Overrides, TenantLimits), OverridesError>
+where
+    K: AsRef<str>,
+    V: AsRef<str>,
+{
+    let mut routes = Vec::new();
+    let mut limits = TenantLimits::default();
+    let mut errors = Vec::new();
+    for (key, value) in entries {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if !key.contains('.') {
+            routes.push((key.to_owned(), value.to_owned()));
+            continue;
+        }
+        let Some(ns) = key.strip_prefix(MAX_CONNECTIONS_KEY) else {
+            errors.push(OverrideError::UnknownSetting {
+                key: key.to_owned(),
+            });
+            continue;
+        };
+        if let Err(source) = validate_namespace(ns) {
+            errors.push(OverrideError::Key {
+                key: key.to_owned(),
+                source,
+            });
+            continue;
+        }
+        let v = value.trim();
+        let cap = match v {
+            "unlimited" => None,
+            _ => match v.parse::<u32>() {
+                Ok(n) if n <= MAX_TENANT_CAP && (v == "0" || !v.starts_with('0')) => Some(n),
+                _ => {
+                    errors.push(OverrideError::BadLimit {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                    continue;
+                }
+            },
+        };
+        if limits.max_connections.insert(ns.into(), cap).is_some() {
+            errors.push(OverrideError::Duplicate {
+                key: key.to_owned(),
+            });
+        }
+    }
+    let overrides = match Overrides::parse(routes, statefulset) {
+        Ok(o) => o,
+        Err(e) => {
+            errors.extend(e.errors);
+            Overrides::default()
+        }
+    };
+    if errors.is_empty() {
+        Ok((overrides, limits))
+    } else {
+        errors.sort_by(|a, b| a.key().cmp(b.key()));
+        Err(OverridesError { errors })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configmaps_carry_routes_and_caps() {
+        let (o, l) = parse_configmap(
+            [
+                ("acme", "backend-2"),
+                ("max-connections.acme", "200"),
+                ("max-connections.big", "unlimited"),
+                ("max-connections.off", "0"),
+            ],
+            "backend",
+        )
+        .unwrap();
+        assert_eq!((o.len(), o.get("acme")), (1, Some(2)));
+        assert_eq!(l.max_connections("acme"), Some(Some(200)));
+        assert_eq!(l.max_connections("big"), Some(None));
+        assert_eq!(l.max_connections("off"), Some(Some(0)));
+        assert_eq!(l.max_connections("other"), None);
+        let e = parse_configmap(
+            [
+                ("max-conections.acme", "1"),
+                ("max-connections.Bad", "1"),
+                ("max-connections.x", "-1"),
+                ("max-connections.y", "007"),
+                ("max-connections.z", "2000000"),
+                ("ok", "pod-1"),
+            ],
+            "backend",
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = e.errors.iter().map(OverrideError::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "max-conections.acme",
+                "max-connections.Bad",
+                "max-connections.x",
+                "max-connections.y",
+                "max-connections.z",
+                "ok"
+            ]
+        );
+        assert!(matches!(e.errors[0], OverrideError::UnknownSetting { .. }));
+        assert!(matches!(e.errors[2], OverrideError::BadLimit { .. }));
+    }
 
     #[test]
     fn target_table() {

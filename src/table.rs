@@ -9,7 +9,7 @@ use thiserror::Error;
 use crate::backends::{Backend, Backends, BackendsError};
 use crate::fingerprint::Fingerprint;
 use crate::hash::ordinal_for;
-use crate::overrides::Overrides;
+use crate::overrides::{Overrides, TenantLimits};
 
 /// Where a table's overrides came from, for logs and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +56,8 @@ pub struct TableDiff {
     /// Whether some ordinal's backend differs (a new address or pod, or one that started
     /// or stopped taking new connections).
     pub backends_changed: bool,
+    /// Whether the per-tenant settings differ.
+    pub limits_changed: bool,
 }
 
 impl TableDiff {
@@ -66,6 +68,7 @@ impl TableDiff {
             && self.removed.is_empty()
             && self.replicas_before == self.replicas_after
             && !self.backends_changed
+            && !self.limits_changed
     }
 }
 
@@ -80,6 +83,9 @@ impl std::fmt::Display for TableDiff {
             self.replicas_before,
             self.replicas_after
         )?;
+        if self.limits_changed {
+            f.write_str(", tenant limits changed")?;
+        }
         if self.backends_changed {
             f.write_str(", backends changed")?;
         }
@@ -131,6 +137,7 @@ pub struct RoutingTable {
     replicas: NonZeroU32,
     backends: Vec<Backend>,
     overrides: Overrides,
+    limits: TenantLimits,
     fingerprint: Fingerprint,
 }
 
@@ -158,6 +165,7 @@ impl RoutingTable {
             replicas,
             backends,
             overrides,
+            limits: TenantLimits::default(),
             fingerprint,
         })
     }
@@ -202,6 +210,17 @@ impl RoutingTable {
         &self.backends
     }
 
+    /// The table with these per-tenant settings (they do not decide routes, so the
+    /// fingerprint stays as it is).
+    pub fn with_limits(mut self, limits: TenantLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &TenantLimits {
+        &self.limits
+    }
+
     /// What every replica holding the same routing state shows.
     pub fn fingerprint(&self) -> Fingerprint {
         self.fingerprint
@@ -214,6 +233,7 @@ impl RoutingTable {
             replicas_after: next.replicas.get(),
             backends_changed: self.backends.len() == next.backends.len()
                 && self.backends != next.backends,
+            limits_changed: self.limits != next.limits,
             ..TableDiff::default()
         };
         // Walk the maps as they are and sort only what differs: typically a few

@@ -14,7 +14,7 @@ use wsrouter::{
     BackendTemplate, Backends, BackendsError, Overrides, PathPrefix, PrefixError, TableSource,
     TemplateError,
 };
-use wsrouter::{Members, TenantFrom};
+use wsrouter::{Members, TenantFrom, TenantLimits};
 
 use crate::control::overrides_file::{self, OverridesFileError};
 use crate::control::watch::{OverridesWatch, WatchConfig};
@@ -500,7 +500,7 @@ impl ServeArgs {
             _ if in_cluster => OverridesWatch::ConfigMap(DEFAULT_CONFIGMAP.to_owned()),
             _ => OverridesWatch::None,
         };
-        let (overrides, source, await_overrides) =
+        let ((overrides, tenant_limits), source, await_overrides) =
             initial_overrides(&overrides_watch, &self.statefulset)?;
         let mut watch = WatchConfig {
             overrides: overrides_watch,
@@ -545,6 +545,7 @@ impl ServeArgs {
                 statefulset: self.statefulset,
                 replicas,
                 overrides,
+                limits: tenant_limits,
                 source,
                 await_overrides,
             },
@@ -588,16 +589,16 @@ impl ServeArgs {
     }
 }
 
-/// The overrides known at start, where they came from, and whether to wait for a first
-/// read of a watched source before routing anything.
+/// The overrides (and per-tenant settings) known at start, where they came from, and
+/// whether to wait for a first read of a watched source before routing anything.
 fn initial_overrides(
     watch: &OverridesWatch,
     statefulset: &str,
-) -> Result<(Overrides, TableSource, bool), ConfigError> {
+) -> Result<((Overrides, TenantLimits), TableSource, bool), ConfigError> {
     Ok(match watch {
         // A local file is read now: a bad one is a configuration error.
         OverridesWatch::File(path) => (
-            overrides_file::read_overrides(path, statefulset)
+            overrides_file::read_configmap(path, statefulset)
                 .map_err(ConfigError::OverridesFile)?,
             TableSource::File {
                 path: path.display().to_string(),
@@ -605,9 +606,9 @@ fn initial_overrides(
             false,
         ),
         OverridesWatch::Dir(_) | OverridesWatch::ConfigMap(_) => {
-            (Overrides::default(), TableSource::Flags, true)
+            (Default::default(), TableSource::Flags, true)
         }
-        OverridesWatch::None => (Overrides::default(), TableSource::Flags, false),
+        OverridesWatch::None => (Default::default(), TableSource::Flags, false),
     })
 }
 

@@ -205,6 +205,12 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
             .collect(),
         overrides: owned(table.overrides().sorted()),
         inactive_overrides: owned(table.overrides().inactive(table.replicas())),
+        tenant_max_connections: table
+            .limits()
+            .sorted()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         live_tenants: shared
             .live
             .snapshot()

@@ -19,6 +19,8 @@ pub struct TableView {
     pub overrides: BTreeMap<String, u32>,
     /// Overrides that point beyond the current replicas (the tenant follows its hash).
     pub inactive_overrides: BTreeMap<String, u32>,
+    /// Tenants with their own connection cap from the ConfigMap (`null`: unlimited).
+    pub tenant_max_connections: BTreeMap<String, Option<u32>>,
     /// Namespace → live sockets on this router.
     pub live_tenants: BTreeMap<String, u64>,
 }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
-use wsrouter::{Overrides, OverridesError};
+use wsrouter::{parse_configmap, Overrides, OverridesError, TenantLimits};
 
 #[derive(Debug, Error)]
 pub enum OverridesFileError {
@@ -47,8 +47,17 @@ struct Manifest {
 /// The overrides in the manifest at `path`, validated for `statefulset` exactly as the
 /// control loop validates a watched update.
 pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, OverridesFileError> {
+    read_configmap(path, statefulset).map(|(o, _)| o)
+}
+
+/// The overrides and the per-tenant settings (`max-connections.<namespace>`) in the
+/// manifest at `path`, validated as the control loop validates a watched update.
+pub fn read_configmap(
+    path: &Path,
+    statefulset: &str,
+) -> Result<(Overrides, TenantLimits), OverridesFileError> {
     let data = read(path)?;
-    Overrides::parse(&data, statefulset).map_err(|source| OverridesFileError::Invalid {
+    parse_configmap(&data, statefulset).map_err(|source| OverridesFileError::Invalid {
         path: path.to_owned(),
         source,
     })

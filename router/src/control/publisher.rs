@@ -10,7 +10,9 @@ use std::sync::Arc;
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use wsrouter::{Backends, Members, Overrides, RoutingTable, TableSource};
+use wsrouter::{
+    parse_configmap, Backends, Members, Overrides, RoutingTable, TableSource, TenantLimits,
+};
 
 use super::stats::{ControlStats, RejectReason};
 use crate::data::tls_config::TlsSlot;
@@ -51,6 +53,8 @@ pub struct RoutingConfig {
     pub replicas: Option<NonZeroU32>,
     /// Overrides known at start, and where they came from.
     pub overrides: Overrides,
+    /// Per-tenant settings known at start (from the same ConfigMap as the overrides).
+    pub limits: TenantLimits,
     pub source: TableSource,
     /// Overrides come from a watched source not read yet: route nothing before its
     /// first read, rather than route some tenants without their overrides.
@@ -65,6 +69,7 @@ impl RoutingConfig {
             statefulset: "backend".to_owned(),
             replicas: Some(replicas),
             overrides: Overrides::default(),
+            limits: TenantLimits::default(),
             source: TableSource::Flags,
             await_overrides: false,
         }
@@ -133,6 +138,7 @@ pub struct Control {
     statefulset: String,
     replicas: Option<NonZeroU32>,
     overrides: Overrides,
+    limits: TenantLimits,
     source: TableSource,
     /// False until a watched overrides source has been read once.
     overrides_known: bool,
@@ -184,6 +190,7 @@ impl Control {
             statefulset: r.statefulset,
             replicas: r.replicas,
             overrides: r.overrides,
+            limits: r.limits,
             source: r.source,
             overrides_known: !r.await_overrides,
             version: 0,
@@ -228,14 +235,16 @@ impl Control {
     /// forgotten; only a good update becomes the state later inputs build on.
     pub fn apply(&mut self, input: Input) -> Applied {
         let mut overrides = None;
+        let mut limits = None;
         let mut source = None;
         let mut replicas = self.replicas;
         match input {
             Input::Overrides { source: src, data } => {
                 let data = data.unwrap_or_default();
-                match Overrides::parse(&data, &self.statefulset) {
-                    Ok(o) => {
+                match parse_configmap(&data, &self.statefulset) {
+                    Ok((o, l)) => {
                         overrides = Some(o);
+                        limits = Some(l);
                         source = Some(src);
                     }
                     Err(e) => {
@@ -274,9 +283,13 @@ impl Control {
         let source = source.unwrap_or_else(|| self.source.clone());
         let was_known = self.overrides_known;
         self.overrides_known |= overrides_changed;
+        let previous_limits = limits.map(|l| std::mem::replace(&mut self.limits, l));
         let applied = self.publish(replicas, &overrides, &source);
         if matches!(applied, Applied::Rejected(_)) {
             self.overrides_known = was_known;
+            if let Some(l) = previous_limits {
+                self.limits = l;
+            }
         } else {
             self.overrides = overrides;
             self.source = source;
@@ -326,6 +339,7 @@ impl Control {
                 return Applied::Rejected(RejectReason::BadReplicas);
             }
         };
+        let next = next.with_limits(self.limits.clone());
         let current = self.table.load_full();
         let (diff, tenants_moved, sockets_moved) = match &current {
             Some(cur) => {
@@ -393,9 +407,45 @@ mod tests {
             statefulset: "backend".into(),
             replicas: replicas.and_then(NonZeroU32::new),
             overrides: Overrides::default(),
+            limits: TenantLimits::default(),
             source: TableSource::Flags,
             await_overrides,
         }
+    }
+
+    #[test]
+    fn tenant_caps_come_with_the_overrides_and_do_not_move_the_fingerprint() {
+        let (mut c, table) = control(Some(4));
+        let current = || table.load_full().unwrap();
+        assert_eq!(
+            c.apply(overrides(
+                cm("1"),
+                &[("ns-01", "0"), ("max-connections.ns-01", "2")]
+            )),
+            Applied::Published { version: 2 }
+        );
+        let before = current().fingerprint();
+        assert_eq!(current().limits().max_connections("ns-01"), Some(Some(2)));
+        // Only the cap changes: a new table (the data path must see it), same routes.
+        assert_eq!(
+            c.apply(overrides(
+                cm("2"),
+                &[("ns-01", "0"), ("max-connections.ns-01", "5")]
+            )),
+            Applied::Published { version: 3 }
+        );
+        assert_eq!(current().fingerprint(), before);
+        assert_eq!(current().limits().max_connections("ns-01"), Some(Some(5)));
+        // A bad setting rejects the whole update, routes included.
+        assert_eq!(
+            c.apply(overrides(
+                cm("3"),
+                &[("ns-01", "1"), ("max-connection.ns-01", "5")]
+            )),
+            Applied::Rejected(RejectReason::InvalidOverrides)
+        );
+        assert_eq!(current().version(), 3);
+        assert_eq!(current().route("ns-01").ordinal, 0);
     }
 
     fn control_with(routing: RoutingConfig) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {

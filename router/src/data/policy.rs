@@ -52,9 +52,13 @@ impl Default for PolicyConfig {
 }
 
 impl PolicyConfig {
-    /// The most live sockets `tenant` may hold here under `table` (`None`: no cap).
-    pub fn tenant_cap(&self, _table: &wsrouter::RoutingTable, _tenant: &str) -> Option<u32> {
-        (self.max_per_tenant > 0).then_some(self.max_per_tenant)
+    /// The most live sockets `tenant` may hold here under `table` (`None`: no cap): its
+    /// ConfigMap entry if it has one, else `--max-connections-per-tenant`.
+    pub fn tenant_cap(&self, table: &wsrouter::RoutingTable, tenant: &str) -> Option<u32> {
+        match table.limits().max_connections(tenant) {
+            Some(own) => own,
+            None => (self.max_per_tenant > 0).then_some(self.max_per_tenant),
+        }
     }
 }
 

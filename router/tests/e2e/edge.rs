@@ -262,3 +262,61 @@ async fn new_connections_per_source_address_are_rate_limited() -> Result<()> {
     let _ = Duration::ZERO;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configmap_sets_a_tenants_own_cap() -> Result<()> {
+    let h = Harness::start(with_policy(PolicyConfig {
+        max_per_tenant: 1,
+        ..PolicyConfig::default()
+    }))
+    .await?;
+    let url = |t: &str| format!("ws://127.0.0.1:{}/ws/{t}", h.addr().port());
+    let connect = |t: &'static str| {
+        let u = url(t);
+        async move {
+            let (ws, _) = within(WAIT, "connect", tokio_tungstenite::connect_async(u)).await??;
+            anyhow::Ok(ws)
+        }
+    };
+    // The ConfigMap gives one tenant more room and exempts another.
+    h.router.control().send(router::control::Input::Overrides {
+        source: wsrouter::TableSource::Flags,
+        data: Some(
+            [
+                ("max-connections.roomy", "3"),
+                ("max-connections.free", "unlimited"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+        ),
+    });
+    h.wait_table("the caps", |t| t.limits().len() == 2).await?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect("roomy").await?);
+    }
+    assert_eq!(
+        answer(&h, &request("/ws/roomy", None, "")).await?.status,
+        429
+    );
+    for _ in 0..5 {
+        held.push(connect("free").await?);
+    }
+    held.push(connect("plain").await?);
+    assert_eq!(
+        answer(&h, &request("/ws/plain", None, "")).await?.status,
+        429
+    );
+    let route: serde_json::Value = serde_json::from_str(&h.admin_get("/route/roomy").await?.body)?;
+    assert_eq!(
+        (
+            route["live_sockets"].as_u64(),
+            route["max_connections"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    let route: serde_json::Value = serde_json::from_str(&h.admin_get("/route/free").await?.body)?;
+    assert!(route["max_connections"].is_null(), "{route}");
+    Ok(())
+}
