@@ -409,3 +409,84 @@ async fn max_age_closes_with_1012_spread_over_the_jitter_and_never_mid_frame() -
     assert_eq!(messages, vec![Message::binary(payload)]);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_pings_find_a_silent_backend_and_never_reach_the_client() -> Result<()> {
+    let ping = Ping {
+        interval: Duration::from_millis(150),
+        timeout: Duration::from_millis(300),
+    };
+    let mut backend = Recorder::start(false).await?;
+    let mut opts = timers(SocketTimers {
+        backend_ping: Some(ping),
+        ..SocketTimers::default()
+    });
+    opts.backends = 1;
+    opts.replace = vec![(0, backend.addr.to_string())];
+    let h = Harness::start(opts).await?;
+    let url = format!("ws://127.0.0.1:{}/ws/ns-01", h.addr().port());
+    let (mut ws, _) = within(WAIT, "connect", tokio_tungstenite::connect_async(url)).await??;
+    // The backend answers (tungstenite replies as it reads) three pings...
+    let mut pings = 0;
+    while pings < 3 {
+        if let Seen::Message(Message::Ping(_)) = backend.next().await? {
+            pings += 1;
+        }
+    }
+    // ...and the client saw none of the pongs: the first thing it reads is the close.
+    ws.close(None).await?;
+    let next = within(WAIT, "the close", ws.next()).await?;
+    // (The recorder drops its end without finishing the close handshake.)
+    assert!(
+        !matches!(next, Some(Ok(Message::Pong(_)) | Ok(Message::Ping(_)))),
+        "the client saw {next:?}"
+    );
+
+    // A backend that stops reading after its 101: the client hears 1001.
+    let silent = TcpListener::bind("127.0.0.1:0").await?;
+    let silent_addr = silent.local_addr()?;
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = silent.accept().await else {
+            return;
+        };
+        let mut req = Vec::new();
+        let mut b = [0u8; 1];
+        while !req.ends_with(b"\r\n\r\n") {
+            if s.read(&mut b).await.unwrap_or(0) == 0 {
+                return;
+            }
+            req.push(b[0]);
+        }
+        let text = String::from_utf8_lossy(&req).to_string();
+        let key = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-key: ")
+                    .or(l.strip_prefix("Sec-WebSocket-Key: "))
+            })
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        let _ = s.write_all(good_101(&key, &text).as_bytes()).await;
+        // Holds the socket, reads nothing.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(s);
+    });
+    let mut opts = timers(SocketTimers {
+        backend_ping: Some(ping),
+        ..SocketTimers::default()
+    });
+    opts.backends = 1;
+    opts.replace = vec![(0, silent_addr.to_string())];
+    let h = Harness::start(opts).await?;
+    let url = format!("ws://127.0.0.1:{}/ws/ns-01", h.addr().port());
+    let (mut ws, _) = within(WAIT, "connect", tokio_tungstenite::connect_async(url)).await??;
+    let m = within(WAIT, "the close", ws.next())
+        .await?
+        .context("ended")??;
+    let Message::Close(Some(c)) = m else {
+        anyhow::bail!("{m:?}")
+    };
+    assert_eq!(c.code, CloseCode::Away);
+    Ok(())
+}
