@@ -272,6 +272,9 @@ pub struct CommonArgs {
     /// A peer that does not answer a ping within this is gone: the other side gets 1001.
     #[arg(long, env = "WSROUTER_PING_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub ping_timeout: Duration,
+    /// Do not offer HTTP/2 in ALPN: every client speaks HTTP/1.1 (WebSockets over HTTP/2 are RFC 8441 extended CONNECT streams).
+    #[arg(long, env = "WSROUTER_NO_HTTP2")]
+    pub no_http2: bool,
     /// Where a request names its tenant: `path` (/ws/{tenant}/…), `header:NAME`, or `query:NAME` (e.g. /ws/hub?tenant=acme).
     #[arg(long, env = "WSROUTER_TENANT_FROM", default_value = "path")]
     pub tenant_from: TenantFrom,
@@ -458,6 +461,7 @@ impl CommonArgs {
 
     pub fn tls_options(&self) -> tls::TlsOptions {
         tls::TlsOptions {
+            http2: !self.no_http2,
             key_exchange: self.tls_key_exchange.clone(),
         }
     }

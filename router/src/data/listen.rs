@@ -229,7 +229,11 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut s
                 .tls_handshake_seconds
                 .observe(accepted.elapsed().as_secs_f64());
             slot.hold(REQUEST_HEAD_BYTES);
-            serve_http(shared, tls, peer, accepted, slot).await
+            if tls.alpn() == Some(b"h2") {
+                serve_h2(shared, tls, peer, accepted, slot).await
+            } else {
+                serve_http(shared, tls, peer, accepted, slot).await
+            }
         }
         Ok(Err(e)) => {
             shared.metrics.tls_handshake_errors.inc();
@@ -287,4 +291,46 @@ async fn serve_http<I>(
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
     }
+}
+
+/// An HTTP/2 connection (ALPN `h2`): WebSockets arrive as extended CONNECT streams
+/// (RFC 8441), each routed and relayed like an HTTP/1.1 upgrade. The connection holds
+/// a place in the live pool for itself, and each stream one more.
+async fn serve_h2<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: PendingSlot,
+) where
+    I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
+{
+    let Ok(_conn_slot) = shared.admission.admit_live(peer.ip()) else {
+        tracing::debug!(client.addr = %peer, "HTTP/2 connection refused: live pool full");
+        return;
+    };
+    let ctx = Arc::new(ConnCtx {
+        shared: shared.clone(),
+        peer,
+        accepted,
+        pending: std::sync::Mutex::new(Some(slot)),
+    });
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
+    });
+    let conn = shared.http2.serve_connection(TokioIo::new(io), svc);
+    let mut conn = std::pin::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 connection error");
+            }
+            return;
+        }
+        // The drain: GOAWAY at once, so the client opens no more streams here; the
+        // streams already open run on (they get 1001 when the grace period ends).
+        _ = shared.lifecycle.stop_accepting.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+    let _ = conn.await;
 }

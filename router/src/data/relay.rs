@@ -38,6 +38,11 @@ use crate::data::frame::{
 /// Ends a connection abruptly (a TCP reset), to pass on a peer's reset as it was.
 pub trait Reset {
     fn reset(&mut self);
+
+    /// This side ending without a close frame means its peer left: the other side is
+    /// told with close 1001 (going away) rather than a reset or a FIN. An HTTP/2 stream
+    /// the client resets or ends is that: the connection under it lives on.
+    const RESET_IS_GOING_AWAY: bool = false;
 }
 
 impl Reset for tokio::net::TcpStream {
@@ -52,6 +57,14 @@ impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::data::tls_strea
     fn reset(&mut self) {
         self.get_mut().reset();
     }
+}
+
+/// An HTTP/2 stream: it cannot be reset from here; dropping it without an end of stream
+/// sends RST_STREAM, which is what a reset passed on means for it.
+impl Reset for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
+    fn reset(&mut self) {}
+
+    const RESET_IS_GOING_AWAY: bool = true;
 }
 
 impl Reset for tokio::io::DuplexStream {
@@ -223,13 +236,16 @@ pub fn run<C, B>(
     config: RelayConfig,
 ) -> Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Reset + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     Relay {
         client,
         backend,
-        to_backend: Pump::new(Toward::Backend, client_pre),
+        to_backend: Pump {
+            reset_is_going_away: C::RESET_IS_GOING_AWAY,
+            ..Pump::new(Toward::Backend, client_pre)
+        },
         to_client: Pump::new(Toward::Client, backend_pre),
         stop_signal: Some(Box::pin(stop)),
         close_timeout: config.close_timeout,
@@ -297,6 +313,8 @@ struct Pump {
     pong_seen: bool,
     /// The start of what may be that pong, read but not yet all here.
     pong_partial: Vec<u8>,
+    /// A reset of the source is passed on as close 1001, not as a reset.
+    reset_is_going_away: bool,
 }
 
 impl Pump {
@@ -320,6 +338,7 @@ impl Pump {
             pong_token: None,
             pong_seen: false,
             pong_partial: Vec::new(),
+            reset_is_going_away: false,
         }
     }
 
@@ -542,7 +561,12 @@ impl Pump {
     {
         if self.read_ended {
             // The source ended its connection: end the sink's the same way.
-            self.state = if self.read_failed {
+            // An HTTP/2 stream that ends without a close frame (reset, or ended, which
+            // hyper reports alike): the client left, and the backend is told so.
+            self.state = if self.reset_is_going_away {
+                self.begin_inject(code::GOING_AWAY, "client went away");
+                self.state
+            } else if self.read_failed {
                 State::Reset
             } else {
                 State::Shutdown

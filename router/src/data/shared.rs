@@ -34,6 +34,8 @@ pub struct Shared {
     pub tls_config: Option<TlsSlot>,
     /// How client connections speak HTTP/1.1 (limits, timeouts).
     pub http: http1::Builder,
+    /// How they speak HTTP/2 (streams, windows, header list size, reset limits).
+    pub http2: hyper::server::conn::http2::Builder<TrackedExecutor>,
     pub lifecycle: Lifecycle,
     /// The pending and live pools.
     pub admission: Arc<Admission>,
@@ -42,4 +44,19 @@ pub struct Shared {
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
     pub policy: PolicyConfig,
     pub rate: RateLimiter,
+}
+
+/// Spawns HTTP/2 stream handlers on the router's task tracker, so the drain waits for
+/// them like for every other connection task.
+#[derive(Clone)]
+pub struct TrackedExecutor(pub tokio_util::task::TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for TrackedExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0.spawn(fut);
+    }
 }

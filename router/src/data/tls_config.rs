@@ -61,7 +61,11 @@ pub fn reload_server_config(
     current: &ServerConfig,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let (chain, key) = read_pem(cert, key)?;
-    config_with(current.crypto_provider().clone(), chain, key)
+    let mut config = config_with(current.crypto_provider().clone(), chain, key)?;
+    if let Some(c) = Arc::get_mut(&mut config) {
+        c.alpn_protocols = current.alpn_protocols.clone();
+    }
+    Ok(config)
 }
 
 type Pem = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
@@ -109,10 +113,30 @@ impl KeyExchange {
 }
 
 /// TLS settings beside the certificate.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsOptions {
     /// Empty: rustls' defaults (X25519, P-256, P-384 and the X25519MLKEM768 hybrid).
     pub key_exchange: Vec<KeyExchange>,
+    /// Offer `h2` (first) beside `http/1.1` in ALPN: WebSockets over HTTP/2 (RFC 8441).
+    pub http2: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            key_exchange: Vec::new(),
+            http2: true,
+        }
+    }
+}
+
+/// The ALPN protocols offered, most preferred first.
+fn alpn(http2: bool) -> Vec<Vec<u8>> {
+    if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    }
 }
 
 /// Builds the server config from DER material.
@@ -125,7 +149,12 @@ pub fn server_config(
     if !options.key_exchange.is_empty() {
         provider.kx_groups = options.key_exchange.iter().map(|k| k.group()).collect();
     }
-    config_with(Arc::new(provider), chain, key)
+    let mut config = config_with(Arc::new(provider), chain, key)?;
+    // Built here, not shared yet.
+    if let Some(c) = Arc::get_mut(&mut config) {
+        c.alpn_protocols = alpn(options.http2);
+    }
+    Ok(config)
 }
 
 fn config_with(
@@ -275,6 +304,15 @@ mod tests {
             0o600
         );
         let config = load_server_config(&cert, &key, &TlsOptions::default()).unwrap();
+        assert_eq!(
+            config.alpn_protocols,
+            vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        let h1 = TlsOptions {
+            http2: false,
+            ..TlsOptions::default()
+        };
+        let config = load_server_config(&cert, &key, &h1).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
 
         // Wrong files give errors that name the file.
@@ -315,6 +353,7 @@ mod tests {
         assert!(default.contains(&rustls::NamedGroup::X25519));
         let pinned = TlsOptions {
             key_exchange: vec![KeyExchange::X25519],
+            http2: false,
         };
         assert_eq!(names(&pinned), vec![rustls::NamedGroup::X25519]);
         // A hot reload keeps what the running config has.
@@ -334,6 +373,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         let two = TlsOptions {
             key_exchange: vec![KeyExchange::Secp256r1, KeyExchange::Secp384r1],
+            ..TlsOptions::default()
         };
         assert_eq!(
             names(&two),

@@ -131,6 +131,11 @@ where
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
+    /// The application protocol the handshake agreed on (ALPN), if any.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
     /// The stream the TLS runs over.
     pub fn get_ref(&self) -> &S {
         &self.tcp

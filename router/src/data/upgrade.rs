@@ -323,6 +323,8 @@ struct Routed {
     fingerprint: Fingerprint,
     /// Live sockets this tenant may hold here (`None`: no cap).
     tenant_cap: Option<u32>,
+    /// An HTTP/2 extended CONNECT stream (answered 200), not an HTTP/1.1 upgrade (101).
+    h2: bool,
     /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
     host: HeaderValue,
 }
@@ -428,7 +430,11 @@ where
         BackendAnswer::Refused(resp) => return Ok(relay_refusal(&routed, resp)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
     };
-    let resp = answer_101(head.headers, &routed);
+    let resp = if routed.h2 {
+        answer_200(head.headers, &routed)
+    } else {
+        answer_101(head.headers, &routed)
+    };
     let pending = PendingRelay {
         routed,
         tenant_slot,
@@ -480,10 +486,21 @@ fn route_request(
             return Err(ProxyError::NoTenant(e))
         }
     };
-    if !is_websocket_upgrade(req) {
-        return Err(ProxyError::UpgradeRequired);
+    // After GOAWAY a client may still open streams it had in flight (h2's shutdown is
+    // two-step); while draining they are refused like a new connection would be.
+    if req.version() == Version::HTTP_2 && shared.lifecycle.is_draining() {
+        return Err(ProxyError::ShuttingDown);
     }
-    let key = websocket_key(req.headers())?;
+    let key = if is_extended_connect(req) {
+        // RFC 8441 carries no key: the backend's handshake gets a fresh one, and its
+        // answer is checked against that.
+        websocket_version(req.headers())?;
+        fresh_key()
+    } else if is_websocket_upgrade(req) {
+        websocket_key(req.headers())?
+    } else {
+        return Err(ProxyError::UpgradeRequired);
+    };
     // Cross-site WebSocket hijacking stops here, before any backend is touched.
     if !policy.origins.allows(req.headers()) {
         return Err(ProxyError::OriginDenied);
@@ -520,6 +537,7 @@ fn route_request(
             table_version: table.version(),
             fingerprint: table.fingerprint(),
             tenant_cap: policy.tenant_cap(table, tenant),
+            h2: req.version() == Version::HTTP_2,
             host,
         }
     };
@@ -546,7 +564,8 @@ async fn upgrade_with_backend(
             })?;
     let offered = Offered::from_request(req.headers());
     let deadline = tokio::time::Instant::now() + shared.limits.backend_timeout;
-    let attempts = tokio::time::timeout_at(deadline, upgrade_retrying(req, ctx, routed, deadline));
+    let attempts =
+        tokio::time::timeout_at(deadline, upgrade_retrying(req, ctx, routed, key, deadline));
     let result = tokio::select! {
         r = attempts => r.unwrap_or_else(|_| Err(ProxyError::BackendTimeout {
             ordinal: routed.ordinal,
@@ -591,12 +610,13 @@ async fn upgrade_retrying(
     req: &Request<Incoming>,
     ctx: &ConnCtx,
     routed: &Routed,
+    key: &HeaderValue,
     deadline: tokio::time::Instant,
 ) -> Result<BackendAnswer, ProxyError> {
     let tls = ctx.shared.tls_config.is_some();
     let mut pause = RETRY_FIRST;
     loop {
-        let backend_req = backend_request(req, ctx.peer, tls, &routed.host);
+        let backend_req = backend_request(req, ctx.peer, tls, &routed.host, key);
         let keepalive = ctx.shared.limits.timers.tcp_keepalive;
         match upgrade_backend(routed, backend_req, keepalive).await {
             Err(e) if e.is_retryable() => {
@@ -658,6 +678,23 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
     resp
 }
 
+/// The answer to an HTTP/2 extended CONNECT (RFC 8441 §5): 200, with the backend's
+/// subprotocol and extensions; nothing of HTTP/1.1's upgrade (no Upgrade, Connection or
+/// Sec-WebSocket-Accept).
+fn answer_200(headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
+    let mut resp = answer_101(headers, routed);
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    for name in [
+        header::UPGRADE,
+        header::CONNECTION,
+        header::SEC_WEBSOCKET_ACCEPT,
+    ] {
+        h.remove(name);
+    }
+    resp
+}
+
 /// A backend upgraded and a 101 on its way to the client: what the relay will need once
 /// the client's side of the upgrade completes.
 struct PendingRelay {
@@ -692,6 +729,10 @@ impl PendingRelay {
                 return;
             }
         };
+        // An HTTP/2 stream is relayed as hyper hands it over.
+        if self.routed.h2 {
+            return self.start(TokioIo::new(client), Bytes::new());
+        }
         // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
         // reads and writes it directly.
         match client.downcast::<TokioIo<I>>() {
@@ -914,6 +955,15 @@ async fn upgrade_backend(
 /// The host a request is for: its one `Host` header, or, for an absolute-form target,
 /// the target's authority, which replaces Host (RFC 9112 §3.2.2).
 fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, HostError> {
+    if req.version() == Version::HTTP_2 {
+        // HTTP/2 names the host in `:authority` (RFC 9113 §8.3.1); a Host header, if
+        // any, must agree, and the authority is what is forwarded.
+        let authority = req.uri().authority().ok_or(HostError::Missing)?;
+        if authority.as_str().contains('@') {
+            return Err(HostError::Invalid);
+        }
+        return HeaderValue::from_str(authority.as_str()).map_err(|_| HostError::Invalid);
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let host = hosts.next().ok_or(HostError::Missing)?;
     if hosts.next().is_some() {
@@ -937,13 +987,43 @@ fn request_host<B>(req: &Request<B>) -> Result<HeaderValue, HostError> {
     Ok(host.clone())
 }
 
-/// The client's `Sec-WebSocket-Key` (one, 16 bytes in base64) after checking the version.
-fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, ProxyError> {
+/// Exactly one `Sec-WebSocket-Version: 13`.
+fn websocket_version(headers: &HeaderMap) -> Result<(), ProxyError> {
     let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
     match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes() == b"13" => {}
-        _ => return Err(ProxyError::UnsupportedVersion),
+        (Some(v), None) if v.as_bytes() == b"13" => Ok(()),
+        _ => Err(ProxyError::UnsupportedVersion),
     }
+}
+
+/// A new `Sec-WebSocket-Key` for a backend handshake the client did not key itself.
+fn fresh_key() -> HeaderValue {
+    use std::hash::BuildHasher;
+    let a = std::hash::RandomState::new().hash_one(1u8);
+    let b = std::hash::RandomState::new().hash_one(2u8);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&a.to_ne_bytes());
+    raw[8..].copy_from_slice(&b.to_ne_bytes());
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(24);
+    for chunk in raw.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(B64[(n >> (18 - 6 * i) & 63) as usize]);
+        }
+    }
+    out.extend_from_slice(b"==");
+    // Base64 of 16 bytes is always a valid header value.
+    HeaderValue::from_bytes(&out)
+        .unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
+}
+
+/// The client's `Sec-WebSocket-Key` (one, 16 bytes in base64) after checking the version.
+fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, ProxyError> {
+    websocket_version(headers)?;
     let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
     match (keys.next(), keys.next()) {
         (Some(k), None) if is_base64_16(k.as_bytes()) => Ok(k.clone()),
@@ -1036,6 +1116,16 @@ fn check_backend_handshake(
     Ok(())
 }
 
+/// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
+fn is_extended_connect<B>(req: &Request<B>) -> bool {
+    req.method() == Method::CONNECT
+        && req.version() == Version::HTTP_2
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
 fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
     req.method() == Method::GET
         && req.version() == Version::HTTP_11
@@ -1084,10 +1174,13 @@ fn backend_request(
     peer: SocketAddr,
     tls: bool,
     host: &HeaderValue,
+    key: &HeaderValue,
 ) -> Request<Empty<Bytes>> {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
     headers.insert(header::HOST, host.clone());
+    // The same key the client sent (HTTP/1.1), or the fresh one (HTTP/2).
+    headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let xff_name = HeaderName::from_static("x-forwarded-for");

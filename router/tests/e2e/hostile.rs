@@ -327,7 +327,8 @@ async fn tls_failures_end_with_the_alert() -> Result<()> {
     ] {
         let mut config =
             router::data::tls_config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
-        config.alpn_protocols = vec![b"h2".to_vec()];
+        // A protocol the router does not speak (it speaks h2 and http/1.1).
+        config.alpn_protocols = vec![b"h3".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(h.addr()).await?;
         let name = rustls::pki_types::ServerName::try_from("localhost")?;

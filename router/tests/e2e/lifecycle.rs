@@ -19,21 +19,21 @@ use crate::harness::*;
 
 /// What a recording backend saw on one socket.
 #[derive(Debug)]
-enum Seen {
+pub enum Seen {
     Message(Message),
     Closed(Option<u16>),
 }
 
 /// A backend that answers upgrades and reports every message it reads (pongs included)
 /// and how each socket ended. `hold` makes it wait for a go before it reads anything.
-struct Recorder {
-    addr: SocketAddr,
+pub struct Recorder {
+    pub addr: SocketAddr,
     seen: mpsc::UnboundedReceiver<Seen>,
     go: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Recorder {
-    async fn start(hold: bool) -> Result<Self> {
+    pub async fn start(hold: bool) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, seen) = mpsc::unbounded_channel();
@@ -68,21 +68,21 @@ impl Recorder {
         })
     }
 
-    fn go(&mut self) {
+    pub fn go(&mut self) {
         if let Some(g) = self.go.take() {
             let _ = g.send(true);
         }
     }
 
     /// The next thing seen, skipping nothing.
-    async fn next(&mut self) -> Result<Seen> {
+    pub async fn next(&mut self) -> Result<Seen> {
         within(WAIT, "the backend to see something", self.seen.recv())
             .await?
             .context("recorder gone")
     }
 
     /// The close code of the next socket to end, after any messages before it.
-    async fn next_close(&mut self) -> Result<(Option<u16>, Vec<Message>)> {
+    pub async fn next_close(&mut self) -> Result<(Option<u16>, Vec<Message>)> {
         let mut messages = Vec::new();
         loop {
             match self.next().await? {

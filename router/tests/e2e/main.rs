@@ -9,6 +9,7 @@ mod files;
 mod fleet;
 mod harness;
 mod hostile;
+mod http2;
 mod kube;
 mod lifecycle;
 mod limits;

@@ -16,7 +16,7 @@ fn client(
 ) -> Result<Arc<rustls::ClientConfig>> {
     let mut config =
         router::data::tls_config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
-    // Offer h2 first: the router must still settle on http/1.1.
+    // Offer h2 first: with --no-http2 the router must still settle on http/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -32,11 +32,28 @@ async fn upgrade_and_count(
     Ok(())
 }
 
-/// TLS 1.2 and 1.3 both work, and ALPN settles on http/1.1 even when h2 is offered first.
+/// TLS 1.2 and 1.3 both work; with `--no-http2`, ALPN settles on http/1.1 even when h2
+/// is offered first, and by default on h2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
     let cert = DevCert::generate(&["localhost"])?;
-    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let h = Harness::start_with_cert(
+        Options {
+            tls_options: router::data::tls_config::TlsOptions {
+                http2: false,
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+        &cert,
+    )
+    .await?;
+    let both = Harness::start_with_cert(Options::default(), &cert).await?;
+    let tcp = TcpStream::connect(both.addr()).await?;
+    let tls = tokio_rustls::TlsConnector::from(client(&cert, rustls::DEFAULT_VERSIONS)?)
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     for (versions, want) in [
         (
             &[&rustls::version::TLS12][..],
@@ -82,7 +99,10 @@ async fn key_exchange_can_be_pinned() -> Result<()> {
         (vec![], NamedGroup::X25519MLKEM768),
     ] {
         let opts = Options {
-            tls_options: TlsOptions { key_exchange },
+            tls_options: TlsOptions {
+                key_exchange,
+                ..TlsOptions::default()
+            },
             ..Options::default()
         };
         let h = Harness::start_with_cert(opts, &cert).await?;
