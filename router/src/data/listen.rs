@@ -319,6 +319,8 @@ async fn serve_h2<I>(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
     });
+    shared.metrics.http2_connections.inc();
+    let _open = OpenGauge(shared.metrics.http2_connections.clone());
     let conn = shared.http2.serve_connection(TokioIo::new(io), svc);
     let mut conn = std::pin::pin!(conn);
     tokio::select! {
@@ -333,4 +335,13 @@ async fn serve_h2<I>(
         _ = shared.lifecycle.stop_accepting.cancelled() => conn.as_mut().graceful_shutdown(),
     }
     let _ = conn.await;
+}
+
+/// Counts a gauge down however the function holding it ends.
+struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

@@ -39,6 +39,9 @@ pub struct Metrics {
     pub upgrade_seconds: Histogram,
     /// Backend connections refused or reset and tried again.
     pub backend_connect_retries: Counter,
+    /// HTTP/2 connections open, and WebSocket streams relayed over them.
+    pub http2_connections: Gauge,
+    pub http2_streams: Gauge,
     breaker_trips: Family<OrdinalLabel, Counter>,
     breaker_open: Family<OrdinalLabel, Gauge>,
 }
@@ -71,6 +74,8 @@ impl Metrics {
             // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
             upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             backend_connect_retries: Counter::default(),
+            http2_connections: Gauge::default(),
+            http2_streams: Gauge::default(),
             breaker_trips: Family::default(),
             breaker_open: Family::default(),
         };
@@ -182,6 +187,16 @@ impl Metrics {
             "backend_connect_retries",
             "Backend connections refused or reset before any answer, tried again within --backend-timeout",
             m.backend_connect_retries.clone(),
+        );
+        r.register(
+            "http2_connections",
+            "Client HTTP/2 connections open",
+            m.http2_connections.clone(),
+        );
+        r.register(
+            "http2_streams",
+            "WebSockets relayed as HTTP/2 streams (RFC 8441)",
+            m.http2_streams.clone(),
         );
         r.register(
             "backend_circuit_trips",

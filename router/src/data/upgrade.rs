@@ -372,6 +372,7 @@ where
         .upgrade_responses
         .get_or_create(&StatusLabel {
             status: status.as_u16(),
+            protocol: crate::state::labels::protocol(req.version()),
         })
         .inc();
     if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -768,6 +769,9 @@ impl PendingRelay {
             })
             .clone();
         active.inc();
+        if routed.h2 {
+            shared.metrics.http2_streams.inc();
+        }
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
         let stop = stop_signal(&shared, &routed, started);
         let relay = relay::run(
@@ -858,11 +862,15 @@ impl LiveRelay {
     fn finish(self, report: relay::RelayReport) {
         let (routed, metrics) = (&self.routed, &self.shared.metrics);
         self.active.dec();
+        if routed.h2 {
+            metrics.http2_streams.dec();
+        }
         metrics
             .connections_closed
             .get_or_create(&ClosedLabels {
                 ordinal: routed.ordinal,
                 reason: report.reason.as_str(),
+                protocol: if routed.h2 { "h2" } else { "h1" },
             })
             .inc();
         metrics.bytes_from_client.inc_by(report.bytes_from_client);

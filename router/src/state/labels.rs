@@ -13,11 +13,24 @@ pub struct OrdinalLabel {
 pub struct ClosedLabels {
     pub ordinal: u32,
     pub reason: &'static str,
+    /// `h1` (an HTTP/1.1 upgrade) or `h2` (an HTTP/2 stream).
+    pub protocol: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: u16,
+    /// `h1` or `h2`: how the request came.
+    pub protocol: &'static str,
+}
+
+/// The protocol label of a request of `version`.
+pub fn protocol(version: http::Version) -> &'static str {
+    if version == http::Version::HTTP_2 {
+        "h2"
+    } else {
+        "h1"
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

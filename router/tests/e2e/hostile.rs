@@ -560,7 +560,7 @@ async fn bytes_before_the_101_are_websocket_data_only() -> Result<()> {
     .await?;
     let (_, m) = scrape_metrics(&h).await?;
     assert_eq!(
-        m.get("wsrouter_upgrade_responses_total{status=\"101\"}"),
+        m.get("wsrouter_upgrade_responses_total{status=\"101\",protocol=\"h1\"}"),
         Some(&2.0)
     );
     Ok(())
@@ -626,7 +626,7 @@ async fn a_close_handshake_with_no_end_is_cut_at_the_close_timeout() -> Result<(
     .await?;
     let (_, m) = scrape_metrics(&h).await?;
     assert_eq!(
-        m.get("wsrouter_connections_closed_total{ordinal=\"0\",reason=\"client_closed\"}"),
+        m.get("wsrouter_connections_closed_total{ordinal=\"0\",reason=\"client_closed\",protocol=\"h1\"}"),
         Some(&1.0)
     );
     Ok(())

@@ -60,7 +60,8 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     h.raw(b"GET /ws/ns-01 HTTP/1.1\r\nHost: x\r\n\r\n").await?;
 
     // Relays finish just after their clients see the end; wait for the third.
-    let closed = "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\"}";
+    let closed =
+        "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\",protocol=\"h1\"}";
     let adm = h.router.admission();
     within(
         WAIT,
@@ -83,10 +84,22 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
         ),
         ("wsrouter_pending_connections", 0.0),
         ("wsrouter_pending_evicted_total", 0.0),
-        ("wsrouter_upgrade_responses_total{status=\"101\"}", 3.0),
-        ("wsrouter_upgrade_responses_total{status=\"400\"}", 1.0),
-        ("wsrouter_upgrade_responses_total{status=\"404\"}", 1.0),
-        ("wsrouter_upgrade_responses_total{status=\"426\"}", 1.0),
+        (
+            "wsrouter_upgrade_responses_total{status=\"101\",protocol=\"h1\"}",
+            3.0,
+        ),
+        (
+            "wsrouter_upgrade_responses_total{status=\"400\",protocol=\"h1\"}",
+            1.0,
+        ),
+        (
+            "wsrouter_upgrade_responses_total{status=\"404\",protocol=\"h1\"}",
+            1.0,
+        ),
+        (
+            "wsrouter_upgrade_responses_total{status=\"426\",protocol=\"h1\"}",
+            1.0,
+        ),
         (closed, 3.0),
         ("wsrouter_connections_active{ordinal=\"2\"}", 0.0),
         (
