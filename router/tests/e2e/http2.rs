@@ -231,3 +231,197 @@ async fn a_stream_reset_by_the_client_is_a_1001_to_the_backend() -> Result<()> {
     }
     Ok(())
 }
+
+/// A raw HTTP/2 connection (ALPN `h2`) for the abuse cases: the h2 crate's client.
+async fn raw_h2(
+    h: &Harness,
+    cert: &DevCert,
+) -> Result<(
+    h2::client::SendRequest<Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+)> {
+    let mut config = (*cert.client_config()).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(h.addr()).await?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (send, conn) = h2::client::handshake(tls).await?;
+    Ok((send, tokio::spawn(conn)))
+}
+
+/// Rapid reset (CVE-2023-44487): streams opened and reset at once, over and over. The
+/// router closes that connection with ENHANCE_YOUR_CALM; a WebSocket on another
+/// connection never notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_closes_the_abusive_connection_only() -> Result<()> {
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let port = h.addr().port();
+    let mut good = h2_connection(&h, &cert).await?;
+    let (_, _, ws) = open(&mut good, port, "/ws/ns-01").await?;
+    let mut ws = ws.context("a socket")?;
+
+    let (mut abuser, conn) = raw_h2(&h, &cert).await?;
+    let mut sent = 0;
+    for _ in 0..2000 {
+        let req = Request::builder()
+            .method(Method::GET)
+            .uri(format!("https://localhost:{port}/ws/ns-02"))
+            .body(())?;
+        let Ok(ready) = abuser.clone().ready().await else {
+            break;
+        };
+        abuser = ready;
+        let Ok((_, mut stream)) = abuser.send_request(req, false) else {
+            break;
+        };
+        stream.send_reset(h2::Reason::CANCEL);
+        sent += 1;
+    }
+    let ended = within(WAIT, "the abusive connection to be closed", conn).await??;
+    let err = ended.err().context("the connection survived the flood")?;
+    // The router's GOAWAY (ENHANCE_YOUR_CALM), or, when the client was still writing as
+    // the router closed, the broken pipe that hides it.
+    assert!(
+        err.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM) || err.is_io(),
+        "{err} after {sent}"
+    );
+    assert!(sent < 2000, "closed before the flood ended: {sent}");
+
+    ws.send(Message::text("unharmed")).await?;
+    loop {
+        match within(WAIT, "the echo", ws.next())
+            .await?
+            .context("closed")??
+        {
+            Message::Text(t) if t.as_str() == "unharmed" => break,
+            Message::Text(_) => continue,
+            other => anyhow::bail!("{other:?}"),
+        }
+    }
+    Ok(())
+}
+
+/// One HTTP/2 frame's bytes.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Every frame the router sent until it closed: (type, payload).
+async fn frames_until_closed(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<Vec<(u8, Vec<u8>)>> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let _ = within(
+        WAIT,
+        "the router to close the connection",
+        tls.read_to_end(&mut bytes),
+    )
+    .await?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
+        let end = (at + 9 + len).min(bytes.len());
+        out.push((bytes[at + 3], bytes[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    Ok(out)
+}
+
+/// A CONTINUATION flood (a header block that never ends) and a PING flood: the router
+/// closes the flooding connection with GOAWAY; nothing else notices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_and_ping_floods_are_cut_off() -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let port = h.addr().port();
+    let mut good = h2_connection(&h, &cert).await?;
+    let (_, _, ws) = open(&mut good, port, "/ws/ns-01").await?;
+    let mut ws = ws.context("a socket")?;
+    let connect = || async {
+        let mut config = (*cert.client_config()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(h.addr()).await?;
+        let mut tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+        tls.write_all(&frame(0x4, 0, 0, &[])).await?;
+        anyhow::Ok(tls)
+    };
+
+    // A literal header whose value says 1 MB and arrives in 100-byte CONTINUATIONs.
+    let mut tls = connect().await?;
+    let mut block = vec![0x00, 5];
+    block.extend_from_slice(b"x-big");
+    block.extend_from_slice(&[0x7f, 0xc1, 0x83, 0x3d]); // 127 + 999,873 = 1,000,000
+    tls.write_all(&frame(0x1, 0, 1, &block)).await?;
+    let mut written = 0;
+    for _ in 0..10_000 {
+        if tls
+            .write_all(&frame(0x9, 0, 1, &[b'a'; 100]))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        written += 1;
+    }
+    let frames = frames_until_closed(&mut tls).await?;
+    let goaway = frames
+        .iter()
+        .find(|(t, _)| *t == 0x7)
+        .context("no GOAWAY")?;
+    let code = u32::from_be_bytes(goaway.1[4..8].try_into()?);
+    assert!(
+        code == 11 || code == 1,
+        "GOAWAY {code} after {written} CONTINUATIONs"
+    );
+
+    // 100,000 PINGs, never reading the answers.
+    let mut tls = connect().await?;
+    let ping = frame(0x6, 0, 0, &[7; 8]);
+    let mut flood = Vec::with_capacity(ping.len() * 1000);
+    for _ in 0..1000 {
+        flood.extend_from_slice(&ping);
+    }
+    let mut sent = 0;
+    for _ in 0..100 {
+        match within(
+            std::time::Duration::from_secs(2),
+            "a write",
+            tls.write_all(&flood),
+        )
+        .await
+        {
+            Ok(Ok(())) => sent += 1000,
+            // The router stopped reading (its answers are not read) or closed.
+            _ => break,
+        }
+    }
+    drop(tls);
+    assert!(sent > 0);
+
+    ws.send(Message::text("unharmed")).await?;
+    loop {
+        match within(WAIT, "the echo", ws.next())
+            .await?
+            .context("closed")??
+        {
+            Message::Text(t) if t.as_str() == "unharmed" => break,
+            Message::Text(_) => continue,
+            other => anyhow::bail!("{other:?}"),
+        }
+    }
+    Ok(())
+}
