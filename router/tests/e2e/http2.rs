@@ -425,3 +425,42 @@ async fn continuation_and_ping_floods_are_cut_off() -> Result<()> {
     }
     Ok(())
 }
+
+/// A backend that dies under an HTTP/2 stream ends that stream only (after whatever it
+/// sent); the connection and its other streams go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_ends_its_stream_only() -> Result<()> {
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let port = h.addr().port();
+    let mut conn = h2_connection(&h, &cert).await?;
+    let (on2, on1) = (tenant_on(&h, 2, 0), tenant_on(&h, 1, 0));
+    let (_, _, doomed) = open(&mut conn, port, &format!("/ws/{on2}")).await?;
+    let mut doomed = doomed.context("a socket")?;
+    let (_, _, other) = open(&mut conn, port, &format!("/ws/{on1}")).await?;
+    let mut other = other.context("another socket")?;
+    within(WAIT, "a counter", doomed.next())
+        .await?
+        .context("closed")??;
+    h.backends[2].kill().await;
+    // The stream ends (no more messages), without a close frame from anyone.
+    loop {
+        match within(WAIT, "the stream to end", doomed.next()).await? {
+            None | Some(Err(_)) => break,
+            Some(Ok(Message::Text(_))) => continue,
+            Some(Ok(m)) => anyhow::bail!("{m:?}"),
+        }
+    }
+    other.send(Message::text("unharmed")).await?;
+    loop {
+        match within(WAIT, "the echo", other.next())
+            .await?
+            .context("closed")??
+        {
+            Message::Text(t) if t.as_str() == "unharmed" => break,
+            Message::Text(_) => continue,
+            m => anyhow::bail!("{m:?}"),
+        }
+    }
+    Ok(())
+}
