@@ -375,6 +375,8 @@ pub struct RouterConfig {
     /// Threads serving connections, each with its own event loop and its own
     /// SO_REUSEPORT listener (`--workers`). 0: serve on the caller's runtime.
     pub io_threads: usize,
+    /// Plain pages on the WebSocket listener (`wsrouter dev`); `None` for `serve`.
+    pub pages: Option<Arc<dyn crate::data::shared::Pages>>,
 }
 
 impl CommonArgs {
@@ -537,6 +539,7 @@ impl ServeArgs {
         };
         let config = RouterConfig {
             io_threads: 0,
+            pages: None,
             listen: self.listen,
             tls,
             admin_listen: Some(self.admin_listen),

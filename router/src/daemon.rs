@@ -244,6 +244,7 @@ fn build(config: RouterConfig) -> Planes {
         reroute,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
+        pages: config.pages.clone(),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
             config.limits.policy.rate_per_ip,

@@ -29,6 +29,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
     )?;
     let cert = router::data::tls_config::DevCert::generate(&["localhost"])?;
     let h = router::start(RouterConfig {
+        pages: None,
         io_threads: 0,
         listen: "127.0.0.1:0".parse()?,
         tls: if tls {

@@ -149,6 +149,16 @@ fn no_table() -> Response<Full<Bytes>> {
     )
 }
 
+/// `/route/{ns}`'s answer, for whoever serves it (the dev page too).
+pub fn route_response(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
+    route_json(shared, ns)
+}
+
+/// `/table`'s answer, for whoever serves it (the dev page too).
+pub fn table_response(shared: &Shared) -> Response<Full<Bytes>> {
+    table_json(shared)
+}
+
 fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
     if let Err(e) = validate_namespace(ns) {
         return json_response(

@@ -104,6 +104,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
 
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let router = daemon::start(RouterConfig {
+        pages: Some(std::sync::Arc::new(super::dev_page::DevPage)),
         io_threads,
         listen: args.listen,
         tls: Some(cert.server_config(&args.common.tls_options())?),
@@ -161,6 +162,10 @@ impl DevHandle {
                 table.route(ns).ordinal
             ));
         }
+        out.push_str(&format!(
+            "\npage: https://localhost:{}/ (the dev CA below, or accept the warning)\n",
+            addr.port()
+        ));
         out.push_str(&format!("\ntry:\n  websocat -k wss://{addr}/ws/ns-01\n"));
         if let Some(ca) = &self.ca_file {
             out.push_str(&format!(

@@ -2,7 +2,8 @@
 //! daemon they start or query.
 //!
 //! - [`serve`]: `wsrouter serve`: the daemon, its watchers, the drain on signals.
-//! - [`dev`]: `wsrouter dev`: the router with in-process echo backends.
+//! - [`dev`]: `wsrouter dev`: the router with in-process echo backends, and its page
+//!   (`dev_page`).
 //! - [`plan`]: `wsrouter route` and `wsrouter plan`: the routing contract and what an
 //!   edit would move.
 //! - [`cert`]: `wsrouter cert`: a development certificate on disk.
@@ -10,6 +11,7 @@
 
 pub mod cert;
 pub mod dev;
+mod dev_page;
 pub mod exit;
 pub mod plan;
 pub mod serve;

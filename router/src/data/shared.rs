@@ -39,6 +39,9 @@ pub struct Shared {
     pub lifecycle: Lifecycle,
     /// The pending and live pools.
     pub admission: Arc<Admission>,
+    /// Extra plain-HTTP answers on the WebSocket listener (`wsrouter dev`'s page);
+    /// `None` in `serve`, where anything but an upgrade path is 404.
+    pub pages: Option<Arc<dyn Pages>>,
     /// A circuit breaker per backend address.
     pub breakers: Arc<Breakers>,
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
@@ -59,4 +62,16 @@ where
     fn execute(&self, fut: F) {
         self.0.spawn(fut);
     }
+}
+
+/// Plain GETs the WebSocket listener answers before routing, when given some. A hook, so
+/// the data path knows nothing of what is served (the dev page lives with the `dev`
+/// command).
+pub trait Pages: Send + Sync + std::fmt::Debug {
+    /// The answer to `req`, or `None` to route it as usual.
+    fn answer(
+        &self,
+        req: &http::Request<hyper::body::Incoming>,
+        shared: &Shared,
+    ) -> Option<http::Response<http_body_util::Full<bytes::Bytes>>>;
 }

@@ -343,6 +343,14 @@ where
     if let Ok(mut pending) = ctx.pending.lock() {
         pending.take();
     }
+    if let Some(page) = ctx
+        .shared
+        .pages
+        .as_ref()
+        .and_then(|p| p.answer(&req, &ctx.shared))
+    {
+        return page.map(Either::Left);
+    }
     let resp = match forward::<I>(&mut req, &ctx).await {
         Ok(resp) => resp,
         Err(e) => {

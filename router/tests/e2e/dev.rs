@@ -55,3 +55,82 @@ async fn dev_mode_routes_over_wss_with_overrides() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A GET over TLS to `addr`, whole answer (the request asks the connection to close).
+async fn https_get(
+    connector: &tokio_rustls::TlsConnector,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let mut tls = connector
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    let _ = within(WAIT, "an answer", tls.read_to_end(&mut out)).await?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).unwrap_or("0").parse()?;
+    Ok(RawResponse {
+        status,
+        head: head.to_ascii_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("wsrouter-dev-page-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("overrides.yaml");
+    std::fs::write(&file, "kind: ConfigMap\ndata:\n  ns-01: backend-0\n")?;
+    let dev = start_dev(&file, &[]).await?;
+    let addr = dev.router.local_addr();
+    assert!(
+        dev.banner()
+            .contains(&format!("https://localhost:{}/", addr.port())),
+        "{}",
+        dev.banner()
+    );
+    let connector = tokio_rustls::TlsConnector::from(dev.cert.client_config());
+    let page = https_get(&connector, addr, "/").await?;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.head.contains("content-type: text/html"),
+        "{}",
+        page.head
+    );
+    assert!(
+        page.head
+            .contains("content-security-policy: default-src 'none'"),
+        "{}",
+        page.head
+    );
+    assert!(page.body.contains("new WebSocket(") && page.body.contains("/dev/table"));
+    // Self-contained: nothing loaded from elsewhere.
+    for external in ["src=\"http", "href=\"http", "//cdn", "import "] {
+        assert!(!page.body.contains(external), "{external}");
+    }
+    let table = https_get(&connector, addr, "/dev/table").await?;
+    let view: router::admin::views::TableView = serde_json::from_str(&table.body)?;
+    assert_eq!(view.replicas, 4);
+    let route = https_get(&connector, addr, "/dev/route/ns-01").await?;
+    let view: router::admin::views::RouteView = serde_json::from_str(&route.body)?;
+    assert_eq!(view.ordinal, 0);
+    dev.router.close_now();
+    within(WAIT, "dev drain", dev.router.drained()).await?;
+    std::fs::remove_dir_all(&dir)?;
+
+    // `serve` (the harness's router) has no page.
+    let h = Harness::start(Options::default()).await?;
+    let r = h
+        .raw(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await?;
+    assert_eq!(r.status, 404);
+    Ok(())
+}

@@ -318,6 +318,7 @@ pub async fn start_router(
     let fixed = replicas.unwrap_or(std::num::NonZeroU32::MIN);
     Ok(router::start(RouterConfig {
         io_threads: opts.io_threads,
+        pages: None,
         listen: "127.0.0.1:0".parse()?,
         tls: match (&opts.tls_files, opts.plaintext) {
             (_, true) => None,

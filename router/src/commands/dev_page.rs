@@ -1,0 +1,54 @@
+//! The page `wsrouter dev` serves at `/` on its WebSocket listener: a few tenants'
+//! sockets with their counters and echoes, the routing fingerprint, and the table
+//! (tenants per pod), read through `/dev/table` and `/dev/route/{ns}`, which answer
+//! what the admin listener's `/table` and `/route` do. Self-contained: no CDN, no
+//! network. Only `dev` serves it; `serve` answers 404 there.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+
+use crate::admin;
+use crate::data::shared::{Pages, Shared};
+
+const PAGE: &str = include_str!("dev_page.html");
+
+#[derive(Debug)]
+pub struct DevPage;
+
+impl Pages for DevPage {
+    fn answer(&self, req: &Request<Incoming>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+        if req.method() != Method::GET {
+            return None;
+        }
+        match req.uri().path() {
+            "/" | "/index.html" => {
+                let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                // The page talks to this origin only.
+                r.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                Some(r)
+            }
+            "/dev/table" => Some(admin::table_response(shared)),
+            path => path
+                .strip_prefix("/dev/route/")
+                .map(|ns| admin::route_response(shared, ns)),
+        }
+        .map(|mut r| {
+            if r.status() == StatusCode::OK {
+                r.headers_mut()
+                    .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            r
+        })
+    }
+}
