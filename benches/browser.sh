@@ -6,6 +6,7 @@
 #
 #   benches/browser.sh                  # the debug binary `cargo test` builds
 #   BIN=target/release benches/browser.sh
+#   TENANT_FROM=query:tenant benches/browser.sh   # the page names tenants as the router takes them
 #
 # Installs Debian's chromium if it is missing (about 30 s). Loopback only; every wait is
 # bounded. Exit status 1 on any mismatch.
@@ -27,7 +28,7 @@ fi
 [[ -x $BIN/wsrouter ]] || die "no $BIN/wsrouter: run cargo test (or cargo build) first"
 
 "$BIN/wsrouter" dev --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$ADMIN" \
-  --interval 200ms >/dev/null 2>&1 &
+  --interval 200ms --tenant-from "${TENANT_FROM:-path}" >/dev/null 2>&1 &
 router=$!
 trap 'kill $router 2>/dev/null || true' EXIT
 wait_port "$PORT"

@@ -9,6 +9,8 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 
+use wsrouter::TenantFrom;
+
 use crate::admin;
 use crate::data::shared::{Pages, Shared};
 
@@ -39,6 +41,24 @@ impl Pages for DevPage {
                 Some(r)
             }
             "/dev/table" => Some(admin::table_response(shared)),
+            // How the page should name a tenant: the router's --tenant-from and prefix.
+            "/dev/config" => {
+                let from = match &shared.policy.tenant_from {
+                    TenantFrom::Path => "path".to_owned(),
+                    TenantFrom::Header(h) => format!("header:{h}"),
+                    TenantFrom::Query(q) => format!("query:{q}"),
+                };
+                let body = serde_json::json!({
+                    "prefix": shared.prefix.as_str(),
+                    "tenant_from": from,
+                });
+                let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Some(r)
+            }
             path => path
                 .strip_prefix("/dev/route/")
                 .map(|ns| admin::route_response(shared, ns)),
