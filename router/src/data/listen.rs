@@ -256,12 +256,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
 {
     let evicted = slot.evicted();
-    let ctx = Arc::new(ConnCtx {
-        shared: shared.clone(),
-        peer,
-        accepted,
-        pending: std::sync::Mutex::new(Some(slot)),
-    });
+    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
@@ -309,12 +304,7 @@ async fn serve_h2<I>(
         tracing::debug!(client.addr = %peer, "HTTP/2 connection refused: live pool full");
         return;
     };
-    let ctx = Arc::new(ConnCtx {
-        shared: shared.clone(),
-        peer,
-        accepted,
-        pending: std::sync::Mutex::new(Some(slot)),
-    });
+    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }

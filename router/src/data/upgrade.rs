@@ -309,6 +309,24 @@ pub(crate) struct ConnCtx {
     pub pending: std::sync::Mutex<Option<PendingSlot>>,
 }
 
+impl ConnCtx {
+    /// One client connection's context, its pending slot held until the first request
+    /// head is parsed.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        peer: SocketAddr,
+        accepted: Instant,
+        slot: PendingSlot,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared: shared.clone(),
+            peer,
+            accepted,
+            pending: std::sync::Mutex::new(Some(slot)),
+        })
+    }
+}
+
 /// Everything the relay needs to know about where it goes.
 struct Routed {
     tenant: Box<str>,

@@ -142,17 +142,7 @@ async fn websockets_over_http2_streams_land_where_the_contract_says() -> Result<
     let mut first = sockets.remove(0);
     first.close(None).await?;
     let next = &mut sockets[9];
-    next.send(Message::text("still here")).await?;
-    loop {
-        match within(WAIT, "the echo", next.next())
-            .await?
-            .context("closed")??
-        {
-            Message::Text(t) if t.as_str() == "still here" => break,
-            Message::Text(_) => continue,
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    echoes(next, "still here").await?;
     Ok(())
 }
 
@@ -289,17 +279,7 @@ async fn rapid_reset_closes_the_abusive_connection_only() -> Result<()> {
     );
     assert!(sent < 2000, "closed before the flood ended: {sent}");
 
-    ws.send(Message::text("unharmed")).await?;
-    loop {
-        match within(WAIT, "the echo", ws.next())
-            .await?
-            .context("closed")??
-        {
-            Message::Text(t) if t.as_str() == "unharmed" => break,
-            Message::Text(_) => continue,
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    echoes(&mut ws, "unharmed").await?;
     Ok(())
 }
 
@@ -412,17 +392,7 @@ async fn continuation_and_ping_floods_are_cut_off() -> Result<()> {
     drop(tls);
     assert!(sent > 0);
 
-    ws.send(Message::text("unharmed")).await?;
-    loop {
-        match within(WAIT, "the echo", ws.next())
-            .await?
-            .context("closed")??
-        {
-            Message::Text(t) if t.as_str() == "unharmed" => break,
-            Message::Text(_) => continue,
-            other => anyhow::bail!("{other:?}"),
-        }
-    }
+    echoes(&mut ws, "unharmed").await?;
     Ok(())
 }
 
@@ -451,16 +421,24 @@ async fn a_dead_backend_ends_its_stream_only() -> Result<()> {
             Some(Ok(m)) => anyhow::bail!("{m:?}"),
         }
     }
-    other.send(Message::text("unharmed")).await?;
+    echoes(&mut other, "unharmed").await?;
+    Ok(())
+}
+
+/// `text` sent on `ws` comes back (counters in between are skipped).
+async fn echoes(
+    ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
+    text: &str,
+) -> Result<()> {
+    ws.send(Message::text(text)).await?;
     loop {
-        match within(WAIT, "the echo", other.next())
+        match within(WAIT, "the echo", ws.next())
             .await?
             .context("closed")??
         {
-            Message::Text(t) if t.as_str() == "unharmed" => break,
+            Message::Text(t) if t.as_str() == text => return Ok(()),
             Message::Text(_) => continue,
-            m => anyhow::bail!("{m:?}"),
+            other => anyhow::bail!("{other:?}"),
         }
     }
-    Ok(())
 }
