@@ -331,11 +331,10 @@ impl ConnCtx {
 struct Routed {
     tenant: Box<str>,
     ordinal: u32,
-    /// Where to connect, as logs show it.
+    /// Where to connect: a pod's `IP:PORT` as the EndpointSlices give it, or a
+    /// `HOST:PORT` from a list or template. Connecting parses an `IP:PORT` as it is;
+    /// only a host name is resolved.
     addr: Box<str>,
-    /// Where to connect: a pod's address as the EndpointSlices give it (no DNS), or a
-    /// `HOST:PORT` from a list or template (resolved when connecting).
-    target: Target,
     source: RouteSource,
     table_version: u64,
     fingerprint: Fingerprint,
@@ -345,12 +344,6 @@ struct Routed {
     h2: bool,
     /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
     host: HeaderValue,
-}
-
-#[derive(Debug, Clone)]
-enum Target {
-    Socket(SocketAddr),
-    Host(Box<str>),
 }
 
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
@@ -542,11 +535,9 @@ fn route_request(
         // A pod that is not serving, terminating or not known yet: say so now rather
         // than after a connect timeout, and never guess another. The tenant stays on its
         // pod; its state lives there.
-        let (addr, target) = match route.backend {
-            Backend::Addr(a) => (a.clone(), Target::Host(a.clone())),
-            Backend::Pod(m) if m.accepts_new() => {
-                (m.addr.to_string().into(), Target::Socket(m.addr))
-            }
+        let addr: Box<str> = match route.backend {
+            Backend::Addr(a) => a.clone(),
+            Backend::Pod(m) if m.accepts_new() => m.addr.to_string().into(),
             Backend::Pod(m) => {
                 return Err(ProxyError::BackendNotServing {
                     ordinal,
@@ -559,7 +550,6 @@ fn route_request(
             tenant: tenant.into(),
             ordinal,
             addr,
-            target,
             source: route.source,
             table_version: table.version(),
             fingerprint: table.fingerprint(),
@@ -944,14 +934,13 @@ async fn upgrade_backend(
         addr: routed.addr.clone(),
         source,
     };
-    let connected = match &routed.target {
-        Target::Socket(a) => TcpStream::connect(*a).await,
-        Target::Host(h) => TcpStream::connect(&**h).await,
-    };
-    let tcp = connected.map_err(|source| ProxyError::BackendUnreachable {
-        ordinal: routed.ordinal,
-        addr: routed.addr.clone(),
-        source,
+    // An `IP:PORT` (every pod address) is parsed, not looked up: no DNS in cluster mode.
+    let tcp = TcpStream::connect(&*routed.addr).await.map_err(|source| {
+        ProxyError::BackendUnreachable {
+            ordinal: routed.ordinal,
+            addr: routed.addr.clone(),
+            source,
+        }
     })?;
     let _ = tcp.set_nodelay(true);
     if let Some(idle) = keepalive {
