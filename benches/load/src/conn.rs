@@ -1,17 +1,25 @@
 //! Opening connections: TCP from a chosen loopback source address, TLS that accepts the
-//! self-signed certificates benchmarks use, and the WebSocket handshake.
+//! self-signed certificates benchmarks use, and the WebSocket handshake: an HTTP/1.1
+//! upgrade per connection, or (RFC 8441) an extended CONNECT stream on a shared HTTP/2
+//! connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures_util::SinkExt;
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -64,12 +72,14 @@ impl Target {
         }
     }
 
-    pub(crate) fn tls_connector(&self) -> Option<TlsConnector> {
-        self.tls.then(|| TlsConnector::from(self.client_config()))
+    /// `alpn`: what the client offers (`http/1.1`, or `h2` for HTTP/2 connections).
+    pub(crate) fn tls_connector(&self, alpn: &[u8]) -> Option<TlsConnector> {
+        self.tls
+            .then(|| TlsConnector::from(self.client_config(alpn)))
     }
 
     /// The TLS client config every connection uses.
-    pub(crate) fn client_config(&self) -> Arc<rustls::ClientConfig> {
+    pub(crate) fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         {
             // Key exchange pinned to X25519, so every target under comparison does the same
             // handshake work (rustls would otherwise offer a post-quantum hybrid first, which
@@ -83,7 +93,7 @@ impl Target {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
                 .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config.alpn_protocols = vec![alpn.to_vec()];
             Arc::new(config)
         }
     }
@@ -129,10 +139,89 @@ impl ServerCertVerifier for AnyCertificate {
     }
 }
 
-/// A client WebSocket, plain or over TLS.
+/// A client WebSocket, plain or over TLS, or a stream of an HTTP/2 connection.
 pub enum Ws {
     Plain(Box<WebSocketStream<TcpStream>>),
     Tls(Box<WebSocketStream<TlsStream<TcpStream>>>),
+    H2(Box<WebSocketStream<TokioIo<Upgraded>>>),
+}
+
+/// One HTTP/2 connection's handle for opening streams (cheap to clone).
+pub(crate) type H2 = SendRequest<Empty<Bytes>>;
+
+/// A TLS connection that negotiated `h2`, through the HTTP/2 handshake. The connection
+/// is driven by a task of its own until every handle and stream is gone.
+pub(crate) async fn open_h2(
+    target: &Target,
+    tls: &TlsConnector,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> Result<H2, String> {
+    let work = async {
+        let tcp = connect_tcp(target.addr, source)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+        let tls = tls
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return Err("the server did not choose h2 (ALPN)".to_owned());
+        }
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("http2 handshake: {e}"))?;
+        tokio::spawn(conn);
+        Ok(send)
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+}
+
+/// A WebSocket as an extended CONNECT stream (`:protocol websocket`) on `h2`.
+pub(crate) async fn open_stream(
+    target: &Target,
+    h2: &mut H2,
+    namespace: &str,
+    timeout: Duration,
+) -> Result<Ws, String> {
+    let work = async {
+        h2.ready().await.map_err(|e| format!("http2: {e}"))?;
+        let mut req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .version(http::Version::HTTP_2)
+            .uri(format!(
+                "https://{}:{}{}{}",
+                target.host,
+                target.addr.port(),
+                target.prefix,
+                namespace
+            ))
+            .header("sec-websocket-version", "13")
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let resp = h2
+            .send_request(req)
+            .await
+            .map_err(|e| format!("extended CONNECT: {e}"))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(format!("extended CONNECT answered {}", resp.status()));
+        }
+        let upgraded = hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| format!("stream: {e}"))?;
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Client, None).await;
+        Ok(Ws::H2(Box::new(ws)))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "stream open timed out".to_owned())?
 }
 
 /// A TCP connection to `addr`, from `source` if given.
@@ -216,6 +305,12 @@ impl Ws {
                     .map_err(|e| e.to_string())?;
                 next_echo(ws.as_mut(), timeout).await?
             }
+            Ws::H2(ws) => {
+                ws.send(Message::binary(p.to_vec()))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                next_echo(ws.as_mut(), timeout).await?
+            }
         };
         if echo == p {
             Ok(())
@@ -234,6 +329,7 @@ impl Ws {
         match self {
             Ws::Plain(ws) => crate::ping_pong(*ws, id, cfg, rate, until).await,
             Ws::Tls(ws) => crate::ping_pong(*ws, id, cfg, rate, until).await,
+            Ws::H2(ws) => crate::ping_pong(*ws, id, cfg, rate, until).await,
         }
     }
 
@@ -247,6 +343,7 @@ impl Ws {
         match self {
             Ws::Plain(ws) => crate::throughput(*ws, id, cfg, window, until).await,
             Ws::Tls(ws) => crate::throughput(*ws, id, cfg, window, until).await,
+            Ws::H2(ws) => crate::throughput(*ws, id, cfg, window, until).await,
         }
     }
 }

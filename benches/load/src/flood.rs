@@ -70,7 +70,7 @@ pub fn client_hello_claiming(declared: usize, send: usize) -> Vec<u8> {
 
 /// A real ClientHello, as rustls sends it first.
 fn complete_hello(target: &Target) -> Result<Vec<u8>, LoadError> {
-    let config = target.client_config();
+    let config = target.client_config(b"http/1.1");
     let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|_| {
         LoadError::BadUrl {
             url: target.host.clone(),

@@ -9,6 +9,9 @@
 //!   ports do not run out), hold them idle, optionally pass one burst each and hold again,
 //!   then check every one still echoes. Phase lines on stderr let a script sample RSS.
 //!
+//! With `h2_connections` > 0 every WebSocket is an extended CONNECT stream (RFC 8441),
+//! spread round-robin over that many HTTP/2 connections (TLS, ALPN `h2`), in any mode.
+//!
 //! - [`flood::flood`]: hostile handshakes (partial or complete ClientHellos that stall),
 //!   held and reopened for a fixed time, for the memory-under-attack benchmark.
 //!
@@ -39,6 +42,8 @@ pub enum LoadError {
     SourceNotLoopback(IpAddr),
     #[error("bad URL {url:?}: {why}")]
     BadUrl { url: String, why: &'static str },
+    #[error("WebSockets over HTTP/2 need a wss:// target (no h2c)")]
+    H2NeedsTls,
     #[error("no connection could be opened; first error: {0}")]
     NoConnections(String),
 }
@@ -68,6 +73,9 @@ pub struct LoadConfig {
     pub open_parallelism: usize,
     /// Bound on every single wait: connect, an echo.
     pub timeout: Duration,
+    /// 0: one TCP+TLS connection and HTTP/1.1 upgrade per WebSocket. N: every WebSocket
+    /// is a stream on one of N HTTP/2 connections.
+    pub h2_connections: usize,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -94,6 +102,9 @@ pub struct Report {
     pub still_echoing: Option<usize>,
     /// Connections per second over the opening phase (TLS handshake through first echo).
     pub connects_per_second: f64,
+    /// TCP (and TLS) connections the WebSockets used: one each over HTTP/1.1, the
+    /// HTTP/2 connections otherwise.
+    pub tcp_connections: usize,
 }
 
 /// The payload of message `seq` on connection `conn`: its size, its identity in the
@@ -258,21 +269,34 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
     if let Some(ip) = cfg.sources.iter().find(|ip| !ip.is_loopback()) {
         return Err(LoadError::SourceNotLoopback(*ip));
     }
-    let tls = cfg.target.tls_connector();
-    let cfg = Arc::new(cfg);
-
-    // Open every connection (bounded parallelism), through to its first echo.
     let opening = Instant::now();
+    let (tls, h2s) = if cfg.h2_connections > 0 {
+        let tls = cfg
+            .target
+            .tls_connector(b"h2")
+            .ok_or(LoadError::H2NeedsTls)?;
+        (None, open_h2_connections(&cfg, &tls).await?)
+    } else {
+        (cfg.target.tls_connector(b"http/1.1"), Vec::new())
+    };
+    let cfg = Arc::new(cfg);
+    let h2s = Arc::new(h2s);
+
+    // Open every WebSocket (bounded parallelism), through to its first echo.
     let opened: Vec<Result<(usize, conn::Ws), String>> =
         futures_util::stream::iter(0..cfg.connections)
             .map(|i| {
-                let (cfg, tls) = (cfg.clone(), tls.clone());
+                let (cfg, tls, h2s) = (cfg.clone(), tls.clone(), h2s.clone());
                 async move {
-                    let source =
-                        (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
                     let ns = format!("{}{}", cfg.tenant_prefix, i % cfg.tenants.max(1));
-                    let mut ws =
-                        conn::open(&cfg.target, tls.as_ref(), source, &ns, cfg.timeout).await?;
+                    let mut ws = if h2s.is_empty() {
+                        let source =
+                            (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
+                        conn::open(&cfg.target, tls.as_ref(), source, &ns, cfg.timeout).await?
+                    } else {
+                        let mut h2 = h2s[i % h2s.len()].clone();
+                        conn::open_stream(&cfg.target, &mut h2, &ns, cfg.timeout).await?
+                    };
                     let p = payload(i, u64::MAX, 16);
                     ws.send_and_check(&p, cfg.timeout).await?;
                     Ok((i, ws))
@@ -304,8 +328,11 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         connections: connected,
         connect_failures,
         connects_per_second: connected as f64 / open_secs.max(1e-9),
+        tcp_connections: if h2s.is_empty() { connected } else { h2s.len() },
         ..Report::default()
     };
+    // The streams hold their connections; the handles would keep idle ones open.
+    drop(h2s);
 
     let started = Instant::now();
     let results: Vec<ConnResult> = match cfg.mode {
@@ -353,6 +380,26 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
         report.still_echoing = Some(still);
     }
     Ok(report)
+}
+
+/// The HTTP/2 connections, opened with the configured parallelism and sources; all of
+/// them must open (a benchmark with fewer would not be the one asked for).
+async fn open_h2_connections(
+    cfg: &LoadConfig,
+    tls: &tokio_rustls::TlsConnector,
+) -> Result<Vec<conn::H2>, LoadError> {
+    let opened: Vec<Result<conn::H2, String>> = futures_util::stream::iter(0..cfg.h2_connections)
+        .map(|i| {
+            let source = (!cfg.sources.is_empty()).then(|| cfg.sources[i % cfg.sources.len()]);
+            conn::open_h2(&cfg.target, tls, source, cfg.timeout)
+        })
+        .buffer_unordered(cfg.open_parallelism.max(1))
+        .collect()
+        .await;
+    opened
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(LoadError::NoConnections)
 }
 
 async fn join_all<F, Fut>(

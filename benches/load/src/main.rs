@@ -54,6 +54,10 @@ struct Args {
     /// Bound on each connect and each echo.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Open every WebSocket as an HTTP/2 extended CONNECT stream (RFC 8441), spread over
+    /// this many HTTP/2 connections (wss:// only). 0: one HTTP/1.1 upgrade per connection.
+    #[arg(long, default_value_t = 0)]
+    h2_connections: usize,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -131,6 +135,7 @@ async fn main() -> anyhow::Result<()> {
         sources,
         open_parallelism: a.parallel,
         timeout: a.timeout,
+        h2_connections: a.h2_connections,
     };
     // Everything is bounded: the run, plus opening and draining, cannot outlast this.
     let limit = a.duration * 3 + a.timeout * 4 + Duration::from_secs(60);
@@ -141,8 +146,8 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "connections {} (failed {}), {:.0} connects/s; messages {} in {:.2}s = {:.0} msg/s, {:.1} MB/s; errors {}",
-            report.connections, report.connect_failures, report.connects_per_second, report.messages, report.seconds,
+            "connections {} over {} TCP (failed {}), {:.0} connects/s; messages {} in {:.2}s = {:.0} msg/s, {:.1} MB/s; errors {}",
+            report.connections, report.tcp_connections, report.connect_failures, report.connects_per_second, report.messages, report.seconds,
             report.messages_per_second, report.megabytes_per_second, report.errors
         );
         if let Some(l) = &report.latency {

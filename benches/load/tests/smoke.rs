@@ -67,6 +67,7 @@ fn config(url: &str, mode: Mode) -> Result<LoadConfig> {
         sources: Vec::new(),
         open_parallelism: 4,
         timeout: Duration::from_secs(10),
+        h2_connections: 0,
     })
 }
 
@@ -104,6 +105,51 @@ async fn every_mode_runs_through_the_router() -> Result<()> {
         assert_eq!(r.still_echoing, Some(8), "{r:?}");
         h.close_now();
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_mode_runs_over_http2_streams() -> Result<()> {
+    let (h, _backends) = router(true).await?;
+    let url = format!("wss://{}/ws/", h.local_addr());
+    let over_h2 = |mode| -> Result<LoadConfig> {
+        let mut c = config(&url, mode)?;
+        c.h2_connections = 3;
+        Ok(c)
+    };
+
+    let r = wsload::run(over_h2(Mode::PingPong { rate: Some(200.0) })?).await?;
+    assert_eq!(
+        (r.connections, r.tcp_connections, r.errors),
+        (8, 3, 0),
+        "{r:?}"
+    );
+    assert!(r
+        .latency
+        .is_some_and(|l| l.samples == r.messages && r.messages > 8));
+
+    let r = wsload::run(over_h2(Mode::Throughput { window: 8 })?).await?;
+    assert_eq!(r.errors, 0, "{r:?}");
+    assert!(r.messages > 0, "{r:?}");
+
+    let mut c = over_h2(Mode::HoldIdle {
+        burst: Some(16 * 1024),
+    })?;
+    c.duration = Duration::from_millis(100);
+    let r = wsload::run(c).await?;
+    assert_eq!((r.still_echoing, r.tcp_connections), (Some(8), 3), "{r:?}");
+
+    let plain = config(
+        &format!("ws://{}/ws/", h.local_addr()),
+        Mode::PingPong { rate: None },
+    );
+    let mut plain = plain?;
+    plain.h2_connections = 1;
+    assert!(matches!(
+        wsload::run(plain).await,
+        Err(wsload::LoadError::H2NeedsTls)
+    ));
+    h.close_now();
     Ok(())
 }
 
