@@ -25,7 +25,7 @@ pub use crate::data::listen::ServerError;
 use crate::data::metrics::Metrics;
 use crate::data::policy::RateLimiter;
 use crate::data::reroute::Reroute;
-use crate::data::shared::{Shared, TrackedExecutor};
+use crate::data::shared::Shared;
 use crate::state::lifecycle::{Changes, Lifecycle};
 use crate::state::tenants::LiveTenants;
 
@@ -173,39 +173,6 @@ struct Planes {
     metrics: Arc<AdminMetrics>,
 }
 
-/// How client connections speak HTTP/2. hyper/h2's own guards, each set here rather
-/// than left to defaults that may change:
-/// - at most 128 streams per connection (each is a WebSocket, and each holds a place
-///   in the live pool besides);
-/// - header lists up to `--max-header-bytes` (h2 refuses a CONTINUATION flood that
-///   exceeds it, and bounds the frames it buffers for one header block);
-/// - rapid reset (CVE-2023-44487): at most 20 streams reset by the client before the
-///   server has accepted them, and 64 reset by the server for errors, before the
-///   connection is closed with GOAWAY;
-/// - flow-control windows of 64 KiB per stream and 1 MiB per connection, and 64 KiB of
-///   send buffer per stream, so a slow reader holds about what an HTTP/1.1 relay holds;
-/// - keepalive PINGs every 30 s, connection closed if unanswered in 10 s. PING and
-///   SETTINGS floods are h2's to bound: it answers each PING once, queues at most a
-///   few pending acknowledgements, and closes a connection that floods SETTINGS.
-fn http2_builder(
-    config: &RouterConfig,
-    tasks: &tokio_util::task::TaskTracker,
-) -> hyper::server::conn::http2::Builder<TrackedExecutor> {
-    let mut h2 = hyper::server::conn::http2::Builder::new(TrackedExecutor(tasks.clone()));
-    h2.timer(TokioTimer::new())
-        .enable_connect_protocol()
-        .max_concurrent_streams(128)
-        .max_header_list_size(u32::try_from(config.limits.max_header_bytes).unwrap_or(u32::MAX))
-        .max_pending_accept_reset_streams(20)
-        .max_local_error_reset_streams(64)
-        .initial_stream_window_size(64 * 1024)
-        .initial_connection_window_size(1024 * 1024)
-        .max_send_buf_size(64 * 1024)
-        .keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10));
-    h2
-}
-
 /// The state the planes share, and the control loop (started) that owns the table.
 /// Every piece is made once here and handed to whoever writes or reads it.
 fn build(config: RouterConfig) -> Planes {
@@ -217,7 +184,7 @@ fn build(config: RouterConfig) -> Planes {
     let stats = Arc::new(ControlStats::default());
     // One set of waiters for every change, whoever makes it.
     let lifecycle = Lifecycle::with_changes(stats.changes.clone());
-    let http2 = http2_builder(&config, &lifecycle.tasks);
+    let http2 = crate::data::h2::builder(config.limits.max_header_bytes);
     let table = Arc::new(ArcSwapOption::<RoutingTable>::empty());
     let live = Arc::new(LiveTenants::default());
     let tls_config = config.tls.map(|c| Arc::new(ArcSwap::new(c)));

@@ -5,9 +5,8 @@
 //! network. Only `dev` serves it; `serve` answers 404 there.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderValue, Method, Response, StatusCode, Uri};
 use http_body_util::Full;
-use hyper::body::Incoming;
 
 use wsrouter::TenantFrom;
 
@@ -20,11 +19,11 @@ const PAGE: &str = include_str!("dev_page.html");
 pub struct DevPage;
 
 impl Pages for DevPage {
-    fn answer(&self, req: &Request<Incoming>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
-        if req.method() != Method::GET {
+    fn answer(&self, method: &Method, uri: &Uri, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+        if method != Method::GET {
             return None;
         }
-        match req.uri().path() {
+        match uri.path() {
             "/" | "/index.html" => {
                 let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
                 r.headers_mut().insert(

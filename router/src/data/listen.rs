@@ -230,7 +230,7 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut s
                 .observe(accepted.elapsed().as_secs_f64());
             slot.hold(REQUEST_HEAD_BYTES);
             if tls.alpn() == Some(b"h2") {
-                serve_h2(shared, tls, peer, accepted, slot).await
+                super::h2::serve(shared, tls, peer, accepted, slot).await
             } else {
                 serve_http(shared, tls, peer, accepted, slot).await
             }
@@ -285,53 +285,5 @@ async fn serve_http<I>(
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
         }
-    }
-}
-
-/// An HTTP/2 connection (ALPN `h2`): WebSockets arrive as extended CONNECT streams
-/// (RFC 8441), each routed and relayed like an HTTP/1.1 upgrade. The connection holds
-/// a place in the live pool for itself, and each stream one more.
-async fn serve_h2<I>(
-    shared: Arc<Shared>,
-    io: I,
-    peer: SocketAddr,
-    accepted: Instant,
-    slot: PendingSlot,
-) where
-    I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
-{
-    let Ok(_conn_slot) = shared.admission.admit_live(peer.ip()) else {
-        tracing::debug!(client.addr = %peer, "HTTP/2 connection refused: live pool full");
-        return;
-    };
-    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
-    });
-    shared.metrics.http2_connections.inc();
-    let _open = OpenGauge(shared.metrics.http2_connections.clone());
-    let conn = shared.http2.serve_connection(TokioIo::new(io), svc);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 connection error");
-            }
-            return;
-        }
-        // The drain: GOAWAY at once, so the client opens no more streams here; the
-        // streams already open run on (they get 1001 when the grace period ends).
-        _ = shared.lifecycle.stop_accepting.cancelled() => conn.as_mut().graceful_shutdown(),
-    }
-    let _ = conn.await;
-}
-
-/// Counts a gauge down however the function holding it ends.
-struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
-
-impl Drop for OpenGauge {
-    fn drop(&mut self) {
-        self.0.dec();
     }
 }

@@ -22,6 +22,7 @@ pub mod accept;
 pub mod admission;
 pub mod breaker;
 pub mod frame;
+pub mod h2;
 pub mod limits;
 pub mod listen;
 pub mod metrics;

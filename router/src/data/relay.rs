@@ -59,14 +59,6 @@ impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::data::tls_strea
     }
 }
 
-/// An HTTP/2 stream: it cannot be reset from here; dropping it without an end of stream
-/// sends RST_STREAM, which is what a reset passed on means for it.
-impl Reset for hyper_util::rt::TokioIo<hyper::upgrade::Upgraded> {
-    fn reset(&mut self) {}
-
-    const RESET_IS_GOING_AWAY: bool = true;
-}
-
 impl Reset for tokio::io::DuplexStream {
     fn reset(&mut self) {}
 }

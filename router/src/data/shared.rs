@@ -35,7 +35,7 @@ pub struct Shared {
     /// How client connections speak HTTP/1.1 (limits, timeouts).
     pub http: http1::Builder,
     /// How they speak HTTP/2 (streams, windows, header list size, reset limits).
-    pub http2: hyper::server::conn::http2::Builder<TrackedExecutor>,
+    pub http2: h2::server::Builder,
     pub lifecycle: Lifecycle,
     /// The pending and live pools.
     pub admission: Arc<Admission>,
@@ -49,29 +49,15 @@ pub struct Shared {
     pub rate: RateLimiter,
 }
 
-/// Spawns HTTP/2 stream handlers on the router's task tracker, so the drain waits for
-/// them like for every other connection task.
-#[derive(Clone)]
-pub struct TrackedExecutor(pub tokio_util::task::TaskTracker);
-
-impl<F> hyper::rt::Executor<F> for TrackedExecutor
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        self.0.spawn(fut);
-    }
-}
-
 /// Plain GETs the WebSocket listener answers before routing, when given some. A hook, so
 /// the data path knows nothing of what is served (the dev page lives with the `dev`
 /// command).
 pub trait Pages: Send + Sync + std::fmt::Debug {
-    /// The answer to `req`, or `None` to route it as usual.
+    /// The answer to a request (either HTTP version), or `None` to route it as usual.
     fn answer(
         &self,
-        req: &http::Request<hyper::body::Incoming>,
+        method: &http::Method,
+        uri: &http::Uri,
         shared: &Shared,
     ) -> Option<http::Response<http_body_util::Full<bytes::Bytes>>>;
 }

@@ -346,10 +346,40 @@ struct Routed {
     host: HeaderValue,
 }
 
+/// What a request comes to: the answer, and for a WebSocket the relay, waiting for the
+/// client's side of the upgrade (an HTTP/1.1 socket, or an HTTP/2 stream).
+pub(crate) struct Answer {
+    pub resp: Response<ProxyBody>,
+    pub relay: Option<PendingRelay>,
+}
+
+/// An HTTP/1.1 request on a hyper connection: answered, and on a 101 the socket hyper
+/// hands over goes to the relay.
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
     I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
 {
+    let Answer { resp, relay } = answer(&req, &ctx).await;
+    match relay {
+        // Two stages: this task waits for the client's upgrade; the relay then runs as
+        // its own task holding only what a live socket needs, so the upgrade's state is
+        // freed.
+        Some(pending) => {
+            let on_client_upgrade = hyper::upgrade::on(&mut req);
+            ctx.shared
+                .lifecycle
+                .tasks
+                .spawn(pending.await_client::<I>(on_client_upgrade));
+        }
+        None if req.headers().contains_key(header::UPGRADE) => close_unused_upgrade(&mut req, &ctx),
+        None => {}
+    }
+    resp
+}
+
+/// Any request, either HTTP version: a page (dev only), a refusal, or a WebSocket
+/// whose backend has upgraded (101 or 200 ready to send, the relay to start).
+pub(crate) async fn answer<B>(req: &Request<B>, ctx: &ConnCtx) -> Answer {
     // The head is parsed: this connection leaves the pending pool.
     if let Ok(mut pending) = ctx.pending.lock() {
         pending.take();
@@ -358,12 +388,15 @@ where
         .shared
         .pages
         .as_ref()
-        .and_then(|p| p.answer(&req, &ctx.shared))
+        .and_then(|p| p.answer(req.method(), req.uri(), &ctx.shared))
     {
-        return page.map(Either::Left);
+        return Answer {
+            resp: page.map(Either::Left),
+            relay: None,
+        };
     }
-    let resp = match forward::<I>(&mut req, &ctx).await {
-        Ok(resp) => resp,
+    let (resp, relay) = match forward(req, ctx).await {
+        Ok(answer) => answer,
         Err(e) => {
             if let Some(why) = e.refusal() {
                 ctx.shared.metrics.refused(why);
@@ -382,27 +415,24 @@ where
                     tracing::warn!(client.addr = %ctx.peer, status = e.status().as_u16(), error = %crate::logging::DisplayChain(&e), "upgrade failed");
                 }
             }
-            e.into_response()
+            (e.into_response(), None)
         }
     };
-    let status = resp.status();
     ctx.shared
         .metrics
         .upgrade_responses
         .get_or_create(&StatusLabel {
-            status: status.as_u16(),
+            status: resp.status().as_u16(),
             protocol: crate::state::labels::protocol(req.version()),
         })
         .inc();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    if relay.is_some() {
         ctx.shared
             .metrics
             .upgrade_seconds
             .observe(ctx.accepted.elapsed().as_secs_f64());
-    } else if req.headers().contains_key(header::UPGRADE) {
-        close_unused_upgrade(&mut req, &ctx);
     }
-    resp
+    Answer { resp, relay }
 }
 
 /// hyper hands the socket of an upgrade-shaped request to its upgrade future even when
@@ -419,15 +449,12 @@ fn close_unused_upgrade(req: &mut Request<Incoming>, ctx: &ConnCtx) {
     });
 }
 
-/// The request's way through: route it, take a live place, upgrade the backend, answer
-/// 101, and leave the rest (the client's upgrade, then the relay) to a task of its own.
-async fn forward<I>(
-    req: &mut Request<Incoming>,
+/// The request's way through: route it, take a live place, upgrade the backend, and
+/// answer 101 (200 on HTTP/2); the relay waits for the client's side.
+async fn forward<B>(
+    req: &Request<B>,
     ctx: &ConnCtx,
-) -> Result<Response<ProxyBody>, ProxyError>
-where
-    I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
-{
+) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
     let (routed, key) = route_request(req, &ctx.shared)?;
     let shared = &ctx.shared;
     shared
@@ -447,7 +474,7 @@ where
         .try_register(&routed.tenant, routed.tenant_cap)
         .ok_or(ProxyError::TenantFull)?;
     let (head, backend, backend_pre) = match upgrade_with_backend(req, ctx, &routed, &key).await? {
-        BackendAnswer::Refused(resp) => return Ok(relay_refusal(&routed, resp)),
+        BackendAnswer::Refused(resp) => return Ok((relay_refusal(&routed, resp), None)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
     };
     let resp = if routed.h2 {
@@ -465,20 +492,13 @@ where
         accepted: ctx.accepted,
         shared: ctx.shared.clone(),
     };
-    // Two stages: this task waits for the client's upgrade; the relay then runs as its own
-    // task holding only what a live socket needs, so the upgrade's state is freed.
-    let on_client_upgrade = hyper::upgrade::on(req);
-    ctx.shared
-        .lifecycle
-        .tasks
-        .spawn(pending.await_client::<I>(on_client_upgrade));
-    Ok(resp)
+    Ok((resp, Some(pending)))
 }
 
 /// Checks the request (Host, path, upgrade, key) and makes the one table load of this
 /// connection: the backend chosen here is kept for life.
-fn route_request(
-    req: &Request<Incoming>,
+fn route_request<B>(
+    req: &Request<B>,
     shared: &Shared,
 ) -> Result<(Routed, HeaderValue), ProxyError> {
     let host = request_host(req).map_err(ProxyError::BadHost)?;
@@ -564,8 +584,8 @@ fn route_request(
 /// Forwards the upgrade to the backend under its circuit breaker, within the backend
 /// timeout (retries included) and until the drain's grace period ends, and checks a 101
 /// completes the handshake the client asked for.
-async fn upgrade_with_backend(
-    req: &Request<Incoming>,
+async fn upgrade_with_backend<B>(
+    req: &Request<B>,
     ctx: &ConnCtx,
     routed: &Routed,
     key: &HeaderValue,
@@ -623,8 +643,8 @@ async fn upgrade_with_backend(
 
 /// Tries the backend until it answers, retrying a connection refused or reset (a pod
 /// restarting) after a jittered pause while `deadline` allows one more try.
-async fn upgrade_retrying(
-    req: &Request<Incoming>,
+async fn upgrade_retrying<B>(
+    req: &Request<B>,
     ctx: &ConnCtx,
     routed: &Routed,
     key: &HeaderValue,
@@ -714,7 +734,7 @@ fn answer_200(headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
 
 /// A backend upgraded and a 101 on its way to the client: what the relay will need once
 /// the client's side of the upgrade completes.
-struct PendingRelay {
+pub(crate) struct PendingRelay {
     routed: Routed,
     /// Counted against its tenant since before the backend was asked.
     tenant_slot: crate::state::tenants::LiveGuard,
@@ -746,10 +766,6 @@ impl PendingRelay {
                 return;
             }
         };
-        // An HTTP/2 stream is relayed as hyper hands it over.
-        if self.routed.h2 {
-            return self.start(TokioIo::new(client), Bytes::new());
-        }
         // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
         // reads and writes it directly.
         match client.downcast::<TokioIo<I>>() {
@@ -761,7 +777,7 @@ impl PendingRelay {
     }
 
     /// Registers the live socket, counts it, and spawns the relay task.
-    fn start<I>(self, client: I, client_pre: Bytes)
+    pub(crate) fn start<I>(self, client: I, client_pre: Bytes)
     where
         I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
     {
@@ -1148,7 +1164,7 @@ fn is_extended_connect<B>(req: &Request<B>) -> bool {
         && req.version() == Version::HTTP_2
         && req
             .extensions()
-            .get::<hyper::ext::Protocol>()
+            .get::<h2::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }
 
@@ -1195,8 +1211,8 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The upgrade request as the backend gets it: the client's end-to-end headers (its
 /// WebSocket headers, Origin, cookies, auth) plus `X-Forwarded-*`.
-fn backend_request(
-    req: &Request<Incoming>,
+fn backend_request<B>(
+    req: &Request<B>,
     peer: SocketAddr,
     tls: bool,
     host: &HeaderValue,

@@ -1,0 +1,359 @@
+//! WebSockets over HTTP/2 (RFC 8441): a connection that chose `h2` by ALPN, its streams
+//! answered by the same routing and backend upgrade as HTTP/1.1 ([`upgrade::answer`]),
+//! and each accepted WebSocket relayed over its stream by the same relay.
+//!
+//! Served with the h2 crate directly (the one hyper uses inside), not hyper's HTTP/2
+//! server, for memory: hyper bridges each upgraded stream through a task and a channel
+//! of its own and keeps a reference to the last DATA frame's buffer after it has been
+//! read, which measured 3.5 KB per idle stream and 11.6 KB after one 16 KiB message
+//! (benches/h2.sh). Here a stream is its two h2 handles plus the bytes in flight.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h2::server::SendResponse;
+use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use http::{header, HeaderMap, Request, Response};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::admission::PendingSlot;
+use super::relay::Reset;
+use super::shared::Shared;
+use super::upgrade::{self, Answer, ConnCtx, ProxyBody};
+
+/// Streams a client may have open on one connection.
+pub const MAX_STREAMS: u32 = 128;
+/// Keepalive: a PING this often; no answer within [`PING_TIMEOUT`] closes the connection.
+const PING_INTERVAL: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Plaintext handed to h2 per write at most: a slow stream queues no more than this
+/// beyond its send buffer.
+const MAX_WRITE: usize = 16 << 10;
+
+/// The server's HTTP/2 settings, every guard set explicitly:
+/// - extended CONNECT on (`SETTINGS_ENABLE_CONNECT_PROTOCOL`), 128 streams per connection;
+/// - a header list at most `max_header_bytes` (HPACK-decoded size), so a CONTINUATION
+///   flood is cut off at that size;
+/// - rapid reset (CVE-2023-44487): at most 20 streams reset before they were accepted,
+///   and 64 streams reset for protocol errors, before the connection is closed with
+///   ENHANCE_YOUR_CALM;
+/// - flow-control windows of 64 KiB per stream and 1 MiB per connection, and 64 KiB of
+///   send buffer per stream, so a slow reader holds about what an HTTP/1.1 relay holds.
+///
+/// PING and SETTINGS floods are h2's to bound: it answers each PING once, queues at most
+/// a few pending acknowledgements, and closes a connection that floods SETTINGS.
+pub fn builder(max_header_bytes: usize) -> h2::server::Builder {
+    let mut b = h2::server::Builder::new();
+    b.enable_connect_protocol()
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(Some(64))
+        .initial_window_size(64 * 1024)
+        .initial_connection_window_size(1024 * 1024)
+        .max_send_buffer_size(64 * 1024);
+    b
+}
+
+/// One HTTP/2 connection, start to end. It holds a place in the live pool for itself,
+/// and each stream one more.
+pub(super) async fn serve<I>(
+    shared: Arc<Shared>,
+    io: I,
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: PendingSlot,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Ok(_conn_slot) = shared.admission.admit_live(peer.ip()) else {
+        tracing::debug!(client.addr = %peer, "HTTP/2 connection refused: live pool full");
+        return;
+    };
+    let handshake = shared.http2.handshake::<I, Bytes>(io);
+    let mut conn = match tokio::time::timeout(shared.limits.request_timeout, handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(client.addr = %peer, "HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    shared.metrics.http2_connections.inc();
+    let _open = OpenGauge(shared.metrics.http2_connections.clone());
+    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
+    let mut keepalive = Keepalive::new(conn.ping_pong());
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            r = conn.accept() => match r {
+                Some(Ok((req, respond))) => {
+                    shared.lifecycle.tasks.spawn(stream(req, respond, ctx.clone()));
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 connection error");
+                    return;
+                }
+                None => return,
+            },
+            // The drain: GOAWAY at once, so the client opens no more streams here; the
+            // streams already open run on (they get 1001 when the grace period ends),
+            // and the connection with them.
+            _ = shared.lifecycle.stop_accepting.cancelled(), if !draining => {
+                draining = true;
+                conn.graceful_shutdown();
+            }
+            alive = keepalive.tick() => if !alive {
+                tracing::debug!(client.addr = %peer, "HTTP/2 keepalive PING unanswered: closing");
+                return;
+            },
+        }
+    }
+}
+
+/// Counts a gauge down however the function holding it ends.
+struct OpenGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A PING every [`PING_INTERVAL`]; unanswered for [`PING_TIMEOUT`], the peer is gone.
+struct Keepalive {
+    ping_pong: Option<PingPong>,
+    /// When the PING in flight was sent.
+    sent: Option<tokio::time::Instant>,
+    next: tokio::time::Instant,
+}
+
+impl Keepalive {
+    fn new(ping_pong: Option<PingPong>) -> Self {
+        Self {
+            ping_pong,
+            sent: None,
+            next: tokio::time::Instant::now() + PING_INTERVAL,
+        }
+    }
+
+    /// Resolves when something happened: `false` if the peer failed to answer in time
+    /// (or the connection can no longer ping).
+    async fn tick(&mut self) -> bool {
+        let Some(pp) = self.ping_pong.as_mut() else {
+            return std::future::pending().await;
+        };
+        match self.sent {
+            None => {
+                tokio::time::sleep_until(self.next).await;
+                if pp.send_ping(Ping::opaque()).is_err() {
+                    return false;
+                }
+                self.sent = Some(tokio::time::Instant::now());
+                true
+            }
+            Some(sent) => {
+                let pong = std::future::poll_fn(|cx| pp.poll_pong(cx));
+                match tokio::time::timeout_at(sent + PING_TIMEOUT, pong).await {
+                    Ok(Ok(_)) => {
+                        self.sent = None;
+                        self.next = tokio::time::Instant::now() + PING_INTERVAL;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+/// One stream: answered like any request; a WebSocket's stream then goes to the relay.
+async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
+    let (parts, recv) = req.into_parts();
+    let req = Request::from_parts(parts, ());
+    let Answer { resp, relay } = upgrade::answer(&req, &ctx).await;
+    let (mut head, body) = resp.into_parts();
+    strip_connection_headers(&mut head.headers);
+    let Some(relay) = relay else {
+        send_answer(Response::from_parts(head, ()), body, &mut respond).await;
+        return;
+    };
+    match respond.send_response(Response::from_parts(head, ()), false) {
+        Ok(send) => relay.start(H2Stream::new(send, recv), Bytes::new()),
+        // The client reset the stream meanwhile: the backend's socket and the relay's
+        // places are released as `relay` drops.
+        Err(e) => {
+            tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 stream gone before its answer")
+        }
+    }
+}
+
+/// A refusal, a page or an error: the head, then the body under the stream's flow
+/// control, within the request timeout.
+async fn send_answer(head: Response<()>, body: ProxyBody, respond: &mut SendResponse<Bytes>) {
+    use hyper::body::Body;
+    let empty = body.is_end_stream();
+    let Ok(mut send) = respond.send_response(head, empty) else {
+        return;
+    };
+    if empty {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+        let mut body = std::pin::pin!(body);
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(mut data) = frame.into_data() else {
+                continue;
+            };
+            while !data.is_empty() {
+                send.reserve_capacity(data.len());
+                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
+                    Some(Ok(n)) if n > 0 => {
+                        let chunk = data.split_to(n.min(data.len()));
+                        if send.send_data(chunk, false).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                }
+            }
+        }
+        let _ = send.send_data(Bytes::new(), true);
+    })
+    .await;
+}
+
+/// HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); h2 refuses to send them.
+fn strip_connection_headers(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::HeaderName::from_static("keep-alive"),
+        header::HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// A WebSocket's HTTP/2 stream as a byte stream for the relay. It keeps only bytes in
+/// flight: the rest of a DATA frame the reader has not taken yet.
+pub struct H2Stream {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    unread: Bytes,
+}
+
+impl H2Stream {
+    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
+        Self {
+            send,
+            recv,
+            unread: Bytes::new(),
+        }
+    }
+}
+
+/// An h2 error as the relay sees it: a stream the client ended or cancelled is an end
+/// of input; anything else a failure.
+fn read_error(e: h2::Error) -> Option<io::Error> {
+    match e.reason() {
+        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) => None,
+        _ => Some(io::Error::new(io::ErrorKind::ConnectionReset, e)),
+    }
+}
+
+impl AsyncRead for H2Stream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.unread.is_empty() {
+            loop {
+                match ready!(this.recv.poll_data(cx)) {
+                    None => return Poll::Ready(Ok(())),
+                    Some(Ok(data)) if data.is_empty() => continue,
+                    Some(Ok(data)) => {
+                        this.unread = data;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        return Poll::Ready(read_error(e).map_or(Ok(()), Err));
+                    }
+                }
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread[..n]);
+        if n == this.unread.len() {
+            // Not `advance`: an empty slice would still hold the frame's whole buffer.
+            this.unread = Bytes::new();
+        } else {
+            bytes::Buf::advance(&mut this.unread, n);
+        }
+        let _ = this.recv.flow_control().release_capacity(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for H2Stream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let send = &mut self.send;
+        send.reserve_capacity(buf.len().min(MAX_WRITE));
+        let n = loop {
+            match ready!(send.poll_capacity(cx)) {
+                Some(Ok(0)) => continue,
+                Some(Ok(n)) => break n.min(buf.len()),
+                Some(Err(e)) => {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)))
+                }
+                // No more capacity will come: the stream was reset.
+                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            }
+        };
+        match send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
+            Ok(()) => Poll::Ready(Ok(n)),
+            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The connection's task writes what streams queued.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // END_STREAM; an error means the stream is already over, which is what was asked.
+        let _ = self.send.send_data(Bytes::new(), true);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Reset for H2Stream {
+    /// The client's end of the stream (reset or ended) means it left: the backend
+    /// hears a 1001 rather than a bare hang-up.
+    const RESET_IS_GOING_AWAY: bool = true;
+
+    fn reset(&mut self) {
+        self.send.send_reset(Reason::CANCEL);
+    }
+}
