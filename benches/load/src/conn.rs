@@ -187,11 +187,16 @@ pub(crate) async fn open_stream(
     target: &Target,
     h2: &mut H2,
     namespace: &str,
+    with_key: bool,
     timeout: Duration,
 ) -> Result<Ws, String> {
     let work = async {
         h2.ready().await.map_err(|e| format!("http2: {e}"))?;
-        let mut req = http::Request::builder()
+        let mut req = http::Request::builder();
+        if with_key {
+            req = req.header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        }
+        let mut req = req
             .method(http::Method::CONNECT)
             .version(http::Version::HTTP_2)
             .uri(format!(

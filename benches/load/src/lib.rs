@@ -76,6 +76,9 @@ pub struct LoadConfig {
     /// 0: one TCP+TLS connection and HTTP/1.1 upgrade per WebSocket. N: every WebSocket
     /// is a stream on one of N HTTP/2 connections.
     pub h2_connections: usize,
+    /// Over HTTP/2: send a `Sec-WebSocket-Key` too (not part of RFC 8441), for proxies
+    /// that forward the stream to an HTTP/1.1 backend without making one up.
+    pub h2_client_key: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -295,7 +298,8 @@ pub async fn run(cfg: LoadConfig) -> Result<Report, LoadError> {
                         conn::open(&cfg.target, tls.as_ref(), source, &ns, cfg.timeout).await?
                     } else {
                         let mut h2 = h2s[i % h2s.len()].clone();
-                        conn::open_stream(&cfg.target, &mut h2, &ns, cfg.timeout).await?
+                        let key = cfg.h2_client_key;
+                        conn::open_stream(&cfg.target, &mut h2, &ns, key, cfg.timeout).await?
                     };
                     let p = payload(i, u64::MAX, 16);
                     ws.send_and_check(&p, cfg.timeout).await?;

@@ -58,6 +58,11 @@ struct Args {
     /// this many HTTP/2 connections (wss:// only). 0: one HTTP/1.1 upgrade per connection.
     #[arg(long, default_value_t = 0)]
     h2_connections: usize,
+    /// With --h2-connections: also send a Sec-WebSocket-Key in each extended CONNECT.
+    /// RFC 8441 has none; a proxy that passes the stream to an HTTP/1.1 backend must make
+    /// one up. Envoy 1.40 does not (envoy#8547), so its backends refuse without this.
+    #[arg(long)]
+    h2_client_key: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -136,6 +141,7 @@ async fn main() -> anyhow::Result<()> {
         open_parallelism: a.parallel,
         timeout: a.timeout,
         h2_connections: a.h2_connections,
+        h2_client_key: a.h2_client_key,
     };
     // Everything is bounded: the run, plus opening and draining, cannot outlast this.
     let limit = a.duration * 3 + a.timeout * 4 + Duration::from_secs(60);

@@ -68,6 +68,7 @@ fn config(url: &str, mode: Mode) -> Result<LoadConfig> {
         open_parallelism: 4,
         timeout: Duration::from_secs(10),
         h2_connections: 0,
+        h2_client_key: false,
     })
 }
 
