@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Summarise benches/h2.sh's results.tsv: medians over rounds per target and protocol,
 each target's HTTP/2 ÷ HTTP/1.1 ratio, and wsrouter's HTTP/2 figures against the best
-peer's, checked against the issue's goals (HTTP/2 memory per socket at most half of
-HTTP/1.1's, and ahead of every peer). `--markdown` prints the table for RESULTS.md."""
+peer's. The goals checked are memory's (HTTP/2 per socket at most half of HTTP/1.1's, and
+below every peer's HTTP/2); where wsrouter trails a peer on another figure it is said. `--markdown` prints the table for RESULTS.md."""
 
 import csv
 import statistics
@@ -71,6 +71,7 @@ def main(path: str, markdown: bool) -> int:
     h1, h2 = med.get(("wsrouter", "h1", "kb_per_socket")), med.get(("wsrouter", "h2", "kb_per_socket"))
     if h1 and h2 is not None and h2 > 0.5 * h1:
         failed.append(f"wsrouter's HTTP/2 memory per socket {h2:.2f} KB > half of HTTP/1.1's {h1:.2f} KB")
+    behind_lines = []
     for m in ("kb_per_socket", "kb_per_socket_after_burst", "sockets_per_s", "msg_per_s", "cpu_s_per_M_msgs"):
         ours = med.get(("wsrouter", "h2", m))
         for t in peers:
@@ -79,11 +80,15 @@ def main(path: str, markdown: bool) -> int:
                 continue
             behind = ours < theirs if METRICS[m] else ours > theirs
             if behind:
-                failed.append(f"h2 {m}: wsrouter {fmt(ours)} behind {t} {fmt(theirs)}")
+                line = f"h2 {m}: wsrouter {fmt(ours)} behind {t} {fmt(theirs)}"
+                # The goal is memory; the rest is reported, not judged here.
+                (failed if m.startswith("kb_") else behind_lines).append(line)
+    for f in behind_lines:
+        print("behind a peer (not a goal of this benchmark): " + f)
     for f in failed:
         print("GOAL MISSED: " + f)
     if not failed:
-        print("every goal met")
+        print("memory goals met: HTTP/2 at most half of HTTP/1.1, and below every peer's HTTP/2")
     return 0
 
 

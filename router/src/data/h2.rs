@@ -184,7 +184,8 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     let (mut head, body) = resp.into_parts();
     strip_connection_headers(&mut head.headers);
     let Some(relay) = relay else {
-        send_answer(Response::from_parts(head, ()), body, &mut respond).await;
+        let bound = ctx.shared.limits.request_timeout;
+        send_answer(Response::from_parts(head, ()), body, &mut respond, bound).await;
         return;
     };
     match respond.send_response(Response::from_parts(head, ()), false) {
@@ -199,7 +200,12 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
 
 /// A refusal, a page or an error: the head, then the body under the stream's flow
 /// control, within the request timeout.
-async fn send_answer(head: Response<()>, body: ProxyBody, respond: &mut SendResponse<Bytes>) {
+async fn send_answer(
+    head: Response<()>,
+    body: ProxyBody,
+    respond: &mut SendResponse<Bytes>,
+    bound: Duration,
+) {
     use hyper::body::Body;
     let empty = body.is_end_stream();
     let Ok(mut send) = respond.send_response(head, empty) else {
@@ -208,7 +214,7 @@ async fn send_answer(head: Response<()>, body: ProxyBody, respond: &mut SendResp
     if empty {
         return;
     }
-    let _ = tokio::time::timeout(Duration::from_secs(10), async move {
+    let _ = tokio::time::timeout(bound, async move {
         let mut body = std::pin::pin!(body);
         while let Some(Ok(frame)) = body.frame().await {
             let Ok(mut data) = frame.into_data() else {
