@@ -363,3 +363,75 @@ impl Reset for H2Stream {
         self.send.send_reset(Reason::CANCEL);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Client = (
+        h2::client::SendRequest<Bytes>,
+        Option<h2::client::Connection<tokio::io::DuplexStream, Bytes>>,
+    );
+
+    /// A server connection with the router's settings and a client over an in-memory
+    /// pipe, kept open by the returned handles. The client's connection answers PINGs
+    /// only if it is driven (`answer`).
+    async fn pair(
+        answer: bool,
+    ) -> (
+        h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+        Client,
+    ) {
+        let (c, s) = tokio::io::duplex(64 << 10);
+        let server = builder(16 << 10);
+        let (client, server) = tokio::join!(h2::client::handshake(c), server.handshake(s));
+        let (send, client_conn) = client.unwrap_or_else(|e| panic!("client handshake: {e}"));
+        let server = server.unwrap_or_else(|e| panic!("server handshake: {e}"));
+        if answer {
+            tokio::spawn(client_conn);
+            (server, (send, None))
+        } else {
+            (server, (send, Some(client_conn)))
+        }
+    }
+
+    /// Runs the connection's loop as `serve` does, for at most `limit`: when the
+    /// keepalive gave up, or `None` if the connection was still up at the limit.
+    async fn keepalive_gives_up(
+        mut server: h2::server::Connection<tokio::io::DuplexStream, Bytes>,
+        limit: Duration,
+    ) -> Option<Duration> {
+        let start = tokio::time::Instant::now();
+        let mut keepalive = Keepalive::new(server.ping_pong());
+        let run = async {
+            loop {
+                tokio::select! {
+                    r = server.accept() => if !matches!(r, Some(Ok(_))) {
+                        panic!("the connection ended on its own");
+                    },
+                    alive = keepalive.tick() => if !alive {
+                        return Some(start.elapsed());
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(limit, run).await.ok().flatten()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_answering_pings_keeps_its_connection() {
+        let (server, _client) = pair(true).await;
+        assert_eq!(
+            keepalive_gives_up(server, Duration::from_secs(600)).await,
+            None,
+            "twenty PING intervals"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_dropped_after_interval_and_timeout() {
+        let (server, _silent) = pair(false).await;
+        let gave_up = keepalive_gives_up(server, Duration::from_secs(600)).await;
+        assert_eq!(gave_up, Some(PING_INTERVAL + PING_TIMEOUT));
+    }
+}
