@@ -93,6 +93,10 @@ pub(super) async fn serve<I>(
     let ctx = ConnCtx::new(&shared, peer, accepted, slot);
     let mut keepalive = Keepalive::new(conn.ping_pong());
     let mut draining = false;
+    // Once the grace period is over, the relays send their 1001s through this
+    // connection; it gets the close timeout for that, then is dropped whatever its peer
+    // does (one that stopped reading cannot hold the drain up).
+    let mut last_call: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             r = conn.accept() => match r {
@@ -112,11 +116,25 @@ pub(super) async fn serve<I>(
                 draining = true;
                 conn.graceful_shutdown();
             }
+            _ = shared.lifecycle.close_tunnels.cancelled(), if last_call.is_none() => {
+                last_call = Some(tokio::time::Instant::now() + shared.limits.close_timeout);
+            }
+            _ = sleep_until_some(last_call), if last_call.is_some() => {
+                tracing::debug!(client.addr = %peer, "HTTP/2 connection still open after the drain: closing");
+                return;
+            }
             alive = keepalive.tick() => if !alive {
                 tracing::debug!(client.addr = %peer, "HTTP/2 keepalive PING unanswered: closing");
                 return;
             },
         }
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
