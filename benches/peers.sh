@@ -213,7 +213,9 @@ cat >"$OUT/Caddyfile" <<EOF
         protocols h1 h2
     }
 }
-https://127.0.0.1:${PORT[caddy]} {
+# Any host name (clients say localhost), on loopback only.
+https://:${PORT[caddy]} {
+    bind 127.0.0.1
     tls $OUT/cert/tls.crt $OUT/cert/tls.key {
         protocols tls1.3 tls1.3
         curves x25519
