@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Side by side: wsrouter, HAProxy and NGINX (Debian's packages), plus a direct run to one
-# backend as the ceiling, under the same load from `wsload`, on this machine's loopback.
+# Side by side: wsrouter, HAProxy and NGINX (Debian's packages), Envoy and Caddy (PyPI
+# wheels, see peers.sh), plus a direct run to one backend as the ceiling, under the same
+# load from `wsload`, on this machine's loopback.
 #
 # Same conditions for every proxy: the same ECDSA P-256 certificate (`wsrouter cert`),
 # TLS 1.3 only, key exchange pinned to X25519 (server and client), 2 worker threads or
@@ -13,7 +14,8 @@
 #   TARGETS="wsrouter haproxy" CONNS=500 SIZES=64 MEMORY=0 HANDSHAKES=0 benches/compare.sh
 #
 # Output: a table on stdout, and every raw measurement in $OUT/results.tsv
-# (OUT defaults to target/compare). Installs haproxy and nginx with apt-get if missing.
+# (OUT defaults to target/compare). Installs haproxy and nginx with apt-get, and Envoy
+# and Caddy with pip into target/peers-venv, if missing.
 # Traffic stays on 127.0.0.0/8; every wait is bounded.
 set -euo pipefail
 
@@ -21,7 +23,7 @@ ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-8}
 IDLE_CONNS=${IDLE_CONNS:-9000}
 HANDSHAKE_CONNS=${HANDSHAKE_CONNS:-3000}
-TARGETS=${TARGETS:-"wsrouter haproxy nginx direct"}
+TARGETS=${TARGETS:-"wsrouter haproxy nginx envoy caddy direct"}
 CONNS=${CONNS:-"50 500"}
 SIZES=${SIZES:-"64 16384"}
 MEMORY=${MEMORY:-1}     # 0: skip the idle-memory run

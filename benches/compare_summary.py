@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Summarise benches/compare.sh's results.tsv: the median of each figure over rounds, and
-wsrouter's ratio to the better of HAProxy and NGINX, checked against the issue's bars."""
+wsrouter's ratio to the best of the peers measured (HAProxy, NGINX, Envoy, Caddy), checked
+against the bars."""
 
 import csv
 import statistics
 import sys
 from collections import defaultdict
 
-PROXIES = ("haproxy", "nginx")
+PROXIES = ("haproxy", "nginx", "envoy", "caddy")
 # metric → True if higher is better
 HIGHER = {
     "msg_per_s": True,
@@ -20,7 +21,7 @@ HIGHER = {
     "kb_per_conn": False,
     "kb_per_conn_after_burst": False,
 }
-# The bars: (workload, metric) → the ratio wsrouter must reach against the better of the two.
+# The bars: (workload, metric) → the ratio wsrouter must reach against the best peer.
 BARS = {
     **{(w, "msg_per_s"): 1.0 for w in ("c50_s64", "c50_s16384", "c500_s64", "c500_s16384")},
     **{(w, "p99_us"): 1.0 for w in ("c50_s64", "c50_s16384", "c500_s64", "c500_s16384")},
@@ -41,10 +42,10 @@ def main(path: str, markdown: bool = False) -> None:
             except ValueError:
                 pass
     med = {k: statistics.median(v) for k, v in values.items()}
-    targets = [t for t in ("wsrouter", "haproxy", "nginx", "direct") if any(k[0] == t for k in med)]
+    targets = [t for t in ("wsrouter", *PROXIES, "direct") if any(k[0] == t for k in med)]
     rows = sorted({(w, m) for (_, w, m) in med if m in HIGHER})
     if markdown:
-        print("| workload | metric | " + " | ".join(targets) + " | wsrouter / best of HAProxy, NGINX | bar |")
+        print("| workload | metric | " + " | ".join(targets) + " | wsrouter / best peer | bar |")
         print("|---|---|" + "---:|" * len(targets) + "---:|---|")
     else:
         print(f"medians over rounds ({path})")
