@@ -41,17 +41,9 @@ record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
 url() {
   if [[ $1 == direct ]]; then echo "ws://127.0.0.1:${BACKEND_PORTS[0]}/ws/"; else echo "wss://127.0.0.1:${PORT[$1]}/ws/"; fi
 }
-TICKS=$(getconf CLK_TCK)
 
 # wsload ... → its JSON report on stdout.
 load() { "$BIN/wsload" --url "$(url "$TARGET")" --json "$@"; }
-field() {
-  python3 -c 'import json, sys
-v = json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v = v[k]
-print(v)' "$1"
-}
 
 run_round() {
   local round=$1 target=$2

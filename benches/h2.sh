@@ -36,15 +36,7 @@ source "$(dirname "$0")/peers.sh"
 RESULTS=$OUT/results.tsv
 printf 'round\ttarget\tprotocol\tmetric\tvalue\n' >"$RESULTS"
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
-TICKS=$(getconf CLK_TCK)
 
-field() {
-  python3 -c 'import json, sys
-v = json.load(sys.stdin)
-for k in sys.argv[1].split("."):
-    v = v[k]
-print(v)' "$1"
-}
 
 # wsload against the running target, over the protocol: its JSON report on stdout.
 load() {

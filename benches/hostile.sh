@@ -87,11 +87,6 @@ run_flood() {
   stop_target
 }
 
-field() {
-  python3 -c 'import json, sys
-print(json.load(sys.stdin)[sys.argv[1]])' "$1"
-}
-
 for hello in $HELLOS; do
   for t in $TARGETS; do run_flood "$t" "$hello"; done
 done

@@ -295,6 +295,16 @@ rss_kb() {
   for p in $(proc_tree); do sum=$((sum + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done
   echo $sum
 }
+# A field of a JSON report on stdin (wsload --json): `field latency.p99_us`.
+field() {
+  python3 -c 'import json, sys
+v = json.load(sys.stdin)
+for k in sys.argv[1].split("."):
+    v = v[k]
+print(v)' "$1"
+}
+# cpu_ticks counts in these per second.
+TICKS=$(getconf CLK_TCK)
 # Open descriptors of the proxy's processes.
 fds() {
   local sum=0

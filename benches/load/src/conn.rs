@@ -158,15 +158,7 @@ pub(crate) async fn open_h2(
     timeout: Duration,
 ) -> Result<H2, String> {
     let work = async {
-        let tcp = connect_tcp(target.addr, source)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
-        let tls = tls
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("tls: {e}"))?;
+        let tls = connect_tls(target, tls, open_tcp(target, source).await?).await?;
         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
             return Err("the server did not choose h2 (ALPN)".to_owned());
         }
@@ -245,6 +237,27 @@ pub(crate) async fn connect_tcp(
     socket.connect(addr).await
 }
 
+/// A TCP connection to the target with Nagle off, as every benchmark connection is.
+async fn open_tcp(target: &Target, source: Option<IpAddr>) -> Result<TcpStream, String> {
+    let tcp = connect_tcp(target.addr, source)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
+/// TLS over `tcp`, naming the target's host.
+async fn connect_tls(
+    target: &Target,
+    tls: &TlsConnector,
+    tcp: TcpStream,
+) -> Result<TlsStream<TcpStream>, String> {
+    let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+    tls.connect(name, tcp)
+        .await
+        .map_err(|e| format!("tls: {e}"))
+}
+
 pub(crate) async fn open(
     target: &Target,
     tls: Option<&TlsConnector>,
@@ -253,10 +266,7 @@ pub(crate) async fn open(
     timeout: Duration,
 ) -> Result<Ws, String> {
     let work = async {
-        let tcp = connect_tcp(target.addr, source)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = open_tcp(target, source).await?;
         let url = format!(
             "{}://{}:{}{}{}",
             if target.tls { "wss" } else { "ws" },
@@ -267,11 +277,7 @@ pub(crate) async fn open(
         );
         match tls {
             Some(c) => {
-                let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
-                let s = c
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("tls: {e}"))?;
+                let s = connect_tls(target, c, tcp).await?;
                 let (ws, _) = tokio_tungstenite::client_async(url, s)
                     .await
                     .map_err(|e| format!("upgrade: {e}"))?;

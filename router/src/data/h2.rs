@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
-use http::{header, HeaderMap, Request, Response};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -200,7 +200,9 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     let req = Request::from_parts(parts, ());
     let Answer { resp, relay } = upgrade::answer(&req, &ctx).await;
     let (mut head, body) = resp.into_parts();
-    strip_connection_headers(&mut head.headers);
+    // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2), and h2 refuses to
+    // send them: an answer built for either version loses its hop-by-hop headers here.
+    upgrade::strip_hop_by_hop(&mut head.headers);
     let Some(relay) = relay else {
         let bound = ctx.shared.limits.request_timeout;
         send_answer(Response::from_parts(head, ()), body, &mut respond, bound).await;
@@ -255,19 +257,6 @@ async fn send_answer(
         let _ = send.send_data(Bytes::new(), true);
     })
     .await;
-}
-
-/// HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2); h2 refuses to send them.
-fn strip_connection_headers(headers: &mut HeaderMap) {
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::HeaderName::from_static("keep-alive"),
-        header::HeaderName::from_static("proxy-connection"),
-    ] {
-        headers.remove(name);
-    }
 }
 
 /// A WebSocket's HTTP/2 stream as a byte stream for the relay. It keeps only bytes in

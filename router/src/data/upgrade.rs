@@ -721,14 +721,9 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
 fn answer_200(headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
     let mut resp = answer_101(headers, routed);
     *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    for name in [
-        header::UPGRADE,
-        header::CONNECTION,
-        header::SEC_WEBSOCKET_ACCEPT,
-    ] {
-        h.remove(name);
-    }
+    // Upgrade and Connection go with the other hop-by-hop headers when data::h2 sends
+    // the answer; the accept answers a key the client never sent.
+    resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
     resp
 }
 
@@ -1182,7 +1177,7 @@ fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool 
 
 /// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any
 /// the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

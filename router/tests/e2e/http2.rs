@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use router::data::tls_config::DevCert;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -20,14 +21,19 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::harness::*;
 
-/// One HTTP/2 connection to the router (ALPN `h2`), ready for streams.
-async fn h2_connection(h: &Harness, cert: &DevCert) -> Result<SendRequest<Empty<Bytes>>> {
+/// A TLS connection to the router offering only `h2` in ALPN.
+async fn tls_h2(h: &Harness, cert: &DevCert) -> Result<TlsStream<TcpStream>> {
     let mut config = (*cert.client_config()).clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = TcpStream::connect(h.addr()).await?;
-    let tls = TlsConnector::from(Arc::new(config))
+    Ok(TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
+        .await?)
+}
+
+/// One HTTP/2 connection to the router (ALPN `h2`), ready for streams.
+async fn h2_connection(h: &Harness, cert: &DevCert) -> Result<SendRequest<Empty<Bytes>>> {
+    let tls = tls_h2(h, cert).await?;
     anyhow::ensure!(
         tls.get_ref().1.alpn_protocol() == Some(b"h2"),
         "no h2 from ALPN"
@@ -39,16 +45,25 @@ async fn h2_connection(h: &Harness, cert: &DevCert) -> Result<SendRequest<Empty<
     Ok(send)
 }
 
+/// A router with default options and one WebSocket on an HTTP/2 connection of its own:
+/// the bystander an abuse case must not hurt.
+async fn router_and_a_bystander() -> Result<(DevCert, Harness, Ws)> {
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let mut good = h2_connection(&h, &cert).await?;
+    let (_, _, ws) = open(&mut good, h.addr().port(), "/ws/ns-01").await?;
+    Ok((cert, h, ws.context("a socket")?))
+}
+
+/// A WebSocket over an HTTP/2 stream, as the client sees it.
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
 /// A WebSocket on a new stream of `send`: the answer's status, and the socket if 200.
 async fn open(
     send: &mut SendRequest<Empty<Bytes>>,
     port: u16,
     path: &str,
-) -> Result<(
-    StatusCode,
-    http::HeaderMap,
-    Option<WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>>,
-)> {
+) -> Result<(StatusCode, http::HeaderMap, Option<Ws>)> {
     within(WAIT, "the connection to take a stream", send.ready()).await??;
     let mut req = Request::builder()
         .method(Method::CONNECT)
@@ -230,13 +245,7 @@ async fn raw_h2(
     h2::client::SendRequest<Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 )> {
-    let mut config = (*cert.client_config()).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(h.addr()).await?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost")?, tcp)
-        .await?;
-    let (send, conn) = h2::client::handshake(tls).await?;
+    let (send, conn) = h2::client::handshake(tls_h2(h, cert).await?).await?;
     Ok((send, tokio::spawn(conn)))
 }
 
@@ -245,12 +254,8 @@ async fn raw_h2(
 /// connection never notices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_closes_the_abusive_connection_only() -> Result<()> {
-    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
-    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let (cert, h, mut ws) = router_and_a_bystander().await?;
     let port = h.addr().port();
-    let mut good = h2_connection(&h, &cert).await?;
-    let (_, _, ws) = open(&mut good, port, "/ws/ns-01").await?;
-    let mut ws = ws.context("a socket")?;
 
     let (mut abuser, conn) = raw_h2(&h, &cert).await?;
     let mut sent = 0;
@@ -322,19 +327,9 @@ async fn frames_until_closed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_and_ping_floods_are_cut_off() -> Result<()> {
     use tokio::io::AsyncWriteExt;
-    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
-    let h = Harness::start_with_cert(Options::default(), &cert).await?;
-    let port = h.addr().port();
-    let mut good = h2_connection(&h, &cert).await?;
-    let (_, _, ws) = open(&mut good, port, "/ws/ns-01").await?;
-    let mut ws = ws.context("a socket")?;
+    let (cert, h, mut ws) = router_and_a_bystander().await?;
     let connect = || async {
-        let mut config = (*cert.client_config()).clone();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = TcpStream::connect(h.addr()).await?;
-        let mut tls = TlsConnector::from(Arc::new(config))
-            .connect(ServerName::try_from("localhost")?, tcp)
-            .await?;
+        let mut tls = tls_h2(&h, &cert).await?;
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         tls.write_all(&frame(0x4, 0, 0, &[])).await?;
         anyhow::Ok(tls)
@@ -426,10 +421,7 @@ async fn a_dead_backend_ends_its_stream_only() -> Result<()> {
 }
 
 /// `text` sent on `ws` comes back (counters in between are skipped).
-async fn echoes(
-    ws: &mut WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
-    text: &str,
-) -> Result<()> {
+async fn echoes(ws: &mut Ws, text: &str) -> Result<()> {
     ws.send(Message::text(text)).await?;
     loop {
         match within(WAIT, "the echo", ws.next())
