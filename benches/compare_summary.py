@@ -3,10 +3,9 @@
 wsrouter's ratio to the best of the peers measured (HAProxy, NGINX, Envoy, Caddy), checked
 against the bars."""
 
-import csv
-import statistics
 import sys
-from collections import defaultdict
+
+from medians import medians
 
 PROXIES = ("haproxy", "nginx", "envoy", "caddy")
 # metric → True if higher is better
@@ -34,14 +33,7 @@ BARS = {
 
 
 def main(path: str, markdown: bool = False) -> None:
-    values = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            try:
-                values[(row["target"], row["workload"], row["metric"])].append(float(row["value"]))
-            except ValueError:
-                pass
-    med = {k: statistics.median(v) for k, v in values.items()}
+    med = medians(path, ("target", "workload", "metric"))
     targets = [t for t in ("wsrouter", *PROXIES, "direct") if any(k[0] == t for k in med)]
     rows = sorted({(w, m) for (_, w, m) in med if m in HIGHER})
     if markdown:

@@ -4,10 +4,9 @@ each target's HTTP/2 ÷ HTTP/1.1 ratio, and wsrouter's HTTP/2 figures against th
 peer's. The goals checked are memory's (HTTP/2 per socket at most half of HTTP/1.1's, and
 below every peer's HTTP/2); where wsrouter trails a peer on another figure it is said. `--markdown` prints the table for RESULTS.md."""
 
-import csv
-import statistics
 import sys
-from collections import defaultdict
+
+from medians import medians
 
 # metric → True if higher is better
 METRICS = {
@@ -28,14 +27,7 @@ def fmt(v: float) -> str:
 
 
 def main(path: str, markdown: bool) -> int:
-    values = defaultdict(list)
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f, delimiter="\t"):
-            try:
-                values[(row["target"], row["protocol"], row["metric"])].append(float(row["value"]))
-            except ValueError:
-                pass
-    med = {k: statistics.median(v) for k, v in values.items()}
+    med = medians(path, ("target", "protocol", "metric"))
     targets = [t for t in ("wsrouter", "haproxy", "envoy", "caddy", "nginx") if any(k[0] == t for k in med)]
     cols = [(t, p) for t in targets for p in ("h1", "h2") if any(k[:2] == (t, p) for k in med)]
     peers = [t for t in targets if t != "wsrouter"]
