@@ -8,6 +8,10 @@ pub mod code {
     pub const GOING_AWAY: u16 = 1001;
     /// The tenant moved to another backend: reconnect (`--reroute-drain`).
     pub const SERVICE_RESTART: u16 = 1012;
+    /// The backend's connection ended without a close frame (it died, or dropped the
+    /// socket). Not 1014 (bad gateway), which says the same more precisely: tungstenite,
+    /// and so websocat, take 1014 for a protocol violation (1002).
+    pub const BACKEND_GONE: u16 = 1011;
 }
 
 const OP_CLOSE: u8 = 0x8;

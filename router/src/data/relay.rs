@@ -5,10 +5,13 @@
 //! headers so the relay knows where it may inject a close frame.
 //!
 //! The relay is transparent: it originates close frames only for the router's own
-//! events (drain: 1001, reroute: 1012), and only while no close frame has passed either
-//! way (the peers' own closing handshake is then under way). When one side ends its
-//! connection without a close frame, the other sees it end the same way: a FIN (with
-//! TLS close_notify toward a TLS client) for a FIN, a reset for a reset.
+//! events (drain: 1001, reroute: 1012, a backend gone: 1011), and only while no close
+//! frame has passed either way (the peers' own closing handshake is then under way).
+//! When the backend ends its connection without a close frame (FIN or reset), the client
+//! gets close 1011 and then a FIN: as the gateway, the router knows its upstream failed,
+//! and says so rather than leaving the client a bare 1006. When the client ends its
+//! connection so, the backend sees it end the same way: a FIN for a FIN, a reset for a
+//! reset (an HTTP/2 stream's end, which is not the connection's, is a 1001).
 //!
 //! Once either side has ended, or a close frame has passed, `close_timeout` bounds how
 //! long the rest may take; then both sides get FIN. A relay never hangs.
@@ -235,10 +238,13 @@ where
         client,
         backend,
         to_backend: Pump {
-            reset_is_going_away: C::RESET_IS_GOING_AWAY,
+            on_source_end: C::RESET_IS_GOING_AWAY.then_some((code::GOING_AWAY, "client went away")),
             ..Pump::new(Toward::Backend, client_pre)
         },
-        to_client: Pump::new(Toward::Client, backend_pre),
+        to_client: Pump {
+            on_source_end: Some((code::BACKEND_GONE, "backend went away")),
+            ..Pump::new(Toward::Client, backend_pre)
+        },
         stop_signal: Some(Box::pin(stop)),
         close_timeout: config.close_timeout,
         deadline: None,
@@ -305,8 +311,10 @@ struct Pump {
     pong_seen: bool,
     /// The start of what may be that pong, read but not yet all here.
     pong_partial: Vec<u8>,
-    /// A reset of the source is passed on as close 1001, not as a reset.
-    reset_is_going_away: bool,
+    /// The source ending without a close frame (EOF or reset) is passed on as this
+    /// close frame (then FIN), not as a FIN or a reset. Dropped once a close has passed
+    /// either way.
+    on_source_end: Option<(u16, &'static str)>,
 }
 
 impl Pump {
@@ -330,7 +338,7 @@ impl Pump {
             pong_token: None,
             pong_seen: false,
             pong_partial: Vec::new(),
-            reset_is_going_away: false,
+            on_source_end: None,
         }
     }
 
@@ -552,11 +560,10 @@ impl Pump {
         W: AsyncWrite + ?Sized,
     {
         if self.read_ended {
-            // The source ended its connection: end the sink's the same way.
-            // An HTTP/2 stream that ends without a close frame (reset, or ended, which
-            // hyper reports alike): the client left, and the backend is told so.
-            self.state = if self.reset_is_going_away {
-                self.begin_inject(code::GOING_AWAY, "client went away");
+            // The source ended its connection without a close frame: tell the sink
+            // with a close of the router's own, or end its connection the same way.
+            self.state = if let Some((code, reason)) = self.on_source_end {
+                self.begin_inject(code, reason);
                 self.state
             } else if self.read_failed {
                 State::Reset
@@ -731,7 +738,8 @@ impl<C, B> Relay<C, B> {
         }
     }
 
-    /// A stop not yet begun is dropped once a peer's close frame passes.
+    /// A stop not yet begun, and a close frame for a peer's end, are dropped once a
+    /// peer's close frame passes.
     fn withdraw_stops(&mut self) {
         if !self.close_passed() {
             return;
@@ -740,6 +748,7 @@ impl<C, B> Relay<C, B> {
             if p.state == State::Forward && p.stop.is_some() {
                 p.stop = None;
             }
+            p.on_source_end = None;
         }
     }
 
@@ -806,6 +815,8 @@ where
             .to_backend
             .poll_pump(cx, Pin::new(&mut this.client), Pin::new(&mut this.backend))
             .is_ready();
+        // A client close that just passed rules out a 1011 for a backend ending now.
+        this.withdraw_stops();
         let down = this
             .to_client
             .poll_pump(cx, Pin::new(&mut this.backend), Pin::new(&mut this.client))
@@ -1154,11 +1165,11 @@ mod tests {
         );
     }
 
-    /// The backend hangs up without a close frame: the client sees the same, its data
-    /// then EOF, and no close frame the backend never sent (RFC 6455 §7.1.7 allows a
-    /// server to fail a connection by dropping TCP; the client must hear just that).
+    /// The backend hangs up without a close frame: the client gets its data, then the
+    /// router's close 1011 (the upstream failed), then EOF, so it can tell a failed
+    /// backend from a network that dropped it (1006).
     #[tokio::test]
-    async fn backend_gone_is_passed_on_as_eof_not_a_close_frame() {
+    async fn backend_gone_is_a_1011_to_the_client() {
         let mut e = start(b"", b"");
         e.backend
             .write_all(&server_frame(1, b"tick"))
@@ -1166,11 +1177,89 @@ mod tests {
             .unwrap();
         drop(e.backend);
         let got = read_all(&mut e.client).await;
-        assert_eq!(got, server_frame(1, b"tick"), "nothing added");
+        let mut want = server_frame(1, b"tick");
+        want.extend(close_frame(1011, "backend went away", None));
+        assert_eq!(got, want);
         drop(e.client);
         let r = e.relay.await.unwrap();
         assert_eq!(r.reason, CloseReason::BackendGone);
-        assert_eq!((r.sent_to_client, r.sent_to_backend), (None, None));
+        assert_eq!((r.sent_to_client, r.sent_to_backend), (Some(1011), None));
+    }
+
+    /// A socket whose end reads as a reset (ECONNRESET), as a killed peer's may.
+    struct ResetAtEnd(DuplexStream);
+
+    impl AsyncRead for ResetAtEnd {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.0).poll_read(cx, buf))?;
+            if buf.filled().len() == before {
+                return Poll::Ready(Err(io::ErrorKind::ConnectionReset.into()));
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for ResetAtEnd {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl Reset for ResetAtEnd {
+        fn reset(&mut self) {}
+    }
+
+    /// A backend reset is a 1011 too, then FIN: the client's connection is not reset.
+    #[tokio::test]
+    async fn backend_reset_is_a_1011_to_the_client() {
+        let (mut client, relay_client) = duplex(64 * 1024);
+        let (backend, relay_backend) = duplex(64 * 1024);
+        let relay = tokio::spawn(run(
+            relay_client,
+            ResetAtEnd(relay_backend),
+            Bytes::new(),
+            Bytes::new(),
+            std::future::pending(),
+            CFG,
+        ));
+        drop(backend);
+        let got = read_all(&mut client).await;
+        assert_eq!(got, close_frame(1011, "backend went away", None));
+        drop(client);
+        let r = relay.await.unwrap();
+        assert_eq!(r.reason, CloseReason::BackendError);
+        assert_eq!(r.sent_to_client, Some(1011));
+    }
+
+    /// Once the client's close has passed, a backend that hangs up gets the client only
+    /// a FIN: the peers were already closing, and the router adds nothing.
+    #[tokio::test]
+    async fn backend_gone_after_a_client_close_adds_nothing() {
+        let mut e = start(b"", b"");
+        let close = client_frame(8, &1000u16.to_be_bytes());
+        e.client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        e.backend.read_exact(&mut got).await.unwrap();
+        drop(e.backend);
+        let to_client = read_all(&mut e.client).await;
+        assert!(to_client.is_empty(), "the router sent {to_client:?}");
+        drop(e.client);
+        assert_eq!(e.relay.await.unwrap().sent_to_client, None);
     }
 
     #[tokio::test]

@@ -579,7 +579,7 @@ pub async fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::R
 pub type Answer = fn(key: &str, head: &str) -> String;
 
 /// What a [`FakeBackend`] does with an upgrade request.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub enum FakeAnswer {
     /// A 101 built by the function from the request's key (and the request head), then
     /// the connection is held open, reading and discarding.
