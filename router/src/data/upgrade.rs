@@ -659,7 +659,9 @@ async fn upgrade_retrying<B>(
             Err(e) if e.is_retryable() => {
                 // Half to all of `pause`, so a burst of clients does not retry in step.
                 let wait = pause.mul_f64(0.5 + jitter() / 2.0);
-                if tokio::time::Instant::now() + wait >= deadline {
+                // The next try needs time of its own: one the deadline cut short would
+                // turn this refusal (502) into a timeout (504) on a loaded machine.
+                if tokio::time::Instant::now() + wait + RETRY_FIRST >= deadline {
                     return Err(e);
                 }
                 tracing::debug!(backend.ordinal = routed.ordinal, error = %crate::logging::DisplayChain(&e), ?wait, "backend connection failed; retrying");
