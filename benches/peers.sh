@@ -46,9 +46,9 @@ log "building (release)"
 
 rm -rf "$OUT"
 mkdir -p "$OUT/cert" "$OUT/nginx/logs" "$OUT/logs"
-PIDS=()
+BACKEND_PIDS=()
 cleanup() {
-  for p in "${PIDS[@]}" ${TARGET_PID:-}; do kill "$p" 2>/dev/null || true; done
+  for p in "${BACKEND_PIDS[@]}" ${TARGET_PID:-}; do kill "$p" 2>/dev/null || true; done
   [[ -f $OUT/nginx/nginx.pid ]] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
 }
@@ -64,12 +64,14 @@ cat "$OUT/cert/tls.crt" "$OUT/cert/tls.key" >"$OUT/cert/haproxy.pem"
 openssl x509 -in "$OUT/cert/tls.crt" -noout -text | grep -q 'prime256v1' ||
   die "the certificate is not ECDSA P-256"
 
-for i in "${!BACKEND_PORTS[@]}"; do
-  # Counters every hour: the load measures echoes, not the backend's ticker.
-  "$BIN/echo-backend" --listen "127.0.0.1:${BACKEND_PORTS[$i]}" --interval 1h \
-    --server-name "backend-$i" >"$OUT/logs/backend-$i.log" 2>&1 &
-  PIDS+=($!)
-done
+# Backend $1 (0-3) on its port, named backend-$1. Counters every hour (the first at
+# connect, which names the backend): the load measures echoes, not the backend's ticker.
+start_backend() {
+  "$BIN/echo-backend" --listen "127.0.0.1:${BACKEND_PORTS[$1]}" --interval 1h \
+    --server-name "backend-$1" >>"$OUT/logs/backend-$1.log" 2>&1 &
+  BACKEND_PIDS[$1]=$!
+}
+for i in "${!BACKEND_PORTS[@]}"; do start_backend "$i"; done
 for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
 
 # --- the proxies' configurations -----------------------------------------------------------

@@ -15,10 +15,14 @@
 //! - [`flood::flood`]: hostile handshakes (partial or complete ClientHellos that stall),
 //!   held and reopened for a fixed time, for the memory-under-attack benchmark.
 //!
+//! - [`soak::soak`]: thousands of WebSockets held for up to hours while they churn, some
+//!   streaming, some over HTTP/2; every close the client did not make is written down.
+//!
 //! Loopback only, and every phase is bounded in time.
 
 mod conn;
 pub mod flood;
+pub mod soak;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,6 +48,8 @@ pub enum LoadError {
     BadUrl { url: String, why: &'static str },
     #[error("WebSockets over HTTP/2 need a wss:// target (no h2c)")]
     H2NeedsTls,
+    #[error("cannot write {0}: {1}")]
+    Output(std::path::PathBuf, std::io::Error),
     #[error("no connection could be opened; first error: {0}")]
     NoConnections(String),
 }

@@ -66,6 +66,31 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    /// soak: every this-many-th socket streams (ping-pong at --rate, default 10/s); 0: none.
+    #[arg(long, default_value_t = 18)]
+    stream_every: usize,
+    /// soak: every this-many-th socket is an HTTP/2 stream on one of --h2-connections; 0: none.
+    #[arg(long, default_value_t = 4)]
+    h2_every: usize,
+    /// soak: sockets closed by the client and opened again per second, oldest first.
+    #[arg(long, default_value_t = 50.0)]
+    churn: f64,
+    /// soak: after a close it did not make (or a failed open), a socket reopens after a
+    /// random wait below this.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    reconnect_within: Duration,
+    /// soak: time between samples.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    sample_every: Duration,
+    /// soak: also sample this process's RSS, descriptors and CPU from /proc.
+    #[arg(long)]
+    watch_pid: Option<u32>,
+    /// soak: where the samples go (TSV).
+    #[arg(long, default_value = "soak-samples.tsv")]
+    samples: std::path::PathBuf,
+    /// soak: where closes the client did not make, and refused opens, go (TSV).
+    #[arg(long, default_value = "soak-events.tsv")]
+    events: std::path::PathBuf,
     /// flood: what each connection sends before it stalls.
     #[arg(long, value_enum, default_value_t = HelloArg::Partial)]
     hello: HelloArg,
@@ -88,6 +113,8 @@ enum ModeArg {
     HoldIdle,
     /// Hostile: stalled TLS handshakes held (and reopened when dropped) for --duration.
     Flood,
+    /// Hold -c sockets for --duration (up to 2h) while they churn; see the soak options.
+    Soak,
 }
 
 #[tokio::main]
@@ -96,10 +123,11 @@ async fn main() -> anyhow::Result<()> {
     if a.connections == 0 || a.connections > 50_000 {
         bail!("--connections must be 1..=50000");
     }
-    if a.duration > Duration::from_secs(600) {
-        bail!("--duration is at most 10m");
+    let soaking = matches!(a.mode, ModeArg::Soak);
+    if a.duration > Duration::from_secs(if soaking { 7200 } else { 600 }) {
+        bail!("--duration is at most 10m (2h for a soak)");
     }
-    let sources: Vec<IpAddr> = (0..a.sources)
+    let sources: Vec<IpAddr> = (0..a.sources.min(250))
         .map(|i| IpAddr::from([127, 0, 0, 2u8.saturating_add(i)]))
         .collect();
     if let ModeArg::Flood = a.mode {
@@ -123,11 +151,40 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
+    if soaking {
+        let cfg = wsload::soak::SoakConfig {
+            target: Target::parse(&a.url, &a.server_name)?,
+            sockets: a.connections,
+            stream_every: a.stream_every,
+            stream_rate: a.rate.unwrap_or(10.0),
+            h2_every: a.h2_every,
+            h2_connections: a.h2_connections.max(1),
+            churn_per_second: a.churn,
+            reconnect_within: a.reconnect_within,
+            tenants: a.tenants,
+            tenant_prefix: a.tenant_prefix,
+            size: a.size.max(16),
+            duration: a.duration,
+            sample_every: a.sample_every,
+            sources,
+            open_parallelism: a.parallel,
+            timeout: a.timeout,
+            watch_pid: a.watch_pid,
+            samples: a.samples,
+            events: a.events,
+        };
+        let limit = a.duration + a.timeout * 4 + Duration::from_secs(120);
+        let report = tokio::time::timeout(limit, wsload::soak::soak(cfg))
+            .await
+            .context("the soak overran its time bound")??;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let mode = match a.mode {
         ModeArg::PingPong => Mode::PingPong { rate: a.rate },
         ModeArg::Throughput => Mode::Throughput { window: a.window },
         ModeArg::HoldIdle => Mode::HoldIdle { burst: a.burst },
-        ModeArg::Flood => unreachable!("handled above"),
+        ModeArg::Flood | ModeArg::Soak => unreachable!("handled above"),
     };
     let cfg = LoadConfig {
         target: Target::parse(&a.url, &a.server_name)?,
