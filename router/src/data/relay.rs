@@ -27,10 +27,13 @@ use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -245,7 +248,7 @@ where
             on_source_end: Some((code::BACKEND_GONE, "backend went away")),
             ..Pump::new(Toward::Client, backend_pre)
         },
-        stop_signal: Some(Box::pin(stop)),
+        stop_signal: Some(StopSignal::new(Box::pin(stop))),
         close_timeout: config.close_timeout,
         deadline: None,
         reason: None,
@@ -704,6 +707,60 @@ impl Pump {
     }
 }
 
+/// The router's stop signal, polled only when it has woken the relay (and once at the
+/// start, to register). Polling it takes the lock of the drain's `Notify`, which every
+/// relay shares, and a relay is polled for every read and write: under load that was a
+/// lock taken per message, bouncing between the I/O threads.
+struct StopSignal {
+    future: Pin<Box<dyn Future<Output = Stop> + Send>>,
+    wake: Arc<StopWake>,
+    /// `wake` as a waker, made once.
+    waker: Waker,
+}
+
+/// Set by the stop future's waker: the future has something to say, and the relay is
+/// woken to poll it.
+struct StopWake {
+    fired: AtomicBool,
+    relay: AtomicWaker,
+}
+
+impl Wake for StopWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.relay.wake();
+    }
+}
+
+impl StopSignal {
+    fn new(future: Pin<Box<dyn Future<Output = Stop> + Send>>) -> Self {
+        let wake = Arc::new(StopWake {
+            fired: AtomicBool::new(true),
+            relay: AtomicWaker::new(),
+        });
+        Self {
+            future,
+            waker: Waker::from(wake.clone()),
+            wake,
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Stop> {
+        // Cheap when the relay's waker is the same as last time (it is, for a task).
+        self.wake.relay.register(cx.waker());
+        if !self.wake.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        self.future
+            .as_mut()
+            .poll(&mut Context::from_waker(&self.waker))
+    }
+}
+
 /// A running relay; see [`run`].
 pub struct Relay<C, B> {
     client: C,
@@ -711,7 +768,7 @@ pub struct Relay<C, B> {
     to_backend: Pump,
     to_client: Pump,
     /// Resolves when the router wants this socket closed; gone once it has.
-    stop_signal: Option<Pin<Box<dyn Future<Output = Stop> + Send>>>,
+    stop_signal: Option<StopSignal>,
     close_timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
     reason: Option<CloseReason>,
@@ -806,7 +863,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayReport> {
         let this = self.get_mut();
         if let Some(signal) = this.stop_signal.as_mut() {
-            if let Poll::Ready(why) = signal.as_mut().poll(cx) {
+            if let Poll::Ready(why) = signal.poll(cx) {
                 this.stop_signal = None;
                 this.stop(why);
             }
@@ -1286,6 +1343,56 @@ mod tests {
             (r.reason, r.sent_to_backend),
             (CloseReason::ClientGone, None)
         );
+    }
+
+    /// The stop signal is polled once to register, and again only when it wakes the
+    /// relay: not on every read and write (it takes a lock every relay shares).
+    #[tokio::test]
+    async fn the_stop_signal_is_polled_only_when_it_wakes() {
+        use std::sync::atomic::AtomicUsize;
+        let polls = Arc::new(AtomicUsize::new(0));
+        let drain = tokio_util::sync::CancellationToken::new();
+        let stop = {
+            let (polls, drain) = (polls.clone(), drain.clone());
+            let mut wait = Box::pin(drain.cancelled_owned());
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::Relaxed);
+                wait.as_mut().poll(cx).map(|()| Stop::SHUTDOWN)
+            })
+        };
+        let (mut client, relay_client) = duplex(64 * 1024);
+        let (mut backend, relay_backend) = duplex(64 * 1024);
+        let relay = tokio::spawn(run(
+            relay_client,
+            relay_backend,
+            Bytes::new(),
+            Bytes::new(),
+            stop,
+            CFG,
+        ));
+        for i in 0..100u8 {
+            let f = client_frame(2, &[i; 10]);
+            client.write_all(&f).await.unwrap();
+            let mut got = vec![0u8; f.len()];
+            backend.read_exact(&mut got).await.unwrap();
+            let f = server_frame(2, &[i; 10]);
+            backend.write_all(&f).await.unwrap();
+            let mut got = vec![0u8; f.len()];
+            client.read_exact(&mut got).await.unwrap();
+        }
+        assert_eq!(polls.load(Ordering::Relaxed), 1, "polled once, to register");
+        drain.cancel();
+        let mut to_client = Vec::new();
+        let mut buf = [0u8; 64];
+        while close_code(&to_client).is_none() {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "no close frame came");
+            to_client.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(close_code(&to_client), Some(1001));
+        assert_eq!(polls.load(Ordering::Relaxed), 2, "and once when it woke");
+        drop((client, backend));
+        relay.await.unwrap();
     }
 
     /// A close frame passed, then both peers go silent: the close timeout starts at the
