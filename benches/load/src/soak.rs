@@ -190,6 +190,27 @@ enum End {
     RunOver(bool),
 }
 
+/// The next text or binary message; a close frame or a break ends the socket.
+async fn next_data<S>(ws: &mut WebSocketStream<S>) -> Result<Message, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    loop {
+        match ws.next().await {
+            Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => return Ok(m),
+            Some(Ok(Message::Close(f))) => {
+                return Err(End::ClosedByPeer(
+                    f.as_ref().map(|f| u16::from(f.code)),
+                    f.map(|f| f.reason.to_string()).unwrap_or_default(),
+                ))
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(End::Broke(e.to_string())),
+            None => return Err(End::Broke("EOF without a close frame".into())),
+        }
+    }
+}
+
 /// The socket's first text message is the backend's first counter: its `server` field.
 async fn backend_name<S>(ws: &mut WebSocketStream<S>, timeout: Duration) -> Result<String, End>
 where
@@ -197,17 +218,8 @@ where
 {
     let first = tokio::time::timeout(timeout, async {
         loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) => return Ok(t),
-                Some(Ok(Message::Close(f))) => {
-                    return Err(End::ClosedByPeer(
-                        f.as_ref().map(|f| u16::from(f.code)),
-                        f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                    ))
-                }
-                Some(Ok(_)) => continue,
-                Some(Err(e)) => return Err(End::Broke(e.to_string())),
-                None => return Err(End::Broke("EOF before the first counter".into())),
+            if let Message::Text(t) = next_data(ws).await? {
+                return Ok(t);
             }
         }
     })
@@ -218,23 +230,14 @@ where
     Ok(v["server"].as_str().unwrap_or("?").to_owned())
 }
 
-/// The next binary message; a close or a break ends the socket.
+/// The next binary message (counters are skipped); a close or a break ends the socket.
 async fn next_binary<S>(ws: &mut WebSocketStream<S>) -> Result<Vec<u8>, End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     loop {
-        match ws.next().await {
-            Some(Ok(Message::Binary(b))) => return Ok(b.to_vec()),
-            Some(Ok(Message::Close(f))) => {
-                return Err(End::ClosedByPeer(
-                    f.as_ref().map(|f| u16::from(f.code)),
-                    f.map(|f| f.reason.to_string()).unwrap_or_default(),
-                ))
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(End::Broke(e.to_string())),
-            None => return Err(End::Broke("EOF without a close frame".into())),
+        if let Message::Binary(b) = next_data(ws).await? {
+            return Ok(b.to_vec());
         }
     }
 }

@@ -1174,6 +1174,15 @@ mod tests {
         assert_eq!(relay.to_client.buf.capacity(), 0);
     }
 
+    /// The client sends close 1000; the backend receives it unchanged.
+    async fn client_close_reaches_backend(e: &mut Ends) {
+        let close = client_frame(8, &1000u16.to_be_bytes());
+        e.client.write_all(&close).await.unwrap();
+        let mut got = vec![0u8; close.len()];
+        e.backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+    }
+
     async fn read_all(s: &mut DuplexStream) -> Vec<u8> {
         let mut out = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -1308,10 +1317,7 @@ mod tests {
     #[tokio::test]
     async fn backend_gone_after_a_client_close_adds_nothing() {
         let mut e = start(b"", b"");
-        let close = client_frame(8, &1000u16.to_be_bytes());
-        e.client.write_all(&close).await.unwrap();
-        let mut got = vec![0u8; close.len()];
-        e.backend.read_exact(&mut got).await.unwrap();
+        client_close_reaches_backend(&mut e).await;
         drop(e.backend);
         let to_client = read_all(&mut e.client).await;
         assert!(to_client.is_empty(), "the router sent {to_client:?}");
@@ -1400,11 +1406,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_close_handshake_that_never_finishes_is_bounded() {
         let mut e = start(b"", b"");
-        let close = client_frame(8, &1000u16.to_be_bytes());
-        e.client.write_all(&close).await.unwrap();
-        let mut got = vec![0u8; close.len()];
-        e.backend.read_exact(&mut got).await.unwrap();
-        assert_eq!(got, close);
+        client_close_reaches_backend(&mut e).await;
         let r = tokio::time::timeout(CFG.close_timeout * 2, &mut e.relay)
             .await
             .expect("the relay ended within the close timeout")
