@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -256,14 +256,7 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
             biased;
             _ = shared.kill.cancelled() => return,
             _ = shared.graceful.cancelled() => {
-                let close = CloseFrame { code: CloseCode::Away, reason: "backend shutting down".into() };
-                if ws.close(Some(close)).await.is_ok() {
-                    // Wait (bounded) for the peer's close reply so the handshake completes.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        while let Some(Ok(_)) = ws.next().await {}
-                    }).await;
-                }
-                return;
+                return close_with(&mut ws, CloseCode::Away, "backend shutting down").await;
             }
             msg = ws.next() => match msg {
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
@@ -274,7 +267,17 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
                 // tungstenite answers pings and queues the close reply itself; keep polling
                 // until the stream ends so that reply is flushed.
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return,
+                Some(Err(e)) => {
+                    // Fail the connection with a close frame that says why (RFC 6455
+                    // §7.1.7), not a bare FIN: a peer learns its mistake, and a proxy in
+                    // front has no reason to report this backend as gone.
+                    if let Some((code, reason)) = failure_close(&e) {
+                        tracing::debug!(error = %e, "failing the WebSocket connection");
+                        close_with(&mut ws, code, reason).await;
+                    }
+                    return;
+                }
+                None => return,
             },
             _ = ticker.tick(), if counters => {
                 let tick = Tick { server: &shared.config.server_name, counter, ns: &ns };
@@ -285,5 +288,34 @@ async fn stream_and_echo(upgraded: hyper::upgrade::Upgraded, ns: String, shared:
                 }
             }
         }
+    }
+}
+
+/// The close code for a read error that fails the connection, or None when the
+/// connection is already gone (nothing could carry a close frame).
+fn failure_close(e: &WsError) -> Option<(CloseCode, &'static str)> {
+    match e {
+        WsError::Protocol(_) => Some((CloseCode::Protocol, "protocol error")),
+        WsError::Utf8(_) => Some((CloseCode::Invalid, "invalid UTF-8 in a text message")),
+        WsError::Capacity(_) => Some((CloseCode::Size, "message too big")),
+        _ => None,
+    }
+}
+
+/// Send a close frame and wait (bounded) for the peer's reply, so the closing handshake
+/// completes before the socket is dropped.
+async fn close_with<S>(ws: &mut WebSocketStream<S>, code: CloseCode, reason: &'static str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let close = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    if ws.close(Some(close)).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
     }
 }

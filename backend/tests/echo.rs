@@ -142,3 +142,55 @@ async fn echo_mode_only_echoes() -> Result<()> {
     }
     Ok(())
 }
+
+/// A peer that breaks the protocol gets a close frame saying how (RFC 6455 §7.1.7), not
+/// a bare FIN: behind a proxy, a bare FIN looks like a backend that died.
+#[tokio::test]
+async fn a_protocol_error_fails_the_connection_with_its_close_code() -> Result<()> {
+    let h = start().await?;
+    // (frame the client sends, close code it must get back)
+    // A ping with a 126-byte payload (control frames carry at most 125), mask 0.
+    let big_ping = [&[0x89u8, 0xFE, 0, 126, 0, 0, 0, 0][..], &[0u8; 126]].concat();
+    let cases: [(&[u8], u16); 3] = [
+        // A text frame with RSV1 set, no extension negotiated: 1002.
+        (&[0xC1, 0x80, 0, 0, 0, 0], 1002),
+        (&big_ping, 1002),
+        // A text frame whose payload is not UTF-8 (0xFF, mask 0): 1007.
+        (&[0x81, 0x81, 0, 0, 0, 0, 0xFF], 1007),
+    ];
+    for (frame, want) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(h.local_addr()).await?;
+        tcp.write_all(
+            b"GET /ws/ns-01 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .await?;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        // The 101 response, then the counter the backend streams at connect.
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await??;
+            anyhow::ensure!(n > 0, "closed during the handshake");
+            got.extend_from_slice(&buf[..n]);
+        }
+        tcp.write_all(frame).await?;
+        // Read to EOF (bounded): the last frame must be a close with the wanted code.
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await?;
+        let close = got
+            .windows(2)
+            .rposition(|w| w[0] == 0x88)
+            .context("no close frame")?;
+        let code = u16::from_be_bytes([got[close + 2], got[close + 3]]);
+        assert_eq!(code, want, "after {frame:02x?}");
+    }
+    h.kill().await;
+    Ok(())
+}
