@@ -23,7 +23,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::admission::PendingSlot;
-use super::relay::Reset;
+use super::relay::Peer;
 use super::shared::Shared;
 use super::upgrade::{self, Answer, ConnCtx, ProxyBody};
 
@@ -361,7 +361,7 @@ impl AsyncWrite for H2Stream {
     }
 }
 
-impl Reset for H2Stream {
+impl Peer for H2Stream {
     /// The client's end of the stream (reset or ended) means it left: the backend
     /// hears a 1001 rather than a bare hang-up.
     const RESET_IS_GOING_AWAY: bool = true;

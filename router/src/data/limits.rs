@@ -61,6 +61,7 @@ impl SocketTimers {
             max_age: self.max_age.map(|a| a + jitter),
             client_ping: self.client_ping,
             backend_ping: self.backend_ping,
+            budget: &crate::data::bulk::BUDGET,
         }
     }
 }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::AcceptErrors;
 use super::admission::{PendingSlot, REQUEST_HEAD_BYTES};
-use super::relay::Reset;
+use super::relay::Peer;
 use super::shared::Shared;
 use super::tls_stream;
 use super::upgrade::{self, ConnCtx};
@@ -253,7 +253,7 @@ async fn serve_http<I>(
     accepted: Instant,
     slot: PendingSlot,
 ) where
-    I: AsyncRead + AsyncWrite + Reset + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
 {
     let evicted = slot.evicted();
     let ctx = ConnCtx::new(&shared, peer, accepted, slot);

@@ -4,10 +4,12 @@
 //! Labels are bounded: backend ordinals, close reasons, HTTP statuses, directions and
 //! rejection reasons; never tenants or client addresses.
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::admission::{AdmissionStats, Refusal};
@@ -209,6 +211,11 @@ impl Metrics {
             m.breaker_open.clone(),
         );
         r.register(
+            "relay_held_over_bytes",
+            "Bytes relays hold above 16 KiB per direction for sinks slow to take them; past 32 MiB relays read 16 KiB at a time, not 64",
+            HeldOver(&super::bulk::BUDGET),
+        );
+        r.register(
             "upgrade_seconds",
             "Time from accepting a connection to answering its upgrade with 101",
             m.upgrade_seconds.clone(),
@@ -245,5 +252,20 @@ impl Metrics {
         self.backend_handshake_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+}
+
+/// The read budget's count, read when /metrics is scraped (the relays keep it in one
+/// atomic, not in a metric of their own).
+#[derive(Debug)]
+struct HeldOver(&'static super::bulk::ReadBudget);
+
+impl EncodeMetric for HeldOver {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&(self.0.held_over() as i64))
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Gauge
     }
 }

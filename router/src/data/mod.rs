@@ -11,6 +11,7 @@
 //! - [`tls_stream`]: the TLS stream a connection speaks: bounded handshake, bounded reads.
 //! - [`upgrade`]: one request: route it, upgrade the backend, answer, start the relay.
 //! - [`relay`]: the byte relay between the upgraded sockets, aware of frame boundaries.
+//! - [`bulk`]: the shared budget that lets relays read 64 KiB at a time.
 //! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
 //! - [`reroute`]: opt-in 1012 closes for sockets whose tenant moved.
 //! - [`policy`]: who may open a socket: Origin allowlist, rate per source, cap per tenant.
@@ -21,6 +22,7 @@
 pub mod accept;
 pub mod admission;
 pub mod breaker;
+pub mod bulk;
 pub mod frame;
 pub mod h2;
 pub mod limits;

@@ -37,13 +37,21 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::data::bulk::{self, ReadBudget};
 use crate::data::frame::{
     close_frame, code, frame_len, match_pong, ping_frame, FrameCursor, PongMatch,
 };
 
-/// Ends a connection abruptly (a TCP reset), to pass on a peer's reset as it was.
-pub trait Reset {
+/// What the relay needs of each side besides reading and writing.
+pub trait Peer {
+    /// Ends the connection abruptly (a TCP reset), to pass on a peer's reset as it was.
     fn reset(&mut self);
+
+    /// Bytes written to this side that it has taken but not yet sent (encrypted records
+    /// its socket has not accepted): the relay counts them as held.
+    fn queued(&self) -> usize {
+        0
+    }
 
     /// This side ending without a close frame means its peer left: the other side is
     /// told with close 1001 (going away) rather than a reset or a FIN. An HTTP/2 stream
@@ -51,7 +59,7 @@ pub trait Reset {
     const RESET_IS_GOING_AWAY: bool = false;
 }
 
-impl Reset for tokio::net::TcpStream {
+impl Peer for tokio::net::TcpStream {
     fn reset(&mut self) {
         // Linger 0: closing the socket (when the relay drops it) sends RST, not FIN.
         #[allow(deprecated)]
@@ -59,24 +67,27 @@ impl Reset for tokio::net::TcpStream {
     }
 }
 
-impl<S: Reset + AsyncRead + AsyncWrite + Unpin> Reset for crate::data::tls_stream::TlsStream<S> {
+impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for crate::data::tls_stream::TlsStream<S> {
     fn reset(&mut self) {
         self.get_mut().reset();
     }
+
+    fn queued(&self) -> usize {
+        self.unsent()
+    }
 }
 
-impl Reset for tokio::io::DuplexStream {
+impl Peer for tokio::io::DuplexStream {
     fn reset(&mut self) {}
 }
-
-/// Bytes read at a time; one TLS record holds at most 16 KiB of plaintext.
-const BUF_SIZE: usize = 16 * 1024;
 
 thread_local! {
     /// Where every relay on this worker thread reads into. It is borrowed only for the
     /// length of one `poll_read` and the writes that follow it, never across a wait, and
-    /// no reader or writer polled meanwhile can reach another relay.
-    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; BUF_SIZE].into_boxed_slice());
+    /// no reader or writer polled meanwhile can reach another relay. How much of it one
+    /// read may use is the budget's call (see `bulk`).
+    static SCRATCH: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0u8; bulk::READ_BIG].into_boxed_slice());
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +103,8 @@ pub struct RelayConfig {
     pub client_ping: Option<Ping>,
     /// The same toward the backend.
     pub backend_ping: Option<Ping>,
+    /// Where big reads are paid for: `bulk::BUDGET`, but for tests.
+    pub budget: &'static ReadBudget,
 }
 
 /// Router-originated pings toward one peer.
@@ -110,6 +123,7 @@ impl RelayConfig {
             max_age: None,
             client_ping: None,
             backend_ping: None,
+            budget: &bulk::BUDGET,
         }
     }
 }
@@ -234,7 +248,7 @@ pub fn run<C, B>(
     config: RelayConfig,
 ) -> Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Reset + Unpin,
+    C: AsyncRead + AsyncWrite + Peer + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     Relay {
@@ -254,6 +268,7 @@ where
         reason: None,
         timed_out: false,
         timers: Timers::new(&config),
+        budget: config.budget,
     }
 }
 
@@ -318,6 +333,8 @@ struct Pump {
     /// close frame (then FIN), not as a FIN or a reset. Dropped once a close has passed
     /// either way.
     on_source_end: Option<(u16, &'static str)>,
+    /// What this direction holds above 16 KiB, as counted against the read budget.
+    charged: u32,
 }
 
 impl Pump {
@@ -342,6 +359,16 @@ impl Pump {
             pong_seen: false,
             pong_partial: Vec::new(),
             on_source_end: None,
+            charged: 0,
+        }
+    }
+
+    /// Counts what this direction holds now (its own buffer and what `queued` bytes
+    /// its sink has yet to send) against the budget.
+    fn settle(&mut self, budget: &ReadBudget, queued: usize) {
+        let held = self.buf.len() - self.pos + queued;
+        if held > bulk::READ_SMALL || self.charged > 0 {
+            self.charged = budget.settle(self.charged, held);
         }
     }
 
@@ -472,17 +499,18 @@ impl Pump {
         cx: &mut Context<'_>,
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
+        read_size: usize,
     ) -> Poll<()>
     where
         R: AsyncRead + ?Sized,
-        W: AsyncWrite + Reset + Unpin + ?Sized,
+        W: AsyncWrite + Peer + Unpin + ?Sized,
     {
         loop {
             let step = match self.state {
                 State::Forward if self.pos < self.buf.len() => {
                     self.poll_write_held(cx, dst.as_mut())
                 }
-                State::Forward => self.poll_forward(cx, src.as_mut(), dst.as_mut()),
+                State::Forward => self.poll_forward(cx, src.as_mut(), dst.as_mut(), read_size),
                 State::Inject => self.poll_inject(cx, dst.as_mut()),
                 State::Reset => {
                     dst.as_mut().get_mut().reset();
@@ -557,6 +585,7 @@ impl Pump {
         cx: &mut Context<'_>,
         mut src: Pin<&mut R>,
         mut dst: Pin<&mut W>,
+        read_size: usize,
     ) -> Poll<()>
     where
         R: AsyncRead + ?Sized,
@@ -590,7 +619,8 @@ impl Pump {
             }
         }
         let read = SCRATCH.with_borrow_mut(|scratch| {
-            let mut rb = ReadBuf::new(scratch);
+            let size = read_size.min(scratch.len());
+            let mut rb = ReadBuf::new(&mut scratch[..size]);
             let r = src.as_mut().poll_read(cx, &mut rb);
             let n = rb.filled().len();
             match r {
@@ -774,6 +804,7 @@ pub struct Relay<C, B> {
     reason: Option<CloseReason>,
     timed_out: bool,
     timers: Timers,
+    budget: &'static ReadBudget,
 }
 
 impl<C, B> Relay<C, B> {
@@ -853,10 +884,19 @@ impl<C, B> Relay<C, B> {
     }
 }
 
+impl<C, B> Drop for Relay<C, B> {
+    /// What this relay held goes back to the budget with it.
+    fn drop(&mut self) {
+        for pump in [&mut self.to_backend, &mut self.to_client] {
+            pump.charged = self.budget.settle(pump.charged, 0);
+        }
+    }
+}
+
 impl<C, B> Future for Relay<C, B>
 where
-    C: AsyncRead + AsyncWrite + Reset + Unpin,
-    B: AsyncRead + AsyncWrite + Reset + Unpin,
+    C: AsyncRead + AsyncWrite + Peer + Unpin,
+    B: AsyncRead + AsyncWrite + Peer + Unpin,
 {
     type Output = RelayReport;
 
@@ -868,16 +908,29 @@ where
                 this.stop(why);
             }
         }
+        let read_size = this.budget.read_size();
         let up = this
             .to_backend
-            .poll_pump(cx, Pin::new(&mut this.client), Pin::new(&mut this.backend))
+            .poll_pump(
+                cx,
+                Pin::new(&mut this.client),
+                Pin::new(&mut this.backend),
+                read_size,
+            )
             .is_ready();
         // A client close that just passed rules out a 1011 for a backend ending now.
         this.withdraw_stops();
         let down = this
             .to_client
-            .poll_pump(cx, Pin::new(&mut this.backend), Pin::new(&mut this.client))
+            .poll_pump(
+                cx,
+                Pin::new(&mut this.backend),
+                Pin::new(&mut this.client),
+                read_size,
+            )
             .is_ready();
+        this.to_backend.settle(this.budget, this.backend.queued());
+        this.to_client.settle(this.budget, this.client.queued());
         if let Some(why) = this
             .timers
             .poll(cx, &mut this.to_client, &mut this.to_backend)
@@ -1058,6 +1111,7 @@ mod tests {
         max_age: None,
         client_ping: None,
         backend_ping: None,
+        budget: &bulk::BUDGET,
     };
 
     /// An unmasked server frame.
@@ -1286,7 +1340,7 @@ mod tests {
         }
     }
 
-    impl Reset for ResetAtEnd {
+    impl Peer for ResetAtEnd {
         fn reset(&mut self) {}
     }
 

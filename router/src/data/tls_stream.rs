@@ -146,6 +146,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         &mut self.tcp
     }
 
+    /// Ciphertext encrypted from what was written but not yet taken by the socket.
+    pub fn unsent(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+
     fn poll_handshake(
         &mut self,
         cx: &mut Context<'_>,

@@ -357,7 +357,7 @@ pub(crate) struct Answer {
 /// hands over goes to the relay.
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
-    I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
 {
     let Answer { resp, relay } = answer(&req, &ctx).await;
     match relay {
@@ -748,7 +748,7 @@ impl PendingRelay {
     /// socket, then starts the relay as a task of its own.
     async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let upgrade_timeout = self.shared.limits.request_timeout;
@@ -776,7 +776,7 @@ impl PendingRelay {
     /// Registers the live socket, counts it, and spawns the relay task.
     pub(crate) fn start<I>(self, client: I, client_pre: Bytes)
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
     {
         let Self {
             routed,
@@ -875,7 +875,7 @@ impl LiveRelay {
     /// (an async fn keeps its argument and the awaited future side by side).
     fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Reset + Unpin,
+        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin,
     {
         let mut relay = relay;
         let mut live = Some(self);
