@@ -16,8 +16,9 @@
 //! Once either side has ended, or a close frame has passed, `close_timeout` bounds how
 //! long the rest may take; then both sides get FIN. A relay never hangs.
 //!
-//! Memory: an idle connection holds no relay buffer. Reads go into one scratch buffer
-//! per worker thread and are written straight on; only bytes the sink cannot take yet
+//! Memory: an idle connection holds no relay buffer. Reads (64 KiB at a time while the
+//! shared budget in `bulk` lasts, else 16 KiB) go into one scratch buffer per worker
+//! thread and are written straight on; only bytes the sink cannot take yet
 //! (backpressure) are copied into a buffer of this direction, which is freed as soon as
 //! it has been written out. So 9,000 idle sockets cost no more after a 16 KiB burst
 //! than before it.
@@ -366,10 +367,7 @@ impl Pump {
     /// Counts what this direction holds now (its own buffer and what `queued` bytes
     /// its sink has yet to send) against the budget.
     fn settle(&mut self, budget: &ReadBudget, queued: usize) {
-        let held = self.buf.len() - self.pos + queued;
-        if held > bulk::READ_SMALL || self.charged > 0 {
-            self.charged = budget.settle(self.charged, held);
-        }
+        self.charged = budget.settle(self.charged, self.buf.len() - self.pos + queued);
     }
 
     /// Something waits for the next frame boundary: a close or a ping.
@@ -887,8 +885,8 @@ impl<C, B> Relay<C, B> {
 impl<C, B> Drop for Relay<C, B> {
     /// What this relay held goes back to the budget with it.
     fn drop(&mut self) {
-        for pump in [&mut self.to_backend, &mut self.to_client] {
-            pump.charged = self.budget.settle(pump.charged, 0);
+        for pump in [&self.to_backend, &self.to_client] {
+            self.budget.settle(pump.charged, 0);
         }
     }
 }
