@@ -37,18 +37,26 @@ const SCRATCH_SIZE: usize = (64 << 10) + MAX_RECORD;
 const MAX_WRITE: usize = 64 << 10;
 /// Ciphertext bytes added per record: header, content type and AEAD tag.
 const RECORD_OVERHEAD: usize = 5 + 1 + 16;
+// A whole write, sealed, fits in the scratch buffer.
+const _: () = assert!(MAX_WRITE + (MAX_WRITE / (1 << 14) + 1) * RECORD_OVERHEAD <= SCRATCH_SIZE);
 
 thread_local! {
-    /// Borrowed only for one socket read and the processing after it, never across a
-    /// wait; nothing polled meanwhile reaches another `TlsStream`.
+    /// Borrowed only for one socket read and the processing after it, or for one write's
+    /// encryption and send, never across a wait; nothing polled meanwhile reaches
+    /// another `TlsStream`.
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
 
 /// What to do once rustls can take application data.
-#[derive(Clone, Copy)]
 enum Then<'a> {
     Nothing,
-    Encrypt(&'a [u8]),
+    /// Encrypt `data` into `into` and say how many bytes it took in `sealed`; if it does
+    /// not fit (or `into` is empty), into `out` instead, with `sealed` left at 0.
+    Encrypt {
+        data: &'a [u8],
+        into: &'a mut [u8],
+        sealed: &'a mut usize,
+    },
     CloseNotify,
 }
 
@@ -362,7 +370,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
                 ConnectionState::WriteTraffic(mut w) => {
                     match then {
                         Then::Nothing => {}
-                        Then::Encrypt(data) => encrypt(&mut w, data, &mut self.out)?,
+                        Then::Encrypt { data, into, sealed } => {
+                            *sealed = seal(&mut w, data, into, &mut self.out)?;
+                        }
                         Then::CloseNotify => close_notify(&mut w, &mut self.out)?,
                     }
                     return Ok(done);
@@ -506,6 +516,22 @@ fn encrypt(w: &mut WriteTraffic<'_, ServerData>, data: &[u8], out: &mut Vec<u8>)
     append(out, room, |buf| Ok(w.encrypt(data, buf)?))
 }
 
+/// Encrypts `data` into `into` when it fits, which is nearly always (a key update riding
+/// along is the exception): what was sealed there is sent from there, and nothing is
+/// allocated. Otherwise it is appended to `out` and 0 is returned.
+fn seal(
+    w: &mut WriteTraffic<'_, ServerData>,
+    data: &[u8],
+    into: &mut [u8],
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    match w.encrypt(data, into) {
+        Ok(n) => Ok(n),
+        Err(EncryptError::InsufficientSize(_)) => encrypt(w, data, out).map(|()| 0),
+        Err(e) => Err(io::Error::other(e)),
+    }
+}
+
 fn close_notify(w: &mut WriteTraffic<'_, ServerData>, out: &mut Vec<u8>) -> io::Result<()> {
     append(out, 64, |buf| Ok(w.queue_close_notify(buf)?))
 }
@@ -576,9 +602,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             return Poll::Ready(Ok(0));
         }
         let data = &data[..data.len().min(MAX_WRITE)];
-        this.pump_partial(Then::Encrypt(data))?;
-        // Start sending now; what the socket does not take yet goes at the next write
-        // or flush.
+        // The ciphertext is made in the thread's scratch and written straight to the
+        // socket: only what the socket does not take now is copied into `out` (sent at
+        // the next write or flush), so a write that goes through allocates nothing.
+        SCRATCH.with(|scratch| {
+            // Never borrowed here in practice (no read is under way); if it were, `out`
+            // serves as before.
+            let mut guard = scratch.try_borrow_mut();
+            let into: &mut [u8] = match &mut guard {
+                Ok(scratch) => scratch,
+                Err(_) => &mut [],
+            };
+            let mut sealed = 0;
+            this.pump_partial(Then::Encrypt {
+                data,
+                into: &mut *into,
+                sealed: &mut sealed,
+            })?;
+            let mut rest = &into[..sealed];
+            // Anything rustls queued before this record (a handshake message) goes first.
+            while this.out.is_empty() && !rest.is_empty() {
+                match Pin::new(&mut this.tcp).poll_write(cx, rest) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => rest = &rest[n..],
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => break,
+                }
+            }
+            this.out.extend_from_slice(rest);
+            Ok::<_, io::Error>(())
+        })?;
         if let Poll::Ready(Err(e)) = this.poll_send(cx) {
             return Poll::Ready(Err(e));
         }
@@ -653,6 +706,61 @@ mod tests {
         assert_eq!(s.partial.capacity(), 0, "partial record kept");
         assert_eq!(s.plain.capacity(), 0, "plaintext kept");
         assert_eq!(s.out.capacity(), 0, "ciphertext kept");
+    }
+
+    /// A write the socket takes whole is encrypted in the thread's scratch and sent from
+    /// there: nothing is allocated for it. When the socket pushes back, only the
+    /// ciphertext it refused is kept (never more than one write's worth), and it follows
+    /// in order once the peer reads.
+    #[tokio::test]
+    async fn writes_hold_only_what_the_socket_refuses() {
+        let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+        let small = data(100, 3);
+        server.write_all(&small).await.unwrap();
+        idle_holds_nothing(&server);
+        let mut got = vec![0u8; small.len()];
+        tokio::time::timeout(WAIT, client.read_exact(&mut got))
+            .await
+            .expect("read in time")
+            .unwrap();
+        assert_eq!(got, small);
+
+        // The client reads nothing until the socket buffers are full.
+        let chunk = data(MAX_WRITE, 4);
+        let mut written = 0usize;
+        let blocked = std::future::poll_fn(|cx| loop {
+            match Pin::new(&mut server).poll_write(cx, &chunk) {
+                Poll::Ready(Ok(n)) => {
+                    assert_eq!(n, chunk.len());
+                    written += n;
+                    assert!(written < 64 << 20, "the socket never pushed back");
+                }
+                Poll::Ready(Err(e)) => panic!("{e}"),
+                Poll::Pending => return Poll::Ready(()),
+            }
+        });
+        tokio::time::timeout(WAIT, blocked)
+            .await
+            .expect("pushback in time");
+        let held = server.unsent();
+        assert!(held > 0, "pushed back with nothing held");
+        assert!(held <= MAX_WRITE + 5 * RECORD_OVERHEAD, "held {held} bytes");
+
+        let read_all = async {
+            let mut got = vec![0u8; written];
+            client.read_exact(&mut got).await.unwrap();
+            got
+        };
+        let (flushed, got) =
+            tokio::time::timeout(WAIT, async { tokio::join!(server.flush(), read_all) })
+                .await
+                .expect("drained in time");
+        flushed.unwrap();
+        assert!(
+            got.chunks(chunk.len()).all(|c| c == chunk),
+            "bytes out of order"
+        );
+        idle_holds_nothing(&server);
     }
 
     /// Both TLS versions; 1 byte to 200 KB each way, read through buffers from 7 bytes
