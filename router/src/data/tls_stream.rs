@@ -38,7 +38,12 @@ const MAX_WRITE: usize = 64 << 10;
 /// Ciphertext bytes added per record: header, content type and AEAD tag.
 const RECORD_OVERHEAD: usize = 5 + 1 + 16;
 // A whole write, sealed, fits in the scratch buffer.
-const _: () = assert!(MAX_WRITE + (MAX_WRITE / (1 << 14) + 1) * RECORD_OVERHEAD <= SCRATCH_SIZE);
+const _: () = assert!(sealed_len(MAX_WRITE) <= SCRATCH_SIZE);
+
+/// The most ciphertext `n` bytes of plaintext become: every record's overhead added.
+const fn sealed_len(n: usize) -> usize {
+    n + (n / (1 << 14) + 1) * RECORD_OVERHEAD
+}
 
 thread_local! {
     /// Borrowed only for one socket read and the processing after it, or for one write's
@@ -244,12 +249,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
 
     /// Writes queued ciphertext to the socket; frees the queue once it is empty.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.out_pos < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.out_pos..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.out_pos += n;
+        self.out_pos += send_some(&mut self.tcp, cx, &self.out[self.out_pos..])?;
+        if self.out_pos < self.out.len() {
+            return Poll::Pending;
         }
         self.out = Vec::new();
         self.out_pos = 0;
@@ -438,6 +440,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     }
 }
 
+/// Writes as much of `buf` to `tcp` as it takes now; the count, which is short of
+/// `buf.len()` only when `tcp` has registered to wake the task once it takes more.
+fn send_some<S: AsyncWrite + Unpin>(
+    tcp: &mut S,
+    cx: &mut Context<'_>,
+    buf: &[u8],
+) -> io::Result<usize> {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match Pin::new(&mut *tcp).poll_write(cx, &buf[sent..]) {
+            Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => sent += n,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    Ok(sent)
+}
+
 /// Hands a decrypted record to the reader, keeping what does not fit (in order).
 fn deliver(plain: &mut Vec<u8>, plain_pos: usize, dst: Option<&mut ReadBuf<'_>>, payload: &[u8]) {
     let mut rest = payload;
@@ -512,7 +533,7 @@ fn encode(e: &mut EncodeTlsData<'_, ServerData>, out: &mut Vec<u8>) -> io::Resul
 fn encrypt(w: &mut WriteTraffic<'_, ServerData>, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     // Enough for every record's overhead, so one try nearly always does (a key update
     // riding along is the exception, and rustls then says how much it needs).
-    let room = data.len() + (data.len() / (1 << 14) + 1) * RECORD_OVERHEAD + 64;
+    let room = sealed_len(data.len()) + 64;
     append(out, room, |buf| Ok(w.encrypt(data, buf)?))
 }
 
@@ -621,13 +642,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             })?;
             let mut rest = &into[..sealed];
             // Anything rustls queued before this record (a handshake message) goes first.
-            while this.out.is_empty() && !rest.is_empty() {
-                match Pin::new(&mut this.tcp).poll_write(cx, rest) {
-                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
-                    Poll::Ready(Ok(n)) => rest = &rest[n..],
-                    Poll::Ready(Err(e)) => return Err(e),
-                    Poll::Pending => break,
-                }
+            if this.out.is_empty() {
+                rest = &rest[send_some(&mut this.tcp, cx, rest)?..];
             }
             this.out.extend_from_slice(rest);
             Ok::<_, io::Error>(())
@@ -744,7 +760,7 @@ mod tests {
             .expect("pushback in time");
         let held = server.unsent();
         assert!(held > 0, "pushed back with nothing held");
-        assert!(held <= MAX_WRITE + 5 * RECORD_OVERHEAD, "held {held} bytes");
+        assert!(held <= sealed_len(MAX_WRITE), "held {held} bytes");
 
         let read_all = async {
             let mut got = vec![0u8; written];
