@@ -3,11 +3,11 @@
 //! tokio-rustls wraps rustls' buffered connection, whose receive buffer never shrinks
 //! below 4 KiB once used: with 9,000 idle sockets that was 36 MB, about 40% of the
 //! router's memory. This stream drives rustls' unbuffered API instead. Ciphertext is read
-//! into one scratch buffer per worker thread and processed there; a connection keeps
-//! bytes only while they are in flight (the start of a record not fully received,
-//! plaintext its reader has not taken, ciphertext the socket has not accepted) and frees
-//! them as soon as they are drained. This is what OpenSSL's `SSL_MODE_RELEASE_BUFFERS`
-//! does for HAProxy and NGINX.
+//! into one scratch buffer per worker thread and processed there, and each write is
+//! sealed in that buffer and sent from it; a connection keeps bytes only while they are
+//! in flight (the start of a record not fully received, plaintext its reader has not
+//! taken, ciphertext the socket has not accepted) and frees them as soon as they are
+//! drained. This is what OpenSSL's `SSL_MODE_RELEASE_BUFFERS` does for HAProxy and NGINX.
 
 use std::cell::RefCell;
 use std::io;
