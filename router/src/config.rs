@@ -302,6 +302,9 @@ pub struct CommonArgs {
     /// Most reroute closes per second.
     #[arg(long, env = "WSROUTER_REROUTE_DRAIN_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub reroute_drain_rate: u32,
+    /// An I/O thread whose event loop has not turned for this long is stalled: /healthz answers 503 (so Kubernetes restarts the pod) and wsrouter_worker_stalled names it.
+    #[arg(long, env = "WSROUTER_STALL_THRESHOLD", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stall_threshold: Duration,
 }
 
 #[derive(Debug, Error)]
@@ -397,6 +400,9 @@ impl CommonArgs {
         if !(1 << 10..=64 << 10).contains(&self.max_client_hello) {
             return Err(ConfigError::ClientHelloOutOfRange);
         }
+        if self.stall_threshold.is_zero() {
+            return Err(ConfigError::ZeroDuration("--stall-threshold"));
+        }
         Ok(Limits {
             handshake_timeout: self.handshake_timeout,
             request_timeout: self.request_timeout,
@@ -416,6 +422,7 @@ impl CommonArgs {
             },
             policy: self.policy()?,
             timers: self.timers()?,
+            stall_threshold: self.stall_threshold,
         })
     }
 

@@ -26,6 +26,7 @@ use crate::data::metrics::Metrics;
 use crate::data::policy::RateLimiter;
 use crate::data::reroute::Reroute;
 use crate::data::shared::Shared;
+use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::{Changes, Lifecycle};
 use crate::state::tenants::LiveTenants;
 
@@ -223,6 +224,7 @@ fn build(config: RouterConfig) -> Planes {
             lifecycle.changes.clone(),
         ),
         metrics: data_metrics,
+        heartbeats: Arc::new(Heartbeats::new(config.io_threads)),
         limits: config.limits,
         tls_config,
         http,

@@ -2,7 +2,9 @@
 //! (the data path, the control plane); the admin listener adds its own two and only
 //! encodes.
 
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -19,6 +21,14 @@ pub struct AdminMetrics {
     pub draining: Gauge,
     /// Admin connections dropped because the admin listener was full.
     pub evicted: Counter,
+    /// Per I/O thread, 1 while its event loop has not turned for the stall threshold;
+    /// set when scraped, from the heartbeats.
+    pub worker_stalled: Family<WorkerLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: u32,
 }
 
 impl AdminMetrics {
@@ -37,10 +47,17 @@ impl AdminMetrics {
             "1 while the router drains after SIGTERM",
             draining.clone(),
         );
+        let worker_stalled = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_stalled",
+            "1 while an I/O thread's event loop has not turned for --stall-threshold (then /healthz fails)",
+            worker_stalled.clone(),
+        );
         Self {
             registry,
             draining,
             evicted,
+            worker_stalled,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The admin listener: plain HTTP on its own port, for probes and operators.
 //!
-//! - `/healthz`: 200 while the process runs. `/readyz`: 200 once a table is loaded and the
-//!   listener bound, 503 while draining.
+//! - `/healthz`: 200 while every I/O thread's event loop turns; 503 naming the thread
+//!   once one has not turned for `--stall-threshold`. `/readyz`: 200 once a table is
+//!   loaded and the listener bound, 503 while draining.
 //! - `/metrics`: Prometheus metrics (OpenMetrics text).
 //! - `/route/{namespace}`: how a tenant routes now, and why.
 //! - `/table`: the whole routing table, where it came from, and the live tenants.
@@ -26,7 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint};
 
-use self::metrics::{AdminMetrics, CONTENT_TYPE};
+use self::metrics::{AdminMetrics, WorkerLabel, CONTENT_TYPE};
 use self::views::{BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView};
 use crate::data::accept::AcceptErrors;
 use crate::data::admission::{Admission, AdmissionConfig, AdmissionStats};
@@ -111,6 +112,31 @@ pub async fn serve(
     conns.wait().await;
 }
 
+/// Live while every I/O thread's event loop turns: a process that runs but cannot
+/// serve (a thread wedged) is not healthy.
+fn healthz(shared: &Shared) -> Response<Full<Bytes>> {
+    let threshold = shared.limits.stall_threshold;
+    let stalled: Vec<String> = shared
+        .heartbeats
+        .ages()
+        .filter(|(_, age)| *age >= threshold)
+        .map(|(i, age)| {
+            format!(
+                "I/O thread {i} has not turned for {:.1}s",
+                age.as_secs_f64()
+            )
+        })
+        .collect();
+    if stalled.is_empty() {
+        return text(StatusCode::OK, "ok\n");
+    }
+    tracing::error!(stalled = %stalled.join("; "), "health check failing: an I/O thread is stalled");
+    text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{}\n", stalled.join("\n")),
+    )
+}
+
 fn route(
     req: &Request<Incoming>,
     shared: &Shared,
@@ -121,12 +147,21 @@ fn route(
     }
     let lc = &shared.lifecycle;
     match req.uri().path() {
-        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/healthz" => healthz(shared),
         "/readyz" if lc.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if lc.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
             metrics.draining.set(i64::from(lc.is_draining()));
+            let threshold = shared.limits.stall_threshold;
+            for (worker, age) in shared.heartbeats.ages() {
+                metrics
+                    .worker_stalled
+                    .get_or_create(&WorkerLabel {
+                        worker: worker as u32,
+                    })
+                    .set(i64::from(age >= threshold));
+            }
             let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
             r.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
@@ -279,8 +314,8 @@ fn json_response(status: StatusCode, v: &impl serde::Serialize) -> Response<Full
     r
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -9,9 +9,11 @@ pub mod code {
     /// The tenant moved to another backend: reconnect (`--reroute-drain`).
     pub const SERVICE_RESTART: u16 = 1012;
     /// The backend's connection ended without a close frame (it died, or dropped the
-    /// socket). Not 1014 (bad gateway), which says the same more precisely: tungstenite,
-    /// and so websocat, take 1014 for a protocol violation (1002).
+    /// socket), or broke the protocol. Not 1014 (bad gateway), which says the same more
+    /// precisely: tungstenite, and so websocat, take 1014 for a protocol violation (1002).
     pub const BACKEND_GONE: u16 = 1011;
+    /// The peer sent a frame no extension can make valid (RFC 6455 §7.4.1).
+    pub const PROTOCOL_ERROR: u16 = 1002;
 }
 
 const OP_CLOSE: u8 = 0x8;
@@ -31,6 +33,10 @@ pub struct FrameCursor {
     mask: Option<[u8; 4]>,
     close_code: [u8; 2],
     desynced: bool,
+    /// The header that desynced the stream can never be valid (a 64-bit length with its
+    /// top bit set, RFC 6455 §5.2): the peer broke the protocol, whatever extensions
+    /// were negotiated.
+    violated: bool,
     passed_close: bool,
     last_close_code: Option<u16>,
     /// Data frames (text, binary, continuation) begun: what "activity" means for the
@@ -51,6 +57,7 @@ impl Default for FrameCursor {
             mask: None,
             close_code: [0; 2],
             desynced: false,
+            violated: false,
             passed_close: false,
             last_close_code: None,
             data_frames: 0,
@@ -69,6 +76,12 @@ impl FrameCursor {
     /// from here on, so the relay only ever ends it with FIN.
     pub fn desynced(&self) -> bool {
         self.desynced
+    }
+
+    /// The stream carried a frame header that no extension makes valid; see
+    /// [`FrameCursor::violation_at`].
+    pub fn violated(&self) -> bool {
+        self.violated
     }
 
     /// A whole close frame has gone through.
@@ -114,6 +127,36 @@ impl FrameCursor {
             used += n;
             if ended {
                 return Some(used);
+            }
+        }
+        None
+    }
+
+    /// Where in `data` (which would follow what this cursor has seen) a frame header
+    /// begins that no extension can make valid, once that header is all there: the
+    /// relay passes on only what comes before it. `Some(0)` also when such a header
+    /// began in bytes already seen. Frames other than that pass as they are, valid or
+    /// not: the peer at the other end judges them (it knows the extensions in use).
+    pub fn violation_at(&self, data: &[u8]) -> Option<usize> {
+        if self.desynced
+            || (self.in_payload && self.opcode != OP_CLOSE && (data.len() as u64) < self.remaining)
+        {
+            return None;
+        }
+        let mut probe = *self;
+        let mut used = 0;
+        let mut header_at = 0;
+        while used < data.len() {
+            if !probe.in_payload && probe.have == 0 {
+                header_at = used;
+            }
+            let (n, _) = probe.step(&data[used..]);
+            used += n;
+            if probe.violated {
+                return Some(header_at);
+            }
+            if probe.desynced {
+                return None;
             }
         }
         None
@@ -184,6 +227,7 @@ impl FrameCursor {
         let control = opcode & 0x8 != 0;
         if !valid_opcode || len >> 63 != 0 || (control && (!fin || len > 125)) {
             self.desynced = true;
+            self.violated = len >> 63 != 0;
             return;
         }
         self.mask = masked.then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);
@@ -218,20 +262,6 @@ fn header_len(b1: u8) -> u8 {
     2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }
 }
 
-/// The length (header and payload) of the frame `data` begins with, once its header is
-/// all there.
-pub fn frame_len(data: &[u8]) -> Option<u64> {
-    let b1 = *data.get(1)?;
-    let header = usize::from(header_len(b1));
-    let h = data.get(..header)?;
-    let payload = match b1 & 0x7f {
-        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
-        127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
-        n => u64::from(n),
-    };
-    Some(header as u64 + payload)
-}
-
 /// A ping frame carrying `token`, masked toward a server.
 pub fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + 4 + 8);
@@ -259,6 +289,48 @@ pub enum PongMatch {
     Other,
     /// Could be our pong, but the frame is not all here yet (at most 14 + 125 bytes).
     Partial,
+}
+
+/// Where the router's pong is in freshly read `data`, which follows what `cursor` has
+/// seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PongScan {
+    /// A whole pong carrying the token: `len` bytes at `at`.
+    Found { at: usize, len: usize },
+    /// What may be that pong begins at `at`, but is not all here yet.
+    Partial { at: usize },
+    /// Not in `data`; or a header that is not a valid frame stops the search, since
+    /// boundaries are unknown past it.
+    Absent,
+}
+
+/// Finds the pong carrying `token` at a frame boundary of `data`. The walk follows
+/// frames with a copy of `cursor`, so it reads lengths exactly as the relay does (a
+/// claimed length past 2^63 desyncs it, never wraps) and each step moves forward.
+pub fn find_pong(cursor: &FrameCursor, data: &[u8], token: &[u8; 8]) -> PongScan {
+    let mut probe = *cursor;
+    let mut at = 0;
+    loop {
+        match probe.bytes_to_boundary(&data[at..]) {
+            Some(n) => {
+                probe.advance(&data[at..at + n]);
+                at += n;
+            }
+            None => return PongScan::Absent,
+        }
+        if at == data.len() {
+            return PongScan::Absent;
+        }
+        match match_pong(&data[at..], token) {
+            PongMatch::Ours(len) => return PongScan::Found { at, len },
+            PongMatch::Partial => return PongScan::Partial { at },
+            // Into the frame by one byte; the next turn finds where it ends.
+            PongMatch::Other => {
+                probe.advance(&data[at..at + 1]);
+                at += 1;
+            }
+        }
+    }
 }
 
 /// Whether `data`, starting at a frame boundary, begins with a pong carrying `token`.

@@ -27,6 +27,9 @@ pub struct Limits {
     pub breaker: BreakerConfig,
     pub policy: PolicyConfig,
     pub timers: SocketTimers,
+    /// An I/O thread whose event loop has not turned for this long is stalled:
+    /// `/healthz` fails.
+    pub stall_threshold: Duration,
 }
 
 /// How long a relayed socket may live, and how the router notices a dead peer.
@@ -88,6 +91,7 @@ impl Default for Limits {
                 tcp_keepalive: Some(Duration::from_secs(60)),
                 ..SocketTimers::default()
             },
+            stall_threshold: Duration::from_secs(10),
         }
     }
 }

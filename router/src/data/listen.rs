@@ -20,6 +20,7 @@ use super::relay::Peer;
 use super::shared::Shared;
 use super::tls_stream;
 use super::upgrade::{self, ConnCtx};
+use crate::state::heartbeat::Heartbeats;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -92,6 +93,7 @@ impl Listeners {
             let (tx, rx) = oneshot::channel();
             accepting.push(rx);
             let (listener, shared) = (listeners.into_iter().next(), shared.clone());
+            tokio::spawn(heartbeat(shared.clone(), 0, done.clone()));
             tokio::spawn(async move {
                 if let Some(l) = listener {
                     accept_loop(l, shared).await;
@@ -108,7 +110,7 @@ impl Listeners {
             let (shared, done) = (shared.clone(), done.clone());
             std::thread::Builder::new()
                 .name(format!("wsrouter-io-{i}"))
-                .spawn(move || io_thread(rt, listener, shared, done, tx))
+                .spawn(move || io_thread(i, rt, listener, shared, done, tx))
                 .map_err(ServerError::Thread)?;
         }
         Ok(accepting)
@@ -150,6 +152,7 @@ fn bind_listeners(
 /// threads, which on two cores was worth a fifth of the throughput and most of the
 /// tail latency compared with one shared work-stealing pool (benches/RESULTS.md).
 fn io_thread(
+    i: usize,
     rt: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
     shared: Arc<Shared>,
@@ -157,6 +160,7 @@ fn io_thread(
     accepting: oneshot::Sender<()>,
 ) {
     rt.block_on(async move {
+        tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
         match TcpListener::from_std(listener) {
             Ok(l) => accept_loop(l, shared).await,
             Err(e) => tracing::error!(error = %e, "I/O thread cannot use its listener"),
@@ -165,6 +169,12 @@ fn io_thread(
         // The relays this thread accepted run on it until the router has drained.
         done.cancelled().await;
     });
+}
+
+/// Stamps worker `i`'s heartbeat from its own event loop until the router has drained.
+async fn heartbeat(shared: Arc<Shared>, i: usize, done: CancellationToken) {
+    let every = Heartbeats::interval(shared.limits.stall_threshold);
+    shared.heartbeats.run(i, every, done.cancelled()).await;
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {

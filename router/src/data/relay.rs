@@ -39,9 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use crate::data::bulk::{self, ReadBudget};
-use crate::data::frame::{
-    close_frame, code, frame_len, match_pong, ping_frame, FrameCursor, PongMatch,
-};
+use crate::data::frame::{close_frame, code, find_pong, ping_frame, FrameCursor, PongScan};
 
 /// What the relay needs of each side besides reading and writing.
 pub trait Peer {
@@ -154,6 +152,10 @@ pub enum CloseReason {
     PingTimeout,
     /// The socket reached `--max-connection-age`.
     MaxAge,
+    /// The client sent a frame no extension makes valid.
+    ClientProtocolError,
+    /// The backend sent a frame no extension makes valid.
+    BackendProtocolError,
 }
 
 impl CloseReason {
@@ -170,6 +172,8 @@ impl CloseReason {
             Self::Idle => "idle",
             Self::PingTimeout => "ping_timeout",
             Self::MaxAge => "max_age",
+            Self::ClientProtocolError => "client_protocol_error",
+            Self::BackendProtocolError => "backend_protocol_error",
         }
     }
 }
@@ -336,6 +340,11 @@ struct Pump {
     on_source_end: Option<(u16, &'static str)>,
     /// What this direction holds above 16 KiB, as counted against the read budget.
     charged: u32,
+    /// The source sent a frame no extension makes valid; nothing more of it is passed.
+    violated: bool,
+    /// A close for the sink once every held byte is written (they end at a frame
+    /// boundary): the router's answer to a violation.
+    after_held: Option<(u16, &'static str)>,
 }
 
 impl Pump {
@@ -361,6 +370,8 @@ impl Pump {
             pong_partial: Vec::new(),
             on_source_end: None,
             charged: 0,
+            violated: false,
+            after_held: None,
         }
     }
 
@@ -391,33 +402,35 @@ impl Pump {
         let Some(token) = self.pong_token else {
             return data;
         };
-        if self.frames.desynced() {
-            return data;
-        }
-        // The first boundary in `data`: where the frame being written ends.
-        let mut at = match self.frames.bytes_to_boundary(&data) {
-            Some(n) => n,
-            None => return data,
-        };
-        while at < data.len() {
-            match match_pong(&data[at..], &token) {
-                PongMatch::Ours(len) => {
-                    self.pong_seen = true;
-                    self.pong_token = None;
-                    data.drain(at..at + len);
-                    return data;
-                }
-                PongMatch::Partial => {
-                    self.pong_partial = data.split_off(at);
-                    return data;
-                }
-                PongMatch::Other => match frame_len(&data[at..]) {
-                    Some(n) if (at as u64 + n) <= data.len() as u64 => at += n as usize,
-                    _ => break,
-                },
+        match find_pong(&self.frames, &data, &token) {
+            PongScan::Found { at, len } => {
+                self.pong_seen = true;
+                self.pong_token = None;
+                data.drain(at..at + len);
             }
+            PongScan::Partial { at } => self.pong_partial = data.split_off(at),
+            PongScan::Absent => {}
         }
         data
+    }
+
+    /// Freshly read `data` as far as it may be passed on: up to a frame header no
+    /// extension makes valid, if there is one. The rest is dropped; once what comes
+    /// before it is written, this direction ends with the router's close at that
+    /// boundary (and the offender hears 1002, see [`Relay::protocol_error`]).
+    fn passable<'d>(&mut self, data: &'d [u8]) -> &'d [u8] {
+        match self.frames.violation_at(data) {
+            None => data,
+            Some(at) => {
+                self.violated = true;
+                let (code, reason) = match self.toward {
+                    Toward::Backend => (code::GOING_AWAY, "client broke the WebSocket protocol"),
+                    Toward::Client => (code::BACKEND_GONE, "backend broke the WebSocket protocol"),
+                };
+                self.after_held.get_or_insert((code, reason));
+                &data[..at]
+            }
+        }
     }
 
     /// `data` has reached the sink: follow its frames and count it.
@@ -507,6 +520,11 @@ impl Pump {
             let step = match self.state {
                 State::Forward if self.pos < self.buf.len() => {
                     self.poll_write_held(cx, dst.as_mut())
+                }
+                State::Forward if self.after_held.is_some() => {
+                    // What came before the violation is out: close here, never read on.
+                    self.stop = self.stop.or(self.after_held.take());
+                    Poll::Ready(())
                 }
                 State::Forward => self.poll_forward(cx, src.as_mut(), dst.as_mut(), read_size),
                 State::Inject => self.poll_inject(cx, dst.as_mut()),
@@ -628,9 +646,11 @@ impl Pump {
                         let mut data = std::mem::take(&mut self.pong_partial);
                         data.extend_from_slice(&scratch[..n]);
                         let data = self.strip_pong(data);
-                        self.forward(cx, dst.as_mut(), &data);
+                        let data = self.passable(&data);
+                        self.forward(cx, dst.as_mut(), data);
                     } else {
-                        self.forward(cx, dst.as_mut(), &scratch[..n]);
+                        let data = self.passable(&scratch[..n]);
+                        self.forward(cx, dst.as_mut(), data);
                     }
                     Poll::Ready(Ok(n))
                 }
@@ -824,6 +844,27 @@ impl<C, B> Relay<C, B> {
         }
     }
 
+    /// A peer sent a frame no extension makes valid: its direction already stops at
+    /// that frame (the other peer hears 1001, or 1011 from a broken backend); the
+    /// offender gets 1002, protocol error, unless a close is already under way.
+    fn protocol_error(&mut self) {
+        let closing = self.close_passed();
+        let (reason, offender) = if self.to_backend.violated {
+            (CloseReason::ClientProtocolError, &mut self.to_client)
+        } else if self.to_client.violated {
+            (CloseReason::BackendProtocolError, &mut self.to_backend)
+        } else {
+            return;
+        };
+        if offender.stop.is_some() || offender.state != State::Forward {
+            return;
+        }
+        if !closing {
+            offender.stop = Some((code::PROTOCOL_ERROR, "protocol error"));
+        }
+        self.reason.get_or_insert(reason);
+    }
+
     /// A stop not yet begun, and a close frame for a peer's end, are dropped once a
     /// peer's close frame passes.
     fn withdraw_stops(&mut self) {
@@ -831,7 +872,9 @@ impl<C, B> Relay<C, B> {
             return;
         }
         for p in [&mut self.to_backend, &mut self.to_client] {
-            if p.state == State::Forward && p.stop.is_some() {
+            // A violated source is never read again: its stop ends this direction (with
+            // FIN alone, since a close has passed).
+            if p.state == State::Forward && p.stop.is_some() && !p.violated {
                 p.stop = None;
             }
             p.on_source_end = None;
@@ -916,6 +959,7 @@ where
                 read_size,
             )
             .is_ready();
+        this.protocol_error();
         // A client close that just passed rules out a 1011 for a backend ending now.
         this.withdraw_stops();
         let down = this
@@ -927,6 +971,7 @@ where
                 read_size,
             )
             .is_ready();
+        this.protocol_error();
         this.to_backend.settle(this.budget, this.backend.queued());
         this.to_client.settle(this.budget, this.client.queued());
         if let Some(why) = this
@@ -1617,5 +1662,293 @@ mod ping_tests {
         let report = relay.await.unwrap();
         assert_eq!(report.reason, CloseReason::PingTimeout);
         assert_eq!(report.sent_to_backend, Some(code::GOING_AWAY));
+    }
+
+    /// A masked frame header claiming 2^64 - 14 bytes of payload: header and payload
+    /// added wrap to 0, which once kept the pong search in place for good.
+    const WRAPPING_HEADER: [u8; 14] = [
+        0x82, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xF2, 1, 2, 3, 4,
+    ];
+
+    /// The attack: while the router waits for a pong, a frame whose 64-bit
+    /// length has its top bit set. What came before it reaches the backend, then the
+    /// backend gets 1001 and the client 1002; the relay ends (it does not spin).
+    #[tokio::test(start_paused = true)]
+    async fn a_length_past_2_63_is_a_protocol_error_not_a_spin() {
+        let (mut client, relay_client) = duplex(64 * 1024);
+        let (mut backend, relay_backend) = duplex(64 * 1024);
+        let config = RelayConfig {
+            client_ping: Some(Ping {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+            }),
+            ..RelayConfig::closing_within(Duration::from_secs(5))
+        };
+        let relay = tokio::spawn(run(
+            relay_client,
+            relay_backend,
+            Bytes::new(),
+            Bytes::new(),
+            std::future::pending(),
+            config,
+        ));
+        tokio::time::advance(Duration::from_secs(31)).await;
+        let mut ping = [0u8; 10];
+        client.read_exact(&mut ping).await.unwrap();
+        assert_eq!(ping[..2], [0x89, 0x08]);
+        // The router now looks for its pong in everything the client sends.
+        let mut attack = masked(0x1, b"before");
+        attack.extend_from_slice(&WRAPPING_HEADER);
+        attack.extend_from_slice(b"whatever follows");
+        client.write_all(&attack).await.unwrap();
+
+        let before = masked(0x1, b"before");
+        let mut seen = vec![0u8; before.len()];
+        backend.read_exact(&mut seen).await.unwrap();
+        assert_eq!(seen, before, "what came before the bad frame passes");
+        let mut close = Vec::new();
+        backend.read_to_end(&mut close).await.unwrap();
+        assert_eq!(close[0], 0x88, "then a close frame, then FIN: {close:?}");
+        assert_eq!(close_code_of(&close), Some(code::GOING_AWAY));
+        let mut to_client = Vec::new();
+        client.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(close_code_of(&to_client), Some(code::PROTOCOL_ERROR));
+        let report = relay.await.unwrap();
+        assert_eq!(report.reason, CloseReason::ClientProtocolError);
+        assert_eq!(report.sent_to_client, Some(code::PROTOCOL_ERROR));
+        assert_eq!(report.sent_to_backend, Some(code::GOING_AWAY));
+    }
+
+    /// The same from the backend, with no ping in flight: the client hears 1011 (its
+    /// gateway's upstream failed) and the backend 1002.
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_length_past_2_63_is_a_1011_to_the_client() {
+        let (mut client, relay_client) = duplex(64 * 1024);
+        let (mut backend, relay_backend) = duplex(64 * 1024);
+        let relay = tokio::spawn(run(
+            relay_client,
+            relay_backend,
+            Bytes::new(),
+            Bytes::new(),
+            std::future::pending(),
+            RelayConfig::closing_within(Duration::from_secs(5)),
+        ));
+        let mut bad = vec![0x81, 0x02, b'o', b'k', 0x82, 127, 0x80];
+        bad.extend_from_slice(&[0; 7]);
+        backend.write_all(&bad).await.unwrap();
+        let mut to_client = Vec::new();
+        client.read_to_end(&mut to_client).await.unwrap();
+        assert_eq!(to_client[..4], [0x81, 0x02, b'o', b'k']);
+        assert_eq!(close_code_of(&to_client[4..]), Some(code::BACKEND_GONE));
+        let mut to_backend = Vec::new();
+        backend.read_to_end(&mut to_backend).await.unwrap();
+        assert_eq!(close_code_of(&to_backend), Some(code::PROTOCOL_ERROR));
+        let report = relay.await.unwrap();
+        assert_eq!(report.reason, CloseReason::BackendProtocolError);
+    }
+
+    /// The code of a close frame at the start of `bytes`, unmasking if needed.
+    fn close_code_of(bytes: &[u8]) -> Option<u16> {
+        if bytes.len() < 4 || bytes[0] != 0x88 {
+            return None;
+        }
+        let (key, at) = if bytes[1] & 0x80 != 0 {
+            ([bytes[2], bytes[3], bytes[4], bytes[5]], 6)
+        } else {
+            ([0; 4], 2)
+        };
+        Some(u16::from_be_bytes([
+            bytes[at] ^ key[0],
+            bytes[at + 1] ^ key[1],
+        ]))
+    }
+
+    /// A frame for the pong-search properties: any header shape and length class
+    /// (7-bit, 16-bit, 64-bit, and 64-bit lengths near 2^63 and 2^64 whose payload is
+    /// never sent), masked at random or not, valid or not.
+    fn arb_frame() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let len = prop_oneof![
+            6 => (0u64..140).boxed(),
+            2 => (126u64..70_000).boxed(),
+            1 => Just(u64::MAX - 13).boxed(),
+            1 => ((1u64 << 63)..=u64::MAX).boxed(),
+            1 => ((1u64 << 62)..(1u64 << 63)).boxed(),
+        ];
+        let opcode = prop_oneof![
+            6 => prop::sample::select(vec![0u8, 1, 2, 8, 9, 10]),
+            1 => 0u8..16,
+        ];
+        (
+            any::<bool>(),
+            opcode,
+            len,
+            any::<Option<[u8; 4]>>(),
+            any::<u8>(),
+        )
+            .prop_map(|(fin, op, len, mask, byte)| {
+                let mut f = vec![(if fin { 0x80 } else { 0 }) | op];
+                let m = if mask.is_some() { 0x80 } else { 0 };
+                // The length's own class, or a wider one than it needs: both are on the wire.
+                match len {
+                    n if n < 126 && byte % 5 != 0 => f.push(m | n as u8),
+                    n if n <= 0xffff && byte % 7 != 0 => {
+                        f.push(m | 126);
+                        f.extend_from_slice(&(n as u16).to_be_bytes());
+                    }
+                    n => {
+                        f.push(m | 127);
+                        f.extend_from_slice(&n.to_be_bytes());
+                    }
+                }
+                if let Some(k) = mask {
+                    f.extend_from_slice(&k);
+                }
+                // Only small payloads are sent; a huge claimed one ends the stream.
+                if len < 70_000 {
+                    f.extend(std::iter::repeat_n(byte, len as usize));
+                }
+                f
+            })
+    }
+
+    /// Our pong, masked with any key, or someone else's.
+    fn arb_pong(token: [u8; 8]) -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        (any::<[u8; 4]>(), any::<bool>()).prop_map(move |(key, ours)| {
+            let mut payload = token;
+            if !ours {
+                payload[0] ^= 1;
+            }
+            let mut f = vec![0x8A, 0x88];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            f
+        })
+    }
+
+    /// What the pong search should do to a whole stream: take out the first frame at a
+    /// boundary that is our pong, looking no further than the first frame that is not
+    /// valid; and pass nothing from a frame no extension makes valid on. Returns what
+    /// passes, and that header's bytes: a read that ends inside it has passed its
+    /// start before it is known to be bad (the sink then gets FIN, not a close).
+    fn reference<'s>(stream: &'s [u8], token: &[u8; 8]) -> (Vec<u8>, &'s [u8]) {
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut searching = true;
+        while at < stream.len() {
+            let rest = &stream[at..];
+            if rest.len() < 2 {
+                out.extend_from_slice(rest);
+                break;
+            }
+            let b1 = rest[1];
+            let header =
+                2 + match b1 & 0x7f {
+                    126 => 2,
+                    127 => 8,
+                    _ => 0,
+                } + if b1 & 0x80 != 0 { 4 } else { 0 };
+            if rest.len() < header {
+                out.extend_from_slice(rest);
+                break;
+            }
+            let len = match b1 & 0x7f {
+                126 => u64::from(u16::from_be_bytes([rest[2], rest[3]])),
+                127 => u64::from_be_bytes(rest[2..10].try_into().unwrap()),
+                n => u64::from(n),
+            };
+            if len >> 63 != 0 {
+                return (out, &rest[..header]);
+            }
+            let (op, fin) = (rest[0] & 0x0f, rest[0] & 0x80 != 0);
+            let valid =
+                matches!(op, 0 | 1 | 2 | 8 | 9 | 10) && (op & 8 == 0 || (fin && len <= 125));
+            let end = (header as u64 + len).min(rest.len() as u64) as usize;
+            if !valid {
+                // Boundaries unknown: everything passes as it is from here.
+                out.extend_from_slice(rest);
+                break;
+            }
+            let ours = searching && op == 0xA && fin && len == 8 && end == header + 8 && {
+                let key = if b1 & 0x80 != 0 {
+                    [rest[2], rest[3], rest[4], rest[5]]
+                } else {
+                    [0; 4]
+                };
+                rest[header..end]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, b)| b ^ key[i % 4] == token[i])
+            };
+            if ours {
+                searching = false;
+            } else {
+                out.extend_from_slice(&rest[..end]);
+            }
+            at += end;
+        }
+        (out, &[])
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
+
+        /// Any stream (every header shape and length class, random masks, our pong or
+        /// a stranger's anywhere), split anywhere across reads: what the relay passes
+        /// on is the stream less our first pong, up to any frame no extension makes
+        /// valid; and every read's search ends.
+        #[test]
+        fn the_pong_search_agrees_with_a_reference_however_split(
+            token in proptest::prelude::any::<[u8; 8]>(),
+            frames in proptest::collection::vec(arb_frame(), 0..8),
+            pongs in proptest::collection::vec(arb_pong([7; 8]), 0..3),
+            at in proptest::collection::vec(0usize..8, 0..3),
+            cuts in proptest::collection::vec(0usize..4096, 0..12),
+        ) {
+            let mut frames = frames;
+            for (p, i) in pongs.into_iter().zip(at) {
+                // Re-key the pong to this case's token.
+                let mut p = p;
+                let ours = p[6] == 7 ^ p[2];
+                let mut payload = token;
+                if !ours {
+                    payload[0] ^= 1;
+                }
+                for (j, b) in payload.iter().enumerate() {
+                    p[6 + j] = b ^ p[2 + j % 4];
+                }
+                frames.insert(i.min(frames.len()), p);
+            }
+            let stream = frames.concat();
+            let (want, bad_header) = reference(&stream, &token);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut pump = Pump::new(Toward::Backend, Bytes::new());
+            pump.pong_token = Some(token);
+            let mut out = Vec::new();
+            let mut last = 0;
+            for cut in cuts {
+                if pump.violated || last == cut {
+                    continue;
+                }
+                let mut data = std::mem::take(&mut pump.pong_partial);
+                data.extend_from_slice(&stream[last..cut]);
+                last = cut;
+                let data = if pump.pong_token.is_some() { pump.strip_pong(data) } else { data };
+                let passed = pump.passable(&data).to_vec();
+                pump.wrote(&passed);
+                out.extend_from_slice(&passed);
+            }
+            out.extend_from_slice(&pump.pong_partial);
+            proptest::prop_assert!(out.len() >= want.len(), "{} < {}", out.len(), want.len());
+            let (head, leaked) = out.split_at(want.len());
+            proptest::prop_assert_eq!(head, &want[..]);
+            proptest::prop_assert!(leaked.len() < bad_header.len().max(1));
+            proptest::prop_assert_eq!(leaked, &bad_header[..leaked.len()]);
+        }
     }
 }

@@ -15,6 +15,7 @@ use super::metrics::Metrics;
 use super::policy::{PolicyConfig, RateLimiter};
 use super::reroute::Reroute;
 use super::tls_config::TlsSlot;
+use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
 
@@ -47,6 +48,8 @@ pub struct Shared {
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
     pub policy: PolicyConfig,
     pub rate: RateLimiter,
+    /// Each I/O thread's last turn of its event loop (`/healthz` reads them).
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 /// Plain GETs the WebSocket listener answers before routing, when given some. A hook, so

@@ -348,20 +348,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
             match state {
                 ConnectionState::ReadTraffic(mut r) => {
                     let mut failed = None;
+                    // Input each record has done with, besides the status's own count:
+                    // always 0 while rustls decrypts out of place (0.23), but the API
+                    // says it must be added, and a rustls that decrypts in place will
+                    // count the record's bytes here.
+                    let mut records_discard = 0;
                     while let Some(record) = r.next_record() {
                         match record {
-                            Ok(record) => deliver(
-                                &mut self.plain,
-                                self.plain_pos,
-                                dst.as_deref_mut(),
-                                record.payload,
-                            ),
+                            Ok(record) => {
+                                records_discard += record.discard;
+                                deliver(
+                                    &mut self.plain,
+                                    self.plain_pos,
+                                    dst.as_deref_mut(),
+                                    record.payload,
+                                )
+                            }
                             Err(e) => {
                                 failed = Some(e);
                                 break;
                             }
                         }
                     }
+                    // Bounded by the input, whatever the count says.
+                    done = done.saturating_add(records_discard).min(incoming.len());
                     if let Some(e) = failed {
                         return Err(self.fail(e, &mut incoming[done..]));
                     }

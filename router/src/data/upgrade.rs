@@ -655,7 +655,7 @@ async fn upgrade_retrying<B>(
     loop {
         let backend_req = backend_request(req, ctx.peer, tls, &routed.host, key);
         let keepalive = ctx.shared.limits.timers.tcp_keepalive;
-        match upgrade_backend(routed, backend_req, keepalive).await {
+        match upgrade_backend(routed, backend_req, keepalive, &ctx.shared.lifecycle.tasks).await {
             Err(e) if e.is_retryable() => {
                 // Half to all of `pause`, so a burst of clients does not retry in step.
                 let wait = pause.mul_f64(0.5 + jitter() / 2.0);
@@ -941,6 +941,7 @@ async fn upgrade_backend(
     routed: &Routed,
     req: Request<Empty<Bytes>>,
     keepalive: Option<Duration>,
+    tasks: &tokio_util::task::TaskTracker,
 ) -> Result<BackendAnswer, ProxyError> {
     let protocol_err = |source| ProxyError::BackendProtocol {
         ordinal: routed.ordinal,
@@ -964,8 +965,9 @@ async fn upgrade_backend(
         .await
         .map_err(protocol_err)?;
     // Drives the backend connection until it is upgraded (or, for a refusal, until the
-    // body has been passed on).
-    tokio::spawn(async move {
+    // body has been passed on). Tracked like every task of a connection, so the drain
+    // waits for it too.
+    tasks.spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     let mut resp = sender.send_request(req).await.map_err(protocol_err)?;

@@ -2,11 +2,13 @@
 //! this crate, so the data path, the control plane and the admin listener can all hold
 //! these without depending on each other.
 //!
+//! - [`heartbeat`]: each I/O thread's last turn of its event loop, for liveness.
 //! - [`lifecycle`]: readiness, the drain signals, the tracked tasks, change notifications.
 //! - [`tenants`]: which tenants have live sockets here (the relay writes, the control
 //!   loop and the admin views read).
 //! - [`labels`]: bounded metric label sets, so each component labels its own series.
 
+pub mod heartbeat;
 pub mod labels;
 pub mod lifecycle;
 pub mod tenants;

@@ -73,6 +73,8 @@ pub struct Options {
     /// Cluster mode: backend `i` listens on [`pod_ip`]`(i)` at one port shared by all
     /// (as pods do), and the router learns them from EndpointSlices only.
     pub pods: bool,
+    /// Plain answers on the WebSocket listener before routing (as `dev`'s page).
+    pub pages: Option<Arc<dyn router::data::shared::Pages>>,
 }
 
 impl Default for Options {
@@ -92,6 +94,7 @@ impl Default for Options {
             tls_options: Default::default(),
             io_threads: 0,
             pods: false,
+            pages: None,
         }
     }
 }
@@ -318,7 +321,7 @@ pub async fn start_router(
     let fixed = replicas.unwrap_or(std::num::NonZeroU32::MIN);
     Ok(router::start(RouterConfig {
         io_threads: opts.io_threads,
-        pages: None,
+        pages: opts.pages.clone(),
         listen: "127.0.0.1:0".parse()?,
         tls: match (&opts.tls_files, opts.plaintext) {
             (_, true) => None,

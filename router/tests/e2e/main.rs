@@ -1,5 +1,6 @@
 //! End-to-end tests: real TLS, real WebSocket clients, real backends, all on loopback.
 
+mod attacks;
 mod breaker;
 mod certs;
 mod dev;
