@@ -11,6 +11,10 @@
 //! - **live**: from the parsed request to the end of the relay (`--max-connections`),
 //!   optionally per source address. Full: the client gets a 503.
 //!
+//! An HTTP/2 connection is pending whenever it has no live WebSocket stream: from its
+//! preface to its first one, and again once its last one ends (see [`ConnStreams`]).
+//! Each live stream takes its own place in the live pool, as an HTTP/1.1 socket does.
+//!
 //! Per-source counts key IPv4 addresses whole and IPv6 addresses by their /64, the
 //! block one host usually has.
 
@@ -360,6 +364,48 @@ impl Drop for LiveSlot {
         // The place is free once the permit is back: only then wake the waiters.
         drop(self.permit.take());
         self.admission.changes.note();
+    }
+}
+
+/// The live WebSocket streams of one multiplexed (HTTP/2) connection, so the connection
+/// knows when it has none and so belongs in the pending pool again. Each relay holds a
+/// [`StreamGuard`]; its drop wakes the connection.
+#[derive(Debug, Default)]
+pub struct ConnStreams {
+    live: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl ConnStreams {
+    /// Live streams now.
+    pub fn live(&self) -> usize {
+        self.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Counts a stream as live until the guard drops.
+    pub fn guard(self: &Arc<Self>) -> StreamGuard {
+        self.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.changed.notify_one();
+        StreamGuard(self.clone())
+    }
+
+    /// Resolves after a stream became live or ended (at once if one did since the last
+    /// call).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+}
+
+/// One live stream of a [`ConnStreams`].
+#[derive(Debug)]
+pub struct StreamGuard(Arc<ConnStreams>);
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.0.changed.notify_one();
     }
 }
 

@@ -84,7 +84,7 @@ impl FrameCursor {
         self.violated
     }
 
-    /// A whole close frame has gone through.
+    /// A close frame has gone through whole, or one too bad to follow has begun.
     pub fn passed_close(&self) -> bool {
         self.passed_close
     }
@@ -228,6 +228,12 @@ impl FrameCursor {
         if !valid_opcode || len >> 63 != 0 || (control && (!fin || len > 125)) {
             self.desynced = true;
             self.violated = len >> 63 != 0;
+            // A close frame, even a bad one (a payload over 125 bytes), says its sender
+            // has begun closing: the router adds no close of its own after it.
+            if opcode == OP_CLOSE {
+                self.passed_close = true;
+                self.last_close_code = None;
+            }
             return;
         }
         self.mask = masked.then(|| [h[at], h[at + 1], h[at + 2], h[at + 3]]);

@@ -22,7 +22,7 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::admission::PendingSlot;
+use super::admission::{ConnStreams, PendingSlot};
 use super::relay::Peer;
 use super::shared::Shared;
 use super::upgrade::{self, Answer, ConnCtx, ProxyBody};
@@ -61,8 +61,16 @@ pub fn builder(max_header_bytes: usize) -> h2::server::Builder {
     b
 }
 
-/// One HTTP/2 connection, start to end. It holds a place in the live pool for itself,
-/// and each stream one more.
+/// How long an HTTP/2 connection with no open stream may stay when `--idle-timeout` is
+/// off.
+pub const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+
+/// One HTTP/2 connection, start to end. It is pending (in the pending pool, under its
+/// byte budget, per-source cap and eviction) whenever it has no live WebSocket stream:
+/// its preface and its first extended CONNECT must come within the request and backend
+/// timeouts, as an HTTP/1.1 upgrade must; once its last stream ends it enters the pool
+/// again, and after `--idle-timeout` (60 s when that is off) with no stream it gets
+/// GOAWAY and is closed. Each live stream holds its own place in the live pool.
 pub(super) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
@@ -72,32 +80,45 @@ pub(super) async fn serve<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Ok(_conn_slot) = shared.admission.admit_live(peer.ip()) else {
-        tracing::debug!(client.addr = %peer, "HTTP/2 connection refused: live pool full");
-        return;
-    };
+    let limits = &shared.limits;
+    let first_stream_by =
+        tokio::time::Instant::now() + limits.request_timeout + limits.backend_timeout;
     let handshake = shared.http2.handshake::<I, Bytes>(io);
-    let mut conn = match tokio::time::timeout(shared.limits.request_timeout, handshake).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => {
-            tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 handshake failed");
+    let evicted = slot.evicted();
+    let mut conn = tokio::select! {
+        r = tokio::time::timeout(limits.request_timeout, handshake) => match r {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client.addr = %peer, "HTTP/2 handshake timed out");
+                return;
+            }
+        },
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2 preface)");
             return;
         }
-        Err(_) => {
-            tracing::debug!(client.addr = %peer, "HTTP/2 handshake timed out");
-            return;
-        }
+        _ = shared.lifecycle.close_tunnels.cancelled() => return,
     };
     shared.metrics.http2_connections.inc();
     let _open = OpenGauge(shared.metrics.http2_connections.clone());
-    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
+    let streams = Arc::new(ConnStreams::default());
+    let ctx = ConnCtx::http2(&shared, peer, accepted, streams.clone());
+    let idle_after = limits.timers.idle_timeout.unwrap_or(IDLE_CONNECTION);
+    let mut pending = Some(slot);
+    // While no stream is live: when the connection goes (GOAWAY, then closed).
+    let mut idle_until = Some(first_stream_by);
     let mut keepalive = Keepalive::new(conn.ping_pong());
     let mut draining = false;
-    // Once the grace period is over, the relays send their 1001s through this
-    // connection; it gets the close timeout for that, then is dropped whatever its peer
-    // does (one that stopped reading cannot hold the drain up).
+    // Once the grace period is over (or the connection is idle), the relays send their
+    // 1001s through this connection; it gets the close timeout for that, then is
+    // dropped whatever its peer does (one that stopped reading cannot hold it up).
     let mut last_call: Option<tokio::time::Instant> = None;
     loop {
+        let evicted = pending.as_ref().map(PendingSlot::evicted);
         tokio::select! {
             r = conn.accept() => match r {
                 Some(Ok((req, respond))) => {
@@ -109,6 +130,37 @@ pub(super) async fn serve<I>(
                 }
                 None => return,
             },
+            _ = cancelled(evicted), if pending.is_some() => {
+                tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2)");
+                return;
+            }
+            _ = streams.changed() => {
+                if streams.live() > 0 {
+                    // Its streams hold live places now; the connection is not pending.
+                    pending = None;
+                    idle_until = None;
+                } else if idle_until.is_none() && last_call.is_none() {
+                    // Its last stream ended: pending again, or gone if its source
+                    // already holds its share of the pool.
+                    match shared.admission.admit_pending(peer.ip()) {
+                        Ok(mut slot) => {
+                            slot.hold(super::admission::REQUEST_HEAD_BYTES);
+                            pending = Some(slot);
+                            idle_until = Some(tokio::time::Instant::now() + idle_after);
+                        }
+                        Err(why) => {
+                            shared.metrics.refused(why);
+                            tracing::debug!(client.addr = %peer, reason = why.as_str(), "idle HTTP/2 connection closed: its source holds its share of the pending pool");
+                            return;
+                        }
+                    }
+                }
+            }
+            _ = sleep_until_some(idle_until), if idle_until.is_some() && last_call.is_none() => {
+                tracing::debug!(client.addr = %peer, "HTTP/2 connection with no open stream: GOAWAY");
+                conn.graceful_shutdown();
+                last_call = Some(tokio::time::Instant::now() + shared.limits.close_timeout);
+            }
             // The drain: GOAWAY at once, so the client opens no more streams here; the
             // streams already open run on (they get 1001 when the grace period ends),
             // and the connection with them.
@@ -120,7 +172,7 @@ pub(super) async fn serve<I>(
                 last_call = Some(tokio::time::Instant::now() + shared.limits.close_timeout);
             }
             _ = sleep_until_some(last_call), if last_call.is_some() => {
-                tracing::debug!(client.addr = %peer, "HTTP/2 connection still open after the drain: closing");
+                tracing::debug!(client.addr = %peer, "HTTP/2 connection still open after GOAWAY: closing");
                 return;
             }
             alive = keepalive.tick() => if !alive {
@@ -128,6 +180,14 @@ pub(super) async fn serve<I>(
                 return;
             },
         }
+    }
+}
+
+/// Resolves when `token` is cancelled; never without one.
+async fn cancelled(token: Option<tokio_util::sync::CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled_owned().await,
+        None => std::future::pending().await,
     }
 }
 

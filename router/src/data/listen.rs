@@ -266,7 +266,7 @@ async fn serve_http<I>(
     I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
 {
     let evicted = slot.evicted();
-    let ctx = ConnCtx::new(&shared, peer, accepted, slot);
+    let ctx = ConnCtx::http1(&shared, peer, accepted, slot);
     let svc = service_fn(move |req| {
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }

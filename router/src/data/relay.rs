@@ -868,6 +868,12 @@ impl<C, B> Relay<C, B> {
     /// A stop not yet begun, and a close frame for a peer's end, are dropped once a
     /// peer's close frame passes.
     fn withdraw_stops(&mut self) {
+        // Once the client's stream cannot be followed, a backend that drops its
+        // connection is most likely answering what the client sent, as a strict server
+        // does: the client hears it as it happened, not as a failure of the router's.
+        if self.to_backend.frames.desynced() {
+            self.to_client.on_source_end = None;
+        }
         if !self.close_passed() {
             return;
         }
@@ -1415,6 +1421,44 @@ mod tests {
     async fn backend_gone_after_a_client_close_adds_nothing() {
         let mut e = start(b"", b"");
         client_close_reaches_backend(&mut e).await;
+        drop(e.backend);
+        let to_client = read_all(&mut e.client).await;
+        assert!(to_client.is_empty(), "the router sent {to_client:?}");
+        drop(e.client);
+        assert_eq!(e.relay.await.unwrap().sent_to_client, None);
+    }
+
+    /// Autobahn 7.3.6 against a strict server: the client's close frame is too long for
+    /// a control frame, the server resets. The client began the close: the router adds
+    /// no 1011, the reset is passed on as it came.
+    #[tokio::test]
+    async fn a_bad_client_close_then_a_backend_reset_adds_nothing() {
+        let mut e = start(b"", b"");
+        let mut bad_close = vec![0x88, 0xFE, 0x00, 0x7E, 1, 2, 3, 4];
+        bad_close.extend(std::iter::repeat_n(0x55, 126));
+        e.client.write_all(&bad_close).await.unwrap();
+        let mut got = vec![0u8; bad_close.len()];
+        e.backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, bad_close, "passed on as it came");
+        drop(e.backend);
+        let to_client = read_all(&mut e.client).await;
+        assert!(to_client.is_empty(), "the router sent {to_client:?}");
+        drop(e.client);
+        let r = e.relay.await.unwrap();
+        assert_eq!(r.sent_to_client, None);
+        assert_eq!(r.reason, CloseReason::ClientClosed);
+    }
+
+    /// A client frame the router cannot follow (a reserved opcode an extension might
+    /// define), then the backend drops: that is the backend answering it, and the
+    /// client sees the drop, not a 1011.
+    #[tokio::test]
+    async fn a_backend_drop_after_an_unfollowable_client_frame_adds_nothing() {
+        let mut e = start(b"", b"");
+        let odd = client_frame(0x3, b"x");
+        e.client.write_all(&odd).await.unwrap();
+        let mut got = vec![0u8; odd.len()];
+        e.backend.read_exact(&mut got).await.unwrap();
         drop(e.backend);
         let to_client = read_all(&mut e.client).await;
         assert!(to_client.is_empty(), "the router sent {to_client:?}");

@@ -21,7 +21,7 @@ use wsrouter::{
     AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource, TenantFrom,
 };
 
-use crate::data::admission::{LiveSlot, PendingSlot, Refusal};
+use crate::data::admission::{ConnStreams, LiveSlot, PendingSlot, Refusal, StreamGuard};
 use crate::data::breaker::Transition;
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::data::relay::{self, Stop};
@@ -305,14 +305,17 @@ pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub accepted: Instant,
-    /// The pending-pool place, given back once the request head is parsed.
+    /// The pending-pool place of an HTTP/1.1 connection, given back once the request
+    /// head is parsed. An HTTP/2 connection keeps its own (see `h2::serve`).
     pub pending: std::sync::Mutex<Option<PendingSlot>>,
+    /// An HTTP/2 connection's live streams: each WebSocket relayed on it counts.
+    pub streams: Option<Arc<ConnStreams>>,
 }
 
 impl ConnCtx {
-    /// One client connection's context, its pending slot held until the first request
+    /// An HTTP/1.1 connection's context, its pending slot held until the first request
     /// head is parsed.
-    pub(crate) fn new(
+    pub(crate) fn http1(
         shared: &Arc<Shared>,
         peer: SocketAddr,
         accepted: Instant,
@@ -323,6 +326,23 @@ impl ConnCtx {
             peer,
             accepted,
             pending: std::sync::Mutex::new(Some(slot)),
+            streams: None,
+        })
+    }
+
+    /// An HTTP/2 connection's context: its streams counted in `streams`.
+    pub(crate) fn http2(
+        shared: &Arc<Shared>,
+        peer: SocketAddr,
+        accepted: Instant,
+        streams: Arc<ConnStreams>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared: shared.clone(),
+            peer,
+            accepted,
+            pending: std::sync::Mutex::new(None),
+            streams: Some(streams),
         })
     }
 }
@@ -473,6 +493,8 @@ async fn forward<B>(
         .live
         .try_register(&routed.tenant, routed.tenant_cap)
         .ok_or(ProxyError::TenantFull)?;
+    // An HTTP/2 connection with a stream under way is no longer pending.
+    let stream = ctx.streams.as_ref().map(ConnStreams::guard);
     let (head, backend, backend_pre) = match upgrade_with_backend(req, ctx, &routed, &key).await? {
         BackendAnswer::Refused(resp) => return Ok((relay_refusal(&routed, resp), None)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
@@ -488,6 +510,7 @@ async fn forward<B>(
         backend,
         backend_pre,
         live,
+        stream,
         peer: ctx.peer,
         accepted: ctx.accepted,
         shared: ctx.shared.clone(),
@@ -738,6 +761,8 @@ pub(crate) struct PendingRelay {
     backend: TcpStream,
     backend_pre: Bytes,
     live: LiveSlot,
+    /// Counted among its HTTP/2 connection's live streams.
+    stream: Option<StreamGuard>,
     peer: SocketAddr,
     accepted: Instant,
     shared: Arc<Shared>,
@@ -784,6 +809,7 @@ impl PendingRelay {
             backend,
             backend_pre,
             live,
+            stream,
             peer,
             accepted,
             shared,
@@ -824,6 +850,7 @@ impl PendingRelay {
             shared,
             _slot: live,
             _live: tenant_slot,
+            _stream: stream,
         };
         tasks.spawn(live.run(relay));
     }
@@ -867,6 +894,7 @@ struct LiveRelay {
     // whose release wakes whoever waits on a change, so they see both.
     _live: crate::state::tenants::LiveGuard,
     _slot: LiveSlot,
+    _stream: Option<StreamGuard>,
 }
 
 impl LiveRelay {

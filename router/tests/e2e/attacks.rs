@@ -228,3 +228,188 @@ async fn a_wedged_io_thread_fails_healthz_until_it_turns_again() -> Result<()> {
     assert_eq!(m.get("wsrouter_worker_stalled{worker=\"0\"}"), Some(&0.0));
     Ok(())
 }
+
+/// A TLS connection to the router from loopback address `src`, offering `alpn`.
+async fn tls_from(
+    h: &Harness,
+    cert: &router::data::tls_config::DevCert,
+    src: std::net::IpAddr,
+    alpn: &[u8],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut config = (*cert.client_config()).clone();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = connect_from(src, h.addr()).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await?;
+    Ok(tls)
+}
+
+type H2Send = hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>;
+
+/// An HTTP/2 connection over `tls`; the returned task ends when the connection does.
+async fn h2_over(
+    tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Result<(H2Send, tokio::task::JoinHandle<()>)> {
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((send, task))
+}
+
+/// An extended CONNECT for a WebSocket on `path`: its status, and the socket on 200.
+async fn h2_ws(
+    send: &mut H2Send,
+    path: &str,
+) -> Result<(
+    http::StatusCode,
+    Option<tokio_tungstenite::WebSocketStream<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>>,
+)> {
+    within(WAIT, "a stream", send.ready()).await??;
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .version(http::Version::HTTP_2)
+        .uri(format!("https://localhost{path}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let mut resp = within(WAIT, "the answer", send.send_request(req)).await??;
+    let status = resp.status();
+    if status != http::StatusCode::OK {
+        return Ok((status, None));
+    }
+    let upgraded = within(WAIT, "the upgrade", hyper::upgrade::on(&mut resp)).await??;
+    let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        hyper_util::rt::TokioIo::new(upgraded),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    Ok((status, Some(ws)))
+}
+
+/// Attack 2: h2 connections that send nothing after TLS, or one plain GET, once each
+/// held a live place for good. 30 of them and 30 idle HTTP/1.1 TLS connections against
+/// `--max-connections 20` and a pending pool of 40: the pool drops the crowd's oldest,
+/// no live place is taken, and a well-behaved HTTP/1.1 client and a well-behaved h2
+/// client are both served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_hold_no_live_place_and_are_evicted() -> Result<()> {
+    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let mut limits = limits();
+    limits.max_connections = 20;
+    limits.max_pending = 40;
+    limits.max_pending_per_ip = 40;
+    let h = Harness::start_with_cert(
+        Options {
+            limits,
+            ..Options::default()
+        },
+        &cert,
+    )
+    .await?;
+    let crowd = |i: u8| std::net::IpAddr::from([127, 0, 3, 1 + i % 2]);
+    let mut held = Vec::new();
+    for i in 0..30u8 {
+        let tls = tls_from(&h, &cert, crowd(i), b"h2").await?;
+        if i % 2 == 0 {
+            // Silent after TLS: not even the preface.
+            held.push((Some(tls), None));
+            continue;
+        }
+        // The preface and one plain GET, answered; then nothing.
+        let (mut send, task) = h2_over(tls).await?;
+        let req = http::Request::builder()
+            .uri("https://localhost/ws/ns-01")
+            .body(http_body_util::Empty::new())?;
+        if let Ok(Ok(r)) = tokio::time::timeout(WAIT, send.send_request(req)).await {
+            assert_eq!(r.status(), 426, "a plain GET is not an upgrade");
+        }
+        held.push((None, Some((send, task))));
+    }
+    let mut idle_h1 = Vec::new();
+    for i in 0..30u8 {
+        idle_h1.push(tls_from(&h, &cert, crowd(i), b"http/1.1").await?);
+    }
+    let adm = h.router.admission();
+    assert_eq!(
+        adm.live_count(),
+        0,
+        "nothing but a live stream holds a live place"
+    );
+    assert!(adm.pending_count() <= 40);
+
+    let mut ws = h.ws("ns-01").await.context("the HTTP/1.1 client")?;
+    echo(&mut ws, "h1").await?;
+    let tls = tls_from(&h, &cert, [127, 0, 0, 1].into(), b"h2").await?;
+    let (mut send, _task) = h2_over(tls).await?;
+    let (status, ws2) = h2_ws(&mut send, "/ws/ns-02").await?;
+    assert_eq!(status, 200, "the h2 client");
+    let mut ws2 = ws2.context("a socket")?;
+    ws2.send(Message::text("h2")).await?;
+    let (_, m) = scrape_metrics(&h).await?;
+    assert!(
+        m.get("wsrouter_pending_evicted_total")
+            .copied()
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(adm.live_count(), 2, "one place per live socket");
+    drop((held, idle_h1));
+    Ok(())
+}
+
+/// An h2 connection must send its first extended CONNECT within the request and
+/// backend timeouts, and one whose last stream ended is closed (GOAWAY) after the idle
+/// timeout: neither lingers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_connections_without_streams_are_closed() -> Result<()> {
+    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let mut limits = limits();
+    limits.request_timeout = Duration::from_millis(500);
+    limits.backend_timeout = Duration::from_millis(500);
+    limits.timers.idle_timeout = Some(Duration::from_secs(1));
+    let h = Harness::start_with_cert(
+        Options {
+            limits,
+            ..Options::default()
+        },
+        &cert,
+    )
+    .await?;
+    let local = std::net::IpAddr::from([127, 0, 0, 1]);
+    // A preface and nothing more: closed once the first stream is overdue.
+    let (_send, silent) = h2_over(tls_from(&h, &cert, local, b"h2").await?).await?;
+    within(WAIT, "the silent h2 connection to be closed", silent).await??;
+    // A socket that ends: then, with no stream, the connection goes too.
+    let (mut send, conn) = h2_over(tls_from(&h, &cert, local, b"h2").await?).await?;
+    let (status, ws) = h2_ws(&mut send, "/ws/ns-03").await?;
+    assert_eq!(status, 200);
+    let adm = h.router.admission();
+    assert_eq!((adm.live_count(), adm.pending_count()), (1, 0));
+    let mut ws = ws.context("a socket")?;
+    ws.close(None).await?;
+    while ws.next().await.is_some() {}
+    within(
+        WAIT,
+        "the connection to be pending again",
+        h.router
+            .changes()
+            .until(|| adm.live_count() == 0 && adm.pending_count() == 1),
+    )
+    .await?;
+    within(WAIT, "the idle h2 connection to be closed", conn).await??;
+    within(
+        WAIT,
+        "the pool to empty",
+        h.router.changes().until(|| adm.pending_count() == 0),
+    )
+    .await?;
+    Ok(())
+}

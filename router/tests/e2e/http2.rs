@@ -120,8 +120,13 @@ async fn websockets_over_http2_streams_land_where_the_contract_says() -> Result<
     }
     assert_eq!(
         h.router.admission().live_count(),
-        200 + 10,
-        "each stream and each connection"
+        200,
+        "each stream holds a live place; a connection with streams holds none"
+    );
+    assert_eq!(
+        h.router.admission().pending_count(),
+        0,
+        "connections with live streams are not pending"
     );
     let m = samples(&h.admin_get("/metrics").await?.body);
     assert_eq!(m["wsrouter_http2_connections"], 10.0);
