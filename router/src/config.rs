@@ -21,6 +21,7 @@ use crate::control::watch::{OverridesWatch, WatchConfig};
 use crate::control::RoutingConfig;
 use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
 use crate::data::breaker::BreakerConfig;
+use crate::data::forwarded::{CidrError, TrustedProxies, Underscores};
 use crate::data::limits::{Limits, SocketTimers};
 use crate::data::policy::{OriginError, Origins, PolicyConfig};
 use crate::data::relay::Ping;
@@ -305,6 +306,15 @@ pub struct CommonArgs {
     /// An I/O thread whose event loop has not turned for this long is stalled: /healthz answers 503 (so Kubernetes restarts the pod) and wsrouter_worker_stalled names it.
     #[arg(long, env = "WSROUTER_STALL_THRESHOLD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub stall_threshold: Duration,
+    /// Proxies whose forwarding is believed (comma list of addresses or blocks, e.g. 10.0.0.0/8): their PROXY protocol headers, and the X-Forwarded-For hops they appended. Everyone else's forwarding headers are dropped. Default: none.
+    #[arg(long, env = "WSROUTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
+    /// Request headers whose names hold '_' (which many frameworks read as '-'): drop them before the backend, or refuse the request with 400.
+    #[arg(long, env = "WSROUTER_UNDERSCORE_HEADERS", value_enum, default_value_t = Underscores::Drop)]
+    pub underscore_headers: Underscores,
+    /// Send clients X-Wsrouter-Table and X-Wsrouter-Fingerprint (which table routed them): diagnostics for operators, off by default (`dev` turns it on).
+    #[arg(long, env = "WSROUTER_ROUTE_HEADERS")]
+    pub route_headers: bool,
 }
 
 #[derive(Debug, Error)]
@@ -341,6 +351,8 @@ pub enum ConfigError {
     ZeroDuration(&'static str),
     #[error("--connection-rate-per-ip must be a number of connections per second, 0 or more")]
     BadRate,
+    #[error(transparent)]
+    TrustedProxies(CidrError),
 }
 
 /// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
@@ -465,6 +477,10 @@ impl CommonArgs {
             max_per_tenant: self.max_connections_per_tenant,
             rate_per_ip: self.connection_rate_per_ip,
             burst_per_ip: self.connection_burst_per_ip,
+            trusted_proxies: TrustedProxies::parse(&self.trusted_proxies)
+                .map_err(ConfigError::TrustedProxies)?,
+            underscores: self.underscore_headers,
+            route_headers: self.route_headers,
         })
     }
 

@@ -62,7 +62,9 @@ pub async fn run(args: DevArgs, io_threads: usize) -> ExitCode {
 }
 
 pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevError> {
-    let limits = args.common.limits()?;
+    let mut limits = args.common.limits()?;
+    // Dev is for seeing the routing work: every 101 says which table routed it.
+    limits.policy.route_headers = true;
     let path_prefix = args.common.path_prefix()?;
     let mut backends = Vec::new();
     for ordinal in 0..args.backend_count {

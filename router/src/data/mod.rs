@@ -15,6 +15,9 @@
 //! - [`frame`]: WebSocket frame boundaries from headers alone; close frames.
 //! - [`reroute`]: opt-in 1012 closes for sockets whose tenant moved.
 //! - [`policy`]: who may open a socket: Origin allowlist, rate per source, cap per tenant.
+//! - [`forwarded`]: who is asking (trusted proxies' hops) and the forwarding headers the
+//!   backend gets.
+//! - [`proxy_protocol`]: the PROXY protocol header a load balancer puts before TLS.
 //! - [`metrics`]: the data path's own counters, registered by the admin listener.
 //! - [`shared`]: what every connection reads (table, limits, pools, metrics, TLS slot).
 //! - [`limits`]: the data path's settings, built by `config`.
@@ -23,12 +26,14 @@ pub mod accept;
 pub mod admission;
 pub mod breaker;
 pub mod bulk;
+pub mod forwarded;
 pub mod frame;
 pub mod h2;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod policy;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod reroute;
 pub mod shared;

@@ -12,6 +12,7 @@ use thiserror::Error;
 use wsrouter::TenantFrom;
 
 use super::admission::Source;
+use super::forwarded::{TrustedProxies, Underscores};
 
 /// The request-level rules, built by `config`.
 #[derive(Debug, Clone)]
@@ -25,6 +26,12 @@ pub struct PolicyConfig {
     pub rate_per_ip: f64,
     /// How many it may open at once before the rate applies.
     pub burst_per_ip: u32,
+    /// Whose forwarding (PROXY protocol, `X-Forwarded-For` hops) is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// What becomes of request headers with `_` in their names.
+    pub underscores: Underscores,
+    /// Send clients the `X-Wsrouter-*` headers naming the table that routed them.
+    pub route_headers: bool,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -47,6 +54,9 @@ impl Default for PolicyConfig {
             max_per_tenant: 0,
             rate_per_ip: 0.0,
             burst_per_ip: 20,
+            trusted_proxies: TrustedProxies::default(),
+            underscores: Underscores::Drop,
+            route_headers: false,
         }
     }
 }

@@ -23,6 +23,7 @@ use wsrouter::{
 
 use crate::data::admission::{ConnStreams, LiveSlot, PendingSlot, Refusal, StreamGuard};
 use crate::data::breaker::Transition;
+use crate::data::forwarded::{underscore_header, Client, Underscores};
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::data::relay::{self, Stop};
 use crate::data::shared::Shared;
@@ -91,6 +92,8 @@ pub enum ProxyError {
     },
     #[error("backend {ordinal} ({addr}) answered 101 without a WebSocket upgrade")]
     BackendBadUpgrade { ordinal: u32, addr: Box<str> },
+    #[error("header {0:?} has '_' in its name; send it with '-' (--underscore-headers refuse)")]
+    UnderscoreHeader(HeaderName),
     #[error("no routing table loaded yet")]
     NoTable,
     #[error("backend {ordinal} is {}", if *.terminating { "terminating" } else { "not serving" })]
@@ -109,6 +112,7 @@ impl ProxyError {
             | Self::AmbiguousPath(_)
             | Self::BadHost(_)
             | Self::BadKey
+            | Self::UnderscoreHeader(_)
             | Self::NoTenant(_) => StatusCode::BAD_REQUEST,
             Self::OriginDenied => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::TenantFull => StatusCode::TOO_MANY_REQUESTS,
@@ -233,6 +237,7 @@ impl ProxyError {
             | Self::RateLimited { .. }
             | Self::TenantFull
             | Self::OriginDenied
+            | Self::UnderscoreHeader(_)
             | Self::NoTenant(_) => format!("{self}\n"),
         }
     }
@@ -477,9 +482,12 @@ async fn forward<B>(
 ) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
     let (routed, key) = route_request(req, &ctx.shared)?;
     let shared = &ctx.shared;
+    // Every per-client decision from here keys on who the request is from, as far as
+    // the router believes its trusted proxies.
+    let client = Client::resolve(ctx.peer.ip(), req.headers(), &shared.policy.trusted_proxies);
     shared
         .rate
-        .take(ctx.peer.ip(), Instant::now())
+        .take(client.addr, Instant::now())
         .map_err(|wait| ProxyError::RateLimited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
         })?;
@@ -487,7 +495,7 @@ async fn forward<B>(
     // and against its tenant's cap.
     let live = shared
         .admission
-        .admit_live(ctx.peer.ip())
+        .admit_live(client.addr)
         .map_err(ProxyError::AtCapacity)?;
     let tenant_slot = shared
         .live
@@ -495,14 +503,16 @@ async fn forward<B>(
         .ok_or(ProxyError::TenantFull)?;
     // An HTTP/2 connection with a stream under way is no longer pending.
     let stream = ctx.streams.as_ref().map(ConnStreams::guard);
-    let (head, backend, backend_pre) = match upgrade_with_backend(req, ctx, &routed, &key).await? {
-        BackendAnswer::Refused(resp) => return Ok((relay_refusal(&routed, resp), None)),
-        BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
-    };
+    let (head, backend, backend_pre) =
+        match upgrade_with_backend(req, ctx, &routed, &key, &client).await? {
+            BackendAnswer::Refused(resp) => return Ok((relay_refusal(&routed, resp), None)),
+            BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
+        };
+    let diagnostics = shared.policy.route_headers;
     let resp = if routed.h2 {
-        answer_200(head.headers, &routed)
+        answer_200(head.headers, &routed, diagnostics)
     } else {
-        answer_101(head.headers, &routed)
+        answer_101(head.headers, &routed, diagnostics)
     };
     let pending = PendingRelay {
         routed,
@@ -512,6 +522,7 @@ async fn forward<B>(
         live,
         stream,
         peer: ctx.peer,
+        client: client.addr,
         accepted: ctx.accepted,
         shared: ctx.shared.clone(),
     };
@@ -526,6 +537,11 @@ fn route_request<B>(
 ) -> Result<(Routed, HeaderValue), ProxyError> {
     let host = request_host(req).map_err(ProxyError::BadHost)?;
     let policy = &shared.policy;
+    if policy.underscores == Underscores::Refuse {
+        if let Some(name) = underscore_header(req.headers()) {
+            return Err(ProxyError::UnderscoreHeader(name.clone()));
+        }
+    }
     let header: Vec<&[u8]> = match &policy.tenant_from {
         TenantFrom::Header(name) => req
             .headers()
@@ -612,6 +628,7 @@ async fn upgrade_with_backend<B>(
     ctx: &ConnCtx,
     routed: &Routed,
     key: &HeaderValue,
+    client: &Client,
 ) -> Result<BackendAnswer, ProxyError> {
     let shared = &ctx.shared;
     let permit =
@@ -624,8 +641,10 @@ async fn upgrade_with_backend<B>(
             })?;
     let offered = Offered::from_request(req.headers());
     let deadline = tokio::time::Instant::now() + shared.limits.backend_timeout;
-    let attempts =
-        tokio::time::timeout_at(deadline, upgrade_retrying(req, ctx, routed, key, deadline));
+    let attempts = tokio::time::timeout_at(
+        deadline,
+        upgrade_retrying(req, ctx, routed, key, client, deadline),
+    );
     let result = tokio::select! {
         r = attempts => r.unwrap_or_else(|_| Err(ProxyError::BackendTimeout {
             ordinal: routed.ordinal,
@@ -671,12 +690,13 @@ async fn upgrade_retrying<B>(
     ctx: &ConnCtx,
     routed: &Routed,
     key: &HeaderValue,
+    client: &Client,
     deadline: tokio::time::Instant,
 ) -> Result<BackendAnswer, ProxyError> {
     let tls = ctx.shared.tls_config.is_some();
     let mut pause = RETRY_FIRST;
     loop {
-        let backend_req = backend_request(req, ctx.peer, tls, &routed.host, key);
+        let backend_req = backend_request(req, client, tls, &routed.host, key);
         let keepalive = ctx.shared.limits.timers.tcp_keepalive;
         match upgrade_backend(routed, backend_req, keepalive, &ctx.shared.lifecycle.tasks).await {
             Err(e) if e.is_retryable() => {
@@ -723,18 +743,22 @@ fn relay_refusal(routed: &Routed, resp: Response<Incoming>) -> Response<ProxyBod
 
 /// The client's 101: the backend's end-to-end headers (its accept, subprotocol,
 /// extensions), the upgrade tokens, and the table version and fingerprint that routed it.
-fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
+fn answer_101(mut headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Response<ProxyBody> {
     let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut headers);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(
-        HeaderName::from_static(TABLE_VERSION_HEADER),
-        HeaderValue::from(routed.table_version),
-    );
-    if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
-        headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
+    // The router's internals (its table's local version, the fleet's digests) are for
+    // operators who ask (`--route-headers`), not for every client.
+    if diagnostics {
+        headers.insert(
+            HeaderName::from_static(TABLE_VERSION_HEADER),
+            HeaderValue::from(routed.table_version),
+        );
+        if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
+            headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
+        }
     }
     *resp.headers_mut() = headers;
     resp
@@ -743,8 +767,8 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
 /// The answer to an HTTP/2 extended CONNECT (RFC 8441 §5): 200, with the backend's
 /// subprotocol and extensions; nothing of HTTP/1.1's upgrade (no Upgrade, Connection or
 /// Sec-WebSocket-Accept).
-fn answer_200(headers: HeaderMap, routed: &Routed) -> Response<ProxyBody> {
-    let mut resp = answer_101(headers, routed);
+fn answer_200(headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Response<ProxyBody> {
+    let mut resp = answer_101(headers, routed, diagnostics);
     *resp.status_mut() = StatusCode::OK;
     // Upgrade and Connection go with the other hop-by-hop headers when data::h2 sends
     // the answer; the accept answers a key the client never sent.
@@ -764,6 +788,8 @@ pub(crate) struct PendingRelay {
     /// Counted among its HTTP/2 connection's live streams.
     stream: Option<StreamGuard>,
     peer: SocketAddr,
+    /// Who the request is from (the peer, or whom trusted proxies vouched for).
+    client: std::net::IpAddr,
     accepted: Instant,
     shared: Arc<Shared>,
 }
@@ -799,7 +825,7 @@ impl PendingRelay {
     }
 
     /// Registers the live socket, counts it, and spawns the relay task.
-    pub(crate) fn start<I>(self, client: I, client_pre: Bytes)
+    pub(crate) fn start<I>(self, client_io: I, client_pre: Bytes)
     where
         I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
     {
@@ -811,6 +837,7 @@ impl PendingRelay {
             live,
             stream,
             peer,
+            client,
             accepted,
             shared,
         } = self;
@@ -830,7 +857,7 @@ impl PendingRelay {
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
         let stop = stop_signal(&shared, &routed, started);
         let relay = relay::run(
-            client,
+            client_io,
             backend,
             client_pre,
             backend_pre,
@@ -844,6 +871,7 @@ impl PendingRelay {
         let live = LiveRelay {
             routed,
             peer,
+            client,
             accepted,
             started,
             active,
@@ -886,6 +914,7 @@ fn stop_signal(
 struct LiveRelay {
     routed: Routed,
     peer: SocketAddr,
+    client: std::net::IpAddr,
     accepted: Instant,
     started: Instant,
     active: prometheus_client::metrics::gauge::Gauge,
@@ -933,7 +962,8 @@ impl LiveRelay {
         metrics.bytes_from_client.inc_by(report.bytes_from_client);
         metrics.bytes_from_backend.inc_by(report.bytes_from_backend);
         tracing::info!(
-            client.addr = %self.peer,
+            client.addr = %self.client,
+            peer.addr = %self.peer,
             tenant = %routed.tenant,
             backend.ordinal = routed.ordinal,
             backend.addr = %routed.addr,
@@ -1237,35 +1267,26 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// The upgrade request as the backend gets it: the client's end-to-end headers (its
-/// WebSocket headers, Origin, cookies, auth) plus `X-Forwarded-*`.
+/// WebSocket headers, Origin, cookies, auth) less any whose name holds `_`, and the
+/// router's own forwarding headers in place of the client's.
 fn backend_request<B>(
     req: &Request<B>,
-    peer: SocketAddr,
+    client: &Client,
     tls: bool,
     host: &HeaderValue,
     key: &HeaderValue,
 ) -> Request<Empty<Bytes>> {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
+    while let Some(name) = underscore_header(&headers).cloned() {
+        headers.remove(name);
+    }
     headers.insert(header::HOST, host.clone());
     // The same key the client sent (HTTP/1.1), or the fresh one (HTTP/2).
     headers.insert(header::SEC_WEBSOCKET_KEY, key.clone());
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let xff_name = HeaderName::from_static("x-forwarded-for");
-    let client_ip = peer.ip().to_string();
-    let xff = match headers.get(&xff_name).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(xff_name, v);
-    }
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    headers.insert(HeaderName::from_static("x-forwarded-host"), host.clone());
+    client.set_headers(&mut headers, tls, host);
     let uri = req.uri().path_and_query().map_or_else(
         || http::Uri::from_static("/"),
         |pq| http::Uri::from(pq.clone()),

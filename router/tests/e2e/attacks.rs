@@ -413,3 +413,134 @@ async fn h2_connections_without_streams_are_closed() -> Result<()> {
     .await?;
     Ok(())
 }
+
+/// A backend that records each request head it gets, answers 101, and holds the socket.
+async fn recording_backend() -> Result<FakeBackend> {
+    FakeBackend::start(FakeAnswer::Upgrade(good_101)).await
+}
+
+/// The one value of header `name` in a raw request head, if it has exactly one.
+fn header_in(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_owned())
+        .collect()
+}
+
+/// An upgrade request for `path` with extra raw header lines.
+fn upgrade_with(path: &str, extra: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+    .into_bytes()
+}
+
+/// Attack 3: forwarding headers are the client's to forge. By default the backend hears
+/// only the router's own (`X-Forwarded-For`, `-Proto`, `-Host`, `Forwarded`); names with
+/// '_' are dropped; the client is not told the router's internals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_forwarding_headers_never_reach_the_backend() -> Result<()> {
+    let backend = recording_backend().await?;
+    let mut limits = limits();
+    limits.policy.route_headers = false;
+    let h = Harness::start(Options {
+        backends: 1,
+        replace: vec![(0, backend.addr.to_string())],
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let forged = "X-Forwarded-For: 6.6.6.6\r\nForwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX-Forwarded-Proto: gopher\r\nX_Forwarded_For: 6.6.6.6\r\nX_Tenant: other\r\nTrue-Client-IP: 6.6.6.6\r\n";
+    let head = h.raw_head(&upgrade_with("/ws/ns-01", forged)).await?;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        !head.to_ascii_lowercase().contains("x-wsrouter"),
+        "internal diagnostics sent to a client: {head}"
+    );
+    let got = within(WAIT, "the backend's request", async {
+        loop {
+            if let Some(h) = backend.heads().pop() {
+                return h;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    assert_eq!(header_in(&got, "x-forwarded-for"), ["127.0.0.1"], "{got}");
+    assert_eq!(header_in(&got, "x-forwarded-proto"), ["https"]);
+    assert_eq!(header_in(&got, "x-forwarded-host"), ["localhost"]);
+    assert_eq!(
+        header_in(&got, "forwarded"),
+        ["for=127.0.0.1;proto=https;host=localhost"]
+    );
+    for gone in ["x-real-ip", "x_forwarded_for", "x_tenant", "true-client-ip"] {
+        assert!(header_in(&got, gone).is_empty(), "{gone} passed:\n{got}");
+    }
+    assert!(!got.contains("6.6.6.6") && !got.contains("evil"), "{got}");
+    Ok(())
+}
+
+/// Behind trusted proxies: only the hops they appended are believed, walking
+/// X-Forwarded-For from the right; the client they name is who the per-address cap
+/// counts. And `--underscore-headers refuse` answers 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_hops_are_believed_and_drive_the_per_address_cap() -> Result<()> {
+    let backend = recording_backend().await?;
+    let mut limits = limits();
+    limits.max_connections_per_ip = 1;
+    limits.policy.trusted_proxies = router::data::forwarded::TrustedProxies::parse(&[
+        "127.0.0.1".to_owned(),
+        "10.0.0.0/8".to_owned(),
+    ])?;
+    limits.policy.underscores = router::data::forwarded::Underscores::Refuse;
+    let h = Harness::start(Options {
+        backends: 1,
+        replace: vec![(0, backend.addr.to_string())],
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    // The peer (127.0.0.1) is trusted, so is 10.0.0.5; 198.51.100.7 is the client; the
+    // 6.6.6.6 left of it is the client's own forgery.
+    let xff = "X-Forwarded-For: 6.6.6.6, 198.51.100.7, 10.0.0.5\r\nX-Forwarded-Proto: http\r\n";
+    let mut first = h.tls().await?;
+    first.write_all(&upgrade_with("/ws/ns-01", xff)).await?;
+    let mut b = [0u8; 12];
+    first.read_exact(&mut b).await?;
+    assert_eq!(&b, b"HTTP/1.1 101");
+    let got = within(WAIT, "the backend's request", async {
+        loop {
+            if let Some(h) = backend.heads().pop() {
+                return h;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await?;
+    assert_eq!(
+        header_in(&got, "x-forwarded-for"),
+        ["198.51.100.7, 10.0.0.5, 127.0.0.1"]
+    );
+    assert_eq!(
+        header_in(&got, "x-forwarded-proto"),
+        ["http"],
+        "a trusted proxy's proto"
+    );
+    assert!(header_in(&got, "forwarded")[0].starts_with("for=198.51.100.7;proto=http;"));
+    // The same client again: over its one live place. Another client: in.
+    let again = h.raw(&upgrade_with("/ws/ns-02", xff)).await?;
+    assert_eq!(again.status, 429, "{again:?}");
+    let other = h
+        .raw_head(&upgrade_with(
+            "/ws/ns-02",
+            "X-Forwarded-For: 198.51.100.8\r\n",
+        ))
+        .await?;
+    assert!(other.starts_with("HTTP/1.1 101"), "{other}");
+    let refused = h.raw(&upgrade_with("/ws/ns-03", "X_Tenant: a\r\n")).await?;
+    assert_eq!(refused.status, 400);
+    assert!(refused.body.contains("x_tenant"), "{}", refused.body);
+    drop(first);
+    Ok(())
+}

@@ -33,15 +33,19 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
         .map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
 }
 
+/// The tests' limits: shorter timeouts, and the routing diagnostics on (most tests read
+/// which table routed them).
 pub fn limits() -> Limits {
-    Limits {
+    let mut limits = Limits {
         handshake_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
         backend_timeout: Duration::from_secs(3),
         close_timeout: Duration::from_secs(3),
         max_connections: 1000,
         ..Limits::default()
-    }
+    };
+    limits.policy.route_headers = true;
+    limits
 }
 
 pub struct Harness {

@@ -248,7 +248,10 @@ async fn upgrade_is_forwarded_faithfully() -> Result<()> {
         "cookie: session=s3cr3t",
         "upgrade: websocket",
         "connection: upgrade",
-        "x-forwarded-for: 203.0.113.9, 127.0.0.1",
+        // The client's own X-Forwarded-For is not believed (no trusted proxies): the
+        // router says who connected to it.
+        "x-forwarded-for: 127.0.0.1\r\n",
+        "forwarded: for=127.0.0.1;proto=https;host=\"localhost:",
         "x-forwarded-proto: https",
         &format!("x-forwarded-host: localhost:{}", h.addr().port()),
         &format!("host: localhost:{}", h.addr().port()),
