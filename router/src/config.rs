@@ -22,7 +22,7 @@ use crate::control::RoutingConfig;
 use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
 use crate::data::breaker::BreakerConfig;
 use crate::data::forwarded::{CidrError, TrustedProxies, Underscores};
-use crate::data::limits::{Limits, SocketTimers};
+use crate::data::limits::{Limits, ProxyProtocol, SocketTimers};
 use crate::data::policy::{OriginError, Origins, PolicyConfig};
 use crate::data::relay::Ping;
 use crate::data::reroute::RerouteConfig;
@@ -312,6 +312,9 @@ pub struct CommonArgs {
     /// Request headers whose names hold '_' (which many frameworks read as '-'): drop them before the backend, or refuse the request with 400.
     #[arg(long, env = "WSROUTER_UNDERSCORE_HEADERS", value_enum, default_value_t = Underscores::Drop)]
     pub underscore_headers: Underscores,
+    /// Connections begin with a PROXY protocol header (v1 or v2) naming the client, as a TCP load balancer sends it (AWS NLB, HAProxy send-proxy-v2); `on` requires it, and only from --trusted-proxies.
+    #[arg(long, env = "WSROUTER_PROXY_PROTOCOL", value_enum, default_value_t = ProxyProtocol::Off)]
+    pub proxy_protocol: ProxyProtocol,
     /// Send clients X-Wsrouter-Table and X-Wsrouter-Fingerprint (which table routed them): diagnostics for operators, off by default (`dev` turns it on).
     #[arg(long, env = "WSROUTER_ROUTE_HEADERS")]
     pub route_headers: bool,
@@ -353,6 +356,8 @@ pub enum ConfigError {
     BadRate,
     #[error(transparent)]
     TrustedProxies(CidrError),
+    #[error("--proxy-protocol on needs --trusted-proxies: the load balancer's addresses (everyone else is refused)")]
+    ProxyProtocolUntrusted,
 }
 
 /// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
@@ -415,6 +420,9 @@ impl CommonArgs {
         if self.stall_threshold.is_zero() {
             return Err(ConfigError::ZeroDuration("--stall-threshold"));
         }
+        if self.proxy_protocol == ProxyProtocol::On && self.trusted_proxies.is_empty() {
+            return Err(ConfigError::ProxyProtocolUntrusted);
+        }
         Ok(Limits {
             handshake_timeout: self.handshake_timeout,
             request_timeout: self.request_timeout,
@@ -435,6 +443,7 @@ impl CommonArgs {
             policy: self.policy()?,
             timers: self.timers()?,
             stall_threshold: self.stall_threshold,
+            proxy_protocol: self.proxy_protocol,
         })
     }
 

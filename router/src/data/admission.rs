@@ -183,6 +183,21 @@ impl Pending {
         Some(e.evicted)
     }
 
+    /// Counts `id` under `to` from now on, in admission order among `to`'s own.
+    fn move_to(&mut self, id: u64, to: Source) {
+        let Some(from) = self.entries.get(&id).map(|e| e.source) else {
+            return;
+        };
+        self.update(from, |q| q.retain(|&x| x != id));
+        self.update(to, |q| {
+            let at = q.partition_point(|&x| x < id);
+            q.insert(at, id);
+        });
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.source = to;
+        }
+    }
+
     /// The connection to drop for room: the oldest of the source holding the most
     /// (of equals, the one whose oldest is oldest).
     fn victim(&self) -> Option<u64> {
@@ -231,11 +246,22 @@ impl Admission {
     /// Admits a newly accepted connection to the pending pool, dropping another pending
     /// one if the pool is full (see the module docs for which).
     pub fn admit_pending(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, Refusal> {
+        self.admit(ip, true)
+    }
+
+    /// Admits a connection from a trusted proxy, whose client is not known until its
+    /// PROXY protocol header is read: no per-source cap for the proxy's own address
+    /// (every client behind it shares it); [`PendingSlot::rekey`] applies the client's.
+    pub fn admit_pending_from_proxy(self: &Arc<Self>, ip: IpAddr) -> Result<PendingSlot, Refusal> {
+        self.admit(ip, false)
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr, per_source_cap: bool) -> Result<PendingSlot, Refusal> {
         let source = Source::from(ip);
         let evicted = CancellationToken::new();
         let id = {
             let mut p = lock(&self.pending);
-            if p.held_by(source) >= self.config.max_pending_per_ip {
+            if per_source_cap && p.held_by(source) >= self.config.max_pending_per_ip {
                 return Err(Refusal::PendingPerIp);
             }
             while p.entries.len() >= self.config.max_pending
@@ -325,6 +351,29 @@ impl PendingSlot {
             }
         }
         a.publish(&p);
+    }
+}
+
+impl PendingSlot {
+    /// The connection turned out to be `ip`'s (a PROXY protocol header named it): it
+    /// counts against `ip`'s share of the pool from now on, or is refused if `ip`
+    /// already holds its share.
+    pub fn rekey(&mut self, ip: IpAddr) -> Result<(), Refusal> {
+        let a = &self.admission;
+        let to = Source::from(ip);
+        let mut p = lock(&a.pending);
+        if !p.entries.contains_key(&self.id) {
+            // Already dropped to make room; the connection is on its way out.
+            return Ok(());
+        }
+        if p.entries.get(&self.id).is_some_and(|e| e.source == to) {
+            return Ok(());
+        }
+        if p.held_by(to) >= a.config.max_pending_per_ip {
+            return Err(Refusal::PendingPerIp);
+        }
+        p.move_to(self.id, to);
+        Ok(())
     }
 }
 
@@ -503,6 +552,39 @@ mod tests {
         big.hold(0);
         drop(old);
         assert_eq!(a.pending_bytes(), PENDING_BASE_BYTES);
+    }
+
+    #[test]
+    fn a_proxied_connection_counts_against_its_client_once_known() {
+        let a = pools(100, 2, usize::MAX);
+        let proxy = ip("10.0.0.100");
+        // The proxy's own address is not capped: every client behind it shares it.
+        let mut behind: Vec<_> = (0..5)
+            .map(|_| a.admit_pending_from_proxy(proxy).unwrap())
+            .collect();
+        assert!(
+            a.admit_pending(proxy).is_err(),
+            "a direct connection still is"
+        );
+        behind[0].rekey(ip("198.51.100.1")).unwrap();
+        behind[1].rekey(ip("198.51.100.1")).unwrap();
+        assert_eq!(
+            behind[2].rekey(ip("198.51.100.1")),
+            Err(Refusal::PendingPerIp),
+            "the client's share is full"
+        );
+        behind[2].rekey(ip("198.51.100.2")).unwrap();
+        // Re-keyed connections keep their age: the client's oldest is still behind[0].
+        let crowd: Vec<_> = (0..95)
+            .map(|i| {
+                a.admit_pending(ip(&format!("10.1.{}.{}", i / 200, i % 200 + 1)))
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(a.pending_count(), 100);
+        drop(crowd);
+        drop(behind.pop());
+        assert_eq!(a.pending_count(), 4);
     }
 
     #[test]

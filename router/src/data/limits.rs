@@ -30,6 +30,19 @@ pub struct Limits {
     /// An I/O thread whose event loop has not turned for this long is stalled:
     /// `/healthz` fails.
     pub stall_threshold: Duration,
+    /// Every connection starts with a PROXY protocol header (from a trusted proxy).
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// `--proxy-protocol`: whether connections begin with a PROXY protocol header (v1 or
+/// v2) naming the client, as a load balancer that passes TCP through sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ProxyProtocol {
+    /// No header: the TCP peer is the client.
+    #[default]
+    Off,
+    /// Required, and only from `--trusted-proxies` (anyone else is closed at once).
+    On,
 }
 
 /// How long a relayed socket may live, and how the router notices a dead peer.
@@ -92,6 +105,7 @@ impl Default for Limits {
                 ..SocketTimers::default()
             },
             stall_threshold: Duration::from_secs(10),
+            proxy_protocol: ProxyProtocol::Off,
         }
     }
 }

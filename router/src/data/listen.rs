@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept::AcceptErrors;
 use super::admission::{PendingSlot, REQUEST_HEAD_BYTES};
+use super::limits::ProxyProtocol;
+use super::proxy_protocol::{self, Proxied};
 use super::relay::Peer;
 use super::shared::Shared;
 use super::tls_stream;
@@ -192,7 +194,20 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         errors.accepted();
         shared.metrics.connections_accepted.inc();
-        let slot = match shared.admission.admit_pending(peer.ip()) {
+        let proxied = shared.limits.proxy_protocol == ProxyProtocol::On;
+        if proxied && !shared.policy.trusted_proxies.contains(peer.ip()) {
+            // Only a trusted balancer may say who its clients are.
+            shared.metrics.proxy_header(Err("untrusted"));
+            tracing::debug!(client.addr = %peer, "connection refused: PROXY protocol from an untrusted source");
+            drop(tcp);
+            continue;
+        }
+        let admitted = if proxied {
+            shared.admission.admit_pending_from_proxy(peer.ip())
+        } else {
+            shared.admission.admit_pending(peer.ip())
+        };
+        let slot = match admitted {
             Ok(slot) => slot,
             Err(why) => {
                 // Over its source's share: close at once; nobody else is affected.
@@ -210,13 +225,35 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut slot: PendingSlot) {
+async fn serve_conn(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    mut slot: PendingSlot,
+) {
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     if let Some(idle) = shared.limits.timers.tcp_keepalive {
         let _ = super::sys::set_keepalive(&tcp, idle);
     }
     let evicted = slot.evicted();
+    // The PROXY protocol header and the TLS handshake share one deadline.
+    let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+    let peer = if shared.limits.proxy_protocol == ProxyProtocol::On {
+        let read = tokio::time::timeout_at(deadline, proxy_protocol::read_header(&mut tcp));
+        slot.hold(proxy_protocol::MAX_HEADER);
+        let outcome = tokio::select! {
+            r = read => r,
+            _ = evicted.cancelled() => return,
+            _ = shared.lifecycle.close_tunnels.cancelled() => return,
+        };
+        match client_of(&shared, peer, outcome, &mut slot) {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
         slot.hold(REQUEST_HEAD_BYTES);
         return serve_http(shared, tcp, peer, accepted, slot).await;
@@ -225,7 +262,7 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut s
         max_client_hello: shared.limits.max_client_hello,
     };
     let handshake = tokio::select! {
-        r = tokio::time::timeout(shared.limits.handshake_timeout, tls_stream::accept(config, tcp, limits, &mut slot)) => r,
+        r = tokio::time::timeout_at(deadline, tls_stream::accept(config, tcp, limits, &mut slot)) => r,
         _ = evicted.cancelled() => {
             tracing::debug!(client.addr = %peer, "pending connection dropped to make room (TLS)");
             return;
@@ -254,6 +291,46 @@ async fn serve_conn(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, mut s
             tracing::debug!(client.addr = %peer, "TLS handshake timed out")
         }
     }
+}
+
+/// Who a proxied connection is from, by its PROXY protocol header: the client it
+/// names (now charged to that client's share of the pending pool), or the proxy itself
+/// for its own health checks (v2 LOCAL). `None`: closed, the reason counted.
+fn client_of(
+    shared: &Shared,
+    proxy: SocketAddr,
+    header: Result<
+        Result<(Proxied, usize), proxy_protocol::ReadError>,
+        tokio::time::error::Elapsed,
+    >,
+    slot: &mut PendingSlot,
+) -> Option<SocketAddr> {
+    let why = match header {
+        Ok(Ok((Proxied::Local, _))) => {
+            shared.metrics.proxy_header(Ok("local"));
+            slot.hold(0);
+            return Some(proxy);
+        }
+        Ok(Ok((Proxied::Client { source, .. }, _))) => {
+            shared.metrics.proxy_header(Ok("client"));
+            slot.hold(0);
+            match slot.rekey(source.ip()) {
+                Ok(()) => return Some(source),
+                Err(refusal) => {
+                    shared.metrics.refused(refusal);
+                    tracing::debug!(client.addr = %source, proxy.addr = %proxy, reason = refusal.as_str(), "connection refused");
+                    return None;
+                }
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(proxy.addr = %proxy, error = %e, "PROXY protocol header refused");
+            e.as_str()
+        }
+        Err(_) => "timeout",
+    };
+    shared.metrics.proxy_header(Err(why));
+    None
 }
 
 async fn serve_http<I>(

@@ -46,6 +46,10 @@ pub struct Metrics {
     pub http2_streams: Gauge,
     breaker_trips: Family<OrdinalLabel, Counter>,
     breaker_open: Family<OrdinalLabel, Gauge>,
+    /// PROXY protocol headers read, by what they named (client, local), and the
+    /// connections closed for theirs, by reason.
+    proxy_headers: Family<ReasonLabel, Counter>,
+    proxy_header_errors: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,6 +84,8 @@ impl Metrics {
             http2_streams: Gauge::default(),
             breaker_trips: Family::default(),
             breaker_open: Family::default(),
+            proxy_headers: Family::default(),
+            proxy_header_errors: Family::default(),
         };
         let bytes_from_client = m
             .bytes
@@ -216,6 +222,16 @@ impl Metrics {
             HeldOver(&super::bulk::BUDGET),
         );
         r.register(
+            "proxy_protocol_headers",
+            "PROXY protocol headers read (--proxy-protocol on), by what they named: client, or local (the balancer's own health check)",
+            m.proxy_headers.clone(),
+        );
+        r.register(
+            "proxy_protocol_errors",
+            "Connections closed for their PROXY protocol header, by reason (untrusted source, timeout, truncated, signature, version, command, family, length, too_long, v1_syntax, io)",
+            m.proxy_header_errors.clone(),
+        );
+        r.register(
             "upgrade_seconds",
             "Time from accepting a connection to answering its upgrade with 101",
             m.upgrade_seconds.clone(),
@@ -245,6 +261,15 @@ impl Metrics {
                 reason: why.as_str(),
             })
             .inc();
+    }
+
+    /// Counts a PROXY protocol header read (`Ok`: what it named) or refused.
+    pub fn proxy_header(&self, outcome: Result<&'static str, &'static str>) {
+        let (family, reason) = match outcome {
+            Ok(kind) => (&self.proxy_headers, kind),
+            Err(why) => (&self.proxy_header_errors, why),
+        };
+        family.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a backend 101 refused as a 502.

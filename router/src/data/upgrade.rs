@@ -18,13 +18,15 @@ use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use wsrouter::{
-    AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, RouteSource, TenantFrom,
+    AmbiguousPath, Backend, Fingerprint, NamespaceError, PathError, PathPrefix, RouteSource,
+    TenantFrom,
 };
 
 use crate::data::admission::{ConnStreams, LiveSlot, PendingSlot, Refusal, StreamGuard};
 use crate::data::breaker::Transition;
 use crate::data::forwarded::{underscore_header, Client, Underscores};
 use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
+use crate::data::policy::PolicyConfig;
 use crate::data::relay::{self, Stop};
 use crate::data::shared::Shared;
 
@@ -529,14 +531,24 @@ async fn forward<B>(
     Ok((resp, Some(pending)))
 }
 
-/// Checks the request (Host, path, upgrade, key) and makes the one table load of this
-/// connection: the backend chosen here is kept for life.
-fn route_request<B>(
-    req: &Request<B>,
-    shared: &Shared,
-) -> Result<(Routed, HeaderValue), ProxyError> {
+/// What a request says about where it goes, checked from the request alone.
+#[derive(Debug)]
+pub struct Inspected<'r> {
+    /// The host it is for, as forwarded (`Host` and `X-Forwarded-Host`).
+    pub host: HeaderValue,
+    pub tenant: &'r str,
+    /// The `Sec-WebSocket-Key` for the backend's handshake.
+    pub key: HeaderValue,
+}
+
+/// Checks a request head (Host, header names, tenant, upgrade, key, Origin) with no
+/// state but the settings: pure, so it is fuzzed on its own (`fuzz/`).
+pub fn inspect<'r, B>(
+    req: &'r Request<B>,
+    prefix: &PathPrefix,
+    policy: &PolicyConfig,
+) -> Result<Inspected<'r>, ProxyError> {
     let host = request_host(req).map_err(ProxyError::BadHost)?;
-    let policy = &shared.policy;
     if policy.underscores == Underscores::Refuse {
         if let Some(name) = underscore_header(req.headers()) {
             return Err(ProxyError::UnderscoreHeader(name.clone()));
@@ -551,7 +563,7 @@ fn route_request<B>(
             .collect(),
         _ => Vec::new(),
     };
-    let tenant = match shared.prefix.tenant(
+    let tenant = match prefix.tenant(
         &policy.tenant_from,
         req.uri().path(),
         req.uri().query(),
@@ -565,11 +577,6 @@ fn route_request<B>(
             return Err(ProxyError::NoTenant(e))
         }
     };
-    // After GOAWAY a client may still open streams it had in flight (h2's shutdown is
-    // two-step); while draining they are refused like a new connection would be.
-    if req.version() == Version::HTTP_2 && shared.lifecycle.is_draining() {
-        return Err(ProxyError::ShuttingDown);
-    }
     let key = if is_extended_connect(req) {
         // RFC 8441 carries no key: the backend's handshake gets a fresh one, and its
         // answer is checked against that.
@@ -584,6 +591,22 @@ fn route_request<B>(
     if !policy.origins.allows(req.headers()) {
         return Err(ProxyError::OriginDenied);
     }
+    Ok(Inspected { host, tenant, key })
+}
+
+/// Checks the request (see [`inspect`]) and makes the one table load of this
+/// connection: the backend chosen here is kept for life.
+fn route_request<B>(
+    req: &Request<B>,
+    shared: &Shared,
+) -> Result<(Routed, HeaderValue), ProxyError> {
+    // After GOAWAY a client may still open streams it had in flight (h2's shutdown is
+    // two-step); while draining they are refused like a new connection would be.
+    if req.version() == Version::HTTP_2 && shared.lifecycle.is_draining() {
+        return Err(ProxyError::ShuttingDown);
+    }
+    let policy = &shared.policy;
+    let Inspected { host, tenant, key } = inspect(req, &shared.prefix, policy)?;
     let routed = {
         let guard = shared.table.load();
         let Some(table) = guard.as_deref() else {

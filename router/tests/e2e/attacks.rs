@@ -544,3 +544,253 @@ async fn only_trusted_hops_are_believed_and_drive_the_per_address_cap() -> Resul
     drop(first);
     Ok(())
 }
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `src` to `dst`, or a
+/// LOCAL one when `src` is `None`.
+fn proxy_v2(src: Option<std::net::SocketAddrV4>, dst: std::net::SocketAddrV4) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    match src {
+        None => h.extend([0x20, 0x00, 0, 0]),
+        Some(src) => {
+            h.extend([0x21, 0x11, 0, 12]);
+            h.extend(src.ip().octets());
+            h.extend(dst.ip().octets());
+            h.extend(src.port().to_be_bytes());
+            h.extend(dst.port().to_be_bytes());
+        }
+    }
+    h
+}
+
+/// A WebSocket through the router from loopback address `from`, with `before` written
+/// ahead of the TLS handshake (a PROXY protocol header, or anything).
+async fn ws_after(
+    h: &Harness,
+    cert: &router::data::tls_config::DevCert,
+    from: std::net::IpAddr,
+    before: &[u8],
+    tenant: &str,
+) -> Result<Ws> {
+    let mut tcp = connect_from(from, h.addr()).await?;
+    tcp.write_all(before).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let tls = tokio_rustls::TlsConnector::from(cert.client_config())
+        .connect(name, tcp)
+        .await?;
+    let url = format!("wss://localhost:{}/ws/{tenant}", h.addr().port());
+    Ok(
+        within(WAIT, "a socket", tokio_tungstenite::client_async(url, tls))
+            .await??
+            .0,
+    )
+}
+
+/// Attack 4, at the listener: with `--proxy-protocol on` the client is whom a trusted
+/// balancer's header names (its address in X-Forwarded-For, its own per-address
+/// budget); v2 LOCAL is the balancer itself; anyone else, or a bad header, is closed
+/// and counted by reason, never served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_headers_are_believed_only_from_trusted_balancers() -> Result<()> {
+    use router::data::limits::ProxyProtocol;
+    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let backend = recording_backend().await?;
+    let mut limits = limits();
+    limits.proxy_protocol = ProxyProtocol::On;
+    limits.max_connections_per_ip = 1;
+    limits.handshake_timeout = Duration::from_millis(500);
+    limits.policy.trusted_proxies =
+        router::data::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
+    let h = Harness::start_with_cert(
+        Options {
+            backends: 1,
+            replace: vec![(0, backend.addr.to_string())],
+            limits,
+            ..Options::default()
+        },
+        &cert,
+    )
+    .await?;
+    let balancer: std::net::IpAddr = [127, 0, 0, 200].into();
+    let dst = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), h.addr().port());
+    let client = |i: u8| std::net::SocketAddrV4::new([198, 51, 100, i].into(), 40000);
+    let _a = ws_after(
+        &h,
+        &cert,
+        balancer,
+        &proxy_v2(Some(client(1)), dst),
+        "ns-01",
+    )
+    .await?;
+    let _b = ws_after(
+        &h,
+        &cert,
+        balancer,
+        &proxy_v2(Some(client(2)), dst),
+        "ns-01",
+    )
+    .await?;
+    let heads = backend.heads();
+    let xff: Vec<_> = heads
+        .iter()
+        .flat_map(|h| header_in(h, "x-forwarded-for"))
+        .collect();
+    assert_eq!(xff, ["198.51.100.1", "198.51.100.2"]);
+    // The same client again is over its own budget, though the balancer is one address.
+    let again = ws_after(
+        &h,
+        &cert,
+        balancer,
+        &proxy_v2(Some(client(1)), dst),
+        "ns-01",
+    )
+    .await;
+    assert!(again.is_err(), "a second socket for client 1");
+    // The balancer's health check (LOCAL) is served as the balancer.
+    let _check = ws_after(&h, &cert, balancer, &proxy_v2(None, dst), "ns-02").await?;
+    // Refused and closed: an untrusted source, garbage, a v1 line cut short (timeout).
+    for (from, before) in [
+        ([127, 0, 0, 1], proxy_v2(Some(client(3)), dst)),
+        ([127, 0, 0, 200], b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        ([127, 0, 0, 200], b"PROXY TCP4 198.51.100.9".to_vec()),
+    ] {
+        let mut tcp = connect_from(from.into(), h.addr()).await?;
+        tcp.write_all(&before).await?;
+        let mut buf = [0u8; 64];
+        let n = within(WAIT, "the router to close", tcp.read(&mut buf)).await?;
+        assert!(matches!(n, Ok(0) | Err(_)), "{before:?} got {n:?}");
+    }
+    let (_, m) = scrape_metrics(&h).await?;
+    for (series, want) in [
+        (
+            "wsrouter_proxy_protocol_headers_total{reason=\"client\"}",
+            3.0,
+        ),
+        (
+            "wsrouter_proxy_protocol_headers_total{reason=\"local\"}",
+            1.0,
+        ),
+        (
+            "wsrouter_proxy_protocol_errors_total{reason=\"untrusted\"}",
+            1.0,
+        ),
+        (
+            "wsrouter_proxy_protocol_errors_total{reason=\"signature\"}",
+            1.0,
+        ),
+        (
+            "wsrouter_proxy_protocol_errors_total{reason=\"timeout\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(m.get(series), Some(&want), "{series}");
+    }
+    Ok(())
+}
+
+/// A real sender: HAProxy (Debian's package) in TCP mode with `send-proxy-v2` in front
+/// of the router. 100 clients from distinct loopback addresses each get their own
+/// per-address budget (one live socket each, a second refused), and the backend sees
+/// each one's real address. Skipped when haproxy is not installed, unless
+/// WSROUTER_REQUIRE_HAPROXY is set (CI installs it and sets it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_haproxy_send_proxy_v2_each_client_is_itself() -> Result<()> {
+    use router::data::limits::ProxyProtocol;
+    if std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        anyhow::ensure!(
+            std::env::var_os("WSROUTER_REQUIRE_HAPROXY").is_none(),
+            "haproxy is not installed"
+        );
+        eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
+        return Ok(());
+    }
+    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let backend = recording_backend().await?;
+    let mut limits = limits();
+    limits.proxy_protocol = ProxyProtocol::On;
+    limits.max_connections_per_ip = 1;
+    limits.policy.trusted_proxies =
+        router::data::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
+    let h = Harness::start_with_cert(
+        Options {
+            backends: 1,
+            replace: vec![(0, backend.addr.to_string())],
+            limits,
+            ..Options::default()
+        },
+        &cert,
+    )
+    .await?;
+    // A free port for HAProxy: bound, read back, freed just before it binds.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = std::env::temp_dir().join(format!("wsrouter-haproxy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 2000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\n\
+             backend be\n  server router {} send-proxy-v2 source 127.0.0.200\n",
+            h.addr()
+        ),
+    )?;
+    let _haproxy = tokio::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .kill_on_drop(true)
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let front = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    within(WAIT, "haproxy to listen", async {
+        while tokio::net::TcpStream::connect(front).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await?;
+    let connector = tokio_rustls::TlsConnector::from(cert.client_config());
+    let open = |src: std::net::IpAddr, tenant: String| {
+        let connector = connector.clone();
+        async move {
+            let tcp = connect_from(src, front).await?;
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let tls = connector.connect(name, tcp).await?;
+            let url = format!("wss://localhost:{port}/ws/{tenant}");
+            anyhow::Ok(tokio_tungstenite::client_async(url, tls).await?.0)
+        }
+    };
+    let client = |i: u32| std::net::IpAddr::from([127, 0, 4, 1 + i as u8]);
+    let mut sockets = Vec::new();
+    for i in 0..100 {
+        let ws = within(
+            WAIT,
+            "a client through haproxy",
+            open(client(i), format!("t-{i}")),
+        )
+        .await?
+        .with_context(|| format!("client {i}"))?;
+        sockets.push(ws);
+    }
+    // Each client's budget is its own: a second socket from client 7 is refused, and
+    // everyone else is unaffected.
+    let second = within(WAIT, "a second socket", open(client(7), "t-x".to_owned())).await?;
+    assert!(second.is_err(), "client 7's second socket was let in");
+    sockets[42].send(Message::text("still here")).await?;
+    let heads = backend.heads();
+    let mut seen: Vec<String> = heads
+        .iter()
+        .flat_map(|h| header_in(h, "x-forwarded-for"))
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..100).map(|i| client(i).to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want, "the backend sees each client's own address");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
