@@ -142,16 +142,20 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Result<Option<&'q str>, Re
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum AmbiguousPath {
     #[error(
-        "path has a '.' or '..' segment (also when percent-encoded); send the path as resolved"
+        "path has a segment starting with '.' (also when percent-encoded); send the path as resolved"
     )]
     DotSegment,
+    #[error("path has a ';' (also when percent-encoded): some servers (Tomcat, Jetty) strip path parameters, so '..;' resolves elsewhere there")]
+    PathParameter,
     #[error("path has an encoded '/' or '\\' (%2F, %5C) or a '\\'; these separate segments for some servers and not for others")]
     EncodedSeparator,
 }
 
-/// Checks every segment of `rest` (the path after the namespace, query excluded):
-/// no `.` or `..` segment, plain or percent-encoded, and no separator a backend might
-/// decode or translate into `/`.
+/// Checks every segment of `rest` (the path after the namespace, query excluded): no
+/// segment starting with a dot, plain or percent-encoded (`..`, `.`, and what a server
+/// that trims or decodes further might turn into one, such as `..;` or `.%2e`), no `;`
+/// (a path parameter, which Tomcat and Jetty strip before resolving: `..;/` is `../`
+/// there), and no separator a backend might decode or translate into `/`.
 pub fn check_path_rest(rest: &str) -> Result<(), AmbiguousPath> {
     let bytes = rest.as_bytes();
     let mut i = 0;
@@ -174,28 +178,29 @@ pub fn check_path_rest(rest: &str) -> Result<(), AmbiguousPath> {
         i += 1;
     }
     for segment in rest.split('/') {
-        if is_dot_segment(segment) {
+        if has_semicolon(segment) {
+            return Err(AmbiguousPath::PathParameter);
+        }
+        if starts_with_dot(segment) {
             return Err(AmbiguousPath::DotSegment);
         }
     }
     Ok(())
 }
 
-/// `.` or `..`, each dot written plainly or as `%2E` / `%2e`.
-fn is_dot_segment(segment: &str) -> bool {
-    let mut dots = 0;
-    let mut s = segment.as_bytes();
-    while !s.is_empty() {
-        if s[0] == b'.' {
-            s = &s[1..];
-        } else if s.len() >= 3 && s[0] == b'%' && s[1] == b'2' && (s[2] | 0x20) == b'e' {
-            s = &s[3..];
-        } else {
-            return false;
-        }
-        dots += 1;
-    }
-    dots == 1 || dots == 2
+/// A segment whose first character is a dot, written plainly or as `%2E` / `%2e`.
+fn starts_with_dot(segment: &str) -> bool {
+    let s = segment.as_bytes();
+    s.first() == Some(&b'.')
+        || (s.len() >= 3 && s[0] == b'%' && s[1] == b'2' && (s[2] | 0x20) == b'e')
+}
+
+/// A `;`, written plainly or as `%3B` / `%3b`.
+fn has_semicolon(segment: &str) -> bool {
+    let s = segment.as_bytes();
+    s.contains(&b';')
+        || s.windows(3)
+            .any(|w| w[0] == b'%' && w[1] == b'3' && (w[2] | 0x20) == b'b')
 }
 
 /// Why a configured path prefix is unusable.
@@ -489,9 +494,22 @@ mod tests {
             ("/WS/ns-01", Err(PathError::NotUnderPrefix)),
             ("ws/ns-01", Err(PathError::NotUnderPrefix)),
             // What follows the namespace may not resolve elsewhere on a backend.
-            ("/ws/a/b.c/..d/.e./x.", Ok("a")),
-            ("/ws/a/%2E%2Ex", Ok("a")),
+            ("/ws/a/b.c/d../e./x.", Ok("a")),
             ("/ws/a/%41%25", Ok("a")),
+            // A segment starting with a dot, or holding a path parameter (Tomcat and
+            // Jetty strip `;…`, so `..;` is `..` there).
+            ("/ws/a/..;/admin", Err(AmbiguousPath::PathParameter.into())),
+            (
+                "/ws/a/..%3b/admin",
+                Err(AmbiguousPath::PathParameter.into()),
+            ),
+            (
+                "/ws/a/x;jsessionid=1",
+                Err(AmbiguousPath::PathParameter.into()),
+            ),
+            ("/ws/a/..d", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/.well-known", Err(AmbiguousPath::DotSegment.into())),
+            ("/ws/a/%2E%2Ex", Err(AmbiguousPath::DotSegment.into())),
             ("/ws/a/..", Err(AmbiguousPath::DotSegment.into())),
             ("/ws/a/.", Err(AmbiguousPath::DotSegment.into())),
             ("/ws/a/./b", Err(AmbiguousPath::DotSegment.into())),

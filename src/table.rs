@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 
 use thiserror::Error;
 
-use crate::backends::{Backend, Backends, BackendsError};
+use crate::backends::{Backend, Backends};
 use crate::fingerprint::Fingerprint;
 use crate::hash::ordinal_for;
 use crate::overrides::{Overrides, TenantLimits};
@@ -122,8 +122,6 @@ pub struct Route<'t> {
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum TableError {
-    #[error(transparent)]
-    Backends(#[from] BackendsError),
     #[error(
         "{replicas} replicas requested but only {addresses} static backend addresses are known"
     )]

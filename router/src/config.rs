@@ -16,6 +16,7 @@ use wsrouter::{
 };
 use wsrouter::{Members, TenantFrom, TenantLimits};
 
+pub use crate::admin::AdminToken;
 use crate::control::overrides_file::{self, OverridesFileError};
 use crate::control::watch::{OverridesWatch, WatchConfig};
 use crate::control::RoutingConfig;
@@ -92,6 +93,14 @@ pub struct PlanArgs {
     /// A running router's admin address (http://HOST:PORT): its table and live sockets are "now".
     #[arg(long, env = "WSROUTER_ADMIN_URL", conflicts_with_all = ["current", "current_replicas"])]
     pub admin: Option<String>,
+    /// The router's --admin-token, if it asks for one.
+    #[arg(
+        long,
+        env = "WSROUTER_ADMIN_TOKEN",
+        hide_env_values = true,
+        requires = "admin"
+    )]
+    pub admin_token: Option<String>,
     /// Offline: the overrides manifest in force now [default: none].
     #[arg(long, env = "WSROUTER_PLAN_CURRENT")]
     pub current: Option<PathBuf>,
@@ -164,11 +173,21 @@ pub struct ServeArgs {
     /// Overrides from this ConfigMap, watched through the Kubernetes API [default in a cluster: wsrouter-overrides]
     #[arg(long, env = "WSROUTER_CONFIGMAP")]
     pub configmap: Option<String>,
-    /// Address of the admin listener (plain HTTP: /healthz, /readyz, /metrics, /route/{ns}, /table).
-    #[arg(long, env = "WSROUTER_ADMIN_LISTEN", default_value = "0.0.0.0:9090")]
-    pub admin_listen: SocketAddr,
+    /// Address of the admin listener (plain HTTP: /healthz, /readyz, /metrics, /route/{ns}, /table) [default: $POD_IP:9090 in a pod (the downward API sets it), else 127.0.0.1:9090]
+    #[arg(long, env = "WSROUTER_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// Where the admin listener binds unless told: the pod's own address (what probes and
+/// scrapers reach, and the NetworkPolicy guards), never every interface of a host; off
+/// a pod, loopback.
+pub fn default_admin_listen(pod_ip: Option<&str>) -> SocketAddr {
+    let ip = pod_ip
+        .and_then(|ip| ip.trim().parse().ok())
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    SocketAddr::new(ip, 9090)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -315,6 +334,9 @@ pub struct CommonArgs {
     /// Connections begin with a PROXY protocol header (v1 or v2) naming the client, as a TCP load balancer sends it (AWS NLB, HAProxy send-proxy-v2); `on` requires it, and only from --trusted-proxies.
     #[arg(long, env = "WSROUTER_PROXY_PROTOCOL", value_enum, default_value_t = ProxyProtocol::Off)]
     pub proxy_protocol: ProxyProtocol,
+    /// A bearer token the admin listener asks for on everything but /healthz, /readyz and /metrics (/route, /table list tenants and pod addresses): `Authorization: Bearer TOKEN`. Set it from a Secret (WSROUTER_ADMIN_TOKEN). Default: none asked.
+    #[arg(long, env = "WSROUTER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Send clients X-Wsrouter-Table and X-Wsrouter-Fingerprint (which table routed them): diagnostics for operators, off by default (`dev` turns it on).
     #[arg(long, env = "WSROUTER_ROUTE_HEADERS")]
     pub route_headers: bool,
@@ -346,8 +368,6 @@ pub enum ConfigError {
     PendingBytesTooSmall { min: usize },
     #[error("--max-client-hello must be between 1KiB and 64KiB")]
     ClientHelloOutOfRange,
-    #[error("routing table")]
-    Table(#[source] wsrouter::table::TableError),
     #[error(transparent)]
     Origins(OriginError),
     #[error("{0} must be more than 0 (leave it out to turn it off)")]
@@ -356,6 +376,10 @@ pub enum ConfigError {
     BadRate,
     #[error(transparent)]
     TrustedProxies(CidrError),
+    #[error(
+        "--admin-token must be at least 16 visible ASCII characters (e.g. `openssl rand -hex 32`)"
+    )]
+    AdminToken,
     #[error("--proxy-protocol on needs --trusted-proxies: the load balancer's addresses (everyone else is refused)")]
     ProxyProtocolUntrusted,
 }
@@ -397,6 +421,9 @@ pub struct RouterConfig {
     pub io_threads: usize,
     /// Plain pages on the WebSocket listener (`wsrouter dev`); `None` for `serve`.
     pub pages: Option<Arc<dyn crate::data::shared::Pages>>,
+    /// The bearer token the admin listener asks for, but on `/healthz`, `/readyz` and
+    /// `/metrics` (`--admin-token`); `None`: no token asked.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl CommonArgs {
@@ -473,6 +500,17 @@ impl CommonArgs {
             client_ping: ping(self.ping_interval, "--ping-interval")?,
             backend_ping: ping(self.backend_ping_interval, "--backend-ping-interval")?,
         })
+    }
+
+    /// The admin token, trimmed (a Secret file's trailing newline is not part of it).
+    pub fn admin_token(&self) -> Result<Option<AdminToken>, ConfigError> {
+        match self.admin_token.as_deref().map(str::trim) {
+            None => Ok(None),
+            Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err(ConfigError::AdminToken)
+            }
+            Some(t) => Ok(Some(AdminToken(Arc::from(t.as_bytes())))),
+        }
     }
 
     fn policy(&self) -> Result<PolicyConfig, ConfigError> {
@@ -569,26 +607,30 @@ impl ServeArgs {
             // clap makes cert and key required unless --plaintext.
             _ => None,
         };
-        let config = RouterConfig {
-            io_threads: 0,
-            pages: None,
-            listen: self.listen,
-            tls,
-            admin_listen: Some(self.admin_listen),
-            path_prefix,
-            drain_grace: self.common.drain_grace,
-            reroute: self.common.reroute(),
-            limits,
-            routing: RoutingConfig {
-                backends,
-                statefulset: self.statefulset,
-                replicas,
-                overrides,
-                limits: tenant_limits,
-                source,
-                await_overrides,
-            },
-        };
+        let config =
+            RouterConfig {
+                io_threads: 0,
+                pages: None,
+                listen: self.listen,
+                tls,
+                admin_listen: Some(self.admin_listen.unwrap_or_else(|| {
+                    default_admin_listen(std::env::var("POD_IP").ok().as_deref())
+                })),
+                admin_token: self.common.admin_token()?,
+                path_prefix,
+                drain_grace: self.common.drain_grace,
+                reroute: self.common.reroute(),
+                limits,
+                routing: RoutingConfig {
+                    backends,
+                    statefulset: self.statefulset,
+                    replicas,
+                    overrides,
+                    limits: tenant_limits,
+                    source,
+                    await_overrides,
+                },
+            };
         Ok((config, watch))
     }
 }
@@ -669,6 +711,65 @@ fn pod_namespace() -> String {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn the_admin_listener_binds_the_pod_address_or_loopback() {
+        assert_eq!(
+            default_admin_listen(Some("10.1.2.3")),
+            "10.1.2.3:9090".parse().unwrap()
+        );
+        assert_eq!(
+            default_admin_listen(Some("fd00::7")),
+            "[fd00::7]:9090".parse().unwrap()
+        );
+        assert_eq!(
+            default_admin_listen(None),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+        assert_eq!(
+            default_admin_listen(Some("nonsense")),
+            "127.0.0.1:9090".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn edge_flags_are_checked_before_anything_binds() {
+        let parse = |extra: &[&str]| {
+            let mut argv = vec![
+                "wsrouter",
+                "serve",
+                "--plaintext",
+                "--backend",
+                "127.0.0.1:1",
+            ];
+            argv.extend_from_slice(extra);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Serve(a) => a.common.limits().map(|_| a.common.admin_token()),
+                _ => unreachable!(),
+            }
+        };
+        assert!(matches!(
+            parse(&["--proxy-protocol", "on"]),
+            Err(ConfigError::ProxyProtocolUntrusted)
+        ));
+        assert!(parse(&["--proxy-protocol", "on", "--trusted-proxies", "10.0.0.0/8"]).is_ok());
+        assert!(matches!(
+            parse(&["--trusted-proxies", "10.0.0.1/8"]),
+            Err(ConfigError::TrustedProxies(_))
+        ));
+        assert!(matches!(
+            parse(&["--admin-token", "short"]),
+            Ok(Err(ConfigError::AdminToken))
+        ));
+        let token = parse(&["--admin-token", "0123456789abcdef\n"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            format!("{token:?}"),
+            "Some(AdminToken(16 bytes))",
+            "never printed"
+        );
+    }
     use wsrouter::Backend;
 
     fn serve(args: &[&str]) -> Result<RouterConfig, String> {

@@ -120,16 +120,15 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let defer = config.limits.handshake_timeout.max(Duration::from_secs(1));
     let listeners = Listeners::bind(config.listen, config.io_threads, defer)?;
     let addr = listeners.local_addr();
-    let admin_listener = match config.admin_listen {
-        Some(a) => Some(
-            TcpListener::bind(a)
-                .await
-                .map_err(|source| ServerError::Bind { addr: a, source })?,
-        ),
-        None => None,
+    let admin_listeners = match config.admin_listen {
+        Some(a) => bind_admin(a).await?,
+        None => Vec::new(),
     };
-    let admin_addr = admin_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let admin_addr = admin_listeners.first().and_then(|l| l.local_addr().ok());
     let drain_grace = config.drain_grace;
+    let admin = admin::AdminConfig {
+        token: config.admin_token.clone(),
+    };
     let Planes {
         shared,
         control,
@@ -137,8 +136,13 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     } = build(config);
 
     let admin_stop = CancellationToken::new();
-    let admin_task = admin_listener
-        .map(|l| tokio::spawn(admin::serve(l, shared.clone(), metrics, admin_stop.clone())));
+    let admin_tasks = admin_listeners
+        .into_iter()
+        .map(|l| {
+            let (shared, metrics, admin) = (shared.clone(), metrics.clone(), admin.clone());
+            tokio::spawn(admin::serve(l, shared, metrics, admin, admin_stop.clone()))
+        })
+        .collect();
     let done = CancellationToken::new();
     let accepting = listeners.serve(&shared, &done)?;
     shared.lifecycle.set_listening();
@@ -153,7 +157,7 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         accepting,
         grace: drain_grace,
         admin_stop,
-        admin_task,
+        admin_tasks,
         done: done.clone(),
     };
     tokio::spawn(drained.run());
@@ -165,6 +169,36 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
         control,
         done,
     })
+}
+
+/// The admin listener on `addr`; and when that is one interface's address (a pod's
+/// IP), on loopback at the same port too, so `kubectl port-forward` (which connects to
+/// the pod's loopback) still reaches it while nothing else on the host's other
+/// interfaces can.
+async fn bind_admin(addr: SocketAddr) -> Result<Vec<TcpListener>, ServerError> {
+    let first = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let mut out = vec![first];
+    let ip = addr.ip();
+    if !ip.is_loopback() && !ip.is_unspecified() {
+        let port = out[0].local_addr().map_or(addr.port(), |a| a.port());
+        let local = SocketAddr::new(
+            if ip.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            },
+            port,
+        );
+        match TcpListener::bind(local).await {
+            Ok(l) => out.push(l),
+            Err(e) => {
+                tracing::warn!(admin.addr = %local, error = %e, "admin listener not on loopback too: kubectl port-forward will not reach it")
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// What [`build`] wires: the data path's state, the control loop's handle, the registry.
@@ -244,7 +278,7 @@ struct Drain {
     accepting: Vec<oneshot::Receiver<()>>,
     grace: Duration,
     admin_stop: CancellationToken,
-    admin_task: Option<JoinHandle<()>>,
+    admin_tasks: Vec<JoinHandle<()>>,
     done: CancellationToken,
 }
 
@@ -282,7 +316,7 @@ impl Drain {
             );
         }
         self.admin_stop.cancel();
-        if let Some(t) = self.admin_task {
+        for t in self.admin_tasks {
             let _ = t.await;
         }
         tracing::info!("drained");

@@ -133,7 +133,15 @@ fn router_defaults_match_the_manifests() -> Result<()> {
     assert_eq!(named_port(c, "wss"), port_of(&serve_default("listen")));
     assert_eq!(
         named_port(c, "admin"),
-        port_of(&serve_default("admin-listen"))
+        u64::from(router::config::default_admin_listen(None).port())
+    );
+    // The admin listener binds the pod's own address (the downward API's POD_IP), not
+    // every interface.
+    assert!(env_names(c).contains(&"POD_IP"));
+    assert!(
+        c["env"].to_string().contains("status.podIP"),
+        "{}",
+        c["env"]
     );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
@@ -279,12 +287,18 @@ fn router_defaults_match_the_manifests() -> Result<()> {
     };
     let wss = port_rule(port_of(&serve_default("listen")));
     assert!(wss.is_object() && wss.get("from").is_none(), "{wss}");
-    let admin = port_rule(port_of(&serve_default("admin-listen")));
+    let admin = port_rule(u64::from(router::config::default_admin_listen(None).port()));
     assert_eq!(
         admin["from"][0]["namespaceSelector"]["matchLabels"]["wsrouter.io/admin-access"], "true",
         "{admin}"
     );
     assert_eq!(rules.len(), 2, "nothing else is let in");
+
+    // Behind a cloud load balancer every client would be a node address unless the
+    // Service keeps them: externalTrafficPolicy Local.
+    let svc = m.get("Service/wsrouter").context("Service wsrouter")?;
+    assert_eq!(svc["spec"]["type"], "LoadBalancer");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
 
     // RBAC names the same objects, and binds the account the Deployment runs as.
     let role = m.get("Role/wsrouter").context("Role")?;

@@ -38,6 +38,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
             None
         },
         admin_listen: None,
+        admin_token: None,
         path_prefix: PathPrefix::default(),
         drain_grace: Duration::from_secs(1),
         reroute: None,

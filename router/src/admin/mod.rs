@@ -43,14 +43,33 @@ pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an admin connection lives, whatever it does.
 pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// The admin listener's own settings.
+#[derive(Debug, Clone, Default)]
+pub struct AdminConfig {
+    /// Asked for (`Authorization: Bearer`) on everything but the probes and `/metrics`.
+    pub token: Option<AdminToken>,
+}
+
+/// `--admin-token`: a secret, so it is never printed (`Debug` shows its length only).
+#[derive(Clone)]
+pub struct AdminToken(pub Arc<[u8]>);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AdminToken({} bytes)", self.0.len())
+    }
+}
+
 /// Serves until `stop` is cancelled. It stays up while the router drains, so probes see
 /// `/readyz` fail rather than a refused connection.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     metrics: Arc<AdminMetrics>,
+    config: AdminConfig,
     stop: CancellationToken,
 ) {
+    let config = Arc::new(config);
     let conns = tokio_util::task::TaskTracker::new();
     // The admin listener's own pool: the pending pool's rules (a cap; when full, the
     // busiest address's oldest is dropped), with nothing shared with the data path.
@@ -90,13 +109,13 @@ pub async fn serve(
         let Ok(slot) = pool.admit_pending(peer.ip()) else {
             continue;
         };
-        let (shared, metrics) = (shared.clone(), metrics.clone());
+        let (shared, metrics, config) = (shared.clone(), metrics.clone(), config.clone());
         let stop = stop.clone();
         let http = http.clone();
         conns.spawn(async move {
             let svc = service_fn(move |req| {
-                let (shared, metrics) = (shared.clone(), metrics.clone());
-                async move { Ok::<_, Infallible>(route(&req, &shared, &metrics)) }
+                let (shared, metrics, config) = (shared.clone(), metrics.clone(), config.clone());
+                async move { Ok::<_, Infallible>(route(&req, &shared, &metrics, &config)) }
             });
             let conn = http.serve_connection(TokioIo::new(tcp), svc);
             let evicted = slot.evicted();
@@ -137,13 +156,52 @@ fn healthz(shared: &Shared) -> Response<Full<Bytes>> {
     )
 }
 
+/// Whether `req` carries the admin token (or none is asked). Compared in constant time:
+/// how long a wrong guess takes says nothing about how much of it was right.
+fn authorized(req: &Request<Incoming>, config: &AdminConfig) -> bool {
+    let Some(token) = &config.token else {
+        return true;
+    };
+    let Some(given) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    constant_time_eq(given, &token.0)
+}
+
+/// Equal bytes, in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 fn route(
     req: &Request<Incoming>,
     shared: &Shared,
     metrics: &AdminMetrics,
+    config: &AdminConfig,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    }
+    // Probes and scrapes need no token; what names tenants and pods does.
+    if !matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") && !authorized(req, config)
+    {
+        let mut r = text(
+            StatusCode::UNAUTHORIZED,
+            "admin token required (Authorization: Bearer)\n",
+        );
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"wsrouter-admin\""),
+        );
+        return r;
     }
     let lc = &shared.lifecycle;
     match req.uri().path() {

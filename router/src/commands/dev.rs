@@ -111,6 +111,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
         listen: args.listen,
         tls: Some(cert.server_config(&args.common.tls_options())?),
         admin_listen: Some(args.admin_listen),
+        admin_token: args.common.admin_token()?,
         path_prefix,
         drain_grace: args.common.drain_grace,
         reroute: args.common.reroute(),

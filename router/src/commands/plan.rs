@@ -49,7 +49,7 @@ pub fn run_route(args: &RouteArgs) -> ExitCode {
 /// `wsrouter plan`: what an overrides edit or a scale would move.
 pub async fn run_plan(args: &PlanArgs) -> ExitCode {
     let current = match &args.admin {
-        Some(url) => Current::from_admin(url, &args.statefulset).await,
+        Some(url) => Current::from_admin(url, args.admin_token.as_deref(), &args.statefulset).await,
         None => Current::offline(
             args.current.as_deref(),
             args.current_replicas,
@@ -193,8 +193,12 @@ impl Current {
     }
 
     /// From a running router's `/table`.
-    pub async fn from_admin(url: &str, statefulset: &str) -> Result<Self, OpsError> {
-        let body = fetch(url, "/table").await?;
+    pub async fn from_admin(
+        url: &str,
+        token: Option<&str>,
+        statefulset: &str,
+    ) -> Result<Self, OpsError> {
+        let body = fetch(url, "/table", token).await?;
         let bad = |detail: String| OpsError::BadTable {
             url: url.to_owned(),
             detail,
@@ -304,8 +308,9 @@ impl std::fmt::Display for Plan {
     }
 }
 
-/// GET `{base}{path}` from a router's admin listener: the body of a 2xx answer.
-pub async fn fetch(base: &str, path: &str) -> Result<Bytes, OpsError> {
+/// GET `{base}{path}` from a router's admin listener (with its bearer token, if it asks
+/// for one): the body of a 2xx answer.
+pub async fn fetch(base: &str, path: &str, token: Option<&str>) -> Result<Bytes, OpsError> {
     let err = |e: Box<dyn std::error::Error + Send + Sync>| OpsError::Admin {
         url: base.to_owned(),
         source: e,
@@ -323,10 +328,14 @@ pub async fn fetch(base: &str, path: &str) -> Result<Bytes, OpsError> {
             .await
             .map_err(|e| err(e.into()))?;
     tokio::spawn(conn);
-    let req = http::Request::get(path)
-        .header(http::header::HOST, &authority)
-        .body(Empty::new())
-        .map_err(|e| err(e.into()))?;
+    let mut req = http::Request::get(path).header(http::header::HOST, &authority);
+    if let Some(token) = token {
+        req = req.header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", token.trim()),
+        );
+    }
+    let req = req.body(Empty::new()).map_err(|e| err(e.into()))?;
     let resp = sender.send_request(req).await.map_err(|e| err(e.into()))?;
     let status = resp.status();
     let body = resp

@@ -142,12 +142,12 @@ impl Metrics {
         );
         r.register(
             "connections_refused",
-            "Client connections refused: pending_per_ip (closed at accept), live_full or live_per_ip (503/429 to the request)",
+            "Client connections and requests refused, by reason: pending_per_ip (closed at accept, or an idle HTTP/2 connection re-entering the pool), live_full (503), live_per_ip, tenant_cap, rate_per_ip (429), origin (403)",
             m.refused.clone(),
         );
         r.register(
             "pending_connections",
-            "Connections in TLS or reading their request head",
+            "Pending connections: reading a PROXY protocol header, in TLS, reading their request head, or HTTP/2 connections with no live WebSocket stream",
             m.admission.pending.clone(),
         );
         r.register(
@@ -172,7 +172,7 @@ impl Metrics {
         );
         r.register(
             "connections_closed",
-            "Relayed connections that ended, by backend ordinal and close reason",
+            "Relayed connections that ended, by backend ordinal, close reason and client protocol (h1, h2)",
             m.connections_closed.clone(),
         );
         r.register(
@@ -233,7 +233,7 @@ impl Metrics {
         );
         r.register(
             "upgrade_seconds",
-            "Time from accepting a connection to answering its upgrade with 101",
+            "Time from accepting a connection to answering its upgrade (101, or 200 on HTTP/2)",
             m.upgrade_seconds.clone(),
         );
     }

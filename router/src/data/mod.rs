@@ -1,10 +1,14 @@
 //! The data path: from a client's TCP connection to a relayed WebSocket. It loads the
 //! routing table and never stores it; nothing here takes a lock per frame.
 //!
-//! - [`listen`]: bind, the accept loops on their I/O threads, TLS, HTTP/1.1 up to the
-//!   upgrade.
+//! - [`listen`]: bind, the accept loops on their I/O threads (each with its heartbeat),
+//!   the PROXY protocol header, TLS, and HTTP/1.1 up to the upgrade (or, for a client
+//!   that chose `h2` by ALPN, the hand-over to [`h2`]).
+//! - [`h2`]: WebSockets over HTTP/2 (RFC 8441 extended CONNECT), served with the h2 crate
+//!   directly; a connection is pending while no stream of it is live.
 //! - [`accept`]: accept errors backed off and logged at a bounded rate (every listener).
-//! - [`admission`]: the pending and live pools: caps, byte budget, per-source limits.
+//! - [`admission`]: the pending and live pools: caps, byte budget, per-source limits,
+//!   an HTTP/2 connection's live streams.
 //! - [`breaker`]: a circuit breaker per backend address: a pod that keeps failing gets a
 //!   cool-down, then one probe.
 //! - [`tls_config`]: certificates and keys (PEM files or made for dev) into rustls configs.

@@ -6,7 +6,6 @@
 //! second grace period and rate-limited, so a big reroute does not become a reconnect
 //! storm; a tenant that moves back before its turn keeps its sockets.
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,17 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use wsrouter::RoutingTable;
+
+/// A number from the operating system's random source, so replicas that swap their
+/// tables at the same moment do not pick the same jitter (a seed from the clock or the
+/// table would line them up). Should that source fail, the standard library's per-process
+/// random hasher keys still differ between replicas.
+fn random() -> u64 {
+    getrandom::u64().unwrap_or_else(|_| {
+        use std::hash::BuildHasher;
+        std::hash::RandomState::new().hash_one(std::time::SystemTime::now())
+    })
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct RerouteConfig {
@@ -29,7 +39,6 @@ pub struct Reroute {
     changes: watch::Receiver<u64>,
     /// The earliest time the next close may happen.
     next_turn: Mutex<Instant>,
-    jitter_seed: RandomState,
 }
 
 impl Reroute {
@@ -43,7 +52,6 @@ impl Reroute {
             table,
             changes,
             next_turn: Mutex::new(Instant::now()),
-            jitter_seed: RandomState::new(),
         }
     }
 
@@ -69,7 +77,7 @@ impl Reroute {
     /// Resolves when the socket of `tenant`, relayed to `ordinal`, should get 1012: its
     /// route has moved elsewhere, the grace period (plus jitter) has passed, its turn has
     /// come, and it still routes elsewhere. Never resolves otherwise.
-    pub async fn moved(&self, tenant: &str, ordinal: u32, salt: u64) {
+    pub async fn moved(&self, tenant: &str, ordinal: u32) {
         let mut changes = self.changes.clone();
         loop {
             while !self.routes_elsewhere(tenant, ordinal) {
@@ -80,7 +88,7 @@ impl Reroute {
             }
             let grace = self.config.grace;
             let spread = grace.as_millis().max(1) as u64;
-            let jitter = Duration::from_millis(self.jitter_seed.hash_one((tenant, salt)) % spread);
+            let jitter = Duration::from_millis(random() % spread);
             tokio::time::sleep(grace + jitter).await;
             self.take_turn().await;
             if self.routes_elsewhere(tenant, ordinal) {
@@ -88,5 +96,19 @@ impl Reroute {
             }
             // Moved back meanwhile: the socket is home again.
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two replicas swapping together used to jitter alike: the draw depended only on
+    /// the tenant and a near-constant salt. Now the same tenant, at the same moment,
+    /// gets independent draws.
+    #[test]
+    fn jitter_is_drawn_fresh_for_every_socket() {
+        let draws: std::collections::HashSet<u64> = (0..64).map(|_| random() % 10_000).collect();
+        assert!(draws.len() > 48, "{} distinct of 64", draws.len());
     }
 }

@@ -878,7 +878,7 @@ impl PendingRelay {
             shared.metrics.http2_streams.inc();
         }
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        let stop = stop_signal(&shared, &routed, started);
+        let stop = stop_signal(&shared, &routed);
         let relay = relay::run(
             client_io,
             backend,
@@ -909,11 +909,7 @@ impl PendingRelay {
 
 /// What ends a relay on the router's own initiative: the drain's end (1001) and, with
 /// `--reroute-drain`, the tenant's move (1012).
-fn stop_signal(
-    shared: &Shared,
-    routed: &Routed,
-    started: Instant,
-) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
+fn stop_signal(shared: &Shared, routed: &Routed) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
     let drain = shared.lifecycle.close_tunnels.clone();
     match shared.reroute.clone() {
         None => Box::pin(async move {
@@ -922,11 +918,10 @@ fn stop_signal(
         }),
         Some(r) => {
             let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-            let salt = started.elapsed().as_nanos() as u64;
             Box::pin(async move {
                 tokio::select! {
                     _ = drain.cancelled() => Stop::SHUTDOWN,
-                    _ = r.moved(&tenant, ordinal, salt) => Stop::REROUTED,
+                    _ = r.moved(&tenant, ordinal) => Stop::REROUTED,
                 }
             })
         }

@@ -794,3 +794,91 @@ async fn behind_haproxy_send_proxy_v2_each_client_is_itself() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Smaller findings: `/route` and `/table` list tenants and pod addresses, so with
+/// `--admin-token` they need it (constant-time compared); the probes and `/metrics` do
+/// not. And a Tomcat/Jetty path parameter (`..;`) after the tenant is refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_guards_what_names_tenants_and_paths_with_parameters_are_refused(
+) -> Result<()> {
+    let token = "0123456789abcdef0123456789abcdef";
+    let h = Harness::start(Options {
+        admin_token: Some(router::config::AdminToken(Arc::from(token.as_bytes()))),
+        ..Options::default()
+    })
+    .await?;
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(h.admin_get(open).await?.status, 200, "{open}");
+    }
+    let admin = h.router.admin_addr().context("admin")?;
+    for path in ["/table", "/route/ns-01"] {
+        let none = h.admin_get(path).await?;
+        assert_eq!(none.status, 401, "{path}");
+        assert!(
+            none.head.contains("www-authenticate: bearer"),
+            "{}",
+            none.head
+        );
+        for (auth, want) in [
+            (format!("Bearer {token}"), 200),
+            (format!("Bearer {}x", &token[..31]), 401),
+            (format!("Bearer {token}0"), 401),
+            (format!("Basic {token}"), 401),
+        ] {
+            let mut tcp = tokio::net::TcpStream::connect(admin).await?;
+            tcp.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: a\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await?;
+            let mut out = String::new();
+            within(WAIT, "the admin answer", tcp.read_to_string(&mut out)).await??;
+            assert!(
+                out.starts_with(&format!("HTTP/1.1 {want}")),
+                "{auth}: {out}"
+            );
+        }
+    }
+    for path in ["/ws/ns-01/..;/admin", "/ws/ns-01/x;jsessionid=1"] {
+        let r = h.raw(&upgrade_request(path)).await?;
+        assert_eq!(r.status, 400, "{path}");
+        assert!(r.body.contains("';'"), "{}", r.body);
+    }
+    Ok(())
+}
+
+/// The backend connection's own task (it drives a refusal's body to the client) is
+/// tracked by the drain like every other: while a backend trickles a 403's body, the
+/// router counts both the client's connection and that task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backend_connection_task_is_tracked_by_the_drain() -> Result<()> {
+    fn slow_403(_: &str, _: &str) -> String {
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\nnot yet".to_owned()
+    }
+    let backend = FakeBackend::start(FakeAnswer::Upgrade(slow_403)).await?;
+    let h = Harness::start(Options {
+        backends: 1,
+        replace: vec![(0, backend.addr.to_string())],
+        ..Options::default()
+    })
+    .await?;
+    let mut client = h.tls().await?;
+    client.write_all(&upgrade_request("/ws/ns-01")).await?;
+    let mut head = [0u8; 12];
+    within(WAIT, "the 403", client.read_exact(&mut head)).await??;
+    assert_eq!(&head, b"HTTP/1.1 403");
+    // The client's connection (streaming the body), the task that closes its unused
+    // upgrade (up to a second), and the backend connection's own task: untracked, it
+    // was 2.
+    assert_eq!(h.router.live_tasks(), 3);
+    h.router.shutdown();
+    let drained = tokio::time::timeout(Duration::from_millis(300), h.router.drained()).await;
+    assert!(
+        drained.is_err(),
+        "the drain did not wait for the body in flight"
+    );
+    drop(backend);
+    within(WAIT, "the drain", h.router.drained()).await?;
+    drop(client);
+    Ok(())
+}

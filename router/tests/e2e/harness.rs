@@ -79,6 +79,8 @@ pub struct Options {
     pub pods: bool,
     /// Plain answers on the WebSocket listener before routing (as `dev`'s page).
     pub pages: Option<Arc<dyn router::data::shared::Pages>>,
+    /// The admin listener's bearer token.
+    pub admin_token: Option<router::config::AdminToken>,
 }
 
 impl Default for Options {
@@ -99,6 +101,7 @@ impl Default for Options {
             io_threads: 0,
             pods: false,
             pages: None,
+            admin_token: None,
         }
     }
 }
@@ -337,6 +340,7 @@ pub async fn start_router(
             (None, false) => Some(cert.server_config(&opts.tls_options)?),
         },
         admin_listen: Some("127.0.0.1:0".parse()?),
+        admin_token: opts.admin_token.clone(),
         path_prefix: PathPrefix::default(),
         drain_grace: opts.drain_grace,
         reroute: opts.reroute,

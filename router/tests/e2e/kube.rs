@@ -375,6 +375,7 @@ async fn cluster_mode_never_resolves_a_name() -> Result<()> {
         NS,
         "--backend-template",
         &template,
+        "--route-headers",
     ])?;
     let router::config::Command::Serve(args) = cli.command else {
         anyhow::bail!("not serve")

@@ -286,7 +286,7 @@ async fn plan_and_route_commands() -> Result<()> {
     std::fs::write(&new, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata:\n  ns-01: \"3\"\n  ns-02: backend-0\n")?;
 
     // As a library, against the live router's /table.
-    let current = router::commands::plan::Current::from_admin(&admin, "backend").await?;
+    let current = router::commands::plan::Current::from_admin(&admin, None, "backend").await?;
     let new_overrides = router::control::overrides_file::read_overrides(&new, "backend")?;
     let plan = router::commands::plan::plan(&current, new_overrides, None, "backend")?;
     let moves: Vec<_> = plan

@@ -51,8 +51,8 @@ async fn refusals_have_the_right_status_and_reason() -> Result<()> {
         (upgrade_request(&format!("/ws/{on_hole}")), 504, "did not answer in time"),
         (b"NOT HTTP AT ALL\r\n\r\n".to_vec(), 400, ""),
         // The router and a backend that normalises paths must agree on the tenant.
-        (upgrade_request("/ws/a/../../ws/b/../../admin"), 400, "'.' or '..' segment"),
-        (upgrade_request("/ws/ns-01/%2e%2E/x"), 400, "'.' or '..' segment"),
+        (upgrade_request("/ws/a/../../ws/b/../../admin"), 400, "segment starting with '.'"),
+        (upgrade_request("/ws/ns-01/%2e%2E/x"), 400, "segment starting with '.'"),
         (upgrade_request("/ws/ns-01/a%2Fb"), 400, "encoded '/'"),
         // One Host, exactly (RFC 9112 §3.2).
         (b"GET /ws/ns-01 HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".to_vec(), 400, "missing Host"),
