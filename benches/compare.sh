@@ -12,6 +12,10 @@
 #   benches/compare.sh                    # 3 rounds, 8 s per measurement
 #   ROUNDS=1 SECONDS_PER_RUN=4 IDLE_CONNS=2000 benches/compare.sh   # a quick look
 #   TARGETS="wsrouter haproxy" CONNS=500 SIZES=64 MEMORY=0 HANDSHAKES=0 benches/compare.sh
+#   # A/B of two wsrouter builds or flag sets in one run (target wsrouter-b):
+#   TARGETS="wsrouter wsrouter-b" WSROUTER_B_BIN=/tmp/other/wsrouter benches/compare.sh
+#   TARGETS="wsrouter wsrouter-b" WSROUTER_B_ARGS="--proxy-protocol on --trusted-proxies 127.0.0.0/8" \
+#     WSLOAD_B_ARGS=--proxy-v2 MEMORY=0 benches/compare.sh
 #
 # Output: a table on stdout, and every raw measurement in $OUT/results.tsv
 # (OUT defaults to target/compare). Installs haproxy and nginx with apt-get, and Envoy
@@ -42,8 +46,13 @@ url() {
   if [[ $1 == direct ]]; then echo "ws://127.0.0.1:${BACKEND_PORTS[0]}/ws/"; else echo "wss://127.0.0.1:${PORT[$1]}/ws/"; fi
 }
 
-# wsload ... → its JSON report on stdout.
-load() { "$BIN/wsload" --url "$(url "$TARGET")" --json "$@"; }
+# wsload ... → its JSON report on stdout. The wsrouter-b variant's load gets
+# WSLOAD_B_ARGS too (e.g. --proxy-v2 when WSROUTER_B_ARGS turns the PROXY protocol on).
+load() {
+  local extra=""
+  [[ $TARGET == wsrouter-b ]] && extra=${WSLOAD_B_ARGS:-}
+  "$BIN/wsload" --url "$(url "$TARGET")" --json $extra "$@"
+}
 
 run_round() {
   local round=$1 target=$2

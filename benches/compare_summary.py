@@ -34,7 +34,7 @@ BARS = {
 
 def main(path: str, markdown: bool = False) -> None:
     med = medians(path, ("target", "workload", "metric"))
-    targets = [t for t in ("wsrouter", *PROXIES, "direct") if any(k[0] == t for k in med)]
+    targets = [t for t in ("wsrouter", "wsrouter-b", *PROXIES, "direct") if any(k[0] == t for k in med)]
     rows = sorted({(w, m) for (_, w, m) in med if m in HIGHER})
     if markdown:
         print("| workload | metric | " + " | ".join(targets) + " | wsrouter / best peer | bar |")
@@ -52,6 +52,10 @@ def main(path: str, markdown: bool = False) -> None:
         )
         ratio_s, bar_s = "", ""
         others = [med[(p, w, m)] for p in PROXIES if (p, w, m) in med]
+        # An A/B run (wsrouter and its variant, no peers): the ratio is variant / base.
+        if not others and ("wsrouter-b", w, m) in med and ("wsrouter", w, m) in med:
+            base = med[("wsrouter", w, m)]
+            ratio_s = f"{med[('wsrouter-b', w, m)] / base if base else float('nan'):>9.3f}"
         if ("wsrouter", w, m) in med and others:
             best = max(others) if HIGHER[m] else min(others)
             ratio = med[("wsrouter", w, m)] / best if best else float("nan")
@@ -76,6 +80,8 @@ def main(path: str, markdown: bool = False) -> None:
             print(f"note: {t} only {v:g} connections still echoed after holding")
         if m == "burst_ok" and v < med.get((t, w, "connections"), 0):
             print(f"note: {t} echoed only {v:g} of the 16 KiB bursts")
+    if "wsrouter-b" in targets and not any(t in PROXIES for t in targets):
+        print("(an A/B run: the ratio column is wsrouter-b / wsrouter)")
     print("bars not met: " + (", ".join(failed) if failed else "none"))
 
 

@@ -9,10 +9,12 @@
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 OUT=$(realpath -m "${OUT:-$ROOT/target/compare}")
-BIN=$ROOT/target/release
+# Binaries: built here (release) unless BIN names a folder that already has them.
+BIN_GIVEN=${BIN:-}
+BIN=${BIN:-$ROOT/target/release}
 # Fixed loopback ports: the proxies' configs name them.
 BACKEND_PORTS=(19001 19002 19003 19004)
-declare -A PORT=([wsrouter]=18441 [haproxy]=18442 [nginx]=18443 [envoy]=18444 [caddy]=18445)
+declare -A PORT=([wsrouter]=18441 [haproxy]=18442 [nginx]=18443 [envoy]=18444 [caddy]=18445 [wsrouter-b]=18446)
 ADMIN_PORT=18449
 
 # shellcheck source=benches/common.sh
@@ -41,8 +43,10 @@ if [[ " ${TARGETS:-} " == *" envoy "* || " ${TARGETS:-} " == *" caddy "* ]]; the
   ENVOY=$PEERS_VENV/bin/envoy
   CADDY=$PEERS_VENV/bin/caddy
 fi
-log "building (release)"
-(cd "$ROOT" && cargo build --release --locked -q --bin wsrouter --bin echo-backend --bin wsload)
+if [[ -z $BIN_GIVEN ]]; then
+  log "building (release)"
+  (cd "$ROOT" && cargo build --release --locked -q --bin wsrouter --bin echo-backend --bin wsload)
+fi
 
 rm -rf "$OUT"
 mkdir -p "$OUT/cert" "$OUT/nginx/logs" "$OUT/logs"
@@ -250,6 +254,17 @@ start_target() {
       ${WSROUTER_ARGS:-} \
       $(for p in "${BACKEND_PORTS[@]}"; do printf -- '--backend 127.0.0.1:%s ' "$p"; done) \
       >"$OUT/logs/wsrouter.log" 2>&1 &
+    TARGET_PID=$!
+    ;;
+  wsrouter-b)
+    # An A/B variant of wsrouter in the same run: another binary (WSROUTER_B_BIN, e.g. a
+    # build with other profile settings) and/or other flags (WSROUTER_B_ARGS).
+    RUST_LOG=warn "${WSROUTER_B_BIN:-$BIN/wsrouter}" --workers $WORKERS serve \
+      --listen "127.0.0.1:${PORT[wsrouter-b]}" --admin-listen "127.0.0.1:$ADMIN_PORT" \
+      --tls-cert "$OUT/cert/tls.crt" --tls-key "$OUT/cert/tls.key" --tls-key-exchange x25519 \
+      ${WSROUTER_ARGS:-} ${WSROUTER_B_ARGS:-} \
+      $(for p in "${BACKEND_PORTS[@]}"; do printf -- '--backend 127.0.0.1:%s ' "$p"; done) \
+      >"$OUT/logs/wsrouter-b.log" 2>&1 &
     TARGET_PID=$!
     ;;
   haproxy)

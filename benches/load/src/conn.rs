@@ -33,6 +33,9 @@ pub struct Target {
     /// Host header and TLS server name.
     pub host: String,
     pub prefix: String,
+    /// Begin every connection with a PROXY protocol v2 header naming the connection's
+    /// own addresses, as a load balancer with `send-proxy-v2` would.
+    pub proxy_v2: bool,
 }
 
 impl Target {
@@ -61,6 +64,7 @@ impl Target {
             tls,
             host: server_name.to_owned(),
             prefix,
+            proxy_v2: false,
         })
     }
 
@@ -251,11 +255,45 @@ pub(crate) async fn connect_tcp(
 
 /// A TCP connection to the target with Nagle off, as every benchmark connection is.
 async fn open_tcp(target: &Target, source: Option<IpAddr>) -> Result<TcpStream, String> {
-    let tcp = connect_tcp(target.addr, source)
+    let mut tcp = connect_tcp(target.addr, source)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = tcp.set_nodelay(true);
+    if target.proxy_v2 {
+        let from = tcp
+            .local_addr()
+            .map_err(|e| format!("local address: {e}"))?;
+        tokio::io::AsyncWriteExt::write_all(&mut tcp, &proxy_v2_header(from, target.addr))
+            .await
+            .map_err(|e| format!("PROXY header: {e}"))?;
+    }
     Ok(tcp)
+}
+
+/// A PROXY protocol v2 header for a TCP connection from `from` to `to` (both IPv4, or
+/// both IPv6).
+pub fn proxy_v2_header(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    match (from, to) {
+        (SocketAddr::V4(f), SocketAddr::V4(t)) => {
+            h.extend([0x11, 0, 12]);
+            h.extend(f.ip().octets());
+            h.extend(t.ip().octets());
+        }
+        (f, t) => {
+            let v6 = |a: SocketAddr| match a {
+                SocketAddr::V4(v4) => v4.ip().to_ipv6_mapped(),
+                SocketAddr::V6(v6) => *v6.ip(),
+            };
+            h.extend([0x21, 0, 36]);
+            h.extend(v6(f).octets());
+            h.extend(v6(t).octets());
+        }
+    }
+    h.extend(from.port().to_be_bytes());
+    h.extend(to.port().to_be_bytes());
+    h
 }
 
 /// TLS over `tcp`, naming the target's host.

@@ -63,6 +63,10 @@ struct Args {
     /// one up. Envoy 1.40 does not (envoy#8547), so its backends refuse without this.
     #[arg(long)]
     h2_client_key: bool,
+    /// Begin every connection with a PROXY protocol v2 header (its own addresses), as a
+    /// load balancer with send-proxy-v2 does: for a router run with --proxy-protocol on.
+    #[arg(long)]
+    proxy_v2: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -132,7 +136,10 @@ async fn main() -> anyhow::Result<()> {
         .collect();
     if let ModeArg::Flood = a.mode {
         let cfg = wsload::flood::FloodConfig {
-            target: Target::parse(&a.url, &a.server_name)?,
+            target: Target {
+                proxy_v2: a.proxy_v2,
+                ..Target::parse(&a.url, &a.server_name)?
+            },
             connections: a.connections,
             hello: match a.hello {
                 HelloArg::Partial => wsload::flood::Hello::Partial,
@@ -153,7 +160,10 @@ async fn main() -> anyhow::Result<()> {
     }
     if soaking {
         let cfg = wsload::soak::SoakConfig {
-            target: Target::parse(&a.url, &a.server_name)?,
+            target: Target {
+                proxy_v2: a.proxy_v2,
+                ..Target::parse(&a.url, &a.server_name)?
+            },
             sockets: a.connections,
             stream_every: a.stream_every,
             stream_rate: a.rate.unwrap_or(10.0),
@@ -187,7 +197,10 @@ async fn main() -> anyhow::Result<()> {
         ModeArg::Flood | ModeArg::Soak => unreachable!("handled above"),
     };
     let cfg = LoadConfig {
-        target: Target::parse(&a.url, &a.server_name)?,
+        target: Target {
+            proxy_v2: a.proxy_v2,
+            ..Target::parse(&a.url, &a.server_name)?
+        },
         connections: a.connections,
         tenants: a.tenants,
         tenant_prefix: a.tenant_prefix,
