@@ -458,15 +458,7 @@ async fn forged_forwarding_headers_never_reach_the_backend() -> Result<()> {
         !head.to_ascii_lowercase().contains("x-wsrouter"),
         "internal diagnostics sent to a client: {head}"
     );
-    let got = within(WAIT, "the backend's request", async {
-        loop {
-            if let Some(h) = backend.heads().pop() {
-                return h;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await?;
+    let got = first_head(&backend)?;
     assert_eq!(header_in(&got, "x-forwarded-for"), ["127.0.0.1"], "{got}");
     assert_eq!(header_in(&got, "x-forwarded-proto"), ["https"]);
     assert_eq!(header_in(&got, "x-forwarded-host"), ["localhost"]);
@@ -509,15 +501,7 @@ async fn only_trusted_hops_are_believed_and_drive_the_per_address_cap() -> Resul
     let mut b = [0u8; 12];
     first.read_exact(&mut b).await?;
     assert_eq!(&b, b"HTTP/1.1 101");
-    let got = within(WAIT, "the backend's request", async {
-        loop {
-            if let Some(h) = backend.heads().pop() {
-                return h;
-            }
-            tokio::task::yield_now().await;
-        }
-    })
-    .await?;
+    let got = first_head(&backend)?;
     assert_eq!(
         header_in(&got, "x-forwarded-for"),
         ["198.51.100.7, 10.0.0.5, 127.0.0.1"]
@@ -585,31 +569,46 @@ async fn ws_after(
     )
 }
 
+/// A router that takes the PROXY protocol from one balancer, 127.0.0.200, with one live
+/// socket per client, in front of a backend that records what it is sent.
+async fn behind_a_balancer(
+    handshake_timeout: Duration,
+) -> Result<(router::data::tls_config::DevCert, FakeBackend, Harness)> {
+    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let backend = recording_backend().await?;
+    let mut limits = limits();
+    limits.proxy_protocol = router::data::limits::ProxyProtocol::On;
+    limits.max_connections_per_ip = 1;
+    limits.handshake_timeout = handshake_timeout;
+    limits.policy.trusted_proxies =
+        router::data::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
+    let options = Options {
+        backends: 1,
+        replace: vec![(0, backend.addr.to_string())],
+        limits,
+        ..Options::default()
+    };
+    let h = Harness::start_with_cert(options, &cert).await?;
+    Ok((cert, backend, h))
+}
+
+/// The first request head a recording backend got (it records before answering, so
+/// once the client has its answer the head is there).
+fn first_head(backend: &FakeBackend) -> Result<String> {
+    backend
+        .heads()
+        .into_iter()
+        .next()
+        .context("the backend got no request")
+}
+
 /// Attack 4, at the listener: with `--proxy-protocol on` the client is whom a trusted
 /// balancer's header names (its address in X-Forwarded-For, its own per-address
 /// budget); v2 LOCAL is the balancer itself; anyone else, or a bad header, is closed
 /// and counted by reason, never served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_protocol_headers_are_believed_only_from_trusted_balancers() -> Result<()> {
-    use router::data::limits::ProxyProtocol;
-    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
-    let backend = recording_backend().await?;
-    let mut limits = limits();
-    limits.proxy_protocol = ProxyProtocol::On;
-    limits.max_connections_per_ip = 1;
-    limits.handshake_timeout = Duration::from_millis(500);
-    limits.policy.trusted_proxies =
-        router::data::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
-    let h = Harness::start_with_cert(
-        Options {
-            backends: 1,
-            replace: vec![(0, backend.addr.to_string())],
-            limits,
-            ..Options::default()
-        },
-        &cert,
-    )
-    .await?;
+    let (cert, backend, h) = behind_a_balancer(Duration::from_millis(500)).await?;
     let balancer: std::net::IpAddr = [127, 0, 0, 200].into();
     let dst = std::net::SocketAddrV4::new([127, 0, 0, 1].into(), h.addr().port());
     let client = |i: u8| std::net::SocketAddrV4::new([198, 51, 100, i].into(), 40000);
@@ -694,7 +693,6 @@ async fn proxy_protocol_headers_are_believed_only_from_trusted_balancers() -> Re
 /// WSROUTER_REQUIRE_HAPROXY is set (CI installs it and sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_haproxy_send_proxy_v2_each_client_is_itself() -> Result<()> {
-    use router::data::limits::ProxyProtocol;
     if std::process::Command::new("haproxy")
         .arg("-v")
         .output()
@@ -707,23 +705,7 @@ async fn behind_haproxy_send_proxy_v2_each_client_is_itself() -> Result<()> {
         eprintln!("SKIPPED: haproxy is not installed (apt-get install haproxy)");
         return Ok(());
     }
-    let cert = router::data::tls_config::DevCert::generate(&["localhost", "127.0.0.1"])?;
-    let backend = recording_backend().await?;
-    let mut limits = limits();
-    limits.proxy_protocol = ProxyProtocol::On;
-    limits.max_connections_per_ip = 1;
-    limits.policy.trusted_proxies =
-        router::data::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
-    let h = Harness::start_with_cert(
-        Options {
-            backends: 1,
-            replace: vec![(0, backend.addr.to_string())],
-            limits,
-            ..Options::default()
-        },
-        &cert,
-    )
-    .await?;
+    let (cert, backend, h) = behind_a_balancer(limits().handshake_timeout).await?;
     // A free port for HAProxy: bound, read back, freed just before it binds.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
