@@ -1629,6 +1629,39 @@ mod ping_tests {
     use super::*;
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
+    /// A relay between two in-memory pipes, never asked to stop: the test's client end,
+    /// its backend end, and the relay's task.
+    fn relay_with(
+        config: RelayConfig,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<RelayReport>,
+    ) {
+        let (client, relay_client) = duplex(64 * 1024);
+        let (backend, relay_backend) = duplex(64 * 1024);
+        let relay = tokio::spawn(run(
+            relay_client,
+            relay_backend,
+            Bytes::new(),
+            Bytes::new(),
+            std::future::pending(),
+            config,
+        ));
+        (client, backend, relay)
+    }
+
+    /// Pinging the client every 30 s, its pong due within 10 s.
+    fn pinging_the_client() -> RelayConfig {
+        RelayConfig {
+            client_ping: Some(Ping {
+                interval: Duration::from_secs(30),
+                timeout: Duration::from_secs(10),
+            }),
+            ..RelayConfig::closing_within(Duration::from_secs(5))
+        }
+    }
+
     fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
         let key = [0x5a, 0x01, 0xa5, 0x10];
         let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
@@ -1642,23 +1675,7 @@ mod ping_tests {
     /// pong the router did not ask for passes.
     #[tokio::test(start_paused = true)]
     async fn our_pong_is_consumed_however_it_is_split() {
-        let (mut client, relay_client) = duplex(64 * 1024);
-        let (mut backend, relay_backend) = duplex(64 * 1024);
-        let config = RelayConfig {
-            client_ping: Some(Ping {
-                interval: Duration::from_secs(30),
-                timeout: Duration::from_secs(10),
-            }),
-            ..RelayConfig::closing_within(Duration::from_secs(5))
-        };
-        let relay = tokio::spawn(run(
-            relay_client,
-            relay_backend,
-            Bytes::new(),
-            Bytes::new(),
-            std::future::pending(),
-            config,
-        ));
+        let (mut client, mut backend, relay) = relay_with(pinging_the_client());
         // A backend frame in flight when the interval passes: the ping comes after it.
         backend
             .write_all(&[0x81, 0x03, b'a', b'b', b'c'])
@@ -1719,23 +1736,7 @@ mod ping_tests {
     /// backend gets 1001 and the client 1002; the relay ends (it does not spin).
     #[tokio::test(start_paused = true)]
     async fn a_length_past_2_63_is_a_protocol_error_not_a_spin() {
-        let (mut client, relay_client) = duplex(64 * 1024);
-        let (mut backend, relay_backend) = duplex(64 * 1024);
-        let config = RelayConfig {
-            client_ping: Some(Ping {
-                interval: Duration::from_secs(30),
-                timeout: Duration::from_secs(10),
-            }),
-            ..RelayConfig::closing_within(Duration::from_secs(5))
-        };
-        let relay = tokio::spawn(run(
-            relay_client,
-            relay_backend,
-            Bytes::new(),
-            Bytes::new(),
-            std::future::pending(),
-            config,
-        ));
+        let (mut client, mut backend, relay) = relay_with(pinging_the_client());
         tokio::time::advance(Duration::from_secs(31)).await;
         let mut ping = [0u8; 10];
         client.read_exact(&mut ping).await.unwrap();
@@ -1767,16 +1768,8 @@ mod ping_tests {
     /// gateway's upstream failed) and the backend 1002.
     #[tokio::test(start_paused = true)]
     async fn a_backend_length_past_2_63_is_a_1011_to_the_client() {
-        let (mut client, relay_client) = duplex(64 * 1024);
-        let (mut backend, relay_backend) = duplex(64 * 1024);
-        let relay = tokio::spawn(run(
-            relay_client,
-            relay_backend,
-            Bytes::new(),
-            Bytes::new(),
-            std::future::pending(),
-            RelayConfig::closing_within(Duration::from_secs(5)),
-        ));
+        let (mut client, mut backend, relay) =
+            relay_with(RelayConfig::closing_within(Duration::from_secs(5)));
         let mut bad = vec![0x81, 0x02, b'o', b'k', 0x82, 127, 0x80];
         bad.extend_from_slice(&[0; 7]);
         backend.write_all(&bad).await.unwrap();

@@ -49,20 +49,6 @@ async fn raw_ws(
     Ok(tls)
 }
 
-async fn echo(ws: &mut Ws, text: &str) -> Result<()> {
-    ws.send(Message::text(text)).await?;
-    within(WAIT, "an echo", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == text => return Ok(()),
-                Some(Ok(_)) => continue,
-                other => anyhow::bail!("no echo: {other:?}"),
-            }
-        }
-    })
-    .await?
-}
-
 /// Attack 1: with `--ping-interval`, while the router waits for its pong, a masked frame
 /// whose 64-bit length is 2^64 - 14. Header and payload added once wrapped to 0 and the
 /// pong search spun its I/O thread for good. Now: the attacker gets close 1002, a socket
@@ -83,7 +69,7 @@ async fn a_wrapping_frame_length_is_a_protocol_error_and_spares_the_thread() -> 
     })
     .await?;
     let mut bystander = h.ws("bystander").await?;
-    echo(&mut bystander, "before").await?;
+    echo_text(&mut bystander, "before").await?;
 
     let mut attacker = raw_ws(&h, "/ws/attacker").await?;
     within(WAIT, "the router's ping", async {
@@ -123,7 +109,7 @@ async fn a_wrapping_frame_length_is_a_protocol_error_and_spares_the_thread() -> 
     )
     .await?;
 
-    echo(&mut bystander, "after")
+    echo_text(&mut bystander, "after")
         .await
         .context("the bystander on the same thread")?;
     assert_eq!(h.admin_get("/healthz").await?.status, 200);
@@ -346,7 +332,7 @@ async fn idle_h2_connections_hold_no_live_place_and_are_evicted() -> Result<()> 
     assert!(adm.pending_count() <= 40);
 
     let mut ws = h.ws("ns-01").await.context("the HTTP/1.1 client")?;
-    echo(&mut ws, "h1").await?;
+    echo_text(&mut ws, "h1").await?;
     let tls = tls_from(&h, &cert, [127, 0, 0, 1].into(), b"h2").await?;
     let (mut send, _task) = h2_over(tls).await?;
     let (status, ws2) = h2_ws(&mut send, "/ws/ns-02").await?;

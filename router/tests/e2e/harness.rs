@@ -523,6 +523,23 @@ pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
     .await?
 }
 
+/// Sends `text` and waits (bounded) for the echo backend to send it back, skipping
+/// anything else (counters).
+pub async fn echo_text(ws: &mut Ws, text: &str) -> Result<()> {
+    use futures_util::SinkExt;
+    ws.send(Message::text(text)).await?;
+    within(WAIT, "an echo", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == text => return Ok(()),
+                Some(Ok(_)) => continue,
+                other => anyhow::bail!("no echo: {other:?}"),
+            }
+        }
+    })
+    .await?
+}
+
 /// A backend address that refuses every connection: a socket bound to the port for the
 /// test's length but never listening, so the kernel answers each SYN with a reset (a
 /// port bound and then freed could be taken by someone else meanwhile).

@@ -3,27 +3,10 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
-
-async fn echo_ok(ws: &mut Ws, text: &str) -> Result<()> {
-    use futures_util::StreamExt;
-    ws.send(Message::text(text)).await?;
-    within(WAIT, "echo", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == text => return Ok(()),
-                Some(Ok(_)) => continue,
-                other => anyhow::bail!("no echo: {other:?}"),
-            }
-        }
-    })
-    .await?
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
@@ -41,8 +24,8 @@ async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
     assert_eq!(third.status, 503, "{third:?}");
     assert!(third.head.contains("retry-after: 1"), "{}", third.head);
     assert!(h.router.refused_connections() >= 1);
-    echo_ok(&mut a, "a still works").await?;
-    echo_ok(&mut b, "b still works").await?;
+    echo_text(&mut a, "a still works").await?;
+    echo_text(&mut b, "b still works").await?;
 
     // Once a slot frees, a new client gets in (wait for the slot on events, bounded).
     a.close(None).await?;
@@ -55,7 +38,7 @@ async fn connection_cap_refuses_fast_and_spares_live_sockets() -> Result<()> {
     )
     .await?;
     let mut c = h.ws("tenant-c").await?;
-    echo_ok(&mut c, "c works").await?;
+    echo_text(&mut c, "c works").await?;
     Ok(())
 }
 
