@@ -137,10 +137,48 @@ impl FrameCursor {
     /// relay passes on only what comes before it. `Some(0)` also when such a header
     /// began in bytes already seen. Frames other than that pass as they are, valid or
     /// not: the peer at the other end judges them (it knows the extensions in use).
+    ///
+    /// Called on every read before it is written, so it walks whole headers directly
+    /// (a few dozen instructions a frame); only a header begun in an earlier read takes
+    /// the cursor's byte-by-byte path.
     pub fn violation_at(&self, data: &[u8]) -> Option<usize> {
-        if self.desynced
-            || (self.in_payload && self.opcode != OP_CLOSE && (data.len() as u64) < self.remaining)
-        {
+        if self.desynced {
+            return None;
+        }
+        // Where the next header starts, counted from the start of `data`.
+        let mut at: u64 = match (self.in_payload, self.have) {
+            (true, _) => self.remaining,
+            (false, 0) => 0,
+            (false, _) => return self.violation_in_header(data),
+        };
+        let end = data.len() as u64;
+        // `at` stays below 2^63 + 2^16: lengths past 2^63 stop the walk before they are
+        // added, and `end` is a slice length.
+        while at < end {
+            let rest = &data[at as usize..];
+            let b1 = *rest.get(1)?;
+            let h = rest.get(..usize::from(header_len(b1)))?;
+            let len = match b1 & 0x7f {
+                126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                127 => u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                n => u64::from(n),
+            };
+            if len >> 63 != 0 {
+                return Some(at as usize);
+            }
+            if !valid_header(h[0], len) {
+                // Boundaries are unknown from here: nothing more to find.
+                return None;
+            }
+            at += h.len() as u64 + len;
+        }
+        None
+    }
+
+    /// [`FrameCursor::violation_at`] when a header began in bytes already seen: the
+    /// cursor's own steps, on a copy.
+    fn violation_in_header(&self, data: &[u8]) -> Option<usize> {
+        if self.desynced {
             return None;
         }
         let mut probe = *self;
@@ -213,7 +251,6 @@ impl FrameCursor {
     fn begin_payload(&mut self) {
         let h = &self.header;
         let opcode = h[0] & 0x0f;
-        let fin = h[0] & 0x80 != 0;
         let masked = h[1] & 0x80 != 0;
         let (len, at) = match h[1] & 0x7f {
             126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 4),
@@ -223,9 +260,7 @@ impl FrameCursor {
             ),
             n => (u64::from(n), 2),
         };
-        let valid_opcode = matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA);
-        let control = opcode & 0x8 != 0;
-        if !valid_opcode || len >> 63 != 0 || (control && (!fin || len > 125)) {
+        if len >> 63 != 0 || !valid_header(h[0], len) {
             self.desynced = true;
             self.violated = len >> 63 != 0;
             // A close frame, even a bad one (a payload over 125 bytes), says its sender
@@ -256,6 +291,15 @@ impl FrameCursor {
                 (self.payload_seen >= 2).then(|| u16::from_be_bytes(self.close_code));
         }
     }
+}
+
+/// Whether a header with first byte `b0` and payload length `len` is one the cursor can
+/// follow: a known opcode, and a control frame whole and at most 125 bytes.
+fn valid_header(b0: u8, len: u64) -> bool {
+    let opcode = b0 & 0x0f;
+    let control = opcode & 0x8 != 0;
+    matches!(opcode, 0x0 | 0x1 | 0x2 | 0x8 | 0x9 | 0xA)
+        && (!control || (b0 & 0x80 != 0 && len <= 125))
 }
 
 /// The full header length implied by the second header byte.
@@ -705,6 +749,34 @@ mod tests {
                 let next = next.filter(|_| whole.desync_at.is_none_or(|d| start < d));
                 proptest::prop_assert_eq!(to_boundary, next, "from {}", start);
             }
+        }
+
+        /// The header walk that runs on every read finds exactly what the cursor's own
+        /// steps find, from any point of any stream (frames valid or not, lengths past
+        /// 2^63 included, garbage after).
+        #[test]
+        fn the_violation_walk_agrees_with_the_cursors_steps(
+            frames in proptest::collection::vec(arb_frame(), 0..10),
+            bad in proptest::prelude::any::<Option<(u8, u64)>>(),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..20),
+            cut in 0usize..70_000,
+        ) {
+            let mut bytes: Vec<u8> = frames.concat();
+            if let Some((at, len)) = bad {
+                // A header with a 64-bit length whose top bit is set, somewhere.
+                let mut h = vec![0x82, 0xFF];
+                h.extend_from_slice(&(len | 1 << 63).to_be_bytes());
+                h.extend_from_slice(&[1, 2, 3, 4]);
+                let at = usize::from(at) % (frames.len() + 1);
+                let pos: usize = frames[..at].iter().map(Vec::len).sum();
+                bytes.splice(pos..pos, h);
+            }
+            bytes.extend_from_slice(&garbage);
+            let cut = cut % (bytes.len() + 1);
+            let mut c = FrameCursor::default();
+            c.advance(&bytes[..cut]);
+            let rest = &bytes[cut..];
+            proptest::prop_assert_eq!(c.violation_at(rest), c.violation_in_header(rest));
         }
 
         /// Arbitrary bytes, huge claimed lengths included: no panic, and the cursor's
