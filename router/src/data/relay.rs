@@ -340,11 +340,10 @@ struct Pump {
     on_source_end: Option<(u16, &'static str)>,
     /// What this direction holds above 16 KiB, as counted against the read budget.
     charged: u32,
-    /// The source sent a frame no extension makes valid; nothing more of it is passed.
+    /// The source sent a frame no extension makes valid; nothing more of it is passed,
+    /// and once every held byte is written (they end at a frame boundary) the sink gets
+    /// the router's close.
     violated: bool,
-    /// A close for the sink once every held byte is written (they end at a frame
-    /// boundary): the router's answer to a violation.
-    after_held: Option<(u16, &'static str)>,
 }
 
 impl Pump {
@@ -371,7 +370,6 @@ impl Pump {
             on_source_end: None,
             charged: 0,
             violated: false,
-            after_held: None,
         }
     }
 
@@ -423,11 +421,6 @@ impl Pump {
             None => data,
             Some(at) => {
                 self.violated = true;
-                let (code, reason) = match self.toward {
-                    Toward::Backend => (code::GOING_AWAY, "client broke the WebSocket protocol"),
-                    Toward::Client => (code::BACKEND_GONE, "backend broke the WebSocket protocol"),
-                };
-                self.after_held.get_or_insert((code, reason));
                 &data[..at]
             }
         }
@@ -521,9 +514,16 @@ impl Pump {
                 State::Forward if self.pos < self.buf.len() => {
                     self.poll_write_held(cx, dst.as_mut())
                 }
-                State::Forward if self.after_held.is_some() => {
+                State::Forward if self.violated && self.stop.is_none() => {
                     // What came before the violation is out: close here, never read on.
-                    self.stop = self.stop.or(self.after_held.take());
+                    self.stop = Some(match self.toward {
+                        Toward::Backend => {
+                            (code::GOING_AWAY, "client broke the WebSocket protocol")
+                        }
+                        Toward::Client => {
+                            (code::BACKEND_GONE, "backend broke the WebSocket protocol")
+                        }
+                    });
                     Poll::Ready(())
                 }
                 State::Forward => self.poll_forward(cx, src.as_mut(), dst.as_mut(), read_size),
