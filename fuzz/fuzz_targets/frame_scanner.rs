@@ -1,6 +1,6 @@
 //! The relay's frame tracking on arbitrary bytes, split into arbitrary reads.
 //!
-//! Each read goes through `FrameCursor` the way `relay.rs` handles it (`poll_forward`,
+//! Each read goes through `FrameCursor` the way the relay (`data/relay/pump.rs`) handles it (`poll_forward`,
 //! `strip_pong`, `passable`, `wrote`): a pong held back from the last read is put in
 //! front, `find_pong` cuts the router's pong out (or holds back the start of one),
 //! `violation_at` cuts the read at a header no extension makes valid (and the relay
@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use router::data::frame::{find_pong, match_pong, FrameCursor, PongMatch, PongScan};
+use router::data::relay::frame::{find_pong, match_pong, FrameCursor, PongMatch, PongScan};
 
 /// A pong carrying the 8-byte token: 2 header bytes and the token, plus 4 bytes of
 /// mask if it is masked (`match_pong`: `header + 8`, header 2 or 6).

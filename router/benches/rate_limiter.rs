@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use router::data::policy::RateLimiter;
+use router::data::admission::policy::RateLimiter;
 
 /// How many addresses cycle through the map.
 const SOURCES: u32 = 200_000;
@@ -44,7 +44,7 @@ mod old {
 
     const MAX_BUCKETS: usize = 65_536;
 
-    /// `router::data::admission::Source`, which is crate-private.
+    /// `router::data::admission::pools::Source`, which is crate-private.
     fn source(ip: IpAddr) -> u128 {
         match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),

@@ -20,14 +20,14 @@ pub use crate::admin::AdminToken;
 use crate::control::overrides_file::{self, OverridesFileError};
 use crate::control::watch::{OverridesWatch, WatchConfig};
 use crate::control::RoutingConfig;
-use crate::data::admission::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
-use crate::data::breaker::BreakerConfig;
-use crate::data::forwarded::{CidrError, TrustedProxies, Underscores};
-use crate::data::limits::{Limits, ProxyProtocol, SocketTimers};
-use crate::data::policy::{OriginError, Origins, PolicyConfig};
-use crate::data::relay::Ping;
-use crate::data::reroute::RerouteConfig;
-use crate::data::tls_config::{self as tls, TlsError};
+use crate::data::admission::forwarded::{CidrError, TrustedProxies, Underscores};
+use crate::data::admission::policy::{OriginError, Origins, PolicyConfig};
+use crate::data::admission::pools::{PENDING_BASE_BYTES, REQUEST_HEAD_BYTES};
+use crate::data::relay::pump::Ping;
+use crate::data::relay::reroute::RerouteConfig;
+use crate::data::shared::limits::{Limits, ProxyProtocol, SocketTimers};
+use crate::data::tls::config::{self as tls, TlsError};
+use crate::data::upstream::breaker::BreakerConfig;
 pub use crate::logging::LogFormat;
 
 /// Where the service account's namespace is mounted in every pod.

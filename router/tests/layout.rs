@@ -4,7 +4,9 @@
 //! - the top-level modules form layers: each may use only the ones below it in
 //!   [`LAYERS`] (the data path never reaches into the control plane or the admin
 //!   listener; nothing but the commands uses the composition root);
-//! - inside each folder (`data/`, `control/`, …) the modules form no cycle.
+//! - inside each folder (`data/`, `control/`, …) the modules form no cycle;
+//! - `data/` is one folder per concern (nothing but `mod.rs` at its root), and those
+//!   folders are layers too: each may use only the ones below it in [`DATA_LAYERS`];
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,10 +16,25 @@ const LAYERS: &[&str] = &[
     "state", "logging", "data", "control", "admin", "config", "daemon", "commands",
 ];
 
+/// The data path's folders, lowest first: each may use only those before it. A request
+/// walks them top down: `edge` accepts, `http` tells its story (admitting with
+/// `admission`, dialling through `upstream`, handing over to `relay`), all reading
+/// `shared`; `tls` and `socket` are the tools underneath.
+const DATA_LAYERS: &[&str] = &[
+    "socket",
+    "tls",
+    "relay",
+    "upstream",
+    "admission",
+    "shared",
+    "http",
+    "edge",
+];
+
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 /// Every `.rs` file under `router/src` but the crate roots, with its module path
-/// (`data/listen.rs` → `[data, listen]`, `control/watch/mod.rs` → `[control, watch]`).
+/// (`data/edge/listen.rs` → `[data, edge, listen]`, `control/watch/mod.rs` → `[control, watch]`).
 fn sources() -> Vec<(Vec<String>, String)> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut out = Vec::new();
@@ -154,27 +171,65 @@ fn assert_acyclic(g: &Graph) {
     }
 }
 
+/// Whether every module in `g` uses only modules below it in `layers`.
+fn check_layers(g: &Graph, layers: &[&str]) -> Result<(), String> {
+    let rank = |m: &str| layers.iter().position(|l| *l == m);
+    for (module, deps) in g {
+        let Some(r) = rank(module) else {
+            return Err(format!(
+                "{module} is not in {layers:?}: place it in the architecture"
+            ));
+        };
+        for dep in deps {
+            if rank(dep).is_none_or(|d| d >= r) {
+                return Err(format!(
+                    "{module} uses {dep}, which is not below it in {layers:?}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 #[test]
 fn top_level_modules_are_layers() {
     let g = graph(1, None);
-    let known: BTreeSet<&str> = LAYERS.iter().copied().collect();
-    for module in g.keys() {
-        assert!(
-            known.contains(module.as_str()),
-            "top-level module {module} is not in LAYERS: place it in the architecture"
-        );
-    }
-    for (module, deps) in &g {
-        let rank = LAYERS.iter().position(|l| l == module).unwrap_or(0);
-        for dep in deps {
-            let dep_rank = LAYERS.iter().position(|l| l == dep);
-            assert!(
-                dep_rank.is_some_and(|d| d < rank),
-                "{module} uses {dep}, which is not below it in {LAYERS:?}"
-            );
-        }
+    if let Err(e) = check_layers(&g, LAYERS) {
+        panic!("{e}");
     }
     assert_acyclic(&g);
+}
+
+#[test]
+fn data_folders_are_layers() {
+    // `data/relay` → `relay`: the folders by name.
+    let g: Graph = graph(2, Some("data"))
+        .into_iter()
+        .map(|(k, v)| {
+            let name = |s: &str| s.trim_start_matches("data/").to_owned();
+            (name(&k), v.iter().map(|d| name(d)).collect())
+        })
+        .collect();
+    assert!(
+        g.len() >= DATA_LAYERS.len(),
+        "read too few data folders: {g:?}"
+    );
+    if let Err(e) = check_layers(&g, DATA_LAYERS) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn data_has_only_folders_at_its_root() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/data");
+    for entry in std::fs::read_dir(&data).expect("src/data is readable") {
+        let path = entry.expect("a directory entry").path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        assert!(
+            path.is_dir() || name == "mod.rs",
+            "src/data/{name}: the data path's root holds only mod.rs and one folder per concern"
+        );
+    }
 }
 
 #[test]
@@ -203,14 +258,28 @@ fn the_rules_catch_what_they_should() {
     // Paths resolve from where they are written.
     let m = |s: &str| s.split('/').map(str::to_owned).collect::<Vec<_>>();
     assert_eq!(
-        uses(&m("data/listen"), "use super::upgrade::{self, ConnCtx};"),
-        vec![m("data/upgrade")]
+        uses(&m("data/edge/listen"), "use super::accept::{self, X};"),
+        vec![m("data/edge/accept")]
     );
     assert_eq!(
         uses(
             &m("control/watch/certs"),
-            "use crate::data::tls_config::TlsSlot;"
+            "use crate::data::tls::config::TlsSlot;"
         ),
-        vec![m("data/tls_config")]
+        vec![m("data/tls/config")]
     );
+    // An import between data folders that the layers do not allow is refused: the relay
+    // may not reach up into the request's story.
+    let folders: Graph = [("relay", "http")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), BTreeSet::from([v.to_owned()])))
+        .collect();
+    let err = check_layers(&folders, DATA_LAYERS).unwrap_err();
+    assert!(err.contains("relay uses http"), "{err}");
+    // And one it allows passes.
+    let ok: Graph = [("http", "relay")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), BTreeSet::from([v.to_owned()])))
+        .collect();
+    assert_eq!(check_layers(&ok, DATA_LAYERS), Ok(()));
 }

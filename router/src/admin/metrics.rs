@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::control::ControlStats;
-use crate::data::metrics::Metrics as DataMetrics;
+use crate::data::shared::metrics::Metrics as DataMetrics;
 
 /// The content type of [`AdminMetrics::encode`]'s output.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

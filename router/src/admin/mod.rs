@@ -29,10 +29,10 @@ use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint};
 
 use self::metrics::{AdminMetrics, WorkerLabel, CONTENT_TYPE};
 use self::views::{BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView};
-use crate::data::accept::AcceptErrors;
-use crate::data::admission::{Admission, AdmissionConfig, AdmissionStats};
-use crate::data::breaker::BreakerState;
+use crate::data::admission::pools::{Admission, AdmissionConfig, AdmissionStats};
+use crate::data::edge::accept::AcceptErrors;
 use crate::data::shared::Shared;
+use crate::data::upstream::breaker::BreakerState;
 
 /// Most admin connections at once. Probes and a scraper need a handful; when full the
 /// oldest of the busiest address is dropped, so a probe still gets through while

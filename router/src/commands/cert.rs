@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use super::exit::failure;
 use crate::config::CertArgs;
-use crate::data::tls_config::DevCert;
+use crate::data::tls::config::DevCert;
 
 pub fn run(args: &CertArgs) -> ExitCode {
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();

@@ -13,7 +13,7 @@ use crate::control::overrides_file::read_overrides;
 use crate::control::watch::{self, files::FileSource};
 use crate::control::RoutingConfig;
 use crate::daemon::{self, RouterHandle, ServerError};
-use crate::data::tls_config::{DevCert, TlsError};
+use crate::data::tls::config::{DevCert, TlsError};
 
 /// The StatefulSet name the dev backends pretend to be, so override targets read as in a
 /// cluster (`backend-2`).

@@ -15,7 +15,7 @@ use wsrouter::{
 };
 
 use super::stats::{ControlStats, RejectReason};
-use crate::data::tls_config::TlsSlot;
+use crate::data::tls::config::TlsSlot;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use router::control::watch::WatchConfig;
-use router::data::tls_config::DevCert;
+use router::data::tls::config::DevCert;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
@@ -56,7 +56,7 @@ async fn rotation_reaches_new_handshakes_and_spares_live_sockets() -> Result<()>
     router::control::watch::start(&watch, &h.router.control(), None).await?;
 
     // A client that trusts both CAs, so it can see which certificate it was given.
-    let client = Arc::new(router::data::tls_config::client_config(
+    let client = Arc::new(router::data::tls::config::client_config(
         &[old.ca_der.clone(), new.ca_der.clone()],
         rustls::DEFAULT_VERSIONS,
     )?);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use router::data::policy::{Origins, PolicyConfig};
+use router::data::admission::policy::{Origins, PolicyConfig};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsrouter::TenantFrom;
 

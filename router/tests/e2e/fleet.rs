@@ -19,7 +19,7 @@ use futures_util::{SinkExt, StreamExt};
 use router::control::watch::kube::WATCH_RETRY_MAX;
 use router::control::watch::{OverridesWatch, WatchConfig};
 use router::control::RejectReason;
-use router::data::tls_config::DevCert;
+use router::data::tls::config::DevCert;
 use router::RouterHandle;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;

@@ -10,8 +10,8 @@ use anyhow::{anyhow, Context, Result};
 use futures_util::StreamExt;
 use router::config::RouterConfig;
 use router::control::RoutingConfig;
-use router::data::limits::Limits;
-use router::data::tls_config::DevCert;
+use router::data::shared::limits::Limits;
+use router::data::tls::config::DevCert;
 use router::RouterHandle;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,10 +68,10 @@ pub struct Options {
     pub watched: bool,
     /// Overrides come from a watched source: no table before its first read.
     pub await_overrides: bool,
-    pub reroute: Option<router::data::reroute::RerouteConfig>,
+    pub reroute: Option<router::data::relay::reroute::RerouteConfig>,
     /// Serve TLS from these PEM files instead of the harness certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    pub tls_options: router::data::tls_config::TlsOptions,
+    pub tls_options: router::data::tls::config::TlsOptions,
     /// Serve on dedicated I/O threads, as the binary does (0: on the test's runtime).
     pub io_threads: usize,
     /// Cluster mode: backend `i` listens on [`pod_ip`]`(i)` at one port shared by all
@@ -332,7 +332,7 @@ pub async fn start_router(
         listen: "127.0.0.1:0".parse()?,
         tls: match (&opts.tls_files, opts.plaintext) {
             (_, true) => None,
-            (Some((c, k)), false) => Some(router::data::tls_config::load_server_config(
+            (Some((c, k)), false) => Some(router::data::tls::config::load_server_config(
                 c,
                 k,
                 &opts.tls_options,

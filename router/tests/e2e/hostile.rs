@@ -98,8 +98,9 @@ async fn stalled_client_hellos_stay_within_the_byte_budget() -> Result<()> {
     .await?;
     let budget = 512 << 10;
     // Over by at most one connection's charge while an eviction is under way.
-    let one =
-        router::data::admission::PENDING_BASE_BYTES + 16_000 + router::data::tls_stream::MAX_RECORD;
+    let one = router::data::admission::pools::PENDING_BASE_BYTES
+        + 16_000
+        + router::data::tls::stream::MAX_RECORD;
     assert!(peak <= budget + one, "peak {peak} over {budget}");
     assert!(
         adm.pending_bytes() <= budget + one,
@@ -319,14 +320,14 @@ async fn silent_connections_take_no_pending_slot() -> Result<()> {
 /// offers only `h2` hears `no_application_protocol`, on TLS 1.2 and on TLS 1.3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_failures_end_with_the_alert() -> Result<()> {
-    let cert = router::data::tls_config::DevCert::generate(&["localhost"])?;
+    let cert = router::data::tls::config::DevCert::generate(&["localhost"])?;
     let h = Harness::start_with_cert(Options::default(), &cert).await?;
     for versions in [
         &[&rustls::version::TLS12][..],
         &[&rustls::version::TLS13][..],
     ] {
         let mut config =
-            router::data::tls_config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
+            router::data::tls::config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
         // A protocol the router does not speak (it speaks h2 and http/1.1).
         config.alpn_protocols = vec![b"h3".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::data::limits::SocketTimers;
-use router::data::relay::Ping;
+use router::data::relay::pump::Ping;
+use router::data::shared::limits::SocketTimers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;

@@ -452,7 +452,7 @@ async fn alerts_and_dashboard_query_only_exported_metrics() -> Result<()> {
     let refusing = Refusing::start().await?;
     let mut limits = limits();
     limits.backend_timeout = Duration::from_millis(300);
-    limits.breaker = router::data::breaker::BreakerConfig {
+    limits.breaker = router::data::upstream::breaker::BreakerConfig {
         failures: 1,
         cooldown: Duration::from_secs(60),
     };

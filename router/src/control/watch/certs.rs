@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::files::{watch_dirs, FileWatchError};
 use crate::control::ControlHandle;
-use crate::data::tls_config::{self, TlsSlot};
+use crate::data::tls::config::{self as tls_config, TlsSlot};
 use crate::logging::DisplayChain;
 
 fn parent(p: &Path) -> PathBuf {

@@ -1,6 +1,9 @@
-//! The state every client connection reads, in one place that the data path's pieces
-//! (the accept loop, the upgrade, the relay's setup) and the admin views depend on, and
-//! that depends on none of them.
+//! Owns: what every connection reads, in one place: the settings (`limits`), the data
+//! path's counters (`metrics`) and the `Shared` handle (table, pools, breaker, TLS slot).
+//! May not touch: connections themselves; it is wired by `daemon` and read by `http`/`edge`.
+
+pub mod limits;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -8,13 +11,13 @@ use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use wsrouter::{PathPrefix, RoutingTable};
 
-use super::admission::Admission;
-use super::breaker::Breakers;
-use super::limits::Limits;
-use super::metrics::Metrics;
-use super::policy::{PolicyConfig, RateLimiter};
-use super::reroute::Reroute;
-use super::tls_config::TlsSlot;
+use crate::data::admission::policy::{PolicyConfig, RateLimiter};
+use crate::data::admission::pools::Admission;
+use crate::data::relay::reroute::Reroute;
+use crate::data::shared::limits::Limits;
+use crate::data::shared::metrics::Metrics;
+use crate::data::tls::config::TlsSlot;
+use crate::data::upstream::breaker::Breakers;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;

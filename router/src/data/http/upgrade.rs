@@ -22,13 +22,13 @@ use wsrouter::{
     TenantFrom,
 };
 
-use crate::data::admission::{ConnStreams, LiveSlot, PendingSlot, Refusal, StreamGuard};
-use crate::data::breaker::Transition;
-use crate::data::forwarded::{underscore_header, Client, Underscores};
-use crate::data::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
-use crate::data::policy::PolicyConfig;
-use crate::data::relay::{self, Stop};
+use crate::data::admission::forwarded::{underscore_header, Client, Underscores};
+use crate::data::admission::policy::PolicyConfig;
+use crate::data::admission::pools::{ConnStreams, LiveSlot, PendingSlot, Refusal, StreamGuard};
+use crate::data::relay::pump::{self as relay, Stop};
+use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel, StatusLabel};
 use crate::data::shared::Shared;
+use crate::data::upstream::breaker::Transition;
 
 /// Response header carrying this router's local version of the table that routed the
 /// request (a counter: it differs between replicas holding the same table).
@@ -384,7 +384,7 @@ pub(crate) struct Answer {
 /// hands over goes to the relay.
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
-    I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + crate::data::relay::pump::Peer + Unpin + Send + 'static,
 {
     let Answer { resp, relay } = answer(&req, &ctx).await;
     match relay {
@@ -822,7 +822,7 @@ impl PendingRelay {
     /// socket, then starts the relay as a task of its own.
     async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::pump::Peer + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let upgrade_timeout = self.shared.limits.request_timeout;
@@ -850,7 +850,7 @@ impl PendingRelay {
     /// Registers the live socket, counts it, and spawns the relay task.
     pub(crate) fn start<I>(self, client_io: I, client_pre: Bytes)
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + crate::data::relay::pump::Peer + Unpin + Send + 'static,
     {
         let Self {
             routed,
@@ -950,7 +950,7 @@ impl LiveRelay {
     /// (an async fn keeps its argument and the awaited future side by side).
     fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
     where
-        I: AsyncRead + AsyncWrite + crate::data::relay::Peer + Unpin,
+        I: AsyncRead + AsyncWrite + crate::data::relay::pump::Peer + Unpin,
     {
         let mut relay = relay;
         let mut live = Some(self);
@@ -1034,7 +1034,7 @@ async fn upgrade_backend(
     })?;
     let _ = tcp.set_nodelay(true);
     if let Some(idle) = keepalive {
-        let _ = crate::data::sys::set_keepalive(&tcp, idle);
+        let _ = crate::data::socket::set_keepalive(&tcp, idle);
     }
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))

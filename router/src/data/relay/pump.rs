@@ -38,8 +38,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::data::bulk::{self, ReadBudget};
-use crate::data::frame::{close_frame, code, find_pong, ping_frame, FrameCursor, PongScan};
+use crate::data::relay::bulk::{self, ReadBudget};
+use crate::data::relay::frame::{close_frame, code, find_pong, ping_frame, FrameCursor, PongScan};
 
 /// What the relay needs of each side besides reading and writing.
 pub trait Peer {
@@ -66,7 +66,7 @@ impl Peer for tokio::net::TcpStream {
     }
 }
 
-impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for crate::data::tls_stream::TlsStream<S> {
+impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for crate::data::tls::stream::TlsStream<S> {
     fn reset(&mut self) {
         self.get_mut().reset();
     }

@@ -76,7 +76,7 @@ impl ReadBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::relay::{run, Peer, RelayConfig, Stop};
+    use crate::data::relay::pump::{run, Peer, RelayConfig, Stop};
     use bytes::Bytes;
     use std::io;
     use std::pin::Pin;
@@ -139,7 +139,7 @@ mod tests {
         client: DuplexStream,
         backend: DuplexStream,
         largest_read: Arc<AtomicUsize>,
-        relay: tokio::task::JoinHandle<crate::data::relay::RelayReport>,
+        relay: tokio::task::JoinHandle<crate::data::relay::pump::RelayReport>,
     }
 
     fn relay_with(budget: &'static ReadBudget) -> Relayed {

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use super::admission::AdmissionConfig;
-use super::breaker::BreakerConfig;
-use super::policy::PolicyConfig;
-use super::relay::{Ping, RelayConfig};
+use crate::data::admission::policy::PolicyConfig;
+use crate::data::admission::pools::AdmissionConfig;
+use crate::data::relay::pump::{Ping, RelayConfig};
+use crate::data::upstream::breaker::BreakerConfig;
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ impl SocketTimers {
             max_age: self.max_age.map(|a| a + jitter),
             client_ping: self.client_ping,
             backend_ping: self.backend_ping,
-            budget: &crate::data::bulk::BUDGET,
+            budget: &crate::data::relay::bulk::BUDGET,
         }
     }
 }
@@ -95,7 +95,7 @@ impl Default for Limits {
             max_pending: 1000,
             max_pending_bytes: 24 << 20,
             max_pending_per_ip: 64,
-            max_client_hello: super::tls_stream::DEFAULT_MAX_CLIENT_HELLO,
+            max_client_hello: crate::data::tls::stream::DEFAULT_MAX_CLIENT_HELLO,
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             breaker: BreakerConfig::default(),

@@ -377,7 +377,7 @@ impl PendingSlot {
     }
 }
 
-impl crate::data::tls_stream::Meter for PendingSlot {
+impl crate::data::tls::stream::Meter for PendingSlot {
     fn held(&mut self, bytes: usize) {
         self.hold(bytes);
     }

@@ -14,14 +14,14 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::accept::AcceptErrors;
-use super::admission::{PendingSlot, REQUEST_HEAD_BYTES};
-use super::limits::ProxyProtocol;
-use super::proxy_protocol::{self, Proxied};
-use super::relay::Peer;
-use super::shared::Shared;
-use super::tls_stream;
-use super::upgrade::{self, ConnCtx};
+use crate::data::admission::pools::{PendingSlot, REQUEST_HEAD_BYTES};
+use crate::data::edge::accept::AcceptErrors;
+use crate::data::edge::proxy_protocol::{self, Proxied};
+use crate::data::http::upgrade::{self, ConnCtx};
+use crate::data::relay::pump::Peer;
+use crate::data::shared::limits::ProxyProtocol;
+use crate::data::shared::Shared;
+use crate::data::tls::stream as tls_stream;
 use crate::state::heartbeat::Heartbeats;
 
 #[derive(Debug, Error)]
@@ -141,7 +141,7 @@ fn bind_listeners(
             socket.set_reuseport(true)?;
         }
         socket.bind(addr)?;
-        super::sys::set_defer_accept(&socket, defer)?;
+        crate::data::socket::set_defer_accept(&socket, defer)?;
         let listener = socket.listen(1024)?;
         addr = listener.local_addr()?;
         out.push(listener);
@@ -234,7 +234,7 @@ async fn serve_conn(
     let accepted = Instant::now();
     let _ = tcp.set_nodelay(true);
     if let Some(idle) = shared.limits.timers.tcp_keepalive {
-        let _ = super::sys::set_keepalive(&tcp, idle);
+        let _ = crate::data::socket::set_keepalive(&tcp, idle);
     }
     let evicted = slot.evicted();
     // The PROXY protocol header and the TLS handshake share one deadline.
@@ -277,7 +277,7 @@ async fn serve_conn(
                 .observe(accepted.elapsed().as_secs_f64());
             slot.hold(REQUEST_HEAD_BYTES);
             if tls.alpn() == Some(b"h2") {
-                super::h2::serve(shared, tls, peer, accepted, slot).await
+                crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
             } else {
                 serve_http(shared, tls, peer, accepted, slot).await
             }

@@ -22,10 +22,10 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::admission::{ConnStreams, PendingSlot};
-use super::relay::Peer;
-use super::shared::Shared;
-use super::upgrade::{self, Answer, ConnCtx, ProxyBody};
+use crate::data::admission::pools::{ConnStreams, PendingSlot};
+use crate::data::http::upgrade::{self, Answer, ConnCtx, ProxyBody};
+use crate::data::relay::pump::Peer;
+use crate::data::shared::Shared;
 
 /// Streams a client may have open on one connection.
 pub const MAX_STREAMS: u32 = 128;
@@ -71,7 +71,7 @@ pub const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 /// timeouts, as an HTTP/1.1 upgrade must; once its last stream ends it enters the pool
 /// again, and after `--idle-timeout` (60 s when that is off) with no stream it gets
 /// GOAWAY and is closed. Each live stream holds its own place in the live pool.
-pub(super) async fn serve<I>(
+pub(crate) async fn serve<I>(
     shared: Arc<Shared>,
     io: I,
     peer: SocketAddr,
@@ -144,7 +144,7 @@ pub(super) async fn serve<I>(
                     // already holds its share of the pool.
                     match shared.admission.admit_pending(peer.ip()) {
                         Ok(mut slot) => {
-                            slot.hold(super::admission::REQUEST_HEAD_BYTES);
+                            slot.hold(crate::data::admission::pools::REQUEST_HEAD_BYTES);
                             pending = Some(slot);
                             idle_until = Some(tokio::time::Instant::now() + idle_after);
                         }

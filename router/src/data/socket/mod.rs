@@ -1,5 +1,6 @@
-//! Socket options: `TCP_DEFER_ACCEPT`, which the standard crates do not expose, and TCP
-//! keepalive with its three timings.
+//! Owns: socket options the standard crates do not expose (`TCP_DEFER_ACCEPT`) and TCP
+//! keepalive with its three timings, for client and backend sockets alike.
+//! May not touch: anything above a raw socket.
 
 use std::time::Duration;
 

@@ -12,8 +12,8 @@ use http::header::{HeaderMap, ORIGIN};
 use thiserror::Error;
 use wsrouter::TenantFrom;
 
-use super::admission::Source;
-use super::forwarded::{TrustedProxies, Underscores};
+use crate::data::admission::forwarded::{TrustedProxies, Underscores};
+use crate::data::admission::pools::Source;
 
 /// The request-level rules, built by `config`.
 #[derive(Debug, Clone)]

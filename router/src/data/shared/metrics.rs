@@ -12,7 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use super::admission::{AdmissionStats, Refusal};
+use crate::data::admission::pools::{AdmissionStats, Refusal};
 pub use crate::state::labels::{
     ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
 };
@@ -219,7 +219,7 @@ impl Metrics {
         r.register(
             "relay_held_over_bytes",
             "Bytes relays hold above 16 KiB per direction for sinks slow to take them; past 32 MiB relays read 16 KiB at a time, not 64",
-            HeldOver(&super::bulk::BUDGET),
+            HeldOver(&crate::data::relay::bulk::BUDGET),
         );
         r.register(
             "proxy_protocol_headers",
@@ -239,17 +239,17 @@ impl Metrics {
     }
 
     /// Shows a breaker opening or closing.
-    pub fn breaker(&self, ordinal: u32, t: super::breaker::Transition) {
+    pub fn breaker(&self, ordinal: u32, t: crate::data::upstream::breaker::Transition) {
         let label = OrdinalLabel { ordinal };
         match t {
-            super::breaker::Transition::Opened => {
+            crate::data::upstream::breaker::Transition::Opened => {
                 self.breaker_trips.get_or_create(&label).inc();
                 self.breaker_open.get_or_create(&label).set(1);
             }
-            super::breaker::Transition::Closed => {
+            crate::data::upstream::breaker::Transition::Closed => {
                 self.breaker_open.get_or_create(&label).set(0);
             }
-            super::breaker::Transition::None => {}
+            crate::data::upstream::breaker::Transition::None => {}
         }
     }
 
@@ -283,7 +283,7 @@ impl Metrics {
 /// The read budget's count, read when /metrics is scraped (the relays keep it in one
 /// atomic, not in a metric of their own).
 #[derive(Debug)]
-struct HeldOver(&'static super::bulk::ReadBudget);
+struct HeldOver(&'static crate::data::relay::bulk::ReadBudget);
 
 impl EncodeMetric for HeldOver {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {

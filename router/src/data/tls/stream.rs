@@ -685,7 +685,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::tls_config::{DevCert, TlsOptions};
+    use crate::data::tls::config::{DevCert, TlsOptions};
     use rustls::pki_types::ServerName;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -700,7 +700,7 @@ mod tests {
         let cert = DevCert::generate(&["localhost"]).unwrap();
         let server = cert.server_config(&TlsOptions::default()).unwrap();
         let client =
-            crate::data::tls_config::client_config(std::slice::from_ref(&cert.ca_der), versions)
+            crate::data::tls::config::client_config(std::slice::from_ref(&cert.ca_der), versions)
                 .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -908,7 +908,7 @@ mod tests {
         let cert = DevCert::generate(&["localhost"]).unwrap();
         let server_config = cert.server_config(&TlsOptions::default()).unwrap();
         let client_config = Arc::new(
-            crate::data::tls_config::client_config(
+            crate::data::tls::config::client_config(
                 std::slice::from_ref(&cert.ca_der),
                 rustls::DEFAULT_VERSIONS,
             )

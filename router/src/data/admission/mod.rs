@@ -1,0 +1,7 @@
+//! Owns: who gets in: the pending and live pools (caps, byte budget, per source), the
+//! policy (Origin allowlist, rate per source, cap per tenant), and who is asking.
+//! May not touch: listeners, HTTP answers or backends; it says yes or no and counts.
+
+pub mod forwarded;
+pub mod policy;
+pub mod pools;

@@ -1,0 +1,6 @@
+//! Owns: certificates and keys into rustls configs (and the slot a reload swaps), and the
+//! unbuffered TLS stream a client connection speaks, with its bounded handshake and reads.
+//! May not touch: sockets' admission, routing, HTTP or frames; it knows bytes, not requests.
+
+pub mod config;
+pub mod stream;
