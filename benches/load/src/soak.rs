@@ -400,9 +400,7 @@ async fn slot(sh: Arc<Shared>, slot: usize, mut permit: Option<OwnedSemaphorePer
 
 /// A random time below `within`.
 fn backoff(within: Duration) -> Duration {
-    use std::hash::BuildHasher;
-    let r = std::hash::RandomState::new().hash_one(Instant::now()) >> 11;
-    within.mul_f64(r as f64 / (1u64 << 53) as f64)
+    within.mul_f64(fastrand::f64())
 }
 
 /// RSS (KB), open descriptors and CPU ticks (user + system) of a process, from /proc.

@@ -746,11 +746,7 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// A number in `[0, 1)`, different on every call: jitter needs no more.
 fn jitter() -> f64 {
-    use std::hash::BuildHasher;
-    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let h = std::hash::RandomState::new().hash_one(n);
-    (h >> 11) as f64 / (1u64 << 53) as f64
+    fastrand::f64()
 }
 
 /// The backend said no (e.g. 403 or 404): the client hears it as it was said.
@@ -888,7 +884,7 @@ impl PendingRelay {
             shared
                 .limits
                 .timers
-                .relay_config(shared.limits.close_timeout, u64::from(peer.port())),
+                .relay_config(shared.limits.close_timeout),
         );
         let tasks = shared.lifecycle.tasks.clone();
         let live = LiveRelay {
@@ -1115,26 +1111,9 @@ fn websocket_version(headers: &HeaderMap) -> Result<(), ProxyError> {
 
 /// A new `Sec-WebSocket-Key` for a backend handshake the client did not key itself.
 fn fresh_key() -> HeaderValue {
-    use std::hash::BuildHasher;
-    let a = std::hash::RandomState::new().hash_one(1u8);
-    let b = std::hash::RandomState::new().hash_one(2u8);
-    let mut raw = [0u8; 16];
-    raw[..8].copy_from_slice(&a.to_ne_bytes());
-    raw[8..].copy_from_slice(&b.to_ne_bytes());
-    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(24);
-    for chunk in raw.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(B64[(n >> (18 - 6 * i) & 63) as usize]);
-        }
-    }
-    out.extend_from_slice(b"==");
+    let key = tokio_tungstenite::tungstenite::handshake::client::generate_key();
     // Base64 of 16 bytes is always a valid header value.
-    HeaderValue::from_bytes(&out)
+    HeaderValue::try_from(key)
         .unwrap_or_else(|_| HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="))
 }
 

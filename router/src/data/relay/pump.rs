@@ -25,7 +25,6 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -487,8 +486,8 @@ impl Pump {
         let mask = match self.toward {
             Toward::Client => None,
             // Masking toward a server is mandatory; the key need not be secret here, only
-            // varied, and a randomly seeded hasher gives that without another dependency.
-            Toward::Backend => Some((RandomState::new().hash_one(self.bytes) as u32).to_ne_bytes()),
+            // varied.
+            Toward::Backend => Some(fastrand::u32(..).to_ne_bytes()),
         };
         self.inject = close_frame(code, reason, mask);
         self.injected = Some(code);
@@ -1034,7 +1033,6 @@ struct Pinger {
     sleep: Pin<Box<Sleep>>,
     waiting: bool,
     sent: u64,
-    salt: u64,
 }
 
 impl Timers {
@@ -1046,7 +1044,6 @@ impl Timers {
                 sleep: sleep(p.interval),
                 waiting: false,
                 sent: 0,
-                salt: RandomState::new().hash_one(p.interval),
             })
         };
         Self {
@@ -1131,12 +1128,10 @@ impl Pinger {
             return false;
         }
         self.sent += 1;
-        let token = RandomState::new()
-            .hash_one((self.salt, self.sent))
-            .to_ne_bytes();
+        let token = fastrand::u64(..).to_ne_bytes();
         let mask = match sink.toward {
             Toward::Client => None,
-            Toward::Backend => Some((RandomState::new().hash_one(self.sent) as u32).to_ne_bytes()),
+            Toward::Backend => Some(fastrand::u32(..).to_ne_bytes()),
         };
         sink.ping_out = Some(ping_frame(token, mask));
         source.pong_token = Some(token);

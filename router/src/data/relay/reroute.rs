@@ -14,15 +14,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use wsrouter::RoutingTable;
 
-/// A number from the operating system's random source, so replicas that swap their
-/// tables at the same moment do not pick the same jitter (a seed from the clock or the
-/// table would line them up). Should that source fail, the standard library's per-process
-/// random hasher keys still differ between replicas.
+/// A random number. `fastrand` seeds each thread from the standard library's random
+/// hasher keys, which come from the operating system, so replicas that swap their tables
+/// at the same moment do not pick the same jitter (a seed from the clock or the table
+/// would line them up).
 fn random() -> u64 {
-    getrandom::u64().unwrap_or_else(|_| {
-        use std::hash::BuildHasher;
-        std::hash::RandomState::new().hash_one(std::time::SystemTime::now())
-    })
+    fastrand::u64(..)
 }
 
 #[derive(Debug, Clone, Copy)]

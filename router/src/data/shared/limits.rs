@@ -61,16 +61,9 @@ pub struct SocketTimers {
 
 impl SocketTimers {
     /// One socket's relay settings: its own jittered age limit.
-    pub fn relay_config(&self, close_timeout: Duration, salt: u64) -> RelayConfig {
-        use std::hash::BuildHasher;
-        let jitter = if self.max_age_jitter.is_zero() {
-            Duration::ZERO
-        } else {
-            let r = std::hash::RandomState::new().hash_one(salt);
-            // A uniform fraction of the window, from the hash's top 53 bits.
-            self.max_age_jitter
-                .mul_f64((r >> 11) as f64 / (1u64 << 53) as f64)
-        };
+    pub fn relay_config(&self, close_timeout: Duration) -> RelayConfig {
+        // A uniform fraction of the window.
+        let jitter = self.max_age_jitter.mul_f64(fastrand::f64());
         RelayConfig {
             close_timeout,
             idle_timeout: self.idle_timeout,
