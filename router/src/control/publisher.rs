@@ -234,57 +234,17 @@ impl Control {
     /// Applies one input: the candidate state is built and published, or rejected and
     /// forgotten; only a good update becomes the state later inputs build on.
     pub fn apply(&mut self, input: Input) -> Applied {
-        let mut overrides = None;
-        let mut limits = None;
-        let mut source = None;
-        let mut replicas = self.replicas;
-        match input {
-            Input::Overrides { source: src, data } => {
-                let data = data.unwrap_or_default();
-                match parse_configmap(&data, &self.statefulset) {
-                    Ok((o, l)) => {
-                        overrides = Some(o);
-                        limits = Some(l);
-                        source = Some(src);
-                    }
-                    Err(e) => {
-                        for err in &e.errors {
-                            tracing::warn!(source = %src, key = err.key(), error = %err, "overrides update rejected; the last good table keeps serving");
-                        }
-                        self.stats.reject(RejectReason::InvalidOverrides);
-                        return Applied::Rejected(RejectReason::InvalidOverrides);
-                    }
-                }
-            }
-            Input::Unreadable => {
-                self.stats.reject(RejectReason::Unparsable);
-                return Applied::Rejected(RejectReason::Unparsable);
-            }
-            Input::WatchRestarted => {
-                self.stats.watch_restarts.inc();
-                return Applied::Unchanged;
-            }
-            Input::WatchFailed => {
-                self.stats.watch_errors.inc();
-                return Applied::Unchanged;
-            }
-            Input::Members(m) => return self.apply_members(m),
-            Input::Replicas(n) => match NonZeroU32::new(n) {
-                Some(n) => replicas = Some(n),
-                None => {
-                    tracing::warn!("the StatefulSet has 0 replicas; keeping the last table (its pods will not be ready)");
-                    self.stats.reject(RejectReason::BadReplicas);
-                    return Applied::Rejected(RejectReason::BadReplicas);
-                }
-            },
-        }
-        let overrides_changed = overrides.is_some();
-        let overrides = overrides.unwrap_or_else(|| self.overrides.clone());
-        let source = source.unwrap_or_else(|| self.source.clone());
+        let next = match self.candidate(input) {
+            Ok(next) => next,
+            Err(done) => return done,
+        };
+        let overrides_changed = next.overrides.is_some();
+        let overrides = next.overrides.unwrap_or_else(|| self.overrides.clone());
+        let source = next.source.unwrap_or_else(|| self.source.clone());
         let was_known = self.overrides_known;
         self.overrides_known |= overrides_changed;
-        let previous_limits = limits.map(|l| std::mem::replace(&mut self.limits, l));
-        let applied = self.publish(replicas, &overrides, &source);
+        let previous_limits = next.limits.map(|l| std::mem::replace(&mut self.limits, l));
+        let applied = self.publish(next.replicas, &overrides, &source);
         if matches!(applied, Applied::Rejected(_)) {
             self.overrides_known = was_known;
             if let Some(l) = previous_limits {
@@ -293,9 +253,61 @@ impl Control {
         } else {
             self.overrides = overrides;
             self.source = source;
-            self.replicas = replicas;
+            self.replicas = next.replicas;
         }
         applied
+    }
+
+    /// What `input` would change (`None`: keep the current one), or the input's whole
+    /// outcome when it publishes nothing (a rejection, a counted watch event, members).
+    fn candidate(&mut self, input: Input) -> Result<Candidate, Applied> {
+        let mut next = Candidate {
+            overrides: None,
+            limits: None,
+            source: None,
+            replicas: self.replicas,
+        };
+        match input {
+            Input::Overrides { source, data } => {
+                let data = data.unwrap_or_default();
+                match parse_configmap(&data, &self.statefulset) {
+                    Ok((o, l)) => {
+                        next.overrides = Some(o);
+                        next.limits = Some(l);
+                        next.source = Some(source);
+                    }
+                    Err(e) => {
+                        for err in &e.errors {
+                            tracing::warn!(source = %source, key = err.key(), error = %err, "overrides update rejected; the last good table keeps serving");
+                        }
+                        return Err(self.reject(RejectReason::InvalidOverrides));
+                    }
+                }
+            }
+            Input::Unreadable => return Err(self.reject(RejectReason::Unparsable)),
+            Input::WatchRestarted => {
+                self.stats.watch_restarts.inc();
+                return Err(Applied::Unchanged);
+            }
+            Input::WatchFailed => {
+                self.stats.watch_errors.inc();
+                return Err(Applied::Unchanged);
+            }
+            Input::Members(m) => return Err(self.apply_members(m)),
+            Input::Replicas(n) => match NonZeroU32::new(n) {
+                Some(n) => next.replicas = Some(n),
+                None => {
+                    tracing::warn!("the StatefulSet has 0 replicas; keeping the last table (its pods will not be ready)");
+                    return Err(self.reject(RejectReason::BadReplicas));
+                }
+            },
+        }
+        Ok(next)
+    }
+
+    fn reject(&self, reason: RejectReason) -> Applied {
+        self.stats.reject(reason);
+        Applied::Rejected(reason)
     }
 
     /// New pods for the ordinals (EndpointSlices): published like any other update, so
@@ -347,13 +359,7 @@ impl Control {
                 if diff.is_empty() {
                     return Applied::Unchanged;
                 }
-                let (mut tenants, mut sockets) = (0u64, 0u64);
-                for (tenant, n) in self.live.snapshot() {
-                    if cur.moves(&next, &tenant) {
-                        tenants += 1;
-                        sockets += u64::from(n);
-                    }
-                }
+                let (tenants, sockets) = self.live_moved(cur, &next);
                 (Some(diff), tenants, sockets)
             }
             None => (None, 0, 0),
@@ -380,18 +386,43 @@ impl Control {
             tracing::debug!(added = ?d.added, changed = ?d.changed, removed = ?d.removed, "override changes");
         }
         self.table.store(Some(Arc::new(next)));
-        self.stats.swaps.inc();
-        self.stats.table_version.set(self.version as i64);
-        self.stats.table_replicas.set(i64::from(replicas.get()));
-        self.stats.table_overrides.set(overrides.len() as i64);
-        self.stats
-            .set_fingerprint(self.table.load().as_deref().map(RoutingTable::fingerprint));
-        self.lifecycle.set_table_loaded();
-        self.changed.send_replace(self.version);
+        self.record_swap(replicas, overrides.len());
         Applied::Published {
             version: self.version,
         }
     }
+
+    /// How many live tenants, and their sockets, the swap from `cur` to `next` moves.
+    fn live_moved(&self, cur: &RoutingTable, next: &RoutingTable) -> (u64, u64) {
+        let (mut tenants, mut sockets) = (0u64, 0u64);
+        for (tenant, n) in self.live.snapshot() {
+            if cur.moves(next, &tenant) {
+                tenants += 1;
+                sockets += u64::from(n);
+            }
+        }
+        (tenants, sockets)
+    }
+
+    /// The gauges and signals that follow a published table.
+    fn record_swap(&self, replicas: NonZeroU32, overrides: usize) {
+        self.stats.swaps.inc();
+        self.stats.table_version.set(self.version as i64);
+        self.stats.table_replicas.set(i64::from(replicas.get()));
+        self.stats.table_overrides.set(overrides as i64);
+        self.stats
+            .set_fingerprint(self.table.load().as_deref().map(RoutingTable::fingerprint));
+        self.lifecycle.set_table_loaded();
+        self.changed.send_replace(self.version);
+    }
+}
+
+/// What one input would change; `None` keeps the current value.
+struct Candidate {
+    overrides: Option<Overrides>,
+    limits: Option<TenantLimits>,
+    source: Option<TableSource>,
+    replicas: Option<NonZeroU32>,
 }
 
 #[cfg(test)]
