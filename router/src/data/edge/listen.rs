@@ -225,71 +225,132 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_conn(
-    shared: Arc<Shared>,
-    mut tcp: TcpStream,
-    peer: SocketAddr,
-    mut slot: PendingSlot,
-) {
-    let accepted = Instant::now();
-    let _ = tcp.set_nodelay(true);
-    if let Some(idle) = shared.limits.timers.tcp_keepalive {
-        let _ = crate::data::socket::set_keepalive(&tcp, idle);
-    }
-    let evicted = slot.evicted();
-    // The PROXY protocol header and the TLS handshake share one deadline.
-    let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
-    let peer = if shared.limits.proxy_protocol == ProxyProtocol::On {
-        let read = tokio::time::timeout_at(deadline, proxy_protocol::read_header(&mut tcp));
-        slot.hold(proxy_protocol::MAX_HEADER);
-        let outcome = tokio::select! {
-            r = read => r,
-            _ = evicted.cancelled() => return,
-            _ = shared.lifecycle.close_tunnels.cancelled() => return,
+/// One connection's way from accept to HTTP: the PROXY header (behind a balancer), the
+/// TLS handshake (unless serving plaintext), then the hand-over. A step returns `None`
+/// when the connection ends there.
+async fn serve_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, slot: PendingSlot) {
+    let mut conn = Arriving::new(&shared, &tcp, peer, slot);
+    if shared.limits.proxy_protocol == ProxyProtocol::On {
+        let Some(client) = conn.proxy_header(&shared, &mut tcp).await else {
+            return;
         };
-        match client_of(&shared, peer, outcome, &mut slot) {
-            Some(client) => client,
-            None => return,
-        }
-    } else {
-        peer
-    };
+        conn.peer = client;
+    }
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
+        let Arriving {
+            peer,
+            accepted,
+            mut slot,
+            ..
+        } = conn;
         slot.hold(REQUEST_HEAD_BYTES);
         return serve_http(shared, tcp, peer, accepted, slot).await;
     };
-    let limits = tls_stream::HandshakeLimits {
-        max_client_hello: shared.limits.max_client_hello,
-    };
-    let handshake = tokio::select! {
-        r = tokio::time::timeout_at(deadline, tls_stream::accept(config, tcp, limits, &mut slot)) => r,
-        _ = evicted.cancelled() => {
-            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (TLS)");
-            return;
+    if let Some(tls) = conn.tls_handshake(&shared, config, tcp).await {
+        hand_over(shared, tls, conn).await;
+    }
+}
+
+/// A connection between accept and its hand-over to HTTP.
+struct Arriving {
+    /// Who it is from: its TCP peer, or the client a trusted PROXY header names.
+    peer: SocketAddr,
+    accepted: Instant,
+    slot: PendingSlot,
+    /// Cancelled when the pending pool drops the connection to make room.
+    evicted: CancellationToken,
+    /// The PROXY protocol header and the TLS handshake share one deadline.
+    deadline: tokio::time::Instant,
+}
+
+impl Arriving {
+    /// Starts the clocks and sets the socket up: no Nagle, keepalive as configured.
+    fn new(shared: &Shared, tcp: &TcpStream, peer: SocketAddr, slot: PendingSlot) -> Self {
+        let accepted = Instant::now();
+        let _ = tcp.set_nodelay(true);
+        if let Some(idle) = shared.limits.timers.tcp_keepalive {
+            let _ = crate::data::socket::set_keepalive(tcp, idle);
         }
-        _ = shared.lifecycle.close_tunnels.cancelled() => return,
-    };
-    match handshake {
-        Ok(Ok(tls)) => {
-            shared
-                .metrics
-                .tls_handshake_seconds
-                .observe(accepted.elapsed().as_secs_f64());
-            slot.hold(REQUEST_HEAD_BYTES);
-            if tls.alpn() == Some(b"h2") {
-                crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
-            } else {
-                serve_http(shared, tls, peer, accepted, slot).await
+        let evicted = slot.evicted();
+        let deadline = tokio::time::Instant::now() + shared.limits.handshake_timeout;
+        Self {
+            peer,
+            accepted,
+            slot,
+            evicted,
+            deadline,
+        }
+    }
+
+    /// Reads the PROXY protocol header off `tcp`: the address the connection is from
+    /// (see [`client_of`]), or `None` to close it.
+    async fn proxy_header(&mut self, shared: &Shared, tcp: &mut TcpStream) -> Option<SocketAddr> {
+        let read = tokio::time::timeout_at(self.deadline, proxy_protocol::read_header(tcp));
+        self.slot.hold(proxy_protocol::MAX_HEADER);
+        let outcome = tokio::select! {
+            r = read => r,
+            _ = self.evicted.cancelled() => return None,
+            _ = shared.lifecycle.close_tunnels.cancelled() => return None,
+        };
+        client_of(shared, self.peer, outcome, &mut self.slot)
+    }
+
+    /// The TLS handshake on `tcp`, its bytes charged to the slot: the stream, or `None`
+    /// (failed, timed out, or dropped to make room) to close it.
+    async fn tls_handshake(
+        &mut self,
+        shared: &Shared,
+        config: Arc<rustls::ServerConfig>,
+        tcp: TcpStream,
+    ) -> Option<tls_stream::TlsStream> {
+        let peer = self.peer;
+        let limits = tls_stream::HandshakeLimits {
+            max_client_hello: shared.limits.max_client_hello,
+        };
+        let handshake = tokio::select! {
+            r = tokio::time::timeout_at(self.deadline, tls_stream::accept(config, tcp, limits, &mut self.slot)) => r,
+            _ = self.evicted.cancelled() => {
+                tracing::debug!(client.addr = %peer, "pending connection dropped to make room (TLS)");
+                return None;
+            }
+            _ = shared.lifecycle.close_tunnels.cancelled() => return None,
+        };
+        match handshake {
+            Ok(Ok(tls)) => {
+                shared
+                    .metrics
+                    .tls_handshake_seconds
+                    .observe(self.accepted.elapsed().as_secs_f64());
+                Some(tls)
+            }
+            Ok(Err(e)) => {
+                shared.metrics.tls_handshake_errors.inc();
+                tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                shared.metrics.tls_handshake_timeouts.inc();
+                tracing::debug!(client.addr = %peer, "TLS handshake timed out");
+                None
             }
         }
-        Ok(Err(e)) => {
-            shared.metrics.tls_handshake_errors.inc();
-            tracing::debug!(client.addr = %peer, error = %e, "TLS handshake failed")
-        }
-        Err(_) => {
-            shared.metrics.tls_handshake_timeouts.inc();
-            tracing::debug!(client.addr = %peer, "TLS handshake timed out")
-        }
+    }
+}
+
+/// Hands a connection whose TLS handshake is done to HTTP/2 if ALPN chose it, else to
+/// HTTP/1.1.
+async fn hand_over(shared: Arc<Shared>, tls: tls_stream::TlsStream, conn: Arriving) {
+    let Arriving {
+        peer,
+        accepted,
+        mut slot,
+        ..
+    } = conn;
+    slot.hold(REQUEST_HEAD_BYTES);
+    if tls.alpn() == Some(b"h2") {
+        crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
+    } else {
+        serve_http(shared, tls, peer, accepted, slot).await
     }
 }
 

@@ -1,5 +1,5 @@
 //! Owns: certificates and keys into rustls configs (and the slot a reload swaps), and the
-//! unbuffered TLS stream a client connection speaks, with its bounded handshake and reads.
+//! unbuffered TLS stream a client connection speaks: its bounded handshake, reads and writes.
 //! May not touch: sockets' admission, routing, HTTP or frames; it knows bytes, not requests.
 
 pub mod config;

@@ -1,0 +1,126 @@
+//! The glue the rest of the router sees: `AsyncRead` and `AsyncWrite` over the record
+//! reader and the writer, each borrowing the thread's scratch for one call at most.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::receive::Then;
+use super::send::{send_some, MAX_WRITE};
+use super::{TlsStream, SCRATCH};
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(this.poll_failed(cx))?;
+            if this.plain_pos < this.plain.len() {
+                let n = buf.remaining().min(this.plain.len() - this.plain_pos);
+                buf.put_slice(&this.plain[this.plain_pos..this.plain_pos + n]);
+                this.plain_pos += n;
+                if this.plain_pos == this.plain.len() {
+                    this.plain = Vec::new();
+                    this.plain_pos = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
+            }
+            // Replies rustls queued (tickets, key updates) go out as reading goes on; a
+            // peer slow to take them does not stop us reading.
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
+            let before = buf.filled().len();
+            let received = SCRATCH.with_borrow_mut(|s| this.poll_receive(cx, s, buf));
+            if let Err(e) = ready!(received) {
+                if buf.filled().len() > before {
+                    // Hand over what was read; the error comes with the next read.
+                    this.stash(e);
+                    return Poll::Ready(Ok(()));
+                }
+                this.stash(e);
+                continue;
+            }
+            if buf.filled().len() > before {
+                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                    return Poll::Ready(Err(e));
+                }
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_failed(cx))?;
+        // Backpressure: queue nothing more until the socket has taken what is queued.
+        ready!(this.poll_send(cx))?;
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let data = &data[..data.len().min(MAX_WRITE)];
+        // The ciphertext is made in the thread's scratch and written straight to the
+        // socket: only what the socket does not take now is copied into `out` (sent at
+        // the next write or flush), so a write that goes through allocates nothing.
+        SCRATCH.with(|scratch| {
+            // Never borrowed here in practice (no read is under way); if it were, `out`
+            // serves as before.
+            let mut guard = scratch.try_borrow_mut();
+            let into: &mut [u8] = match &mut guard {
+                Ok(scratch) => scratch,
+                Err(_) => &mut [],
+            };
+            let mut sealed = 0;
+            this.pump_partial(Then::Encrypt {
+                data,
+                into: &mut *into,
+                sealed: &mut sealed,
+            })?;
+            let mut rest = &into[..sealed];
+            // Anything rustls queued before this record (a handshake message) goes first.
+            if this.out.is_empty() {
+                rest = &rest[send_some(&mut this.tcp, cx, rest)?..];
+            }
+            this.out.extend_from_slice(rest);
+            Ok::<_, io::Error>(())
+        })?;
+        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.close_sent {
+            this.close_sent = true;
+            // Already closed or failed: there is nothing to say, only TCP to close.
+            let _ = this.pump_partial(Then::CloseNotify);
+        }
+        ready!(this.poll_send(cx))?;
+        Pin::new(&mut this.tcp).poll_shutdown(cx)
+    }
+}
