@@ -105,3 +105,6 @@ pub struct RouterConfig {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod defaults_tests;

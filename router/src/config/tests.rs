@@ -277,26 +277,3 @@ fn every_flag_has_an_env_var() {
         }
     }
 }
-
-/// The README documents every flag and its variable, so it cannot fall behind.
-#[test]
-fn readme_documents_every_flag() {
-    let readme = include_str!("../../../README.md");
-    for sub in Cli::command().get_subcommands() {
-        for arg in sub.get_arguments() {
-            let Some(long) = arg.get_long() else { continue };
-            if matches!(long, "help" | "version") {
-                continue;
-            }
-            assert!(
-                readme.contains(&format!("`--{long}`")),
-                "README lacks {} --{long}",
-                sub.get_name()
-            );
-            if let Some(env) = arg.get_env() {
-                let env = env.to_string_lossy();
-                assert!(readme.contains(&format!("`{env}`")), "README lacks {env}");
-            }
-        }
-    }
-}
