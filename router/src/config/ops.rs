@@ -31,7 +31,9 @@ pub struct PlanArgs {
     #[arg(long, env = "WSROUTER_PLAN_OVERRIDES")]
     pub overrides: PathBuf,
     /// The new replica count [default: unchanged].
-    #[arg(long, env = REPLICAS_ENV)]
+    // Not WSROUTER_REPLICAS: that is the number of pods there are (`serve`, `route`),
+    // and a shell or pod that sets it must not turn a plan into a scale.
+    #[arg(long, env = "WSROUTER_PLAN_REPLICAS")]
     pub replicas: Option<u32>,
     /// A running router's admin address (http://HOST:PORT): its table and live sockets are "now".
     #[arg(long, env = "WSROUTER_ADMIN_URL", conflicts_with_all = ["current", "current_replicas"])]

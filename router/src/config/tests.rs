@@ -277,3 +277,38 @@ fn every_flag_has_an_env_var() {
         }
     }
 }
+
+/// `WSROUTER_REPLICAS` means one thing wherever it is read: the number of backend pods
+/// there are (`serve` routes over it, `route` computes over it). `plan`'s count to plan
+/// for has a variable of its own, so a shell or pod that sets the first never turns a
+/// plan into a scale.
+#[test]
+fn the_replicas_variable_means_the_pods_there_are() {
+    let cmd = Cli::command();
+    let mut readers = Vec::new();
+    for sub in cmd.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if arg.get_env() == Some(std::ffi::OsStr::new(routing::REPLICAS_ENV)) {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                readers.push((sub.get_name(), arg.get_long(), help));
+            }
+        }
+    }
+    let names: Vec<_> = readers.iter().map(|(s, l, _)| (*s, *l)).collect();
+    assert_eq!(
+        names,
+        [("serve", Some("replicas")), ("route", Some("replicas"))]
+    );
+    for (sub, _, help) in &readers {
+        assert!(help.starts_with("Number of backend pods"), "{sub}: {help}");
+    }
+    let plan = cmd.find_subcommand("plan").unwrap();
+    let new = plan
+        .get_arguments()
+        .find(|a| a.get_long() == Some("replicas"))
+        .unwrap();
+    assert_eq!(
+        new.get_env(),
+        Some(std::ffi::OsStr::new("WSROUTER_PLAN_REPLICAS"))
+    );
+}
