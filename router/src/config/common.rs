@@ -35,8 +35,9 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     /// The data path's limits: the edge's, with the other planes' parts. Checked in the
-    /// order an operator reads the errors: the edge, the stall threshold, the PROXY
-    /// protocol's trust, the request rules, the socket timers.
+    /// order they always were (the edge, the stall threshold, the PROXY protocol's
+    /// trust, the request rules, the socket timers), so that of several bad flags the
+    /// same one is reported first.
     pub fn limits(&self) -> Result<Limits, ConfigError> {
         let edge = self.edge.limits()?;
         let stall_threshold = self.lifecycle.stall_threshold()?;

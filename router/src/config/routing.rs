@@ -83,7 +83,7 @@ impl Default for RoutingArgs {
 
 /// What the routing flags decide before any file is read.
 #[derive(Debug)]
-pub(crate) struct RoutingPlan {
+pub(crate) struct Resolved {
     pub(crate) backends: Backends,
     /// Fixed by the flags; `None`: the StatefulSet's is watched.
     pub(crate) replicas: Option<NonZeroU32>,
@@ -94,11 +94,11 @@ pub(crate) struct RoutingPlan {
 impl RoutingArgs {
     /// The backends, the replica count and what to watch, for a router in `namespace`
     /// (`--pod-namespace` or the pod's, resolved by the caller), `in_cluster` or not.
-    pub(crate) fn plan(
+    pub(crate) fn resolve(
         &self,
         namespace: String,
         in_cluster: bool,
-    ) -> Result<RoutingPlan, ConfigError> {
+    ) -> Result<Resolved, ConfigError> {
         let templated = self.backends.is_empty();
         let (backends, replicas) = self.backends_and_replicas(&namespace)?;
         let mut watch = WatchConfig {
@@ -119,7 +119,7 @@ impl RoutingArgs {
             }
             other => other,
         };
-        Ok(RoutingPlan {
+        Ok(Resolved {
             backends,
             replicas,
             watch,

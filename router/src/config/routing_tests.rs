@@ -8,8 +8,8 @@ fn args(f: impl FnOnce(&mut RoutingArgs)) -> RoutingArgs {
     a
 }
 
-fn outside(a: &RoutingArgs) -> RoutingPlan {
-    a.plan("prod".into(), false).unwrap()
+fn outside(a: &RoutingArgs) -> Resolved {
+    a.resolve("prod".into(), false).unwrap()
 }
 
 #[test]
@@ -48,7 +48,7 @@ fn a_static_list_fixes_the_replicas() {
         a.backends = vec!["a:1".into()];
         a.replicas = Some(1);
     });
-    assert!(same.plan("prod".into(), true).is_ok());
+    assert!(same.resolve("prod".into(), true).is_ok());
 }
 
 #[test]
@@ -67,7 +67,7 @@ fn a_template_without_replicas_follows_the_statefulset_and_its_slices() {
 
 #[test]
 fn overrides_come_from_the_flag_else_the_clusters_configmap() {
-    let watched = |a: RoutingArgs, in_cluster| a.plan("ns".into(), in_cluster).unwrap().watch;
+    let watched = |a: RoutingArgs, in_cluster| a.resolve("ns".into(), in_cluster).unwrap().watch;
     let fixed = |f: fn(&mut RoutingArgs)| {
         args(|a| {
             a.replicas = Some(2);
@@ -98,18 +98,18 @@ fn overrides_come_from_the_flag_else_the_clusters_configmap() {
     let w = watched(fixed(|a| a.overrides_file = Some("o.yaml".into())), true);
     assert_eq!(w.overrides, OverridesWatch::File("o.yaml".into()));
     // In a cluster even a fixed template takes its pods from the slices.
-    let p = fixed(|_| {}).plan("ns".into(), true).unwrap();
+    let p = fixed(|_| {}).resolve("ns".into(), true).unwrap();
     assert!(matches!(p.backends, Backends::Pods(_)));
     // A static list is never replaced.
     let p = args(|a| a.backends = vec!["a:1".into()])
-        .plan("ns".into(), true)
+        .resolve("ns".into(), true)
         .unwrap();
     assert!(matches!(p.backends, Backends::Static(_)));
 }
 
 #[test]
 fn bad_routing_flags_are_errors() {
-    let err = |a: RoutingArgs| a.plan("ns".into(), false).unwrap_err().to_string();
+    let err = |a: RoutingArgs| a.resolve("ns".into(), false).unwrap_err().to_string();
     assert!(err(args(|a| a.replicas = Some(0))).contains("at least 1"));
     assert!(err(args(|a| a.backends = vec!["nope".into()])).contains("--backend"));
     assert!(err(args(|a| {

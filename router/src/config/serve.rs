@@ -67,11 +67,11 @@ impl ServeArgs {
             .unwrap_or_else(pod_namespace);
         // kubelet sets this in every pod; its absence means "not in a cluster".
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-        let mut plan = self.routing.plan(namespace, in_cluster)?;
+        let mut resolved = self.routing.resolve(namespace, in_cluster)?;
         let ((overrides, tenant_limits), source, await_overrides) =
-            initial_overrides(&plan.watch.overrides, &self.routing.statefulset)?;
-        plan.watch.tls_files = self.tls_files.files();
-        let tls = match &plan.watch.tls_files {
+            initial_overrides(&resolved.watch.overrides, &self.routing.statefulset)?;
+        resolved.watch.tls_files = self.tls_files.files();
+        let tls = match &resolved.watch.tls_files {
             Some((cert, key)) => Some(
                 tls::load_server_config(cert, key, &self.common.tls.tls_options())
                     .map_err(ConfigError::Tls)?,
@@ -91,16 +91,16 @@ impl ServeArgs {
             reroute: self.common.lifecycle.reroute(),
             limits,
             routing: RoutingConfig {
-                backends: plan.backends,
+                backends: resolved.backends,
                 statefulset: self.routing.statefulset,
-                replicas: plan.replicas,
+                replicas: resolved.replicas,
                 overrides,
                 limits: tenant_limits,
                 source,
                 await_overrides,
             },
         };
-        Ok((config, plan.watch))
+        Ok((config, resolved.watch))
     }
 }
 
