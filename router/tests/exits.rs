@@ -107,3 +107,35 @@ fn help_and_version_exit_0() {
     let out = wsrouter(&[], &[]);
     assert_eq!(out.status.code(), Some(64));
 }
+
+/// `WSROUTER_REPLICAS` is the number of backend pods there are, wherever it is read:
+/// `route` computes over it, and a `plan` run where it is set (a router pod's shell)
+/// does not take it for the count to plan; that is `WSROUTER_PLAN_REPLICAS`.
+#[test]
+fn the_replicas_variable_is_the_pod_count_and_never_a_plans_target() {
+    let out = wsrouter(&["route", "ns-02"], &[("WSROUTER_REPLICAS", "4")]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(", 4 replicas;"));
+
+    let dir = std::env::temp_dir().join(format!("wsrouter-exits-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let manifest = dir.join("overrides.yaml");
+    std::fs::write(&manifest, "kind: ConfigMap\ndata:\n  ns-01: \"3\"\n").expect("write");
+    let manifest = manifest.to_str().expect("utf-8 path");
+    let plan = |env: &[(&str, &str)]| {
+        let out = wsrouter(
+            &["plan", "--current-replicas", "4", "--overrides", manifest],
+            env,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let unchanged = plan(&[("WSROUTER_REPLICAS", "8")]);
+    assert!(
+        unchanged.starts_with("plan: replicas 4 → 4,"),
+        "{unchanged}"
+    );
+    let scaled = plan(&[("WSROUTER_PLAN_REPLICAS", "8")]);
+    assert!(scaled.starts_with("plan: replicas 4 → 8,"), "{scaled}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

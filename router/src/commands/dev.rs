@@ -1,11 +1,12 @@
 //! `wsrouter dev`: the real router, on loopback, in front of in-process echo backends,
 //! with a certificate made at start. No cluster, no files to prepare.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use thiserror::Error;
-use wsrouter::{Backends, Overrides, TableSource};
+use wsrouter::{Backends, Overrides, PathPrefix, TableSource};
 
 use super::exit::{config_error, failure};
 use crate::config::{ConfigError, DevArgs, RouterConfig};
@@ -17,7 +18,7 @@ use crate::data::tls::config::{DevCert, TlsError};
 
 /// The StatefulSet name the dev backends pretend to be, so override targets read as in a
 /// cluster (`backend-2`).
-const DEV_STATEFULSET: &str = "backend";
+const DEV_STATEFULSET: &str = crate::config::routing::DEFAULT_STATEFULSET;
 
 #[derive(Debug, Error)]
 pub enum DevError {
@@ -65,56 +66,21 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     let mut limits = args.common.limits()?;
     // Dev is for seeing the routing work: every 101 says which table routed it.
     limits.policy.route_headers = true;
-    let path_prefix = args.common.path_prefix()?;
-    let mut backends = Vec::new();
-    for ordinal in 0..args.backend_count {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| DevError::Backend { ordinal, source })?;
-        let mut cfg = backend::EchoConfig::new(format!("{DEV_STATEFULSET}-{ordinal}"))
-            .with_interval(args.interval);
-        cfg.path_prefix = path_prefix.clone();
-        backends.push(
-            backend::serve(listener, cfg)
-                .map_err(|source| DevError::Backend { ordinal, source })?,
-        );
-    }
-    let addrs: Vec<String> = backends
-        .iter()
-        .map(|b| b.local_addr().to_string())
-        .collect();
-    let backends_cfg = Backends::static_list(addrs).map_err(ConfigError::Backends)?;
-    let replicas = backends_cfg
-        .fixed_replicas()
-        .ok_or(ConfigError::ZeroReplicas)?;
+    let path_prefix = args.common.requests.path_prefix()?;
+    let backends = start_backends(args.backend_count, args.interval.get(), &path_prefix).await?;
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
-    let (overrides, source) = match &args.overrides_file {
-        Some(p) => (
-            read_overrides(p, DEV_STATEFULSET).map_err(ConfigError::OverridesFile)?,
-            TableSource::File {
-                path: p.display().to_string(),
-            },
-        ),
-        None => (Overrides::default(), TableSource::Flags),
-    };
-    let routing = RoutingConfig {
-        statefulset: DEV_STATEFULSET.to_owned(),
-        overrides,
-        source,
-        ..RoutingConfig::fixed(backends_cfg, replicas)
-    };
-
+    let routing = routing(&backends, args.overrides_file.as_deref())?;
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let router = daemon::start(RouterConfig {
         pages: Some(std::sync::Arc::new(super::dev_page::DevPage)),
         io_threads,
         listen: args.listen,
-        tls: Some(cert.server_config(&args.common.tls_options())?),
+        tls: Some(cert.server_config(&args.common.tls.tls_options())?),
         admin_listen: Some(args.admin_listen),
-        admin_token: args.common.admin_token()?,
+        admin_token: args.common.admin.admin_token()?,
         path_prefix,
-        drain_grace: args.common.drain_grace,
-        reroute: args.common.reroute(),
+        drain_grace: args.common.lifecycle.drain_grace(),
+        reroute: args.common.lifecycle.reroute(),
         limits,
         routing,
     })
@@ -123,21 +89,69 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     if let Some(p) = &args.overrides_file {
         watch::files::spawn(FileSource::Manifest(p.clone()), router.control())?;
     }
-
-    // The CA is public material; writing it lets curl or a browser verify if wanted.
-    let ca_file = {
-        let path = std::env::temp_dir().join(format!(
-            "wsrouter-dev-ca-{}.pem",
-            router.local_addr().port()
-        ));
-        std::fs::write(&path, &cert.ca_pem).ok().map(|()| path)
-    };
+    let ca_file = write_ca(&cert, router.local_addr().port());
     Ok(DevHandle {
         router,
         backends,
         cert,
         ca_file,
     })
+}
+
+/// `count` echo backends on loopback, named as the pods of [`DEV_STATEFULSET`].
+async fn start_backends(
+    count: u32,
+    interval: Duration,
+    path_prefix: &PathPrefix,
+) -> Result<Vec<backend::EchoHandle>, DevError> {
+    let mut backends = Vec::new();
+    for ordinal in 0..count {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|source| DevError::Backend { ordinal, source })?;
+        let mut cfg = backend::EchoConfig::new(format!("{DEV_STATEFULSET}-{ordinal}"))
+            .with_interval(interval);
+        cfg.path_prefix = path_prefix.clone();
+        backends.push(
+            backend::serve(listener, cfg)
+                .map_err(|source| DevError::Backend { ordinal, source })?,
+        );
+    }
+    Ok(backends)
+}
+
+/// The echo backends as a static list, with the overrides file's entries if one is given.
+fn routing(
+    backends: &[backend::EchoHandle],
+    overrides_file: Option<&Path>,
+) -> Result<RoutingConfig, ConfigError> {
+    let addrs: Vec<String> = backends
+        .iter()
+        .map(|b| b.local_addr().to_string())
+        .collect();
+    let backends = Backends::static_list(addrs).map_err(ConfigError::Backends)?;
+    let replicas = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
+    let (overrides, source) = match overrides_file {
+        Some(p) => (
+            read_overrides(p, DEV_STATEFULSET).map_err(ConfigError::OverridesFile)?,
+            TableSource::File {
+                path: p.display().to_string(),
+            },
+        ),
+        None => (Overrides::default(), TableSource::Flags),
+    };
+    Ok(RoutingConfig {
+        statefulset: DEV_STATEFULSET.to_owned(),
+        overrides,
+        source,
+        ..RoutingConfig::fixed(backends, replicas)
+    })
+}
+
+/// The CA is public material; writing it lets curl or a browser verify if wanted.
+fn write_ca(cert: &DevCert, port: u16) -> Option<PathBuf> {
+    let path = std::env::temp_dir().join(format!("wsrouter-dev-ca-{port}.pem"));
+    std::fs::write(&path, &cert.ca_pem).ok().map(|()| path)
 }
 
 impl DevHandle {

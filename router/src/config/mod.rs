@@ -1,0 +1,110 @@
+//! The command line (every flag also read from a `WSROUTER_*` variable) and the validated
+//! [`RouterConfig`] it becomes. Everything is checked here, before any socket is bound.
+//!
+//! One group of flags per plane, each in its own file with its defaults written once
+//! (its `Default`, which `--help` shows) and a pure conversion to the settings that
+//! plane's code takes: [`edge`] (the pools, caps and timeouts before a request is
+//! admitted, PROXY protocol), [`tls`], [`requests`] (tenant naming and the request
+//! rules), [`upstream`] (backend timeout, circuit breaker), [`sockets`] (the relay's
+//! timers), [`lifecycle`] (drains, stall threshold), [`admin`], and `serve`'s
+//! [`routing`]. [`common`] groups the ones `serve` and `dev` share; [`serve`] is the
+//! one step that reads files and the pod's environment.
+
+pub mod admin;
+pub mod common;
+pub mod dev;
+pub mod edge;
+mod error;
+pub mod lifecycle;
+pub mod ops;
+pub mod requests;
+pub mod routing;
+pub mod serve;
+pub mod sockets;
+pub mod tls;
+pub mod upstream;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use wsrouter::PathPrefix;
+
+pub use self::admin::{default_admin_listen, AdminToken};
+pub use self::common::CommonArgs;
+pub use self::dev::DevArgs;
+pub use self::error::ConfigError;
+pub use self::ops::{CertArgs, PlanArgs, RouteArgs};
+pub use self::routing::DEFAULT_CONFIGMAP;
+pub use self::serve::ServeArgs;
+pub use self::values::parse_size;
+use crate::control::RoutingConfig;
+use crate::data::relay::reroute::RerouteConfig;
+use crate::data::shared::limits::Limits;
+pub use crate::logging::LogFormat;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wsrouter",
+    version,
+    about = "Hash-routing WebSocket reverse proxy for Kubernetes StatefulSets"
+)]
+pub struct Cli {
+    /// Log format: human-readable lines or one JSON object per event. Levels come from RUST_LOG.
+    #[arg(long, global = true, env = "WSROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    /// Threads serving connections, each with its own event loop and listener (SO_REUSEPORT) [default: the CPUs this process may use]
+    #[arg(long, global = true, env = "WSROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the router (what the Deployment runs).
+    // Every flag's help on its own line, in every heading's section alike (clap would
+    // choose per section).
+    #[command(next_line_help = true)]
+    Serve(Box<ServeArgs>),
+    /// Run the router with local echo backends and a self-signed certificate: no cluster, no setup.
+    #[command(next_line_help = true)]
+    Dev(Box<DevArgs>),
+    /// Write a dev CA and a server certificate signed by it (ca.crt, tls.crt, tls.key).
+    Cert(CertArgs),
+    /// Where a namespace routes, by the routing contract alone (no router needed).
+    Route(RouteArgs),
+    /// What an overrides edit or a scale would move, before it is applied.
+    Plan(PlanArgs),
+}
+
+/// Everything the router needs to run, validated.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub listen: SocketAddr,
+    /// `None` serves plaintext ws://.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub admin_listen: Option<SocketAddr>,
+    pub path_prefix: PathPrefix,
+    pub drain_grace: Duration,
+    pub limits: Limits,
+    pub routing: RoutingConfig,
+    /// Close moved tenants' sockets with 1012 (`--reroute-drain`); `None`: never.
+    pub reroute: Option<RerouteConfig>,
+    /// Threads serving connections, each with its own event loop and its own
+    /// SO_REUSEPORT listener (`--workers`). 0: serve on the caller's runtime.
+    pub io_threads: usize,
+    /// Plain pages on the WebSocket listener (`wsrouter dev`); `None` for `serve`.
+    pub pages: Option<Arc<dyn crate::data::shared::Pages>>,
+    /// The bearer token the admin listener asks for, but on `/healthz`, `/readyz` and
+    /// `/metrics` (`--admin-token`); `None`: no token asked.
+    pub admin_token: Option<AdminToken>,
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod defaults_tests;
