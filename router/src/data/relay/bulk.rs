@@ -77,6 +77,7 @@ impl ReadBudget {
 mod tests {
     use super::*;
     use crate::data::relay::pump::{run, Peer, RelayConfig, Stop};
+    use crate::data::relay::test_frames::frame;
     use bytes::Bytes;
     use std::io;
     use std::pin::Pin;
@@ -126,13 +127,10 @@ mod tests {
         fn reset(&mut self) {}
     }
 
-    /// One masked binary frame of `len` zero bytes (mask 0), as a client sends it.
-    fn client_frame(len: usize) -> Vec<u8> {
-        let mut f = vec![0x82, 0x80 | 127];
-        f.extend_from_slice(&(len as u64).to_be_bytes());
-        f.extend_from_slice(&[0; 4]);
-        f.resize(f.len() + len, 0);
-        f
+    /// One masked binary frame of `len` zero bytes (mask 0, so the payload stays zeros),
+    /// as a client sends it.
+    fn zeros_frame(len: usize) -> Vec<u8> {
+        frame(true, 0x2, &vec![0; len], Some([0; 4]))
     }
 
     struct Relayed {
@@ -179,7 +177,7 @@ mod tests {
             largest_read,
             relay,
         } = relay_with(budget);
-        let frame = client_frame(1 << 20);
+        let frame = zeros_frame(1 << 20);
         let mut got = vec![0u8; frame.len()];
         let (w, r) = tokio::time::timeout(WAIT, async {
             tokio::join!(client.write_all(&frame), backend.read_exact(&mut got))
@@ -214,7 +212,7 @@ mod tests {
             ..
         } = relay_with(budget);
         let writer = tokio::spawn(async move {
-            let _ = client.write_all(&client_frame(4 << 20)).await;
+            let _ = client.write_all(&zeros_frame(4 << 20)).await;
             client
         });
         tokio::time::timeout(WAIT, async {

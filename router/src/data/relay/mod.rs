@@ -6,3 +6,5 @@ pub mod bulk;
 pub mod frame;
 pub mod pump;
 pub mod reroute;
+#[cfg(test)]
+pub(crate) mod test_frames;

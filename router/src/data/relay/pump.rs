@@ -1146,6 +1146,7 @@ impl Pinger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::relay::test_frames::{client_frame, close_code, server_frame};
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
     use tokio_util::sync::CancellationToken;
 
@@ -1157,44 +1158,6 @@ mod tests {
         backend_ping: None,
         budget: &bulk::BUDGET,
     };
-
-    /// An unmasked server frame.
-    fn server_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        assert!(payload.len() < 126);
-        let mut f = vec![0x80 | opcode, payload.len() as u8];
-        f.extend_from_slice(payload);
-        f
-    }
-
-    /// A masked client frame.
-    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        assert!(payload.len() < 126);
-        let key = [0x11, 0x22, 0x33, 0x44];
-        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        f
-    }
-
-    /// The code of a close frame at the start of `bytes`, unmasking if needed.
-    fn close_code(bytes: &[u8]) -> Option<u16> {
-        if bytes.first() != Some(&0x88) {
-            return None;
-        }
-        let (masked, off) = (
-            bytes[1] & 0x80 != 0,
-            if bytes[1] & 0x80 != 0 { 6 } else { 2 },
-        );
-        let key = if masked {
-            [bytes[2], bytes[3], bytes[4], bytes[5]]
-        } else {
-            [0; 4]
-        };
-        Some(u16::from_be_bytes([
-            bytes[off] ^ key[0],
-            bytes[off + 1] ^ key[1],
-        ]))
-    }
 
     struct Ends {
         client: DuplexStream,
@@ -1622,6 +1585,7 @@ mod tests {
 #[cfg(test)]
 mod ping_tests {
     use super::*;
+    use crate::data::relay::test_frames::{client_frame, close_code};
     use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt};
 
     /// A relay between two in-memory pipes, never asked to stop: the test's client end,
@@ -1657,14 +1621,6 @@ mod ping_tests {
         }
     }
 
-    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let key = [0x5a, 0x01, 0xa5, 0x10];
-        let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8];
-        f.extend_from_slice(&key);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-        f
-    }
-
     /// The router's ping reaches the client at a frame boundary; the client's pong,
     /// even split over two writes and followed by data, is taken out of the stream; a
     /// pong the router did not ask for passes.
@@ -1687,17 +1643,17 @@ mod ping_tests {
         );
         let token = &got[7..15];
 
-        let stranger = masked(0xA, b"not ours");
+        let stranger = client_frame(0xA, b"not ours");
         let mut stream = stranger.clone();
-        stream.extend(masked(0xA, token));
-        stream.extend(masked(0x1, b"after"));
+        stream.extend(client_frame(0xA, token));
+        stream.extend(client_frame(0x1, b"after"));
         // Split inside our pong's header.
         let cut = stranger.len() + 3;
         client.write_all(&stream[..cut]).await.unwrap();
         tokio::task::yield_now().await;
         client.write_all(&stream[cut..]).await.unwrap();
         let mut want = stranger;
-        want.extend(masked(0x1, b"after"));
+        want.extend(client_frame(0x1, b"after"));
         let mut seen = vec![0u8; want.len()];
         backend.read_exact(&mut seen).await.unwrap();
         assert_eq!(
@@ -1737,22 +1693,22 @@ mod ping_tests {
         client.read_exact(&mut ping).await.unwrap();
         assert_eq!(ping[..2], [0x89, 0x08]);
         // The router now looks for its pong in everything the client sends.
-        let mut attack = masked(0x1, b"before");
+        let mut attack = client_frame(0x1, b"before");
         attack.extend_from_slice(&WRAPPING_HEADER);
         attack.extend_from_slice(b"whatever follows");
         client.write_all(&attack).await.unwrap();
 
-        let before = masked(0x1, b"before");
+        let before = client_frame(0x1, b"before");
         let mut seen = vec![0u8; before.len()];
         backend.read_exact(&mut seen).await.unwrap();
         assert_eq!(seen, before, "what came before the bad frame passes");
         let mut close = Vec::new();
         backend.read_to_end(&mut close).await.unwrap();
         assert_eq!(close[0], 0x88, "then a close frame, then FIN: {close:?}");
-        assert_eq!(close_code_of(&close), Some(code::GOING_AWAY));
+        assert_eq!(close_code(&close), Some(code::GOING_AWAY));
         let mut to_client = Vec::new();
         client.read_to_end(&mut to_client).await.unwrap();
-        assert_eq!(close_code_of(&to_client), Some(code::PROTOCOL_ERROR));
+        assert_eq!(close_code(&to_client), Some(code::PROTOCOL_ERROR));
         let report = relay.await.unwrap();
         assert_eq!(report.reason, CloseReason::ClientProtocolError);
         assert_eq!(report.sent_to_client, Some(code::PROTOCOL_ERROR));
@@ -1771,28 +1727,12 @@ mod ping_tests {
         let mut to_client = Vec::new();
         client.read_to_end(&mut to_client).await.unwrap();
         assert_eq!(to_client[..4], [0x81, 0x02, b'o', b'k']);
-        assert_eq!(close_code_of(&to_client[4..]), Some(code::BACKEND_GONE));
+        assert_eq!(close_code(&to_client[4..]), Some(code::BACKEND_GONE));
         let mut to_backend = Vec::new();
         backend.read_to_end(&mut to_backend).await.unwrap();
-        assert_eq!(close_code_of(&to_backend), Some(code::PROTOCOL_ERROR));
+        assert_eq!(close_code(&to_backend), Some(code::PROTOCOL_ERROR));
         let report = relay.await.unwrap();
         assert_eq!(report.reason, CloseReason::BackendProtocolError);
-    }
-
-    /// The code of a close frame at the start of `bytes`, unmasking if needed.
-    fn close_code_of(bytes: &[u8]) -> Option<u16> {
-        if bytes.len() < 4 || bytes[0] != 0x88 {
-            return None;
-        }
-        let (key, at) = if bytes[1] & 0x80 != 0 {
-            ([bytes[2], bytes[3], bytes[4], bytes[5]], 6)
-        } else {
-            ([0; 4], 2)
-        };
-        Some(u16::from_be_bytes([
-            bytes[at] ^ key[0],
-            bytes[at + 1] ^ key[1],
-        ]))
     }
 
     /// A frame for the pong-search properties: any header shape and length class
@@ -1852,10 +1792,7 @@ mod ping_tests {
             if !ours {
                 payload[0] ^= 1;
             }
-            let mut f = vec![0x8A, 0x88];
-            f.extend_from_slice(&key);
-            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            f
+            crate::data::relay::test_frames::frame(true, 0xA, &payload, Some(key))
         })
     }
 
