@@ -73,6 +73,24 @@ impl ReadBudget {
     }
 }
 
+/// What one direction of a relay holds above [`READ_SMALL`], as counted in a
+/// [`ReadBudget`]: settled after every poll, given back when the relay ends.
+#[derive(Debug, Default)]
+pub(crate) struct Charge(u32);
+
+impl Charge {
+    /// The direction now holds `held` bytes: the budget counts the change.
+    #[inline]
+    pub(crate) fn settle(&mut self, budget: &ReadBudget, held: usize) {
+        self.0 = budget.settle(self.0, held);
+    }
+
+    /// The relay is ending: everything counted goes back.
+    pub(crate) fn give_back(&mut self, budget: &ReadBudget) {
+        self.settle(budget, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +250,29 @@ mod tests {
         let _ = relay.await;
         assert_eq!(budget.held_over(), 0, "the relay gave its charge back");
         drop(backend);
+    }
+
+    #[test]
+    fn a_charge_counts_only_what_is_held_above_16_kib_and_gives_it_back() {
+        let b = ReadBudget::new(1 << 20);
+        let (mut up, mut down) = (Charge::default(), Charge::default());
+        up.settle(&b, READ_SMALL);
+        assert_eq!((up.0, b.held_over()), (0, 0), "16 KiB or less is free");
+        up.settle(&b, READ_BIG);
+        down.settle(&b, READ_SMALL + 100);
+        assert_eq!(
+            b.held_over(),
+            READ_BIG - READ_SMALL + 100,
+            "both directions"
+        );
+        up.settle(&b, READ_SMALL + 10);
+        assert_eq!(up.0, 10, "part written: the charge shrinks");
+        assert_eq!(b.held_over(), 110);
+        up.give_back(&b);
+        down.give_back(&b);
+        assert_eq!((up.0, down.0, b.held_over()), (0, 0, 0));
+        down.give_back(&b);
+        assert_eq!(b.held_over(), 0, "given back once");
     }
 
     #[test]

@@ -18,7 +18,25 @@ pub mod code {
 
 const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+pub(super) const OP_PONG: u8 = 0xA;
+
+/// Which way a frame the router writes goes, which says how it is masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Toward {
+    Client,
+    Backend,
+}
+
+impl Toward {
+    /// The mask of a frame written this way: none toward a client; toward a server
+    /// masking is mandatory, and the key need not be secret here, only varied.
+    pub(crate) fn mask(self) -> Option<[u8; 4]> {
+        match self {
+            Toward::Client => None,
+            Toward::Backend => Some(fastrand::u32(..).to_ne_bytes()),
+        }
+    }
+}
 
 /// Tracks frame structure over the bytes written in one direction.
 #[derive(Debug, Clone, Copy)]
@@ -328,95 +346,6 @@ pub fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
         }
     }
     out
-}
-
-/// What the bytes at a frame boundary say about a pong carrying `token`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PongMatch {
-    /// A whole pong frame of this many bytes, carrying the token.
-    Ours(usize),
-    /// Not (or not yet known to be) our pong: pass it on.
-    Other,
-    /// Could be our pong, but the frame is not all here yet (at most 14 + 125 bytes).
-    Partial,
-}
-
-/// Where the router's pong is in freshly read `data`, which follows what `cursor` has
-/// seen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PongScan {
-    /// A whole pong carrying the token: `len` bytes at `at`.
-    Found { at: usize, len: usize },
-    /// What may be that pong begins at `at`, but is not all here yet.
-    Partial { at: usize },
-    /// Not in `data`; or a header that is not a valid frame stops the search, since
-    /// boundaries are unknown past it.
-    Absent,
-}
-
-/// Finds the pong carrying `token` at a frame boundary of `data`. The walk follows
-/// frames with a copy of `cursor`, so it reads lengths exactly as the relay does (a
-/// claimed length past 2^63 desyncs it, never wraps) and each step moves forward.
-pub fn find_pong(cursor: &FrameCursor, data: &[u8], token: &[u8; 8]) -> PongScan {
-    let mut probe = *cursor;
-    let mut at = 0;
-    loop {
-        match probe.bytes_to_boundary(&data[at..]) {
-            Some(n) => {
-                probe.advance(&data[at..at + n]);
-                at += n;
-            }
-            None => return PongScan::Absent,
-        }
-        if at == data.len() {
-            return PongScan::Absent;
-        }
-        match match_pong(&data[at..], token) {
-            PongMatch::Ours(len) => return PongScan::Found { at, len },
-            PongMatch::Partial => return PongScan::Partial { at },
-            // Into the frame by one byte; the next turn finds where it ends.
-            PongMatch::Other => {
-                probe.advance(&data[at..at + 1]);
-                at += 1;
-            }
-        }
-    }
-}
-
-/// Whether `data`, starting at a frame boundary, begins with a pong carrying `token`.
-/// Only headers and the small control payload are read: a pong is at most 125 bytes.
-pub fn match_pong(data: &[u8], token: &[u8; 8]) -> PongMatch {
-    if data.len() < 2 {
-        return if data.first().is_none_or(|b| b & 0x0f == OP_PONG) {
-            PongMatch::Partial
-        } else {
-            PongMatch::Other
-        };
-    }
-    let (b0, b1) = (data[0], data[1]);
-    if b0 & 0x0f != OP_PONG || b0 & 0x80 == 0 || b1 & 0x7f != 8 {
-        return PongMatch::Other;
-    }
-    let masked = b1 & 0x80 != 0;
-    let header = if masked { 6 } else { 2 };
-    let total = header + 8;
-    if data.len() < total {
-        return PongMatch::Partial;
-    }
-    let key = if masked {
-        [data[2], data[3], data[4], data[5]]
-    } else {
-        [0; 4]
-    };
-    let ours = data[header..total]
-        .iter()
-        .enumerate()
-        .all(|(i, b)| b ^ key[i % 4] == token[i]);
-    if ours {
-        PongMatch::Ours(total)
-    } else {
-        PongMatch::Other
-    }
 }
 
 /// A close frame with `code` and a short reason. Frames toward a server (the backend)
