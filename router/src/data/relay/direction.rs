@@ -183,6 +183,7 @@ impl Pump {
     }
 
     /// Past plain forwarding: a close is under way in this direction.
+    #[inline]
     pub(super) fn closing(&self) -> bool {
         self.state != State::Forward
             || self.read_ended
@@ -333,6 +334,7 @@ impl Pump {
 
     /// A pending stop begins at a frame boundary (or once boundaries are unknown, when
     /// it can only be a FIN), a pending ping at a boundary: true when one did.
+    #[inline]
     fn begin_at_boundary(&mut self) -> bool {
         if let Some((code, reason)) = self.close.pending() {
             if self.frames.at_boundary() || self.frames.desynced() {

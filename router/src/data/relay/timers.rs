@@ -160,3 +160,101 @@ impl Pinger {
         false
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::data::relay::frame::{code, Toward};
+    use crate::data::relay::test_frames::{client_frame, server_frame};
+
+    const PING: Ping = Ping {
+        interval: Duration::from_secs(30),
+        timeout: Duration::from_secs(10),
+    };
+
+    /// Two directions with nothing read yet: toward the client, toward the backend.
+    fn pumps() -> (Pump, Pump) {
+        (
+            Pump::new(Toward::Client, Bytes::new(), None),
+            Pump::new(Toward::Backend, Bytes::new(), None),
+        )
+    }
+
+    /// Moves the (paused) clock on by `secs`, then polls the clocks once.
+    async fn after(secs: u64, t: &mut Timers, c: &mut Pump, b: &mut Pump) -> Option<Stop> {
+        tokio::time::advance(Duration::from_secs(secs)).await;
+        t.poll(&mut Context::from_waker(Waker::noop()), c, b)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_age_limit_stops_the_relay_once() {
+        let mut t = Timers::new(None, Some(Duration::from_secs(60)), None, None);
+        let (mut c, mut b) = pumps();
+        assert_eq!(after(59, &mut t, &mut c, &mut b).await, None);
+        assert_eq!(after(1, &mut t, &mut c, &mut b).await, Some(Stop::MAX_AGE));
+        assert_eq!(after(60, &mut t, &mut c, &mut b).await, None, "once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_means_no_data_frame_either_way_for_four_checks() {
+        let mut t = Timers::new(Some(Duration::from_secs(40)), None, None, None);
+        let (mut c, mut b) = pumps();
+        for _ in 0..2 {
+            assert_eq!(after(10, &mut t, &mut c, &mut b).await, None);
+        }
+        // Data one way restarts the count; control frames do not count.
+        b.frames.advance(&client_frame(0x2, b"data"));
+        c.frames.advance(&server_frame(0x9, b"ping"));
+        for _ in 0..4 {
+            assert_eq!(after(10, &mut t, &mut c, &mut b).await, None);
+        }
+        assert_eq!(after(10, &mut t, &mut c, &mut b).await, Some(Stop::IDLE));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ping_goes_each_interval_and_its_pong_is_due_within_the_timeout() {
+        let mut t = Timers::new(None, None, Some(PING), None);
+        let (mut c, mut b) = pumps();
+        assert_eq!(after(29, &mut t, &mut c, &mut b).await, None);
+        assert!(!c.pings.has_out());
+        assert_eq!(after(1, &mut t, &mut c, &mut b).await, None);
+        // Toward the client: unmasked, with a token the pong must carry back.
+        let ping = c.pings.take_out().expect("a ping toward the client");
+        assert_eq!(ping[..2], [0x89, 0x08]);
+        assert!(b.pings.searching(), "its pong is looked for the other way");
+        let pong = client_frame(0xA, &ping[2..10]);
+        assert!(b.pings.strip(&b.frames, &pong).is_empty(), "taken out");
+        // The relay polls its clocks after every read: the pong is noticed at once.
+        assert_eq!(after(0, &mut t, &mut c, &mut b).await, None);
+        // Answered: the next ping is an interval later, and it goes unanswered.
+        assert_eq!(after(29, &mut t, &mut c, &mut b).await, None);
+        assert!(!c.pings.has_out());
+        assert_eq!(after(1, &mut t, &mut c, &mut b).await, None);
+        assert!(c.pings.take_out().is_some());
+        assert_eq!(after(9, &mut t, &mut c, &mut b).await, None);
+        let late = after(1, &mut t, &mut c, &mut b).await;
+        assert_eq!(late, Some(Stop::PING_TIMEOUT));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_toward_the_backend_are_masked_and_none_go_while_closing() {
+        let mut t = Timers::new(None, None, None, Some(PING));
+        let (mut c, mut b) = pumps();
+        assert_eq!(after(30, &mut t, &mut c, &mut b).await, None);
+        let ping = b.pings.take_out().expect("a ping toward the backend");
+        assert_eq!(ping[..2], [0x89, 0x88]);
+        assert!(c.pings.searching());
+
+        let mut t = Timers::new(None, None, None, Some(PING));
+        let (mut c, mut b) = pumps();
+        c.close.request(code::GOING_AWAY, "drain");
+        for _ in 0..3 {
+            assert_eq!(after(30, &mut t, &mut c, &mut b).await, None);
+            assert!(!b.pings.has_out() && !c.pings.searching());
+        }
+    }
+}
