@@ -73,10 +73,29 @@ impl ReadBudget {
     }
 }
 
+/// What one direction of a relay holds above [`READ_SMALL`], as counted in a
+/// [`ReadBudget`]: settled after every poll, given back when the relay ends.
+#[derive(Debug, Default)]
+pub(crate) struct Charge(u32);
+
+impl Charge {
+    /// The direction now holds `held` bytes: the budget counts the change.
+    #[inline]
+    pub(crate) fn settle(&mut self, budget: &ReadBudget, held: usize) {
+        self.0 = budget.settle(self.0, held);
+    }
+
+    /// The relay is ending: everything counted goes back.
+    pub(crate) fn give_back(&mut self, budget: &ReadBudget) {
+        self.settle(budget, 0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::data::relay::pump::{run, Peer, RelayConfig, Stop};
+    use crate::data::relay::test_frames::frame;
     use bytes::Bytes;
     use std::io;
     use std::pin::Pin;
@@ -126,13 +145,10 @@ mod tests {
         fn reset(&mut self) {}
     }
 
-    /// One masked binary frame of `len` zero bytes (mask 0), as a client sends it.
-    fn client_frame(len: usize) -> Vec<u8> {
-        let mut f = vec![0x82, 0x80 | 127];
-        f.extend_from_slice(&(len as u64).to_be_bytes());
-        f.extend_from_slice(&[0; 4]);
-        f.resize(f.len() + len, 0);
-        f
+    /// One masked binary frame of `len` zero bytes (mask 0, so the payload stays zeros),
+    /// as a client sends it.
+    fn zeros_frame(len: usize) -> Vec<u8> {
+        frame(true, 0x2, &vec![0; len], Some([0; 4]))
     }
 
     struct Relayed {
@@ -179,7 +195,7 @@ mod tests {
             largest_read,
             relay,
         } = relay_with(budget);
-        let frame = client_frame(1 << 20);
+        let frame = zeros_frame(1 << 20);
         let mut got = vec![0u8; frame.len()];
         let (w, r) = tokio::time::timeout(WAIT, async {
             tokio::join!(client.write_all(&frame), backend.read_exact(&mut got))
@@ -214,7 +230,7 @@ mod tests {
             ..
         } = relay_with(budget);
         let writer = tokio::spawn(async move {
-            let _ = client.write_all(&client_frame(4 << 20)).await;
+            let _ = client.write_all(&zeros_frame(4 << 20)).await;
             client
         });
         tokio::time::timeout(WAIT, async {
@@ -234,6 +250,29 @@ mod tests {
         let _ = relay.await;
         assert_eq!(budget.held_over(), 0, "the relay gave its charge back");
         drop(backend);
+    }
+
+    #[test]
+    fn a_charge_counts_only_what_is_held_above_16_kib_and_gives_it_back() {
+        let b = ReadBudget::new(1 << 20);
+        let (mut up, mut down) = (Charge::default(), Charge::default());
+        up.settle(&b, READ_SMALL);
+        assert_eq!((up.0, b.held_over()), (0, 0), "16 KiB or less is free");
+        up.settle(&b, READ_BIG);
+        down.settle(&b, READ_SMALL + 100);
+        assert_eq!(
+            b.held_over(),
+            READ_BIG - READ_SMALL + 100,
+            "both directions"
+        );
+        up.settle(&b, READ_SMALL + 10);
+        assert_eq!(up.0, 10, "part written: the charge shrinks");
+        assert_eq!(b.held_over(), 110);
+        up.give_back(&b);
+        down.give_back(&b);
+        assert_eq!((up.0, down.0, b.held_over()), (0, 0, 0));
+        down.give_back(&b);
+        assert_eq!(b.held_over(), 0, "given back once");
     }
 
     #[test]

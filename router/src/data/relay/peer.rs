@@ -1,0 +1,45 @@
+//! What the relay needs of each side besides reading and writing: passing a reset on as
+//! it came, and counting what a TLS side has taken but not yet sent.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What the relay needs of each side besides reading and writing.
+pub trait Peer {
+    /// Ends the connection abruptly (a TCP reset), to pass on a peer's reset as it was.
+    fn reset(&mut self);
+
+    /// Bytes written to this side that it has taken but not yet sent (encrypted records
+    /// its socket has not accepted): the relay counts them as held.
+    fn queued(&self) -> usize {
+        0
+    }
+
+    /// This side ending without a close frame means its peer left: the other side is
+    /// told with close 1001 (going away) rather than a reset or a FIN. An HTTP/2 stream
+    /// the client resets or ends is that: the connection under it lives on.
+    const RESET_IS_GOING_AWAY: bool = false;
+}
+
+impl Peer for tokio::net::TcpStream {
+    fn reset(&mut self) {
+        // Linger 0: closing the socket (when the relay drops it) sends RST, not FIN.
+        #[allow(deprecated)]
+        let _ = self.set_linger(Some(Duration::ZERO));
+    }
+}
+
+impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for crate::data::tls::stream::TlsStream<S> {
+    fn reset(&mut self) {
+        self.get_mut().reset();
+    }
+
+    fn queued(&self) -> usize {
+        self.unsent()
+    }
+}
+
+impl Peer for tokio::io::DuplexStream {
+    fn reset(&mut self) {}
+}
