@@ -23,9 +23,12 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::data::admission::pools::{ConnStreams, PendingSlot};
-use crate::data::http::upgrade::{self, Answer, ConnCtx, ProxyBody};
+use crate::data::http::answer::ProxyBody;
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::upgrade::{self, Answer};
 use crate::data::relay::pump::Peer;
 use crate::data::shared::Shared;
+use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Streams a client may have open on one connection.
 pub const MAX_STREAMS: u32 = 128;
@@ -262,7 +265,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     let (mut head, body) = resp.into_parts();
     // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2), and h2 refuses to
     // send them: an answer built for either version loses its hop-by-hop headers here.
-    upgrade::strip_hop_by_hop(&mut head.headers);
+    strip_hop_by_hop(&mut head.headers);
     let Some(relay) = relay else {
         let bound = ctx.shared.limits.request_timeout;
         send_answer(Response::from_parts(head, ()), body, &mut respond, bound).await;

@@ -3,3 +3,4 @@
 //! May not touch: the client's connection, admission or the answer the client gets.
 
 pub mod breaker;
+pub mod headers;
