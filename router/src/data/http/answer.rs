@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
+use crate::data::upstream::error::UpstreamError;
 use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Response header carrying this router's local version of the table that routed the
@@ -86,7 +87,7 @@ pub(super) fn refused<B>(e: ProxyError, req: &Request<B>, ctx: &ConnCtx) -> Resp
     if let Some(why) = e.refusal() {
         ctx.shared.metrics.refused(why);
     }
-    if let ProxyError::BackendBadHandshake { why, .. } = &e {
+    if let ProxyError::Backend(UpstreamError::BadHandshake { why, .. }) = &e {
         ctx.shared.metrics.bad_backend_handshake(why.as_str());
     }
     match &e {

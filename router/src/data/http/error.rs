@@ -11,6 +11,7 @@ use wsrouter::{AmbiguousPath, NamespaceError, PathError};
 
 use crate::data::admission::pools::Refusal;
 use crate::data::http::answer::ProxyBody;
+use crate::data::upstream::error::UpstreamError;
 
 /// Why a request got no upgrade. One variant per answer; [`ProxyError::status`] maps them.
 #[derive(Debug, Error)]
@@ -39,34 +40,10 @@ pub enum ProxyError {
     NoTenant(#[source] PathError),
     #[error("shutting down")]
     ShuttingDown,
-    #[error("backend {ordinal} ({addr}) answered 101 with a bad handshake: {why}")]
-    BackendBadHandshake {
-        ordinal: u32,
-        addr: Box<str>,
-        why: BadHandshake,
-    },
     #[error(
         "this path only serves WebSocket upgrades (GET with Upgrade: websocket over HTTP/1.1)"
     )]
     UpgradeRequired,
-    #[error("backend {ordinal} ({addr}) unreachable")]
-    BackendUnreachable {
-        ordinal: u32,
-        addr: Box<str>,
-        #[source]
-        source: io::Error,
-    },
-    #[error("backend {ordinal} ({addr}) did not answer the upgrade in time")]
-    BackendTimeout { ordinal: u32, addr: Box<str> },
-    #[error("backend {ordinal} ({addr}) failed during the upgrade")]
-    BackendProtocol {
-        ordinal: u32,
-        addr: Box<str>,
-        #[source]
-        source: hyper::Error,
-    },
-    #[error("backend {ordinal} ({addr}) answered 101 without a WebSocket upgrade")]
-    BackendBadUpgrade { ordinal: u32, addr: Box<str> },
     #[error("header {0:?} has '_' in its name; send it with '-' (--underscore-headers refuse)")]
     UnderscoreHeader(HeaderName),
     #[error("no routing table loaded yet")]
@@ -75,8 +52,9 @@ pub enum ProxyError {
     BackendNotServing { ordinal: u32, terminating: bool },
     #[error("backend {ordinal} has no known address yet")]
     BackendUnknown { ordinal: u32 },
-    #[error("backend {ordinal} keeps failing: its circuit is open")]
-    BackendCircuitOpen { ordinal: u32, retry_after: u32 },
+    /// The backend was asked and did not upgrade, or its breaker kept it from being asked.
+    #[error(transparent)]
+    Backend(#[from] UpstreamError),
 }
 
 impl ProxyError {
@@ -92,11 +70,11 @@ impl ProxyError {
             Self::OriginDenied => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } | Self::TenantFull => StatusCode::TOO_MANY_REQUESTS,
             Self::UpgradeRequired | Self::UnsupportedVersion => StatusCode::UPGRADE_REQUIRED,
-            Self::BackendUnreachable { .. }
-            | Self::BackendProtocol { .. }
-            | Self::BackendBadUpgrade { .. }
-            | Self::BackendBadHandshake { .. } => StatusCode::BAD_GATEWAY,
-            Self::BackendTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Backend(UpstreamError::Unreachable { .. })
+            | Self::Backend(UpstreamError::Protocol { .. })
+            | Self::Backend(UpstreamError::BadUpgrade { .. })
+            | Self::Backend(UpstreamError::BadHandshake { .. }) => StatusCode::BAD_GATEWAY,
+            Self::Backend(UpstreamError::Timeout { .. }) => StatusCode::GATEWAY_TIMEOUT,
             Self::AtCapacity(
                 Refusal::LivePerIp
                 | Refusal::PendingPerIp
@@ -107,7 +85,7 @@ impl ProxyError {
             Self::NoTable
             | Self::BackendNotServing { .. }
             | Self::BackendUnknown { .. }
-            | Self::BackendCircuitOpen { .. }
+            | Self::Backend(UpstreamError::CircuitOpen { .. })
             | Self::AtCapacity(Refusal::LiveFull)
             | Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -121,43 +99,6 @@ impl ProxyError {
             Self::TenantFull => Some(Refusal::TenantCap),
             Self::OriginDenied => Some(Refusal::Origin),
             _ => None,
-        }
-    }
-
-    /// The backend did not answer as a live pod does: counted by its circuit breaker.
-    pub(super) fn is_backend_failure(&self) -> bool {
-        matches!(
-            self,
-            Self::BackendUnreachable { .. }
-                | Self::BackendTimeout { .. }
-                | Self::BackendProtocol { .. }
-        )
-    }
-
-    /// A connection refused, reset or aborted before the backend said anything: what a
-    /// restarting pod does, and safe to try again (the client has heard nothing yet).
-    pub(super) fn is_retryable(&self) -> bool {
-        let reset = |e: &io::Error| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::ConnectionRefused
-                    | io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::ConnectionAborted
-            )
-        };
-        match self {
-            Self::BackendUnreachable { source, .. } => reset(source),
-            Self::BackendProtocol { source, .. } => {
-                let mut cause = std::error::Error::source(source);
-                while let Some(c) = cause {
-                    if c.downcast_ref::<io::Error>().is_some_and(reset) {
-                        return true;
-                    }
-                    cause = c.source();
-                }
-                source.is_incomplete_message()
-            }
-            _ => false,
         }
     }
 
@@ -178,7 +119,7 @@ impl ProxyError {
             Self::BackendUnknown { .. } => Some(2),
             // A pod restart takes seconds; sooner would only be refused again.
             Self::BackendNotServing { .. } => Some(5),
-            Self::BackendCircuitOpen { retry_after, .. } => Some(*retry_after),
+            Self::Backend(UpstreamError::CircuitOpen { retry_after, .. }) => Some(*retry_after),
             _ => None,
         }
     }
@@ -192,15 +133,19 @@ impl ProxyError {
         match self {
             Self::AtCapacity(_) => "at capacity; retry shortly\n".to_owned(),
             Self::ShuttingDown => "shutting down; retry\n".to_owned(),
-            Self::BackendUnreachable { .. } => "backend unavailable\n".to_owned(),
-            Self::BackendTimeout { .. } => "backend did not answer in time\n".to_owned(),
-            Self::BackendProtocol { .. }
-            | Self::BackendBadUpgrade { .. }
-            | Self::BackendBadHandshake { .. } => "backend error\n".to_owned(),
+            Self::Backend(UpstreamError::Unreachable { .. }) => "backend unavailable\n".to_owned(),
+            Self::Backend(UpstreamError::Timeout { .. }) => {
+                "backend did not answer in time\n".to_owned()
+            }
+            Self::Backend(UpstreamError::Protocol { .. })
+            | Self::Backend(UpstreamError::BadUpgrade { .. })
+            | Self::Backend(UpstreamError::BadHandshake { .. }) => "backend error\n".to_owned(),
             Self::NoTable => "not ready: no routing table yet\n".to_owned(),
             Self::BackendNotServing { .. }
             | Self::BackendUnknown { .. }
-            | Self::BackendCircuitOpen { .. } => "backend not ready; retry shortly\n".to_owned(),
+            | Self::Backend(UpstreamError::CircuitOpen { .. }) => {
+                "backend not ready; retry shortly\n".to_owned()
+            }
             // The 4xx variants, answered above.
             Self::NotFound
             | Self::BadNamespace(_)
@@ -242,6 +187,43 @@ impl ProxyError {
     }
 }
 
+/// The backend did not answer as a live pod does: counted by its circuit breaker.
+pub(super) fn counts_against_backend(e: &UpstreamError) -> bool {
+    matches!(
+        e,
+        UpstreamError::Unreachable { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::Protocol { .. }
+    )
+}
+
+/// A connection refused, reset or aborted before the backend said anything: what a
+/// restarting pod does, and safe to try again (the client has heard nothing yet).
+pub(super) fn retryable(e: &UpstreamError) -> bool {
+    let reset = |e: &io::Error| {
+        matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+        )
+    };
+    match e {
+        UpstreamError::Unreachable { source, .. } => reset(source),
+        UpstreamError::Protocol { source, .. } => {
+            let mut cause = std::error::Error::source(source);
+            while let Some(c) = cause {
+                if c.downcast_ref::<io::Error>().is_some_and(reset) {
+                    return true;
+                }
+                cause = c.source();
+            }
+            source.is_incomplete_message()
+        }
+        _ => false,
+    }
+}
+
 /// Why a request's Host is refused (RFC 9112 §3.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum HostError {
@@ -253,40 +235,13 @@ pub enum HostError {
     Invalid,
 }
 
-/// What was wrong with a backend's 101.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
-pub enum BadHandshake {
-    #[error("no Upgrade: websocket")]
-    Upgrade,
-    #[error("no Connection: upgrade")]
-    Connection,
-    #[error("Sec-WebSocket-Accept missing or not the one for the key sent")]
-    Accept,
-    #[error("a subprotocol the client did not offer")]
-    Protocol,
-    #[error("an extension the client did not offer")]
-    Extension,
-}
-
-impl BadHandshake {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Upgrade => "upgrade",
-            Self::Connection => "connection",
-            Self::Accept => "accept",
-            Self::Protocol => "protocol",
-            Self::Extension => "extension",
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_refused_or_reset_connection_is_retried_and_nothing_else() {
-        let unreachable = |kind| ProxyError::BackendUnreachable {
+        let unreachable = |kind| UpstreamError::Unreachable {
             ordinal: 0,
             addr: "a:1".into(),
             source: io::Error::from(kind),
@@ -296,14 +251,18 @@ mod tests {
             io::ErrorKind::ConnectionReset,
             io::ErrorKind::ConnectionAborted,
         ] {
-            assert!(unreachable(kind).is_retryable(), "{kind:?}");
-            assert!(unreachable(kind).is_backend_failure());
+            assert!(retryable(&unreachable(kind)), "{kind:?}");
+            assert!(counts_against_backend(&unreachable(kind)));
         }
         for kind in [io::ErrorKind::TimedOut, io::ErrorKind::HostUnreachable] {
-            assert!(!unreachable(kind).is_retryable(), "{kind:?}");
+            assert!(!retryable(&unreachable(kind)), "{kind:?}");
         }
-        assert!(!ProxyError::NoTable.is_retryable());
-        assert!(!ProxyError::NoTable.is_backend_failure());
+        let circuit = UpstreamError::CircuitOpen {
+            ordinal: 0,
+            retry_after: 1,
+        };
+        assert!(!retryable(&circuit));
+        assert!(!counts_against_backend(&circuit));
     }
 
     #[test]
@@ -314,25 +273,25 @@ mod tests {
             (ProxyError::BadNamespace(NamespaceError::Empty), 400),
             (ProxyError::UpgradeRequired, 426),
             (
-                ProxyError::BackendUnreachable {
+                ProxyError::Backend(UpstreamError::Unreachable {
                     ordinal: 1,
                     addr: "a:1".into(),
                     source: io(),
-                },
+                }),
                 502,
             ),
             (
-                ProxyError::BackendTimeout {
+                ProxyError::Backend(UpstreamError::Timeout {
                     ordinal: 1,
                     addr: "a:1".into(),
-                },
+                }),
                 504,
             ),
             (
-                ProxyError::BackendBadUpgrade {
+                ProxyError::Backend(UpstreamError::BadUpgrade {
                     ordinal: 1,
                     addr: "a:1".into(),
-                },
+                }),
                 502,
             ),
             (ProxyError::NoTable, 503),
@@ -345,10 +304,10 @@ mod tests {
             ),
             (ProxyError::BackendUnknown { ordinal: 2 }, 503),
             (
-                ProxyError::BackendCircuitOpen {
+                ProxyError::Backend(UpstreamError::CircuitOpen {
                     ordinal: 2,
                     retry_after: 4,
-                },
+                }),
                 503,
             ),
         ];

@@ -12,11 +12,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::data::http::answer::{self, ProxyBody};
-use crate::data::http::dial::{self, BackendAnswer};
+use crate::data::http::dial;
 use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
 use crate::data::relay::pump::Peer;
 use crate::data::shared::metrics::StatusLabel;
+use crate::data::upstream::dial::BackendAnswer;
 
 pub(crate) use crate::data::http::conn::ConnCtx;
 // The fuzz target (`fuzz/fuzz_targets/request_head.rs`) reads the parse step here.

@@ -3,4 +3,7 @@
 //! May not touch: the client's connection, admission or the answer the client gets.
 
 pub mod breaker;
+pub mod dial;
+pub mod error;
+pub mod handshake;
 pub mod headers;
