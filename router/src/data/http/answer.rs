@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
-use crate::data::upstream::error::UpstreamError;
+use crate::data::http::verdict::{Counted, Log, Verdict};
 use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Response header carrying this router's local version of the table that routed the
@@ -82,24 +82,48 @@ fn answer_200(headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Respons
     resp
 }
 
-/// A request that got no upgrade: counted, logged, and answered with its error.
+/// A request that got no upgrade: counted, logged and answered as its verdict says.
 pub(super) fn refused<B>(e: ProxyError, req: &Request<B>, ctx: &ConnCtx) -> Response<ProxyBody> {
-    if let Some(why) = e.refusal() {
-        ctx.shared.metrics.refused(why);
+    let verdict = e.classify();
+    let metrics = &ctx.shared.metrics;
+    match verdict.counted {
+        Some(Counted::Refused(why)) => metrics.refused(why),
+        Some(Counted::BadHandshake(why)) => metrics.bad_backend_handshake(why.as_str()),
+        None => {}
     }
-    if let ProxyError::Backend(UpstreamError::BadHandshake { why, .. }) = &e {
-        ctx.shared.metrics.bad_backend_handshake(why.as_str());
-    }
-    match &e {
-        e if e.is_client_error()
-            || e.refusal().is_some()
-            || matches!(e, ProxyError::ShuttingDown) =>
-        {
-            tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status = e.status().as_u16(), reason = %e, "request refused");
+    let status = verdict.status.as_u16();
+    match verdict.log {
+        Log::Refused => {
+            tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status, reason = %e, "request refused");
         }
-        _ => {
-            tracing::warn!(client.addr = %ctx.peer, status = e.status().as_u16(), error = %crate::logging::DisplayChain(&e), "upgrade failed");
+        Log::Failed => {
+            tracing::warn!(client.addr = %ctx.peer, status, error = %crate::logging::DisplayChain(&e), "upgrade failed");
         }
     }
-    e.into_response()
+    error_response(&e, &verdict)
+}
+
+/// The answer to an error. Every answer but a 101 closes the connection: a client gets
+/// one request per connection, so an idle keep-alive connection cannot hold a slot.
+fn error_response(e: &ProxyError, verdict: &Verdict) -> Response<ProxyBody> {
+    let body = Bytes::from(verdict.body.text(e));
+    let mut resp = Response::new(Either::Left(Full::new(body)));
+    *resp.status_mut() = verdict.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    if verdict.advertise_upgrade {
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+    }
+    if let Some(secs) = verdict.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
 }

@@ -11,8 +11,9 @@ use http_body_util::Empty;
 use crate::data::admission::forwarded::{underscore_header, Client};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
-use crate::data::http::error::{self, ProxyError};
-use crate::data::upstream::dial::{self, BackendAnswer, Dial, Judge};
+use crate::data::http::error::ProxyError;
+use crate::data::http::verdict::JUDGE;
+use crate::data::upstream::dial::{self, BackendAnswer, Dial};
 use crate::data::upstream::error::Target;
 use crate::data::upstream::handshake::{self, Offered};
 use crate::data::upstream::headers::strip_hop_by_hop;
@@ -40,10 +41,7 @@ pub(super) async fn dial<B>(
         keepalive: shared.limits.timers.tcp_keepalive,
         tasks: &shared.lifecycle.tasks,
         retries: &shared.metrics.backend_connect_retries,
-        judge: Judge {
-            retry: error::retryable,
-            counts_against_backend: error::counts_against_backend,
-        },
+        judge: JUDGE,
     };
     let tls = shared.tls_config.is_some();
     let result = tokio::select! {

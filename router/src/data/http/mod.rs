@@ -12,3 +12,4 @@ pub mod h2;
 mod live;
 mod request;
 pub mod upgrade;
+mod verdict;
