@@ -1,5 +1,6 @@
-//! The answer step: what the client hears once the backend has spoken (its 101 passed
-//! on as a 101, or a 200 on HTTP/2; its own refusal as it was said).
+//! The answer step: what the client hears. A backend's 101 passed on as a 101 (a 200 on
+//! HTTP/2), a backend's own refusal as it was said, or the router's refusal as its
+//! error's verdict says.
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

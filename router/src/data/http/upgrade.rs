@@ -115,11 +115,11 @@ async fn story<B>(
     ctx: &ConnCtx,
 ) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
     let shared = &ctx.shared;
-    let parsed = request::parse(req, shared)?;
+    let Inspected { host, tenant, key } = request::parse(req, shared)?;
     let h2 = req.version() == http::Version::HTTP_2;
-    let routed = decide::decide(parsed.tenant, parsed.host, h2, shared)?;
+    let routed = decide::decide(tenant, host, h2, shared)?;
     let admitted = admit::admit(req, ctx, &routed)?;
-    let backend = dial::dial(req, ctx, &routed, &parsed.key, &admitted.client).await?;
+    let backend = dial::dial(req, ctx, &routed, &key, &admitted.client).await?;
     let (head, io, pre) = match backend {
         BackendAnswer::Refused(resp) => return Ok((answer::backend_refusal(&routed, resp), None)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),
