@@ -22,10 +22,13 @@ use http::{Request, Response};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::data::admission::pools::{ConnStreams, PendingSlot};
-use crate::data::http::upgrade::{self, Answer, ConnCtx, ProxyBody};
+use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
+use crate::data::http::answer::ProxyBody;
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::upgrade::{self, Answer};
 use crate::data::relay::pump::Peer;
 use crate::data::shared::Shared;
+use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Streams a client may have open on one connection.
 pub const MAX_STREAMS: u32 = 128;
@@ -83,103 +86,170 @@ pub(crate) async fn serve<I>(
     let limits = &shared.limits;
     let first_stream_by =
         tokio::time::Instant::now() + limits.request_timeout + limits.backend_timeout;
-    let handshake = shared.http2.handshake::<I, Bytes>(io);
-    let evicted = slot.evicted();
-    let mut conn = tokio::select! {
-        r = tokio::time::timeout(limits.request_timeout, handshake) => match r {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(client.addr = %peer, "HTTP/2 handshake timed out");
-                return;
-            }
-        },
-        _ = evicted.cancelled() => {
-            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2 preface)");
-            return;
-        }
-        _ = shared.lifecycle.close_tunnels.cancelled() => return,
+    let Some(mut conn) = handshake(&shared, io, peer, &slot).await else {
+        return;
     };
     shared.metrics.http2_connections.inc();
     let _open = OpenGauge(shared.metrics.http2_connections.clone());
     let streams = Arc::new(ConnStreams::default());
     let ctx = ConnCtx::http2(&shared, peer, accepted, streams.clone());
     let idle_after = limits.timers.idle_timeout.unwrap_or(IDLE_CONNECTION);
-    let mut pending = Some(slot);
-    // While no stream is live: when the connection goes (GOAWAY, then closed).
-    let mut idle_until = Some(first_stream_by);
+    let mut life = Life::new(slot, first_stream_by, idle_after);
     let mut keepalive = Keepalive::new(conn.ping_pong());
-    let mut draining = false;
-    // Once the grace period is over (or the connection is idle), the relays send their
-    // 1001s through this connection; it gets the close timeout for that, then is
-    // dropped whatever its peer does (one that stopped reading cannot hold it up).
-    let mut last_call: Option<tokio::time::Instant> = None;
     loop {
-        let evicted = pending.as_ref().map(PendingSlot::evicted);
-        tokio::select! {
-            r = conn.accept() => match r {
-                Some(Ok((req, respond))) => {
-                    shared.lifecycle.tasks.spawn(stream(req, respond, ctx.clone()));
-                }
-                Some(Err(e)) => {
-                    tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 connection error");
-                    return;
-                }
-                None => return,
-            },
-            _ = cancelled(evicted), if pending.is_some() => {
+        let evicted = life.pending.as_ref().map(PendingSlot::evicted);
+        let open = tokio::select! {
+            r = conn.accept() => accept(r, &ctx),
+            _ = cancelled(evicted), if life.pending.is_some() => {
                 tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2)");
-                return;
+                false
             }
-            _ = streams.changed() => {
-                if streams.live() > 0 {
-                    // Its streams hold live places now; the connection is not pending.
-                    pending = None;
-                    idle_until = None;
-                } else if idle_until.is_none() && last_call.is_none() {
-                    // Its last stream ended: pending again, or gone if its source
-                    // already holds its share of the pool.
-                    match shared.admission.admit_pending(peer.ip()) {
-                        Ok(mut slot) => {
-                            slot.hold(crate::data::admission::pools::REQUEST_HEAD_BYTES);
-                            pending = Some(slot);
-                            idle_until = Some(tokio::time::Instant::now() + idle_after);
-                        }
-                        Err(why) => {
-                            shared.metrics.refused(why);
-                            tracing::debug!(client.addr = %peer, reason = why.as_str(), "idle HTTP/2 connection closed: its source holds its share of the pending pool");
-                            return;
-                        }
-                    }
-                }
-            }
-            _ = sleep_until_some(idle_until), if idle_until.is_some() && last_call.is_none() => {
+            _ = streams.changed() => life.streams_changed(streams.live(), &shared, peer),
+            _ = sleep_until_some(life.idle_until), if life.idle_until.is_some() && life.last_call.is_none() => {
                 tracing::debug!(client.addr = %peer, "HTTP/2 connection with no open stream: GOAWAY");
                 conn.graceful_shutdown();
-                last_call = Some(tokio::time::Instant::now() + shared.limits.close_timeout);
+                life.close_within(limits.close_timeout)
             }
             // The drain: GOAWAY at once, so the client opens no more streams here; the
             // streams already open run on (they get 1001 when the grace period ends),
             // and the connection with them.
-            _ = shared.lifecycle.stop_accepting.cancelled(), if !draining => {
-                draining = true;
+            _ = shared.lifecycle.stop_accepting.cancelled(), if !life.draining => {
+                life.draining = true;
                 conn.graceful_shutdown();
+                true
             }
-            _ = shared.lifecycle.close_tunnels.cancelled(), if last_call.is_none() => {
-                last_call = Some(tokio::time::Instant::now() + shared.limits.close_timeout);
+            _ = shared.lifecycle.close_tunnels.cancelled(), if life.last_call.is_none() => {
+                life.close_within(limits.close_timeout)
             }
-            _ = sleep_until_some(last_call), if last_call.is_some() => {
+            _ = sleep_until_some(life.last_call), if life.last_call.is_some() => {
                 tracing::debug!(client.addr = %peer, "HTTP/2 connection still open after GOAWAY: closing");
-                return;
+                false
             }
-            alive = keepalive.tick() => if !alive {
-                tracing::debug!(client.addr = %peer, "HTTP/2 keepalive PING unanswered: closing");
-                return;
-            },
+            alive = keepalive.tick() => {
+                if !alive {
+                    tracing::debug!(client.addr = %peer, "HTTP/2 keepalive PING unanswered: closing");
+                }
+                alive
+            }
+        };
+        if !open {
+            return;
         }
+    }
+}
+
+/// The client's preface and settings, within the request timeout, unless the pending
+/// pool or the drain's end drops the connection first.
+async fn handshake<I>(
+    shared: &Shared,
+    io: I,
+    peer: SocketAddr,
+    slot: &PendingSlot,
+) -> Option<h2::server::Connection<I, Bytes>>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = shared.http2.handshake::<I, Bytes>(io);
+    let evicted = slot.evicted();
+    tokio::select! {
+        r = tokio::time::timeout(shared.limits.request_timeout, handshake) => match r {
+            Ok(Ok(conn)) => Some(conn),
+            Ok(Err(e)) => {
+                tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(client.addr = %peer, "HTTP/2 handshake timed out");
+                None
+            }
+        },
+        _ = evicted.cancelled() => {
+            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2 preface)");
+            None
+        }
+        _ = shared.lifecycle.close_tunnels.cancelled() => None,
+    }
+}
+
+/// What `accept` on an h2 server connection yields: a stream the client opened, an error,
+/// or the end.
+type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
+
+/// A stream the client opened goes to a task of its own. `false`: the connection is over
+/// (a connection error, or the client closed it).
+fn accept(r: Accepted, ctx: &Arc<ConnCtx>) -> bool {
+    match r {
+        Some(Ok((req, respond))) => {
+            ctx.shared
+                .lifecycle
+                .tasks
+                .spawn(stream(req, respond, ctx.clone()));
+            true
+        }
+        Some(Err(e)) => {
+            tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 connection error");
+            false
+        }
+        None => false,
+    }
+}
+
+/// Where a connection stands between its streams.
+struct Life {
+    /// Its place in the pending pool, while it has no live stream.
+    pending: Option<PendingSlot>,
+    /// While no stream is live: when the connection goes (GOAWAY, then closed).
+    idle_until: Option<tokio::time::Instant>,
+    /// How long it may stay with no stream once it had one.
+    idle_after: Duration,
+    /// GOAWAY sent for the drain.
+    draining: bool,
+    /// Once the grace period is over (or the connection is idle), the relays send their
+    /// 1001s through this connection; it gets the close timeout for that, then is
+    /// dropped whatever its peer does (one that stopped reading cannot hold it up).
+    last_call: Option<tokio::time::Instant>,
+}
+
+impl Life {
+    fn new(slot: PendingSlot, first_stream_by: tokio::time::Instant, idle_after: Duration) -> Self {
+        Self {
+            pending: Some(slot),
+            idle_until: Some(first_stream_by),
+            idle_after,
+            draining: false,
+            last_call: None,
+        }
+    }
+
+    /// Its streams changed, `live` of them now. `false`: the connection is to close.
+    fn streams_changed(&mut self, live: usize, shared: &Shared, peer: SocketAddr) -> bool {
+        if live > 0 {
+            // Its streams hold live places now; the connection is not pending.
+            self.pending = None;
+            self.idle_until = None;
+        } else if self.idle_until.is_none() && self.last_call.is_none() {
+            // Its last stream ended: pending again, or gone if its source already holds
+            // its share of the pool.
+            match shared.admission.admit_pending(peer.ip()) {
+                Ok(mut slot) => {
+                    slot.hold(REQUEST_HEAD_BYTES);
+                    self.pending = Some(slot);
+                    self.idle_until = Some(tokio::time::Instant::now() + self.idle_after);
+                }
+                Err(why) => {
+                    shared.metrics.refused(why);
+                    tracing::debug!(client.addr = %peer, reason = why.as_str(), "idle HTTP/2 connection closed: its source holds its share of the pending pool");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// The connection's last call: it closes `close_timeout` from now.
+    fn close_within(&mut self, close_timeout: Duration) -> bool {
+        self.last_call = Some(tokio::time::Instant::now() + close_timeout);
+        true
     }
 }
 
@@ -262,7 +332,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     let (mut head, body) = resp.into_parts();
     // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2), and h2 refuses to
     // send them: an answer built for either version loses its hop-by-hop headers here.
-    upgrade::strip_hop_by_hop(&mut head.headers);
+    strip_hop_by_hop(&mut head.headers);
     let Some(relay) = relay else {
         let bound = ctx.shared.limits.request_timeout;
         send_answer(Response::from_parts(head, ()), body, &mut respond, bound).await;

@@ -1,6 +1,15 @@
-//! Owns: one request's story: the head parsed, the route decided, the socket admitted,
-//! the backend dialled, the client answered, the relay started; over HTTP/1.1 and HTTP/2.
+//! Owns: one request's story (head parsed, route decided, socket admitted, backend dialled,
+//! client answered, relay started) over HTTP/1.1 and HTTP/2, and each error's one verdict.
 //! May not touch: listeners or TLS setup (`edge` hands it a connection).
 
+mod admit;
+mod answer;
+mod conn;
+mod decide;
+mod dial;
+mod error;
 pub mod h2;
+mod live;
+mod request;
 pub mod upgrade;
+mod verdict;

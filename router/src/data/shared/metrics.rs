@@ -60,6 +60,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let bytes = Family::default();
+        let tls_handshake_failures = Family::default();
         let m = Self {
             connections_accepted: Counter::default(),
             connections_refused: Counter::default(),
@@ -69,14 +71,27 @@ impl Metrics {
             connections_active: Family::default(),
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
-            bytes: Family::default(),
-            bytes_from_client: Counter::default(),
-            bytes_from_backend: Counter::default(),
+            bytes_from_client: series(
+                &bytes,
+                DirectionLabel {
+                    direction: "from_client",
+                },
+            ),
+            bytes_from_backend: series(
+                &bytes,
+                DirectionLabel {
+                    direction: "from_backend",
+                },
+            ),
+            bytes,
             // 100 µs .. ~3 s
             tls_handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
-            tls_handshake_failures: Family::default(),
-            tls_handshake_errors: Counter::default(),
-            tls_handshake_timeouts: Counter::default(),
+            tls_handshake_errors: series(&tls_handshake_failures, ReasonLabel { reason: "error" }),
+            tls_handshake_timeouts: series(
+                &tls_handshake_failures,
+                ReasonLabel { reason: "timeout" },
+            ),
+            tls_handshake_failures,
             // 200 µs .. ~6.5 s: TLS + request + backend connect + backend 101
             upgrade_seconds: Histogram::new(exponential_buckets(0.0002, 2.0, 16)),
             backend_connect_retries: Counter::default(),
@@ -87,26 +102,6 @@ impl Metrics {
             proxy_headers: Family::default(),
             proxy_header_errors: Family::default(),
         };
-        let bytes_from_client = m
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "from_client",
-            })
-            .clone();
-        let bytes_from_backend = m
-            .bytes
-            .get_or_create(&DirectionLabel {
-                direction: "from_backend",
-            })
-            .clone();
-        let tls_handshake_errors = m
-            .tls_handshake_failures
-            .get_or_create(&ReasonLabel { reason: "error" })
-            .clone();
-        let tls_handshake_timeouts = m
-            .tls_handshake_failures
-            .get_or_create(&ReasonLabel { reason: "timeout" })
-            .clone();
         for reason in [
             "pending_per_ip",
             "live_full",
@@ -123,17 +118,18 @@ impl Metrics {
                 .backend_handshake_failures
                 .get_or_create(&ReasonLabel { reason });
         }
-        Self {
-            bytes_from_client,
-            bytes_from_backend,
-            tls_handshake_errors,
-            tls_handshake_timeouts,
-            ..m
-        }
+        m
     }
 
-    /// Adds the data path's series to `r`.
+    /// Adds the data path's series to `r`, in the order /metrics has always listed them.
     pub fn register(&self, r: &mut Registry) {
+        self.register_connections(r);
+        self.register_relays(r);
+        self.register_backends(r);
+    }
+
+    /// Client connections: accepted, refused, and pending.
+    fn register_connections(&self, r: &mut Registry) {
         let m = self;
         r.register(
             "connections_accepted",
@@ -160,6 +156,11 @@ impl Metrics {
             "Pending connections dropped to make room (pool or byte budget full): the oldest of the address holding the most",
             m.admission.evicted.clone(),
         );
+    }
+
+    /// Upgrades and their relays, and client TLS handshakes.
+    fn register_relays(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "backend_handshake_failures",
             "Backend 101s refused as a 502, by what was wrong (accept, upgrade, connection, protocol, extension)",
@@ -191,6 +192,12 @@ impl Metrics {
             "Client TLS handshakes that failed (error) or took too long (timeout)",
             m.tls_handshake_failures.clone(),
         );
+    }
+
+    /// Backends (retries, breakers), HTTP/2, the read budget, PROXY protocol headers,
+    /// and the time to an upgrade.
+    fn register_backends(&self, r: &mut Registry) {
+        let m = self;
         r.register(
             "backend_connect_retries",
             "Backend connections refused or reset before any answer, tried again within --backend-timeout",
@@ -278,6 +285,16 @@ impl Metrics {
             .get_or_create(&ReasonLabel { reason })
             .inc();
     }
+}
+
+/// A handle on one labelled series of `family`, taken once so updating it costs an atomic
+/// add, not a family lookup.
+fn series<L, M>(family: &Family<L, M>, label: L) -> M
+where
+    L: Clone + std::hash::Hash + Eq,
+    M: Clone,
+{
+    family.get_or_create(&label).clone()
 }
 
 /// The read budget's count, read when /metrics is scraped (the relays keep it in one

@@ -1,5 +1,9 @@
 //! Owns: the way to a backend: connecting with retries, the circuit breaker per address,
-//! and the backend's half of the upgrade (its request and its 101).
+//! the backend's half of the upgrade (its request and its 101), and why one failed.
 //! May not touch: the client's connection, admission or the answer the client gets.
 
 pub mod breaker;
+pub mod dial;
+pub mod error;
+pub mod handshake;
+pub mod headers;

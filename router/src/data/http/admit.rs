@@ -1,0 +1,62 @@
+//! The admit step: who the request is from, and the places it takes before a backend
+//! is asked (the rate per source, the live pool, its tenant's cap, its HTTP/2
+//! connection's streams).
+
+use std::time::Instant;
+
+use http::Request;
+
+use crate::data::admission::forwarded::Client;
+use crate::data::admission::pools::{ConnStreams, LiveSlot, StreamGuard};
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::decide::Routed;
+use crate::data::http::error::ProxyError;
+use crate::state::tenants::LiveGuard;
+
+/// A request let in: each place it holds is given back as it drops.
+pub(super) struct Admitted {
+    /// Who the request is from (the peer, or whom trusted proxies vouched for).
+    pub(super) client: Client,
+    /// Its place in the live pool, backend socket included.
+    pub(super) live: LiveSlot,
+    /// Counted against its tenant from before the backend is asked.
+    pub(super) tenant_slot: LiveGuard,
+    /// Counted among its HTTP/2 connection's live streams.
+    pub(super) stream: Option<StreamGuard>,
+}
+
+/// Admits a routed request, or says which rule or cap refused it.
+pub(super) fn admit<B>(
+    req: &Request<B>,
+    ctx: &ConnCtx,
+    routed: &Routed,
+) -> Result<Admitted, ProxyError> {
+    let shared = &ctx.shared;
+    // Every per-client decision from here keys on who the request is from, as far as
+    // the router believes its trusted proxies.
+    let client = Client::resolve(ctx.peer.ip(), req.headers(), &shared.policy.trusted_proxies);
+    shared
+        .rate
+        .take(client.addr, Instant::now())
+        .map_err(|wait| ProxyError::RateLimited {
+            retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
+        })?;
+    // From here the connection counts against the live pool, backend socket included,
+    // and against its tenant's cap.
+    let live = shared
+        .admission
+        .admit_live(client.addr)
+        .map_err(ProxyError::AtCapacity)?;
+    let tenant_slot = shared
+        .live
+        .try_register(&routed.tenant, routed.tenant_cap)
+        .ok_or(ProxyError::TenantFull)?;
+    // An HTTP/2 connection with a stream under way is no longer pending.
+    let stream = ctx.streams.as_ref().map(ConnStreams::guard);
+    Ok(Admitted {
+        client,
+        live,
+        tenant_slot,
+        stream,
+    })
+}

@@ -1,0 +1,68 @@
+//! The decide step: the one table load of a connection, which picks its backend for
+//! life (or says why none).
+
+use http::header::HeaderValue;
+use wsrouter::{Backend, Fingerprint, RouteSource};
+
+use crate::data::http::error::ProxyError;
+use crate::data::shared::Shared;
+
+/// Everything the relay needs to know about where it goes.
+pub(super) struct Routed {
+    pub(super) tenant: Box<str>,
+    pub(super) ordinal: u32,
+    /// Where to connect: a pod's `IP:PORT` as the EndpointSlices give it, or a
+    /// `HOST:PORT` from a list or template. Connecting parses an `IP:PORT` as it is;
+    /// only a host name is resolved.
+    pub(super) addr: Box<str>,
+    pub(super) source: RouteSource,
+    pub(super) table_version: u64,
+    pub(super) fingerprint: Fingerprint,
+    /// Live sockets this tenant may hold here (`None`: no cap).
+    pub(super) tenant_cap: Option<u32>,
+    /// An HTTP/2 extended CONNECT stream (answered 200), not an HTTP/1.1 upgrade (101).
+    pub(super) h2: bool,
+    /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
+    pub(super) host: HeaderValue,
+}
+
+/// Where `tenant` goes by the table loaded now. `h2`: the request is an HTTP/2 extended
+/// CONNECT; `host` is the one it is for, as forwarded.
+pub(super) fn decide(
+    tenant: &str,
+    host: HeaderValue,
+    h2: bool,
+    shared: &Shared,
+) -> Result<Routed, ProxyError> {
+    let guard = shared.table.load();
+    let Some(table) = guard.as_deref() else {
+        return Err(ProxyError::NoTable);
+    };
+    let route = table.route(tenant);
+    let ordinal = route.ordinal;
+    // A pod that is not serving, terminating or not known yet: say so now rather
+    // than after a connect timeout, and never guess another. The tenant stays on its
+    // pod; its state lives there.
+    let addr: Box<str> = match route.backend {
+        Backend::Addr(a) => a.clone(),
+        Backend::Pod(m) if m.accepts_new() => m.addr.to_string().into(),
+        Backend::Pod(m) => {
+            return Err(ProxyError::BackendNotServing {
+                ordinal,
+                terminating: m.terminating,
+            })
+        }
+        Backend::Unknown => return Err(ProxyError::BackendUnknown { ordinal }),
+    };
+    Ok(Routed {
+        tenant: tenant.into(),
+        ordinal,
+        addr,
+        source: route.source,
+        table_version: table.version(),
+        fingerprint: table.fingerprint(),
+        tenant_cap: shared.policy.tenant_cap(table, tenant),
+        h2,
+        host,
+    })
+}

@@ -1,0 +1,65 @@
+//! Why a request got no upgrade: one variant per answer (what each comes to is
+//! `verdict`'s).
+
+use http::header::HeaderName;
+use thiserror::Error;
+use wsrouter::{AmbiguousPath, NamespaceError, PathError};
+
+use crate::data::admission::pools::Refusal;
+use crate::data::upstream::error::UpstreamError;
+
+/// Why a request got no upgrade. One variant per answer; [`ProxyError::classify`] says
+/// what each comes to.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    BadNamespace(#[source] NamespaceError),
+    #[error("{0}")]
+    AmbiguousPath(#[source] AmbiguousPath),
+    #[error("{0}")]
+    BadHost(#[source] HostError),
+    #[error("Sec-WebSocket-Key must be 16 bytes in base64 (RFC 6455 §4.1)")]
+    BadKey,
+    #[error("only WebSocket version 13 is supported")]
+    UnsupportedVersion,
+    #[error("at capacity ({})", .0.as_str())]
+    AtCapacity(Refusal),
+    #[error("too many new connections from this address; retry after {retry_after}s")]
+    RateLimited { retry_after: u32 },
+    #[error("this tenant has as many sockets as it may hold here; retry later")]
+    TenantFull,
+    #[error("origin not allowed")]
+    OriginDenied,
+    #[error("{0}")]
+    NoTenant(#[source] PathError),
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error(
+        "this path only serves WebSocket upgrades (GET with Upgrade: websocket over HTTP/1.1)"
+    )]
+    UpgradeRequired,
+    #[error("header {0:?} has '_' in its name; send it with '-' (--underscore-headers refuse)")]
+    UnderscoreHeader(HeaderName),
+    #[error("no routing table loaded yet")]
+    NoTable,
+    #[error("backend {ordinal} is {}", if *.terminating { "terminating" } else { "not serving" })]
+    BackendNotServing { ordinal: u32, terminating: bool },
+    #[error("backend {ordinal} has no known address yet")]
+    BackendUnknown { ordinal: u32 },
+    /// The backend was asked and did not upgrade, or its breaker kept it from being asked.
+    #[error(transparent)]
+    Backend(#[from] UpstreamError),
+}
+
+/// Why a request's Host is refused (RFC 9112 §3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum HostError {
+    #[error("missing Host header (RFC 9112 §3.2)")]
+    Missing,
+    #[error("more than one Host header (RFC 9112 §3.2)")]
+    Repeated,
+    #[error("Host header is not a valid host[:port]")]
+    Invalid,
+}

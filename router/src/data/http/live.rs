@@ -1,0 +1,257 @@
+//! The relay step: a request whose backend has upgraded, waiting for the client's side,
+//! then relayed as a task of its own, counted while it lives and logged as it ends. Its
+//! end on the router's initiative (the drain, a tenant's move) is decided here too.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::data::admission::pools::{LiveSlot, StreamGuard};
+use crate::data::http::admit::Admitted;
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::decide::Routed;
+use crate::data::relay::pump::{self as relay, Peer, Stop};
+use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel};
+use crate::data::shared::Shared;
+use crate::state::tenants::LiveGuard;
+
+/// A backend upgraded and a 101 on its way to the client: what the relay will need once
+/// the client's side of the upgrade completes.
+pub(crate) struct PendingRelay {
+    routed: Routed,
+    /// Counted against its tenant since before the backend was asked.
+    tenant_slot: LiveGuard,
+    backend: TcpStream,
+    backend_pre: Bytes,
+    live: LiveSlot,
+    /// Counted among its HTTP/2 connection's live streams.
+    stream: Option<StreamGuard>,
+    peer: SocketAddr,
+    /// Who the request is from (the peer, or whom trusted proxies vouched for).
+    client: std::net::IpAddr,
+    accepted: Instant,
+    shared: Arc<Shared>,
+}
+
+impl PendingRelay {
+    /// What the relay will need: where it goes, the places admitted, the backend's
+    /// upgraded socket and the bytes it sent after its 101.
+    pub(super) fn new(
+        routed: Routed,
+        admitted: Admitted,
+        backend: TcpStream,
+        backend_pre: Bytes,
+        ctx: &ConnCtx,
+    ) -> Self {
+        let Admitted {
+            client,
+            live,
+            tenant_slot,
+            stream,
+        } = admitted;
+        Self {
+            routed,
+            tenant_slot,
+            backend,
+            backend_pre,
+            live,
+            stream,
+            peer: ctx.peer,
+            client: client.addr,
+            accepted: ctx.accepted,
+            shared: ctx.shared.clone(),
+        }
+    }
+
+    /// Waits (within the request timeout) for hyper to hand over the client's upgraded
+    /// socket, then starts the relay as a task of its own.
+    pub(super) async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
+    where
+        I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+    {
+        let peer = self.peer;
+        let upgrade_timeout = self.shared.limits.request_timeout;
+        let client = match tokio::time::timeout(upgrade_timeout, on_upgrade).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
+                tracing::debug!(client.addr = %peer, error = %e, "client upgrade failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client.addr = %peer, "client upgrade timed out");
+                return;
+            }
+        };
+        // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
+        // reads and writes it directly.
+        match client.downcast::<TokioIo<I>>() {
+            Ok(parts) => self.start(parts.io.into_inner(), parts.read_buf),
+            Err(_) => {
+                tracing::error!(client.addr = %peer, "upgraded connection of an unexpected type")
+            }
+        }
+    }
+
+    /// Registers the live socket, counts it, and spawns the relay task.
+    pub(crate) fn start<I>(self, client_io: I, client_pre: Bytes)
+    where
+        I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+    {
+        let Self {
+            routed,
+            tenant_slot,
+            backend,
+            backend_pre,
+            live,
+            stream,
+            peer,
+            client,
+            accepted,
+            shared,
+        } = self;
+        let started = Instant::now();
+        // One lookup for this relay's gauge; it is decremented through the same handle.
+        let active = shared
+            .metrics
+            .connections_active
+            .get_or_create(&OrdinalLabel {
+                ordinal: routed.ordinal,
+            })
+            .clone();
+        active.inc();
+        if routed.h2 {
+            shared.metrics.http2_streams.inc();
+        }
+        tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
+        let stop = stop_signal(&shared, &routed);
+        let relay = relay::run(
+            client_io,
+            backend,
+            client_pre,
+            backend_pre,
+            stop,
+            shared
+                .limits
+                .timers
+                .relay_config(shared.limits.close_timeout),
+        );
+        let tasks = shared.lifecycle.tasks.clone();
+        let live = LiveRelay {
+            routed,
+            peer,
+            client,
+            accepted,
+            started,
+            active,
+            shared,
+            _slot: live,
+            _live: tenant_slot,
+            _stream: stream,
+        };
+        tasks.spawn(live.run(relay));
+    }
+}
+
+/// What ends a relay on the router's own initiative: the drain's end (1001) and, with
+/// `--reroute-drain`, the tenant's move (1012).
+fn stop_signal(shared: &Shared, routed: &Routed) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
+    let drain = shared.lifecycle.close_tunnels.clone();
+    match shared.reroute.clone() {
+        None => Box::pin(async move {
+            drain.cancelled_owned().await;
+            Stop::SHUTDOWN
+        }),
+        Some(r) => {
+            let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
+            Box::pin(async move {
+                tokio::select! {
+                    _ = drain.cancelled() => Stop::SHUTDOWN,
+                    _ = r.moved(&tenant, ordinal) => Stop::REROUTED,
+                }
+            })
+        }
+    }
+}
+
+/// What a running relay keeps beside its sockets, to count and log its end.
+struct LiveRelay {
+    routed: Routed,
+    peer: SocketAddr,
+    client: std::net::IpAddr,
+    accepted: Instant,
+    started: Instant,
+    active: prometheus_client::metrics::gauge::Gauge,
+    shared: Arc<Shared>,
+    // Fields drop in this order: the tenant's count first, then the live pool's place,
+    // whose release wakes whoever waits on a change, so they see both.
+    _live: LiveGuard,
+    _slot: LiveSlot,
+    _stream: Option<StreamGuard>,
+}
+
+impl LiveRelay {
+    /// The relay task: the relay itself, then the count and the log line. A plain
+    /// future rather than an async fn, so the relay's state is held once, not twice
+    /// (an async fn keeps its argument and the awaited future side by side).
+    fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
+    where
+        I: AsyncRead + AsyncWrite + Peer + Unpin,
+    {
+        let mut relay = relay;
+        let mut live = Some(self);
+        std::future::poll_fn(move |cx| {
+            let report = std::task::ready!(Pin::new(&mut relay).poll(cx));
+            if let Some(live) = live.take() {
+                live.finish(report);
+            }
+            std::task::Poll::Ready(())
+        })
+    }
+
+    fn finish(self, report: relay::RelayReport) {
+        let (routed, metrics) = (&self.routed, &self.shared.metrics);
+        self.active.dec();
+        if routed.h2 {
+            metrics.http2_streams.dec();
+        }
+        metrics
+            .connections_closed
+            .get_or_create(&ClosedLabels {
+                ordinal: routed.ordinal,
+                reason: report.reason.as_str(),
+                protocol: if routed.h2 { "h2" } else { "h1" },
+            })
+            .inc();
+        metrics.bytes_from_client.inc_by(report.bytes_from_client);
+        metrics.bytes_from_backend.inc_by(report.bytes_from_backend);
+        tracing::info!(
+            client.addr = %self.client,
+            peer.addr = %self.peer,
+            tenant = %routed.tenant,
+            backend.ordinal = routed.ordinal,
+            backend.addr = %routed.addr,
+            route.source = routed.source.as_str(),
+            table.version = routed.table_version,
+            table.fingerprint = %routed.fingerprint,
+            http.host = routed.host.to_str().unwrap_or_default(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            setup_ms = (self.started - self.accepted).as_millis() as u64,
+            bytes.from_client = report.bytes_from_client,
+            bytes.from_backend = report.bytes_from_backend,
+            close.reason = report.reason.as_str(),
+            close.client_code = report.client_close_code,
+            close.backend_code = report.backend_close_code,
+            close.sent_to_client = report.sent_to_client,
+            close.sent_to_backend = report.sent_to_backend,
+            close.timed_out = report.timed_out,
+            "connection closed"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! HTTP header lists as both sides of an upgrade read them: tokens, items, and the
+//! hop-by-hop headers that never cross the router.
+
+use http::header::{self, HeaderMap, HeaderName};
+
+/// The items of a comma-separated header, over all its lines, trimmed, empty ones skipped.
+pub(crate) fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// An extension's name, without its parameters.
+pub(crate) fn extension_name(ext: &str) -> &str {
+    ext.split(';').next().unwrap_or("").trim()
+}
+
+/// Whether a comma-separated header contains `token` (case-insensitive).
+pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+    list(headers, name).any(|t| t.eq_ignore_ascii_case(token))
+}
+
+/// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any
+/// the `Connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::UPGRADE,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::CONTENT_LENGTH,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+#[cfg(test)]
+mod tests {
+    use http::header::HeaderValue;
+
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Secret-Hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("k"));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://app"));
+        h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["cookie", "origin", "sec-websocket-key"]);
+    }
+
+    #[test]
+    fn header_tokens() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        assert!(header_has_token(&h, header::CONNECTION, "upgrade"));
+        assert!(!header_has_token(&h, header::CONNECTION, "close"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(header_has_token(&h, header::UPGRADE, "websocket"));
+    }
+}
