@@ -105,10 +105,14 @@ async fn dev_reroutes_live_when_the_overrides_file_is_edited() -> Result<()> {
     )
     .await??;
 
-    // A broken edit is rejected and counted; routing is unchanged.
+    // A broken edit is rejected and counted; routing is unchanged. It is renamed into
+    // place: written in place, a watcher that reads between the truncate and the write
+    // (a busy machine can stall the writer past the settle time) sees an empty file,
+    // which is an empty ConfigMap, and publishes that first.
     let control = dev.router.control();
     let mut processed = control.processed();
-    std::fs::write(&file, "data: [this is not, a configmap")?;
+    std::fs::write(&tmp, "data: [this is not, a configmap")?;
+    std::fs::rename(&tmp, &file)?;
     within(
         WAIT,
         "rejection",
