@@ -16,7 +16,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use router::data::relay::frame::{find_pong, match_pong, FrameCursor, PongMatch, PongScan};
+use router::fuzzing::{find_pong, match_pong, FrameCursor, PongMatch, PongScan};
 
 /// A pong carrying the 8-byte token: 2 header bytes and the token, plus 4 bytes of
 /// mask if it is masked (`match_pong`: `header + 8`, header 2 or 6).

@@ -9,7 +9,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use router::data::edge::proxy_protocol::{parse, Proxied, MAX_HEADER, V1_MAX};
+use router::fuzzing::{parse_proxy_header as parse, Proxied, MAX_HEADER, V1_MAX};
 
 fuzz_target!(|data: &[u8]| run(data));
 

@@ -25,9 +25,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use router::data::admission::forwarded::{underscore_header, Client, TrustedProxies, Underscores};
-use router::data::admission::policy::{Origins, PolicyConfig};
-use router::data::http::upgrade::{inspect, Inspected, ProxyError};
+use router::fuzzing::{inspect, underscore_header, Client, Inspected, ProxyError};
+use router::{Origins, PolicyConfig, TrustedProxies, Underscores};
 use wsrouter::{validate_namespace, PathPrefix, TenantFrom};
 
 /// Headers a head may have (hyper's default is 100; 64 keeps the fuzzer's inputs small).

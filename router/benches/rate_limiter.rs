@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use router::data::admission::policy::RateLimiter;
+use router::RateLimiter;
 
 /// How many addresses cycle through the map.
 const SOURCES: u32 = 200_000;
@@ -44,7 +44,7 @@ mod old {
 
     const MAX_BUCKETS: usize = 65_536;
 
-    /// `router::data::admission::pools::Source`, which is crate-private.
+    /// `router::Source`, which is crate-private.
     fn source(ip: IpAddr) -> u128 {
         match ip {
             IpAddr::V4(v4) => u128::from(u32::from(v4)),
@@ -55,14 +55,14 @@ mod old {
         }
     }
 
-    pub struct RateLimiter {
+    pub(crate) struct RateLimiter {
         rate: f64,
         burst: f64,
         buckets: Mutex<HashMap<u128, (f64, Instant)>>,
     }
 
     impl RateLimiter {
-        pub fn new(rate: f64, burst: u32) -> Self {
+        pub(crate) fn new(rate: f64, burst: u32) -> Self {
             Self {
                 rate,
                 burst: f64::from(burst.max(1)),
@@ -73,14 +73,14 @@ mod old {
         /// Setup only: the map `take` would leave had each of `ips` taken one token at
         /// `now` and none refilled, without the sweeps that would find nothing to
         /// forget on the way (200,000 of those take minutes).
-        pub fn fill(&self, ips: impl Iterator<Item = IpAddr>, now: Instant) {
+        pub(crate) fn fill(&self, ips: impl Iterator<Item = IpAddr>, now: Instant) {
             let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
             for ip in ips {
                 buckets.insert(source(ip), (self.burst - 1.0, now));
             }
         }
 
-        pub fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        pub(crate) fn take(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
             if self.rate <= 0.0 {
                 return Ok(());
             }

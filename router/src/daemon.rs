@@ -21,7 +21,7 @@ use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
-pub use crate::data::edge::listen::ServerError;
+pub(crate) use crate::data::edge::listen::ServerError;
 use crate::data::relay::reroute::Reroute;
 use crate::data::shared::metrics::Metrics;
 use crate::data::shared::Shared;

@@ -18,13 +18,60 @@
 // long is two steps. `router/tests/layout.rs` holds files to 700 lines.
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
-pub mod admin;
-pub mod commands;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod data;
-pub mod logging;
-pub mod state;
+mod admin;
+mod commands;
+mod config;
+mod control;
+mod daemon;
+mod data;
+mod logging;
+mod state;
 
+// The public surface, and all of it: what the binary (`main.rs`), the integration tests,
+// the benchmarks and the fuzz targets use. Everything else is `pub(crate)` at most, and
+// the `unreachable_pub` and `dead_code` lints keep it so: an item nobody outside its
+// module needs cannot hide behind a `pub`.
+
+// The binary: its command line, logging, one subcommand to its exit status.
+pub use commands::dev::{start as start_dev, DevHandle};
+pub use commands::exit::bad_command_line;
+pub use commands::plan::{plan, Current};
+pub use commands::run;
+pub use config::{default_admin_listen, AdminToken, Cli, Command, RouterConfig, DEFAULT_CONFIGMAP};
+pub use logging::init as init_logging;
+
+// A router in-process, and what its handle and admin listener answer with.
+pub use admin::views::{ErrorView, RouteView, TableView};
+pub use admin::{ADMIN_HEADER_TIMEOUT, MAX_ADMIN_CONNECTIONS};
 pub use daemon::{start, RouterHandle};
+
+// The control plane's settings and inputs.
+pub use control::overrides_file::read_overrides;
+pub use control::publisher::{Input, RoutingConfig};
+pub use control::stats::RejectReason;
+pub use control::watch::kube::WATCH_RETRY_MAX;
+pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
+
+// The data plane's settings, and what a test plugs into it.
+pub use data::admission::forwarded::{TrustedProxies, Underscores};
+pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
+pub use data::admission::pools::PENDING_BASE_BYTES;
+pub use data::relay::pump::Ping;
+pub use data::relay::reroute::RerouteConfig;
+pub use data::shared::limits::{Limits, ProxyProtocol, SocketTimers};
+pub use data::shared::{Pages, Shared};
+pub use data::tls::config::{client_config, load_server_config, DevCert, KeyExchange, TlsOptions};
+pub use data::tls::stream::MAX_RECORD;
+pub use data::upstream::breaker::BreakerConfig;
+
+/// The pure parsers and scanners the fuzz targets (`fuzz/`) drive with arbitrary bytes:
+/// public for them alone.
+pub mod fuzzing {
+    pub use crate::data::admission::forwarded::{underscore_header, Client};
+    pub use crate::data::edge::proxy_protocol::{
+        parse as parse_proxy_header, Proxied, MAX_HEADER, V1_MAX,
+    };
+    pub use crate::data::http::upgrade::{inspect, Inspected, ProxyError};
+    pub use crate::data::relay::frame::FrameCursor;
+    pub use crate::data::relay::pings::{find_pong, match_pong, PongMatch, PongScan};
+}

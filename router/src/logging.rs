@@ -19,7 +19,7 @@ pub fn init(format: LogFormat) {
 }
 
 /// Displays an error with its chain of causes on one line.
-pub struct DisplayChain<'a>(pub &'a dyn std::error::Error);
+pub(crate) struct DisplayChain<'a>(pub &'a dyn std::error::Error);
 
 impl std::fmt::Display for DisplayChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -1,11 +1,10 @@
 //! The `wsrouter` binary: parse the command line (exit 64 on a bad one), set up logging
-//! and the control runtime, and run the subcommand (`router::commands`).
+//! and the control runtime, and run the subcommand (`router::run`).
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use router::commands::{self, exit};
-use router::config::Cli;
+use router::{bad_command_line, Cli};
 
 // jemalloc rather than glibc's malloc: glibc kept what a burst of 16 KiB messages freed,
 // so 9,000 idle sockets cost more after traffic than before; jemalloc's size classes stay
@@ -28,9 +27,9 @@ pub static MALLOC_CONF: &[u8] = b"background_thread:true,dirty_decay_ms:1000,muz
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => return exit::bad_command_line(&e),
+        Err(e) => return bad_command_line(&e),
     };
-    router::logging::init(cli.log_format);
+    router::init_logging(cli.log_format);
     // Connections run on their own I/O threads (data::listen); this runtime only
     // carries the control plane, the watchers and the admin listener.
     let io_threads = cli.workers.map_or_else(
@@ -49,5 +48,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(commands::run(cli.command, io_threads))
+    runtime.block_on(router::run(cli.command, io_threads))
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use clap::CommandFactory;
-use router::config::{Cli, DEFAULT_CONFIGMAP};
+use router::{Cli, DEFAULT_CONFIGMAP};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -133,7 +133,7 @@ fn router_defaults_match_the_manifests() -> Result<()> {
     assert_eq!(named_port(c, "wss"), port_of(&serve_default("listen")));
     assert_eq!(
         named_port(c, "admin"),
-        u64::from(router::config::default_admin_listen(None).port())
+        u64::from(router::default_admin_listen(None).port())
     );
     // The admin listener binds the pod's own address (the downward API's POD_IP), not
     // every interface.
@@ -287,7 +287,7 @@ fn router_defaults_match_the_manifests() -> Result<()> {
     };
     let wss = port_rule(port_of(&serve_default("listen")));
     assert!(wss.is_object() && wss.get("from").is_none(), "{wss}");
-    let admin = port_rule(u64::from(router::config::default_admin_listen(None).port()));
+    let admin = port_rule(u64::from(router::default_admin_listen(None).port()));
     assert_eq!(
         admin["from"][0]["namespaceSelector"]["matchLabels"]["wsrouter.io/admin-access"], "true",
         "{admin}"

@@ -144,7 +144,7 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 /// A client WebSocket, plain or over TLS, or a stream of an HTTP/2 connection.
-pub enum Ws {
+pub(crate) enum Ws {
     Plain(Box<WebSocketStream<TcpStream>>),
     Tls(Box<WebSocketStream<TlsStream<TcpStream>>>),
     H2(Box<WebSocketStream<TokioIo<Upgraded>>>),
@@ -272,7 +272,7 @@ async fn open_tcp(target: &Target, source: Option<IpAddr>) -> Result<TcpStream, 
 
 /// A PROXY protocol v2 header for a TCP connection from `from` to `to` (both IPv4, or
 /// both IPv6).
-pub fn proxy_v2_header(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
+pub(crate) fn proxy_v2_header(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
     let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     h.push(0x21); // version 2, PROXY
     match (from, to) {

@@ -5,9 +5,9 @@ use std::num::NonZeroU32;
 use std::time::Duration;
 
 use anyhow::Result;
-use router::config::RouterConfig;
-use router::control::RoutingConfig;
-use router::data::shared::limits::Limits;
+use router::Limits;
+use router::RouterConfig;
+use router::RoutingConfig;
 use wsload::{LoadConfig, Mode, Target};
 use wsrouter::{Backends, PathPrefix};
 
@@ -27,7 +27,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
             .map(|b| b.local_addr().to_string())
             .collect(),
     )?;
-    let cert = router::data::tls::config::DevCert::generate(&["localhost"])?;
+    let cert = router::DevCert::generate(&["localhost"])?;
     let h = router::start(RouterConfig {
         pages: None,
         io_threads: 0,

@@ -12,10 +12,10 @@ use crate::control::ControlStats;
 use crate::data::shared::metrics::Metrics as DataMetrics;
 
 /// The content type of [`AdminMetrics::encode`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Every series the router exposes, and the admin listener's own.
-pub struct AdminMetrics {
+pub(crate) struct AdminMetrics {
     registry: Registry,
     /// 1 while the router drains; set when scraped, from the lifecycle.
     pub draining: Gauge,
@@ -27,12 +27,12 @@ pub struct AdminMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkerLabel {
+pub(crate) struct WorkerLabel {
     pub worker: u32,
 }
 
 impl AdminMetrics {
-    pub fn new(data: &DataMetrics, control: &ControlStats) -> Self {
+    pub(crate) fn new(data: &DataMetrics, control: &ControlStats) -> Self {
         let mut registry = Registry::with_prefix("wsrouter");
         data.register(&mut registry);
         control.register(&mut registry);
@@ -62,7 +62,7 @@ impl AdminMetrics {
     }
 
     /// The exposition, in OpenMetrics text format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -10,8 +10,8 @@
 //! - [`metrics`]: the registry every component registers into, encoded for `/metrics`.
 //! - [`views`]: the JSON this listener serves and the commands read, typed both ways.
 
-pub mod metrics;
-pub mod views;
+pub(crate) mod metrics;
+pub(crate) mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,11 +41,11 @@ pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Time to send a request head, and the longest an idle keep-alive connection stays.
 pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest an admin connection lives, whatever it does.
-pub const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// The admin listener's own settings.
 #[derive(Debug, Clone, Default)]
-pub struct AdminConfig {
+pub(crate) struct AdminConfig {
     /// Asked for (`Authorization: Bearer`) on everything but the probes and `/metrics`.
     pub token: Option<AdminToken>,
 }
@@ -62,7 +62,7 @@ impl std::fmt::Debug for AdminToken {
 
 /// Serves until `stop` is cancelled. It stays up while the router drains, so probes see
 /// `/readyz` fail rather than a refused connection.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     metrics: Arc<AdminMetrics>,
@@ -243,12 +243,12 @@ fn no_table() -> Response<Full<Bytes>> {
 }
 
 /// `/route/{ns}`'s answer, for whoever serves it (the dev page too).
-pub fn route_response(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
+pub(crate) fn route_response(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
     route_json(shared, ns)
 }
 
 /// `/table`'s answer, for whoever serves it (the dev page too).
-pub fn table_response(shared: &Shared) -> Response<Full<Bytes>> {
+pub(crate) fn table_response(shared: &Shared) -> Response<Full<Bytes>> {
     table_json(shared)
 }
 
@@ -324,7 +324,7 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
     json_response(StatusCode::OK, &view)
 }
 
-pub fn fingerprint_view(f: Fingerprint) -> FingerprintView {
+pub(crate) fn fingerprint_view(f: Fingerprint) -> FingerprintView {
     FingerprintView {
         config: f.config_hex(),
         membership: f.membership_hex(),

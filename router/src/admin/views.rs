@@ -83,7 +83,7 @@ pub struct OverrideView {
 
 /// `wsrouter route NAMESPACE --json`: the routing contract for one namespace, offline.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ContractView {
+pub(crate) struct ContractView {
     pub namespace: String,
     /// `XXH3-64(namespace, seed 0)` as `0x` and 16 hex digits.
     pub xxh3_64: String,

@@ -6,7 +6,7 @@ use super::exit::failure;
 use crate::config::CertArgs;
 use crate::data::tls::config::DevCert;
 
-pub fn run(args: &CertArgs) -> ExitCode {
+pub(crate) fn run(args: &CertArgs) -> ExitCode {
     let hosts: Vec<&str> = args.hosts.iter().map(String::as_str).collect();
     match DevCert::generate(&hosts).and_then(|c| c.write_to(&args.out)) {
         Ok(()) => {

@@ -47,7 +47,7 @@ pub struct DevHandle {
 }
 
 /// `wsrouter dev`: the router with in-process echo backends, until signalled.
-pub async fn run(args: DevArgs, io_threads: usize) -> ExitCode {
+pub(crate) async fn run(args: DevArgs, io_threads: usize) -> ExitCode {
     match start(args, io_threads).await {
         Ok(dev) => {
             println!("{}", dev.banner());

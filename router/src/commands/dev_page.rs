@@ -16,7 +16,7 @@ use crate::data::shared::{Pages, Shared};
 const PAGE: &str = include_str!("dev_page.html");
 
 #[derive(Debug)]
-pub struct DevPage;
+pub(super) struct DevPage;
 
 impl Pages for DevPage {
     fn answer(&self, method: &Method, uri: &Uri, shared: &Shared) -> Option<Response<Full<Bytes>>> {

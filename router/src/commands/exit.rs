@@ -7,7 +7,7 @@ use clap::error::ErrorKind;
 use crate::logging::DisplayChain;
 
 /// EX_USAGE from sysexits.h: the configuration is wrong, restarting will not help.
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// clap's verdict on the command line: help and version as asked (exit 0); anything
 /// else is a configuration error, one line naming the flag and what is wrong, exit 64.
@@ -39,20 +39,20 @@ pub fn bad_command_line(e: &clap::Error) -> ExitCode {
 }
 
 /// A rejected plan or route input: the reasons on stderr, one per line, exit 1.
-pub fn usage_error(e: &dyn std::error::Error) -> ExitCode {
+pub(crate) fn usage_error(e: &dyn std::error::Error) -> ExitCode {
     eprintln!("wsrouter: {}", DisplayChain(e));
     ExitCode::FAILURE
 }
 
 /// A configuration the daemon cannot run with: logged, exit 64.
-pub fn config_error(e: &dyn std::error::Error) -> ExitCode {
+pub(crate) fn config_error(e: &dyn std::error::Error) -> ExitCode {
     tracing::error!("invalid configuration: {}", DisplayChain(e));
     ExitCode::from(EXIT_CONFIG)
 }
 
 /// Anything else that stops a command (a port taken, a thread not started): logged with
 /// what was being done, exit 1.
-pub fn failure(doing: &str, e: &dyn std::error::Error) -> ExitCode {
+pub(crate) fn failure(doing: &str, e: &dyn std::error::Error) -> ExitCode {
     tracing::error!("{doing}: {}", DisplayChain(e));
     ExitCode::FAILURE
 }

@@ -9,12 +9,12 @@
 //! - [`cert`]: `wsrouter cert`: a development certificate on disk.
 //! - [`exit`]: exit statuses and how errors are reported.
 
-pub mod cert;
-pub mod dev;
+pub(crate) mod cert;
+pub(crate) mod dev;
 mod dev_page;
-pub mod exit;
-pub mod plan;
-pub mod serve;
+pub(crate) mod exit;
+pub(crate) mod plan;
+pub(crate) mod serve;
 
 use std::process::ExitCode;
 

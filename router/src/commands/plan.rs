@@ -22,7 +22,7 @@ use crate::config::{PlanArgs, RouteArgs};
 use crate::control::overrides_file::{self, OverridesFileError};
 
 /// `wsrouter route`: the routing contract for one namespace, as a line or JSON.
-pub fn run_route(args: &RouteArgs) -> ExitCode {
+pub(crate) fn run_route(args: &RouteArgs) -> ExitCode {
     let v = match route(
         &args.namespace,
         args.replicas,
@@ -47,7 +47,7 @@ pub fn run_route(args: &RouteArgs) -> ExitCode {
 }
 
 /// `wsrouter plan`: what an overrides edit or a scale would move.
-pub async fn run_plan(args: &PlanArgs) -> ExitCode {
+pub(crate) async fn run_plan(args: &PlanArgs) -> ExitCode {
     let current = match &args.admin {
         Some(url) => Current::from_admin(url, args.admin_token.as_deref(), &args.statefulset).await,
         None => Current::offline(
@@ -114,7 +114,7 @@ fn replicas(n: u32) -> Result<NonZeroU32, OpsError> {
 }
 
 /// `wsrouter route`: the routing contract for one namespace.
-pub fn route(
+pub(crate) fn route(
     namespace: &str,
     replica_count: u32,
     overrides: Option<&Path>,
@@ -310,7 +310,7 @@ impl std::fmt::Display for Plan {
 
 /// GET `{base}{path}` from a router's admin listener (with its bearer token, if it asks
 /// for one): the body of a 2xx answer.
-pub async fn fetch(base: &str, path: &str, token: Option<&str>) -> Result<Bytes, OpsError> {
+pub(crate) async fn fetch(base: &str, path: &str, token: Option<&str>) -> Result<Bytes, OpsError> {
     let err = |e: Box<dyn std::error::Error + Send + Sync>| OpsError::Admin {
         url: base.to_owned(),
         source: e,

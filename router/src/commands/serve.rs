@@ -10,7 +10,7 @@ use crate::config::ServeArgs;
 use crate::control::watch;
 use crate::daemon::{self, RouterHandle};
 
-pub async fn run(args: ServeArgs, io_threads: usize) -> ExitCode {
+pub(crate) async fn run(args: ServeArgs, io_threads: usize) -> ExitCode {
     let (mut config, watch) = match args.into_config() {
         Ok(c) => c,
         Err(e) => return config_error(&e),
@@ -31,7 +31,7 @@ pub async fn run(args: ServeArgs, io_threads: usize) -> ExitCode {
 }
 
 /// SIGTERM or SIGINT begins the drain; a second one skips the rest of the grace period.
-pub async fn until_signals(handle: RouterHandle) -> ExitCode {
+pub(crate) async fn until_signals(handle: RouterHandle) -> ExitCode {
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

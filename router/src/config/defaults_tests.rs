@@ -8,6 +8,7 @@ use std::fmt::Debug;
 
 use clap::{Arg, ArgAction, Args, CommandFactory, Parser};
 
+use super::common::CommonArgs;
 use super::edge::EdgeArgs;
 use super::lifecycle::LifecycleArgs;
 use super::requests::RequestArgs;

@@ -10,20 +10,20 @@
 //! [`routing`]. [`common`] groups the ones `serve` and `dev` share; [`serve`] is the
 //! one step that reads files and the pod's environment.
 
-pub mod admin;
-pub mod common;
-pub mod dev;
-pub mod edge;
+pub(crate) mod admin;
+pub(crate) mod common;
+pub(crate) mod dev;
+pub(crate) mod edge;
 mod error;
-pub mod lifecycle;
-pub mod ops;
-pub mod requests;
-pub mod routing;
-pub mod serve;
-pub mod sockets;
-pub mod tls;
-pub mod upstream;
-pub mod values;
+pub(crate) mod lifecycle;
+pub(crate) mod ops;
+pub(crate) mod requests;
+pub(crate) mod routing;
+pub(crate) mod serve;
+pub(crate) mod sockets;
+pub(crate) mod tls;
+pub(crate) mod upstream;
+pub(crate) mod values;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,17 +33,15 @@ use clap::{Parser, Subcommand};
 use wsrouter::PathPrefix;
 
 pub use self::admin::{default_admin_listen, AdminToken};
-pub use self::common::CommonArgs;
-pub use self::dev::DevArgs;
-pub use self::error::ConfigError;
-pub use self::ops::{CertArgs, PlanArgs, RouteArgs};
+pub(crate) use self::dev::DevArgs;
+pub(crate) use self::error::ConfigError;
+pub(crate) use self::ops::{CertArgs, PlanArgs, RouteArgs};
 pub use self::routing::DEFAULT_CONFIGMAP;
-pub use self::serve::ServeArgs;
-pub use self::values::parse_size;
+pub(crate) use self::serve::ServeArgs;
 use crate::control::RoutingConfig;
 use crate::data::relay::reroute::RerouteConfig;
 use crate::data::shared::limits::Limits;
-pub use crate::logging::LogFormat;
+pub(crate) use crate::logging::LogFormat;
 
 #[derive(Parser, Debug)]
 #[command(

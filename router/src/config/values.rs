@@ -83,7 +83,7 @@ impl fmt::Display for Size {
 }
 
 /// A size in bytes: `16384`, `16KiB`, `24MiB`, `1GiB` (also `KB`/`MB`/`GB` as powers of 1024).
-pub fn parse_size(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);

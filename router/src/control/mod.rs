@@ -7,10 +7,10 @@
 //! - [`overrides_file`]: overrides from a ConfigMap manifest on disk.
 //! - [`watch`]: the watchers: files, mounted ConfigMaps, the Kubernetes API, certificates.
 
-pub mod overrides_file;
-pub mod publisher;
-pub mod stats;
-pub mod watch;
+pub(crate) mod overrides_file;
+pub(crate) mod publisher;
+pub(crate) mod stats;
+pub(crate) mod watch;
 
-pub use publisher::{Applied, Control, ControlHandle, ControlParts, Input, RoutingConfig, Slots};
-pub use stats::{ControlStats, RejectReason};
+pub(crate) use publisher::{Control, ControlHandle, ControlParts, Input, RoutingConfig, Slots};
+pub(crate) use stats::ControlStats;

@@ -52,7 +52,7 @@ pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, Overr
 
 /// The overrides and the per-tenant settings (`max-connections.<namespace>`) in the
 /// manifest at `path`, validated as the control loop validates a watched update.
-pub fn read_configmap(
+pub(crate) fn read_configmap(
     path: &Path,
     statefulset: &str,
 ) -> Result<(Overrides, TenantLimits), OverridesFileError> {
@@ -64,7 +64,7 @@ pub fn read_configmap(
 }
 
 /// The `data` of the ConfigMap manifest at `path`.
-pub fn read(path: &Path) -> Result<BTreeMap<String, String>, OverridesFileError> {
+pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, String>, OverridesFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| OverridesFileError::Read {
         path: path.to_owned(),
         source,

@@ -92,7 +92,7 @@ pub struct ControlHandle {
 }
 
 /// What the control plane writes besides the table, and when its watchers stop.
-pub struct Slots {
+pub(crate) struct Slots {
     /// Cancelled when the router begins to drain: watchers stop with it.
     pub stopping: CancellationToken,
     /// Where the certificate watcher stores a reloaded TLS config (`None`: plaintext).
@@ -132,7 +132,7 @@ impl ControlHandle {
 }
 
 /// The state the control loop owns.
-pub struct Control {
+pub(crate) struct Control {
     table: Arc<ArcSwapOption<RoutingTable>>,
     backends: Backends,
     statefulset: String,
@@ -152,7 +152,7 @@ pub struct Control {
 
 /// What one input did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Applied {
+pub(crate) enum Applied {
     Published {
         version: u64,
     },
@@ -162,7 +162,7 @@ pub enum Applied {
     Rejected(RejectReason),
 }
 
-pub struct ControlParts {
+pub(crate) struct ControlParts {
     /// The slot tables are published into.
     pub table: Arc<ArcSwapOption<RoutingTable>>,
     pub routing: RoutingConfig,
@@ -177,7 +177,9 @@ pub struct ControlParts {
 impl Control {
     /// Publishes the first table at once when the configuration has all it needs
     /// (a replica count, and overrides unless they come from a source not read yet).
-    pub fn new(parts: ControlParts) -> (Self, ControlHandle, mpsc::UnboundedReceiver<Input>) {
+    pub(crate) fn new(
+        parts: ControlParts,
+    ) -> (Self, ControlHandle, mpsc::UnboundedReceiver<Input>) {
         let (changed, changes) = watch::channel(0);
         let (processed, processed_rx) = watch::channel(0);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -224,7 +226,7 @@ impl Control {
     }
 
     /// Applies inputs until every handle is gone.
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Input>) {
         while let Some(input) = rx.recv().await {
             self.apply(input);
             self.processed.send_modify(|n| *n += 1);
@@ -233,7 +235,7 @@ impl Control {
 
     /// Applies one input: the candidate state is built and published, or rejected and
     /// forgotten; only a good update becomes the state later inputs build on.
-    pub fn apply(&mut self, input: Input) -> Applied {
+    pub(crate) fn apply(&mut self, input: Input) -> Applied {
         let next = match self.candidate(input) {
             Ok(next) => next,
             Err(done) => return done,

@@ -13,11 +13,11 @@
 //!
 //! `docs/ARCHITECTURE.md` draws a request's path through them.
 
-pub mod admission;
-pub mod edge;
-pub mod http;
-pub mod relay;
-pub mod shared;
+pub(crate) mod admission;
+pub(crate) mod edge;
+pub(crate) mod http;
+pub(crate) mod relay;
+pub(crate) mod shared;
 pub(crate) mod socket;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod tls;
+pub(crate) mod upstream;

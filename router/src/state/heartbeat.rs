@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// One stamp per I/O thread: milliseconds since `start` when its loop last turned.
 #[derive(Debug)]
-pub struct Heartbeats {
+pub(crate) struct Heartbeats {
     start: Instant,
     beats: Box<[AtomicU64]>,
 }
@@ -17,26 +17,22 @@ pub struct Heartbeats {
 impl Heartbeats {
     /// Slots for `workers` threads, each stamped now (a thread that never starts is
     /// reported once the threshold has passed).
-    pub fn new(workers: usize) -> Self {
+    pub(crate) fn new(workers: usize) -> Self {
         Self {
             start: Instant::now(),
             beats: (0..workers.max(1)).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
-    pub fn workers(&self) -> usize {
-        self.beats.len()
-    }
-
     /// Worker `i`'s loop turned now.
-    pub fn beat(&self, i: usize) {
+    pub(crate) fn beat(&self, i: usize) {
         if let Some(slot) = self.beats.get(i) {
             slot.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
         }
     }
 
     /// How long since each worker's loop last turned, by worker.
-    pub fn ages(&self) -> impl Iterator<Item = (usize, Duration)> + '_ {
+    pub(crate) fn ages(&self) -> impl Iterator<Item = (usize, Duration)> + '_ {
         self.ages_at(Instant::now())
     }
 
@@ -50,13 +46,13 @@ impl Heartbeats {
 
     /// How often a worker stamps for a stall to be seen within `threshold`: four times
     /// per threshold, at most once a second and at least every 10 ms.
-    pub fn interval(threshold: Duration) -> Duration {
+    pub(crate) fn interval(threshold: Duration) -> Duration {
         (threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
     /// Stamps worker `i` every `interval` until `stop` resolves. It runs on the worker's
     /// own event loop, so a stamp proves that loop turned.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         i: usize,
         interval: Duration,
@@ -90,7 +86,7 @@ mod tests {
         );
         // A stamp later than the reading (another thread raced ahead) is age zero.
         assert_eq!(h.ages_at(t0).next(), Some((0, Duration::ZERO)));
-        assert_eq!(Heartbeats::new(0).workers(), 1);
+        assert_eq!(Heartbeats::new(0).ages().count(), 1);
         assert_eq!(
             Heartbeats::interval(Duration::from_secs(10)),
             Duration::from_secs(1)

@@ -5,12 +5,12 @@
 use prometheus_client::encoding::EncodeLabelSet;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OrdinalLabel {
+pub(crate) struct OrdinalLabel {
     pub ordinal: u32,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClosedLabels {
+pub(crate) struct ClosedLabels {
     pub ordinal: u32,
     pub reason: &'static str,
     /// `h1` (an HTTP/1.1 upgrade) or `h2` (an HTTP/2 stream).
@@ -18,14 +18,14 @@ pub struct ClosedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StatusLabel {
+pub(crate) struct StatusLabel {
     pub status: u16,
     /// `h1` or `h2`: how the request came.
     pub protocol: &'static str,
 }
 
 /// The protocol label of a request of `version`.
-pub fn protocol(version: http::Version) -> &'static str {
+pub(crate) fn protocol(version: http::Version) -> &'static str {
     if version == http::Version::HTTP_2 {
         "h2"
     } else {
@@ -34,7 +34,7 @@ pub fn protocol(version: http::Version) -> &'static str {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabel {
+pub(crate) struct DirectionLabel {
     pub direction: &'static str,
 }
 

@@ -60,7 +60,7 @@ impl Changes {
 }
 
 #[derive(Clone, Default)]
-pub struct Lifecycle {
+pub(crate) struct Lifecycle {
     /// SIGTERM: stop accepting, fail readiness.
     pub stop_accepting: CancellationToken,
     /// The grace period is over: every live socket gets close 1001.
@@ -80,44 +80,44 @@ struct Readiness {
 
 impl Lifecycle {
     /// A lifecycle whose changes wake `changes`' waiters.
-    pub fn with_changes(changes: Changes) -> Self {
+    pub(crate) fn with_changes(changes: Changes) -> Self {
         Self {
             changes,
             ..Self::default()
         }
     }
 
-    pub fn set_table_loaded(&self) {
+    pub(crate) fn set_table_loaded(&self) {
         self.readiness.table_loaded.store(true, Ordering::Release);
         self.changes.note();
     }
 
-    pub fn set_listening(&self) {
+    pub(crate) fn set_listening(&self) {
         self.readiness.listening.store(true, Ordering::Release);
         self.changes.note();
     }
 
     /// Every listener has closed (the drain began).
-    pub fn set_listener_closed(&self) {
+    pub(crate) fn set_listener_closed(&self) {
         self.readiness.listening.store(false, Ordering::Release);
         self.changes.note();
     }
 
-    pub fn is_listening(&self) -> bool {
+    pub(crate) fn is_listening(&self) -> bool {
         self.readiness.listening.load(Ordering::Acquire)
     }
 
-    pub fn set_draining(&self) {
+    pub(crate) fn set_draining(&self) {
         self.readiness.draining.store(true, Ordering::Release);
         self.changes.note();
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.readiness.draining.load(Ordering::Acquire)
     }
 
     /// Ready for traffic: a table is loaded, the listener is bound, and not draining.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         let r = &self.readiness;
         r.table_loaded.load(Ordering::Acquire)
             && r.listening.load(Ordering::Acquire)

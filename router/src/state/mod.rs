@@ -8,7 +8,7 @@
 //!   loop and the admin views read).
 //! - [`labels`]: bounded metric label sets, so each component labels its own series.
 
-pub mod heartbeat;
-pub mod labels;
-pub mod lifecycle;
-pub mod tenants;
+pub(crate) mod heartbeat;
+pub(crate) mod labels;
+pub(crate) mod lifecycle;
+pub(crate) mod tenants;

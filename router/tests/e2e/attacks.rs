@@ -56,7 +56,7 @@ async fn raw_ws(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrapping_frame_length_is_a_protocol_error_and_spares_the_thread() -> Result<()> {
     let mut limits = limits();
-    limits.timers.client_ping = Some(router::data::relay::pump::Ping {
+    limits.timers.client_ping = Some(router::Ping {
         interval: Duration::from_millis(200),
         timeout: Duration::from_secs(10),
     });
@@ -134,12 +134,12 @@ struct Wedge {
     for_how_long: Duration,
 }
 
-impl router::data::shared::Pages for Wedge {
+impl router::Pages for Wedge {
     fn answer(
         &self,
         _: &http::Method,
         uri: &http::Uri,
-        _: &router::data::shared::Shared,
+        _: &router::Shared,
     ) -> Option<http::Response<http_body_util::Full<bytes::Bytes>>> {
         if uri.path() != "/wedge" {
             return None;
@@ -218,7 +218,7 @@ async fn a_wedged_io_thread_fails_healthz_until_it_turns_again() -> Result<()> {
 /// A TLS connection to the router from loopback address `src`, offering `alpn`.
 async fn tls_from(
     h: &Harness,
-    cert: &router::data::tls::config::DevCert,
+    cert: &router::DevCert,
     src: std::net::IpAddr,
     alpn: &[u8],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
@@ -287,7 +287,7 @@ async fn h2_ws(
 /// client are both served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2_connections_hold_no_live_place_and_are_evicted() -> Result<()> {
-    let cert = router::data::tls::config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let cert = router::DevCert::generate(&["localhost", "127.0.0.1"])?;
     let mut limits = limits();
     limits.max_connections = 20;
     limits.max_pending = 40;
@@ -356,7 +356,7 @@ async fn idle_h2_connections_hold_no_live_place_and_are_evicted() -> Result<()> 
 /// timeout: neither lingers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_connections_without_streams_are_closed() -> Result<()> {
-    let cert = router::data::tls::config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let cert = router::DevCert::generate(&["localhost", "127.0.0.1"])?;
     let mut limits = limits();
     limits.request_timeout = Duration::from_millis(500);
     limits.backend_timeout = Duration::from_millis(500);
@@ -467,11 +467,9 @@ async fn only_trusted_hops_are_believed_and_drive_the_per_address_cap() -> Resul
     let backend = recording_backend().await?;
     let mut limits = limits();
     limits.max_connections_per_ip = 1;
-    limits.policy.trusted_proxies = router::data::admission::forwarded::TrustedProxies::parse(&[
-        "127.0.0.1".to_owned(),
-        "10.0.0.0/8".to_owned(),
-    ])?;
-    limits.policy.underscores = router::data::admission::forwarded::Underscores::Refuse;
+    limits.policy.trusted_proxies =
+        router::TrustedProxies::parse(&["127.0.0.1".to_owned(), "10.0.0.0/8".to_owned()])?;
+    limits.policy.underscores = router::Underscores::Refuse;
     let h = Harness::start(Options {
         backends: 1,
         replace: vec![(0, backend.addr.to_string())],
@@ -536,7 +534,7 @@ fn proxy_v2(src: Option<std::net::SocketAddrV4>, dst: std::net::SocketAddrV4) ->
 /// ahead of the TLS handshake (a PROXY protocol header, or anything).
 async fn ws_after(
     h: &Harness,
-    cert: &router::data::tls::config::DevCert,
+    cert: &router::DevCert,
     from: std::net::IpAddr,
     before: &[u8],
     tenant: &str,
@@ -559,15 +557,14 @@ async fn ws_after(
 /// socket per client, in front of a backend that records what it is sent.
 async fn behind_a_balancer(
     handshake_timeout: Duration,
-) -> Result<(router::data::tls::config::DevCert, FakeBackend, Harness)> {
-    let cert = router::data::tls::config::DevCert::generate(&["localhost", "127.0.0.1"])?;
+) -> Result<(router::DevCert, FakeBackend, Harness)> {
+    let cert = router::DevCert::generate(&["localhost", "127.0.0.1"])?;
     let backend = recording_backend().await?;
     let mut limits = limits();
-    limits.proxy_protocol = router::data::shared::limits::ProxyProtocol::On;
+    limits.proxy_protocol = router::ProxyProtocol::On;
     limits.max_connections_per_ip = 1;
     limits.handshake_timeout = handshake_timeout;
-    limits.policy.trusted_proxies =
-        router::data::admission::forwarded::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
+    limits.policy.trusted_proxies = router::TrustedProxies::parse(&["127.0.0.200".to_owned()])?;
     let options = Options {
         backends: 1,
         replace: vec![(0, backend.addr.to_string())],
@@ -771,7 +768,7 @@ async fn the_admin_token_guards_what_names_tenants_and_paths_with_parameters_are
 ) -> Result<()> {
     let token = "0123456789abcdef0123456789abcdef";
     let h = Harness::start(Options {
-        admin_token: Some(router::config::AdminToken(Arc::from(token.as_bytes()))),
+        admin_token: Some(router::AdminToken(Arc::from(token.as_bytes()))),
         ..Options::default()
     })
     .await?;

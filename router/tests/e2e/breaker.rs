@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use router::data::upstream::breaker::BreakerConfig;
+use router::BreakerConfig;
 use serde_json::Value;
 
 use crate::harness::*;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use router::control::watch::WatchConfig;
-use router::data::tls::config::DevCert;
+use router::DevCert;
+use router::WatchConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 
@@ -53,10 +53,10 @@ async fn rotation_reaches_new_handshakes_and_spares_live_sockets() -> Result<()>
         tls_files: Some((cert, key)),
         ..WatchConfig::default()
     };
-    router::control::watch::start(&watch, &h.router.control(), None).await?;
+    router::start_watch(&watch, &h.router.control(), None).await?;
 
     // A client that trusts both CAs, so it can see which certificate it was given.
-    let client = Arc::new(router::data::tls::config::client_config(
+    let client = Arc::new(router::client_config(
         &[old.ca_der.clone(), new.ca_der.clone()],
         rustls::DEFAULT_VERSIONS,
     )?);

@@ -117,7 +117,7 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
         assert!(!page.body.contains(external), "{external}");
     }
     let table = https_get(&connector, addr, "/dev/table").await?;
-    let view: router::admin::views::TableView = serde_json::from_str(&table.body)?;
+    let view: router::TableView = serde_json::from_str(&table.body)?;
     assert_eq!(view.replicas, 4);
     let config: serde_json::Value =
         serde_json::from_str(&https_get(&connector, addr, "/dev/config").await?.body)?;
@@ -126,7 +126,7 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
         serde_json::json!({"prefix": "/ws/", "tenant_from": "path"})
     );
     let route = https_get(&connector, addr, "/dev/route/ns-01").await?;
-    let view: router::admin::views::RouteView = serde_json::from_str(&route.body)?;
+    let view: router::RouteView = serde_json::from_str(&route.body)?;
     assert_eq!(view.ordinal, 0);
     dev.router.close_now();
     within(WAIT, "dev drain", dev.router.drained()).await?;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use router::data::admission::policy::{Origins, PolicyConfig};
+use router::{Origins, PolicyConfig};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wsrouter::TenantFrom;
 
@@ -279,7 +279,7 @@ async fn the_configmap_sets_a_tenants_own_cap() -> Result<()> {
         }
     };
     // The ConfigMap gives one tenant more room and exempts another.
-    h.router.control().send(router::control::Input::Overrides {
+    h.router.control().send(router::Input::Overrides {
         source: wsrouter::TableSource::Flags,
         data: Some(
             [

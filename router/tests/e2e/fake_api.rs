@@ -31,7 +31,7 @@ const KINDS: &[(&str, &str, &str)] = &[
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recorded {
+pub(crate) struct Recorded {
     pub method: String,
     pub path: String,
     pub query: String,
@@ -95,7 +95,7 @@ impl Selector {
     }
 }
 
-pub struct FakeApi {
+pub(crate) struct FakeApi {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
     conns: Arc<Mutex<JoinSet<()>>>,
@@ -103,7 +103,7 @@ pub struct FakeApi {
 }
 
 impl FakeApi {
-    pub async fn start() -> Result<Self> {
+    pub(crate) async fn start() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let api = Self {
@@ -119,12 +119,12 @@ impl FakeApi {
         Ok(api)
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// A kube client for this server, as the router would build from a kubeconfig.
-    pub fn client(&self) -> Result<kube::Client> {
+    pub(crate) fn client(&self) -> Result<kube::Client> {
         let config = kube::Config::new(format!("http://{}", self.addr).parse()?);
         Ok(kube::Client::try_from(config)?)
     }
@@ -154,7 +154,7 @@ impl FakeApi {
 
     /// The API server goes away: every connection (watches included) is cut and new
     /// ones are refused.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         {
             let mut st = self.state.lock().unwrap();
             st.down = true;
@@ -167,7 +167,7 @@ impl FakeApi {
     }
 
     /// It comes back on the same address.
-    pub async fn restart(&self) -> Result<()> {
+    pub(crate) async fn restart(&self) -> Result<()> {
         let listener = TcpListener::bind(self.addr).await?;
         self.state.lock().unwrap().down = false;
         self.serve(listener);
@@ -175,7 +175,7 @@ impl FakeApi {
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED to matching watches).
-    pub fn apply(&self, plural: &str, namespace: &str, mut obj: Value) {
+    pub(crate) fn apply(&self, plural: &str, namespace: &str, mut obj: Value) {
         let mut st = self.state.lock().unwrap();
         st.rv += 1;
         let rv = st.rv;
@@ -204,7 +204,7 @@ impl FakeApi {
         broadcast(&mut st, plural, namespace, ty, &obj);
     }
 
-    pub fn delete(&self, plural: &str, namespace: &str, name: &str) {
+    pub(crate) fn delete(&self, plural: &str, namespace: &str, name: &str) {
         let mut st = self.state.lock().unwrap();
         let key = (plural.to_owned(), namespace.to_owned(), name.to_owned());
         if let Some(mut obj) = st.objects.remove(&key) {
@@ -223,7 +223,7 @@ impl FakeApi {
     }
 
     /// Sends a BOOKMARK at the current resourceVersion to every open watch.
-    pub fn bookmark(&self) {
+    pub(crate) fn bookmark(&self) {
         let mut st = self.state.lock().unwrap();
         let rv = st.rv.to_string();
         st.watches.retain(|w| {
@@ -235,7 +235,7 @@ impl FakeApi {
 
     /// History is compacted: every open watch gets an ERROR event with a 410 Status and
     /// ends, and resuming from any version seen so far gets 410 too, forcing a relist.
-    pub fn expire(&self) {
+    pub(crate) fn expire(&self) {
         let mut st = self.state.lock().unwrap();
         st.oldest_rv = st.rv + 1;
         st.history.clear();
@@ -244,7 +244,7 @@ impl FakeApi {
         }
     }
 
-    pub fn requests(&self) -> Vec<Recorded> {
+    pub(crate) fn requests(&self) -> Vec<Recorded> {
         self.state.lock().unwrap().requests.clone()
     }
 }
@@ -407,7 +407,7 @@ fn url_pairs(q: &str) -> BTreeMap<String, String> {
 }
 
 /// Objects as the router's Role will see them.
-pub fn configmap(name: &str, data: &[(&str, &str)]) -> Value {
+pub(crate) fn configmap(name: &str, data: &[(&str, &str)]) -> Value {
     let data: serde_json::Map<String, Value> = data
         .iter()
         .map(|(k, v)| ((*k).to_owned(), json!(v)))
@@ -415,14 +415,14 @@ pub fn configmap(name: &str, data: &[(&str, &str)]) -> Value {
     json!({"metadata": {"name": name}, "data": data})
 }
 
-pub fn statefulset(name: &str, replicas: u32) -> Value {
+pub(crate) fn statefulset(name: &str, replicas: u32) -> Value {
     json!({"metadata": {"name": name}, "spec": {"replicas": replicas, "serviceName": name,
         "selector": {"matchLabels": {"app": name}}, "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": []}}}})
 }
 
 /// One pod endpoint as a slice lists it.
 #[derive(Debug, Clone)]
-pub struct PodEndpoint {
+pub(crate) struct PodEndpoint {
     pub ordinal: usize,
     pub uid: String,
     pub ip: std::net::IpAddr,
@@ -432,7 +432,7 @@ pub struct PodEndpoint {
 }
 
 impl PodEndpoint {
-    pub fn serving(ordinal: usize, uid: &str, ip: std::net::IpAddr) -> Self {
+    pub(crate) fn serving(ordinal: usize, uid: &str, ip: std::net::IpAddr) -> Self {
         Self {
             ordinal,
             uid: uid.to_owned(),
@@ -446,7 +446,7 @@ impl PodEndpoint {
 
 /// One EndpointSlice of `service` listing pods `backend-{i}` with their conditions, as
 /// the EndpointSlice controller writes them (targetRef with name and UID, hostname).
-pub fn pod_slice(name: &str, service: &str, port: u16, pods: &[PodEndpoint]) -> Value {
+pub(crate) fn pod_slice(name: &str, service: &str, port: u16, pods: &[PodEndpoint]) -> Value {
     let endpoints: Vec<Value> = pods
         .iter()
         .map(|p| {
@@ -461,7 +461,12 @@ pub fn pod_slice(name: &str, service: &str, port: u16, pods: &[PodEndpoint]) -> 
 }
 
 /// One EndpointSlice of `service` listing pods `{statefulset}-{i}` with their readiness.
-pub fn endpoint_slice(name: &str, service: &str, statefulset: &str, pods: &[(u32, bool)]) -> Value {
+pub(crate) fn endpoint_slice(
+    name: &str,
+    service: &str,
+    statefulset: &str,
+    pods: &[(u32, bool)],
+) -> Value {
     let endpoints: Vec<Value> = pods
         .iter()
         .map(|(i, ready)| {

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use router::control::watch::{OverridesWatch, WatchConfig};
-use router::control::RejectReason;
+use router::RejectReason;
+use router::{OverridesWatch, WatchConfig};
 
 use crate::harness::*;
 
@@ -34,7 +34,7 @@ async fn mounted_configmap_follows_kubelet_data_swaps() -> Result<()> {
         overrides: OverridesWatch::Dir(dir.clone()),
         ..WatchConfig::default()
     };
-    router::control::watch::start(&watch, &h.router.control(), None).await?;
+    router::start_watch(&watch, &h.router.control(), None).await?;
     let t = h
         .wait_table("first read of the directory", |_| true)
         .await?;

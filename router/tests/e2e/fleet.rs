@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::control::watch::kube::WATCH_RETRY_MAX;
-use router::control::watch::{OverridesWatch, WatchConfig};
-use router::control::RejectReason;
-use router::data::tls::config::DevCert;
+use router::DevCert;
+use router::RejectReason;
 use router::RouterHandle;
+use router::WATCH_RETRY_MAX;
+use router::{OverridesWatch, WatchConfig};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
@@ -152,7 +152,7 @@ impl Fleet {
             fleet.partition.client()?,
         ] {
             let r = start_router(&opts, &cert, Backends::Pods(Default::default()), None).await?;
-            router::control::watch::start(&watch, &r.control(), Some(client)).await?;
+            router::start_watch(&watch, &r.control(), Some(client)).await?;
             fleet.routers.push(r);
         }
         Ok(fleet)

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use futures_util::StreamExt;
-use router::config::RouterConfig;
-use router::control::RoutingConfig;
-use router::data::shared::limits::Limits;
-use router::data::tls::config::DevCert;
+use router::DevCert;
+use router::Limits;
+use router::RouterConfig;
 use router::RouterHandle;
+use router::RoutingConfig;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,12 +22,16 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use wsrouter::{Backends, Overrides, PathPrefix};
 
-pub type Ws = WebSocketStream<TlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<TlsStream<TcpStream>>;
 
 /// Every wait in these tests is bounded by this unless it says otherwise.
-pub const WAIT: Duration = Duration::from_secs(10);
+pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> Result<T> {
+pub(crate) async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> Result<T> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
@@ -35,7 +39,7 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
 
 /// The tests' limits: shorter timeouts, and the routing diagnostics on (most tests read
 /// which table routed them).
-pub fn limits() -> Limits {
+pub(crate) fn limits() -> Limits {
     let mut limits = Limits {
         handshake_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
@@ -48,13 +52,13 @@ pub fn limits() -> Limits {
     limits
 }
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub router: RouterHandle,
     pub backends: Vec<backend::EchoHandle>,
     connector: TlsConnector,
 }
 
-pub struct Options {
+pub(crate) struct Options {
     pub backends: usize,
     pub interval: Duration,
     pub limits: Limits,
@@ -68,19 +72,19 @@ pub struct Options {
     pub watched: bool,
     /// Overrides come from a watched source: no table before its first read.
     pub await_overrides: bool,
-    pub reroute: Option<router::data::relay::reroute::RerouteConfig>,
+    pub reroute: Option<router::RerouteConfig>,
     /// Serve TLS from these PEM files instead of the harness certificate.
     pub tls_files: Option<(std::path::PathBuf, std::path::PathBuf)>,
-    pub tls_options: router::data::tls::config::TlsOptions,
+    pub tls_options: router::TlsOptions,
     /// Serve on dedicated I/O threads, as the binary does (0: on the test's runtime).
     pub io_threads: usize,
     /// Cluster mode: backend `i` listens on [`pod_ip`]`(i)` at one port shared by all
     /// (as pods do), and the router learns them from EndpointSlices only.
     pub pods: bool,
     /// Plain answers on the WebSocket listener before routing (as `dev`'s page).
-    pub pages: Option<Arc<dyn router::data::shared::Pages>>,
+    pub pages: Option<Arc<dyn router::Pages>>,
     /// The admin listener's bearer token.
-    pub admin_token: Option<router::config::AdminToken>,
+    pub admin_token: Option<router::AdminToken>,
 }
 
 impl Default for Options {
@@ -108,12 +112,15 @@ impl Default for Options {
 
 /// The loopback address pod `ordinal` listens on in cluster mode; `generation` tells a
 /// restarted pod's new address from its old one.
-pub fn pod_ip(ordinal: usize, generation: u8) -> std::net::IpAddr {
+pub(crate) fn pod_ip(ordinal: usize, generation: u8) -> std::net::IpAddr {
     std::net::Ipv4Addr::new(127, 1 + generation, 0, 1 + ordinal as u8).into()
 }
 
 /// Echo backends `backend-0..n` on [`pod_ip`]`(i, 0)`, all on one port (which it returns).
-pub async fn pod_backends(n: usize, interval: Duration) -> Result<(Vec<backend::EchoHandle>, u16)> {
+pub(crate) async fn pod_backends(
+    n: usize,
+    interval: Duration,
+) -> Result<(Vec<backend::EchoHandle>, u16)> {
     // A port free on the first address is almost always free on the others; if not,
     // try another.
     for _ in 0..20 {
@@ -140,7 +147,7 @@ pub async fn pod_backends(n: usize, interval: Duration) -> Result<(Vec<backend::
 }
 
 /// Pod `i` (re)started on `ip` at `port`.
-pub async fn start_pod(
+pub(crate) async fn start_pod(
     i: usize,
     ip: std::net::IpAddr,
     port: u16,
@@ -152,12 +159,12 @@ pub async fn start_pod(
 }
 
 impl Harness {
-    pub async fn start(opts: Options) -> Result<Self> {
+    pub(crate) async fn start(opts: Options) -> Result<Self> {
         let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
         Self::start_with_cert(opts, &cert).await
     }
 
-    pub async fn start_with_cert(opts: Options, cert: &DevCert) -> Result<Self> {
+    pub(crate) async fn start_with_cert(opts: Options, cert: &DevCert) -> Result<Self> {
         if opts.pods {
             let (backends, _) = pod_backends(opts.backends, opts.interval).await?;
             let router =
@@ -184,7 +191,7 @@ impl Harness {
     }
 
     /// A harness around a router started elsewhere (e.g. one of a fleet).
-    pub fn with_router(
+    pub(crate) fn with_router(
         router: RouterHandle,
         backends: Vec<backend::EchoHandle>,
         cert: &DevCert,
@@ -196,19 +203,19 @@ impl Harness {
         }
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.router.local_addr()
     }
 
     /// A TLS connection to the router, handshake done.
-    pub async fn tls(&self) -> Result<TlsStream<TcpStream>> {
+    pub(crate) async fn tls(&self) -> Result<TlsStream<TcpStream>> {
         let tcp = TcpStream::connect(self.addr()).await?;
         let name = ServerName::try_from("localhost")?;
         Ok(self.connector.connect(name, tcp).await?)
     }
 
     /// A WebSocket client on `path` through the router.
-    pub async fn ws_path(
+    pub(crate) async fn ws_path(
         &self,
         path: &str,
     ) -> Result<(
@@ -220,7 +227,7 @@ impl Harness {
         Ok(tokio_tungstenite::client_async(url, tls).await?)
     }
 
-    pub async fn ws(&self, ns: &str) -> Result<Ws> {
+    pub(crate) async fn ws(&self, ns: &str) -> Result<Ws> {
         Ok(within(
             WAIT,
             "websocket connect",
@@ -231,7 +238,7 @@ impl Harness {
     }
 
     /// Sends raw bytes over TLS and reads the whole answer (the router closes after it).
-    pub async fn raw(&self, request: &[u8]) -> Result<RawResponse> {
+    pub(crate) async fn raw(&self, request: &[u8]) -> Result<RawResponse> {
         let mut tls = self.tls().await?;
         tls.write_all(request).await?;
         let mut out = Vec::new();
@@ -252,7 +259,7 @@ impl Harness {
 
     /// Sends raw bytes over TLS and reads the answer's head only (a 101 keeps the
     /// connection open).
-    pub async fn raw_head(&self, request: &[u8]) -> Result<String> {
+    pub(crate) async fn raw_head(&self, request: &[u8]) -> Result<String> {
         let mut tls = self.tls().await?;
         tls.write_all(request).await?;
         let mut out = Vec::new();
@@ -269,7 +276,7 @@ impl Harness {
     }
 
     /// Waits (bounded) until the current table satisfies `pred`.
-    pub async fn wait_table(
+    pub(crate) async fn wait_table(
         &self,
         what: &str,
         pred: impl Fn(&wsrouter::RoutingTable) -> bool,
@@ -291,7 +298,7 @@ impl Harness {
 
     /// Waits (bounded) until the control loop has rejected `n` updates for `reason`,
     /// re-checking each time it finishes with an input.
-    pub async fn wait_rejected(&self, reason: router::control::RejectReason, n: u64) -> Result<()> {
+    pub(crate) async fn wait_rejected(&self, reason: router::RejectReason, n: u64) -> Result<()> {
         let control = self.router.control();
         let mut processed = control.processed();
         within(
@@ -304,13 +311,13 @@ impl Harness {
     }
 
     /// The ordinal the router's current table gives a tenant.
-    pub fn ordinal(&self, ns: &str) -> u32 {
+    pub(crate) fn ordinal(&self, ns: &str) -> u32 {
         self.router
             .current_table()
             .map_or(u32::MAX, |t| t.route(ns).ordinal)
     }
 
-    pub async fn admin_get(&self, path: &str) -> Result<RawResponse> {
+    pub(crate) async fn admin_get(&self, path: &str) -> Result<RawResponse> {
         let admin = self.router.admin_addr().context("admin")?;
         http_get(admin, path).await
     }
@@ -318,7 +325,7 @@ impl Harness {
 
 /// A router on loopback port 0 as `opts` describe, over `backends`; `replicas` fixed
 /// unless the options say they are watched.
-pub async fn start_router(
+pub(crate) async fn start_router(
     opts: &Options,
     cert: &DevCert,
     backends: Backends,
@@ -332,11 +339,7 @@ pub async fn start_router(
         listen: "127.0.0.1:0".parse()?,
         tls: match (&opts.tls_files, opts.plaintext) {
             (_, true) => None,
-            (Some((c, k)), false) => Some(router::data::tls::config::load_server_config(
-                c,
-                k,
-                &opts.tls_options,
-            )?),
+            (Some((c, k)), false) => Some(router::load_server_config(c, k, &opts.tls_options)?),
             (None, false) => Some(cert.server_config(&opts.tls_options)?),
         },
         admin_listen: Some("127.0.0.1:0".parse()?),
@@ -357,10 +360,10 @@ pub async fn start_router(
 
 /// `wsrouter dev` on loopback port 0, with an overrides file and more flags, as a user
 /// would start it.
-pub async fn start_dev(
+pub(crate) async fn start_dev(
     overrides_file: &std::path::Path,
     extra: &[&str],
-) -> Result<router::commands::dev::DevHandle> {
+) -> Result<router::DevHandle> {
     use clap::Parser;
     let mut argv = vec![
         "wsrouter",
@@ -373,17 +376,16 @@ pub async fn start_dev(
     ];
     argv.push(overrides_file.to_str().context("path")?);
     argv.extend_from_slice(extra);
-    let router::config::Command::Dev(args) = router::config::Cli::try_parse_from(argv)?.command
-    else {
+    let router::Command::Dev(args) = router::Cli::try_parse_from(argv)?.command else {
         anyhow::bail!("not dev")
     };
-    Ok(router::commands::dev::start(*args, 0).await?)
+    Ok(router::start_dev(*args, 0).await?)
 }
 
 /// Publishes `data` into a ConfigMap volume the way kubelet's atomic writer does: a new
 /// timestamped directory, a `..data_tmp` symlink renamed over `..data`, then the per-key
 /// symlinks for new keys, then the old keys' symlinks and directory removed.
-pub fn kubelet_publish(
+pub(crate) fn kubelet_publish(
     dir: &std::path::Path,
     generation: u32,
     data: &[(&str, &str)],
@@ -414,7 +416,7 @@ pub fn kubelet_publish(
 }
 
 /// A plain HTTP/1.1 GET, for the admin listener.
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
+pub(crate) async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").as_bytes(),
@@ -426,7 +428,7 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<RawResponse> {
 }
 
 /// Sends raw bytes over plain TCP and reads the answer's head only.
-pub async fn plain_head(addr: SocketAddr, request: &[u8]) -> Result<String> {
+pub(crate) async fn plain_head(addr: SocketAddr, request: &[u8]) -> Result<String> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.write_all(request).await?;
     let mut out = Vec::new();
@@ -443,7 +445,7 @@ pub async fn plain_head(addr: SocketAddr, request: &[u8]) -> Result<String> {
 }
 
 /// Sends raw bytes over plain TCP and reads the whole answer (the router closes after it).
-pub async fn plain_raw(addr: SocketAddr, request: &[u8]) -> Result<RawResponse> {
+pub(crate) async fn plain_raw(addr: SocketAddr, request: &[u8]) -> Result<RawResponse> {
     let mut tcp = TcpStream::connect(addr).await?;
     tcp.write_all(request).await?;
     let mut out = Vec::new();
@@ -452,7 +454,7 @@ pub async fn plain_raw(addr: SocketAddr, request: &[u8]) -> Result<RawResponse> 
 }
 
 #[derive(Debug)]
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     pub status: u16,
     pub head: String,
     pub body: String,
@@ -477,13 +479,13 @@ impl RawResponse {
 
 /// A counter message from the echo backend.
 #[derive(Debug, serde::Deserialize, PartialEq)]
-pub struct Counter {
+pub(crate) struct Counter {
     pub server: String,
     pub counter: u64,
     pub ns: String,
 }
 
-pub fn as_counter(m: &Message) -> Option<Counter> {
+pub(crate) fn as_counter(m: &Message) -> Option<Counter> {
     match m {
         Message::Text(t) => serde_json::from_str(t.as_str()).ok(),
         _ => None,
@@ -493,7 +495,7 @@ pub fn as_counter(m: &Message) -> Option<Counter> {
 /// The next counter message, skipping anything else.
 /// The code of the close frame the router sends next, skipping other messages; `None`
 /// if the socket ends without one. Bounded by `WAIT`.
-pub async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
+pub(crate) async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
     within(WAIT, "a close frame", async {
         loop {
             match ws.next().await {
@@ -506,7 +508,7 @@ pub async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
     .await
 }
 
-pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
+pub(crate) async fn next_counter(ws: &mut Ws) -> Result<Counter> {
     within(WAIT, "a counter", async {
         loop {
             match ws.next().await {
@@ -525,7 +527,7 @@ pub async fn next_counter(ws: &mut Ws) -> Result<Counter> {
 
 /// Sends `text` and waits (bounded) for the echo backend to send it back, skipping
 /// anything else (counters).
-pub async fn echo_text(ws: &mut Ws, text: &str) -> Result<()> {
+pub(crate) async fn echo_text(ws: &mut Ws, text: &str) -> Result<()> {
     use futures_util::SinkExt;
     ws.send(Message::text(text)).await?;
     within(WAIT, "an echo", async {
@@ -543,13 +545,13 @@ pub async fn echo_text(ws: &mut Ws, text: &str) -> Result<()> {
 /// A backend address that refuses every connection: a socket bound to the port for the
 /// test's length but never listening, so the kernel answers each SYN with a reset (a
 /// port bound and then freed could be taken by someone else meanwhile).
-pub struct Refusing {
+pub(crate) struct Refusing {
     pub addr: SocketAddr,
     _socket: tokio::net::TcpSocket,
 }
 
 impl Refusing {
-    pub async fn start() -> Result<Self> {
+    pub(crate) async fn start() -> Result<Self> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind("127.0.0.1:0".parse()?)?;
         let addr = socket.local_addr()?;
@@ -561,13 +563,13 @@ impl Refusing {
 }
 
 /// A backend that accepts connections and never answers; holds them until dropped.
-pub struct BlackHole {
+pub(crate) struct BlackHole {
     pub addr: SocketAddr,
     _task: tokio::task::JoinHandle<()>,
 }
 
 impl BlackHole {
-    pub async fn start() -> Result<Self> {
+    pub(crate) async fn start() -> Result<Self> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
         let task = tokio::spawn(async move {
@@ -587,7 +589,7 @@ impl Drop for BlackHole {
 }
 
 /// The first namespace `tenant-N` that routes to `ordinal`.
-pub fn tenant_on(h: &Harness, ordinal: u32, skip: usize) -> String {
+pub(crate) fn tenant_on(h: &Harness, ordinal: u32, skip: usize) -> String {
     (0..10_000)
         .map(|i| format!("tenant-{i}"))
         .filter(|ns| h.ordinal(ns) == ordinal)
@@ -597,18 +599,21 @@ pub fn tenant_on(h: &Harness, ordinal: u32, skip: usize) -> String {
 
 /// A TCP connection to `addr` from the loopback address `src` (127.0.0.0/8 has many), as
 /// a client behind another address would make it.
-pub async fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect_from(
+    src: std::net::IpAddr,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(src, 0))?;
     socket.connect(addr).await
 }
 
 /// Builds a backend's answer from the request's key and head.
-pub type Answer = fn(key: &str, head: &str) -> String;
+pub(crate) type Answer = fn(key: &str, head: &str) -> String;
 
 /// What a [`FakeBackend`] does with an upgrade request.
 #[derive(Clone, Copy, Debug)]
-pub enum FakeAnswer {
+pub(crate) enum FakeAnswer {
     /// A 101 built by the function from the request's key (and the request head), then
     /// the connection is held open, reading and discarding.
     Upgrade(Answer),
@@ -620,19 +625,19 @@ pub enum FakeAnswer {
 
 /// A backend that records the request heads it gets and answers as told: to see what
 /// the router forwards, and how it treats a backend that misbehaves.
-pub struct FakeBackend {
+pub(crate) struct FakeBackend {
     pub addr: SocketAddr,
     pub heads: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 /// The correct `Sec-WebSocket-Accept` for a key.
-pub fn accept_for(key: &str) -> String {
+pub(crate) fn accept_for(key: &str) -> String {
     tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
 
 /// A correct 101 for `key`.
-pub fn good_101(key: &str, _head: &str) -> String {
+pub(crate) fn good_101(key: &str, _head: &str) -> String {
     format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
         accept_for(key)
@@ -640,7 +645,7 @@ pub fn good_101(key: &str, _head: &str) -> String {
 }
 
 impl FakeBackend {
-    pub async fn start(answer: FakeAnswer) -> Result<Self> {
+    pub(crate) async fn start(answer: FakeAnswer) -> Result<Self> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
         let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -706,7 +711,7 @@ impl FakeBackend {
         Ok(Self { addr, heads, task })
     }
 
-    pub fn heads(&self) -> Vec<String> {
+    pub(crate) fn heads(&self) -> Vec<String> {
         self.heads.lock().map(|h| h.clone()).unwrap_or_default()
     }
 }
@@ -718,7 +723,7 @@ impl Drop for FakeBackend {
 }
 
 /// `name{labels} value` lines of an exposition, keyed by `name{labels}`.
-pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
+pub(crate) fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .filter_map(|l| l.rsplit_once(' '))
@@ -727,7 +732,7 @@ pub fn samples(text: &str) -> std::collections::BTreeMap<String, f64> {
 }
 
 /// The router's `/metrics`: the text, and its samples.
-pub async fn scrape_metrics(
+pub(crate) async fn scrape_metrics(
     h: &Harness,
 ) -> Result<(String, std::collections::BTreeMap<String, f64>)> {
     let r = h.admin_get("/metrics").await?;
@@ -743,7 +748,7 @@ pub async fn scrape_metrics(
 }
 
 /// A complete WebSocket upgrade request for `path`, as raw bytes.
-pub fn upgrade_request(path: &str) -> Vec<u8> {
+pub(crate) fn upgrade_request(path: &str) -> Vec<u8> {
     format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
@@ -752,7 +757,7 @@ pub fn upgrade_request(path: &str) -> Vec<u8> {
 
 /// A pod on one address that resets every connection while `resetting` (its process is
 /// starting, or failing), then serves as an echo backend on the same listener.
-pub struct FlakyPod {
+pub(crate) struct FlakyPod {
     pub addr: std::net::SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     resetting: Arc<std::sync::atomic::AtomicBool>,
@@ -760,7 +765,7 @@ pub struct FlakyPod {
 
 impl FlakyPod {
     /// Resets the first `resets` connections (all while `resets` is `None`), then serves.
-    pub async fn start(resets: Option<usize>) -> Result<Self> {
+    pub(crate) async fn start(resets: Option<usize>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -797,11 +802,11 @@ impl FlakyPod {
         })
     }
 
-    pub fn accepted(&self) -> usize {
+    pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    pub fn recover(&self) {
+    pub(crate) fn recover(&self) {
         self.resetting
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }

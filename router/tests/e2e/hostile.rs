@@ -98,9 +98,7 @@ async fn stalled_client_hellos_stay_within_the_byte_budget() -> Result<()> {
     .await?;
     let budget = 512 << 10;
     // Over by at most one connection's charge while an eviction is under way.
-    let one = router::data::admission::pools::PENDING_BASE_BYTES
-        + 16_000
-        + router::data::tls::stream::MAX_RECORD;
+    let one = router::PENDING_BASE_BYTES + 16_000 + router::MAX_RECORD;
     assert!(peak <= budget + one, "peak {peak} over {budget}");
     assert!(
         adm.pending_bytes() <= budget + one,
@@ -320,14 +318,13 @@ async fn silent_connections_take_no_pending_slot() -> Result<()> {
 /// offers only `h2` hears `no_application_protocol`, on TLS 1.2 and on TLS 1.3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_failures_end_with_the_alert() -> Result<()> {
-    let cert = router::data::tls::config::DevCert::generate(&["localhost"])?;
+    let cert = router::DevCert::generate(&["localhost"])?;
     let h = Harness::start_with_cert(Options::default(), &cert).await?;
     for versions in [
         &[&rustls::version::TLS12][..],
         &[&rustls::version::TLS13][..],
     ] {
-        let mut config =
-            router::data::tls::config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
+        let mut config = router::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
         // A protocol the router does not speak (it speaks h2 and http/1.1).
         config.alpn_protocols = vec![b"h3".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -573,12 +570,12 @@ async fn bytes_before_the_101_are_websocket_data_only() -> Result<()> {
 async fn the_admin_port_times_out_and_always_answers_healthz() -> Result<()> {
     let h = Harness::start(Options::default()).await?;
     let admin = h.router.admin_addr().context("admin")?;
-    let limit = router::admin::ADMIN_HEADER_TIMEOUT + Duration::from_secs(5);
+    let limit = router::ADMIN_HEADER_TIMEOUT + Duration::from_secs(5);
     let mut idle = TcpStream::connect(admin).await?;
     let mut partial = TcpStream::connect(admin).await?;
     partial.write_all(b"GET /metr").await?;
     let mut crowd = Vec::new();
-    for _ in 0..router::admin::MAX_ADMIN_CONNECTIONS + 8 {
+    for _ in 0..router::MAX_ADMIN_CONNECTIONS + 8 {
         crowd.push(TcpStream::connect(admin).await?);
     }
     // Over the cap, the oldest went: a probe still gets its answer.

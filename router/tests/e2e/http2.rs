@@ -10,7 +10,7 @@ use http::{Method, Request, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use router::data::tls::config::DevCert;
+use router::DevCert;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use router::control::watch::{OverridesWatch, WatchConfig};
-use router::control::RejectReason;
+use router::RejectReason;
+use router::{OverridesWatch, WatchConfig};
 
 use anyhow::Context;
 use futures_util::StreamExt;
@@ -37,8 +37,7 @@ async fn router_with(api: &FakeApi) -> Result<Harness> {
         ..Options::default()
     })
     .await?;
-    router::control::watch::start(&watch_config(), &h.router.control(), Some(api.client()?))
-        .await?;
+    router::start_watch(&watch_config(), &h.router.control(), Some(api.client()?)).await?;
     Ok(h)
 }
 
@@ -234,7 +233,7 @@ async fn pod_router(api: &FakeApi) -> Result<(Harness, u16)> {
         endpoint_slices: Some(("backend".into(), port)),
         ..watch_config()
     };
-    router::control::watch::start(&watch, &h.router.control(), Some(api.client()?)).await?;
+    router::start_watch(&watch, &h.router.control(), Some(api.client()?)).await?;
     Ok((h, port))
 }
 
@@ -359,7 +358,7 @@ async fn cluster_mode_never_resolves_a_name() -> Result<()> {
     let (backends, port) = pod_backends(2, Duration::from_millis(50)).await?;
     // The template's host cannot resolve (.invalid, RFC 6761): only its port is used.
     let template = format!("{{statefulset}}-{{i}}.nowhere.invalid:{port}");
-    let cli = router::config::Cli::try_parse_from([
+    let cli = router::Cli::try_parse_from([
         "wsrouter",
         "serve",
         "--plaintext",
@@ -377,7 +376,7 @@ async fn cluster_mode_never_resolves_a_name() -> Result<()> {
         &template,
         "--route-headers",
     ])?;
-    let router::config::Command::Serve(args) = cli.command else {
+    let router::Command::Serve(args) = cli.command else {
         anyhow::bail!("not serve")
     };
     let (config, watch) = args.into_config()?;
@@ -386,7 +385,7 @@ async fn cluster_mode_never_resolves_a_name() -> Result<()> {
         wsrouter::Backends::Pods(_)
     ));
     let router = router::start(config).await?;
-    router::control::watch::start(&watch, &router.control(), Some(api.client()?)).await?;
+    router::start_watch(&watch, &router.control(), Some(api.client()?)).await?;
     api.apply(
         "endpointslices",
         NS,

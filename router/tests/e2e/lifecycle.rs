@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::data::relay::pump::Ping;
-use router::data::shared::limits::SocketTimers;
+use router::Ping;
+use router::SocketTimers;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -19,21 +19,21 @@ use crate::harness::*;
 
 /// What a recording backend saw on one socket.
 #[derive(Debug)]
-pub enum Seen {
+pub(crate) enum Seen {
     Message(Message),
     Closed(Option<u16>),
 }
 
 /// A backend that answers upgrades and reports every message it reads (pongs included)
 /// and how each socket ended. `hold` makes it wait for a go before it reads anything.
-pub struct Recorder {
+pub(crate) struct Recorder {
     pub addr: SocketAddr,
     seen: mpsc::UnboundedReceiver<Seen>,
     go: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Recorder {
-    pub async fn start(hold: bool) -> Result<Self> {
+    pub(crate) async fn start(hold: bool) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, seen) = mpsc::unbounded_channel();
@@ -68,21 +68,21 @@ impl Recorder {
         })
     }
 
-    pub fn go(&mut self) {
+    pub(crate) fn go(&mut self) {
         if let Some(g) = self.go.take() {
             let _ = g.send(true);
         }
     }
 
     /// The next thing seen, skipping nothing.
-    pub async fn next(&mut self) -> Result<Seen> {
+    pub(crate) async fn next(&mut self) -> Result<Seen> {
         within(WAIT, "the backend to see something", self.seen.recv())
             .await?
             .context("recorder gone")
     }
 
     /// The close code of the next socket to end, after any messages before it.
-    pub async fn next_close(&mut self) -> Result<(Option<u16>, Vec<Message>)> {
+    pub(crate) async fn next_close(&mut self) -> Result<(Option<u16>, Vec<Message>)> {
         let mut messages = Vec::new();
         loop {
             match self.next().await? {

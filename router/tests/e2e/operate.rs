@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::control::{Input, RejectReason};
+use router::{Input, RejectReason};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use wsrouter::TableSource;
@@ -142,7 +142,7 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
     h.router.control().send(swap(&[("pinned", "3")]));
     h.wait_table("swap", |t| t.version() == 2).await?;
     h.router.control().send(swap(&[("Bad Key", "3")]));
-    h.wait_rejected(router::control::RejectReason::InvalidOverrides, 1)
+    h.wait_rejected(router::RejectReason::InvalidOverrides, 1)
         .await?;
     let (text, m) = scrape_metrics(&h).await?;
     assert_eq!(m.get("wsrouter_table_version"), Some(&2.0));
@@ -164,9 +164,9 @@ async fn route_json(h: &Harness, ns: &str) -> Result<(u16, Value)> {
     let r = h.admin_get(&format!("/route/{ns}")).await?;
     // Every 200 is a RouteView, every refusal an ErrorView: the types the commands read.
     if r.status == 200 {
-        let _: router::admin::views::RouteView = serde_json::from_str(&r.body)?;
+        let _: router::RouteView = serde_json::from_str(&r.body)?;
     } else {
-        let _: router::admin::views::ErrorView = serde_json::from_str(&r.body)?;
+        let _: router::ErrorView = serde_json::from_str(&r.body)?;
     }
     Ok((r.status, serde_json::from_str(&r.body)?))
 }
@@ -231,7 +231,7 @@ async fn route_explainer_and_table_follow_swaps() -> Result<()> {
     assert_eq!(v["live_sockets"], 1);
 
     let body = h.admin_get("/table").await?.body;
-    let _: router::admin::views::TableView = serde_json::from_str(&body)?;
+    let _: router::TableView = serde_json::from_str(&body)?;
     let t: Value = serde_json::from_str(&body)?;
     assert_eq!(t["version"], 2);
     assert_eq!(t["replicas"], 4);
@@ -286,9 +286,9 @@ async fn plan_and_route_commands() -> Result<()> {
     std::fs::write(&new, "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata:\n  ns-01: \"3\"\n  ns-02: backend-0\n")?;
 
     // As a library, against the live router's /table.
-    let current = router::commands::plan::Current::from_admin(&admin, None, "backend").await?;
-    let new_overrides = router::control::overrides_file::read_overrides(&new, "backend")?;
-    let plan = router::commands::plan::plan(&current, new_overrides, None, "backend")?;
+    let current = router::Current::from_admin(&admin, None, "backend").await?;
+    let new_overrides = router::read_overrides(&new, "backend")?;
+    let plan = router::plan(&current, new_overrides, None, "backend")?;
     let moves: Vec<_> = plan
         .moves
         .iter()
@@ -452,7 +452,7 @@ async fn alerts_and_dashboard_query_only_exported_metrics() -> Result<()> {
     let refusing = Refusing::start().await?;
     let mut limits = limits();
     limits.backend_timeout = Duration::from_millis(300);
-    limits.breaker = router::data::upstream::breaker::BreakerConfig {
+    limits.breaker = router::BreakerConfig {
         failures: 1,
         cooldown: Duration::from_secs(60),
     };

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use router::control::watch::{OverridesWatch, WatchConfig};
+use router::{OverridesWatch, WatchConfig};
 use serde_json::Value;
 
 use crate::fake_api::{configmap, endpoint_slice, statefulset, FakeApi, Recorded};
@@ -124,13 +124,13 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
         })
         .await?;
         let watch = WatchConfig {
-            overrides: OverridesWatch::ConfigMap(router::config::DEFAULT_CONFIGMAP.into()),
+            overrides: OverridesWatch::ConfigMap(router::DEFAULT_CONFIGMAP.into()),
             statefulset: watched.then(|| "backend".into()),
             endpoint_slices: Some(("backend".into(), 9000)),
             namespace: ns.into(),
             tls_files: None,
         };
-        router::control::watch::start(&watch, &h.router.control(), Some(api.client()?)).await?;
+        router::start_watch(&watch, &h.router.control(), Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)
             .await?;
         let restarts = h.router.control().stats.watch_restarts.get();

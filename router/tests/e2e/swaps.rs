@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Result};
 use futures_util::{SinkExt, StreamExt};
-use router::control::Input;
-use router::data::relay::reroute::RerouteConfig;
+use router::Input;
+use router::RerouteConfig;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use wsrouter::TableSource;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use router::data::tls::config::DevCert;
+use router::DevCert;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
@@ -14,8 +14,7 @@ fn client(
     cert: &DevCert,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<Arc<rustls::ClientConfig>> {
-    let mut config =
-        router::data::tls::config::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
+    let mut config = router::client_config(std::slice::from_ref(&cert.ca_der), versions)?;
     // Offer h2 first: with --no-http2 the router must still settle on http/1.1.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -39,7 +38,7 @@ async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
     let cert = DevCert::generate(&["localhost"])?;
     let h = Harness::start_with_cert(
         Options {
-            tls_options: router::data::tls::config::TlsOptions {
+            tls_options: router::TlsOptions {
                 http2: false,
                 ..Default::default()
             },
@@ -81,7 +80,7 @@ async fn tls12_and_tls13_with_alpn_http11() -> Result<()> {
 /// hybrid, which an unpinned router agrees to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_exchange_can_be_pinned() -> Result<()> {
-    use router::data::tls::config::{KeyExchange, TlsOptions};
+    use router::{KeyExchange, TlsOptions};
     use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
     use rustls::NamedGroup;
     let cert = DevCert::generate(&["localhost"])?;

@@ -19,7 +19,7 @@ fn parent(p: &Path) -> PathBuf {
 
 /// Watches `cert` and `key` and stores every good new pair into `slot`, until the
 /// router drains.
-pub fn spawn(
+pub(crate) fn spawn(
     cert: PathBuf,
     key: PathBuf,
     slot: TlsSlot,

@@ -34,7 +34,7 @@ pub enum FileWatchError {
 }
 
 #[derive(Debug, Error)]
-pub enum DirReadError {
+pub(crate) enum DirReadError {
     #[error("reading {path}")]
     Io {
         path: PathBuf,
@@ -48,7 +48,7 @@ pub enum DirReadError {
 /// Reads a mounted ConfigMap: every regular file (or symlink to one) whose name does not
 /// start with `.` is a key, its content the value. kubelet's `..data` and timestamped
 /// directories start with `.`.
-pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, DirReadError> {
+pub(crate) fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, DirReadError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| DirReadError::Io { path, source }
@@ -78,7 +78,7 @@ pub fn read_dir(dir: &Path) -> Result<BTreeMap<String, String>, DirReadError> {
 
 /// What to watch.
 #[derive(Debug, Clone)]
-pub enum FileSource {
+pub(crate) enum FileSource {
     /// A ConfigMap manifest file.
     Manifest(PathBuf),
     /// A mounted ConfigMap directory.
@@ -148,7 +148,7 @@ impl FileSource {
 
 /// Watches `source` and sends every change to the control loop, starting with its
 /// current contents, until the router drains.
-pub fn spawn(
+pub(crate) fn spawn(
     source: FileSource,
     control: ControlHandle,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
@@ -160,7 +160,7 @@ pub fn spawn(
 
 /// Calls `reload` once now, then once after each burst of filesystem events in `dirs`
 /// has settled, until `stop` is cancelled.
-pub fn watch_dirs(
+pub(crate) fn watch_dirs(
     dirs: &[PathBuf],
     stop: CancellationToken,
     mut reload: impl FnMut() + Send + 'static,

@@ -79,7 +79,7 @@ async fn for_each_event<K, S>(
 }
 
 /// Watches one ConfigMap by name; its `data` is the overrides.
-pub async fn watch_configmap(
+pub(crate) async fn watch_configmap(
     client: Client,
     namespace: String,
     name: String,
@@ -132,7 +132,7 @@ pub async fn watch_configmap(
 }
 
 /// Watches the StatefulSet's `spec.replicas`.
-pub async fn watch_statefulset(
+pub(crate) async fn watch_statefulset(
     client: Client,
     namespace: String,
     name: String,
@@ -167,7 +167,7 @@ pub async fn watch_statefulset(
 
 /// Watches the Service's EndpointSlices and sends the control loop the pod at each
 /// ordinal (merged from every slice) whenever it changes. `port`: the backends' port.
-pub async fn watch_endpoint_slices(
+pub(crate) async fn watch_endpoint_slices(
     client: Client,
     namespace: String,
     service: String,

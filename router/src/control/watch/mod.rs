@@ -7,9 +7,9 @@
 //! - [`kube`]: the ConfigMap, the StatefulSet and the EndpointSlices, through the API.
 //! - [`certs`]: the TLS certificate and key, reloaded on change.
 
-pub mod certs;
-pub mod files;
-pub mod kube;
+pub(crate) mod certs;
+pub(crate) mod files;
+pub(crate) mod kube;
 
 use std::path::PathBuf;
 
@@ -65,7 +65,9 @@ pub enum WatchError {
 
 /// The API client `config` needs, if any: in-cluster, else kubeconfig. Made before the
 /// router binds, so a missing cluster is a configuration error like any other.
-pub async fn kube_client(config: &WatchConfig) -> Result<Option<::kube::Client>, WatchError> {
+pub(crate) async fn kube_client(
+    config: &WatchConfig,
+) -> Result<Option<::kube::Client>, WatchError> {
     if !config.needs_kube() {
         return Ok(None);
     }

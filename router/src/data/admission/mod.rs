@@ -2,6 +2,6 @@
 //! policy (Origin allowlist, rate per source, cap per tenant), and who is asking.
 //! May not touch: listeners, HTTP answers or backends; it says yes or no and counts.
 
-pub mod forwarded;
-pub mod policy;
-pub mod pools;
+pub(crate) mod forwarded;
+pub(crate) mod policy;
+pub(crate) mod pools;

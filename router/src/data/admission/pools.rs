@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 /// complete ClientHello, benches/RESULTS.md).
 pub const PENDING_BASE_BYTES: usize = 8 << 10;
 /// What reading the request head is charged: hyper's first read buffer.
-pub const REQUEST_HEAD_BYTES: usize = 8 << 10;
+pub(crate) const REQUEST_HEAD_BYTES: usize = 8 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionConfig {
@@ -420,19 +420,19 @@ impl Drop for LiveSlot {
 /// knows when it has none and so belongs in the pending pool again. Each relay holds a
 /// [`StreamGuard`]; its drop wakes the connection.
 #[derive(Debug, Default)]
-pub struct ConnStreams {
+pub(crate) struct ConnStreams {
     live: std::sync::atomic::AtomicUsize,
     changed: tokio::sync::Notify,
 }
 
 impl ConnStreams {
     /// Live streams now.
-    pub fn live(&self) -> usize {
+    pub(crate) fn live(&self) -> usize {
         self.live.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Counts a stream as live until the guard drops.
-    pub fn guard(self: &Arc<Self>) -> StreamGuard {
+    pub(crate) fn guard(self: &Arc<Self>) -> StreamGuard {
         self.live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         self.changed.notify_one();
         StreamGuard(self.clone())
@@ -440,14 +440,14 @@ impl ConnStreams {
 
     /// Resolves after a stream became live or ended (at once if one did since the last
     /// call).
-    pub async fn changed(&self) {
+    pub(crate) async fn changed(&self) {
         self.changed.notified().await
     }
 }
 
 /// One live stream of a [`ConnStreams`].
 #[derive(Debug)]
-pub struct StreamGuard(Arc<ConnStreams>);
+pub(crate) struct StreamGuard(Arc<ConnStreams>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {

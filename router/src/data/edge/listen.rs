@@ -39,7 +39,7 @@ pub enum ServerError {
 }
 
 /// The WebSocket listeners, bound, with the event loops that will run them.
-pub struct Listeners {
+pub(crate) struct Listeners {
     addr: SocketAddr,
     listeners: Vec<TcpListener>,
     io_runtimes: Vec<tokio::runtime::Runtime>,
@@ -50,7 +50,7 @@ impl Listeners {
     /// loop, so a failure of either is an error of the router's start. `io_threads` 0:
     /// one listener, served on the caller's runtime. A client that connects and sends
     /// nothing waits in the kernel, not in a slot, for up to `defer`.
-    pub fn bind(
+    pub(crate) fn bind(
         listen: SocketAddr,
         io_threads: usize,
         defer: Duration,
@@ -76,14 +76,14 @@ impl Listeners {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// One accept loop per listener: on the caller's runtime without I/O threads, else each
     /// on its own thread's event loop. Each receiver hears when its loop has stopped.
     /// The I/O threads keep their event loops until `done` (the router drained).
-    pub fn serve(
+    pub(crate) fn serve(
         self,
         shared: &Arc<Shared>,
         done: &CancellationToken,

@@ -2,6 +2,6 @@
 //! errors), the PROXY protocol header, and each connection's way from TCP to TLS to HTTP.
 //! May not touch: what a request means; it hands each connection to `http` and forgets it.
 
-pub mod accept;
-pub mod listen;
-pub mod proxy_protocol;
+pub(crate) mod accept;
+pub(crate) mod listen;
+pub(crate) mod proxy_protocol;

@@ -16,12 +16,12 @@ use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Response header carrying this router's local version of the table that routed the
 /// request (a counter: it differs between replicas holding the same table).
-pub const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
+pub(super) const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
 /// Response header carrying the routing fingerprint (`config/membership`) of the table
 /// that routed the request: equal on every replica that routes alike.
-pub const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
+pub(super) const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
 
-pub type ProxyBody = Either<Full<Bytes>, Incoming>;
+pub(super) type ProxyBody = Either<Full<Bytes>, Incoming>;
 
 /// The client's answer once its backend has upgraded: a 101, or a 200 to an HTTP/2
 /// extended CONNECT.

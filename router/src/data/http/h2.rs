@@ -31,7 +31,7 @@ use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Streams a client may have open on one connection.
-pub const MAX_STREAMS: u32 = 128;
+pub(crate) const MAX_STREAMS: u32 = 128;
 /// Keepalive: a PING this often; no answer within [`PING_TIMEOUT`] closes the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +51,7 @@ const MAX_WRITE: usize = 16 << 10;
 ///
 /// PING and SETTINGS floods are h2's to bound: it answers each PING once, queues at most
 /// a few pending acknowledgements, and closes a connection that floods SETTINGS.
-pub fn builder(max_header_bytes: usize) -> h2::server::Builder {
+pub(crate) fn builder(max_header_bytes: usize) -> h2::server::Builder {
     let mut b = h2::server::Builder::new();
     b.enable_connect_protocol()
         .max_concurrent_streams(MAX_STREAMS)
@@ -66,7 +66,7 @@ pub fn builder(max_header_bytes: usize) -> h2::server::Builder {
 
 /// How long an HTTP/2 connection with no open stream may stay when `--idle-timeout` is
 /// off.
-pub const IDLE_CONNECTION: Duration = Duration::from_secs(60);
+pub(crate) const IDLE_CONNECTION: Duration = Duration::from_secs(60);
 
 /// One HTTP/2 connection, start to end. It is pending (in the pending pool, under its
 /// byte budget, per-source cap and eviction) whenever it has no live WebSocket stream:
@@ -391,7 +391,7 @@ async fn send_answer(
 
 /// A WebSocket's HTTP/2 stream as a byte stream for the relay. It keeps only bytes in
 /// flight: the rest of a DATA frame the reader has not taken yet.
-pub struct H2Stream {
+pub(crate) struct H2Stream {
     send: SendStream<Bytes>,
     recv: RecvStream,
     unread: Bytes,

@@ -19,12 +19,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// What a relay reads at a time while the budget lasts.
-pub const READ_BIG: usize = 64 << 10;
+pub(crate) const READ_BIG: usize = 64 << 10;
 /// What it reads at a time otherwise: one TLS record's plaintext.
-pub const READ_SMALL: usize = 16 << 10;
+pub(crate) const READ_SMALL: usize = 16 << 10;
 
 /// The budget every relay in the process draws from (32 MiB).
-pub static BUDGET: ReadBudget = ReadBudget::new(32 << 20);
+pub(crate) static BUDGET: ReadBudget = ReadBudget::new(32 << 20);
 
 /// Bytes held by relays above [`READ_SMALL`] per direction, against a limit.
 #[derive(Debug)]

@@ -7,7 +7,7 @@ use crate::data::relay::frame::{close_frame, code, FrameCursor, Toward};
 
 /// Why a relayed connection ended: the first thing that happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
+pub(crate) enum CloseReason {
     /// The client sent a close frame.
     ClientClosed,
     /// The backend sent a close frame.
@@ -37,7 +37,7 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::ClientClosed => "client_closed",
             Self::BackendClosed => "backend_closed",
@@ -58,7 +58,7 @@ impl CloseReason {
 
 /// Why the router ends a relay itself, and what it tells both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stop {
+pub(crate) struct Stop {
     pub code: u16,
     pub reason: &'static str,
     pub close_reason: CloseReason,
@@ -66,32 +66,32 @@ pub struct Stop {
 
 impl Stop {
     /// The router is draining: 1001 going away.
-    pub const SHUTDOWN: Stop = Stop {
+    pub(crate) const SHUTDOWN: Stop = Stop {
         code: code::GOING_AWAY,
         reason: "wsrouter shutting down",
         close_reason: CloseReason::Shutdown,
     };
     /// The tenant's route moved: 1012 service restart, so the client reconnects to its
     /// new home.
-    pub const REROUTED: Stop = Stop {
+    pub(crate) const REROUTED: Stop = Stop {
         code: code::SERVICE_RESTART,
         reason: "tenant moved; reconnect",
         close_reason: CloseReason::Rerouted,
     };
     /// No data either way for the idle timeout: 1001 going away.
-    pub const IDLE: Stop = Stop {
+    pub(crate) const IDLE: Stop = Stop {
         code: code::GOING_AWAY,
         reason: "idle timeout",
         close_reason: CloseReason::Idle,
     };
     /// A peer did not answer the router's ping: the other side hears 1001.
-    pub const PING_TIMEOUT: Stop = Stop {
+    pub(crate) const PING_TIMEOUT: Stop = Stop {
         code: code::GOING_AWAY,
         reason: "peer did not answer ping",
         close_reason: CloseReason::PingTimeout,
     };
     /// The socket is as old as it may get: 1012, reconnect (to wherever it routes now).
-    pub const MAX_AGE: Stop = Stop {
+    pub(crate) const MAX_AGE: Stop = Stop {
         code: code::SERVICE_RESTART,
         reason: "connection age limit; reconnect",
         close_reason: CloseReason::MaxAge,

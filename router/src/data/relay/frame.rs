@@ -3,17 +3,17 @@
 //! frame without cutting one in half, and which close code a peer sent, for the log.
 
 /// Close codes the router sends itself (RFC 6455 §7.4.1 and the IANA registry).
-pub mod code {
+pub(crate) mod code {
     /// The router is shutting down, or the peer went quiet (idle or ping timeout).
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// The tenant moved to another backend: reconnect (`--reroute-drain`).
-    pub const SERVICE_RESTART: u16 = 1012;
+    pub(crate) const SERVICE_RESTART: u16 = 1012;
     /// The backend's connection ended without a close frame (it died, or dropped the
     /// socket), or broke the protocol. Not 1014 (bad gateway), which says the same more
     /// precisely: tungstenite, and so websocat, take 1014 for a protocol violation (1002).
-    pub const BACKEND_GONE: u16 = 1011;
+    pub(crate) const BACKEND_GONE: u16 = 1011;
     /// The peer sent a frame no extension can make valid (RFC 6455 §7.4.1).
-    pub const PROTOCOL_ERROR: u16 = 1002;
+    pub(crate) const PROTOCOL_ERROR: u16 = 1002;
 }
 
 const OP_CLOSE: u8 = 0x8;
@@ -331,7 +331,7 @@ fn header_len(b1: u8) -> u8 {
 }
 
 /// A ping frame carrying `token`, masked toward a server.
-pub fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + 4 + 8);
     out.push(0x80 | OP_PING);
     match mask {
@@ -350,7 +350,7 @@ pub fn ping_frame(token: [u8; 8], mask: Option<[u8; 4]>) -> Vec<u8> {
 
 /// A close frame with `code` and a short reason. Frames toward a server (the backend)
 /// must be masked; frames toward a client must not be.
-pub fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
+pub(crate) fn close_frame(code: u16, reason: &str, mask: Option<[u8; 4]>) -> Vec<u8> {
     // Control frame payloads are at most 125 bytes: 2 for the code, the rest for text.
     let mut reason = &reason.as_bytes()[..reason.len().min(123)];
     while std::str::from_utf8(reason).is_err() {

@@ -2,14 +2,14 @@
 //! pings, the close handshake, the shared read budget, and 1012 closes for moved tenants.
 //! May not touch: how a request was routed or admitted; it is handed two peers and limits.
 
-pub mod bulk;
+pub(crate) mod bulk;
 mod close;
 mod direction;
-pub mod frame;
+pub(crate) mod frame;
 mod peer;
-mod pings;
-pub mod pump;
-pub mod reroute;
+pub(crate) mod pings;
+pub(crate) mod pump;
+pub(crate) mod reroute;
 mod signal;
 mod timers;
 

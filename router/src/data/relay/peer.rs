@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What the relay needs of each side besides reading and writing.
-pub trait Peer {
+pub(crate) trait Peer {
     /// Ends the connection abruptly (a TCP reset), to pass on a peer's reset as it was.
     fn reset(&mut self);
 

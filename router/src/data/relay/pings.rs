@@ -98,7 +98,7 @@ impl PingState {
 
 /// What the bytes at a frame boundary say about a pong carrying `token`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PongMatch {
+pub enum PongMatch {
     /// A whole pong frame of this many bytes, carrying the token.
     Ours(usize),
     /// Not (or not yet known to be) our pong: pass it on.
@@ -110,7 +110,7 @@ enum PongMatch {
 /// Where the router's pong is in freshly read `data`, which follows what `cursor` has
 /// seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PongScan {
+pub enum PongScan {
     /// A whole pong carrying the token: `len` bytes at `at`.
     Found { at: usize, len: usize },
     /// What may be that pong begins at `at`, but is not all here yet.
@@ -123,7 +123,7 @@ enum PongScan {
 /// Finds the pong carrying `token` at a frame boundary of `data`. The walk follows
 /// frames with a copy of `cursor`, so it reads lengths exactly as the relay does (a
 /// claimed length past 2^63 desyncs it, never wraps) and each step moves forward.
-fn find_pong(cursor: &FrameCursor, data: &[u8], token: &[u8; 8]) -> PongScan {
+pub fn find_pong(cursor: &FrameCursor, data: &[u8], token: &[u8; 8]) -> PongScan {
     let mut probe = *cursor;
     let mut at = 0;
     loop {
@@ -151,7 +151,7 @@ fn find_pong(cursor: &FrameCursor, data: &[u8], token: &[u8; 8]) -> PongScan {
 
 /// Whether `data`, starting at a frame boundary, begins with a pong carrying `token`.
 /// Only headers and the small control payload are read: a pong is at most 125 bytes.
-fn match_pong(data: &[u8], token: &[u8; 8]) -> PongMatch {
+pub fn match_pong(data: &[u8], token: &[u8; 8]) -> PongMatch {
     if data.len() < 2 {
         return if data.first().is_none_or(|b| b & 0x0f == OP_PONG) {
             PongMatch::Partial

@@ -44,8 +44,8 @@ use crate::data::relay::frame::{code, Toward};
 use crate::data::relay::signal::StopSignal;
 use crate::data::relay::timers::Timers;
 
-pub use crate::data::relay::close::{CloseReason, Stop};
-pub use crate::data::relay::peer::Peer;
+pub(crate) use crate::data::relay::close::{CloseReason, Stop};
+pub(crate) use crate::data::relay::peer::Peer;
 pub use crate::data::relay::pings::Ping;
 
 #[derive(Debug, Clone, Copy)]
@@ -81,7 +81,7 @@ impl RelayConfig {
 
 /// What a relay did, for the per-connection log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RelayReport {
+pub(crate) struct RelayReport {
     pub reason: CloseReason,
     pub bytes_from_client: u64,
     pub bytes_from_backend: u64,
@@ -103,7 +103,7 @@ pub struct RelayReport {
 ///
 /// The returned future is the whole per-connection state of a relay; it is kept small
 /// (no async-fn frames around it) because 9,000 idle sockets hold 9,000 of them.
-pub fn run<C, B>(
+pub(crate) fn run<C, B>(
     client: C,
     backend: B,
     client_pre: Bytes,
@@ -144,7 +144,7 @@ where
 }
 
 /// A running relay; see [`run`].
-pub struct Relay<C, B> {
+pub(crate) struct Relay<C, B> {
     client: C,
     backend: B,
     to_backend: Pump,

@@ -30,7 +30,7 @@ pub struct RerouteConfig {
     pub per_second: u32,
 }
 
-pub struct Reroute {
+pub(crate) struct Reroute {
     config: RerouteConfig,
     table: Arc<ArcSwapOption<RoutingTable>>,
     changes: watch::Receiver<u64>,
@@ -39,7 +39,7 @@ pub struct Reroute {
 }
 
 impl Reroute {
-    pub fn new(
+    pub(crate) fn new(
         config: RerouteConfig,
         table: Arc<ArcSwapOption<RoutingTable>>,
         changes: watch::Receiver<u64>,
@@ -74,7 +74,7 @@ impl Reroute {
     /// Resolves when the socket of `tenant`, relayed to `ordinal`, should get 1012: its
     /// route has moved elsewhere, the grace period (plus jitter) has passed, its turn has
     /// come, and it still routes elsewhere. Never resolves otherwise.
-    pub async fn moved(&self, tenant: &str, ordinal: u32) {
+    pub(crate) async fn moved(&self, tenant: &str, ordinal: u32) {
         let mut changes = self.changes.clone();
         loop {
             while !self.routes_elsewhere(tenant, ordinal) {

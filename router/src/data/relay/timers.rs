@@ -37,7 +37,6 @@ struct Pinger {
     ping: Ping,
     sleep: Pin<Box<Sleep>>,
     waiting: bool,
-    sent: u64,
 }
 
 impl Timers {
@@ -55,7 +54,6 @@ impl Timers {
                 ping: p,
                 sleep: sleep(p.interval),
                 waiting: false,
-                sent: 0,
             })
         };
         Self {
@@ -149,7 +147,6 @@ impl Pinger {
         if sink.closing() || source.closing() {
             return false;
         }
-        self.sent += 1;
         let token = fastrand::u64(..).to_ne_bytes();
         sink.pings.send(ping_frame(token, sink.toward.mask()));
         source.pings.await_pong(token);

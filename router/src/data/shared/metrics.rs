@@ -13,13 +13,13 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::data::admission::pools::{AdmissionStats, Refusal};
-pub use crate::state::labels::{
+pub(crate) use crate::state::labels::{
     ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
 };
 
 /// The data path's metrics. Cheap to update: atomics, and for labelled families one
 /// read-locked lookup per connection event (never per frame).
-pub struct Metrics {
+pub(crate) struct Metrics {
     pub connections_accepted: Counter,
     /// Totals over every refusal reason, for tests and the handle.
     pub connections_refused: Counter,
@@ -59,7 +59,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let bytes = Family::default();
         let tls_handshake_failures = Family::default();
         let m = Self {
@@ -122,7 +122,7 @@ impl Metrics {
     }
 
     /// Adds the data path's series to `r`, in the order /metrics has always listed them.
-    pub fn register(&self, r: &mut Registry) {
+    pub(crate) fn register(&self, r: &mut Registry) {
         self.register_connections(r);
         self.register_relays(r);
         self.register_backends(r);
@@ -246,7 +246,7 @@ impl Metrics {
     }
 
     /// Shows a breaker opening or closing.
-    pub fn breaker(&self, ordinal: u32, t: crate::data::upstream::breaker::Transition) {
+    pub(crate) fn breaker(&self, ordinal: u32, t: crate::data::upstream::breaker::Transition) {
         let label = OrdinalLabel { ordinal };
         match t {
             crate::data::upstream::breaker::Transition::Opened => {
@@ -261,7 +261,7 @@ impl Metrics {
     }
 
     /// Counts a refused connection.
-    pub fn refused(&self, why: Refusal) {
+    pub(crate) fn refused(&self, why: Refusal) {
         self.connections_refused.inc();
         self.refused
             .get_or_create(&ReasonLabel {
@@ -271,7 +271,7 @@ impl Metrics {
     }
 
     /// Counts a PROXY protocol header read (`Ok`: what it named) or refused.
-    pub fn proxy_header(&self, outcome: Result<&'static str, &'static str>) {
+    pub(crate) fn proxy_header(&self, outcome: Result<&'static str, &'static str>) {
         let (family, reason) = match outcome {
             Ok(kind) => (&self.proxy_headers, kind),
             Err(why) => (&self.proxy_header_errors, why),
@@ -280,7 +280,7 @@ impl Metrics {
     }
 
     /// Counts a backend 101 refused as a 502.
-    pub fn bad_backend_handshake(&self, reason: &'static str) {
+    pub(crate) fn bad_backend_handshake(&self, reason: &'static str) {
         self.backend_handshake_failures
             .get_or_create(&ReasonLabel { reason })
             .inc();

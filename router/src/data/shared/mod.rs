@@ -2,8 +2,8 @@
 //! path's counters (`metrics`) and the `Shared` handle (table, pools, breaker, TLS slot).
 //! May not touch: connections themselves; it is wired by `daemon` and read by `http`/`edge`.
 
-pub mod limits;
-pub mod metrics;
+pub(crate) mod limits;
+pub(crate) mod metrics;
 
 use std::sync::Arc;
 
@@ -26,33 +26,33 @@ use crate::state::tenants::LiveTenants;
 pub struct Shared {
     /// The routing table. The data path only loads it; the control plane only stores it.
     /// Empty until the replica count is known.
-    pub table: Arc<ArcSwapOption<RoutingTable>>,
+    pub(crate) table: Arc<ArcSwapOption<RoutingTable>>,
     /// Tenants with live sockets here.
-    pub live: Arc<LiveTenants>,
+    pub(crate) live: Arc<LiveTenants>,
     /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
-    pub reroute: Option<Arc<Reroute>>,
-    pub metrics: Arc<Metrics>,
-    pub prefix: PathPrefix,
-    pub limits: Limits,
+    pub(crate) reroute: Option<Arc<Reroute>>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) prefix: PathPrefix,
+    pub(crate) limits: Limits,
     /// The TLS config new handshakes use; the certificate watcher swaps it.
-    pub tls_config: Option<TlsSlot>,
+    pub(crate) tls_config: Option<TlsSlot>,
     /// How client connections speak HTTP/1.1 (limits, timeouts).
-    pub http: http1::Builder,
+    pub(crate) http: http1::Builder,
     /// How they speak HTTP/2 (streams, windows, header list size, reset limits).
-    pub http2: h2::server::Builder,
-    pub lifecycle: Lifecycle,
+    pub(crate) http2: h2::server::Builder,
+    pub(crate) lifecycle: Lifecycle,
     /// The pending and live pools.
-    pub admission: Arc<Admission>,
+    pub(crate) admission: Arc<Admission>,
     /// Extra plain-HTTP answers on the WebSocket listener (`wsrouter dev`'s page);
     /// `None` in `serve`, where anything but an upgrade path is 404.
-    pub pages: Option<Arc<dyn Pages>>,
+    pub(crate) pages: Option<Arc<dyn Pages>>,
     /// A circuit breaker per backend address.
-    pub breakers: Arc<Breakers>,
+    pub(crate) breakers: Arc<Breakers>,
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
-    pub policy: PolicyConfig,
-    pub rate: RateLimiter,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) rate: RateLimiter,
     /// Each I/O thread's last turn of its event loop (`/healthz` reads them).
-    pub heartbeats: Arc<Heartbeats>,
+    pub(crate) heartbeats: Arc<Heartbeats>,
 }
 
 /// Plain GETs the WebSocket listener answers before routing, when given some. A hook, so

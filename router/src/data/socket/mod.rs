@@ -9,7 +9,10 @@ use std::time::Duration;
 /// descriptor, no task and no pending slot meanwhile. Linux only; a no-op elsewhere.
 #[cfg(target_os = "linux")]
 #[allow(unsafe_code)]
-pub fn set_defer_accept(socket: &impl std::os::fd::AsRawFd, wait: Duration) -> std::io::Result<()> {
+pub(crate) fn set_defer_accept(
+    socket: &impl std::os::fd::AsRawFd,
+    wait: Duration,
+) -> std::io::Result<()> {
     let secs = libc::c_int::try_from(wait.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
     // SAFETY: the descriptor is a live socket owned by the caller for the whole call, and
     // the option value is a c_int on the stack whose size is passed with it.
@@ -38,7 +41,7 @@ pub fn set_defer_accept(_: &impl std::os::fd::AsRawFd, _: Duration) -> std::io::
 /// then every 10 s; after 3 unanswered the kernel reports the peer gone and the relay's
 /// next read fails. This is how a peer that vanished without a FIN (a phone leaving
 /// Wi-Fi) is found when nothing else is sent.
-pub fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
+pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
     let ka = socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(Duration::from_secs(10))

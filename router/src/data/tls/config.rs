@@ -13,7 +13,7 @@ use thiserror::Error;
 
 /// The TLS config new handshakes use: the listener loads it per handshake, the
 /// certificate watcher stores a reloaded one.
-pub type TlsSlot = Arc<ArcSwap<ServerConfig>>;
+pub(crate) type TlsSlot = Arc<ArcSwap<ServerConfig>>;
 
 #[derive(Debug, Error)]
 pub enum TlsError {
@@ -55,7 +55,7 @@ pub fn load_server_config(
 
 /// Builds the config for a new certificate and key with everything else as `current`
 /// has it (key exchange, versions, ALPN), for hot reloads.
-pub fn reload_server_config(
+pub(crate) fn reload_server_config(
     cert: &Path,
     key: &Path,
     current: &ServerConfig,
@@ -140,7 +140,7 @@ fn alpn(http2: bool) -> Vec<Vec<u8>> {
 }
 
 /// Builds the server config from DER material.
-pub fn server_config(
+pub(crate) fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     options: &TlsOptions,

@@ -2,5 +2,5 @@
 //! unbuffered TLS stream a client connection speaks: its bounded handshake, reads and writes.
 //! May not touch: sockets' admission, routing, HTTP or frames; it knows bytes, not requests.
 
-pub mod config;
-pub mod stream;
+pub(crate) mod config;
+pub(crate) mod stream;

@@ -45,7 +45,7 @@ enum Circuit {
 
 /// What an operator sees of one breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     /// Refusing for this much longer.
     Open(Duration),
@@ -54,7 +54,7 @@ pub enum BreakerState {
 }
 
 impl BreakerState {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Closed => "closed",
             Self::Open(_) => "open",
@@ -65,18 +65,18 @@ impl BreakerState {
 
 /// An upgrade refused by an open breaker: retry after this many seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refused {
+pub(crate) struct Refused {
     pub retry_after_secs: u32,
 }
 
 #[derive(Default)]
-pub struct Breakers {
+pub(crate) struct Breakers {
     config: BreakerConfig,
     circuits: Mutex<HashMap<Box<str>, Circuit>>,
 }
 
 impl Breakers {
-    pub fn new(config: BreakerConfig) -> Arc<Self> {
+    pub(crate) fn new(config: BreakerConfig) -> Arc<Self> {
         Arc::new(Self {
             config,
             circuits: Mutex::default(),
@@ -89,7 +89,7 @@ impl Breakers {
     }
 
     /// May an upgrade to `addr` go ahead? The permit says how it went.
-    pub fn admit(self: &Arc<Self>, addr: &str) -> Result<Permit, Refused> {
+    pub(crate) fn admit(self: &Arc<Self>, addr: &str) -> Result<Permit, Refused> {
         if self.config.failures == 0 {
             return Ok(self.permit(addr, false));
         }
@@ -126,12 +126,12 @@ impl Breakers {
         }
     }
 
-    pub fn cooldown(&self) -> Duration {
+    pub(crate) fn cooldown(&self) -> Duration {
         self.config.cooldown
     }
 
     /// How the breaker for `addr` stands now.
-    pub fn state(&self, addr: &str) -> BreakerState {
+    pub(crate) fn state(&self, addr: &str) -> BreakerState {
         match self.lock().get(addr).copied() {
             None | Some(Circuit::Closed { .. }) => BreakerState::Closed,
             Some(Circuit::Open { until }) => {
@@ -175,7 +175,7 @@ impl Breakers {
 /// One upgrade under a breaker. Say how it went with [`Permit::succeeded`] or
 /// [`Permit::failed`]; dropped undecided (the client left, the router is draining), it
 /// counts for nothing, and a probe hands its turn to the next upgrade.
-pub struct Permit {
+pub(crate) struct Permit {
     breakers: Arc<Breakers>,
     addr: Box<str>,
     probe: bool,
@@ -184,18 +184,18 @@ pub struct Permit {
 
 /// What a decided permit changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     None,
     Opened,
     Closed,
 }
 
 impl Permit {
-    pub fn succeeded(mut self) -> Transition {
+    pub(crate) fn succeeded(mut self) -> Transition {
         self.decide(true)
     }
 
-    pub fn failed(mut self) -> Transition {
+    pub(crate) fn failed(mut self) -> Transition {
         self.decide(false)
     }
 

@@ -2,8 +2,8 @@
 //! the backend's half of the upgrade (its request and its 101), and why one failed.
 //! May not touch: the client's connection, admission or the answer the client gets.
 
-pub mod breaker;
-pub mod dial;
-pub mod error;
-pub mod handshake;
-pub mod headers;
+pub(crate) mod breaker;
+pub(crate) mod dial;
+pub(crate) mod error;
+pub(crate) mod handshake;
+pub(crate) mod headers;

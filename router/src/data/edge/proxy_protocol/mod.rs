@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use thiserror::Error;
 
-pub use read::{read_header, ReadError};
+pub(crate) use read::{read_header, ReadError};
 
 /// What the header says about the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use super::{parse, Proxied, ProxyHeaderError, MAX_HEADER};
 
 /// Why [`read_header`] got no header.
 #[derive(Debug, Error)]
-pub enum ReadError {
+pub(crate) enum ReadError {
     #[error("reading the PROXY header")]
     Io(#[source] std::io::Error),
     #[error("connection closed inside the PROXY header")]
@@ -19,7 +19,7 @@ pub enum ReadError {
 
 impl ReadError {
     /// Metric label: "io", "truncated", or the header's own label.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Io(_) => "io",
             Self::Closed => "truncated",
@@ -38,7 +38,7 @@ impl ReadError {
 /// again: every turn of the loop consumes bytes or awaits new ones, never spins on the
 /// same ones. `parse` bounds the total (V1_MAX, MAX_HEADER). No timeout here: the caller
 /// drops the future at its handshake deadline.
-pub async fn read_header(tcp: &mut TcpStream) -> Result<(Proxied, usize), ReadError> {
+pub(crate) async fn read_header(tcp: &mut TcpStream) -> Result<(Proxied, usize), ReadError> {
     let mut buf = vec![0; MAX_HEADER];
     // Header bytes already taken off the socket; they are `buf[..consumed]`.
     let mut consumed = 0;

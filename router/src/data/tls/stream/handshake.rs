@@ -14,13 +14,13 @@ use super::{Meter, TlsStream, MAX_RECORD, SCRATCH};
 
 /// The default for `--max-client-hello`: room for post-quantum key shares (X25519MLKEM768
 /// adds 1,216 bytes) and long SNI/ALPN lists, a quarter of what TLS allows.
-pub const DEFAULT_MAX_CLIENT_HELLO: usize = 16 << 10;
+pub(crate) const DEFAULT_MAX_CLIENT_HELLO: usize = 16 << 10;
 /// TLS alert `illegal_parameter`, what OpenSSL sends for an excessive message size.
 const ALERT_ILLEGAL_PARAMETER: u8 = 47;
 
 /// What one handshake may cost.
 #[derive(Debug, Clone, Copy)]
-pub struct HandshakeLimits {
+pub(crate) struct HandshakeLimits {
     /// The largest ClientHello accepted; a larger one gets a fatal alert as soon as its
     /// header says so, before its bytes are held.
     pub max_client_hello: usize,
@@ -37,7 +37,7 @@ impl Default for HandshakeLimits {
 /// Completes a TLS handshake on `tcp` with `config`. Bytes the client sent after its
 /// Finished (the HTTP request, usually) are kept for the first read. `meter` hears how
 /// many bytes the handshake holds as that changes.
-pub async fn accept<S>(
+pub(crate) async fn accept<S>(
     config: Arc<ServerConfig>,
     tcp: S,
     limits: HandshakeLimits,

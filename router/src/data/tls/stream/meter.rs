@@ -2,7 +2,7 @@
 
 /// Told how many bytes a connection in its TLS handshake holds, so a budget shared by
 /// all such connections can be kept.
-pub trait Meter {
+pub(crate) trait Meter {
     fn held(&mut self, bytes: usize);
 }
 

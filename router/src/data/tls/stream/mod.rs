@@ -30,8 +30,8 @@ use rustls::server::UnbufferedServerConnection;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-pub use handshake::{accept, HandshakeLimits, DEFAULT_MAX_CLIENT_HELLO};
-pub use meter::Meter;
+pub(crate) use handshake::{accept, HandshakeLimits, DEFAULT_MAX_CLIENT_HELLO};
+pub(crate) use meter::Meter;
 
 /// The largest TLS record on the wire: header, 2^14 bytes of plaintext, 256 of expansion.
 pub const MAX_RECORD: usize = 5 + (1 << 14) + 256;
@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// A server-side TLS stream over a byte stream (TCP in the router). Made by [`accept`].
-pub struct TlsStream<S = TcpStream> {
+pub(crate) struct TlsStream<S = TcpStream> {
     tcp: S,
     conn: UnbufferedServerConnection,
     /// Received ciphertext not yet processed: the start of a record still arriving.
@@ -88,22 +88,17 @@ impl<S> TlsStream<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
     /// The application protocol the handshake agreed on (ALPN), if any.
-    pub fn alpn(&self) -> Option<&[u8]> {
+    pub(crate) fn alpn(&self) -> Option<&[u8]> {
         self.conn.alpn_protocol()
     }
 
-    /// The stream the TLS runs over.
-    pub fn get_ref(&self) -> &S {
-        &self.tcp
-    }
-
     /// The stream the TLS runs over; writing to it directly would corrupt the TLS.
-    pub fn get_mut(&mut self) -> &mut S {
+    pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.tcp
     }
 
     /// Ciphertext encrypted from what was written but not yet taken by the socket.
-    pub fn unsent(&self) -> usize {
+    pub(crate) fn unsent(&self) -> usize {
         self.out.len() - self.out_pos
     }
 
