@@ -237,13 +237,7 @@ async fn serve_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, s
         conn.peer = client;
     }
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
-        let Arriving {
-            peer,
-            accepted,
-            mut slot,
-            ..
-        } = conn;
-        slot.hold(REQUEST_HEAD_BYTES);
+        let (peer, accepted, slot) = conn.into_http();
         return serve_http(shared, tcp, peer, accepted, slot).await;
     };
     if let Some(tls) = conn.tls_handshake(&shared, config, tcp).await {
@@ -280,6 +274,19 @@ impl Arriving {
             evicted,
             deadline,
         }
+    }
+
+    /// What HTTP takes over: who the connection is from, when it was accepted, and its
+    /// pending place, now charged for a request head.
+    fn into_http(self) -> (SocketAddr, Instant, PendingSlot) {
+        let Self {
+            peer,
+            accepted,
+            mut slot,
+            ..
+        } = self;
+        slot.hold(REQUEST_HEAD_BYTES);
+        (peer, accepted, slot)
     }
 
     /// Reads the PROXY protocol header off `tcp`: the address the connection is from
@@ -340,13 +347,7 @@ impl Arriving {
 /// Hands a connection whose TLS handshake is done to HTTP/2 if ALPN chose it, else to
 /// HTTP/1.1.
 async fn hand_over(shared: Arc<Shared>, tls: tls_stream::TlsStream, conn: Arriving) {
-    let Arriving {
-        peer,
-        accepted,
-        mut slot,
-        ..
-    } = conn;
-    slot.hold(REQUEST_HEAD_BYTES);
+    let (peer, accepted, slot) = conn.into_http();
     if tls.alpn() == Some(b"h2") {
         crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
     } else {
