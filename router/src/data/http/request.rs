@@ -152,15 +152,12 @@ fn websocket_key(headers: &HeaderMap) -> Result<HeaderValue, ProxyError> {
     }
 }
 
-/// 16 bytes in base64: 22 characters of the alphabet, then `==`.
+/// 16 bytes in base64, canonical: 22 characters of the alphabet, then `==`, the last
+/// character's padding bits zero (the decoder refuses anything else).
 fn is_base64_16(k: &[u8]) -> bool {
-    k.len() == 24
-        && k.ends_with(b"==")
-        && k[..22]
-            .iter()
-            .all(|c| c.is_ascii_alphanumeric() || *c == b'+' || *c == b'/')
-        // The last character's low four bits are padding and must be zero.
-        && b"AQgw".contains(&k[21])
+    use base64::Engine;
+    let mut out = [0u8; 18];
+    k.len() == 24 && base64::engine::general_purpose::STANDARD.decode_slice(k, &mut out) == Ok(16)
 }
 
 /// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
@@ -185,6 +182,31 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+
+    #[test]
+    fn a_key_is_16_bytes_in_canonical_base64() {
+        for ok in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/+/+/+/+/+/+/+/+/+/+/w==",
+        ] {
+            assert!(is_base64_16(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "short",
+            "dGhlIHNhbXBsZSBub25jZQ",       // no padding
+            "dGhlIHNhbXBsZSBub25jZQ=",      // half the padding
+            "dGhlIHNhbXBsZSBub25jZR==",     // padding bits set
+            "dGhlIHNhbXBsZSBub25jZQ==\n",   // trailing byte
+            "dGhlIHNhbXBsZSBub25j-Q==",     // the URL-safe alphabet
+            "dGhlIHNhbXBsZSBub25jZQ=A",     // padding then data
+            "dGhlIHNhbXBsZSBub25jZQAA",     // 18 bytes, no padding
+            "ZGhlIHNhbXBsZSBub25jZQ==AAAA", // 20 bytes
+        ] {
+            assert!(!is_base64_16(bad.as_bytes()), "{bad}");
+        }
+    }
 
     #[test]
     fn the_host_kept_for_the_sockets_life_does_not_hold_the_read_buffer() {
