@@ -1,7 +1,8 @@
 //! The relay's frame tracking on arbitrary bytes, split into arbitrary reads.
 //!
-//! Each read goes through `FrameCursor` the way the relay (`data/relay/pump.rs`) handles it (`poll_forward`,
-//! `strip_pong`, `passable`, `wrote`): a pong held back from the last read is put in
+//! Each read goes through `FrameCursor` the way one direction of the relay
+//! (`data/relay/direction.rs`) handles it (`poll_forward`, `PingState::strip` in
+//! `pings.rs`, `passable`, `wrote`): a pong held back from the last read is put in
 //! front, `find_pong` cuts the router's pong out (or holds back the start of one),
 //! `violation_at` cuts the read at a header no extension makes valid (and the relay
 //! stops after it), `bytes_to_boundary` walks what is passed as a pending stop would,
@@ -46,7 +47,7 @@ fn run(data: &[u8]) {
         let mut data = std::mem::take(&mut pong_partial);
         data.extend_from_slice(read);
 
-        // strip_pong
+        // PingState::strip
         if let Some(token) = pong_token {
             match find_pong(&cursor, &data, &token) {
                 PongScan::Found { at, len } => {

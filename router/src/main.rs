@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Err(e) => return bad_command_line(&e),
     };
     router::init_logging(cli.log_format);
-    // Connections run on their own I/O threads (data::listen); this runtime only
+    // Connections run on their own I/O threads (data::edge::listen); this runtime only
     // carries the control plane, the watchers and the admin listener.
     let io_threads = cli.workers.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),

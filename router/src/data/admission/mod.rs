@@ -1,6 +1,7 @@
 //! Owns: who gets in: the pending and live pools (caps, byte budget, per source), the
 //! policy (Origin allowlist, rate per source, cap per tenant), and who is asking.
-//! May not touch: listeners, HTTP answers or backends; it says yes or no and counts.
+//! May not touch: listeners, HTTP answers or backend connections; it says yes or no,
+//! counts, and names who is asking (the forwarding headers say so to the backend).
 
 pub(crate) mod forwarded;
 pub(crate) mod policy;

@@ -77,7 +77,7 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Res
 fn answer_200(headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Response<ProxyBody> {
     let mut resp = answer_101(headers, routed, diagnostics);
     *resp.status_mut() = StatusCode::OK;
-    // Upgrade and Connection go with the other hop-by-hop headers when data::h2 sends
+    // Upgrade and Connection go with the other hop-by-hop headers when data::http::h2 sends
     // the answer; the accept answers a key the client never sent.
     resp.headers_mut().remove(header::SEC_WEBSOCKET_ACCEPT);
     resp

@@ -1,6 +1,7 @@
 //! Owns: the relay between two upgraded sockets: the pump, WebSocket frame boundaries,
 //! pings, the close handshake, the shared read budget, and 1012 closes for moved tenants.
-//! May not touch: how a request was routed or admitted; it is handed two peers and limits.
+//! May not touch: admission, HTTP or dialling; it is handed two peers and limits (only
+//! `reroute` reads the table, to see whose tenant moved).
 
 pub(crate) mod bulk;
 mod close;
