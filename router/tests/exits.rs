@@ -139,3 +139,44 @@ fn the_replicas_variable_is_the_pod_count_and_never_a_plans_target() {
     assert!(scaled.starts_with("plan: replicas 4 → 8,"), "{scaled}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// `wsrouter route … | head -0`: the reader is gone before the answer is written. The
+/// answer has nowhere to go, which is no failure of the command: it ends quietly, as
+/// `ls | head` does, instead of panicking with a backtrace.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    use std::process::Stdio;
+    let dir = std::env::temp_dir().join(format!("wsrouter-exits-pipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let overrides = dir.join("overrides.yaml");
+    std::fs::write(&overrides, "kind: ConfigMap\ndata:\n  ns-01: \"3\"\n").expect("written");
+    let overrides = overrides.to_string_lossy().into_owned();
+    let commands: [&[&str]; 4] = [
+        &["route", "ns-01", "--replicas", "4"],
+        &["route", "ns-01", "--replicas", "4", "--json"],
+        &["plan", "--current-replicas", "4", "--overrides", &overrides],
+        &[
+            "cert",
+            "--host",
+            "localhost",
+            "--out",
+            dir.to_str().expect("a UTF-8 temp path"),
+        ],
+    ];
+    for args in commands {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wsrouter"))
+            .args(args)
+            .env_clear()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary runs");
+        // Closing our end before the command writes: its write finds no reader.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("it ends");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,5 +1,6 @@
 //! Exit statuses, and how each kind of failure is reported before the process ends.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::error::ErrorKind;
@@ -55,4 +56,16 @@ pub(crate) fn config_error(e: &dyn std::error::Error) -> ExitCode {
 pub(crate) fn failure(doing: &str, e: &dyn std::error::Error) -> ExitCode {
     tracing::error!("{doing}: {}", DisplayChain(e));
     ExitCode::FAILURE
+}
+
+/// A command's answer on stdout, and its status: success, or, if stdout is gone, still
+/// success when its reader closed it (`wsrouter route … | head -1`: the reader has what
+/// it wanted) and a failure otherwise. `print!` would panic on either.
+pub(crate) fn print(text: &str) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => failure("writing the answer to stdout", &e),
+    }
 }

@@ -16,7 +16,7 @@ use wsrouter::{
     RouteSource, RoutingTable, TableSource,
 };
 
-use super::exit::usage_error;
+use super::exit::{print, usage_error};
 use crate::admin::views::{ContractView, TableView};
 use crate::config::{PlanArgs, RouteArgs};
 use crate::control::overrides_file::{self, OverridesFileError};
@@ -34,16 +34,15 @@ pub(crate) fn run_route(args: &RouteArgs) -> ExitCode {
     };
     if args.json {
         match serde_json::to_string(&v) {
-            Ok(json) => println!("{json}"),
-            Err(e) => return usage_error(&e),
+            Ok(json) => print(&format!("{json}\n")),
+            Err(e) => usage_error(&e),
         }
     } else {
-        println!(
-            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas; routing config {})",
+        print(&format!(
+            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas; routing config {})\n",
             v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas, v.config_fingerprint
-        );
+        ))
     }
-    ExitCode::SUCCESS
 }
 
 /// `wsrouter plan`: what an overrides edit or a scale would move.
@@ -61,10 +60,7 @@ pub(crate) async fn run_plan(args: &PlanArgs) -> ExitCode {
         plan(&cur, new, args.replicas, &args.statefulset)
     });
     match plan {
-        Ok(p) => {
-            print!("{p}");
-            ExitCode::SUCCESS
-        }
+        Ok(p) => print(&p.to_string()),
         Err(e) => usage_error(&e),
     }
 }
