@@ -5,13 +5,19 @@
 //!
 //! One pool per I/O thread. A connection never moves between I/O threads, so neither
 //! does a pooled one: the idle connections live in a `thread_local!` (a `RefCell` per
-//! thread, borrowed only between awaits), and the [`Pool`] handle is one shared, read-only
-//! value (its settings and metric handles) that every thread checks out through, each
-//! from its own idle set. Nothing on a request's path takes a lock or writes an atomic
-//! another thread touches, but for the counters, once per connection event. The handle,
-//! the guard and the response body are `Send`, so a request's future holding them can be
-//! `tokio::spawn`ed; a guard dropped on another thread gives its connection to that
-//! thread's idle set (on the I/O threads that does not happen).
+//! thread, borrowed within one synchronous call, never across an await), and the
+//! [`Pool`] handle is one shared, read-only value (its settings and metric handles) that
+//! every thread checks out through, each from its own idle set. Nothing on a request's
+//! path takes a lock or writes an atomic another thread touches but the counters (once
+//! per checkout or connection event). The handle, the guard and the response body are
+//! `Send`, so a request's future holding them can be `tokio::spawn`ed; a guard dropped
+//! on another thread gives its connection to that thread's idle set of the pool if it
+//! has one, else closes it (on the I/O threads neither happens).
+//!
+//! A connection goes back to the pool when its response body has been read to its end
+//! (its last frame); a body dropped before that, or a failed exchange, closes it. One
+//! given back before hyper has finished with it (not yet `is_ready`) stays idle and is
+//! passed over at checkout until it is ready or closed.
 //!
 //! Because each thread keeps its own idle set, [`Pool::sweep`] and [`Pool::retain`] act
 //! on the calling thread's: call them from every I/O thread (one small task per thread).
