@@ -1,5 +1,5 @@
 //! Owns: the way to a backend: connecting with retries, the circuit breaker per address,
-//! the backend's half of the upgrade (its request and its 101), and why one failed.
+//! the backend's half of the upgrade (its 101), kept-alive HTTP connections (`pool`).
 //! May not touch: the client's connection, admission or the answer the client gets.
 
 pub(crate) mod breaker;
