@@ -65,11 +65,23 @@ pub(crate) fn read_configmap(
 
 /// The `data` of the ConfigMap manifest at `path`.
 pub(crate) fn read(path: &Path) -> Result<BTreeMap<String, String>, OverridesFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| OverridesFileError::Read {
+    parse_at(path, &read_text(path)?)
+}
+
+/// The text of the manifest at `path`, unparsed.
+pub(crate) fn read_text(path: &Path) -> Result<String, OverridesFileError> {
+    std::fs::read_to_string(path).map_err(|source| OverridesFileError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    parse(&text).map_err(|e| match e {
+    })
+}
+
+/// The `data` of `text`, the manifest read from `path` (which errors name).
+pub(crate) fn parse_at(
+    path: &Path,
+    text: &str,
+) -> Result<BTreeMap<String, String>, OverridesFileError> {
+    parse(text).map_err(|e| match e {
         ParseError::Yaml(source) => OverridesFileError::Parse {
             path: path.to_owned(),
             source,

@@ -125,3 +125,53 @@ async fn dev_reroutes_live_when_the_overrides_file_is_edited() -> Result<()> {
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
+
+/// A save in place truncates the file, then writes it; on a busy machine the writer can
+/// stall between the two for longer than the watcher's settle time. The empty file read
+/// meanwhile is not believed at once, so the table never routes by the hash alone on the
+/// way to the new overrides; a file left empty is believed once it stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_save_in_place_never_publishes_the_file_it_emptied() -> Result<()> {
+    let dir = temp_dir("slowsave")?;
+    let file = dir.join("overrides.yaml");
+    let manifest = |data: &str| format!("kind: ConfigMap\ndata:\n{data}");
+    std::fs::write(&file, manifest("  ns-01: \"0\"\n"))?;
+    let dev = start_dev(&file, &[]).await?;
+    let version = || dev.router.current_table().map(|t| t.version());
+    let before = version();
+    let mut changes = dev.router.control().changes();
+
+    // The slow writer: truncate, stall for four settle times (the scenario's own pace,
+    // not a wait for the router), then write.
+    std::fs::File::create(&file)?;
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    std::fs::write(&file, manifest("  ns-01: \"1\"\n"))?;
+    let table = |ns: &str| dev.router.current_table().map(|t| t.route(ns).ordinal);
+    within(
+        WAIT,
+        "the saved file",
+        changes.wait_for(|_| table("ns-01") == Some(1)),
+    )
+    .await??;
+    assert_eq!(
+        version(),
+        before.map(|v| v + 1),
+        "one table for one save: the emptied file was published on the way"
+    );
+
+    // Emptied for good: after it has stayed empty a while, an empty ConfigMap.
+    std::fs::File::create(&file)?;
+    within(
+        WAIT,
+        "the file left empty",
+        changes.wait_for(|_| {
+            dev.router
+                .current_table()
+                .is_some_and(|t| t.overrides().is_empty())
+        }),
+    )
+    .await??;
+    dev.router.close_now();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::files::{watch_dirs, FileWatchError};
+use super::files::{watch_dirs, FileWatchError, Reloaded};
 use crate::control::ControlHandle;
 use crate::data::tls::config::{self as tls_config, TlsSlot};
 use crate::logging::DisplayChain;
@@ -35,10 +35,10 @@ pub(crate) fn spawn(
     let mut loaded: Option<(Vec<u8>, Vec<u8>)> =
         std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
     let stats = control.stats.clone();
-    watch_dirs(&dirs, control.stopping(), move || {
+    watch_dirs(&dirs, control.stopping(), move |_| {
         let current = std::fs::read(&cert).ok().zip(std::fs::read(&key).ok());
         if current.is_none() || current == loaded {
-            return;
+            return Reloaded::Done;
         }
         match tls_config::reload_server_config(&cert, &key, &slot.load()) {
             Ok(config) => {
@@ -53,5 +53,6 @@ pub(crate) fn spawn(
                 tracing::warn!(error = %DisplayChain(&e), "new TLS certificate unusable; keeping the last good one");
             }
         }
+        Reloaded::Done
     })
 }

@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,38 @@ use crate::logging::DisplayChain;
 
 /// Events arrive in bursts (write, chmod, rename); wait for this much quiet before reading.
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// A manifest found empty after an event is believed only once it has stayed empty this
+/// long: a save in place truncates the file before it writes it, and a writer on a busy
+/// machine can stall between the two for longer than [`SETTLE`]. Publishing the empty
+/// file meanwhile would route every tenant by its hash alone until the write lands.
+const BELIEVE_EMPTY: Duration = Duration::from_secs(1);
+
+/// Why a source is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pass {
+    /// Files changed: what is read may be a writer's half-done work.
+    Changed,
+    /// The first read, or a re-read after [`BELIEVE_EMPTY`]: what is read is meant.
+    Settled,
+}
+
+/// What a read asks of the watch loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reloaded {
+    Done,
+    /// Read again (as [`Pass::Settled`]) after this long, unless files change first.
+    ReadAgainAfter(Duration),
+}
+
+/// What a source holds.
+enum Found {
+    Data(BTreeMap<String, String>),
+    /// A manifest with nothing in it (an empty ConfigMap, or a save in progress).
+    Blank,
+    /// No file (mid-replace, or removed).
+    Absent,
+}
 
 #[derive(Debug, Error)]
 pub enum FileWatchError {
@@ -107,42 +140,53 @@ impl FileSource {
         }
     }
 
-    /// Reads the source; `Ok(None)` when the file is absent (mid-replace, or removed).
-    fn read(&self) -> Result<Option<BTreeMap<String, String>>, String> {
+    /// Reads the source.
+    fn read(&self) -> Result<Found, String> {
+        let chain = |e: &dyn std::error::Error| DisplayChain(e).to_string();
         match self {
-            Self::Manifest(p) => match overrides_file::read(p) {
-                Ok(d) => Ok(Some(d)),
+            Self::Manifest(p) => match overrides_file::read_text(p) {
+                Ok(text) if text.trim().is_empty() => Ok(Found::Blank),
+                Ok(text) => overrides_file::parse_at(p, &text)
+                    .map(Found::Data)
+                    .map_err(|e| chain(&e)),
                 Err(overrides_file::OverridesFileError::Read { source, .. })
                     if source.kind() == std::io::ErrorKind::NotFound =>
                 {
-                    Ok(None)
+                    Ok(Found::Absent)
                 }
-                Err(e) => Err(DisplayChain(&e).to_string()),
+                Err(e) => Err(chain(&e)),
             },
-            Self::Directory(d) => read_dir(d)
-                .map(Some)
-                .map_err(|e| DisplayChain(&e).to_string()),
+            Self::Directory(d) => read_dir(d).map(Found::Data).map_err(|e| chain(&e)),
         }
     }
 
     /// Reads and sends one update. A source that cannot be read is logged and counted;
-    /// the last good table keeps serving.
-    fn reload(&self, control: &ControlHandle) {
-        match self.read() {
-            Ok(Some(data)) => {
-                control.send(Input::Overrides {
-                    source: self.table_source(),
-                    data: Some(data),
-                });
+    /// the last good table keeps serving. A manifest found empty after a change is read
+    /// again before it is believed ([`BELIEVE_EMPTY`]).
+    fn reload(&self, control: &ControlHandle, pass: Pass) -> Reloaded {
+        let data = match self.read() {
+            Ok(Found::Data(data)) => data,
+            Ok(Found::Blank) if pass == Pass::Changed => {
+                tracing::debug!(source = %self.table_source(), "overrides file is empty; believed if it stays so");
+                return Reloaded::ReadAgainAfter(BELIEVE_EMPTY);
             }
-            Ok(None) => {
+            // An empty file is an empty ConfigMap.
+            Ok(Found::Blank) => BTreeMap::new(),
+            Ok(Found::Absent) => {
                 tracing::warn!(source = %self.table_source(), "overrides file is gone; keeping the last good table");
+                return Reloaded::Done;
             }
             Err(e) => {
                 tracing::warn!(source = %self.table_source(), error = %e, "overrides unreadable; keeping the last good table");
                 control.send(Input::Unreadable);
+                return Reloaded::Done;
             }
-        }
+        };
+        control.send(Input::Overrides {
+            source: self.table_source(),
+            data: Some(data),
+        });
+        Reloaded::Done
     }
 }
 
@@ -153,22 +197,22 @@ pub(crate) fn spawn(
     control: ControlHandle,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     tracing::info!(source = %source.table_source(), "watching overrides");
-    watch_dirs(&[source.watched_dir()], control.stopping(), move || {
-        source.reload(&control)
+    watch_dirs(&[source.watched_dir()], control.stopping(), move |pass| {
+        source.reload(&control, pass)
     })
 }
 
 /// Calls `reload` once now, then once after each burst of filesystem events in `dirs`
-/// has settled, until `stop` is cancelled.
+/// has settled (and again when it asks to read again), until `stop` is cancelled.
 pub(crate) fn watch_dirs(
     dirs: &[PathBuf],
     stop: CancellationToken,
-    mut reload: impl FnMut() + Send + 'static,
+    mut reload: impl FnMut(Pass) -> Reloaded + Send + 'static,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     let (tx, mut events) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         // Only the fact of a change matters: the whole source is re-read.
-        if res.is_ok() {
+        if res.is_ok_and(|ev| changes_files(&ev.kind)) {
             let _ = tx.send(());
         }
     })
@@ -187,28 +231,79 @@ pub(crate) fn watch_dirs(
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped; it lives as long as this task.
         let _watcher = watcher;
-        reload();
+        let mut next = reload(Pass::Settled);
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                ev = events.recv() => if ev.is_none() { return },
-            }
-            // Let the burst settle, then read once.
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(SETTLE) => break,
-                    ev = events.recv() => if ev.is_none() { return },
+            let again = async {
+                match next {
+                    Reloaded::ReadAgainAfter(after) => tokio::time::sleep(after).await,
+                    Reloaded::Done => std::future::pending().await,
                 }
+            };
+            let pass = tokio::select! {
+                _ = stop.cancelled() => return,
+                () = again => Pass::Settled,
+                ev = events.recv() => match ev {
+                    Some(()) => Pass::Changed,
+                    None => return,
+                },
+            };
+            // After a change, let the burst settle, then read once.
+            if pass == Pass::Changed && !settled(&mut events, &stop).await {
+                return;
             }
-            reload();
+            next = reload(pass);
         }
     }))
 }
 
+/// Whether an event can mean new contents. Opening or reading a file is not one: the
+/// watcher's own reads would otherwise wake it again, and it would re-read the source
+/// every [`SETTLE`] for as long as it runs. A writer closing its file is one.
+fn changes_files(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(access) => *access == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
+}
+
+/// Waits until no event has come for [`SETTLE`]; `false` if the watch is over first.
+async fn settled(events: &mut mpsc::UnboundedReceiver<()>, stop: &CancellationToken) -> bool {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(SETTLE) => return true,
+            ev = events.recv() => if ev.is_none() { return false },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use notify::event::{CreateKind, ModifyKind, RemoveKind};
+
     use super::*;
+
+    #[test]
+    fn reads_are_not_changes_and_writes_are() {
+        let read = [
+            AccessKind::Any,
+            AccessKind::Read,
+            AccessKind::Open(AccessMode::Any),
+            AccessKind::Close(AccessMode::Read),
+        ];
+        for a in read {
+            assert!(!changes_files(&EventKind::Access(a)), "{a:?}");
+        }
+        for kind in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ] {
+            assert!(changes_files(&kind), "{kind:?}");
+        }
+    }
 
     #[test]
     fn mounted_configmap_layout_reads_keys_only() {
