@@ -94,18 +94,7 @@ pub(crate) async fn serve(
         .header_read_timeout(ADMIN_HEADER_TIMEOUT)
         .max_buf_size(8192);
     let mut errors = AcceptErrors::new("admin");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.failed(e).await;
-                    continue;
-                }
-            },
-        };
-        errors.accepted();
+    while let Some((tcp, peer)) = errors.next(&listener, &stop).await {
         let Ok(slot) = pool.admit_pending(peer.ip()) else {
             continue;
         };

@@ -1,7 +1,11 @@
 //! Accept loops' error handling, shared by every listener: the data path's and the
 //! admin's.
 
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 /// Accept errors (out of descriptors, mostly) back off exponentially instead of
 /// spinning, and are logged at most once per interval with a count of the rest.
@@ -26,13 +30,36 @@ impl AcceptErrors {
         }
     }
 
-    pub(crate) fn accepted(&mut self) {
+    /// The listener's next connection, errors backed off and logged on the way; `None`
+    /// once `stop` is cancelled.
+    pub(crate) async fn next(
+        &mut self,
+        listener: &TcpListener,
+        stop: &CancellationToken,
+    ) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return None,
+                r = listener.accept() => match r {
+                    Ok(c) => {
+                        self.accepted();
+                        return Some(c);
+                    }
+                    Err(e) => {
+                        self.failed(e).await;
+                    }
+                },
+            }
+        }
+    }
+
+    fn accepted(&mut self) {
         self.backoff = Self::FIRST;
     }
 
     /// Logs (at most once per interval) and waits out the backoff. Returns whether it
     /// logged.
-    pub(crate) async fn failed(&mut self, e: std::io::Error) -> bool {
+    async fn failed(&mut self, e: std::io::Error) -> bool {
         self.unlogged += 1;
         let now = tokio::time::Instant::now();
         let log = self.last_log.is_none_or(|t| now - t >= Self::LOG_EVERY);

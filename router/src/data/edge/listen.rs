@@ -181,18 +181,8 @@ async fn heartbeat(shared: Arc<Shared>, i: usize, done: CancellationToken) {
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     let mut errors = AcceptErrors::new("wss");
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shared.lifecycle.stop_accepting.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    errors.failed(e).await;
-                    continue;
-                }
-            },
-        };
-        errors.accepted();
+    let stop = shared.lifecycle.stop_accepting.clone();
+    while let Some((tcp, peer)) = errors.next(&listener, &stop).await {
         shared.metrics.connections_accepted.inc();
         let proxied = shared.limits.proxy_protocol == ProxyProtocol::On;
         if proxied && !shared.policy.trusted_proxies.contains(peer.ip()) {
