@@ -107,6 +107,18 @@ async fn client_close_reaches_backend(e: &mut Ends) {
     assert_eq!(got, close);
 }
 
+/// The backend drops: the client must see only that (nothing sent to it, then EOF), and
+/// the relay, once the client goes too, reports what it ended with.
+async fn backend_drop_adds_nothing(mut e: Ends) -> RelayReport {
+    drop(e.backend);
+    let to_client = read_all(&mut e.client).await;
+    assert!(to_client.is_empty(), "the router sent {to_client:?}");
+    drop(e.client);
+    let r = e.relay.await.unwrap();
+    assert_eq!(r.sent_to_client, None);
+    r
+}
+
 async fn read_all(s: &mut DuplexStream) -> Vec<u8> {
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
@@ -242,11 +254,7 @@ async fn backend_reset_is_a_1011_to_the_client() {
 async fn backend_gone_after_a_client_close_adds_nothing() {
     let mut e = start(b"", b"");
     client_close_reaches_backend(&mut e).await;
-    drop(e.backend);
-    let to_client = read_all(&mut e.client).await;
-    assert!(to_client.is_empty(), "the router sent {to_client:?}");
-    drop(e.client);
-    assert_eq!(e.relay.await.unwrap().sent_to_client, None);
+    backend_drop_adds_nothing(e).await;
 }
 
 /// Autobahn 7.3.6 against a strict server: the client's close frame is too long for
@@ -261,12 +269,7 @@ async fn a_bad_client_close_then_a_backend_reset_adds_nothing() {
     let mut got = vec![0u8; bad_close.len()];
     e.backend.read_exact(&mut got).await.unwrap();
     assert_eq!(got, bad_close, "passed on as it came");
-    drop(e.backend);
-    let to_client = read_all(&mut e.client).await;
-    assert!(to_client.is_empty(), "the router sent {to_client:?}");
-    drop(e.client);
-    let r = e.relay.await.unwrap();
-    assert_eq!(r.sent_to_client, None);
+    let r = backend_drop_adds_nothing(e).await;
     assert_eq!(r.reason, CloseReason::ClientClosed);
 }
 
@@ -280,11 +283,7 @@ async fn a_backend_drop_after_an_unfollowable_client_frame_adds_nothing() {
     e.client.write_all(&odd).await.unwrap();
     let mut got = vec![0u8; odd.len()];
     e.backend.read_exact(&mut got).await.unwrap();
-    drop(e.backend);
-    let to_client = read_all(&mut e.client).await;
-    assert!(to_client.is_empty(), "the router sent {to_client:?}");
-    drop(e.client);
-    assert_eq!(e.relay.await.unwrap().sent_to_client, None);
+    backend_drop_adds_nothing(e).await;
 }
 
 #[tokio::test]
