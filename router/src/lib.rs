@@ -71,7 +71,8 @@ pub mod fuzzing {
     pub use crate::data::edge::proxy_protocol::{
         parse as parse_proxy_header, Proxied, MAX_HEADER, V1_MAX,
     };
-    pub use crate::data::http::upgrade::{inspect, Inspected, ProxyError};
+    pub use crate::data::http::error::ProxyError;
+    pub use crate::data::http::request::{inspect, Inspected};
     pub use crate::data::relay::frame::FrameCursor;
     pub use crate::data::relay::pings::{find_pong, match_pong, PongMatch, PongScan};
 }

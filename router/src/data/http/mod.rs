@@ -4,12 +4,12 @@
 
 mod admit;
 mod answer;
-mod conn;
+pub(crate) mod conn;
 mod decide;
 mod dial;
-mod error;
+pub(crate) mod error;
 pub(crate) mod h2;
 mod live;
-mod request;
+pub(crate) mod request;
 pub(crate) mod upgrade;
 mod verdict;

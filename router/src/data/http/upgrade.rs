@@ -19,10 +19,9 @@ use crate::data::relay::pump::Peer;
 use crate::data::shared::metrics::StatusLabel;
 use crate::data::upstream::dial::BackendAnswer;
 
-pub(crate) use crate::data::http::conn::ConnCtx;
-// The fuzz target (`fuzz/fuzz_targets/request_head.rs`) reads the parse step here.
-pub use crate::data::http::error::ProxyError;
-pub use crate::data::http::request::{inspect, Inspected};
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::error::ProxyError;
+use crate::data::http::request::Inspected;
 
 /// What a request comes to: the answer, and for a WebSocket the relay, waiting for the
 /// client's side of the upgrade (an HTTP/1.1 socket, or an HTTP/2 stream).
