@@ -56,7 +56,7 @@ pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
 pub use data::admission::forwarded::{TrustedProxies, Underscores};
 pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;
-pub use data::relay::pump::Ping;
+pub use data::relay::pings::Ping;
 pub use data::relay::reroute::RerouteConfig;
 pub use data::shared::limits::{Limits, ProxyProtocol, SocketTimers};
 pub use data::shared::{Pages, Shared};

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::values::Span;
 use super::ConfigError;
-use crate::data::relay::pump::Ping;
+use crate::data::relay::pings::Ping;
 use crate::data::shared::limits::SocketTimers;
 
 /// The relayed sockets' flags. Their defaults are [`SocketArgs::default`]'s.

@@ -19,7 +19,7 @@ use crate::data::edge::accept::AcceptErrors;
 use crate::data::edge::proxy_protocol::{self, Proxied};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::upgrade;
-use crate::data::relay::pump::Peer;
+use crate::data::relay::peer::Peer;
 use crate::data::shared::limits::ProxyProtocol;
 use crate::data::shared::Shared;
 use crate::data::tls::stream as tls_stream;

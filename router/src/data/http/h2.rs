@@ -26,7 +26,7 @@ use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES
 use crate::data::http::answer::ProxyBody;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::upgrade::{self, Answer};
-use crate::data::relay::pump::Peer;
+use crate::data::relay::peer::Peer;
 use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;
 

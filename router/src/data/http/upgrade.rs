@@ -15,7 +15,7 @@ use crate::data::http::answer::{self, ProxyBody};
 use crate::data::http::dial;
 use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
-use crate::data::relay::pump::Peer;
+use crate::data::relay::peer::Peer;
 use crate::data::shared::metrics::StatusLabel;
 use crate::data::upstream::dial::BackendAnswer;
 

@@ -11,7 +11,7 @@
 //! not 48 KiB more per direction for every socket.
 //!
 //! Each relay counts what it holds above [`READ_SMALL`] per direction (in its own buffer
-//! and queued in the sink, see `relay::Peer::queued`) after every poll, and returns it
+//! and queued in the sink, see `Peer::queued`) after every poll, and returns it
 //! when the bytes are written or the relay ends. The check before a big read and the
 //! count after it are not one atomic step, so the total may pass the budget by what one
 //! read per I/O thread can add (48 KiB each).
@@ -94,7 +94,9 @@ impl Charge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::relay::pump::{run, Peer, RelayConfig, Stop};
+    use crate::data::relay::close::Stop;
+    use crate::data::relay::peer::Peer;
+    use crate::data::relay::pump::{run, RelayConfig};
     use crate::data::relay::test_frames::frame;
     use bytes::Bytes;
     use std::io;

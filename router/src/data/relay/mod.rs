@@ -4,10 +4,10 @@
 //! `reroute` reads the table, to see whose tenant moved).
 
 pub(crate) mod bulk;
-mod close;
+pub(crate) mod close;
 mod direction;
 pub(crate) mod frame;
-mod peer;
+pub(crate) mod peer;
 pub(crate) mod pings;
 pub(crate) mod pump;
 pub(crate) mod reroute;

@@ -44,9 +44,9 @@ use crate::data::relay::frame::{code, Toward};
 use crate::data::relay::signal::StopSignal;
 use crate::data::relay::timers::Timers;
 
-pub(crate) use crate::data::relay::close::{CloseReason, Stop};
-pub(crate) use crate::data::relay::peer::Peer;
-pub use crate::data::relay::pings::Ping;
+use crate::data::relay::close::{CloseReason, Stop};
+use crate::data::relay::peer::Peer;
+use crate::data::relay::pings::Ping;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {

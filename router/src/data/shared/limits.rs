@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use crate::data::admission::policy::PolicyConfig;
 use crate::data::admission::pools::AdmissionConfig;
-use crate::data::relay::pump::{Ping, RelayConfig};
+use crate::data::relay::pings::Ping;
+use crate::data::relay::pump::RelayConfig;
 use crate::data::upstream::breaker::BreakerConfig;
 
 /// Limits and timeouts of the data path.
