@@ -65,7 +65,7 @@ pub(crate) async fn handle(
                     Lookup::Live(conn) => connection(req, conn, shared).await,
                     Lookup::Closed => {
                         Stats::bump(&shared.stats.closed_connection);
-                        closed(&method)
+                        closed(&method, crate::ws::wants_upgrade(&req))
                     }
                     Lookup::Unknown => {
                         Stats::bump(&shared.stats.unknown_connection);
@@ -104,10 +104,10 @@ async fn connection(
 }
 
 /// A request for a connection that closed recently: a poll or DELETE learns it ended
-/// (204), anything else that it is gone (404).
-fn closed(method: &Method) -> Response<Body> {
+/// (204), anything else (a send, a stream, a WebSocket) that it is gone (404).
+fn closed(method: &Method, upgrade: bool) -> Response<Body> {
     match *method {
-        Method::GET | Method::DELETE => plain(StatusCode::NO_CONTENT, ""),
+        Method::GET | Method::DELETE if !upgrade => plain(StatusCode::NO_CONTENT, ""),
         _ => plain(StatusCode::NOT_FOUND, "connection closed\n"),
     }
 }
