@@ -16,7 +16,9 @@ BENCH_NAME=signalr
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 [[ -x $BIN/echo-backend ]] || die "no $BIN/echo-backend: run cargo build -p backend first"
-TENANTS=(ns-01 acme-prod globex tenant-a tenant-b t-42)
+# Tenants spread over all four pods (ns-01, globex: backend-2; acme-prod: 3; tenant-a,
+# t-42: 1; hooli: 0); the run checks that every pod negotiated some.
+TENANTS=(ns-01 acme-prod globex tenant-a t-42 hooli)
 TRANSPORTS=(WebSockets ServerSentEvents LongPolling)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -84,9 +86,14 @@ done
 for ((i = 0; i < replicas; i++)); do
   stats=$(curl -sf -m 5 "http://127.0.0.1:${BACKEND_PORTS[$i]}/stats") || die "backend-$i: no /stats"
   log "backend-$i /stats: $stats"
-  unknown=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["unknown_connection"])' "$stats")
+  field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$stats" "$1"; }
+  unknown=$(field unknown_connection)
   if [[ $unknown != 0 ]]; then
     log "FAIL: backend-$i saw $unknown requests for connections it never negotiated"
+    failed=1
+  fi
+  if [[ $(field hub_negotiations) == 0 ]]; then
+    log "FAIL: backend-$i negotiated no session: the tenants do not cover every pod"
     failed=1
   fi
 done
