@@ -321,6 +321,8 @@ async fn pods_that_fail_get_the_same_answers_as_for_sockets() -> Result<()> {
     let hole = BlackHole::start().await?;
     let mut limits = limits();
     limits.backend_timeout = Duration::from_secs(1);
+    // A pod that takes the request has as long as a body may stall to answer.
+    limits.http.timers.idle = Some(Duration::from_secs(1));
     let (h, _pods, cert) = router_over_pods(Options {
         limits,
         replace: vec![(1, refusing.addr.to_string()), (3, hole.addr.to_string())],
@@ -343,6 +345,28 @@ async fn pods_that_fail_get_the_same_answers_as_for_sockets() -> Result<()> {
         // A refusal closes the connection; the next request takes a new one.
         client = Client::connect(&h, &cert, false).await?;
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_outlasts_the_backend_timeout_and_trips_nothing() -> Result<()> {
+    let mut limits = limits();
+    limits.backend_timeout = Duration::from_millis(500);
+    limits.breaker.failures = 1;
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    for _ in 0..2 {
+        let (status, body) = client.get("/ws/poller/slow?ms=1500").await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    let m = samples(&h.admin_get("/metrics").await?.body);
+    let trips = m.get(r#"wsrouter_backend_circuit_trips_total{ordinal="0"}"#);
+    assert_eq!(trips.copied().unwrap_or(0.0), 0.0);
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! - `trailers`: a chunked body, then trailers;
 //! - `status-CODE`: that status, no body;
 //! - `hang`: never answers;
+//! - `slow?ms=N`: answers after N ms, as a long poll does;
 //! - anything else: 200 JSON naming the pod, plus hop-by-hop headers the router must
 //!   not pass on.
 
@@ -156,6 +157,17 @@ async fn answer(
             record(Vec::new(), &parts);
             let echoed = body.map_err(std::io::Error::other).boxed();
             Ok(Response::new(echoed))
+        }
+        "slow" => {
+            let ms = parts
+                .uri
+                .query()
+                .and_then(|q| q.strip_prefix("ms="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            record(Vec::new(), &parts);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(plain("slow", &parts, &name, &[]))
         }
         "hang" => {
             record(Vec::new(), &parts);

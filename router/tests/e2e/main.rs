@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod http2;
 mod http_backend;
+mod http_hostile;
 mod kube;
 mod lifecycle;
 mod limits;
