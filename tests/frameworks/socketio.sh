@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Socket.IO through the router: four real `socket.io` server pods (socketio-server.js)
+# behind `wsrouter serve --tenant-from query:tenant`, and real clients that poll first and
+# then upgrade to WebSocket. A polling session lives in one pod, so every request of a
+# client must reach the same pod, the one the routing contract names for its tenant;
+# a request that reaches another pod shows up there as engine.io's "Session ID unknown".
+#
+#   tests/frameworks/socketio.sh            # through the router (debug binaries)
+#   DIRECT=1 tests/frameworks/socketio.sh   # one pod, no router: the clients and pods alone
+#   BIN=target/release tests/frameworks/socketio.sh
+#
+# Runs, in order: socket.io-client (node, 50 tenants + 10 clients sharing one, 100 acked
+# echoes each), python-socketio's Client (6 tenants + 3 sharing one), and socket.io-client
+# again polling over HTTP/2 (engine.io-client's Fetch transport on undici with allowH2),
+# proven by the router's wsrouter_http_requests_total{protocol="h2"}. Then every pod's
+# /stats must show no unknown-session (or any other) engine error and one upgrade per
+# client the contract sent it. Loopback only; every wait is bounded. Exit 1 on a mismatch.
+set -euo pipefail
+BENCH_NAME=socketio
+# shellcheck source=tests/frameworks/common.sh
+source "$(dirname "$0")/common.sh"
+
+DIRECT=${DIRECT:-0}
+PODS=4
+[[ $DIRECT == 1 ]] && PODS=1
+
+# Ports the kernel hands out now (several framework tests may run side by side).
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+backends=()
+pod_ports=()
+for ((i = 0; i < PODS; i++)); do
+  port=$(free_port)
+  node "$FRAMEWORKS/socketio-server.js" --port "$port" --name "backend-$i" >>"$FW_TMP/pod-$i.log" 2>&1 &
+  track $!
+  pod_ports+=("$port")
+  backends+=("127.0.0.1:$port")
+done
+for port in "${pod_ports[@]}"; do wait_port "$port"; done
+log "$PODS socket.io pods: ${backends[*]}"
+
+if [[ $DIRECT == 1 ]]; then
+  URL="http://127.0.0.1:${pod_ports[0]}"
+  REPLICAS=1
+  log "DIRECT=1: clients talk to backend-0 at $URL, no router"
+else
+  PORT=$(free_port)
+  ADMIN=$(free_port)
+  start_router "$PORT" "$ADMIN" "${backends[@]}" -- --tenant-from query:tenant
+  URL="https://127.0.0.1:$PORT"
+  REPLICAS=$PODS
+  log "router on $URL (admin :$ADMIN), tenant from query:tenant"
+fi
+export BIN
+
+fail=0
+# run NAME CMD...: one client run, its JSON summary kept in $FW_TMP/NAME.json.
+run() {
+  local name=$1
+  shift
+  if timeout 180 "$@" >"$FW_TMP/$name.json" 2>"$FW_TMP/$name.err"; then
+    log "$name: $(cat "$FW_TMP/$name.json")"
+  else
+    log "$name FAILED: $(cat "$FW_TMP/$name.json")"
+    head -20 "$FW_TMP/$name.err" >&2
+    fail=1
+  fi
+}
+
+# Forwarded plain-HTTP requests by status and protocol (the polling), and WebSocket
+# upgrades, as the router counts them.
+http_counts() {
+  curl -sf "http://127.0.0.1:$ADMIN/metrics" | grep -E '^wsrouter_(http_requests|upgrade_responses)_total\{' || true
+}
+
+run node-h1 node "$FRAMEWORKS/socketio-client.js" --url "$URL" --replicas "$REPLICAS" \
+  --clients 50 --shared 10 --echoes 100 --prefix sio
+run python "$FRAMEWORKS_VENV/bin/python" "$FRAMEWORKS/socketio_client.py" --url "$URL" --replicas "$REPLICAS" \
+  --clients 6 --shared 3 --echoes 100 --prefix siopy
+
+h2_before=0
+if [[ $DIRECT != 1 ]]; then
+  h2_before=$(router_metric "$ADMIN" '^wsrouter_http_requests_total\{[^}]*protocol="h2"')
+fi
+run node-h2 node "$FRAMEWORKS/socketio-client.js" --url "$URL" --replicas "$REPLICAS" \
+  --clients 20 --shared 5 --echoes 100 --prefix sioh2 --h2
+if [[ $DIRECT != 1 ]]; then
+  h2_after=$(router_metric "$ADMIN" '^wsrouter_http_requests_total\{[^}]*status="200"[^}]*protocol="h2"')
+  h2_all=$(router_metric "$ADMIN" '^wsrouter_http_requests_total\{[^}]*protocol="h2"')
+  log "router metrics after the runs:"
+  http_counts | sed 's/^/    /' >&2
+  if ((h2_after > 0 && h2_all > h2_before)); then
+    log "node-h2: the router served $((h2_all - h2_before)) polling requests as HTTP/2 (200: $h2_after)"
+  else
+    log "node-h2: the router counted no HTTP/2 request (before $h2_before, after $h2_all)"
+    fail=1
+  fi
+  not_ok=$(router_metric "$ADMIN" '^wsrouter_http_requests_total\{status="[^2]')
+  if ((not_ok > 0)); then
+    log "the router answered $not_ok forwarded requests with a non-2xx status"
+    fail=1
+  fi
+else
+  log "DIRECT=1: node-h2 polled with Fetch over plain HTTP/1.1 (h2 needs the router's TLS)"
+fi
+
+# Every pod: no engine error, and one connection and one upgrade per client the contract
+# sent it (summed over the runs' clients_by_pod).
+stats=()
+for ((i = 0; i < PODS; i++)); do
+  stats+=("$(curl -sf "http://127.0.0.1:${pod_ports[$i]}/stats" || echo '{}')")
+done
+python3 - "$FW_TMP" "${stats[@]}" <<'PY' || fail=1
+import json, pathlib, sys
+tmp, stats = pathlib.Path(sys.argv[1]), [json.loads(s) for s in sys.argv[2:]]
+want = {}
+for name in ("node-h1", "python", "node-h2"):
+    try:
+        summary = json.loads((tmp / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        continue
+    for pod, n in summary.get("clients_by_pod", {}).items():
+        want[pod] = want.get(pod, 0) + n
+bad = 0
+for s in stats:
+    pod = s.get("server", "?")
+    n = want.get(pod, 0)
+    ok = (s.get("unknown_sid") == 0 and s.get("other_errors") == 0
+          and s.get("connections") == n and s.get("upgrades") == n)
+    print(f"[socketio] {pod}: {s.get('connections')} connections, {s.get('upgrades')} upgrades "
+          f"(contract: {n}), unknown sid {s.get('unknown_sid')}, other errors {s.get('other_errors')} "
+          f"{s.get('errors') or ''}{'' if ok else '  <- MISMATCH'}", file=sys.stderr)
+    bad += not ok
+sys.exit(1 if bad else 0)
+PY
+
+if ((fail)); then
+  log "FAILED; router log tail:"
+  [[ -f $FW_TMP/router.log ]] && tail -20 "$FW_TMP/router.log" >&2
+  for ((i = 0; i < PODS; i++)); do tail -5 "$FW_TMP/pod-$i.log" >&2; done
+  exit 1
+fi
+log "passed: every Socket.IO client stayed on its contract pod, polling and upgraded"
