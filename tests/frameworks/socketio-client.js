@@ -108,7 +108,11 @@ async function runClient(tenant, index) {
   const hello = new Promise((resolve) => socket.once("hello", resolve));
   const connected = new Promise((resolve, reject) => {
     socket.once("connect", resolve);
-    socket.once("connect_error", (err) => reject(new Error(`connect_error: ${err.message}`)));
+    // A transport error carries the HTTP status (or the cause) in `description`.
+    socket.once("connect_error", (err) => {
+      const detail = err.description instanceof Error ? err.description.message : err.description;
+      reject(new Error(`connect_error: ${err.message}${detail !== undefined ? ` (${detail})` : ""}`));
+    });
   });
   socket.on("disconnect", (reason) => {
     if (!record.done) record.errors.push(`disconnect before the end: ${reason}`);

@@ -44,6 +44,9 @@ def run_client(args, tenant, index, record):
         session = requests.Session()
         if os.environ.get("FW_CA"):
             # engineio hands a str `verify` to websocket-client as sslopt ca_certs too.
+            # trust_env off: a REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE in the environment would
+            # otherwise win over the session's verify (and proxies have no place here).
+            session.trust_env = False
             session.verify = os.environ["FW_CA"]
         sio = socketio.Client(reconnection=False, http_session=session, request_timeout=10)
         hello = threading.Event()
