@@ -89,6 +89,17 @@ function withTimeout(promise, ms, what) {
   ]).finally(() => clearTimeout(timer));
 }
 
+// A transport error carries the HTTP status (or the cause) in `description`; for the XHR
+// transport a network failure is status 0 with the node error in the request's statusText.
+function transportError(err) {
+  const parts = [err.message];
+  const d = err.description;
+  if (d !== undefined) parts.push(d instanceof Error ? d.message : String(d));
+  const ctx = err.context;
+  if (ctx && ctx.statusText instanceof Error) parts.push(`${ctx.statusText.code || ""} ${ctx.statusText.message}`.trim());
+  return parts.join(": ");
+}
+
 // One client: connect, hello, upgrade, echoes. Resolves to its record; never rejects.
 async function runClient(tenant, index) {
   const record = { tenant, index, expected: contractPod(tenant), pods: new Set(), echoed: 0, upgraded: false, errors: [] };
@@ -108,14 +119,11 @@ async function runClient(tenant, index) {
   const hello = new Promise((resolve) => socket.once("hello", resolve));
   const connected = new Promise((resolve, reject) => {
     socket.once("connect", resolve);
-    // A transport error carries the HTTP status (or the cause) in `description`.
-    socket.once("connect_error", (err) => {
-      const detail = err.description instanceof Error ? err.description.message : err.description;
-      reject(new Error(`connect_error: ${err.message}${detail !== undefined ? ` (${detail})` : ""}`));
-    });
+    socket.once("connect_error", (err) => reject(new Error(`connect_error: ${transportError(err)}`)));
   });
-  socket.on("disconnect", (reason) => {
-    if (!record.done) record.errors.push(`disconnect before the end: ${reason}`);
+  socket.on("disconnect", (reason, details) => {
+    if (record.done) return;
+    record.errors.push(`disconnect before the end: ${reason}${details && details.message ? ` (${transportError(details)})` : ""}`);
   });
   try {
     await withTimeout(connected, 15000, `${tenant} connect`);

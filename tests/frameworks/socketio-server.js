@@ -39,6 +39,7 @@ const stats = {
   unknown_sid: 0, // connection_error "Session ID unknown": a request for another pod's session
   other_errors: 0, // any other connection_error
   errors: {}, // every connection_error message, counted
+  close_reasons: {}, // engine sessions closed, by reason
   hello_sent: 0,
   echoes: 0,
 };
@@ -62,8 +63,15 @@ io.engine.on("connection", (conn) => {
   conn.on("upgrade", () => {
     stats.upgrades += 1;
   });
-  conn.on("close", () => {
+  conn.on("close", (reason, description) => {
     if (conn.transport && conn.transport.name === "websocket") stats.websocket_sessions += 1;
+    // Why sessions end: "transport close" is a client leaving; "transport error" (e.g. two
+    // polls at once on one session) or "ping timeout" point at the path in between.
+    stats.close_reasons[reason] = (stats.close_reasons[reason] || 0) + 1;
+    if (reason !== "transport close" && reason !== "forced close") {
+      const detail = description && description.message ? `: ${description.message}` : "";
+      console.error(`${opts.name}: session ${conn.id} (${conn.request && conn.request.url}) closed on ${conn.transport && conn.transport.name}: ${reason}${detail}`);
+    }
   });
 });
 
