@@ -7,11 +7,16 @@
 // pod that holds the client's engine.io session: the pod `wsrouter route` names.
 //
 //   node socketio-client.js --url https://127.0.0.1:18543 [--clients 50] [--shared 10]
-//       [--echoes 100] [--replicas 4] [--h2] [--prefix sio] [--timeout-ms 60000]
+//       [--echoes 100] [--replicas 4] [--h2] [--polling-only] [--idle-ms MS]
+//       [--prefix sio] [--timeout-ms 60000]
 //
 // --clients N: N clients with distinct tenants PREFIX-00..; --shared K: K more clients on
 // one tenant (PREFIX-shared). Each waits for `hello`, for the upgrade to WebSocket, then
 // sends --echoes `echo` events one after another, each ack checked (payload back, pod name).
+// --polling-only: no upgrade (a client whose WebSocket is blocked somewhere stays on
+// long-polling), and --idle-ms: a pause after `hello` before the echoes, during which the
+// client's long-poll GET is held by the pod (up to its pingInterval, 25 s), as it is for
+// any quiet polling client; the router must let that response take its time.
 // --h2: polling over engine.io-client's Fetch transport with undici's fetch and an
 // `allowH2` Agent, so the router (which offers h2 by ALPN) serves the polling as HTTP/2.
 // The expected pod comes from `$BIN/wsrouter route TENANT --replicas R --json`.
@@ -27,12 +32,12 @@ const { io } = require("socket.io-client");
 function parseArgs(argv) {
   const out = {
     url: "", path: "/ws/socket.io/", clients: 50, shared: 10, echoes: 100, replicas: 4,
-    h2: false, prefix: "sio", "timeout-ms": 60000,
+    h2: false, "polling-only": false, "idle-ms": 0, prefix: "sio", "timeout-ms": 60000,
   };
   for (let i = 2; i < argv.length; i += 1) {
     const key = argv[i].replace(/^--/, "");
-    if (key === "h2") {
-      out.h2 = true;
+    if (key === "h2" || key === "polling-only") {
+      out[key] = true;
       continue;
     }
     if (!(key in out) || argv[i + 1] === undefined) usage(`bad argument ${argv[i]}`);
@@ -67,6 +72,7 @@ function contractPod(tenant) {
 // undici's fetch (global `fetch` is read at call time by engine.io-client) with an Agent
 // that negotiates h2 and trusts the run's CA.
 function transportOptions() {
+  if (opts["polling-only"] && !opts.h2) return { transports: ["polling"], upgrade: false };
   if (!opts.h2) return {};
   const undici = require("undici");
   // NodeWebSocket (the `ws` package): the plain `WebSocket` export wants a global
@@ -75,6 +81,7 @@ function transportOptions() {
   undici.setGlobalDispatcher(new undici.Agent({ allowH2: true, connect: { ca } }));
   globalThis.fetch = undici.fetch;
   globalThis.Headers = undici.Headers;
+  if (opts["polling-only"]) return { transports: [Fetch], upgrade: false };
   return { transports: [Fetch, NodeWebSocket] };
 }
 const transports = transportOptions();
@@ -129,8 +136,14 @@ async function runClient(tenant, index) {
     await withTimeout(connected, 15000, `${tenant} connect`);
     const h = await withTimeout(hello, 10000, `${tenant} hello`);
     record.pods.add(h.server);
-    const transportName = await withTimeout(upgraded, 15000, `${tenant} upgrade`);
-    record.upgraded = transportName === "websocket" && engine.transport.name === "websocket";
+    if (!opts["polling-only"]) {
+      const transportName = await withTimeout(upgraded, 15000, `${tenant} upgrade`);
+      record.upgraded = transportName === "websocket" && engine.transport.name === "websocket";
+    }
+    if (opts["idle-ms"] > 0) {
+      // The scenario itself (a quiet client), not a wait for anything to be ready.
+      await new Promise((resolve) => setTimeout(resolve, opts["idle-ms"]));
+    }
     for (let i = 0; i < opts.echoes; i += 1) {
       const payload = { tenant, i, text: `echo ${i} from ${tenant}#${index}` };
       const ack = await socket.timeout(5000).emitWithAck("echo", payload);
@@ -157,7 +170,9 @@ function check(record) {
   if (pods.length !== 1 || pods[0] !== record.expected) {
     problems.push(`reached ${pods.join(",") || "no pod"}, the contract says ${record.expected}`);
   }
-  if (!record.upgraded) problems.push("no upgrade to websocket");
+  if (opts["polling-only"]) {
+    if (record.finalTransport !== "polling") problems.push(`ended on ${record.finalTransport}, not polling`);
+  } else if (!record.upgraded) problems.push("no upgrade to websocket");
   if (record.echoed !== opts.echoes) problems.push(`${record.echoed}/${opts.echoes} echoes acked`);
   return problems;
 }
@@ -174,9 +189,11 @@ async function main() {
   );
   let failed = 0;
   const byPod = {};
+  const upgradesByPod = {};
   for (const record of records) {
     const problems = check(record);
     byPod[record.expected] = (byPod[record.expected] || 0) + 1;
+    if (!opts["polling-only"]) upgradesByPod[record.expected] = (upgradesByPod[record.expected] || 0) + 1;
     if (problems.length) {
       failed += 1;
       console.error(`FAIL ${record.tenant}#${record.index}: ${problems.join("; ")}`);
@@ -185,7 +202,7 @@ async function main() {
   const summary = {
     client: "socket.io-client",
     version: require("socket.io-client/package.json").version,
-    mode: opts.h2 ? "fetch-h2+websocket" : "polling+websocket",
+    mode: (opts.h2 ? "fetch-h2" : "polling") + (opts["polling-only"] ? " only" : "+websocket"),
     clients: records.length,
     tenants: new Set(tenants).size,
     passed: records.length - failed,
@@ -194,6 +211,7 @@ async function main() {
     first_transport: [...new Set(records.map((r) => r.firstTransport).filter(Boolean))],
     echoes_acked: records.reduce((s, r) => s + r.echoed, 0),
     clients_by_pod: byPod,
+    upgrades_by_pod: upgradesByPod, // what each pod should have seen, by the contract
     seconds: (Date.now() - started) / 1000,
   };
   console.log(JSON.stringify(summary));

@@ -10,7 +10,8 @@
 #   BIN=target/release tests/frameworks/socketio.sh
 #
 # Runs, in order: socket.io-client (node, 50 tenants + 10 clients sharing one, 100 acked
-# echoes each), python-socketio's Client (6 tenants + 3 sharing one), and socket.io-client
+# echoes each), socket.io-client on long-polling only, quiet for 8 s (longer than the
+# router's --backend-timeout) before its echoes, python-socketio's AsyncClient (6 tenants + 3 sharing one), and socket.io-client
 # again polling over HTTP/2 (engine.io-client's Fetch transport on undici with allowH2),
 # proven by the router's wsrouter_http_requests_total{protocol="h2"}. Then every pod's
 # /stats must show no unknown-session (or any other) engine error and one upgrade per
@@ -85,6 +86,11 @@ http_counts() {
 
 run node-h1 node "$FRAMEWORKS/socketio-client.js" --url "$URL" --replicas "$REPLICAS" \
   --clients 50 --shared 10 --echoes 100 --prefix sio
+# Clients that never upgrade (a WebSocket blocked on the way) and then stay quiet for
+# longer than the router's --backend-timeout (5 s): their long-poll GET is held by the pod
+# until there is something to send (at most its pingInterval, 25 s), and must not be cut.
+run node-polling node "$FRAMEWORKS/socketio-client.js" --url "$URL" --replicas "$REPLICAS" \
+  --clients 6 --shared 2 --echoes 20 --prefix siolp --polling-only --idle-ms 8000
 run python "$FRAMEWORKS_VENV/bin/python" "$FRAMEWORKS/socketio_client.py" --url "$URL" --replicas "$REPLICAS" \
   --clients 6 --shared 3 --echoes 100 --prefix siopy
 
@@ -135,27 +141,30 @@ import json, pathlib, sys
 tmp, ws_upgrades = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 stats = [json.loads(s) for s in sys.argv[3:]]
 want = {}
-for name in ("node-h1", "python", "node-h2"):
+want_upgrades = {}
+for name in ("node-h1", "node-polling", "python", "node-h2"):
     try:
         summary = json.loads((tmp / f"{name}.json").read_text())
     except (OSError, ValueError):
         continue
     for pod, n in summary.get("clients_by_pod", {}).items():
         want[pod] = want.get(pod, 0) + n
+    for pod, n in summary.get("upgrades_by_pod", {}).items():
+        want_upgrades[pod] = want_upgrades.get(pod, 0) + n
 bad = 0
 for s in stats:
     pod = s.get("server", "?")
-    n = want.get(pod, 0)
+    n, u = want.get(pod, 0), want_upgrades.get(pod, 0)
     ok = (s.get("unknown_sid") == 0 and s.get("other_errors") == 0
-          and s.get("connections") == n and s.get("upgrades") == n)
+          and s.get("connections") == n and s.get("upgrades") == u)
     print(f"[socketio] {pod}: {s.get('connections')} connections, {s.get('upgrades')} upgrades "
-          f"(contract: {n}), unknown sid {s.get('unknown_sid')}, other errors {s.get('other_errors')} "
-          f"{s.get('errors') or ''}{'' if ok else '  <- MISMATCH'}", file=sys.stderr)
+          f"(contract: {n}, {u}), unknown sid {s.get('unknown_sid')}, other errors {s.get('other_errors')} "
+          f"{s.get('errors') or ''} closed: {s.get('close_reasons')}{'' if ok else '  <- MISMATCH'}", file=sys.stderr)
     bad += not ok
-clients = sum(want.values())
+clients = sum(want_upgrades.values())
 if ws_upgrades >= 0:
     ok = ws_upgrades == clients
-    print(f"[socketio] router: {ws_upgrades} WebSocket upgrades (101) for {clients} clients"
+    print(f"[socketio] router: {ws_upgrades} WebSocket upgrades (101) for {clients} upgrading clients"
           f"{'' if ok else '  <- MISMATCH'}", file=sys.stderr)
     bad += not ok
 sys.exit(1 if bad else 0)
