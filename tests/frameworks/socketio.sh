@@ -171,8 +171,12 @@ sys.exit(1 if bad else 0)
 PY
 
 if ((fail)); then
-  log "FAILED; router log tail:"
-  [[ -f $FW_TMP/router.log ]] && tail -20 "$FW_TMP/router.log" >&2
+  if [[ -f $FW_TMP/router.log ]]; then
+    log "FAILED; the router's warnings and errors (last 30):"
+    sed 's/\x1b\[[0-9;]*m//g' "$FW_TMP/router.log" | grep -E ' (WARN|ERROR) ' | tail -30 >&2 || true
+  else
+    log "FAILED"
+  fi
   for ((i = 0; i < PODS; i++)); do tail -5 "$FW_TMP/pod-$i.log" >&2; done
   exit 1
 fi
