@@ -13,8 +13,8 @@
 //! - `peer_kind % 4`: the TCP peer is 127.x.y.z (trusted), the IPv4 `addr[..4]`, the
 //!   IPv6 `addr`, or an IPv4-mapped 127.0.0.x.
 //!
-//! Invariants: no panic; an accepted request's tenant is a valid namespace and its key
-//! 16 bytes of base64; the client is the first hop, the peer the last, every hop after
+//! Invariants: no panic; an accepted request's tenant is a valid namespace, a WebSocket's
+//! key 16 bytes of base64, a plain request (forwarded) neither CONNECT nor TRACE; the client is the first hop, the peer the last, every hop after
 //! the client trusted; the backend gets exactly one of each forwarding header the
 //! router sets and none of the others a client might send.
 
@@ -25,7 +25,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::{Method, Request, Uri, Version};
 use libfuzzer_sys::fuzz_target;
-use router::fuzzing::{inspect, underscore_header, Client, Inspected, ProxyError};
+use router::fuzzing::{inspect, underscore_header, Client, Inspected, Kind, ProxyError};
 use router::{Origins, PolicyConfig, TrustedProxies, Underscores};
 use wsrouter::{validate_namespace, PathPrefix, TenantFrom};
 
@@ -65,7 +65,7 @@ fn run(data: &[u8]) {
     let default = PolicyConfig::default();
     let prefix = PathPrefix::default();
     let inspected = inspect(&req, &prefix, &default);
-    check_inspected(&inspected);
+    check_inspected(&inspected, req.method());
 
     let policy = variant_policy(*variant);
     let prefix = if variant & 0x40 != 0 {
@@ -74,7 +74,7 @@ fn run(data: &[u8]) {
         prefix
     };
     let varied = inspect(&req, &prefix, &policy);
-    check_inspected(&varied);
+    check_inspected(&varied, req.method());
     if policy.underscores == Underscores::Refuse {
         if let Ok(ok) = &varied {
             assert!(
@@ -161,7 +161,7 @@ fn parse_head(bytes: &[u8], h2: bool) -> Option<Request<()>> {
     Some(req)
 }
 
-fn check_inspected(result: &Result<Inspected<'_>, ProxyError>) {
+fn check_inspected(result: &Result<Inspected<'_>, ProxyError>, method: &Method) {
     let Ok(ok) = result else {
         return;
     };
@@ -170,7 +170,15 @@ fn check_inspected(result: &Result<Inspected<'_>, ProxyError>) {
         "tenant {:?} accepted",
         ok.tenant
     );
-    assert_eq!(ok.key.len(), 24, "key {:?}", ok.key);
+    match &ok.kind {
+        Kind::WebSocket { key } => assert_eq!(key.len(), 24, "key {key:?}"),
+        // A plain request is forwarded: never a tunnel, never TRACE.
+        Kind::Plain => assert!(
+            !matches!(*method, Method::CONNECT | Method::TRACE),
+            "a plain {:?} accepted",
+            ok.tenant
+        ),
+    }
 }
 
 fn variant_policy(variant: u8) -> PolicyConfig {

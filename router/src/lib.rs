@@ -73,7 +73,7 @@ pub mod fuzzing {
         parse as parse_proxy_header, Proxied, MAX_HEADER, V1_MAX,
     };
     pub use crate::data::http::error::ProxyError;
-    pub use crate::data::http::request::{inspect, Inspected};
+    pub use crate::data::http::request::{inspect, Inspected, Kind};
     pub use crate::data::relay::frame::FrameCursor;
     pub use crate::data::relay::pings::{find_pong, match_pong, PongMatch, PongScan};
 }

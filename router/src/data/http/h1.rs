@@ -209,3 +209,46 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteStall<I> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_client_never_takes_fails_after_the_stall_time() {
+        let (near, _far) = tokio::io::duplex(1024);
+        let mut io = WriteStall::new(near, Duration::from_secs(60));
+        let started = tokio::time::Instant::now();
+        let err = io
+            .write_all(&[0u8; 64 * 1024])
+            .await
+            .expect_err("nobody reads the other end");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = WriteStall::new(near, Duration::from_secs(60));
+        // The reader takes 1 KiB every 50 s: each write waits, none for the stall time.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let mut total = 0;
+            while total < 8 * 1024 {
+                tokio::time::sleep(Duration::from_secs(50)).await;
+                total += tokio::io::AsyncReadExt::read(&mut far, &mut buf)
+                    .await
+                    .unwrap_or(0);
+            }
+            total
+        });
+        io.write_all(&[1u8; 8 * 1024])
+            .await
+            .expect("a reader that reads");
+        drop(io);
+        assert!(reader.await.unwrap_or(0) >= 7 * 1024);
+    }
+}
