@@ -16,7 +16,7 @@ pub struct EdgeArgs {
     /// Time allowed for a client's TLS handshake.
     #[arg(long, env = "WSROUTER_HANDSHAKE_TIMEOUT", default_value_t = EdgeArgs::default().handshake_timeout)]
     pub handshake_timeout: Span,
-    /// Time allowed for a client to send its upgrade request headers.
+    /// Time allowed for a client to send a request head (an upgrade, or a plain request).
     #[arg(long, env = "WSROUTER_REQUEST_TIMEOUT", default_value_t = EdgeArgs::default().request_timeout)]
     pub request_timeout: Span,
     /// Most live connections (request parsed, upgrading or relaying); beyond it new requests get 503.
@@ -37,10 +37,10 @@ pub struct EdgeArgs {
     /// Largest TLS ClientHello accepted (e.g. 16KiB, 1KiB–64KiB); larger ones get a fatal alert.
     #[arg(long, env = "WSROUTER_MAX_CLIENT_HELLO", default_value_t = EdgeArgs::default().max_client_hello)]
     pub max_client_hello: Size,
-    /// Largest upgrade request head (request line + headers) in bytes; larger gets 431.
+    /// Largest request head (request line + headers) in bytes; larger gets 431.
     #[arg(long, env = "WSROUTER_MAX_HEADER_BYTES", default_value_t = EdgeArgs::default().max_header_bytes)]
     pub max_header_bytes: usize,
-    /// Most header fields in an upgrade request; more gets 431.
+    /// Most header fields in a request; more gets 431.
     #[arg(long, env = "WSROUTER_MAX_HEADERS", default_value_t = EdgeArgs::default().max_headers)]
     pub max_headers: usize,
     /// Connections begin with a PROXY protocol header (v1 or v2) naming the client, as a TCP load balancer sends it (AWS NLB, HAProxy send-proxy-v2); `on` requires it, and only from --trusted-proxies.

@@ -16,7 +16,7 @@ const TENANT_FROM_PATH: &str = "path";
 #[derive(Args, Debug, Clone, PartialEq)]
 #[command(next_help_heading = "Requests")]
 pub struct RequestArgs {
-    /// Path prefix of WebSocket requests; the namespace is the next segment.
+    /// Path prefix of routed requests (WebSockets and plain HTTP); the namespace is the next segment.
     #[arg(long, env = "WSROUTER_PATH_PREFIX", default_value_t = RequestArgs::default().path_prefix)]
     pub path_prefix: String,
     /// Where a request names its tenant: `path` (/ws/{tenant}/…), `header:NAME`, or `query:NAME` (e.g. /ws/hub?tenant=acme).
@@ -28,10 +28,10 @@ pub struct RequestArgs {
     /// With --allowed-origins, also refuse requests that send no Origin (browsers always send one; other clients often do not).
     #[arg(long, env = "WSROUTER_REQUIRE_ORIGIN")]
     pub require_origin: bool,
-    /// Most live sockets one tenant may hold on this router (its ConfigMap entry `max-connections.<tenant>` overrides it); beyond: 429. 0: no cap.
+    /// Most live sockets and plain requests in flight one tenant may hold on this router (its ConfigMap entry `max-connections.<tenant>` overrides it); beyond: 429. 0: no cap.
     #[arg(long, env = "WSROUTER_MAX_CONNECTIONS_PER_TENANT", default_value_t = RequestArgs::default().max_connections_per_tenant)]
     pub max_connections_per_tenant: u32,
-    /// New connections per second one source address (IPv6: its /64) may open; beyond: 429. 0: no limit.
+    /// New WebSockets per second one source address (IPv6: its /64) may open (plain requests ride admitted connections and are not charged); beyond: 429. 0: no limit.
     #[arg(long, env = "WSROUTER_CONNECTION_RATE_PER_IP", default_value_t = RequestArgs::default().connection_rate_per_ip)]
     pub connection_rate_per_ip: f64,
     /// How many new connections one source address may open at once before that rate applies.

@@ -12,10 +12,10 @@ use crate::data::upstream::breaker::BreakerConfig;
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 #[command(next_help_heading = "Upstream")]
 pub struct UpstreamArgs {
-    /// Time allowed for a backend to accept the connection and answer the upgrade (then 504).
+    /// Time allowed for a backend to accept the connection and answer a WebSocket upgrade (a plain request: to accept it), then 504.
     #[arg(long, env = "WSROUTER_BACKEND_TIMEOUT", default_value_t = UpstreamArgs::default().backend_timeout)]
     pub backend_timeout: Span,
-    /// Consecutive failed upgrades to one backend (refused or reset after retries, or no answer in --backend-timeout) that open its circuit breaker; 0: never.
+    /// Consecutive failures to reach one backend (an upgrade or a plain request refused or reset after retries, or no answer in --backend-timeout) that open its circuit breaker; 0: never.
     #[arg(long, env = "WSROUTER_CIRCUIT_FAILURES", default_value_t = UpstreamArgs::default().circuit_failures)]
     pub circuit_failures: u32,
     /// How long an open circuit answers 503 at once before one probe connection is let through.

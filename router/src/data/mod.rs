@@ -1,6 +1,6 @@
-//! The data path: from a client's TCP connection to a relayed WebSocket. It loads the
-//! routing table and never stores it; nothing here takes a lock per frame. One folder per
-//! concern, each may use only the folders listed before it (`router/tests/layout.rs`):
+//! The data path: from a client's TCP connection to a relayed WebSocket or a forwarded
+//! plain request. It loads the routing table and never stores it; nothing here takes a
+//! lock per frame. One folder per concern, each may use only the folders listed before it (`router/tests/layout.rs`):
 //!
 //! - [`socket`]: socket options (`TCP_DEFER_ACCEPT`, keepalive).
 //! - [`tls`]: certificates into rustls configs; the unbuffered TLS stream.

@@ -372,7 +372,7 @@ async fn a_long_poll_outlasts_the_backend_timeout_and_trips_nothing() -> Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Result<()> {
-    let (h, _pods, cert) = router_over_pods(Options {
+    let (h, pods, cert) = router_over_pods(Options {
         reroute: Some(RerouteConfig {
             grace: Duration::from_millis(300),
             per_second: 1000,
@@ -396,6 +396,11 @@ async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Resul
         kept.frame().await;
     })
     .await?;
+    // A long poll of the moving tenant, held by its pod (no answer head yet).
+    let mut poller = Client::connect(&h, &cert, false).await?;
+    let poll_path = format!("/ws/{moving}/slow?ms=30000");
+    let poll = tokio::spawn(async move { poller.get(&poll_path).await });
+    within(WAIT, "the poll at its pod", pods[1].wait_for(2)).await?;
     let swap = Input::Overrides {
         source: TableSource::File {
             path: "test".into(),
@@ -426,6 +431,12 @@ async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Resul
     })
     .await??;
     assert!(ended > 0, "the stream ended before the grace period");
+    // The held poll is told to come back: to its new pod, it now routes there.
+    let (status, body) = within(WAIT, "the held poll's answer", poll).await???;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (503, "tenant moved; retry\n")
+    );
     let (_, body) = client.get(&format!("/ws/{moving}/x")).await?;
     assert_eq!(pod_of(&body), "backend-3");
     // The other tenant's stream goes on.

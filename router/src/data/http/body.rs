@@ -247,9 +247,27 @@ where
     }
 }
 
-/// What ends a forwarded response early on the router's own initiative: the tenant's
+/// What ends a forwarded request early on the router's own initiative: the tenant's
 /// move (`--reroute-drain`) or the drain's end.
-pub(crate) type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub(crate) type Stop = Pin<Box<dyn Future<Output = Ended> + Send>>;
+
+/// Why the router ended a forwarded request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The drain's grace period is over.
+    Drained,
+    /// Its tenant now routes to another pod.
+    Moved,
+}
+
+impl From<Ended> for ProxyError {
+    fn from(why: Ended) -> Self {
+        match why {
+            Ended::Drained => Self::ShuttingDown,
+            Ended::Moved => Self::TenantMoved,
+        }
+    }
+}
 
 /// The pod's response on its way to the client. It holds the request's places (`held`)
 /// until it is dropped: a request counts until its answer has been sent.

@@ -36,6 +36,8 @@ pub enum ProxyError {
     NoTenant(#[source] PathError),
     #[error("shutting down")]
     ShuttingDown,
+    #[error("this tenant has moved to another pod; retry")]
+    TenantMoved,
     #[error("{0} is not forwarded")]
     MethodNotAllowed(http::Method),
     #[error("request body larger than {limit} bytes (--max-request-body)")]

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::data::admission::forwarded::{underscore_header, Client};
 use crate::data::http::admit::{self, Admitted};
 use crate::data::http::answer::{self, Refused, FINGERPRINT_HEADER, TABLE_VERSION_HEADER};
-use crate::data::http::body::{BodyOutcome, ClientBody, ForwardBody, ProxyBody, Stop};
+use crate::data::http::body::{BodyOutcome, ClientBody, Ended, ForwardBody, ProxyBody, Stop};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
@@ -48,7 +48,7 @@ impl<B> ClientBodyIn for B where
 /// refusal, as the client gets it. Counted by that status (`http_requests`).
 pub(super) async fn forward<B: ClientBodyIn>(
     req: Request<B>,
-    routed: Routed,
+    routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
 ) -> Response<ProxyBody> {
     let protocol = crate::state::labels::protocol(req.version());
@@ -76,24 +76,28 @@ pub(super) async fn forward<B: ClientBodyIn>(
 
 async fn forward_request<B: ClientBodyIn>(
     req: Request<B>,
-    routed: Routed,
+    routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let routed = routed?;
     let shared = &ctx.shared;
     let limit = shared.limits.http.max_request_body;
     if content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let admitted = admit::admit_request(&req, ctx, &routed)?;
-    let (backend_req, outcome) = backend_request(req, &admitted.client, shared, &routed);
-    let resp = exchange(backend_req, &routed, shared, &outcome)
+    let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, shared);
+    let (backend_req, outcome) = backend_request(req, &in_flight.admitted.client, shared, &routed);
+    // Armed from the start: a tenant that moves while its long poll waits for the pod
+    // is told to come back (to its new pod), as one whose answer streams is.
+    let mut stop = stop(shared, &routed);
+    let resp = exchange(backend_req, &routed, shared, &outcome, &mut stop)
         .await
         .map_err(|e| {
             outcome
                 .error(limit, shared.limits.http.timers.idle)
                 .unwrap_or(e)
         })?;
-    Ok(client_response(resp, routed, admitted, ctx))
+    Ok(client_response(resp, &routed, in_flight, stop, ctx))
 }
 
 /// The request's `Content-Length`, if it has one (hyper has checked it).
@@ -162,6 +166,7 @@ async fn exchange(
     routed: &Routed,
     shared: &Shared,
     body: &BodyOutcome,
+    stop: &mut Stop,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let target = Target {
         ordinal: routed.ordinal,
@@ -176,13 +181,12 @@ async fn exchange(
         retries: &shared.metrics.backend_connect_retries,
         judge: JUDGE,
     };
-    let drain = &shared.lifecycle.close_tunnels;
     let reached = tokio::select! {
         r = tokio::time::timeout_at(how.deadline, connect(&how, shared)) => {
             r.unwrap_or_else(|_| Err(target.timeout()))
         }
-        // The drain's grace period ended while the pod had not been reached.
-        _ = drain.cancelled() => return Err(ProxyError::ShuttingDown),
+        // The drain's grace period ended, or the tenant moved, before the pod was reached.
+        why = stop.as_mut() => return Err(why.into()),
     };
     let transition = how.settle(permit, &reached, shared.breakers.cooldown());
     shared.metrics.breaker(routed.ordinal, transition);
@@ -196,7 +200,7 @@ async fn exchange(
         } else {
             ProxyError::BodyStalled { idle: idle.unwrap_or_default() }
         }),
-        _ = drain.cancelled() => Err(ProxyError::ShuttingDown),
+        why = stop.as_mut() => Err(why.into()),
     }
 }
 
@@ -282,17 +286,34 @@ async fn resolve(target: Target<'_>) -> Result<SocketAddr, UpstreamError> {
     }
 }
 
-/// What a forwarded request holds until its answer has been sent: its admitted places,
-/// and on an HTTP/1.1 connection the connection's way back to the pending pool.
+/// What a forwarded request holds from its admission until its answer has been sent:
+/// its places, and its count among the requests in flight.
 struct InFlight {
-    _admitted: Admitted,
-    ctx: Arc<ConnCtx>,
+    admitted: Admitted,
+    active: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl InFlight {
+    fn new(admitted: Admitted, shared: &Shared) -> Self {
+        let active = shared.metrics.http.active.clone();
+        active.inc();
+        Self { admitted, active }
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.ctx.shared.metrics.http.active.dec();
-        self.ctx.request_done();
+        self.active.dec();
+    }
+}
+
+/// Tells an HTTP/1.1 connection its forwarded request is done (its answer sent or
+/// abandoned), so it may wait for the next as a pending one.
+struct RequestDone(Arc<ConnCtx>);
+
+impl Drop for RequestDone {
+    fn drop(&mut self) {
+        self.0.request_done();
     }
 }
 
@@ -302,8 +323,9 @@ impl Drop for InFlight {
 /// ends.
 fn client_response(
     resp: Response<PooledBody>,
-    routed: Routed,
-    admitted: Admitted,
+    routed: &Routed,
+    in_flight: InFlight,
+    stop: Stop,
     ctx: &Arc<ConnCtx>,
 ) -> Response<ProxyBody> {
     let shared = &ctx.shared;
@@ -311,7 +333,7 @@ fn client_response(
     strip_hop_by_hop(&mut parts.headers);
     add_via(&mut parts.headers, parts.version);
     if shared.policy.route_headers {
-        route_headers(&mut parts.headers, &routed);
+        route_headers(&mut parts.headers, routed);
     }
     if ctx.last_request() {
         parts
@@ -327,12 +349,8 @@ fn client_response(
     let idle = timers
         .idle
         .filter(|_| !event_stream || timers.event_streams_idle);
-    shared.metrics.http.active.inc();
-    let held = InFlight {
-        _admitted: admitted,
-        ctx: ctx.clone(),
-    };
-    let body = ForwardBody::new(body, idle, stop(shared, routed), Box::new(held));
+    let held = (in_flight, RequestDone(ctx.clone()));
+    let body = ForwardBody::new(body, idle, stop, Box::new(held));
     Response::from_parts(parts, ProxyBody::Forwarded(body))
 }
 
@@ -349,17 +367,24 @@ fn route_headers(headers: &mut HeaderMap, routed: &Routed) {
 /// What ends a long response (SSE, a long poll) on the router's initiative: the drain's
 /// end, and with `--reroute-drain` its tenant's move, after the same grace and at the
 /// same rate as its sockets.
-fn stop(shared: &Shared, routed: Routed) -> Stop {
+fn stop(shared: &Shared, routed: &Routed) -> Stop {
     let drain = shared.lifecycle.close_tunnels.clone();
     match shared.reroute.clone() {
-        None => Box::pin(async move { drain.cancelled_owned().await }),
-        Some(r) => Box::pin(async move {
-            tokio::select! {
-                _ = drain.cancelled() => {}
-                _ = r.moved(&routed.tenant, routed.ordinal) => {
-                    tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, "tenant moved: its response ends here");
-                }
-            }
+        None => Box::pin(async move {
+            drain.cancelled_owned().await;
+            Ended::Drained
         }),
+        Some(r) => {
+            let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
+            Box::pin(async move {
+                tokio::select! {
+                    _ = drain.cancelled() => Ended::Drained,
+                    _ = r.moved(&tenant, ordinal) => {
+                        tracing::debug!(tenant = %tenant, backend.ordinal = ordinal, "tenant moved: its request ends here");
+                        Ended::Moved
+                    }
+                }
+            })
+        }
     }
 }

@@ -331,7 +331,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     let (parts, recv) = req.into_parts();
     let limits = &ctx.shared.limits;
     // A client that leaves an answer unread this long (no window) loses the stream.
-    let stall = limits.http.timers.idle.unwrap_or(limits.request_timeout);
+    let stall = limits.http.timers.unread();
     if !request::is_extended_connect_head(&parts) {
         let body = H2Body::new(recv, &parts.headers);
         let Answer { resp, .. } = upgrade::answer(Request::from_parts(parts, body), &ctx).await;

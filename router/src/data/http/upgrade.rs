@@ -151,7 +151,8 @@ async fn story<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Result<T
     let h2 = req.version() == http::Version::HTTP_2;
     match kind {
         Kind::Plain => {
-            let routed = decide::decide(tenant, host, false, shared)?;
+            // Refused or not, counted among the plain requests from here.
+            let routed = decide::decide(tenant, host, false, shared);
             let resp = forward::forward(req, routed, ctx).await;
             Ok(Told {
                 resp,

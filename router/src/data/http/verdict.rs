@@ -156,6 +156,12 @@ impl ProxyError {
                 ..Verdict::failed(S::SERVICE_UNAVAILABLE, "shutting down; retry\n")
             }
             .retry_after(1),
+            // Its request may go again at once: it now routes to its new pod.
+            Self::TenantMoved => Verdict {
+                log: Log::Refused,
+                ..Verdict::failed(S::SERVICE_UNAVAILABLE, "tenant moved; retry\n")
+            }
+            .retry_after(1),
             Self::NoTable => {
                 Verdict::failed(S::SERVICE_UNAVAILABLE, "not ready: no routing table yet\n")
                     .retry_after(1)

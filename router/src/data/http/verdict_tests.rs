@@ -131,6 +131,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::OriginDenied => "OriginDenied",
         ProxyError::NoTenant(_) => "NoTenant",
         ProxyError::ShuttingDown => "ShuttingDown",
+        ProxyError::TenantMoved => "TenantMoved",
         ProxyError::MethodNotAllowed(_) => "MethodNotAllowed",
         ProxyError::BodyTooLarge { .. } => "BodyTooLarge",
         ProxyError::BodyStalled { .. } => "BodyStalled",
@@ -146,7 +147,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::Backend(UpstreamError::CircuitOpen { .. }) => "Backend(CircuitOpen)",
     }
 }
-const VARIANTS: usize = 25;
+const VARIANTS: usize = 26;
 
 /// Every error and its whole verdict: what the client gets, what is counted and logged,
 /// and what the dial and the breaker make of it.
@@ -274,6 +275,14 @@ async fn every_error_has_one_verdict() {
                 retry_after: Some(1),
                 log: Log::Refused,
                 ..failed(503, "shutting down; retry\n")
+            },
+        ),
+        (
+            ProxyError::TenantMoved,
+            Verdict {
+                retry_after: Some(1),
+                log: Log::Refused,
+                ..failed(503, "tenant moved; retry\n")
             },
         ),
         (

@@ -25,8 +25,8 @@ impl Default for HttpMetrics {
         Self {
             requests: Family::default(),
             active: Gauge::default(),
-            // 100 µs .. ~6.5 s
-            response_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            // 100 µs .. ~105 s: a long poll's answer may take as long as its server holds it.
+            response_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 21)),
             pool: PoolMetrics::default(),
         }
     }
@@ -36,12 +36,12 @@ impl HttpMetrics {
     pub(crate) fn register(&self, r: &mut Registry) {
         r.register(
             "http_requests",
-            "Plain (non-WebSocket) requests under the routed prefix, by the status the client got (the pod's, or the router's refusal) and client protocol (h1, h2)",
+            "Plain (non-WebSocket) requests routed under the prefix, by the status the client got (the pod's, or the router's refusal once the request was routed) and client protocol (h1, h2); requests refused while parsed (400, 404, 405) are in upgrade_responses",
             self.requests.clone(),
         );
         r.register(
             "http_requests_active",
-            "Forwarded requests whose answer is still streaming to the client",
+            "Forwarded requests in flight: admitted, waiting for their pod's answer or streaming it to the client",
             self.active.clone(),
         );
         r.register(
