@@ -497,3 +497,36 @@ async fn a_pooled_connection_its_pod_closed_is_retried_unsent() -> Result<()> {
     assert_eq!(restarted.seen().len(), 3);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_requests_count_with_its_sockets_against_its_cap() -> Result<()> {
+    let mut limits = limits();
+    limits.policy.max_per_tenant = 1;
+    let (h, _pods, cert) = router_over_pods(Options {
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, true).await?;
+    // A long answer in flight holds the tenant's one place...
+    let stream = client.send(get("/ws/capped/sse")).await?;
+    assert_eq!(stream.status(), 200);
+    // ...so its next request is refused like a socket would be, and another tenant's is not.
+    let (status, body) = client.get("/ws/capped/x").await?;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(client.get("/ws/other/x").await?.0, 200);
+    // Once the answer is done, the place is free again.
+    drop(stream);
+    within(WAIT, "the place back", async {
+        loop {
+            let (status, _) = client.get("/ws/capped/x").await?;
+            if status == 200 {
+                return Ok::<_, anyhow::Error>(());
+            }
+            // Polled: the client's reset reaches the router on its own time.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await??;
+    Ok(())
+}
