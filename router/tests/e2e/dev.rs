@@ -111,7 +111,11 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
         "{}",
         page.head
     );
-    assert!(page.body.contains("new WebSocket(") && page.body.contains("/dev/table"));
+    assert!(
+        page.body.contains("new WebSocket(")
+            && page.body.contains("new EventSource(")
+            && page.body.contains("/dev/table")
+    );
     // Self-contained: nothing loaded from elsewhere.
     for external in ["src=\"http", "href=\"http", "//cdn", "import "] {
         assert!(!page.body.contains(external), "{external}");
