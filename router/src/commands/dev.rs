@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use thiserror::Error;
-use wsrouter::{Backends, Overrides, PathPrefix, TableSource};
+use wsrouter::{Backends, Overrides, PathPrefix, TableSource, TenantFrom};
 
 use super::exit::{config_error, failure};
 use crate::config::{ConfigError, DevArgs, RouterConfig};
@@ -67,7 +67,15 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     // Dev is for seeing the routing work: every 101 says which table routed it.
     limits.policy.route_headers = true;
     let path_prefix = args.common.requests.path_prefix()?;
-    let backends = start_backends(args.backend_count, args.interval.get(), &path_prefix).await?;
+    // The backends read the tenant where the router does, so the `ns` they report (and
+    // the path they answer on: `…/events`, `…/hub`) is the tenant the router routed on.
+    let backends = start_backends(
+        args.backend_count,
+        args.interval.get(),
+        &path_prefix,
+        &limits.policy.tenant_from,
+    )
+    .await?;
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
     let routing = routing(&backends, args.overrides_file.as_deref())?;
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
@@ -103,6 +111,7 @@ async fn start_backends(
     count: u32,
     interval: Duration,
     path_prefix: &PathPrefix,
+    tenant_from: &TenantFrom,
 ) -> Result<Vec<backend::EchoHandle>, DevError> {
     let mut backends = Vec::new();
     for ordinal in 0..count {
@@ -110,7 +119,8 @@ async fn start_backends(
             .await
             .map_err(|source| DevError::Backend { ordinal, source })?;
         let mut cfg = backend::EchoConfig::new(format!("{DEV_STATEFULSET}-{ordinal}"))
-            .with_interval(interval);
+            .with_interval(interval)
+            .with_tenant_from(tenant_from.clone());
         cfg.path_prefix = path_prefix.clone();
         backends.push(
             backend::serve(listener, cfg)

@@ -1,5 +1,7 @@
 //! The page `wsrouter dev` serves at `/` on its WebSocket listener: a few tenants'
-//! sockets with their counters and echoes, the routing fingerprint, and the table
+//! sockets with their counters and echoes, beside each an EventSource (Server-Sent
+//! Events through the router's HTTP path) naming the pod each event came from, the
+//! routing fingerprint, and the table
 //! (tenants per pod), read through `/dev/table` and `/dev/route/{ns}`, which answer
 //! what the admin listener's `/table` and `/route` do. Self-contained: no CDN, no
 //! network. Only `dev` serves it; `serve` answers 404 there.

@@ -111,7 +111,11 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
         "{}",
         page.head
     );
-    assert!(page.body.contains("new WebSocket(") && page.body.contains("/dev/table"));
+    assert!(
+        page.body.contains("new WebSocket(")
+            && page.body.contains("new EventSource(")
+            && page.body.contains("/dev/table")
+    );
     // Self-contained: nothing loaded from elsewhere.
     for external in ["src=\"http", "href=\"http", "//cdn", "import "] {
         assert!(!page.body.contains(external), "{external}");
@@ -138,5 +142,37 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
         .raw(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .await?;
     assert_eq!(r.status, 404);
+    Ok(())
+}
+
+/// Under `--tenant-from query:NAME` the in-process backends read the tenant where the
+/// router does: the event stream at `/ws/events?tenant=…` is that tenant's, on its pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_backends_take_the_tenant_where_the_router_does() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("wsrouter-dev-query-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("overrides.yaml");
+    std::fs::write(&file, "kind: ConfigMap\ndata:\n  ns-01: backend-0\n")?;
+    let dev = start_dev(
+        &file,
+        &["--tenant-from", "query:tenant", "--interval", "20ms"],
+    )
+    .await?;
+    let connector = tokio_rustls::TlsConnector::from(dev.cert.client_config());
+    for (ns, pod) in [("acme-prod", "backend-3"), ("ns-01", "backend-0")] {
+        let path = format!("/ws/events?tenant={ns}&count=2");
+        let r = https_get(&connector, dev.router.local_addr(), &path).await?;
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(
+            r.head.contains("content-type: text/event-stream"),
+            "{}",
+            r.head
+        );
+        let want = format!("id: 1\ndata: {{\"server\":\"{pod}\",\"counter\":1,\"ns\":\"{ns}\"}}");
+        assert!(r.body.contains(&want), "{}", r.body);
+    }
+    dev.router.close_now();
+    within(WAIT, "dev drain", dev.router.drained()).await?;
+    std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
