@@ -316,7 +316,12 @@ async fn idle_h2_connections_hold_no_live_place_and_are_evicted() -> Result<()> 
             .body(http_body_util::Empty::new())?;
         if let Ok(Ok(r)) = tokio::time::timeout(WAIT, send.send_request(req)).await {
             assert_eq!(r.status(), 200, "a plain GET is forwarded");
-            within(WAIT, "its body", http_body_util::BodyExt::collect(r.into_body())).await??;
+            within(
+                WAIT,
+                "its body",
+                http_body_util::BodyExt::collect(r.into_body()),
+            )
+            .await??;
         }
         held.push((None, Some((send, task))));
     }

@@ -58,7 +58,8 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
         h.raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n").as_bytes()).await?;
     }
     // A plain request: forwarded to the tenant's pod, counted apart from the upgrades.
-    h.raw(b"GET /ws/ns-01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await?;
+    h.raw(b"GET /ws/ns-01 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await?;
 
     // Relays finish just after their clients see the end; wait for the third.
     let closed =
@@ -471,7 +472,10 @@ async fn alerts_and_dashboard_query_only_exported_metrics() -> Result<()> {
         .raw(&upgrade_request(&format!("/ws/{}", tenant_on(&h, 0, 0))))
         .await?;
     assert_eq!(resp.status, 502);
-    let plain = format!("GET /ws/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", tenant_on(&h, 1, 0));
+    let plain = format!(
+        "GET /ws/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        tenant_on(&h, 1, 0)
+    );
     assert_eq!(h.raw(plain.as_bytes()).await?.status, 200);
     h.router.control().send(swap(&[("Bad_Key", "1")]));
     h.wait_rejected(RejectReason::InvalidOverrides, 1).await?;
