@@ -17,7 +17,7 @@ use crate::data::admission::pools::{LiveSlot, StreamGuard};
 use crate::data::http::admit::Admitted;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
-use crate::data::http::h1::WriteStall;
+use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;

@@ -18,3 +18,4 @@ mod live;
 pub(crate) mod request;
 pub(crate) mod upgrade;
 mod verdict;
+mod write_stall;
