@@ -26,6 +26,7 @@ use crate::data::relay::reroute::Reroute;
 use crate::data::shared::metrics::Metrics;
 use crate::data::shared::Shared;
 use crate::data::upstream::breaker::Breakers;
+use crate::data::upstream::pool::Pool;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::{Changes, Lifecycle};
 use crate::state::tenants::LiveTenants;
@@ -246,6 +247,7 @@ fn build(config: RouterConfig) -> Planes {
         reroute,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
+        pool: Pool::new(config.limits.http.pool, data_metrics.http.pool.clone()),
         pages: config.pages.clone(),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(

@@ -58,11 +58,12 @@ pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;
 pub use data::relay::pings::Ping;
 pub use data::relay::reroute::RerouteConfig;
-pub use data::shared::limits::{Limits, ProxyProtocol, SocketTimers};
+pub use data::shared::limits::{HttpLimits, HttpTimers, Limits, ProxyProtocol, SocketTimers};
 pub use data::shared::{Pages, Shared};
 pub use data::tls::config::{client_config, load_server_config, DevCert, KeyExchange, TlsOptions};
 pub use data::tls::stream::MAX_RECORD;
 pub use data::upstream::breaker::BreakerConfig;
+pub use data::upstream::pool::PoolConfig;
 
 /// The pure parsers and scanners the fuzz targets (`fuzz/`) drive with arbitrary bytes:
 /// public for them alone.

@@ -5,6 +5,7 @@ use clap::Args;
 
 use super::admin::AdminArgs;
 use super::edge::EdgeArgs;
+use super::http::HttpArgs;
 use super::lifecycle::LifecycleArgs;
 use super::requests::RequestArgs;
 use super::sockets::SocketArgs;
@@ -26,6 +27,8 @@ pub struct CommonArgs {
     #[command(flatten)]
     pub upstream: UpstreamArgs,
     #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
     pub sockets: SocketArgs,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
@@ -45,12 +48,15 @@ impl CommonArgs {
         if edge.proxy_protocol == ProxyProtocol::On && self.requests.trusted_proxies.is_empty() {
             return Err(ConfigError::ProxyProtocolUntrusted);
         }
+        let policy = self.requests.policy()?;
+        let timers = self.sockets.timers()?;
         Ok(Limits {
             backend_timeout: self.upstream.backend_timeout(),
             close_timeout: self.sockets.close_timeout(),
             breaker: self.upstream.breaker(),
-            policy: self.requests.policy()?,
-            timers: self.sockets.timers()?,
+            http: self.http.limits(timers.tcp_keepalive)?,
+            policy,
+            timers,
             stall_threshold,
             ..edge
         })

@@ -38,6 +38,10 @@ pub enum ConfigError {
     Origins(OriginError),
     #[error("{0} must be more than 0 (leave it out to turn it off)")]
     ZeroDuration(&'static str),
+    #[error("{0} must be more than 0")]
+    ZeroSize(&'static str),
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
     #[error("--connection-rate-per-ip must be a number of connections per second, 0 or more")]
     BadRate,
     #[error(transparent)]

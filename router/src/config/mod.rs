@@ -5,7 +5,8 @@
 //! (its `Default`, which `--help` shows) and a pure conversion to the settings that
 //! plane's code takes: [`edge`] (the pools, caps and timeouts before a request is
 //! admitted, PROXY protocol), [`tls`], [`requests`] (tenant naming and the request
-//! rules), [`upstream`] (backend timeout, circuit breaker), [`sockets`] (the relay's
+//! rules), [`upstream`] (backend timeout, circuit breaker), [`http`] (the forwarded
+//! requests' body limits and keep-alive pool), [`sockets`] (the relay's
 //! timers), [`lifecycle`] (drains, stall threshold), [`admin`], and `serve`'s
 //! [`routing`]. [`common`] groups the ones `serve` and `dev` share; [`serve`] is the
 //! one step that reads files and the pod's environment.
@@ -15,6 +16,7 @@ pub(crate) mod common;
 pub(crate) mod dev;
 pub(crate) mod edge;
 mod error;
+pub(crate) mod http;
 pub(crate) mod lifecycle;
 pub(crate) mod ops;
 pub(crate) mod requests;

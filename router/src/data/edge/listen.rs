@@ -1,15 +1,11 @@
 //! The data path's outer loop: bind, accept on the I/O threads under the pending pool,
 //! TLS, and HTTP/1.1 up to the upgrade.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -17,13 +13,11 @@ use tokio_util::sync::CancellationToken;
 use crate::data::admission::pools::{PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::edge::accept::AcceptErrors;
 use crate::data::edge::proxy_protocol::{self, Proxied};
-use crate::data::http::conn::ConnCtx;
-use crate::data::http::upgrade;
-use crate::data::relay::peer::Peer;
 use crate::data::shared::limits::ProxyProtocol;
 use crate::data::shared::Shared;
 use crate::data::tls::stream as tls_stream;
 use crate::state::heartbeat::Heartbeats;
+use wsrouter::Backend;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -164,6 +158,7 @@ fn io_thread(
 ) {
     rt.block_on(async move {
         tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
+        tokio::spawn(pool_upkeep(shared.clone(), done.clone()));
         match TcpListener::from_std(listener) {
             Ok(l) => accept_loop(l, shared).await,
             Err(e) => tracing::error!(error = %e, "I/O thread cannot use its listener"),
@@ -178,6 +173,42 @@ fn io_thread(
 async fn heartbeat(shared: Arc<Shared>, i: usize, done: CancellationToken) {
     let every = Heartbeats::interval(shared.limits.stall_threshold);
     shared.heartbeats.run(i, every, done.cancelled()).await;
+}
+
+/// How often each I/O thread tidies its share of the keep-alive pool.
+const POOL_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Closes this thread's idle pooled connections that have timed out, that their pod
+/// closed, or whose pod has left the routing table (a request in flight on one is not
+/// touched: it is not idle), until the router has drained.
+async fn pool_upkeep(shared: Arc<Shared>, done: CancellationToken) {
+    let mut every = tokio::time::interval(POOL_UPKEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            _ = done.cancelled() => return,
+        }
+        shared.pool.sweep();
+        if let Some(routed) = shared.table.load().as_deref().and_then(pod_addrs) {
+            shared.pool.retain(|addr| routed.contains(addr));
+        }
+    }
+}
+
+/// The addresses a table routes to; `None` if one is a host name (a list or template
+/// outside a cluster), looked up per request: such connections are left to the idle
+/// timeout.
+fn pod_addrs(table: &wsrouter::RoutingTable) -> Option<Vec<SocketAddr>> {
+    let mut routed = Vec::with_capacity(table.backends().len());
+    for backend in table.backends() {
+        match backend {
+            Backend::Pod(m) => routed.push(m.addr),
+            Backend::Addr(a) => routed.push(a.parse().ok()?),
+            Backend::Unknown => {}
+        }
+    }
+    Some(routed)
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
@@ -229,7 +260,7 @@ async fn serve_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, s
     }
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
         let (peer, accepted, slot) = conn.into_http();
-        return serve_http(shared, tcp, peer, accepted, slot).await;
+        return crate::data::http::h1::serve(shared, tcp, peer, accepted, slot).await;
     };
     if let Some(tls) = conn.tls_handshake(&shared, config, tcp).await {
         hand_over(shared, tls, conn).await;
@@ -342,7 +373,7 @@ async fn hand_over(shared: Arc<Shared>, tls: tls_stream::TlsStream, conn: Arrivi
     if tls.alpn() == Some(b"h2") {
         crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
     } else {
-        serve_http(shared, tls, peer, accepted, slot).await
+        crate::data::http::h1::serve(shared, tls, peer, accepted, slot).await
     }
 }
 
@@ -384,46 +415,4 @@ fn client_of(
     };
     shared.metrics.proxy_header(Err(why));
     None
-}
-
-async fn serve_http<I>(
-    shared: Arc<Shared>,
-    io: I,
-    peer: SocketAddr,
-    accepted: Instant,
-    slot: PendingSlot,
-) where
-    I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
-{
-    let evicted = slot.evicted();
-    let ctx = ConnCtx::http1(&shared, peer, accepted, slot);
-    let svc = service_fn(move |req| {
-        let ctx = ctx.clone();
-        async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
-    });
-    let conn = shared
-        .http
-        .serve_connection(TokioIo::new(io), svc)
-        .with_upgrades();
-    let mut conn = std::pin::pin!(conn);
-    // Until the upgrade: the request's headers are bounded by header_read_timeout and the
-    // backend by backend_timeout; this bounds the whole exchange, whatever stalls.
-    let bound = shared.limits.request_timeout + shared.limits.backend_timeout;
-    tokio::select! {
-        r = tokio::time::timeout(bound, conn.as_mut()) => match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error"),
-            Err(_) => tracing::debug!(client.addr = %peer, "upgrade request timed out"),
-        },
-        // Only while the head is still being read: the handler gives the slot back.
-        _ = evicted.cancelled() => {
-            tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
-        }
-        _ = shared.lifecycle.close_tunnels.cancelled() => {
-            // The grace period is over. A request being handled gets its answer (a 503
-            // if it still waits on the backend); a connection with none just closes.
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-        }
-    }
 }

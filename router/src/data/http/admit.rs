@@ -25,7 +25,8 @@ pub(super) struct Admitted {
     pub(super) stream: Option<StreamGuard>,
 }
 
-/// Admits a routed request, or says which rule or cap refused it.
+/// Admits a routed WebSocket, or says which rule or cap refused it: the rate of new
+/// sockets per source first, then the places a live socket holds.
 pub(super) fn admit<B>(
     req: &Request<B>,
     ctx: &ConnCtx,
@@ -41,7 +42,27 @@ pub(super) fn admit<B>(
         .map_err(|wait| ProxyError::RateLimited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
         })?;
-    // From here the connection counts against the live pool, backend socket included,
+    places(client, ctx, routed)
+}
+
+/// Admits a routed plain request: the same places as a socket while it is in flight
+/// (the live pool, its source's share, its tenant's cap), but not the rate of new
+/// sockets, which a long-polling client (a request every few seconds, for hours)
+/// would spend for nothing: the request rides a connection already admitted.
+pub(super) fn admit_request<B>(
+    req: &Request<B>,
+    ctx: &ConnCtx,
+    routed: &Routed,
+) -> Result<Admitted, ProxyError> {
+    let shared = &ctx.shared;
+    let client = Client::resolve(ctx.peer.ip(), req.headers(), &shared.policy.trusted_proxies);
+    places(client, ctx, routed)
+}
+
+/// The places an admitted request holds until it ends.
+fn places(client: Client, ctx: &ConnCtx, routed: &Routed) -> Result<Admitted, ProxyError> {
+    let shared = &ctx.shared;
+    // From here the request counts against the live pool, backend socket included,
     // and against its tenant's cap.
     let live = shared
         .admission

@@ -4,10 +4,11 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http::{Response, StatusCode, Uri};
+use http_body_util::Full;
 use hyper::body::Incoming;
 
+use crate::data::http::body::ProxyBody;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
@@ -20,8 +21,6 @@ pub(super) const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
 /// Response header carrying the routing fingerprint (`config/membership`) of the table
 /// that routed the request: equal on every replica that routes alike.
 pub(super) const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
-
-pub(super) type ProxyBody = Either<Full<Bytes>, Incoming>;
 
 /// The client's answer once its backend has upgraded: a 101, or a 200 to an HTTP/2
 /// extended CONNECT.
@@ -45,15 +44,16 @@ pub(super) fn backend_refusal(routed: &Routed, resp: Response<Incoming>) -> Resp
     parts
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Response::from_parts(parts, Either::Right(body))
+    Response::from_parts(parts, ProxyBody::Backend(body))
 }
 
 /// The client's 101: the backend's end-to-end headers (its accept, subprotocol,
 /// extensions), the upgrade tokens, and the table version and fingerprint that routed it.
 fn answer_101(mut headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Left(Full::new(Bytes::new())));
+    let mut resp = Response::new(ProxyBody::Full(Full::new(Bytes::new())));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     // The router's internals (its table's local version, the fleet's digests) are for
@@ -84,7 +84,7 @@ fn answer_200(headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Respons
 }
 
 /// A request that got no upgrade: counted, logged and answered as its verdict says.
-pub(super) fn refused<B>(e: ProxyError, req: &Request<B>, ctx: &ConnCtx) -> Response<ProxyBody> {
+pub(super) fn refused(e: ProxyError, uri: &Uri, ctx: &ConnCtx) -> Response<ProxyBody> {
     let verdict = e.classify();
     let metrics = &ctx.shared.metrics;
     match verdict.counted {
@@ -95,7 +95,7 @@ pub(super) fn refused<B>(e: ProxyError, req: &Request<B>, ctx: &ConnCtx) -> Resp
     let status = verdict.status.as_u16();
     match verdict.log {
         Log::Refused => {
-            tracing::debug!(client.addr = %ctx.peer, path = req.uri().path(), status, reason = %e, "request refused");
+            tracing::debug!(client.addr = %ctx.peer, path = uri.path(), status, reason = %e, "request refused");
         }
         Log::Failed => {
             tracing::warn!(client.addr = %ctx.peer, status, error = %crate::logging::DisplayChain(&e), "upgrade failed");
@@ -104,11 +104,11 @@ pub(super) fn refused<B>(e: ProxyError, req: &Request<B>, ctx: &ConnCtx) -> Resp
     error_response(&e, &verdict)
 }
 
-/// The answer to an error. Every answer but a 101 closes the connection: a client gets
-/// one request per connection, so an idle keep-alive connection cannot hold a slot.
+/// The answer to an error. It closes the connection: a client the router refused gets
+/// no second request on it, so a refused connection cannot hold a slot.
 fn error_response(e: &ProxyError, verdict: &Verdict) -> Response<ProxyBody> {
     let body = Bytes::from(verdict.body.text(e));
-    let mut resp = Response::new(Either::Left(Full::new(body)));
+    let mut resp = Response::new(ProxyBody::Full(Full::new(body)));
     *resp.status_mut() = verdict.status;
     let h = resp.headers_mut();
     h.insert(

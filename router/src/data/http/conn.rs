@@ -1,39 +1,80 @@
-//! What every request on one client connection shares.
+//! What every request on one client connection shares, and an HTTP/1.1 connection's
+//! standing between its requests.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use crate::data::admission::pools::{ConnStreams, PendingSlot};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::shared::Shared;
+
+/// Requests one HTTP/1.1 client connection may carry; the last is answered with
+/// `Connection: close`. A pipelined flood ends here, and a client reconnects (to any
+/// replica) now and then rather than riding one connection for ever.
+pub(crate) const MAX_REQUESTS_PER_CONN: u32 = 1000;
 
 /// Per client connection.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
     pub accepted: Instant,
-    /// The pending-pool place of an HTTP/1.1 connection, given back once the request
-    /// head is parsed. An HTTP/2 connection keeps its own (see `h2::serve`).
-    pub pending: std::sync::Mutex<Option<PendingSlot>>,
+    /// The pending-pool place of an HTTP/1.1 connection, held while it waits for a
+    /// request head: until its first, and between forwarded requests. An HTTP/2
+    /// connection keeps its own (see `h2::serve`).
+    pub pending: Mutex<Option<PendingSlot>>,
     /// An HTTP/2 connection's live streams: each WebSocket relayed on it counts.
     pub streams: Option<Arc<ConnStreams>>,
+    /// An HTTP/1.1 connection's keep-alive standing.
+    pub keepalive: Option<KeepAlive>,
+}
+
+/// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
+/// its last answer is out, and closed when idle too long or its source has no room.
+#[derive(Default)]
+pub(crate) struct KeepAlive {
+    /// Requests read on this connection.
+    requests: AtomicU32,
+    /// Requests whose answers are still being sent.
+    in_flight: AtomicU32,
+    /// When the connection, waiting for a request head, goes.
+    idle_until: Mutex<Option<tokio::time::Instant>>,
+    /// Its source holds its share of the pending pool: close once idle.
+    closing: AtomicBool,
+    /// Wakes the connection's task when any of the above changed.
+    pub changed: Notify,
+}
+
+/// What an HTTP/1.1 connection's task watches while it waits.
+pub(crate) struct Standing {
+    /// Its pending place's eviction, while it has one.
+    pub evicted: Option<CancellationToken>,
+    pub idle_until: Option<tokio::time::Instant>,
+    pub closing: bool,
 }
 
 impl ConnCtx {
     /// An HTTP/1.1 connection's context, its pending slot held until the first request
-    /// head is parsed.
+    /// head is parsed (within `first_by`).
     pub(crate) fn http1(
         shared: &Arc<Shared>,
         peer: SocketAddr,
         accepted: Instant,
         slot: PendingSlot,
+        first_by: tokio::time::Instant,
     ) -> Arc<Self> {
+        let keepalive = KeepAlive::default();
+        *lock(&keepalive.idle_until) = Some(first_by);
         Arc::new(Self {
             shared: shared.clone(),
             peer,
             accepted,
-            pending: std::sync::Mutex::new(Some(slot)),
+            pending: Mutex::new(Some(slot)),
             streams: None,
+            keepalive: Some(keepalive),
         })
     }
 
@@ -48,8 +89,83 @@ impl ConnCtx {
             shared: shared.clone(),
             peer,
             accepted,
-            pending: std::sync::Mutex::new(None),
+            pending: Mutex::new(None),
             streams: Some(streams),
+            keepalive: None,
         })
     }
+
+    /// A request head is parsed: the connection leaves the pending pool until its
+    /// answer is out.
+    pub(crate) fn request_started(&self) {
+        lock(&self.pending).take();
+        if let Some(k) = &self.keepalive {
+            k.requests.fetch_add(1, Ordering::Relaxed);
+            k.in_flight.fetch_add(1, Ordering::Relaxed);
+            lock(&k.idle_until).take();
+        }
+    }
+
+    /// Whether the request being answered is the connection's last (`Connection: close`).
+    pub(crate) fn last_request(&self) -> bool {
+        self.keepalive
+            .as_ref()
+            .is_some_and(|k| k.requests.load(Ordering::Relaxed) >= MAX_REQUESTS_PER_CONN)
+    }
+
+    /// A request's answer is out (or abandoned). With none left in flight, an HTTP/1.1
+    /// connection waits for its next request as a pending one: admitted again (or
+    /// closed, if its source already holds its share), for at most `idle`.
+    pub(crate) fn request_done(&self) {
+        let Some(k) = &self.keepalive else { return };
+        if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 {
+            return;
+        }
+        let shared = &self.shared;
+        match shared.admission.admit_pending(self.peer.ip()) {
+            Ok(mut slot) => {
+                slot.hold(REQUEST_HEAD_BYTES);
+                *lock(&self.pending) = Some(slot);
+                *lock(&k.idle_until) = Some(tokio::time::Instant::now() + keepalive_idle(shared));
+            }
+            Err(why) => {
+                shared.metrics.refused(why);
+                tracing::debug!(client.addr = %self.peer, reason = why.as_str(), "idle HTTP/1.1 connection closed: its source holds its share of the pending pool");
+                k.closing.store(true, Ordering::Relaxed);
+            }
+        }
+        k.changed.notify_one();
+    }
+
+    /// What the connection's task waits on now.
+    pub(crate) fn standing(&self) -> Standing {
+        let evicted = lock(&self.pending).as_ref().map(PendingSlot::evicted);
+        match &self.keepalive {
+            Some(k) => Standing {
+                evicted,
+                idle_until: *lock(&k.idle_until),
+                closing: k.closing.load(Ordering::Relaxed),
+            },
+            None => Standing {
+                evicted,
+                idle_until: None,
+                closing: false,
+            },
+        }
+    }
+}
+
+/// How long an HTTP/1.1 connection may wait for its next request.
+fn keepalive_idle(shared: &Shared) -> Duration {
+    shared
+        .limits
+        .http
+        .timers
+        .idle
+        .unwrap_or(Duration::from_secs(60))
+}
+
+/// A lock no panic can poison for good: the state it guards is whole after every write.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -71,6 +71,8 @@ fn backend_request<B>(
 ) -> Request<Empty<Bytes>> {
     let mut headers = req.headers().clone();
     strip_hop_by_hop(&mut headers);
+    // The upgrade request goes without a body, whatever length the client's named.
+    headers.remove(http::header::CONTENT_LENGTH);
     while let Some(name) = underscore_header(&headers).cloned() {
         headers.remove(name);
     }

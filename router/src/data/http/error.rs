@@ -8,7 +8,7 @@ use wsrouter::{AmbiguousPath, NamespaceError, PathError};
 use crate::data::admission::pools::Refusal;
 use crate::data::upstream::error::UpstreamError;
 
-/// Why a request got no upgrade. One variant per answer; [`ProxyError::classify`] says
+/// Why a request got no upgrade or no answer from its backend. One variant per answer; [`ProxyError::classify`] says
 /// what each comes to.
 #[derive(Debug, Error)]
 pub enum ProxyError {
@@ -36,10 +36,12 @@ pub enum ProxyError {
     NoTenant(#[source] PathError),
     #[error("shutting down")]
     ShuttingDown,
-    #[error(
-        "this path only serves WebSocket upgrades (GET with Upgrade: websocket over HTTP/1.1)"
-    )]
-    UpgradeRequired,
+    #[error("{0} is not forwarded")]
+    MethodNotAllowed(http::Method),
+    #[error("request body larger than {limit} bytes (--max-request-body)")]
+    BodyTooLarge { limit: u64 },
+    #[error("request body stalled: no data for {}s (--http-idle-timeout)", .idle.as_secs())]
+    BodyStalled { idle: std::time::Duration },
     #[error("header {0:?} has '_' in its name; send it with '-' (--underscore-headers refuse)")]
     UnderscoreHeader(HeaderName),
     #[error("no routing table loaded yet")]

@@ -19,12 +19,13 @@ use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::{Request, Response};
-use http_body_util::BodyExt;
+use http_body_util::Empty;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
-use crate::data::http::answer::ProxyBody;
 use crate::data::http::conn::ConnCtx;
+use crate::data::http::h2_body::{self, H2Body};
+use crate::data::http::request;
 use crate::data::http::upgrade::{self, Answer};
 use crate::data::relay::peer::Peer;
 use crate::data::shared::Shared;
@@ -324,18 +325,29 @@ impl Keepalive {
     }
 }
 
-/// One stream: answered like any request; a WebSocket's stream then goes to the relay.
+/// One stream: answered like any request; a WebSocket's stream then goes to the relay,
+/// a plain request's answer streams back on it.
 async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
     let (parts, recv) = req.into_parts();
-    let req = Request::from_parts(parts, ());
-    let Answer { resp, relay } = upgrade::answer(&req, &ctx).await;
+    let limits = &ctx.shared.limits;
+    // A client that leaves an answer unread this long (no window) loses the stream.
+    let stall = limits.http.timers.idle.unwrap_or(limits.request_timeout);
+    if !request::is_extended_connect_head(&parts) {
+        let body = H2Body::new(recv, &parts.headers);
+        let Answer { resp, .. } = upgrade::answer(Request::from_parts(parts, body), &ctx).await;
+        let (mut head, body) = resp.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        h2_body::send(Response::from_parts(head, ()), body, &mut respond, stall).await;
+        return;
+    }
+    let req = Request::from_parts(parts, Empty::<Bytes>::new());
+    let Answer { resp, relay } = upgrade::answer(req, &ctx).await;
     let (mut head, body) = resp.into_parts();
     // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2), and h2 refuses to
     // send them: an answer built for either version loses its hop-by-hop headers here.
     strip_hop_by_hop(&mut head.headers);
     let Some(relay) = relay else {
-        let bound = ctx.shared.limits.request_timeout;
-        send_answer(Response::from_parts(head, ()), body, &mut respond, bound).await;
+        h2_body::send(Response::from_parts(head, ()), body, &mut respond, stall).await;
         return;
     };
     match respond.send_response(Response::from_parts(head, ()), false) {
@@ -346,47 +358,6 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
             tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 stream gone before its answer")
         }
     }
-}
-
-/// A refusal, a page or an error: the head, then the body under the stream's flow
-/// control, within the request timeout.
-async fn send_answer(
-    head: Response<()>,
-    body: ProxyBody,
-    respond: &mut SendResponse<Bytes>,
-    bound: Duration,
-) {
-    use hyper::body::Body;
-    let empty = body.is_end_stream();
-    let Ok(mut send) = respond.send_response(head, empty) else {
-        return;
-    };
-    if empty {
-        return;
-    }
-    let _ = tokio::time::timeout(bound, async move {
-        let mut body = std::pin::pin!(body);
-        while let Some(Ok(frame)) = body.frame().await {
-            let Ok(mut data) = frame.into_data() else {
-                continue;
-            };
-            while !data.is_empty() {
-                send.reserve_capacity(data.len());
-                match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                    Some(Ok(n)) if n > 0 => {
-                        let chunk = data.split_to(n.min(data.len()));
-                        if send.send_data(chunk, false).is_err() {
-                            return;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return,
-                }
-            }
-        }
-        let _ = send.send_data(Bytes::new(), true);
-    })
-    .await;
 }
 
 /// A WebSocket's HTTP/2 stream as a byte stream for the relay. It keeps only bytes in

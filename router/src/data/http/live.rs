@@ -17,6 +17,7 @@ use crate::data::admission::pools::{LiveSlot, StreamGuard};
 use crate::data::http::admit::Admitted;
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
+use crate::data::http::h1::WriteStall;
 use crate::data::relay::close::Stop;
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;
@@ -93,8 +94,8 @@ impl PendingRelay {
         };
         // Unwrap hyper's upgrade wrapper to reach the socket itself, so the relay
         // reads and writes it directly.
-        match client.downcast::<TokioIo<I>>() {
-            Ok(parts) => self.start(parts.io.into_inner(), parts.read_buf),
+        match client.downcast::<TokioIo<WriteStall<I>>>() {
+            Ok(parts) => self.start(parts.io.into_inner().into_inner(), parts.read_buf),
             Err(_) => {
                 tracing::error!(client.addr = %peer, "upgraded connection of an unexpected type")
             }

@@ -17,12 +17,22 @@ pub struct Inspected<'r> {
     /// The host it is for, as forwarded (`Host` and `X-Forwarded-Host`).
     pub host: HeaderValue,
     pub tenant: &'r str,
-    /// The `Sec-WebSocket-Key` for the backend's handshake.
-    pub key: HeaderValue,
+    pub kind: Kind,
 }
 
-/// Checks a request head (Host, header names, tenant, upgrade, key, Origin) with no
-/// state but the settings: pure, so it is fuzzed on its own (`fuzz/`).
+/// Which of the two paths a routed request takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// A WebSocket (an HTTP/1.1 upgrade or an HTTP/2 extended CONNECT), relayed; `key`
+    /// is the `Sec-WebSocket-Key` for the backend's handshake.
+    WebSocket { key: HeaderValue },
+    /// Any other request (SignalR negotiate, Socket.IO polling, SSE, an upload),
+    /// forwarded to the same pod over the keep-alive pool.
+    Plain,
+}
+
+/// Checks a request head (Host, header names, tenant, method, framing, upgrade, key,
+/// Origin) with no state but the settings: pure, so it is fuzzed on its own (`fuzz/`).
 pub fn inspect<'r, B>(
     req: &'r Request<B>,
     prefix: &PathPrefix,
@@ -65,13 +75,32 @@ pub fn inspect<'r, B>(
     } else if is_websocket_upgrade(req) {
         websocket_key(req.headers())?
     } else {
-        return Err(ProxyError::UpgradeRequired);
+        plain_request(req)?;
+        // The Origin allowlist is a WebSocket rule: browsers enforce CORS on plain
+        // requests themselves, and a preflight (OPTIONS) is the backend's to answer.
+        let kind = Kind::Plain;
+        return Ok(Inspected { host, tenant, kind });
     };
     // Cross-site WebSocket hijacking stops here, before any backend is touched.
     if !policy.origins.allows(req.headers()) {
         return Err(ProxyError::OriginDenied);
     }
-    Ok(Inspected { host, tenant, key })
+    let kind = Kind::WebSocket { key };
+    Ok(Inspected { host, tenant, kind })
+}
+
+/// A plain request the router forwards: not a tunnel (CONNECT) nor a loop-back of the
+/// request's headers (TRACE, which would echo cookies to a script). Its framing is
+/// hyper's to check (RFC 9112 §6.3): Content-Length values that differ are a 400, and a
+/// request with both Transfer-Encoding and Content-Length is read by its chunks alone,
+/// its Content-Length dropped and its connection closed after the answer, so nothing
+/// after it on that connection is read as another request.
+fn plain_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    let method = req.method();
+    if method == Method::CONNECT || method == Method::TRACE {
+        return Err(ProxyError::MethodNotAllowed(method.clone()));
+    }
+    Ok(())
 }
 
 /// The parse step: a request the router still takes, [`inspect`]ed.
@@ -162,10 +191,18 @@ fn is_base64_16(k: &[u8]) -> bool {
 
 /// An HTTP/2 extended CONNECT for a WebSocket (RFC 8441 §4).
 fn is_extended_connect<B>(req: &Request<B>) -> bool {
-    req.method() == Method::CONNECT
-        && req.version() == Version::HTTP_2
-        && req
-            .extensions()
+    extended_connect(req.method(), req.version(), req.extensions())
+}
+
+/// [`is_extended_connect`], from the head alone.
+pub(crate) fn is_extended_connect_head(head: &http::request::Parts) -> bool {
+    extended_connect(&head.method, head.version, &head.extensions)
+}
+
+fn extended_connect(method: &Method, version: Version, extensions: &http::Extensions) -> bool {
+    method == Method::CONNECT
+        && version == Version::HTTP_2
+        && extensions
             .get::<h2::ext::Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
 }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use http::header;
 use http::{Request, Response};
-use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::data::http::answer::{self, ProxyBody};
+use crate::data::http::answer;
+use crate::data::http::body::ProxyBody;
 use crate::data::http::dial;
+use crate::data::http::forward::{self, ClientBodyIn};
 use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
 use crate::data::relay::peer::Peer;
@@ -20,8 +21,9 @@ use crate::data::shared::metrics::StatusLabel;
 use crate::data::upstream::dial::BackendAnswer;
 
 use crate::data::http::conn::ConnCtx;
+use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
-use crate::data::http::request::Inspected;
+use crate::data::http::request::{Inspected, Kind};
 
 /// What a request comes to: the answer, and for a WebSocket the relay, waiting for the
 /// client's side of the upgrade (an HTTP/1.1 socket, or an HTTP/2 stream).
@@ -36,52 +38,66 @@ pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> 
 where
     I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
 {
-    let Answer { resp, relay } = answer(&req, &ctx).await;
-    match relay {
+    // An upgrade-shaped request's socket is hyper's to hand over, whatever the answer:
+    // claimed before the request (and its body) moves on.
+    let on_upgrade = req
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
+    let Answer { resp, relay } = answer(req, &ctx).await;
+    match (relay, on_upgrade) {
         // Two stages: this task waits for the client's upgrade; the relay then runs as
         // its own task holding only what a live socket needs, so the upgrade's state is
         // freed.
-        Some(pending) => {
-            let on_client_upgrade = hyper::upgrade::on(&mut req);
+        (Some(pending), Some(on_client_upgrade)) => {
             ctx.shared
                 .lifecycle
                 .tasks
                 .spawn(pending.await_client::<I>(on_client_upgrade));
         }
-        None if req.headers().contains_key(header::UPGRADE) => close_unused_upgrade(&mut req, &ctx),
-        None => {}
+        // A refusal closes the connection: its socket is closed cleanly. A forwarded
+        // answer keeps the connection (hyper upgrades only on a 101).
+        (_, Some(unused)) if !matches!(resp.body(), ProxyBody::Forwarded(_)) => {
+            close_unused_upgrade(unused, &ctx)
+        }
+        _ => {}
     }
     resp
 }
 
-/// Any request, either HTTP version: a page (dev only), a refusal, or a WebSocket
-/// whose backend has upgraded (101 or 200 ready to send, the relay to start).
-pub(crate) async fn answer<B>(req: &Request<B>, ctx: &ConnCtx) -> Answer {
+/// Any request, either HTTP version: a page (dev only), a refusal, a WebSocket whose
+/// backend has upgraded (101 or 200 ready to send, the relay to start), or a plain
+/// request's forwarded answer.
+pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Answer {
     // The head is parsed: this connection leaves the pending pool.
-    if let Ok(mut pending) = ctx.pending.lock() {
-        pending.take();
-    }
+    ctx.request_started();
     if let Some(page) = ctx
         .shared
         .pages
         .as_ref()
         .and_then(|p| p.answer(req.method(), req.uri(), &ctx.shared))
     {
+        ctx.request_done();
         return Answer {
-            resp: page.map(Either::Left),
+            resp: page.map(ProxyBody::Full),
             relay: None,
         };
     }
+    let (version, uri) = (req.version(), req.uri().clone());
     let (resp, relay) = match story(req, ctx).await {
         Ok(answer) => answer,
-        Err(e) => (answer::refused(e, req, ctx), None),
+        Err(e) => (answer::refused(e, &uri, ctx), None),
     };
+    if !matches!(resp.body(), ProxyBody::Forwarded(_)) {
+        // Nothing of this request is left in flight once its small answer is written.
+        ctx.request_done();
+    }
     ctx.shared
         .metrics
         .upgrade_responses
         .get_or_create(&StatusLabel {
             status: resp.status().as_u16(),
-            protocol: crate::state::labels::protocol(req.version()),
+            protocol: crate::state::labels::protocol(version),
         })
         .inc();
     if relay.is_some() {
@@ -96,8 +112,7 @@ pub(crate) async fn answer<B>(req: &Request<B>, ctx: &ConnCtx) -> Answer {
 /// hyper hands the socket of an upgrade-shaped request to its upgrade future even when
 /// the answer is not 101; claim it and close it cleanly (TLS close_notify, then FIN)
 /// instead of letting it drop.
-fn close_unused_upgrade(req: &mut Request<Incoming>, ctx: &ConnCtx) {
-    let pending = hyper::upgrade::on(req);
+fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
     ctx.shared.lifecycle.tasks.spawn(async move {
         if let Ok(Ok(upgraded)) =
             tokio::time::timeout(std::time::Duration::from_secs(1), pending).await
@@ -107,18 +122,38 @@ fn close_unused_upgrade(req: &mut Request<Incoming>, ctx: &ConnCtx) {
     });
 }
 
-/// The request's way through, step by step: its answer (101, 200 on HTTP/2, or the
-/// backend's own refusal) and, on an upgrade, the relay waiting for the client's side.
-async fn story<B>(
+/// The request's way through, step by step: parsed, routed, then relayed as a WebSocket
+/// or forwarded as a plain request.
+async fn story<B: ClientBodyIn>(
+    req: Request<B>,
+    ctx: &Arc<ConnCtx>,
+) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
+    let shared = &ctx.shared;
+    let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
+    let h2 = req.version() == http::Version::HTTP_2;
+    match kind {
+        Kind::Plain => {
+            let routed = decide::decide(tenant, host, false, shared)?;
+            Ok((forward::forward(req, routed, ctx).await?, None))
+        }
+        Kind::WebSocket { key } => {
+            let routed = decide::decide(tenant, host, h2, shared)?;
+            websocket(&req, &key, routed, ctx).await
+        }
+    }
+}
+
+/// A WebSocket's way on: admitted, its backend dialled, the client answered, and on
+/// an upgrade the relay waiting for the client's side.
+async fn websocket<B>(
     req: &Request<B>,
+    key: &http::HeaderValue,
+    routed: Routed,
     ctx: &ConnCtx,
 ) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
     let shared = &ctx.shared;
-    let Inspected { host, tenant, key } = request::parse(req, shared)?;
-    let h2 = req.version() == http::Version::HTTP_2;
-    let routed = decide::decide(tenant, host, h2, shared)?;
     let admitted = admit::admit(req, ctx, &routed)?;
-    let backend = dial::dial(req, ctx, &routed, &key, &admitted.client).await?;
+    let backend = dial::dial(req, ctx, &routed, key, &admitted.client).await?;
     let (head, io, pre) = match backend {
         BackendAnswer::Refused(resp) => return Ok((answer::backend_refusal(&routed, resp), None)),
         BackendAnswer::Upgraded { head, io, pre } => (head, io, pre),

@@ -125,7 +125,10 @@ impl ProxyError {
             | Self::BadKey
             | Self::UnderscoreHeader(_)
             | Self::NoTenant(_) => Verdict::client(S::BAD_REQUEST),
-            Self::UpgradeRequired | Self::UnsupportedVersion => Verdict {
+            Self::MethodNotAllowed(_) => Verdict::client(S::METHOD_NOT_ALLOWED),
+            Self::BodyTooLarge { .. } => Verdict::client(S::PAYLOAD_TOO_LARGE),
+            Self::BodyStalled { .. } => Verdict::client(S::REQUEST_TIMEOUT),
+            Self::UnsupportedVersion => Verdict {
                 advertise_upgrade: true,
                 ..Verdict::client(S::UPGRADE_REQUIRED)
             },

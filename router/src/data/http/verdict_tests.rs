@@ -131,7 +131,9 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::OriginDenied => "OriginDenied",
         ProxyError::NoTenant(_) => "NoTenant",
         ProxyError::ShuttingDown => "ShuttingDown",
-        ProxyError::UpgradeRequired => "UpgradeRequired",
+        ProxyError::MethodNotAllowed(_) => "MethodNotAllowed",
+        ProxyError::BodyTooLarge { .. } => "BodyTooLarge",
+        ProxyError::BodyStalled { .. } => "BodyStalled",
         ProxyError::UnderscoreHeader(_) => "UnderscoreHeader",
         ProxyError::NoTable => "NoTable",
         ProxyError::BackendNotServing { .. } => "BackendNotServing",
@@ -144,7 +146,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::Backend(UpstreamError::CircuitOpen { .. }) => "Backend(CircuitOpen)",
     }
 }
-const VARIANTS: usize = 23;
+const VARIANTS: usize = 25;
 
 /// Every error and its whole verdict: what the client gets, what is counted and logged,
 /// and what the dial and the breaker make of it.
@@ -177,11 +179,15 @@ async fn every_error_has_one_verdict() {
         ),
         (ProxyError::NoTenant(path), client(400)),
         (
-            ProxyError::UpgradeRequired,
-            Verdict {
-                advertise_upgrade: true,
-                ..client(426)
+            ProxyError::MethodNotAllowed(http::Method::TRACE),
+            client(405),
+        ),
+        (ProxyError::BodyTooLarge { limit: 1 }, client(413)),
+        (
+            ProxyError::BodyStalled {
+                idle: std::time::Duration::from_secs(60),
             },
+            client(408),
         ),
         (
             ProxyError::UnsupportedVersion,
@@ -451,7 +457,8 @@ fn statuses_are_pinned() {
     let cases = [
         (ProxyError::NotFound, 404),
         (ProxyError::BadNamespace(NamespaceError::Empty), 400),
-        (ProxyError::UpgradeRequired, 426),
+        (ProxyError::MethodNotAllowed(http::Method::CONNECT), 405),
+        (ProxyError::BodyTooLarge { limit: 10 }, 413),
         (unreachable(io::ErrorKind::ConnectionRefused), 502),
         (
             ProxyError::Backend(UpstreamError::Timeout {

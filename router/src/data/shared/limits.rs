@@ -8,6 +8,7 @@ use crate::data::admission::pools::AdmissionConfig;
 use crate::data::relay::pings::Ping;
 use crate::data::relay::pump::RelayConfig;
 use crate::data::upstream::breaker::BreakerConfig;
+use crate::data::upstream::pool::PoolConfig;
 
 /// Limits and timeouts of the data path.
 #[derive(Debug, Clone)]
@@ -26,6 +27,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_headers: usize,
     pub breaker: BreakerConfig,
+    /// The plain requests forwarded beside the sockets.
+    pub http: HttpLimits,
     pub policy: PolicyConfig,
     pub timers: SocketTimers,
     /// An I/O thread whose event loop has not turned for this long is stalled:
@@ -44,6 +47,47 @@ pub enum ProxyProtocol {
     Off,
     /// Required, and only from `--trusted-proxies` (anyone else is closed at once).
     On,
+}
+
+/// The HTTP forward path's limits (`--http-idle-timeout`, `--max-request-body`, the pool).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    pub timers: HttpTimers,
+    /// Largest request body forwarded, in bytes.
+    pub max_request_body: u64,
+    pub pool: PoolConfig,
+}
+
+/// When a forwarded exchange has stalled.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpTimers {
+    /// Longest a body may go without data (or a response unread); `None`: no limit.
+    pub idle: Option<Duration>,
+    /// Whether `idle` also cuts a quiet `text/event-stream` response: only when the
+    /// operator set the timeout, as an event stream may rightly say nothing for minutes.
+    pub event_streams_idle: bool,
+}
+
+impl HttpTimers {
+    /// Longest a client may leave an answer unread (its window shut): the idle timeout,
+    /// or 60 s when that is off, as a reader that never reads must not hold a pod
+    /// connection for ever.
+    pub fn unread(&self) -> Duration {
+        self.idle.unwrap_or(Duration::from_secs(60))
+    }
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            timers: HttpTimers {
+                idle: Some(Duration::from_secs(60)),
+                event_streams_idle: false,
+            },
+            max_request_body: 10 << 20,
+            pool: PoolConfig::default(),
+        }
+    }
 }
 
 /// How long a relayed socket may live, and how the router notices a dead peer.
@@ -93,6 +137,7 @@ impl Default for Limits {
             max_header_bytes: 16 * 1024,
             max_headers: 64,
             breaker: BreakerConfig::default(),
+            http: HttpLimits::default(),
             policy: PolicyConfig::default(),
             timers: SocketTimers {
                 tcp_keepalive: Some(Duration::from_secs(60)),

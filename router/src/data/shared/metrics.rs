@@ -13,6 +13,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::data::admission::pools::{AdmissionStats, Refusal};
+use crate::data::shared::http_metrics::HttpMetrics;
 pub(crate) use crate::state::labels::{
     ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
 };
@@ -50,6 +51,8 @@ pub(crate) struct Metrics {
     /// connections closed for theirs, by reason.
     proxy_headers: Family<ReasonLabel, Counter>,
     proxy_header_errors: Family<ReasonLabel, Counter>,
+    /// The plain requests forwarded beside the sockets.
+    pub http: HttpMetrics,
 }
 
 impl Default for Metrics {
@@ -101,6 +104,7 @@ impl Metrics {
             breaker_open: Family::default(),
             proxy_headers: Family::default(),
             proxy_header_errors: Family::default(),
+            http: HttpMetrics::default(),
         };
         for reason in [
             "pending_per_ip",
@@ -126,6 +130,7 @@ impl Metrics {
         self.register_connections(r);
         self.register_relays(r);
         self.register_backends(r);
+        self.http.register(r);
     }
 
     /// Client connections: accepted, refused, and pending.

@@ -1,7 +1,9 @@
 //! Owns: what every connection reads, in one place: the settings (`limits`), the data
-//! path's counters (`metrics`) and the `Shared` handle (table, pools, breaker, TLS slot).
+//! path's counters (`metrics`, `http_metrics`) and the `Shared` handle (table, pools,
+//! breaker, keep-alive pool, TLS slot).
 //! May not touch: connections themselves; it is wired by `daemon` and read by `http`/`edge`.
 
+pub(crate) mod http_metrics;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 
@@ -18,6 +20,7 @@ use crate::data::shared::limits::Limits;
 use crate::data::shared::metrics::Metrics;
 use crate::data::tls::config::TlsSlot;
 use crate::data::upstream::breaker::Breakers;
+use crate::data::upstream::pool::Pool;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
@@ -48,6 +51,8 @@ pub struct Shared {
     pub(crate) pages: Option<Arc<dyn Pages>>,
     /// A circuit breaker per backend address.
     pub(crate) breakers: Arc<Breakers>,
+    /// Keep-alive connections to the pods, for plain requests (each I/O thread its own).
+    pub(crate) pool: Pool,
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
     pub(crate) policy: PolicyConfig,
     pub(crate) rate: RateLimiter,

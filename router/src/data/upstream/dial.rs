@@ -72,20 +72,22 @@ impl Dial<'_> {
         &self,
         request: impl Fn() -> Request<Empty<Bytes>>,
     ) -> Result<BackendAnswer, UpstreamError> {
-        tokio::time::timeout_at(self.deadline, self.retrying(request))
+        tokio::time::timeout_at(self.deadline, self.retrying(|| self.attempt(request())))
             .await
             .unwrap_or_else(|_| Err(self.target.timeout()))
     }
 
-    /// Tries the backend until it answers, retrying a connection refused or reset (a pod
-    /// restarting) after a jittered pause while the deadline allows one more try.
-    async fn retrying(
-        &self,
-        request: impl Fn() -> Request<Empty<Bytes>>,
-    ) -> Result<BackendAnswer, UpstreamError> {
+    /// Tries `attempt` until it succeeds or fails for good, retrying a connection refused
+    /// or reset (a pod restarting) after a jittered pause while the deadline allows one
+    /// more try. The caller bounds it by the deadline.
+    pub(crate) async fn retrying<T, F, Fut>(&self, mut attempt: F) -> Result<T, UpstreamError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, UpstreamError>>,
+    {
         let mut pause = RETRY_FIRST;
         loop {
-            match self.attempt(request()).await {
+            match attempt().await {
                 Err(e) if (self.judge.retry)(&e) => {
                     // Half to all of `pause`, so a burst of clients does not retry in step.
                     let wait = pause.mul_f64(0.5 + jitter() / 2.0);
@@ -146,13 +148,13 @@ impl Dial<'_> {
         })
     }
 
-    /// Tells the breaker how the upgrade went: an answer (a 101, or the backend's own
-    /// refusal) shows it alive; a failure the verdict counts against it, failing;
+    /// Tells the breaker how the exchange went: an answer (a 101, the backend's own
+    /// refusal, any response to a plain request) shows it alive; a failure the verdict counts against it, failing;
     /// anything else says nothing (the permit goes undecided).
-    pub(crate) fn settle(
+    pub(crate) fn settle<T>(
         &self,
         permit: Permit,
-        result: &Result<BackendAnswer, UpstreamError>,
+        result: &Result<T, UpstreamError>,
         cooldown: Duration,
     ) -> Transition {
         let transition = match result {

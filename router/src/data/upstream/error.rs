@@ -23,9 +23,9 @@ pub enum UpstreamError {
         #[source]
         source: io::Error,
     },
-    #[error("backend {ordinal} ({addr}) did not answer the upgrade in time")]
+    #[error("backend {ordinal} ({addr}) did not answer in time")]
     Timeout { ordinal: u32, addr: Box<str> },
-    #[error("backend {ordinal} ({addr}) failed during the upgrade")]
+    #[error("backend {ordinal} ({addr}) failed during the exchange")]
     Protocol {
         ordinal: u32,
         addr: Box<str>,

@@ -25,7 +25,8 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &st
 }
 
 /// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any
-/// the `Connection` header names.
+/// the `Connection` header names. `Content-Length` stays: it is end-to-end, though each
+/// hop's framing is its own (hyper sets it from the body it is given when it is absent).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -45,7 +46,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         header::TRANSFER_ENCODING,
         header::PROXY_AUTHORIZATION,
         header::PROXY_AUTHENTICATE,
-        header::CONTENT_LENGTH,
     ] {
         headers.remove(name);
     }

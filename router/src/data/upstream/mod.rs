@@ -7,6 +7,4 @@ pub(crate) mod dial;
 pub(crate) mod error;
 pub(crate) mod handshake;
 pub(crate) mod headers;
-// Wired by the HTTP forward path (issue 26).
-#[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod pool;

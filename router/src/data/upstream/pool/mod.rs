@@ -56,7 +56,7 @@ pub(crate) type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 /// The pool's bounds. The connect timeout is the caller's (a deadline around
 /// [`Pool::checkout`]), as the backend timeout is for the upgrade.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct PoolConfig {
+pub struct PoolConfig {
     /// Idle connections kept per pod, per I/O thread; a connection given back past this
     /// is closed.
     pub max_idle_per_pod: usize,

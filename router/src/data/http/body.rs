@@ -1,0 +1,287 @@
+//! The bodies a forwarded exchange streams, never buffered: the client's request body
+//! on its way to the pod (bounded by `--max-request-body`, cut when it stalls), the
+//! pod's response on its way to the client (cut when it stalls, ended at a chunk
+//! boundary when its tenant moves or the drain ends), and [`ProxyBody`], every answer
+//! the listener sends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::data::http::error::ProxyError;
+use crate::data::upstream::pool::pooled::PooledBody;
+use crate::data::upstream::pool::BoxError;
+
+/// Every answer on the listener: the router's own (a refusal, a page, a 101), a
+/// backend's refusal of an upgrade, or a forwarded response.
+pub(crate) enum ProxyBody {
+    Full(Full<Bytes>),
+    Backend(Incoming),
+    Forwarded(ForwardBody),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Self::Full(b) => Pin::new(b).poll_frame(cx).map_err(|e| match e {}),
+            Self::Backend(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Forwarded(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Full(b) => b.is_end_stream(),
+            Self::Backend(b) => b.is_end_stream(),
+            Self::Forwarded(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Full(b) => b.size_hint(),
+            Self::Backend(b) => b.size_hint(),
+            Self::Forwarded(b) => b.size_hint(),
+        }
+    }
+}
+
+/// Why a body was cut by the router, as [`ProxyError`]s name it.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Cut {
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("no data for {0:?}")]
+    Stalled(Duration),
+}
+
+/// What the client's body came to, read by the forward step once the backend's answer
+/// failed: the body's own error does not survive hyper's client as a value.
+#[derive(Debug, Default)]
+pub(crate) struct BodyOutcome(AtomicU8);
+
+const TOO_LARGE: u8 = 1;
+const STALLED: u8 = 2;
+
+impl BodyOutcome {
+    /// The client's answer, if its body was cut.
+    pub(crate) fn error(&self, limit: u64, idle: Option<Duration>) -> Option<ProxyError> {
+        match self.0.load(Ordering::Relaxed) {
+            TOO_LARGE => Some(ProxyError::BodyTooLarge { limit }),
+            STALLED => Some(ProxyError::BodyStalled {
+                idle: idle.unwrap_or_default(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A stall timer, armed only while the body waits: a frame that comes moves its
+/// deadline without touching the timer wheel; the timer checks it when it fires.
+struct Stall {
+    idle: Duration,
+    last: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Stall {
+    fn new(idle: Option<Duration>) -> Option<Self> {
+        idle.map(|idle| Self {
+            idle,
+            last: Instant::now(),
+            timer: None,
+        })
+    }
+
+    fn progressed(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready once the body has waited `idle` since its last frame.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = self.last + self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+/// The client's request body on its way to the pod.
+pub(crate) struct ClientBody<B> {
+    inner: B,
+    limit: u64,
+    read: u64,
+    stall: Option<Stall>,
+    outcome: Arc<BodyOutcome>,
+}
+
+impl<B> ClientBody<B> {
+    pub(crate) fn new(inner: B, limit: u64, idle: Option<Duration>) -> (Self, Arc<BodyOutcome>) {
+        let outcome = Arc::new(BodyOutcome::default());
+        let body = Self {
+            inner,
+            limit,
+            read: 0,
+            stall: Stall::new(idle),
+            outcome: outcome.clone(),
+        };
+        (body, outcome)
+    }
+
+    fn cut(&self, why: Cut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let code = match why {
+            Cut::TooLarge(_) => TOO_LARGE,
+            Cut::Stalled(_) => STALLED,
+        };
+        self.outcome.0.store(code, Ordering::Relaxed);
+        Poll::Ready(Some(Err(why.into())))
+    }
+}
+
+impl<B> Body for ClientBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.read += data.len() as u64;
+                    if this.read > this.limit {
+                        return this.cut(Cut::TooLarge(this.limit));
+                    }
+                }
+                if let Some(s) = this.stall.as_mut() {
+                    s.progressed();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => match this.stall.as_mut().map(|s| s.poll_expired(cx)) {
+                Some(Poll::Ready(())) => {
+                    let idle = this.stall.as_ref().map(|s| s.idle).unwrap_or_default();
+                    this.cut(Cut::Stalled(idle))
+                }
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// What ends a forwarded response early on the router's own initiative: the tenant's
+/// move (`--reroute-drain`) or the drain's end.
+pub(crate) type Stop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The pod's response on its way to the client. It holds the request's places (`held`)
+/// until it is dropped: a request counts until its answer has been sent.
+pub(crate) struct ForwardBody {
+    inner: PooledBody,
+    stall: Option<Stall>,
+    stop: Option<Stop>,
+    stopped: bool,
+    _held: Box<dyn Send>,
+}
+
+impl ForwardBody {
+    pub(crate) fn new(
+        inner: PooledBody,
+        idle: Option<Duration>,
+        stop: Stop,
+        held: Box<dyn Send>,
+    ) -> Self {
+        Self {
+            inner,
+            stall: Stall::new(idle),
+            stop: Some(stop),
+            stopped: false,
+            _held: held,
+        }
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.stopped {
+            return Poll::Ready(None);
+        }
+        // Between two frames, never inside one: the client gets whole events and a
+        // clean end (the last chunk), and reconnects where it now belongs.
+        if let Some(stop) = this.stop.as_mut() {
+            if stop.as_mut().poll(cx).is_ready() {
+                this.stop = None;
+                this.stopped = true;
+                return Poll::Ready(None);
+            }
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(s) = this.stall.as_mut() {
+                    s.progressed();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Pending => match this.stall.as_mut().map(|s| s.poll_expired(cx)) {
+                Some(Poll::Ready(())) => {
+                    let idle = this.stall.as_ref().map(|s| s.idle).unwrap_or_default();
+                    Poll::Ready(Some(Err(Cut::Stalled(idle).into())))
+                }
+                _ => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stopped || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

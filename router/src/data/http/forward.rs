@@ -1,0 +1,313 @@
+//! The forward step: a plain request (not a WebSocket) under the routed prefix, sent to
+//! the pod its tenant routes to over the keep-alive pool, the answer streamed back. Each
+//! request is routed on its own, so one client connection may carry several tenants'.
+//!
+//! Proxy semantics (RFC 9110 §7.6, RFC 9112): hop-by-hop headers go both ways, `Host`
+//! is kept, `Via` is added, the forwarding headers are the router's own; the body keeps
+//! its length (hyper frames it from the body it is given). `Expect: 100-continue` is
+//! answered here: hyper sends the client its 100 when the body is first read, that is
+//! once a pod has been reached, so a refusal (413, 503) costs the client no upload.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::time::Instant;
+
+use crate::data::admission::forwarded::{underscore_header, Client};
+use crate::data::http::admit::{self, Admitted};
+use crate::data::http::answer::{FINGERPRINT_HEADER, TABLE_VERSION_HEADER};
+use crate::data::http::body::{BodyOutcome, ClientBody, ForwardBody, ProxyBody, Stop};
+use crate::data::http::conn::ConnCtx;
+use crate::data::http::decide::Routed;
+use crate::data::http::error::ProxyError;
+use crate::data::http::verdict::JUDGE;
+use crate::data::shared::metrics::StatusLabel;
+use crate::data::shared::Shared;
+use crate::data::upstream::dial::{self, Dial};
+use crate::data::upstream::error::{Target, UpstreamError};
+use crate::data::upstream::headers::{header_has_token, strip_hop_by_hop};
+use crate::data::upstream::pool::pooled::PooledBody;
+use crate::data::upstream::pool::{BoxError, PoolError, ReqBody};
+
+/// What a client's request body may be: hyper's (HTTP/1.1) or an HTTP/2 stream's.
+pub(crate) trait ClientBodyIn:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+impl<B> ClientBodyIn for B where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static
+{
+}
+
+/// Forwards `req` to its routed pod; the pod's answer, streaming, or why there is none.
+/// Counted by the status the client gets.
+pub(super) async fn forward<B: ClientBodyIn>(
+    req: Request<B>,
+    routed: Routed,
+    ctx: &Arc<ConnCtx>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let protocol = crate::state::labels::protocol(req.version());
+    let started = Instant::now();
+    let result = forward_request(req, routed, ctx).await;
+    let status = match &result {
+        Ok(resp) => resp.status(),
+        Err(e) => e.classify().status,
+    };
+    let metrics = &ctx.shared.metrics.http;
+    metrics
+        .requests
+        .get_or_create(&StatusLabel {
+            status: status.as_u16(),
+            protocol,
+        })
+        .inc();
+    if result.is_ok() {
+        metrics
+            .response_seconds
+            .observe(started.elapsed().as_secs_f64());
+    }
+    result
+}
+
+async fn forward_request<B: ClientBodyIn>(
+    req: Request<B>,
+    routed: Routed,
+    ctx: &Arc<ConnCtx>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let shared = &ctx.shared;
+    let limit = shared.limits.http.max_request_body;
+    if content_length(req.headers()).is_some_and(|n| n > limit) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    let admitted = admit::admit_request(&req, ctx, &routed)?;
+    let (backend_req, outcome) = backend_request(req, &admitted.client, shared, &routed);
+    let resp = exchange(backend_req, &routed, shared).await.map_err(|e| {
+        outcome
+            .error(limit, shared.limits.http.timers.idle)
+            .unwrap_or(e)
+    })?;
+    Ok(client_response(resp, routed, admitted, ctx))
+}
+
+/// The request's `Content-Length`, if it has one (hyper has checked it).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The request as the pod gets it: origin-form, HTTP/1.1, its end-to-end headers less
+/// any whose name holds `_`, `Host` as the client named it, the router's forwarding
+/// headers and `Via`, and its body streamed under the body limit and stall timeout.
+fn backend_request<B: ClientBodyIn>(
+    req: Request<B>,
+    client: &Client,
+    shared: &Shared,
+    routed: &Routed,
+) -> (Request<ReqBody>, Arc<BodyOutcome>) {
+    let (mut parts, body) = req.into_parts();
+    let http = &shared.limits.http;
+    let trailers = header_has_token(&parts.headers, header::TE, "trailers");
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    // The body's own length frames it on the way out; a client's repeats are not copied.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    while let Some(name) = underscore_header(headers).cloned() {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    headers.insert(header::HOST, routed.host.clone());
+    client.set_headers(headers, shared.tls_config.is_some(), &routed.host);
+    add_via(headers, parts.version);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| http::Uri::from_static("/"), |pq| pq.clone().into());
+    parts.version = Version::HTTP_11;
+    let (body, outcome) = ClientBody::new(body, http.max_request_body, http.timers.idle);
+    (Request::from_parts(parts, body.boxed_unsync()), outcome)
+}
+
+/// Appends this hop to `Via` (RFC 9110 §7.6.3): the protocol it came in by, and the
+/// router's name (no host or port, which would tell the client about the inside).
+fn add_via(headers: &mut HeaderMap, received: Version) {
+    let hop = if received == Version::HTTP_2 {
+        "2 wsrouter"
+    } else {
+        "1.1 wsrouter"
+    };
+    headers.append(header::VIA, HeaderValue::from_static(hop));
+}
+
+/// The exchange with the pod under its circuit breaker, within the backend timeout
+/// (connect and response head): a connection refused or reset is retried as for an
+/// upgrade; a request that never left (its pooled connection closed as it was taken)
+/// goes again on a new connection. Nothing that left is sent twice.
+async fn exchange(
+    req: Request<ReqBody>,
+    routed: &Routed,
+    shared: &Shared,
+) -> Result<Response<PooledBody>, ProxyError> {
+    let target = Target {
+        ordinal: routed.ordinal,
+        addr: &routed.addr,
+    };
+    let permit = dial::admit(&shared.breakers, target)?;
+    let how = Dial {
+        target,
+        deadline: Instant::now() + shared.limits.backend_timeout,
+        keepalive: shared.limits.timers.tcp_keepalive,
+        tasks: &shared.lifecycle.tasks,
+        retries: &shared.metrics.backend_connect_retries,
+        judge: JUDGE,
+    };
+    let result = tokio::select! {
+        r = tokio::time::timeout_at(how.deadline, send(req, &how, shared)) => {
+            r.unwrap_or_else(|_| Err(target.timeout()))
+        }
+        // The drain's grace period ended while the pod had not answered.
+        _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
+    };
+    let transition = how.settle(permit, &result, shared.breakers.cooldown());
+    shared.metrics.breaker(routed.ordinal, transition);
+    Ok(result?)
+}
+
+/// Takes a connection (retrying a refused one) and sends; once more on a new connection
+/// if a pooled one turned out closed before the request left.
+async fn send(
+    mut req: Request<ReqBody>,
+    how: &Dial<'_>,
+    shared: &Shared,
+) -> Result<Response<PooledBody>, UpstreamError> {
+    let target = how.target;
+    let addr = resolve(target).await?;
+    let pool = &shared.pool;
+    loop {
+        let conn = how
+            .retrying(|| async {
+                pool.checkout(addr).await.map_err(|e| match e {
+                    PoolError::Connect { source, .. } => target.unreachable(source),
+                    PoolError::Handshake { source, .. } => target.protocol(source),
+                })
+            })
+            .await?;
+        let reused = conn.is_reused();
+        match conn.send(req).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => match e.unsent {
+                Some(unsent) if reused => {
+                    tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
+                    req = *unsent;
+                }
+                _ => return Err(target.protocol(e.source)),
+            },
+        }
+    }
+}
+
+/// A pod's address: an `IP:PORT` as the EndpointSlices give it, parsed; a `HOST:PORT`
+/// from a list or template, looked up.
+async fn resolve(target: Target<'_>) -> Result<SocketAddr, UpstreamError> {
+    if let Ok(addr) = target.addr.parse() {
+        return Ok(addr);
+    }
+    let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
+    match tokio::net::lookup_host(target.addr).await {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| target.unreachable(not_found())),
+        Err(e) => Err(target.unreachable(e)),
+    }
+}
+
+/// What a forwarded request holds until its answer has been sent: its admitted places,
+/// and on an HTTP/1.1 connection the connection's way back to the pending pool.
+struct InFlight {
+    _admitted: Admitted,
+    ctx: Arc<ConnCtx>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.ctx.shared.metrics.http.active.dec();
+        self.ctx.request_done();
+    }
+}
+
+/// The pod's answer as the client gets it: hop-by-hop headers gone, `Via` added, the
+/// routing diagnostics if asked for, its body streamed under the stall timeout (spared
+/// for an event stream unless the operator set it) until the tenant moves or the drain
+/// ends.
+fn client_response(
+    resp: Response<PooledBody>,
+    routed: Routed,
+    admitted: Admitted,
+    ctx: &Arc<ConnCtx>,
+) -> Response<ProxyBody> {
+    let shared = &ctx.shared;
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    add_via(&mut parts.headers, parts.version);
+    if shared.policy.route_headers {
+        route_headers(&mut parts.headers, &routed);
+    }
+    if ctx.last_request() {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let timers = shared.limits.http.timers;
+    let event_stream = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("text/event-stream"));
+    let idle = timers
+        .idle
+        .filter(|_| !event_stream || timers.event_streams_idle);
+    shared.metrics.http.active.inc();
+    let held = InFlight {
+        _admitted: admitted,
+        ctx: ctx.clone(),
+    };
+    let body = ForwardBody::new(body, idle, stop(shared, routed), Box::new(held));
+    Response::from_parts(parts, ProxyBody::Forwarded(body))
+}
+
+fn route_headers(headers: &mut HeaderMap, routed: &Routed) {
+    headers.insert(
+        HeaderName::from_static(TABLE_VERSION_HEADER),
+        HeaderValue::from(routed.table_version),
+    );
+    if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
+        headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
+    }
+}
+
+/// What ends a long response (SSE, a long poll) on the router's initiative: the drain's
+/// end, and with `--reroute-drain` its tenant's move, after the same grace and at the
+/// same rate as its sockets.
+fn stop(shared: &Shared, routed: Routed) -> Stop {
+    let drain = shared.lifecycle.close_tunnels.clone();
+    match shared.reroute.clone() {
+        None => Box::pin(async move { drain.cancelled_owned().await }),
+        Some(r) => Box::pin(async move {
+            tokio::select! {
+                _ = drain.cancelled() => {}
+                _ = r.moved(&routed.tenant, routed.ordinal) => {
+                    tracing::debug!(tenant = %routed.tenant, backend.ordinal = routed.ordinal, "tenant moved: its response ends here");
+                }
+            }
+        }),
+    }
+}

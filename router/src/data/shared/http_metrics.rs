@@ -1,0 +1,74 @@
+//! The HTTP forward path's metrics: requests by status and client protocol, those in
+//! flight, the time to the pod's response head, and the keep-alive pool.
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::data::upstream::pool::PoolMetrics;
+use crate::state::labels::StatusLabel;
+
+pub(crate) struct HttpMetrics {
+    /// Plain requests answered, by the status the client got and its protocol.
+    pub requests: Family<StatusLabel, Counter>,
+    /// Forwarded requests whose answer is still being sent.
+    pub active: Gauge,
+    /// From the request head to the pod's response head.
+    pub response_seconds: Histogram,
+    pub pool: PoolMetrics,
+}
+
+impl Default for HttpMetrics {
+    fn default() -> Self {
+        Self {
+            requests: Family::default(),
+            active: Gauge::default(),
+            // 100 µs .. ~6.5 s
+            response_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 17)),
+            pool: PoolMetrics::default(),
+        }
+    }
+}
+
+impl HttpMetrics {
+    pub(crate) fn register(&self, r: &mut Registry) {
+        r.register(
+            "http_requests",
+            "Plain (non-WebSocket) requests under the routed prefix, by the status the client got (the pod's, or the router's refusal) and client protocol (h1, h2)",
+            self.requests.clone(),
+        );
+        r.register(
+            "http_requests_active",
+            "Forwarded requests whose answer is still streaming to the client",
+            self.active.clone(),
+        );
+        r.register(
+            "http_response_seconds",
+            "Time from a forwarded request's head to its pod's response head (backend connect included)",
+            self.response_seconds.clone(),
+        );
+        let p = &self.pool;
+        r.register(
+            "backend_pool_opened",
+            "Keep-alive connections to pods dialled",
+            p.opened.clone(),
+        );
+        r.register(
+            "backend_pool_reused",
+            "Forwarded requests sent on an idle pooled connection",
+            p.reused.clone(),
+        );
+        r.register(
+            "backend_pool_closed_idle",
+            "Idle pooled connections closed: past --backend-pool-idle-timeout, closed by their pod, or to a pod no longer routed to",
+            p.closed_idle.clone(),
+        );
+        r.register(
+            "backend_pool_idle",
+            "Idle pooled connections to pods, over every I/O thread",
+            p.idle.clone(),
+        );
+    }
+}
