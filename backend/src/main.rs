@@ -9,7 +9,7 @@ use clap::Parser;
 #[command(
     name = "echo-backend",
     version,
-    about = "Streams counters and echoes WebSocket messages"
+    about = "Streams counters and echoes WebSocket messages and HTTP bodies (plus SSE and a SignalR test hub)"
 )]
 struct Args {
     /// Address to listen on.
@@ -18,9 +18,13 @@ struct Args {
     /// Time between counter messages (e.g. 1s, 250ms).
     #[arg(long, env = "ECHO_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     interval: Duration,
-    /// WebSocket path prefix.
+    /// Path prefix of everything but /healthz and /stats.
     #[arg(long, env = "ECHO_PATH_PREFIX", default_value = "/ws/")]
     path_prefix: String,
+    /// Where a request names its tenant (the `ns` this server reports), as the router's
+    /// flag: `path` (the segment after the prefix), `header:NAME` or `query:NAME`.
+    #[arg(long, env = "ECHO_TENANT_FROM", default_value = "path")]
+    tenant_from: wsrouter::TenantFrom,
     /// Name in the `server` field; defaults to $POD_NAME, then the hostname.
     #[arg(long, env = "ECHO_SERVER_NAME")]
     server_name: Option<String>,
@@ -49,7 +53,8 @@ async fn main() -> anyhow::Result<()> {
         args.server_name
             .unwrap_or_else(backend::default_server_name),
     )
-    .with_interval(args.interval);
+    .with_interval(args.interval)
+    .with_tenant_from(args.tenant_from);
     config.counters = args.mode == Mode::Counter;
     config.path_prefix = wsrouter::PathPrefix::new(&args.path_prefix).context("--path-prefix")?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -93,9 +93,10 @@ async fn health_and_refusals() -> Result<()> {
     assert!(get(h.local_addr(), "/healthz")
         .await?
         .starts_with("HTTP/1.1 200"));
+    // Not an upgrade: the JSON answer (tests/http.rs), no longer 426.
     assert!(get(h.local_addr(), "/ws/ns-01")
         .await?
-        .starts_with("HTTP/1.1 426"));
+        .starts_with("HTTP/1.1 200"));
     assert!(get(h.local_addr(), "/ws/Bad")
         .await?
         .starts_with("HTTP/1.1 400"));

@@ -83,8 +83,23 @@ fn answer_200(headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Respons
     resp
 }
 
-/// A request that got no upgrade: counted, logged and answered as its verdict says.
-pub(super) fn refused(e: ProxyError, uri: &Uri, ctx: &ConnCtx) -> Response<ProxyBody> {
+/// What a refused request was after, for its log line.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Refused {
+    /// A WebSocket, or a request not routed yet.
+    Upgrade,
+    /// A plain request being forwarded.
+    Request,
+}
+
+/// A request that got no upgrade or no forwarded answer: counted, logged and answered as
+/// its verdict says.
+pub(super) fn refused(
+    e: ProxyError,
+    uri: &Uri,
+    ctx: &ConnCtx,
+    what: Refused,
+) -> Response<ProxyBody> {
     let verdict = e.classify();
     let metrics = &ctx.shared.metrics;
     match verdict.counted {
@@ -98,7 +113,11 @@ pub(super) fn refused(e: ProxyError, uri: &Uri, ctx: &ConnCtx) -> Response<Proxy
             tracing::debug!(client.addr = %ctx.peer, path = uri.path(), status, reason = %e, "request refused");
         }
         Log::Failed => {
-            tracing::warn!(client.addr = %ctx.peer, status, error = %crate::logging::DisplayChain(&e), "upgrade failed");
+            let message = match what {
+                Refused::Upgrade => "upgrade failed",
+                Refused::Request => "request failed",
+            };
+            tracing::warn!(client.addr = %ctx.peer, status, error = %crate::logging::DisplayChain(&e), "{message}");
         }
     }
     error_response(&e, &verdict)

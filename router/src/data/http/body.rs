@@ -69,18 +69,50 @@ pub(crate) enum Cut {
     Stalled(Duration),
 }
 
-/// What the client's body came to, read by the forward step once the backend's answer
-/// failed: the body's own error does not survive hyper's client as a value.
-#[derive(Debug, Default)]
-pub(crate) struct BodyOutcome(AtomicU8);
+/// What the client's body came to, read by the forward step: whether it was cut (the
+/// body's own error does not survive hyper's client as a value), whether it has ended,
+/// and when it last moved, so the wait for the pod's answer starts once the client has
+/// stopped sending.
+#[derive(Debug)]
+pub(crate) struct BodyOutcome {
+    cut: AtomicU8,
+    ended: std::sync::atomic::AtomicBool,
+    since: Instant,
+    /// Milliseconds from `since` to the body's last frame.
+    last_ms: std::sync::atomic::AtomicU64,
+}
 
 const TOO_LARGE: u8 = 1;
 const STALLED: u8 = 2;
 
 impl BodyOutcome {
+    fn new(ended: bool) -> Self {
+        Self {
+            cut: AtomicU8::new(0),
+            ended: ended.into(),
+            since: Instant::now(),
+            last_ms: 0.into(),
+        }
+    }
+
+    /// Whether the client has sent its whole body.
+    pub(crate) fn ended(&self) -> bool {
+        self.ended.load(Ordering::Relaxed)
+    }
+
+    /// When the body last moved (or the request began).
+    pub(crate) fn last_moved(&self) -> Instant {
+        self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    fn moved(&self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
     /// The client's answer, if its body was cut.
     pub(crate) fn error(&self, limit: u64, idle: Option<Duration>) -> Option<ProxyError> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.cut.load(Ordering::Relaxed) {
             TOO_LARGE => Some(ProxyError::BodyTooLarge { limit }),
             STALLED => Some(ProxyError::BodyStalled {
                 idle: idle.unwrap_or_default(),
@@ -138,9 +170,9 @@ pub(crate) struct ClientBody<B> {
     outcome: Arc<BodyOutcome>,
 }
 
-impl<B> ClientBody<B> {
+impl<B: Body> ClientBody<B> {
     pub(crate) fn new(inner: B, limit: u64, idle: Option<Duration>) -> (Self, Arc<BodyOutcome>) {
-        let outcome = Arc::new(BodyOutcome::default());
+        let outcome = Arc::new(BodyOutcome::new(inner.is_end_stream()));
         let body = Self {
             inner,
             limit,
@@ -156,7 +188,7 @@ impl<B> ClientBody<B> {
             Cut::TooLarge(_) => TOO_LARGE,
             Cut::Stalled(_) => STALLED,
         };
-        self.outcome.0.store(code, Ordering::Relaxed);
+        self.outcome.cut.store(code, Ordering::Relaxed);
         Poll::Ready(Some(Err(why.into())))
     }
 }
@@ -185,9 +217,17 @@ where
                 if let Some(s) = this.stall.as_mut() {
                     s.progressed();
                 }
+                this.outcome.moved();
+                if this.inner.is_end_stream() {
+                    this.outcome.ended.store(true, Ordering::Relaxed);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
+            Poll::Ready(None) => {
+                this.outcome.ended.store(true, Ordering::Relaxed);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Pending => match this.stall.as_mut().map(|s| s.poll_expired(cx)) {
                 Some(Poll::Ready(())) => {
                     let idle = this.stall.as_ref().map(|s| s.idle).unwrap_or_default();

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::data::admission::forwarded::{underscore_header, Client};
 use crate::data::http::admit::{self, Admitted};
-use crate::data::http::answer::{FINGERPRINT_HEADER, TABLE_VERSION_HEADER};
+use crate::data::http::answer::{self, Refused, FINGERPRINT_HEADER, TABLE_VERSION_HEADER};
 use crate::data::http::body::{BodyOutcome, ClientBody, ForwardBody, ProxyBody, Stop};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
@@ -31,7 +31,7 @@ use crate::data::shared::Shared;
 use crate::data::upstream::dial::{self, Dial};
 use crate::data::upstream::error::{Target, UpstreamError};
 use crate::data::upstream::headers::{header_has_token, strip_hop_by_hop};
-use crate::data::upstream::pool::pooled::PooledBody;
+use crate::data::upstream::pool::pooled::{Pooled, PooledBody};
 use crate::data::upstream::pool::{BoxError, PoolError, ReqBody};
 
 /// What a client's request body may be: hyper's (HTTP/1.1) or an HTTP/2 stream's.
@@ -44,34 +44,34 @@ impl<B> ClientBodyIn for B where
 {
 }
 
-/// Forwards `req` to its routed pod; the pod's answer, streaming, or why there is none.
-/// Counted by the status the client gets.
+/// Forwards `req` to its routed pod: the pod's answer, streaming, or the router's
+/// refusal, as the client gets it. Counted by that status (`http_requests`).
 pub(super) async fn forward<B: ClientBodyIn>(
     req: Request<B>,
     routed: Routed,
     ctx: &Arc<ConnCtx>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+) -> Response<ProxyBody> {
     let protocol = crate::state::labels::protocol(req.version());
+    let uri = req.uri().clone();
     let started = Instant::now();
-    let result = forward_request(req, routed, ctx).await;
-    let status = match &result {
-        Ok(resp) => resp.status(),
-        Err(e) => e.classify().status,
-    };
     let metrics = &ctx.shared.metrics.http;
+    let resp = match forward_request(req, routed, ctx).await {
+        Ok(resp) => {
+            metrics
+                .response_seconds
+                .observe(started.elapsed().as_secs_f64());
+            resp
+        }
+        Err(e) => answer::refused(e, &uri, ctx, Refused::Request),
+    };
     metrics
         .requests
         .get_or_create(&StatusLabel {
-            status: status.as_u16(),
+            status: resp.status().as_u16(),
             protocol,
         })
         .inc();
-    if result.is_ok() {
-        metrics
-            .response_seconds
-            .observe(started.elapsed().as_secs_f64());
-    }
-    result
+    resp
 }
 
 async fn forward_request<B: ClientBodyIn>(
@@ -86,11 +86,13 @@ async fn forward_request<B: ClientBodyIn>(
     }
     let admitted = admit::admit_request(&req, ctx, &routed)?;
     let (backend_req, outcome) = backend_request(req, &admitted.client, shared, &routed);
-    let resp = exchange(backend_req, &routed, shared).await.map_err(|e| {
-        outcome
-            .error(limit, shared.limits.http.timers.idle)
-            .unwrap_or(e)
-    })?;
+    let resp = exchange(backend_req, &routed, shared, &outcome)
+        .await
+        .map_err(|e| {
+            outcome
+                .error(limit, shared.limits.http.timers.idle)
+                .unwrap_or(e)
+        })?;
     Ok(client_response(resp, routed, admitted, ctx))
 }
 
@@ -150,14 +152,16 @@ fn add_via(headers: &mut HeaderMap, received: Version) {
     headers.append(header::VIA, HeaderValue::from_static(hop));
 }
 
-/// The exchange with the pod under its circuit breaker, within the backend timeout
-/// (connect and response head): a connection refused or reset is retried as for an
-/// upgrade; a request that never left (its pooled connection closed as it was taken)
-/// goes again on a new connection. Nothing that left is sent twice.
+/// The exchange with the pod. Reaching it (a connection refused or reset is retried, as
+/// for an upgrade) is bounded by the backend timeout and is what its circuit breaker
+/// hears. The answer's head may then take as long as a body may stall: a long poll
+/// (Socket.IO, SignalR) holds its answer until it has something to say, and a pod
+/// that is thinking is not a pod that is down.
 async fn exchange(
     req: Request<ReqBody>,
     routed: &Routed,
     shared: &Shared,
+    body: &BodyOutcome,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let target = Target {
         ordinal: routed.ordinal,
@@ -172,48 +176,96 @@ async fn exchange(
         retries: &shared.metrics.backend_connect_retries,
         judge: JUDGE,
     };
-    let result = tokio::select! {
-        r = tokio::time::timeout_at(how.deadline, send(req, &how, shared)) => {
+    let drain = &shared.lifecycle.close_tunnels;
+    let reached = tokio::select! {
+        r = tokio::time::timeout_at(how.deadline, connect(&how, shared)) => {
             r.unwrap_or_else(|_| Err(target.timeout()))
         }
-        // The drain's grace period ended while the pod had not answered.
-        _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
+        // The drain's grace period ended while the pod had not been reached.
+        _ = drain.cancelled() => return Err(ProxyError::ShuttingDown),
     };
-    let transition = how.settle(permit, &result, shared.breakers.cooldown());
+    let transition = how.settle(permit, &reached, shared.breakers.cooldown());
     shared.metrics.breaker(routed.ordinal, transition);
-    Ok(result?)
+    let (addr, conn) = reached?;
+    let answer = send(conn, req, addr, &how, shared);
+    let idle = shared.limits.http.timers.idle;
+    tokio::select! {
+        r = answer => r,
+        () = quiet_for(idle, body) => Err(if body.ended() {
+            target.timeout().into()
+        } else {
+            ProxyError::BodyStalled { idle: idle.unwrap_or_default() }
+        }),
+        _ = drain.cancelled() => Err(ProxyError::ShuttingDown),
+    }
 }
 
-/// Takes a connection (retrying a refused one) and sends; once more on a new connection
-/// if a pooled one turned out closed before the request left.
-async fn send(
-    mut req: Request<ReqBody>,
-    how: &Dial<'_>,
-    shared: &Shared,
-) -> Result<Response<PooledBody>, UpstreamError> {
+/// Resolves once the exchange has been quiet for `idle`: no answer, and no request body
+/// moving (an upload in progress is not a pod that does not answer). Never without one.
+async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
+    let Some(idle) = idle else {
+        return std::future::pending().await;
+    };
+    loop {
+        let deadline = body.last_moved() + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// The pod's address and a connection to it, from the pool or new.
+async fn connect(how: &Dial<'_>, shared: &Shared) -> Result<(SocketAddr, Pooled), UpstreamError> {
     let target = how.target;
     let addr = resolve(target).await?;
-    let pool = &shared.pool;
-    loop {
-        let conn = how
-            .retrying(|| async {
-                pool.checkout(addr).await.map_err(|e| match e {
-                    PoolError::Connect { source, .. } => target.unreachable(source),
-                    PoolError::Handshake { source, .. } => target.protocol(source),
-                })
-            })
-            .await?;
-        let reused = conn.is_reused();
-        match conn.send(req).await {
-            Ok(resp) => return Ok(resp),
-            Err(e) => match e.unsent {
-                Some(unsent) if reused => {
-                    tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
-                    req = *unsent;
-                }
-                _ => return Err(target.protocol(e.source)),
-            },
-        }
+    let conn = how
+        .retrying(|| async {
+            shared
+                .pool
+                .checkout(addr)
+                .await
+                .map_err(|e| unreached(target, e))
+        })
+        .await?;
+    Ok((addr, conn))
+}
+
+/// Sends on `conn`; once more on a new connection (within the backend timeout) if a
+/// pooled one turned out closed before the request left. Nothing that left is sent
+/// twice, whatever its method.
+async fn send(
+    conn: Pooled,
+    req: Request<ReqBody>,
+    addr: SocketAddr,
+    how: &Dial<'_>,
+    shared: &Shared,
+) -> Result<Response<PooledBody>, ProxyError> {
+    let target = how.target;
+    let reused = conn.is_reused();
+    let e = match conn.send(req).await {
+        Ok(resp) => return Ok(resp),
+        Err(e) => e,
+    };
+    let Some(unsent) = e.unsent.filter(|_| reused) else {
+        return Err(target.protocol(e.source).into());
+    };
+    tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
+    let fresh = tokio::time::timeout(shared.limits.backend_timeout, shared.pool.checkout(addr))
+        .await
+        .map_err(|_| target.timeout())?
+        .map_err(|e| unreached(target, e))?;
+    fresh
+        .send(*unsent)
+        .await
+        .map_err(|e| target.protocol(e.source).into())
+}
+
+/// A connection the pool could not make, as the upgrade's errors say it.
+fn unreached(target: Target<'_>, e: PoolError) -> UpstreamError {
+    match e {
+        PoolError::Connect { source, .. } => target.unreachable(source),
+        PoolError::Handshake { source, .. } => target.protocol(source),
     }
 }
 

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::data::http::answer;
+use crate::data::http::answer::{self, Refused};
 use crate::data::http::body::ProxyBody;
 use crate::data::http::dial;
 use crate::data::http::forward::{self, ClientBodyIn};
@@ -85,13 +85,17 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
     }
     let (version, uri) = (req.version(), req.uri().clone());
     let (resp, relay) = match story(req, ctx).await {
-        Ok(answer) => answer,
-        Err(e) => (answer::refused(e, &uri, ctx), None),
+        // Counted by the forward step, in `http_requests`.
+        Ok(Told {
+            resp,
+            forwarded: true,
+            ..
+        }) => return answered(resp, ctx),
+        Ok(Told { resp, relay, .. }) => (resp, relay),
+        Err(e) => (answer::refused(e, &uri, ctx, Refused::Upgrade), None),
     };
-    if !matches!(resp.body(), ProxyBody::Forwarded(_)) {
-        // Nothing of this request is left in flight once its small answer is written.
-        ctx.request_done();
-    }
+    // Nothing of this request is left in flight once its small answer is written.
+    ctx.request_done();
     ctx.shared
         .metrics
         .upgrade_responses
@@ -109,6 +113,23 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
     Answer { resp, relay }
 }
 
+/// A forwarded request's answer. Its request stays in flight while a forwarded body
+/// streams (its end says when it is done); any other answer is small and written at once.
+fn answered(resp: Response<ProxyBody>, ctx: &ConnCtx) -> Answer {
+    if !matches!(resp.body(), ProxyBody::Forwarded(_)) {
+        ctx.request_done();
+    }
+    Answer { resp, relay: None }
+}
+
+/// What the story came to: a plain request's answer (`forwarded`), or a WebSocket's
+/// (with its relay on an upgrade).
+struct Told {
+    resp: Response<ProxyBody>,
+    relay: Option<PendingRelay>,
+    forwarded: bool,
+}
+
 /// hyper hands the socket of an upgrade-shaped request to its upgrade future even when
 /// the answer is not 101; claim it and close it cleanly (TLS close_notify, then FIN)
 /// instead of letting it drop.
@@ -124,21 +145,28 @@ fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
 
 /// The request's way through, step by step: parsed, routed, then relayed as a WebSocket
 /// or forwarded as a plain request.
-async fn story<B: ClientBodyIn>(
-    req: Request<B>,
-    ctx: &Arc<ConnCtx>,
-) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
+async fn story<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Result<Told, ProxyError> {
     let shared = &ctx.shared;
     let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
     let h2 = req.version() == http::Version::HTTP_2;
     match kind {
         Kind::Plain => {
             let routed = decide::decide(tenant, host, false, shared)?;
-            Ok((forward::forward(req, routed, ctx).await?, None))
+            let resp = forward::forward(req, routed, ctx).await;
+            Ok(Told {
+                resp,
+                relay: None,
+                forwarded: true,
+            })
         }
         Kind::WebSocket { key } => {
             let routed = decide::decide(tenant, host, h2, shared)?;
-            websocket(&req, &key, routed, ctx).await
+            let (resp, relay) = websocket(&req, &key, routed, ctx).await?;
+            Ok(Told {
+                resp,
+                relay,
+                forwarded: false,
+            })
         }
     }
 }

@@ -1,0 +1,488 @@
+//! Plain HTTP beside the sockets: every request under the prefix reaches its tenant's
+//! pod, per request (one client connection carries many tenants), over HTTP/1.1 and
+//! HTTP/2, with proxy semantics, streaming bodies, limits, and table swaps that never
+//! cut a request in flight.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use router::{DevCert, Input, RerouteConfig};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use wsrouter::TableSource;
+
+use crate::harness::*;
+use crate::http_backend::HttpPod;
+
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Four recording pods behind a router started with `opts` (its backends replaced).
+pub(crate) async fn router_over_pods(
+    mut opts: Options,
+) -> Result<(Harness, Vec<HttpPod>, DevCert)> {
+    let mut pods = Vec::new();
+    for i in 0..opts.backends {
+        pods.push(HttpPod::start(&format!("backend-{i}")).await?);
+    }
+    opts.replace = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.addr.to_string()))
+        .chain(opts.replace.clone())
+        .collect();
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(opts, &cert).await?;
+    Ok((h, pods, cert))
+}
+
+/// An HTTP client connection to the router: HTTP/1.1, or HTTP/2 by ALPN.
+pub(crate) enum Client {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+impl Client {
+    pub(crate) async fn connect(h: &Harness, cert: &DevCert, h2: bool) -> Result<Self> {
+        let mut config = (*cert.client_config()).clone();
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        let tcp = TcpStream::connect(h.addr()).await?;
+        let tls = TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("localhost")?, tcp)
+            .await?;
+        let io = TokioIo::new(tls);
+        if h2 {
+            let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(conn);
+            Ok(Self::H2(send))
+        } else {
+            let (send, conn) = hyper::client::conn::http1::handshake(io).await?;
+            tokio::spawn(conn);
+            Ok(Self::H1(send))
+        }
+    }
+
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> Result<Response<Incoming>> {
+        within(WAIT, "an answer", async {
+            Ok(match self {
+                Self::H1(s) => {
+                    s.ready().await?;
+                    s.send_request(req).await?
+                }
+                Self::H2(s) => {
+                    s.ready().await?;
+                    s.send_request(req).await?
+                }
+            })
+        })
+        .await?
+    }
+
+    /// GET `path` with `headers`; the status and the whole body.
+    pub(crate) async fn get(&mut self, path: &str) -> Result<(StatusCode, String)> {
+        let resp = self.send(get(path)).await?;
+        let status = resp.status();
+        let body = within(WAIT, "a body", resp.into_body().collect()).await??;
+        Ok((
+            status,
+            String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+        ))
+    }
+}
+
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed()
+}
+
+pub(crate) fn empty() -> Body {
+    Empty::new()
+        .map_err(|e: std::convert::Infallible| match e {})
+        .boxed()
+}
+
+pub(crate) fn get(path: &str) -> Request<Body> {
+    Request::get(format!("https://localhost{path}"))
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The pod a JSON answer names.
+fn pod_of(body: &str) -> String {
+    body.split(r#""pod":""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_request_reaches_its_tenants_pod_over_one_connection() -> Result<()> {
+    let (h, pods, cert) = router_over_pods(Options::default()).await?;
+    for h2 in [false, true] {
+        // One client connection, many tenants: the decision is per request.
+        let mut client = Client::connect(&h, &cert, h2).await?;
+        for i in 0..24 {
+            let tenant = format!("tenant-{i}");
+            let (status, body) = client.get(&format!("/ws/{tenant}/negotiate?x={i}")).await?;
+            assert_eq!(status, 200, "{body}");
+            let want = format!("backend-{}", h.ordinal(&tenant));
+            assert_eq!(pod_of(&body), want, "h2={h2} {tenant}: {body}");
+            assert!(
+                body.contains(&format!("/ws/{tenant}/negotiate?x={i}")),
+                "{body}"
+            );
+        }
+        let (status, body) = client.get("/elsewhere").await?;
+        assert_eq!(status, 404, "{body}");
+    }
+    // Twenty-four tenants over four pods, twice: the pool carried most of them.
+    let m = samples(&h.admin_get("/metrics").await?.body);
+    assert!(m["wsrouter_backend_pool_reused_total"] >= 24.0, "{m:?}");
+    // Each I/O thread keeps its own idle connections (two here).
+    assert!(m["wsrouter_backend_pool_opened_total"] <= 16.0, "{m:?}");
+    for proto in ["h1", "h2"] {
+        let key = format!(r#"wsrouter_http_requests_total{{status="200",protocol="{proto}"}}"#);
+        assert_eq!(m.get(&key), Some(&24.0), "{key}");
+    }
+    let seen: usize = pods.iter().map(|p| p.seen().len()).sum();
+    assert_eq!(seen, 48);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pod_hears_a_proxied_request_and_the_client_a_proxied_answer() -> Result<()> {
+    let mut limits = limits();
+    // The Origin allowlist is the sockets' rule: a CORS preflight passes untouched.
+    limits.policy.origins = router::Origins::parse(&["https://app.example".to_owned()], true)?;
+    let (h, pods, cert) = router_over_pods(Options {
+        backends: 1,
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    let req = Request::post("/ws/acme/api?q=1")
+        .header("host", "example.test:8443")
+        .header("connection", "x-secret")
+        .header("x-secret", "hop")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .header("te", "trailers")
+        .header("x_under", "dropped")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("cookie", "session=1")
+        .body(full("hello"))?;
+    let resp = client.send(req).await?;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["via"], "1.1 wsrouter");
+    for hop in ["x-hop", "keep-alive"] {
+        assert!(
+            !resp.headers().contains_key(hop),
+            "{hop} reached the client"
+        );
+    }
+    let seen = pods[0].seen();
+    let r = seen.last().context("a request")?;
+    assert_eq!(r.target, "/ws/acme/api?q=1");
+    assert_eq!(r.body, b"hello");
+    assert_eq!(r.headers["host"], "example.test:8443");
+    assert_eq!(r.headers["via"], "1.1 wsrouter");
+    assert_eq!(r.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(r.headers["x-forwarded-host"], "example.test:8443");
+    assert_eq!(r.headers["cookie"], "session=1");
+    assert_eq!(r.headers["te"], "trailers");
+    for hop in ["x-secret", "keep-alive", "proxy-connection", "x_under"] {
+        assert!(!r.headers.contains_key(hop), "{hop} reached the pod");
+    }
+
+    let preflight = Request::options("/ws/acme/api")
+        .header("host", "localhost")
+        .header("origin", "https://elsewhere.example")
+        .header("access-control-request-method", "POST")
+        .body(empty())?;
+    assert_eq!(client.send(preflight).await?.status(), 200);
+    let seen = pods[0].seen();
+    let r = seen.last().context("the preflight")?;
+    assert_eq!(r.method, http::Method::OPTIONS);
+    assert_eq!(r.headers["origin"], "https://elsewhere.example");
+    assert_eq!(r.headers["access-control-request-method"], "POST");
+
+    // HEAD keeps its length and sends no body; 204 and 304 have none; the connection
+    // carries on after each.
+    let head = client
+        .send(
+            Request::head("/ws/acme/x")
+                .header("host", "h")
+                .body(empty())?,
+        )
+        .await?;
+    assert!(head.headers().contains_key("content-length"));
+    assert!(head.into_body().collect().await?.to_bytes().is_empty());
+    for code in [204, 304] {
+        let (status, body) = client.get(&format!("/ws/acme/status-{code}")).await?;
+        assert_eq!((status.as_u16(), body.as_str()), (code, ""));
+    }
+    assert_eq!(client.get("/ws/acme/after").await?.0, 200);
+    Ok(())
+}
+
+/// A request body the test feeds chunk by chunk.
+fn streamed_body() -> (tokio::sync::mpsc::Sender<Bytes>, Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    });
+    (tx, BodyExt::boxed(StreamBody::new(frames)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways_without_buffering() -> Result<()> {
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        ..Options::default()
+    })
+    .await?;
+    for h2 in [false, true] {
+        let mut client = Client::connect(&h, &cert, h2).await?;
+        let (tx, body) = streamed_body();
+        let req = Request::post("https://localhost/ws/up/echo")
+            .header("host", "localhost")
+            .body(body)?;
+        tx.send(Bytes::from_static(b"first")).await?;
+        let resp = client.send(req).await?;
+        let mut body = resp.into_body();
+        // Each piece comes back before the next is sent: nothing waits for the whole.
+        for piece in ["first", "second", "third"] {
+            if piece != "first" {
+                tx.send(Bytes::from(piece)).await?;
+            }
+            let frame = within(WAIT, "an echoed piece", body.frame()).await?;
+            let data = frame.context("ended")??.into_data().ok().context("data")?;
+            assert_eq!(data, piece.as_bytes(), "h2={h2}");
+        }
+        drop(tx);
+        within(WAIT, "the end", body.collect()).await??;
+
+        // An event stream arrives event by event.
+        let resp = client.send(get("/ws/up/sse?n=0")).await?;
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        let mut events = resp.into_body();
+        for i in 0..3 {
+            let frame = within(WAIT, "an event", events.frame()).await?;
+            let data = frame.context("ended")??.into_data().ok().context("data")?;
+            let text = String::from_utf8_lossy(&data).into_owned();
+            assert!(text.starts_with(&format!("id: {i}\n")), "{text}");
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_to_an_http2_client() -> Result<()> {
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, true).await?;
+    let mut req = get("/ws/t/trailers");
+    req.headers_mut()
+        .insert("te", http::HeaderValue::from_static("trailers"));
+    let resp = client.send(req).await?;
+    let collected = within(WAIT, "the body", resp.into_body().collect()).await??;
+    let trailers = collected.trailers().cloned().context("no trailers")?;
+    assert_eq!(trailers["x-checksum"], "abc123");
+    assert_eq!(collected.to_bytes(), "part one, part two");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_fail_get_the_same_answers_as_for_sockets() -> Result<()> {
+    let refusing = Refusing::start().await?;
+    let hole = BlackHole::start().await?;
+    let mut limits = limits();
+    limits.backend_timeout = Duration::from_secs(1);
+    // A pod that takes the request has as long as a body may stall to answer.
+    limits.http.timers.idle = Some(Duration::from_secs(1));
+    let (h, _pods, cert) = router_over_pods(Options {
+        limits,
+        replace: vec![(1, refusing.addr.to_string()), (3, hole.addr.to_string())],
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    let cases = [
+        (tenant_on(&h, 1, 0), "", 502, "backend unavailable"),
+        (tenant_on(&h, 3, 0), "", 504, "did not answer in time"),
+        // A pod that takes the request and never answers: the same 504.
+        (tenant_on(&h, 0, 0), "/hang", 504, "did not answer in time"),
+    ];
+    for (tenant, tail, status, reason) in cases {
+        let started = Instant::now();
+        let (got, body) = client.get(&format!("/ws/{tenant}{tail}")).await?;
+        assert_eq!(got.as_u16(), status, "{body}");
+        assert!(body.contains(reason), "{body}");
+        assert!(started.elapsed() < Duration::from_secs(4));
+        // A refusal closes the connection; the next request takes a new one.
+        client = Client::connect(&h, &cert, false).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_outlasts_the_backend_timeout_and_trips_nothing() -> Result<()> {
+    let mut limits = limits();
+    limits.backend_timeout = Duration::from_millis(500);
+    limits.breaker.failures = 1;
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    for _ in 0..2 {
+        let (status, body) = client.get("/ws/poller/slow?ms=1500").await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    let m = samples(&h.admin_get("/metrics").await?.body);
+    let trips = m.get(r#"wsrouter_backend_circuit_trips_total{ordinal="0"}"#);
+    assert_eq!(trips.copied().unwrap_or(0.0), 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Result<()> {
+    let (h, _pods, cert) = router_over_pods(Options {
+        reroute: Some(RerouteConfig {
+            grace: Duration::from_millis(300),
+            per_second: 1000,
+        }),
+        ..Options::default()
+    })
+    .await?;
+    let moving = tenant_on(&h, 1, 0);
+    let staying = tenant_on(&h, 2, 0);
+    let mut client = Client::connect(&h, &cert, true).await?;
+    let mut moved = client
+        .send(get(&format!("/ws/{moving}/sse")))
+        .await?
+        .into_body();
+    let mut kept = client
+        .send(get(&format!("/ws/{staying}/sse")))
+        .await?
+        .into_body();
+    within(WAIT, "first events", async {
+        moved.frame().await;
+        kept.frame().await;
+    })
+    .await?;
+    let swap = Input::Overrides {
+        source: TableSource::File {
+            path: "test".into(),
+        },
+        data: Some(BTreeMap::from([(moving.clone(), "3".to_owned())])),
+    };
+    h.router.control().send(swap);
+    h.wait_table("the move", |t| t.route(&moving).ordinal == 3)
+        .await?;
+    // The moved tenant's stream ends cleanly at an event boundary (no error, no
+    // partial event), so its EventSource reconnects, to its new pod.
+    let mut events = 0;
+    let ended = within(WAIT, "the moved stream's end", async {
+        loop {
+            match moved.frame().await {
+                None => return Ok::<_, anyhow::Error>(events),
+                Some(Ok(f)) => {
+                    // (HTTP/2 ends the stream with an empty DATA frame.)
+                    let data = f.into_data().unwrap_or_default();
+                    if !data.is_empty() {
+                        ensure!(data.ends_with(b"\n\n"), "a partial event: {data:?}");
+                        events += 1;
+                    }
+                }
+                Some(Err(e)) => anyhow::bail!("ended with an error: {e}"),
+            }
+        }
+    })
+    .await??;
+    assert!(ended > 0, "the stream ended before the grace period");
+    let (_, body) = client.get(&format!("/ws/{moving}/x")).await?;
+    assert_eq!(pod_of(&body), "backend-3");
+    // The other tenant's stream goes on.
+    for _ in 0..3 {
+        let frame = within(WAIT, "an event after the swap", kept.frame()).await?;
+        ensure!(frame.is_some_and(|f| f.is_ok()), "the kept stream ended");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_lets_requests_finish_and_ends_event_streams_at_its_end() -> Result<()> {
+    let (h, _pods, cert) = router_over_pods(Options {
+        drain_grace: Duration::from_millis(500),
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    let mut stream = client.send(get("/ws/drained/sse")).await?.into_body();
+    within(WAIT, "an event", stream.frame()).await?;
+    let started = Instant::now();
+    h.router.shutdown();
+    // Events keep coming through the grace period, then the stream ends cleanly.
+    let ended = within(WAIT, "the stream's end", async {
+        loop {
+            match stream.frame().await {
+                None => return Ok::<_, anyhow::Error>(()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("ended with an error: {e}"),
+            }
+        }
+    })
+    .await;
+    ended??;
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pooled_connection_its_pod_closed_is_retried_unsent() -> Result<()> {
+    let (h, pods, cert) = router_over_pods(Options {
+        backends: 1,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, false).await?;
+    assert_eq!(client.get("/ws/t/a").await?.0, 200);
+    // The pod restarts on the same address: the pooled connection is dead.
+    let addr = pods[0].addr;
+    for pod in pods {
+        pod.stop().await;
+    }
+    let restarted = HttpPod::start_on(addr, "backend-0").await?;
+    for i in 0..3 {
+        let (status, body) = client.get(&format!("/ws/t/after-{i}")).await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(restarted.seen().len(), 3);
+    Ok(())
+}
