@@ -185,6 +185,7 @@ http_cells() {
     n=$(field requests <<<"$r")
     record "$round" "$target" "$w" req_per_s "$(field requests_per_second <<<"$r")"
     record "$round" "$target" "$w" errors "$(field errors <<<"$r")"
+    record "$round" "$target" "$w" p50_sat_us "$(field latency.p50_us <<<"$r")"
     record "$round" "$target" "$w" p99_sat_us "$(field latency.p99_us <<<"$r")"
     if [[ -n $TARGET_PID && $n -gt 0 ]]; then
       record "$round" "$target" "$w" cpu_s_per_M_reqs "$(python3 -c "print(($t1-$t0)/$TICKS/$n*1e6)")"

@@ -17,6 +17,7 @@ HIGHER = {
     "p50_us": False,
     "p99_us": False,
     "p999_us": False,
+    "p50_sat_us": False,
     "p99_sat_us": False,
     "cpu_s_per_M_reqs": False,
     "cpu_s_per_M_msgs": False,
