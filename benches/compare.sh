@@ -12,10 +12,19 @@
 #   benches/compare.sh                    # 3 rounds, 8 s per measurement
 #   ROUNDS=1 SECONDS_PER_RUN=4 IDLE_CONNS=2000 benches/compare.sh   # a quick look
 #   TARGETS="wsrouter haproxy" CONNS=500 SIZES=64 MEMORY=0 HANDSHAKES=0 benches/compare.sh
+#   # The HTTP cell alone (plain requests, no WebSockets):
+#   WS=0 MEMORY=0 HANDSHAKES=0 benches/compare.sh
 #   # A/B of two wsrouter builds or flag sets in one run (target wsrouter-b):
 #   TARGETS="wsrouter wsrouter-b" WSROUTER_B_BIN=/tmp/other/wsrouter benches/compare.sh
 #   TARGETS="wsrouter wsrouter-b" WSROUTER_B_ARGS="--proxy-protocol on --trusted-proxies 127.0.0.0/8" \
 #     WSLOAD_B_ARGS=--proxy-v2 MEMORY=0 benches/compare.sh
+#
+# The HTTP cell (HTTP=1, the default): small GETs and small POSTs (HTTP_BODY bytes) over
+# TLS keep-alive from HTTP_CONNS connections, to /ws/tenant-N/items over HTTP_TENANTS
+# tenants, each request routed on its own by its tenant (the same hash as the WebSockets'),
+# the proxy keeping connections alive to the backends too. `wrk` (Debian's, pinned below)
+# drives it with benches/http.lua: requests per second flat out (and the p99 there), then
+# the p50/p99/p999 at a fixed HTTP_RATE requests per second, timed from each send.
 #
 # Output: a table on stdout, and every raw measurement in $OUT/results.tsv
 # (OUT defaults to target/compare). Installs haproxy and nginx with apt-get, and Envoy
@@ -33,11 +42,25 @@ SIZES=${SIZES:-"64 16384"}
 MEMORY=${MEMORY:-1}     # 0: skip the idle-memory run
 HANDSHAKES=${HANDSHAKES:-1}
 WORKERS=${WORKERS:-2}
+WS=${WS:-1}             # 0: skip the WebSocket throughput and latency cells
+HTTP=${HTTP:-1}         # 0: skip the HTTP cell
+HTTP_CONNS=${HTTP_CONNS:-50}
+HTTP_TENANTS=${HTTP_TENANTS:-1000}
+HTTP_BODY=${HTTP_BODY:-128}
+HTTP_RATE=${HTTP_RATE:-5000}
 BENCH_NAME=compare
 # Room for the 9,000 idle connections and the load tool's margin.
 WSROUTER_ARGS="--max-connections 9900"
 # shellcheck source=benches/peers.sh
 source "$(dirname "$0")/peers.sh"
+# wrk for the HTTP cell: Debian's, pinned (bookworm's; a C event loop that spends less of
+# the two shared cores per request than the proxies it measures).
+WRK_VERSION=4.1.0-3+b2
+if [[ $HTTP == 1 ]] && ! dpkg-query -W -f '${Version}' wrk 2>/dev/null | grep -qxF "$WRK_VERSION"; then
+  log "installing wrk $WRK_VERSION from Debian"
+  apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "wrk=$WRK_VERSION" >/dev/null
+fi
 RESULTS=$OUT/results.tsv
 printf 'round\ttarget\tworkload\tmetric\tvalue\n' >"$RESULTS"
 record() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >>"$RESULTS"; }
@@ -58,6 +81,18 @@ run_round() {
   local round=$1 target=$2
   TARGET=$target
   start_target "$target"
+  if [[ $WS == 1 ]]; then ws_cells "$round" "$target"; fi
+  if [[ $HTTP == 1 ]]; then http_cells "$round" "$target"; fi
+  # Handshakes: new TLS connections per second, each through to its first echo.
+  [[ $HANDSHAKES == 1 ]] || { stop_target; return 0; }
+  r=$(load --mode hold-idle -c "$HANDSHAKE_CONNS" --parallel 64 --sources 8 --duration 0s)
+  record "$round" "$target" handshake conns_per_s "$(field connects_per_second <<<"$r")"
+  log "round $round $target: $(printf '%.0f' "$(field connects_per_second <<<"$r")") handshakes/s"
+  stop_target
+}
+
+ws_cells() {
+  local round=$1 target=$2 r
   # Warm-up: connections, TLS session machinery, allocator.
   load --mode throughput -c 50 --size 64 --duration 1s >/dev/null
   for conns in $CONNS; do
@@ -88,12 +123,82 @@ run_round() {
       log "round $round $target $w: $(printf '%.0f' "$mps") msg/s; p99 $(field latency.p99_us <<<"$r") µs"
     done
   done
-  # Handshakes: new TLS connections per second, each through to its first echo.
-  [[ $HANDSHAKES == 1 ]] || { stop_target; return 0; }
-  r=$(load --mode hold-idle -c "$HANDSHAKE_CONNS" --parallel 64 --sources 8 --duration 0s)
-  record "$round" "$target" handshake conns_per_s "$(field connects_per_second <<<"$r")"
-  log "round $round $target: $(printf '%.0f' "$(field connects_per_second <<<"$r")") handshakes/s"
-  stop_target
+}
+
+http_url() {
+  if [[ $1 == direct ]]; then echo "http://127.0.0.1:${BACKEND_PORTS[0]}"; else echo "https://127.0.0.1:${PORT[$1]}"; fi
+}
+
+# wrk METHOD DELAY_MS SECONDS → http.lua's JSON report on stdout (wrk's own text in logs/).
+http_load() {
+  local log=$OUT/logs/wrk-$TARGET-$1-$2.txt
+  wrk -t 2 -c "$HTTP_CONNS" -d "${3}s" --timeout 5s -s "$ROOT/benches/http.lua" \
+    "$(http_url "$TARGET")" -- "$1" "$HTTP_TENANTS" "$HTTP_BODY" "$2" >"$log" 2>&1 ||
+    die "wrk against $TARGET failed: $(tail -3 "$log")"
+  sed -n 's/^JSON //p' "$log"
+}
+
+# Before measuring, that the target answers as the cell expects: 16 tenants' GETs each
+# 200 from some backend (and, through a proxy, from more than one: it routes), a POST
+# echoed byte for byte.
+http_check() {
+  local target=$1 url servers="" body
+  url=$(http_url "$target")
+  for n in $(seq 1 16); do
+    body=$(curl -sk --fail --max-time 5 "$url/ws/tenant-$n/items") ||
+      die "GET /ws/tenant-$n/items through $target failed"
+    servers+="$(python3 -c 'import json, sys; print(json.load(sys.stdin)["server"])' <<<"$body")"$'\n'
+  done
+  if [[ $target != direct && $(sort -u <<<"$servers" | grep -c .) -lt 2 ]]; then
+    die "$target sent 16 tenants to one backend: $(sort -u <<<"$servers" | tr '\n' ' ')"
+  fi
+  local sent
+  sent=$(head -c "$HTTP_BODY" /dev/zero | tr '\0' x)
+  body=$(curl -sk --fail --max-time 5 -H 'Content-Type: application/octet-stream' \
+    --data-binary "$sent" "$url/ws/tenant-1/items") || die "POST through $target failed"
+  [[ $body == "$sent" ]] || die "POST through $target came back as ${#body} bytes, not its $HTTP_BODY"
+}
+
+# TCP sockets to the backends' ports in a state (established, time-wait): the witness that a
+# proxy keeps its backend connections alive (a few dozen established, time-wait not growing
+# by the thousands as it would with a connection per request).
+backend_sockets() {
+  ss -Htn state "$1" "( dport >= :${BACKEND_PORTS[0]} and dport <= :${BACKEND_PORTS[3]} )" | wc -l
+}
+
+http_cells() {
+  local round=$1 target=$2 r
+  http_check "$target"
+  http_load GET 0 1 >/dev/null # warm-up: connections to the backends, TLS, allocator
+  local method w t0 t1 n delay rps tw
+  # The fixed load's pause between a response and the connection's next request.
+  delay=$((HTTP_CONNS * 1000 / HTTP_RATE))
+  for method in GET POST; do
+    w=http_get_c$HTTP_CONNS
+    [[ $method == POST ]] && w=http_post${HTTP_BODY}_c$HTTP_CONNS
+    tw=$(backend_sockets time-wait)
+    t0=$(cpu_ticks)
+    r=$(http_load "$method" 0 "$SECONDS_PER_RUN")
+    t1=$(cpu_ticks)
+    record "$round" "$target" "$w" backend_conns_established "$(backend_sockets established)"
+    record "$round" "$target" "$w" backend_time_wait_added "$(($(backend_sockets time-wait) - tw))"
+    n=$(field requests <<<"$r")
+    record "$round" "$target" "$w" req_per_s "$(field requests_per_second <<<"$r")"
+    record "$round" "$target" "$w" errors "$(field errors <<<"$r")"
+    record "$round" "$target" "$w" p50_sat_us "$(field latency.p50_us <<<"$r")"
+    record "$round" "$target" "$w" p99_sat_us "$(field latency.p99_us <<<"$r")"
+    if [[ -n $TARGET_PID && $n -gt 0 ]]; then
+      record "$round" "$target" "$w" cpu_s_per_M_reqs "$(python3 -c "print(($t1-$t0)/$TICKS/$n*1e6)")"
+    fi
+    rps=$(field requests_per_second <<<"$r")
+    r=$(http_load "$method" "$delay" "$SECONDS_PER_RUN")
+    record "$round" "$target" "$w" paced_req_per_s "$(field requests_per_second <<<"$r")"
+    record "$round" "$target" "$w" paced_errors "$(field errors <<<"$r")"
+    record "$round" "$target" "$w" p50_us "$(field latency.p50_us <<<"$r")"
+    record "$round" "$target" "$w" p99_us "$(field latency.p99_us <<<"$r")"
+    record "$round" "$target" "$w" p999_us "$(field latency.p999_us <<<"$r")"
+    log "round $round $target $w: $(printf '%.0f' "$rps") req/s; p99 $(field latency.p99_us <<<"$r") µs at $(printf '%.0f' "$(field requests_per_second <<<"$r")") req/s"
+  done
 }
 
 # Memory: a fresh proxy, RSS at 0, then IDLE_CONNS idle TLS WebSockets, then one 16 KiB

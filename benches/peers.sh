@@ -79,6 +79,10 @@ for i in "${!BACKEND_PORTS[@]}"; do start_backend "$i"; done
 for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
 
 # --- the proxies' configurations -----------------------------------------------------------
+# Plain HTTP requests (compare.sh's HTTP cell) are routed one by one, by the same hash as the
+# upgrades, and every proxy keeps its connections to the backends alive between them (a proxy
+# dialling a backend per request would lose for that alone), and adds X-Forwarded-For and
+# -Proto as wsrouter does (Caddy does so by default).
 backend_list() { for p in "${BACKEND_PORTS[@]}"; do printf '%s\n' "${1}127.0.0.1:${p}${2}"; done; }
 
 cat >"$OUT/haproxy.cfg" <<EOF
@@ -100,6 +104,11 @@ frontend ws
 backend echo
     balance hash path,field(3,/)
     hash-type consistent
+    # Any idle backend connection serves any request (HAProxy's default, safe, gives each
+    # client connection's first request a fresh one); wsrouter's pool shares them so too.
+    http-reuse always
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
 $(i=0; for p in "${BACKEND_PORTS[@]}"; do echo "    server backend-$i 127.0.0.1:$p"; i=$((i+1)); done)
 EOF
 haproxy -c -q -f "$OUT/haproxy.cfg" || die "haproxy rejects its config"
@@ -113,10 +122,16 @@ events { worker_connections 19000; }
 http {
     access_log off;
     map \$uri \$ns { ~^/ws/(?<n>[^/]+) \$n; default ""; }
-    map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
+    # No Upgrade: no Connection header to the backend, which keeps the connection alive.
+    map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
+    # NGINX closes a client connection after 1,000 requests by default; the others do not.
+    keepalive_requests 1000000;
     upstream echo {
         hash \$ns consistent;
 $(backend_list '        server ' ';')
+        # Idle connections kept per worker (HTTP cell: 50 clients over four backends).
+        keepalive 128;
+        keepalive_requests 1000000;
     }
     server {
         listen 127.0.0.1:${PORT[nginx]} ssl;
@@ -130,6 +145,8 @@ $(backend_list '        server ' ';')
             proxy_set_header Upgrade \$http_upgrade;
             proxy_set_header Connection \$connection_upgrade;
             proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
             proxy_read_timeout 3600s;
             proxy_send_timeout 3600s;
         }
@@ -167,6 +184,9 @@ static_resources:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ws
           codec_type: AUTO
+          # X-Forwarded-For appended, as the others do; no x-request-id made per request.
+          use_remote_address: true
+          generate_request_id: false
           stream_idle_timeout: 3600s
           upgrade_configs: [{upgrade_type: websocket}]
           http2_protocol_options: {allow_connect: true, max_concurrent_streams: 128}
