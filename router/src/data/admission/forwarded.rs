@@ -184,31 +184,38 @@ impl Client {
     /// headers, to be forwarded): every client-sent forwarding header goes, then
     /// `X-Forwarded-For` (the hops), `-Proto`, `-Host` and `Forwarded`.
     pub fn set_headers(&self, out: &mut HeaderMap, tls: bool, host: &HeaderValue) {
+        use std::fmt::Write;
         for name in FORWARDING {
             out.remove(name);
         }
-        let xff = self
-            .hops
-            .iter()
-            .map(IpAddr::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
+        // Written straight into one buffer per value, and handed over without a copy:
+        // this runs for every forwarded request.
+        let mut xff = String::with_capacity(16 * self.hops.len());
+        for (i, hop) in self.hops.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(xff, "{sep}{hop}");
+        }
         let proto = self
             .proto
             .clone()
             .unwrap_or(HeaderValue::from_static(if tls { "https" } else { "http" }));
         let host = self.host.as_ref().unwrap_or(host);
         // Built from addresses, "http(s)" and a checked host: always valid values.
-        if let Ok(v) = HeaderValue::from_str(&xff) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
             out.insert("x-forwarded-for", v);
         }
-        let forwarded = format!(
-            "for={};proto={};host={}",
-            forwarded_node(self.addr),
+        let mut forwarded = String::with_capacity(64);
+        let _ = match self.addr {
+            IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
+            IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
+        };
+        let _ = write!(
+            forwarded,
+            ";proto={};host={}",
             proto.to_str().unwrap_or("http"),
-            quoted(host.to_str().unwrap_or_default()),
+            Quoted(host.to_str().unwrap_or_default()),
         );
-        if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
             out.insert("forwarded", v);
         }
         out.insert("x-forwarded-proto", proto);
@@ -238,23 +245,26 @@ fn single(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
     }
 }
 
-/// A node of RFC 7239's `for=`: IPv6 in brackets and quotes.
-fn forwarded_node(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    }
-}
-
 /// A value quoted if it is not an RFC 7230 token (a host with a port has ':').
-fn quoted(v: &str) -> String {
-    let token = !v.is_empty()
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if token {
-        v.to_owned()
-    } else {
-        format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))
+struct Quoted<'a>(&'a str);
+
+impl std::fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.0;
+        let token = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            return f.write_str(v);
+        }
+        f.write_str("\"")?;
+        for c in v.chars() {
+            if c == '\\' || c == '"' {
+                f.write_str("\\")?;
+            }
+            std::fmt::Write::write_char(f, c)?;
+        }
+        f.write_str("\"")
     }
 }
 

@@ -256,9 +256,28 @@ impl Admission {
         self.admit(ip, false)
     }
 
+    /// Admits a kept-alive connection back to the pending pool between its requests,
+    /// under the same caps as a new one. It keeps its eviction token (never cancelled
+    /// while it was not pending), so its task need not watch a new one each time.
+    pub fn readmit_pending(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        evicted: CancellationToken,
+    ) -> Result<PendingSlot, Refusal> {
+        self.admit_with(ip, true, evicted)
+    }
+
     fn admit(self: &Arc<Self>, ip: IpAddr, per_source_cap: bool) -> Result<PendingSlot, Refusal> {
+        self.admit_with(ip, per_source_cap, CancellationToken::new())
+    }
+
+    fn admit_with(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        per_source_cap: bool,
+        evicted: CancellationToken,
+    ) -> Result<PendingSlot, Refusal> {
         let source = Source::from(ip);
-        let evicted = CancellationToken::new();
         let id = {
             let mut p = lock(&self.pending);
             if per_source_cap && p.held_by(source) >= self.config.max_pending_per_ip {

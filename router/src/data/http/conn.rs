@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -33,41 +33,39 @@ pub(crate) struct ConnCtx {
 }
 
 /// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
-/// its last answer is out, and closed when idle too long or its source has no room.
-#[derive(Default)]
+/// its last answer is out, closed if its source has no room. How long it may wait for
+/// its next request head is hyper's header read timeout (`--request-timeout`), which
+/// hyper arms as soon as the connection is idle.
 pub(crate) struct KeepAlive {
     /// Requests read on this connection.
     requests: AtomicU32,
     /// Requests whose answers are still being sent.
     in_flight: AtomicU32,
-    /// When the connection, waiting for a request head, goes.
-    idle_until: Mutex<Option<tokio::time::Instant>>,
+    /// The connection's eviction from the pending pool: one token for its life, handed
+    /// to each re-admission, so its task watches one and is not woken per request.
+    pub evicted: CancellationToken,
     /// Its source holds its share of the pending pool: close once idle.
     closing: AtomicBool,
-    /// Wakes the connection's task when any of the above changed.
+    /// Wakes the connection's task when it is to close.
     pub changed: Notify,
-}
-
-/// What an HTTP/1.1 connection's task watches while it waits.
-pub(crate) struct Standing {
-    /// Its pending place's eviction, while it has one.
-    pub evicted: Option<CancellationToken>,
-    pub idle_until: Option<tokio::time::Instant>,
-    pub closing: bool,
 }
 
 impl ConnCtx {
     /// An HTTP/1.1 connection's context, its pending slot held until the first request
-    /// head is parsed (within `first_by`).
+    /// head is parsed.
     pub(crate) fn http1(
         shared: &Arc<Shared>,
         peer: SocketAddr,
         accepted: Instant,
         slot: PendingSlot,
-        first_by: tokio::time::Instant,
     ) -> Arc<Self> {
-        let keepalive = KeepAlive::default();
-        *lock(&keepalive.idle_until) = Some(first_by);
+        let keepalive = KeepAlive {
+            requests: AtomicU32::new(0),
+            in_flight: AtomicU32::new(0),
+            evicted: slot.evicted(),
+            closing: AtomicBool::new(false),
+            changed: Notify::new(),
+        };
         Arc::new(Self {
             shared: shared.clone(),
             peer,
@@ -102,7 +100,6 @@ impl ConnCtx {
         if let Some(k) = &self.keepalive {
             k.requests.fetch_add(1, Ordering::Relaxed);
             k.in_flight.fetch_add(1, Ordering::Relaxed);
-            lock(&k.idle_until).take();
         }
     }
 
@@ -114,55 +111,37 @@ impl ConnCtx {
     }
 
     /// A request's answer is out (or abandoned). With none left in flight, an HTTP/1.1
-    /// connection waits for its next request as a pending one: admitted again (or
-    /// closed, if its source already holds its share), for at most `idle`.
+    /// connection waits for its next request as a pending one: admitted again, or
+    /// closed if its source already holds its share.
     pub(crate) fn request_done(&self) {
         let Some(k) = &self.keepalive else { return };
         if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 {
             return;
         }
         let shared = &self.shared;
-        match shared.admission.admit_pending(self.peer.ip()) {
+        match shared
+            .admission
+            .readmit_pending(self.peer.ip(), k.evicted.clone())
+        {
             Ok(mut slot) => {
                 slot.hold(REQUEST_HEAD_BYTES);
                 *lock(&self.pending) = Some(slot);
-                *lock(&k.idle_until) = Some(tokio::time::Instant::now() + keepalive_idle(shared));
             }
             Err(why) => {
                 shared.metrics.refused(why);
                 tracing::debug!(client.addr = %self.peer, reason = why.as_str(), "idle HTTP/1.1 connection closed: its source holds its share of the pending pool");
                 k.closing.store(true, Ordering::Relaxed);
+                k.changed.notify_one();
             }
         }
-        k.changed.notify_one();
     }
 
-    /// What the connection's task waits on now.
-    pub(crate) fn standing(&self) -> Standing {
-        let evicted = lock(&self.pending).as_ref().map(PendingSlot::evicted);
-        match &self.keepalive {
-            Some(k) => Standing {
-                evicted,
-                idle_until: *lock(&k.idle_until),
-                closing: k.closing.load(Ordering::Relaxed),
-            },
-            None => Standing {
-                evicted,
-                idle_until: None,
-                closing: false,
-            },
-        }
+    /// Whether the connection is to close once its answers are out.
+    pub(crate) fn closing(&self) -> bool {
+        self.keepalive
+            .as_ref()
+            .is_some_and(|k| k.closing.load(Ordering::Relaxed))
     }
-}
-
-/// How long an HTTP/1.1 connection may wait for its next request.
-fn keepalive_idle(shared: &Shared) -> Duration {
-    shared
-        .limits
-        .http
-        .timers
-        .idle
-        .unwrap_or(Duration::from_secs(60))
 }
 
 /// A lock no panic can poison for good: the state it guards is whole after every write.

@@ -26,7 +26,6 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
 use crate::data::http::verdict::JUDGE;
-use crate::data::shared::metrics::StatusLabel;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::{self, Dial};
 use crate::data::upstream::error::{Target, UpstreamError};
@@ -64,13 +63,7 @@ pub(super) async fn forward<B: ClientBodyIn>(
         }
         Err(e) => answer::refused(e, &uri, ctx, Refused::Request),
     };
-    metrics
-        .requests
-        .get_or_create(&StatusLabel {
-            status: resp.status().as_u16(),
-            protocol,
-        })
-        .inc();
+    metrics.answered(resp.status().as_u16(), protocol);
     resp
 }
 

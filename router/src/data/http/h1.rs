@@ -1,7 +1,8 @@
 //! One HTTP/1.1 client connection, start to end: hyper serves its requests one after
 //! another; a WebSocket upgrade hands the socket to the relay, plain requests keep the
 //! connection alive. Between requests the connection is pending (in the pending pool,
-//! under eviction) and goes after the keep-alive idle time; while a request is in
+//! under eviction) and waits for its next request head at most `--request-timeout`
+//! (hyper's header read timeout, armed as soon as it is idle); while a request is in
 //! flight its own timeouts apply. A client that stops reading an answer for the stall
 //! time loses the connection (`WriteStall`), whatever the answer.
 
@@ -15,7 +16,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::data::admission::pools::PendingSlot;
-use crate::data::http::conn::{ConnCtx, Standing};
+use crate::data::http::conn::ConnCtx;
 use crate::data::http::upgrade;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::peer::Peer;
@@ -33,8 +34,7 @@ pub(crate) async fn serve<I>(
     I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
 {
     let limits = &shared.limits;
-    let first_by = tokio::time::Instant::now() + limits.request_timeout;
-    let ctx = ConnCtx::http1(&shared, peer, accepted, slot, first_by);
+    let ctx = ConnCtx::http1(&shared, peer, accepted, slot);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();
@@ -49,14 +49,12 @@ pub(crate) async fn serve<I>(
     let Some(keepalive) = ctx.keepalive.as_ref() else {
         return;
     };
+    // Set up once: the loop turns on a drain, an eviction or a close, never per request.
+    let evicted = keepalive.evicted.clone().cancelled_owned();
+    let mut evicted = std::pin::pin!(evicted);
     let mut draining = false;
     loop {
-        let Standing {
-            evicted,
-            idle_until,
-            closing,
-        } = ctx.standing();
-        if closing && !draining {
+        if ctx.closing() && !draining {
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
@@ -69,12 +67,8 @@ pub(crate) async fn serve<I>(
             }
             _ = keepalive.changed.notified() => {}
             // Only while it waits for a request head: the pool may take its place.
-            _ = cancelled(evicted) => {
+            _ = evicted.as_mut() => {
                 tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
-                return;
-            }
-            _ = sleep_until_some(idle_until) => {
-                tracing::debug!(client.addr = %peer, "HTTP/1.1 connection idle: closed");
                 return;
             }
             // The drain: answers under way are finished, then the connection closes;
@@ -91,19 +85,5 @@ pub(crate) async fn serve<I>(
                 return;
             }
         }
-    }
-}
-
-async fn cancelled(token: Option<tokio_util::sync::CancellationToken>) {
-    match token {
-        Some(t) => t.cancelled_owned().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

@@ -12,7 +12,11 @@ use crate::state::labels::StatusLabel;
 
 pub(crate) struct HttpMetrics {
     /// Plain requests answered, by the status the client got and its protocol.
-    pub requests: Family<StatusLabel, Counter>,
+    requests: Family<StatusLabel, Counter>,
+    /// Handles into `requests` for a 200 over either protocol, taken once: most answers
+    /// are counted with an atomic add, not a family lookup.
+    ok_h1: Counter,
+    ok_h2: Counter,
     /// Forwarded requests whose answer is still being sent.
     pub active: Gauge,
     /// From the request head to the pod's response head.
@@ -22,8 +26,19 @@ pub(crate) struct HttpMetrics {
 
 impl Default for HttpMetrics {
     fn default() -> Self {
+        let requests: Family<StatusLabel, Counter> = Family::default();
+        let ok = |protocol| {
+            requests
+                .get_or_create(&StatusLabel {
+                    status: 200,
+                    protocol,
+                })
+                .clone()
+        };
         Self {
-            requests: Family::default(),
+            ok_h1: ok("h1"),
+            ok_h2: ok("h2"),
+            requests,
             active: Gauge::default(),
             // 100 µs .. ~105 s: a long poll's answer may take as long as its server holds it.
             response_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 21)),
@@ -33,6 +48,18 @@ impl Default for HttpMetrics {
 }
 
 impl HttpMetrics {
+    /// Counts a plain request's answer.
+    pub(crate) fn answered(&self, status: u16, protocol: &'static str) {
+        let _ = match (status, protocol) {
+            (200, "h1") => self.ok_h1.inc(),
+            (200, "h2") => self.ok_h2.inc(),
+            _ => self
+                .requests
+                .get_or_create(&StatusLabel { status, protocol })
+                .inc(),
+        };
+    }
+
     pub(crate) fn register(&self, r: &mut Registry) {
         r.register(
             "http_requests",
