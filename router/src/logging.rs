@@ -1,10 +1,15 @@
 //! `tracing` setup: human lines by default, one JSON object per event with
-//! `--log-format json`; levels from `RUST_LOG` (default `info`).
+//! `--log-format json`; levels from `RUST_LOG` (default [`DEFAULT_FILTER`]).
 
 use tracing_subscriber::EnvFilter;
 
+/// `info`, but rustls' complaints about a ClientHello's server name (an IP address sent
+/// as SNI, as `wrk` and some scripts do): any client could add a warning per connection.
+const DEFAULT_FILTER: &str = "info,rustls::msgs::handshake=error";
+
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
