@@ -143,6 +143,13 @@ impl Stall {
         self.last = Instant::now();
     }
 
+    /// The idle time, once a body waiting on `stall` (if it has one) has waited that
+    /// long since its last frame.
+    fn expired(stall: &mut Option<Self>, cx: &mut Context<'_>) -> Option<Duration> {
+        let s = stall.as_mut()?;
+        s.poll_expired(cx).is_ready().then_some(s.idle)
+    }
+
     /// Ready once the body has waited `idle` since its last frame.
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = self.last + self.idle;
@@ -228,12 +235,9 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Pending => match this.stall.as_mut().map(|s| s.poll_expired(cx)) {
-                Some(Poll::Ready(())) => {
-                    let idle = this.stall.as_ref().map(|s| s.idle).unwrap_or_default();
-                    this.cut(Cut::Stalled(idle))
-                }
-                _ => Poll::Pending,
+            Poll::Pending => match Stall::expired(&mut this.stall, cx) {
+                Some(idle) => this.cut(Cut::Stalled(idle)),
+                None => Poll::Pending,
             },
         }
     }
@@ -325,12 +329,9 @@ impl Body for ForwardBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
-            Poll::Pending => match this.stall.as_mut().map(|s| s.poll_expired(cx)) {
-                Some(Poll::Ready(())) => {
-                    let idle = this.stall.as_ref().map(|s| s.idle).unwrap_or_default();
-                    Poll::Ready(Some(Err(Cut::Stalled(idle).into())))
-                }
-                _ => Poll::Pending,
+            Poll::Pending => match Stall::expired(&mut this.stall, cx) {
+                Some(idle) => Poll::Ready(Some(Err(Cut::Stalled(idle).into()))),
+                None => Poll::Pending,
             },
         }
     }
