@@ -115,7 +115,9 @@ impl ConnCtx {
     /// closed if its source already holds its share.
     pub(crate) fn request_done(&self) {
         let Some(k) = &self.keepalive else { return };
-        if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 {
+        // A connection whose last answer closes it (a refusal, its 1,000th request, an
+        // upgrade handing it to the relay) does not wait for another request.
+        if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 || k.closing.load(Ordering::Relaxed) {
             return;
         }
         let shared = &self.shared;
@@ -133,6 +135,14 @@ impl ConnCtx {
                 k.closing.store(true, Ordering::Relaxed);
                 k.changed.notify_one();
             }
+        }
+    }
+
+    /// The answer being sent is the connection's last: it closes (`Connection: close`)
+    /// or leaves HTTP (an upgrade).
+    pub(crate) fn last_answer(&self) {
+        if let Some(k) = &self.keepalive {
+            k.closing.store(true, Ordering::Relaxed);
         }
     }
 

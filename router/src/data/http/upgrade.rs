@@ -94,6 +94,9 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
         Ok(Told { resp, relay, .. }) => (resp, relay),
         Err(e) => (answer::refused(e, &uri, ctx, Refused::Upgrade), None),
     };
+    if relay.is_some() || closes(&resp) {
+        ctx.last_answer();
+    }
     // Nothing of this request is left in flight once its small answer is written.
     ctx.request_done();
     ctx.shared
@@ -116,10 +119,21 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
 /// A forwarded request's answer. Its request stays in flight while a forwarded body
 /// streams (its end says when it is done); any other answer is small and written at once.
 fn answered(resp: Response<ProxyBody>, ctx: &ConnCtx) -> Answer {
+    if closes(&resp) {
+        ctx.last_answer();
+    }
     if !matches!(resp.body(), ProxyBody::Forwarded(_)) {
         ctx.request_done();
     }
     Answer { resp, relay: None }
+}
+
+/// Whether an answer closes its HTTP/1.1 connection (`Connection: close`: the router's
+/// refusals, and a connection's last forwarded answer).
+fn closes(resp: &Response<ProxyBody>) -> bool {
+    resp.headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// What the story came to: a plain request's answer (`forwarded`), or a WebSocket's
