@@ -33,9 +33,7 @@ pub(super) fn admit<B>(
     routed: &Routed,
 ) -> Result<Admitted, ProxyError> {
     let shared = &ctx.shared;
-    // Every per-client decision from here keys on who the request is from, as far as
-    // the router believes its trusted proxies.
-    let client = Client::resolve(ctx.peer.ip(), req.headers(), &shared.policy.trusted_proxies);
+    let client = client_of(req, ctx);
     shared
         .rate
         .take(client.addr, Instant::now())
@@ -54,9 +52,17 @@ pub(super) fn admit_request<B>(
     ctx: &ConnCtx,
     routed: &Routed,
 ) -> Result<Admitted, ProxyError> {
-    let shared = &ctx.shared;
-    let client = Client::resolve(ctx.peer.ip(), req.headers(), &shared.policy.trusted_proxies);
-    places(client, ctx, routed)
+    places(client_of(req, ctx), ctx, routed)
+}
+
+/// Who the request is from, as far as the router believes its trusted proxies: every
+/// per-client decision from here keys on it.
+fn client_of<B>(req: &Request<B>, ctx: &ConnCtx) -> Client {
+    Client::resolve(
+        ctx.peer.ip(),
+        req.headers(),
+        &ctx.shared.policy.trusted_proxies,
+    )
 }
 
 /// The places an admitted request holds until it ends.

@@ -17,10 +17,10 @@ use crate::data::upstream::headers::strip_hop_by_hop;
 
 /// Response header carrying this router's local version of the table that routed the
 /// request (a counter: it differs between replicas holding the same table).
-pub(super) const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
+const TABLE_VERSION_HEADER: &str = "x-wsrouter-table";
 /// Response header carrying the routing fingerprint (`config/membership`) of the table
 /// that routed the request: equal on every replica that routes alike.
-pub(super) const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
+const FINGERPRINT_HEADER: &str = "x-wsrouter-fingerprint";
 
 /// The client's answer once its backend has upgraded: a 101, or a 200 to an HTTP/2
 /// extended CONNECT.
@@ -59,16 +59,22 @@ fn answer_101(mut headers: HeaderMap, routed: &Routed, diagnostics: bool) -> Res
     // The router's internals (its table's local version, the fleet's digests) are for
     // operators who ask (`--route-headers`), not for every client.
     if diagnostics {
-        headers.insert(
-            HeaderName::from_static(TABLE_VERSION_HEADER),
-            HeaderValue::from(routed.table_version),
-        );
-        if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
-            headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
-        }
+        route_headers(&mut headers, routed);
     }
     *resp.headers_mut() = headers;
     resp
+}
+
+/// The table version and fingerprint that routed a request, on its answer: the 101, or
+/// a forwarded answer.
+pub(super) fn route_headers(headers: &mut HeaderMap, routed: &Routed) {
+    headers.insert(
+        HeaderName::from_static(TABLE_VERSION_HEADER),
+        HeaderValue::from(routed.table_version),
+    );
+    if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
+        headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
+    }
 }
 
 /// The answer to an HTTP/2 extended CONNECT (RFC 8441 §5): 200, with the backend's

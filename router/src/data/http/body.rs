@@ -123,36 +123,28 @@ impl BodyOutcome {
 }
 
 /// A stall timer, armed only while the body waits: a frame that comes moves its
-/// deadline without touching the timer wheel; the timer checks it when it fires.
+/// deadline (the body's last frame, which the body keeps) without touching the timer
+/// wheel; the timer checks it when it fires.
 struct Stall {
     idle: Duration,
-    last: Instant,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Stall {
     fn new(idle: Option<Duration>) -> Option<Self> {
-        idle.map(|idle| Self {
-            idle,
-            last: Instant::now(),
-            timer: None,
-        })
-    }
-
-    fn progressed(&mut self) {
-        self.last = Instant::now();
+        idle.map(|idle| Self { idle, timer: None })
     }
 
     /// The idle time, once a body waiting on `stall` (if it has one) has waited that
-    /// long since its last frame.
-    fn expired(stall: &mut Option<Self>, cx: &mut Context<'_>) -> Option<Duration> {
+    /// long since `last`, its last frame.
+    fn expired(stall: &mut Option<Self>, last: Instant, cx: &mut Context<'_>) -> Option<Duration> {
         let s = stall.as_mut()?;
-        s.poll_expired(cx).is_ready().then_some(s.idle)
+        s.poll_expired(last, cx).is_ready().then_some(s.idle)
     }
 
-    /// Ready once the body has waited `idle` since its last frame.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = self.last + self.idle;
+    /// Ready once the body has waited `idle` since `last`.
+    fn poll_expired(&mut self, last: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let deadline = last + self.idle;
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -221,9 +213,6 @@ where
                         return this.cut(Cut::TooLarge(this.limit));
                     }
                 }
-                if let Some(s) = this.stall.as_mut() {
-                    s.progressed();
-                }
                 this.outcome.moved();
                 if this.inner.is_end_stream() {
                     this.outcome.ended.store(true, Ordering::Relaxed);
@@ -235,7 +224,7 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Pending => match Stall::expired(&mut this.stall, cx) {
+            Poll::Pending => match Stall::expired(&mut this.stall, this.outcome.last_moved(), cx) {
                 Some(idle) => this.cut(Cut::Stalled(idle)),
                 None => Poll::Pending,
             },
@@ -278,8 +267,10 @@ impl From<Ended> for ProxyError {
 pub(crate) struct ForwardBody {
     inner: PooledBody,
     stall: Option<Stall>,
+    /// When its last frame came (or the answer's head).
+    last: Instant,
+    /// `None` once it has ended the answer.
     stop: Option<Stop>,
-    stopped: bool,
     _held: Box<dyn Send>,
 }
 
@@ -293,8 +284,8 @@ impl ForwardBody {
         Self {
             inner,
             stall: Stall::new(idle),
+            last: Instant::now(),
             stop: Some(stop),
-            stopped: false,
             _held: held,
         }
     }
@@ -309,27 +300,24 @@ impl Body for ForwardBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if this.stopped {
-            return Poll::Ready(None);
-        }
         // Between two frames, never inside one: the client gets whole events and a
         // clean end (the last chunk), and reconnects where it now belongs.
-        if let Some(stop) = this.stop.as_mut() {
-            if stop.as_mut().poll(cx).is_ready() {
-                this.stop = None;
-                this.stopped = true;
-                return Poll::Ready(None);
-            }
+        let Some(stop) = this.stop.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if stop.as_mut().poll(cx).is_ready() {
+            this.stop = None;
+            return Poll::Ready(None);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(s) = this.stall.as_mut() {
-                    s.progressed();
+                if this.stall.is_some() {
+                    this.last = Instant::now();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
-            Poll::Pending => match Stall::expired(&mut this.stall, cx) {
+            Poll::Pending => match Stall::expired(&mut this.stall, this.last, cx) {
                 Some(idle) => Poll::Ready(Some(Err(Cut::Stalled(idle).into()))),
                 None => Poll::Pending,
             },
@@ -337,7 +325,7 @@ impl Body for ForwardBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.stopped || self.inner.is_end_stream()
+        self.stop.is_none() || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

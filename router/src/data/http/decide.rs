@@ -1,6 +1,8 @@
 //! The decide step: the one table load of a connection, which picks its backend for
 //! life (or says why none).
 
+use std::net::SocketAddr;
+
 use http::header::HeaderValue;
 use wsrouter::{Backend, Fingerprint, RouteSource};
 
@@ -15,6 +17,10 @@ pub(super) struct Routed {
     /// `HOST:PORT` from a list or template. Connecting parses an `IP:PORT` as it is;
     /// only a host name is resolved.
     pub(super) addr: Box<str>,
+    /// `addr` as a socket address when it is one (every pod the EndpointSlices name, and
+    /// `IP:PORT` list entries): a plain request's connection needs it, and a pod's is
+    /// taken from the table as it is rather than parsed back from `addr`.
+    pub(super) socket: Option<SocketAddr>,
     pub(super) source: RouteSource,
     pub(super) table_version: u64,
     pub(super) fingerprint: Fingerprint,
@@ -43,9 +49,9 @@ pub(super) fn decide(
     // A pod that is not serving, terminating or not known yet: say so now rather
     // than after a connect timeout, and never guess another. The tenant stays on its
     // pod; its state lives there.
-    let addr: Box<str> = match route.backend {
-        Backend::Addr(a) => a.clone(),
-        Backend::Pod(m) if m.accepts_new() => m.addr.to_string().into(),
+    let (addr, socket): (Box<str>, _) = match route.backend {
+        Backend::Addr(a) => (a.clone(), a.parse().ok()),
+        Backend::Pod(m) if m.accepts_new() => (m.addr.to_string().into(), Some(m.addr)),
         Backend::Pod(m) => {
             return Err(ProxyError::BackendNotServing {
                 ordinal,
@@ -58,6 +64,7 @@ pub(super) fn decide(
         tenant: tenant.into(),
         ordinal,
         addr,
+        socket,
         source: route.source,
         table_version: table.version(),
         fingerprint: table.fingerprint(),

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body;
@@ -20,11 +20,12 @@ use tokio::time::Instant;
 
 use crate::data::admission::forwarded::{underscore_header, Client};
 use crate::data::http::admit::{self, Admitted};
-use crate::data::http::answer::{self, Refused, FINGERPRINT_HEADER, TABLE_VERSION_HEADER};
+use crate::data::http::answer::{self, route_headers, Refused};
 use crate::data::http::body::{BodyOutcome, ClientBody, Ended, ForwardBody, ProxyBody, Stop};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
+use crate::data::http::request;
 use crate::data::http::verdict::JUDGE;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::{self, Dial};
@@ -47,11 +48,11 @@ impl<B> ClientBodyIn for B where
 /// refusal, as the client gets it. Counted by that status (`http_requests`).
 pub(super) async fn forward<B: ClientBodyIn>(
     req: Request<B>,
+    uri: &http::Uri,
     routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
 ) -> Response<ProxyBody> {
     let protocol = crate::state::labels::protocol(req.version());
-    let uri = req.uri().clone();
     let started = Instant::now();
     let metrics = &ctx.shared.metrics.http;
     let resp = match forward_request(req, routed, ctx).await {
@@ -61,7 +62,7 @@ pub(super) async fn forward<B: ClientBodyIn>(
                 .observe(started.elapsed().as_secs_f64());
             resp
         }
-        Err(e) => answer::refused(e, &uri, ctx, Refused::Request),
+        Err(e) => answer::refused(e, uri, ctx, Refused::Request),
     };
     metrics.answered(resp.status().as_u16(), protocol);
     resp
@@ -75,7 +76,7 @@ async fn forward_request<B: ClientBodyIn>(
     let routed = routed?;
     let shared = &ctx.shared;
     let limit = shared.limits.http.max_request_body;
-    if content_length(req.headers()).is_some_and(|n| n > limit) {
+    if request::content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, shared);
@@ -91,16 +92,6 @@ async fn forward_request<B: ClientBodyIn>(
                 .unwrap_or(e)
         })?;
     Ok(client_response(resp, &routed, in_flight, stop, ctx))
-}
-
-/// The request's `Content-Length`, if it has one (hyper has checked it).
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// The request as the pod gets it: origin-form, HTTP/1.1, its end-to-end headers less
@@ -175,7 +166,7 @@ async fn exchange(
         judge: JUDGE,
     };
     let reached = tokio::select! {
-        r = tokio::time::timeout_at(how.deadline, connect(&how, shared)) => {
+        r = tokio::time::timeout_at(how.deadline, connect(&how, routed.socket, shared)) => {
             r.unwrap_or_else(|_| Err(target.timeout()))
         }
         // The drain's grace period ended, or the tenant moved, before the pod was reached.
@@ -213,9 +204,13 @@ async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
 }
 
 /// The pod's address and a connection to it, from the pool or new.
-async fn connect(how: &Dial<'_>, shared: &Shared) -> Result<(SocketAddr, Pooled), UpstreamError> {
+async fn connect(
+    how: &Dial<'_>,
+    socket: Option<SocketAddr>,
+    shared: &Shared,
+) -> Result<(SocketAddr, Pooled), UpstreamError> {
     let target = how.target;
-    let addr = resolve(target).await?;
+    let addr = resolve(target, socket).await?;
     let conn = how
         .retrying(|| async {
             shared
@@ -266,10 +261,13 @@ fn unreached(target: Target<'_>, e: PoolError) -> UpstreamError {
     }
 }
 
-/// A pod's address: an `IP:PORT` as the EndpointSlices give it, parsed; a `HOST:PORT`
-/// from a list or template, looked up.
-async fn resolve(target: Target<'_>) -> Result<SocketAddr, UpstreamError> {
-    if let Ok(addr) = target.addr.parse() {
+/// A pod's address: as the table gave it, or, for a `HOST:PORT` from a list or
+/// template, looked up.
+async fn resolve(
+    target: Target<'_>,
+    socket: Option<SocketAddr>,
+) -> Result<SocketAddr, UpstreamError> {
+    if let Some(addr) = socket {
         return Ok(addr);
     }
     let not_found = || std::io::Error::new(std::io::ErrorKind::NotFound, "no address");
@@ -345,16 +343,6 @@ fn client_response(
     let held = (in_flight, RequestDone(ctx.clone()));
     let body = ForwardBody::new(body, idle, stop, Box::new(held));
     Response::from_parts(parts, ProxyBody::Forwarded(body))
-}
-
-fn route_headers(headers: &mut HeaderMap, routed: &Routed) {
-    headers.insert(
-        HeaderName::from_static(TABLE_VERSION_HEADER),
-        HeaderValue::from(routed.table_version),
-    );
-    if let Ok(v) = HeaderValue::from_str(&routed.fingerprint.to_string()) {
-        headers.insert(HeaderName::from_static(FINGERPRINT_HEADER), v);
-    }
 }
 
 /// What ends a long response (SSE, a long poll) on the router's initiative: the drain's

@@ -10,12 +10,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
-use http::header::{self, HeaderMap};
+use http::header::HeaderMap;
 use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::data::http::body::ProxyBody;
+use crate::data::http::request;
 
 /// An HTTP/2 request stream's body. Flow-control capacity is given back as each DATA
 /// frame is taken, and frames are taken only as the pod's connection sends them, so
@@ -29,13 +30,9 @@ pub(crate) struct H2Body {
 
 impl H2Body {
     pub(crate) fn new(recv: RecvStream, headers: &HeaderMap) -> Self {
-        let length = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
         Self {
             recv,
-            length,
+            length: request::content_length(headers),
             data_done: false,
         }
     }

@@ -103,6 +103,16 @@ fn plain_request<B>(req: &Request<B>) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// A request's `Content-Length`, if it has one (hyper and h2 check it against the body).
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// The parse step: a request the router still takes, [`inspect`]ed.
 pub(super) fn parse<'r, B>(
     req: &'r Request<B>,

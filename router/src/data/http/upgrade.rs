@@ -84,7 +84,7 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
         };
     }
     let (version, uri) = (req.version(), req.uri().clone());
-    let (resp, relay) = match story(req, ctx).await {
+    let (resp, relay) = match story(req, &uri, ctx).await {
         // Counted by the forward step, in `http_requests`.
         Ok(Told {
             resp,
@@ -159,7 +159,11 @@ fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
 
 /// The request's way through, step by step: parsed, routed, then relayed as a WebSocket
 /// or forwarded as a plain request.
-async fn story<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Result<Told, ProxyError> {
+async fn story<B: ClientBodyIn>(
+    req: Request<B>,
+    uri: &http::Uri,
+    ctx: &Arc<ConnCtx>,
+) -> Result<Told, ProxyError> {
     let shared = &ctx.shared;
     let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
     let h2 = req.version() == http::Version::HTTP_2;
@@ -167,7 +171,7 @@ async fn story<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Result<T
         Kind::Plain => {
             // Refused or not, counted among the plain requests from here.
             let routed = decide::decide(tenant, host, false, shared);
-            let resp = forward::forward(req, routed, ctx).await;
+            let resp = forward::forward(req, uri, routed, ctx).await;
             Ok(Told {
                 resp,
                 relay: None,
