@@ -239,14 +239,26 @@ impl Harness {
 
     /// Sends raw bytes over TLS and reads the whole answer (the router closes after it).
     pub(crate) async fn raw(&self, request: &[u8]) -> Result<RawResponse> {
+        RawResponse::parse(&self.raw_bytes(request).await?)
+    }
+
+    /// Sends raw bytes over TLS and reads everything until the router closes: every
+    /// answer, for pipelined requests.
+    pub(crate) async fn raw_bytes(&self, request: &[u8]) -> Result<Vec<u8>> {
         let mut tls = self.tls().await?;
         tls.write_all(request).await?;
         let mut out = Vec::new();
         match within(WAIT, "raw response", tls.read_to_end(&mut out)).await? {
             Ok(_) => {}
             // hyper drops the socket without close_notify after answering a request it
-            // could not parse (400, 431); the answer itself is complete.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+            // could not parse (400, 431), and resets it when it closes with pipelined
+            // requests unread; the answers themselves are complete.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+                ) && !out.is_empty() =>
+            {
                 eprintln!(
                     "no close_notify after {:?}",
                     String::from_utf8_lossy(&out).lines().next()
@@ -254,7 +266,7 @@ impl Harness {
             }
             Err(e) => return Err(e.into()),
         }
-        RawResponse::parse(&out)
+        Ok(out)
     }
 
     /// Sends raw bytes over TLS and reads the answer's head only (a 101 keeps the

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use router::{DevCert, Input, RerouteConfig};
@@ -21,9 +20,7 @@ use tokio_rustls::TlsConnector;
 use wsrouter::TableSource;
 
 use crate::harness::*;
-use crate::http_backend::HttpPod;
-
-pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
+use crate::http_backend::{empty, full, Body, HttpPod};
 
 /// Four recording pods behind a router started with `opts` (its backends replaced).
 pub(crate) async fn router_over_pods(
@@ -102,18 +99,6 @@ impl Client {
             String::from_utf8_lossy(&body.to_bytes()).into_owned(),
         ))
     }
-}
-
-pub(crate) fn full(b: impl Into<Bytes>) -> Body {
-    Full::new(b.into())
-        .map_err(|e: std::convert::Infallible| match e {})
-        .boxed()
-}
-
-pub(crate) fn empty() -> Body {
-    Empty::new()
-        .map_err(|e: std::convert::Infallible| match e {})
-        .boxed()
 }
 
 pub(crate) fn get(path: &str) -> Request<Body> {

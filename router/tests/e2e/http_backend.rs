@@ -57,7 +57,8 @@ impl Drop for HttpPod {
     }
 }
 
-type Body = BoxBody<Bytes, std::io::Error>;
+/// A body either side of the tests sends: boxed, failing only as I/O does.
+pub(crate) type Body = BoxBody<Bytes, std::io::Error>;
 
 impl HttpPod {
     pub(crate) async fn start(name: &str) -> Result<Self> {
@@ -186,10 +187,14 @@ async fn answer(
     }
 }
 
-fn empty() -> Body {
-    Full::new(Bytes::new())
+pub(crate) fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
         .map_err(|e: Infallible| match e {})
         .boxed()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
 }
 
 fn plain(last: &str, parts: &http::request::Parts, name: &str, body: &[u8]) -> Response<Body> {
@@ -215,11 +220,7 @@ fn plain(last: &str, parts: &http::request::Parts, name: &str, body: &[u8]) -> R
         .header("connection", "x-hop")
         .header("x-hop", "secret")
         .header("keep-alive", "timeout=30")
-        .body(
-            Full::new(Bytes::from(json))
-                .map_err(|e: Infallible| match e {})
-                .boxed(),
-        )
+        .body(full(json))
         .unwrap_or_else(|_| Response::new(empty()))
 }
 

@@ -10,14 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::harness::*;
 use crate::http::router_over_pods;
 
-/// Sends `bytes` on one TLS connection and reads until the router closes it.
+/// Sends `bytes` on one TLS connection; everything the router said until it closed.
 async fn exchange(h: &Harness, bytes: &[u8]) -> Result<String> {
-    let mut tls = h.tls().await?;
-    tls.write_all(bytes).await?;
-    let mut out = Vec::new();
-    // hyper may close without close_notify after a request it could not parse.
-    let _ = within(WAIT, "the router to close", tls.read_to_end(&mut out)).await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(String::from_utf8_lossy(&h.raw_bytes(bytes).await?).into_owned())
 }
 
 fn small_body_limit() -> Options {
