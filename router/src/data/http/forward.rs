@@ -25,6 +25,7 @@ use crate::data::http::body::{BodyOutcome, ClientBody, Ended, ForwardBody, Proxy
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
+use crate::data::http::live;
 use crate::data::http::request;
 use crate::data::http::verdict::JUDGE;
 use crate::data::shared::Shared;
@@ -83,7 +84,7 @@ async fn forward_request<B: ClientBodyIn>(
     let (backend_req, outcome) = backend_request(req, &in_flight.admitted.client, shared, &routed);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
     // is told to come back (to its new pod), as one whose answer streams is.
-    let mut stop = stop(shared, &routed);
+    let mut stop = live::ended(shared, &routed, Ended::Drained, Ended::Moved);
     let resp = exchange(backend_req, &routed, shared, &outcome, &mut stop)
         .await
         .map_err(|e| {
@@ -343,29 +344,4 @@ fn client_response(
     let held = (in_flight, RequestDone(ctx.clone()));
     let body = ForwardBody::new(body, idle, stop, Box::new(held));
     Response::from_parts(parts, ProxyBody::Forwarded(body))
-}
-
-/// What ends a long response (SSE, a long poll) on the router's initiative: the drain's
-/// end, and with `--reroute-drain` its tenant's move, after the same grace and at the
-/// same rate as its sockets.
-fn stop(shared: &Shared, routed: &Routed) -> Stop {
-    let drain = shared.lifecycle.close_tunnels.clone();
-    match shared.reroute.clone() {
-        None => Box::pin(async move {
-            drain.cancelled_owned().await;
-            Ended::Drained
-        }),
-        Some(r) => {
-            let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-            Box::pin(async move {
-                tokio::select! {
-                    _ = drain.cancelled() => Ended::Drained,
-                    _ = r.moved(&tenant, ordinal) => {
-                        tracing::debug!(tenant = %tenant, backend.ordinal = ordinal, "tenant moved: its request ends here");
-                        Ended::Moved
-                    }
-                }
-            })
-        }
-    }
 }

@@ -1,6 +1,7 @@
 //! The relay step: a request whose backend has upgraded, waiting for the client's side,
 //! then relayed as a task of its own, counted while it lives and logged as it ends. Its
-//! end on the router's initiative (the drain, a tenant's move) is decided here too.
+//! end on the router's initiative (the drain, a tenant's move) is decided here too, for
+//! sockets and forwarded requests alike (`ended`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -133,7 +134,8 @@ impl PendingRelay {
             shared.metrics.http2_streams.inc();
         }
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        let stop = stop_signal(&shared, &routed);
+        // The drain's end: 1001; the tenant's move: 1012.
+        let stop = ended(&shared, &routed, Stop::SHUTDOWN, Stop::REROUTED);
         let relay = relay::run(
             client_io,
             backend,
@@ -162,21 +164,28 @@ impl PendingRelay {
     }
 }
 
-/// What ends a relay on the router's own initiative: the drain's end (1001) and, with
-/// `--reroute-drain`, the tenant's move (1012).
-fn stop_signal(shared: &Shared, routed: &Routed) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
+/// What ends a socket or a forwarded request on the router's own initiative: the
+/// drain's end (`drained`) and, with `--reroute-drain`, its tenant's move (`moved`), at
+/// its turn. One boxed future either way, as small as the case needs (a relay holds it
+/// for the socket's life).
+pub(super) fn ended<T: Send + 'static>(
+    shared: &Shared,
+    routed: &Routed,
+    drained: T,
+    moved: T,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
     let drain = shared.lifecycle.close_tunnels.clone();
     match shared.reroute.clone() {
         None => Box::pin(async move {
             drain.cancelled_owned().await;
-            Stop::SHUTDOWN
+            drained
         }),
         Some(r) => {
             let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
             Box::pin(async move {
                 tokio::select! {
-                    _ = drain.cancelled() => Stop::SHUTDOWN,
-                    _ = r.moved(&tenant, ordinal) => Stop::REROUTED,
+                    _ = drain.cancelled() => drained,
+                    _ = r.moved(&tenant, ordinal) => moved,
                 }
             })
         }
