@@ -13,8 +13,10 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::error::ProxyError;
 use crate::data::http::verdict::JUDGE;
+use crate::data::shared::Shared;
+use crate::data::upstream::breaker::Permit;
 use crate::data::upstream::dial::{self, BackendAnswer, Dial};
-use crate::data::upstream::error::Target;
+use crate::data::upstream::error::{Target, UpstreamError};
 use crate::data::upstream::handshake::{self, Offered};
 use crate::data::upstream::headers::strip_hop_by_hop;
 
@@ -35,14 +37,7 @@ pub(super) async fn dial<B>(
     };
     let permit = dial::admit(&shared.breakers, target)?;
     let offered = Offered::from_request(req.headers());
-    let how = Dial {
-        target,
-        deadline: tokio::time::Instant::now() + shared.limits.backend_timeout,
-        keepalive: shared.limits.timers.tcp_keepalive,
-        tasks: &shared.lifecycle.tasks,
-        retries: &shared.metrics.backend_connect_retries,
-        judge: JUDGE,
-    };
+    let how = reaching(target, shared);
     let tls = shared.tls_config.is_some();
     let result = tokio::select! {
         r = how.upgrade(|| backend_request(req, client, tls, &routed.host, key)) => r,
@@ -50,13 +45,37 @@ pub(super) async fn dial<B>(
         // nothing about the backend.
         _ = shared.lifecycle.close_tunnels.cancelled() => return Err(ProxyError::ShuttingDown),
     };
-    let transition = how.settle(permit, &result, shared.breakers.cooldown());
-    shared.metrics.breaker(routed.ordinal, transition);
+    settle_breaker(&how, permit, &result, shared);
     let answer = result?;
     if let BackendAnswer::Upgraded { head, .. } = &answer {
         handshake::check(&head.headers, key, &offered).map_err(|why| target.bad_handshake(why))?;
     }
     Ok(answer)
+}
+
+/// How a request reaches `target`: within the backend timeout from now, retrying as
+/// the verdict says, counted and tracked as every connection's are. The forward step
+/// reaches its pods the same way.
+pub(super) fn reaching<'a>(target: Target<'a>, shared: &'a Shared) -> Dial<'a> {
+    Dial {
+        target,
+        deadline: tokio::time::Instant::now() + shared.limits.backend_timeout,
+        keepalive: shared.limits.timers.tcp_keepalive,
+        tasks: &shared.lifecycle.tasks,
+        retries: &shared.metrics.backend_connect_retries,
+        judge: JUDGE,
+    }
+}
+
+/// Tells the target's breaker how it went, and counts what that changed.
+pub(super) fn settle_breaker<T>(
+    how: &Dial<'_>,
+    permit: Permit,
+    result: &Result<T, UpstreamError>,
+    shared: &Shared,
+) {
+    let transition = how.settle(permit, result, shared.breakers.cooldown());
+    shared.metrics.breaker(how.target.ordinal, transition);
 }
 
 /// The upgrade request as the backend gets it: the client's end-to-end headers (its

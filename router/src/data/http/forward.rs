@@ -24,10 +24,10 @@ use crate::data::http::answer::{self, route_headers, Refused};
 use crate::data::http::body::{BodyOutcome, ClientBody, Ended, ForwardBody, ProxyBody, Stop};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
+use crate::data::http::dial::{reaching, settle_breaker};
 use crate::data::http::error::ProxyError;
 use crate::data::http::live;
 use crate::data::http::request;
-use crate::data::http::verdict::JUDGE;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::{self, Dial};
 use crate::data::upstream::error::{Target, UpstreamError};
@@ -158,14 +158,7 @@ async fn exchange(
         addr: &routed.addr,
     };
     let permit = dial::admit(&shared.breakers, target)?;
-    let how = Dial {
-        target,
-        deadline: Instant::now() + shared.limits.backend_timeout,
-        keepalive: shared.limits.timers.tcp_keepalive,
-        tasks: &shared.lifecycle.tasks,
-        retries: &shared.metrics.backend_connect_retries,
-        judge: JUDGE,
-    };
+    let how = reaching(target, shared);
     let reached = tokio::select! {
         r = tokio::time::timeout_at(how.deadline, connect(&how, routed.socket, shared)) => {
             r.unwrap_or_else(|_| Err(target.timeout()))
@@ -173,8 +166,7 @@ async fn exchange(
         // The drain's grace period ended, or the tenant moved, before the pod was reached.
         why = stop.as_mut() => return Err(why.into()),
     };
-    let transition = how.settle(permit, &reached, shared.breakers.cooldown());
-    shared.metrics.breaker(routed.ordinal, transition);
+    settle_breaker(&how, permit, &reached, shared);
     let (addr, conn) = reached?;
     let answer = send(conn, req, addr, &how, shared);
     let idle = shared.limits.http.timers.idle;
