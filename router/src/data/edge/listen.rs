@@ -416,3 +416,36 @@ fn client_of(
     shared.metrics.proxy_header(Err(why));
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use wsrouter::{Backends, Overrides, RoutingTable, TableSource};
+
+    use super::*;
+
+    fn table(addrs: &[&str]) -> RoutingTable {
+        let list = Backends::static_list(addrs.iter().map(|a| (*a).to_owned()).collect())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let replicas = NonZeroU32::new(addrs.len() as u32).unwrap_or(NonZeroU32::MIN);
+        RoutingTable::build(1, TableSource::Flags, &list, replicas, Overrides::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn the_pool_keeps_connections_to_the_tables_pods_only() {
+        let t = table(&["10.0.0.1:9000", "10.0.0.2:9000"]);
+        let kept = pod_addrs(&t).unwrap_or_default();
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(kept, [addr("10.0.0.1:9000"), addr("10.0.0.2:9000")]);
+        // A pod no longer in the table is not kept.
+        assert!(!kept.contains(&addr("10.0.0.3:9000")));
+        // A host name is looked up per request: its connections are left to the idle
+        // timeout, so nothing is trimmed by address.
+        assert_eq!(
+            pod_addrs(&table(&["10.0.0.1:9000", "backend-1:9000"])),
+            None
+        );
+    }
+}
