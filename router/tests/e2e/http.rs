@@ -522,3 +522,35 @@ async fn a_tenants_requests_count_with_its_sockets_against_its_cap() -> Result<(
     .await??;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_event_stream_outlives_the_idle_timeout_a_quiet_answer_does_not() -> Result<()> {
+    let mut limits = limits();
+    // As by default: the timeout set, event streams spared (only an operator's
+    // --http-idle-timeout applies to them).
+    limits.http.timers.idle = Some(Duration::from_millis(500));
+    limits.http.timers.event_streams_idle = false;
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut client = Client::connect(&h, &cert, true).await?;
+    // Three events 1.2 s apart, each gap past the idle timeout: all arrive, then the end.
+    let resp = client.send(get("/ws/t/sse?n=3&every=1200")).await?;
+    let body = within(WAIT, "the quiet stream", resp.into_body().collect()).await??;
+    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    assert_eq!(text.matches("id: ").count(), 3, "{text}");
+    // A streamed echo whose upload stops: its answer is cut once quiet for 500 ms.
+    let (tx, body) = streamed_body();
+    let req = Request::post("https://localhost/ws/t/echo")
+        .header("host", "localhost")
+        .body(body)?;
+    tx.send(Bytes::from_static(b"then nothing")).await?;
+    let resp = client.send(req).await?;
+    let cut = within(WAIT, "the quiet answer's end", resp.into_body().collect()).await?;
+    assert!(cut.is_err(), "a quiet answer outlived the idle timeout");
+    drop(tx);
+    Ok(())
+}

@@ -2,7 +2,7 @@
 //! is given (method, target, headers, body), so a test can say what reached it and,
 //! for hostile requests, that nothing did. Its answers by the path's last segment:
 //! - `echo`: the request body streamed back as it comes;
-//! - `sse?n=N`: Server-Sent Events, one every 50 ms, N of them (0: for ever);
+//! - `sse?n=N&every=MS`: Server-Sent Events, one every MS (50) ms, N of them (0: for ever);
 //! - `trailers`: a chunked body, then trailers;
 //! - `status-CODE`: that status, no body;
 //! - `hang`: never answers;
@@ -225,11 +225,17 @@ fn plain(last: &str, parts: &http::request::Parts, name: &str, body: &[u8]) -> R
 }
 
 fn sse(query: &str, name: &str) -> Response<Body> {
-    let n: usize = query
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("n="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let param = |key: &str, default: u64| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (n, every) = (
+        param("n", 0) as usize,
+        Duration::from_millis(param("every", 50)),
+    );
     let name = name.to_owned();
     let events = futures_util::stream::unfold(0usize, move |i| {
         let name = name.clone();
@@ -238,7 +244,7 @@ fn sse(query: &str, name: &str) -> Response<Body> {
                 return None;
             }
             if i > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(every).await;
             }
             let event = format!("id: {i}\ndata: {{\"pod\":\"{name}\",\"n\":{i}}}\n\n");
             Some((Ok(Frame::data(Bytes::from(event))), i + 1))
