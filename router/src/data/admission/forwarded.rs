@@ -8,25 +8,35 @@
 //! spoof what the router set.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use thiserror::Error;
 
 /// Client-sent headers that say where a request came from or how: never passed on as
 /// they came; the router sets its own `X-Forwarded-For`, `-Proto`, `-Host` and
 /// `Forwarded`.
-const FORWARDING: [&str; 10] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
-    "x-client-ip",
-    "true-client-ip",
-    "x-original-forwarded-for",
-];
+fn is_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-host"
+            | "x-forwarded-proto"
+            | "x-forwarded-port"
+            | "x-forwarded-prefix"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "x-original-forwarded-for"
+    )
+}
+
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// `--trusted-proxies`: address blocks whose forwarding (PROXY protocol headers,
 /// `X-Forwarded-For` hops) is believed.
@@ -126,28 +136,66 @@ pub struct Client {
     pub addr: IpAddr,
     /// The hops from the client to the router, client first, the connection's peer
     /// last: what `X-Forwarded-For` says to the backend.
-    pub hops: Vec<IpAddr>,
+    pub hops: Arc<[IpAddr]>,
     /// `X-Forwarded-Proto` and `-Host` as a trusted peer gave them.
     pub proto: Option<HeaderValue>,
     pub host: Option<HeaderValue>,
+    /// `X-Forwarded-For` and the `for=` of `Forwarded`, written once: a connection's
+    /// direct client is made once and shared by each of its requests.
+    xff: HeaderValue,
+    forwarded_for: Bytes,
 }
 
 impl Client {
+    /// The peer itself, with no proxy in between that the router believes.
+    pub fn direct(peer: IpAddr) -> Self {
+        Self::new(peer, Arc::new([peer]), None, None)
+    }
+
+    fn new(
+        addr: IpAddr,
+        hops: Arc<[IpAddr]>,
+        proto: Option<HeaderValue>,
+        host: Option<HeaderValue>,
+    ) -> Self {
+        use std::fmt::Write;
+        let mut xff = String::with_capacity(16 * hops.len());
+        for (i, hop) in hops.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(xff, "{sep}{hop}");
+        }
+        let forwarded_for = match addr {
+            IpAddr::V4(v4) => format!("for={v4}"),
+            IpAddr::V6(v6) => format!("for=\"[{v6}]\""),
+        };
+        Self {
+            addr,
+            hops,
+            proto,
+            host,
+            // Addresses only: always a valid value.
+            xff: HeaderValue::from_maybe_shared(Bytes::from(xff))
+                .unwrap_or(HeaderValue::from_static("unknown")),
+            forwarded_for: Bytes::from(forwarded_for),
+        }
+    }
+
     /// The client of a request that reached the router from `peer` (the TCP peer, or
     /// the address a PROXY protocol header named).
     pub fn resolve(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> Self {
-        let direct = Self {
-            addr: peer,
-            hops: vec![peer],
-            proto: None,
-            host: None,
-        };
+        Self::resolve_from(&Self::direct(peer), headers, trusted)
+    }
+
+    /// As [`Client::resolve`], from the connection's direct client (made once per
+    /// connection): when the peer is not a trusted proxy, a copy of it.
+    pub fn resolve_from(direct: &Self, headers: &HeaderMap, trusted: &TrustedProxies) -> Self {
+        let peer = direct.addr;
         if trusted.is_empty() || !trusted.contains(peer) {
-            return direct;
+            return direct.clone();
         }
         // Every X-Forwarded-For line, in order, as one list.
         let listed: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -168,58 +216,48 @@ impl Client {
             }
         }
         hops.reverse();
-        Self {
-            addr: client,
-            hops,
-            proto: single(headers, "x-forwarded-proto")
+        Self::new(
+            client,
+            hops.into(),
+            single(headers, X_FORWARDED_PROTO)
                 .filter(|v| v.as_bytes() == b"https" || v.as_bytes() == b"http"),
-            host: single(headers, "x-forwarded-host").filter(|v| {
+            single(headers, X_FORWARDED_HOST).filter(|v| {
                 v.to_str()
                     .is_ok_and(|h| h.parse::<http::uri::Authority>().is_ok())
             }),
-        }
+        )
     }
 
     /// Sets what the backend hears of the request's origin on `out` (the request's
     /// headers, to be forwarded): every client-sent forwarding header goes, then
     /// `X-Forwarded-For` (the hops), `-Proto`, `-Host` and `Forwarded`.
     pub fn set_headers(&self, out: &mut HeaderMap, tls: bool, host: &HeaderValue) {
-        use std::fmt::Write;
-        for name in FORWARDING {
-            out.remove(name);
-        }
-        // Written straight into one buffer per value, and handed over without a copy:
-        // this runs for every forwarded request.
-        let mut xff = String::with_capacity(16 * self.hops.len());
-        for (i, hop) in self.hops.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(xff, "{sep}{hop}");
+        // One look over the names first: a removal is a hash and a probe each, and
+        // most requests carry none of these. This runs for every forwarded request.
+        if out.keys().any(is_forwarding) {
+            let names: Vec<HeaderName> = out.keys().filter(|k| is_forwarding(k)).cloned().collect();
+            for name in names {
+                out.remove(name);
+            }
         }
         let proto = self
             .proto
             .clone()
             .unwrap_or(HeaderValue::from_static(if tls { "https" } else { "http" }));
         let host = self.host.as_ref().unwrap_or(host);
-        // Built from addresses, "http(s)" and a checked host: always valid values.
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(xff)) {
-            out.insert("x-forwarded-for", v);
+        let mut forwarded = Vec::with_capacity(self.forwarded_for.len() + 20 + host.len());
+        forwarded.extend_from_slice(&self.forwarded_for);
+        forwarded.extend_from_slice(b";proto=");
+        forwarded.extend_from_slice(proto.as_bytes());
+        forwarded.extend_from_slice(b";host=");
+        push_quoted(&mut forwarded, host.as_bytes());
+        // Built from addresses, "http(s)" and a checked host: always a valid value.
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(forwarded)) {
+            out.insert(FORWARDED, v);
         }
-        let mut forwarded = String::with_capacity(64);
-        let _ = match self.addr {
-            IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
-            IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
-        };
-        let _ = write!(
-            forwarded,
-            ";proto={};host={}",
-            proto.to_str().unwrap_or("http"),
-            Quoted(host.to_str().unwrap_or_default()),
-        );
-        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(forwarded)) {
-            out.insert("forwarded", v);
-        }
-        out.insert("x-forwarded-proto", proto);
-        out.insert("x-forwarded-host", host.clone());
+        out.insert(X_FORWARDED_FOR, self.xff.clone());
+        out.insert(X_FORWARDED_PROTO, proto);
+        out.insert(X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -237,7 +275,7 @@ fn parse_hop(entry: &str) -> Option<IpAddr> {
 }
 
 /// The one value of `name`, if it is there exactly once.
-fn single(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
+fn single(headers: &HeaderMap, name: HeaderName) -> Option<HeaderValue> {
     let mut all = headers.get_all(name).iter();
     match (all.next(), all.next()) {
         (Some(v), None) => Some(v.clone()),
@@ -245,27 +283,23 @@ fn single(headers: &HeaderMap, name: &str) -> Option<HeaderValue> {
     }
 }
 
-/// A value quoted if it is not an RFC 7230 token (a host with a port has ':').
-struct Quoted<'a>(&'a str);
-
-impl std::fmt::Display for Quoted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = self.0;
-        let token = !v.is_empty()
-            && v.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-        if token {
-            return f.write_str(v);
-        }
-        f.write_str("\"")?;
-        for c in v.chars() {
-            if c == '\\' || c == '"' {
-                f.write_str("\\")?;
-            }
-            std::fmt::Write::write_char(f, c)?;
-        }
-        f.write_str("\"")
+/// Appends `v`, quoted if it is not an RFC 7230 token (a host with a port has ':').
+fn push_quoted(out: &mut Vec<u8>, v: &[u8]) {
+    let token = !v.is_empty()
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+    if token {
+        out.extend_from_slice(v);
+        return;
     }
+    out.push(b'"');
+    for &b in v {
+        if b == b'\\' || b == b'"' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
 }
 
 #[cfg(test)]
@@ -333,7 +367,7 @@ mod tests {
         for t in [trusted(&[]), trusted(&["10.0.0.0/8"])] {
             let c = Client::resolve(ip("203.0.113.9"), &h, &t);
             assert_eq!(c.addr, ip("203.0.113.9"));
-            assert_eq!(c.hops, [ip("203.0.113.9")]);
+            assert_eq!(*c.hops, [ip("203.0.113.9")]);
             assert_eq!((c.proto, c.host), (None, None));
         }
     }
@@ -353,7 +387,7 @@ mod tests {
             ip("1.2.3.4"),
             "the spoofed 6.6.6.6 is left of the client"
         );
-        assert_eq!(c.hops, [ip("1.2.3.4"), ip("10.0.0.5"), ip("10.0.0.9")]);
+        assert_eq!(*c.hops, [ip("1.2.3.4"), ip("10.0.0.5"), ip("10.0.0.9")]);
         assert_eq!(c.proto.as_ref().map(|v| v.as_bytes()), Some(&b"https"[..]));
         assert_eq!(
             c.host.as_ref().map(|v| v.as_bytes()),

@@ -58,8 +58,8 @@ pub(super) fn admit_request<B>(
 /// Who the request is from, as far as the router believes its trusted proxies: every
 /// per-client decision from here keys on it.
 fn client_of<B>(req: &Request<B>, ctx: &ConnCtx) -> Client {
-    Client::resolve(
-        ctx.peer.ip(),
+    Client::resolve_from(
+        &ctx.direct,
         req.headers(),
         &ctx.shared.policy.trusted_proxies,
     )

@@ -9,6 +9,7 @@ use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::data::admission::forwarded::Client;
 use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::shared::Shared;
 
@@ -21,6 +22,9 @@ pub(crate) const MAX_REQUESTS_PER_CONN: u32 = 1000;
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
     pub peer: SocketAddr,
+    /// The peer as a request's client when no trusted proxy speaks for another: made
+    /// once, its forwarding headers written once, for every request on the connection.
+    pub direct: Client,
     pub accepted: Instant,
     /// The pending-pool place of an HTTP/1.1 connection, held while it waits for a
     /// request head: until its first, and between forwarded requests. An HTTP/2
@@ -69,6 +73,7 @@ impl ConnCtx {
         Arc::new(Self {
             shared: shared.clone(),
             peer,
+            direct: Client::direct(peer.ip()),
             accepted,
             pending: Mutex::new(Some(slot)),
             streams: None,
@@ -86,6 +91,7 @@ impl ConnCtx {
         Arc::new(Self {
             shared: shared.clone(),
             peer,
+            direct: Client::direct(peer.ip()),
             accepted,
             pending: Mutex::new(None),
             streams: Some(streams),

@@ -28,6 +28,11 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &st
 /// the `Connection` header names. `Content-Length` stays: it is end-to-end, though each
 /// hop's framing is its own (hyper sets it from the body it is given when it is absent).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One look over the names first: most messages carry none of these, and each
+    // removal below is a hash and a probe. This runs twice per forwarded request.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -51,6 +56,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// A header that is about one connection, never forwarded: `Connection` (whose own
+/// list names more, found only when it is there), and the fixed set.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::PROXY_AUTHENTICATE
+        || matches!(name.as_str(), "keep-alive" | "proxy-connection")
 }
 
 #[cfg(test)]
