@@ -50,6 +50,9 @@ pub(crate) struct KeepAlive {
     pub evicted: CancellationToken,
     /// Its source holds its share of the pending pool: close once idle.
     closing: AtomicBool,
+    /// The drain's grace period is over, as the connection's task saw it: its
+    /// requests, which run in that task, end on the next poll (see `live::request_ended`).
+    grace_over: AtomicBool,
     /// Wakes the connection's task when it is to close.
     pub changed: Notify,
 }
@@ -68,6 +71,7 @@ impl ConnCtx {
             in_flight: AtomicU32::new(0),
             evicted: slot.evicted(),
             closing: AtomicBool::new(false),
+            grace_over: AtomicBool::new(false),
             changed: Notify::new(),
         };
         Arc::new(Self {
@@ -153,6 +157,20 @@ impl ConnCtx {
     }
 
     /// Whether the connection is to close once its answers are out.
+    /// The connection's task saw the drain's grace period end: its requests are to end.
+    pub(crate) fn end_grace(&self) {
+        if let Some(k) = &self.keepalive {
+            k.grace_over.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`ConnCtx::end_grace`] was called.
+    pub(crate) fn grace_over(&self) -> bool {
+        self.keepalive
+            .as_ref()
+            .is_some_and(|k| k.grace_over.load(Ordering::Relaxed))
+    }
+
     pub(crate) fn closing(&self) -> bool {
         self.keepalive
             .as_ref()

@@ -8,15 +8,18 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::data::admission::pools::PendingSlot;
-use crate::data::http::conn::ConnCtx;
+use crate::data::http::conn::{ConnCtx, KeepAlive};
+use crate::data::http::gate::Gated;
 use crate::data::http::upgrade;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::peer::Peer;
@@ -58,32 +61,70 @@ pub(crate) async fn serve<I>(
             draining = true;
             conn.as_mut().graceful_shutdown();
         }
+        // Gated: polled when one of them fires, not each time the connection's I/O
+        // wakes the task.
+        let signal = Gated::new(Box::pin(next_signal(
+            &shared,
+            keepalive,
+            evicted.as_mut(),
+            draining,
+        )));
         tokio::select! {
+            biased;
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error");
                 }
                 return;
             }
-            _ = keepalive.changed.notified() => {}
-            // Only while it waits for a request head: the pool may take its place.
-            _ = evicted.as_mut() => {
-                tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
-                return;
-            }
-            // The drain: answers under way are finished, then the connection closes;
-            // an idle one closes now.
-            _ = shared.lifecycle.stop_accepting.cancelled(), if !draining => {
-                draining = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = shared.lifecycle.close_tunnels.cancelled() => {
-                // The grace period is over. A request being handled gets its answer (a
-                // 503 if it still waits on the backend); a connection with none closes.
-                conn.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
-                return;
+            signal = signal => match signal {
+                Signal::Changed => {}
+                Signal::Evicted => {
+                    tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
+                    return;
+                }
+                Signal::Draining => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Signal::GraceOver => {
+                    // A request being handled gets its answer (a 503 if it still waits
+                    // on the backend); a connection with none closes.
+                    ctx.end_grace();
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                    return;
+                }
             }
         }
+    }
+}
+
+/// What turns the connection's loop besides the connection itself.
+enum Signal {
+    /// Its keep-alive standing changed (it is to close once idle).
+    Changed,
+    /// The pending pool took its place while it waited for a request head.
+    Evicted,
+    /// The drain began: answers under way are finished, then the connection closes;
+    /// an idle one closes now.
+    Draining,
+    /// The drain's grace period is over.
+    GraceOver,
+}
+
+async fn next_signal(
+    shared: &Shared,
+    keepalive: &KeepAlive,
+    evicted: Pin<&mut WaitForCancellationFutureOwned>,
+    draining: bool,
+) -> Signal {
+    let life = &shared.lifecycle;
+    tokio::select! {
+        () = keepalive.changed.notified() => Signal::Changed,
+        // Only while it waits for a request head: the pool may take its place.
+        () = evicted => Signal::Evicted,
+        () = life.stop_accepting.cancelled(), if !draining => Signal::Draining,
+        () = life.close_tunnels.cancelled() => Signal::GraceOver,
     }
 }

@@ -174,18 +174,58 @@ pub(super) fn ended<T: Send + 'static>(
     drained: T,
     moved: T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    let drain = shared.lifecycle.close_tunnels.clone();
+    ended_by(
+        shared.lifecycle.close_tunnels.clone().cancelled_owned(),
+        shared,
+        routed,
+        drained,
+        moved,
+    )
+}
+
+/// As [`ended`], for a request forwarded on `ctx`'s connection. An HTTP/1.1
+/// connection's requests run in its own task, which already watches the drain (see
+/// `h1::serve`) and polls them once more when the grace ends: they read its flag, and
+/// do not each register on the drain's token, shared by every I/O thread, to hear it.
+/// An HTTP/2 stream's runs in a task of its own, and listens itself.
+pub(super) fn request_ended<T: Send + 'static>(
+    ctx: &Arc<ConnCtx>,
+    routed: &Routed,
+    drained: T,
+    moved: T,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
+    if ctx.keepalive.is_none() {
+        return ended(&ctx.shared, routed, drained, moved);
+    }
+    let conn = ctx.clone();
+    let grace_over = std::future::poll_fn(move |_| {
+        if conn.grace_over() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    });
+    ended_by(grace_over, &ctx.shared, routed, drained, moved)
+}
+
+fn ended_by<T: Send + 'static>(
+    drain: impl Future<Output = ()> + Send + 'static,
+    shared: &Shared,
+    routed: &Routed,
+    drained: T,
+    moved: T,
+) -> Pin<Box<dyn Future<Output = T> + Send>> {
     match shared.reroute.clone() {
         None => Box::pin(async move {
-            drain.cancelled_owned().await;
+            drain.await;
             drained
         }),
         Some(r) => {
             let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
             Box::pin(async move {
                 tokio::select! {
-                    _ = drain.cancelled() => drained,
-                    _ = r.moved(&tenant, ordinal) => moved,
+                    () = drain => drained,
+                    () = r.moved(&tenant, ordinal) => moved,
                 }
             })
         }
