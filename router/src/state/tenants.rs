@@ -36,11 +36,15 @@ impl LiveTenants {
     pub fn try_register(self: &Arc<Self>, tenant: &str, cap: Option<u32>) -> Option<LiveGuard> {
         {
             let mut shard = self.shard(tenant);
-            let n = shard.get(tenant).copied().unwrap_or(0);
-            if cap.is_some_and(|c| n >= c) {
-                return None;
+            match shard.get_mut(tenant) {
+                Some(n) if cap.is_some_and(|c| *n >= c) => return None,
+                // A tenant already counted keeps its key: no copy of the name made.
+                Some(n) => *n += 1,
+                None if cap == Some(0) => return None,
+                None => {
+                    shard.insert(tenant.into(), 1);
+                }
             }
-            shard.insert(tenant.into(), n + 1);
         }
         Some(LiveGuard {
             registry: self.clone(),
@@ -109,5 +113,8 @@ mod tests {
         drop(c1);
         assert_eq!(live.count("c"), 1);
         assert!(live.try_register("c", Some(2)).is_some());
+        // A cap of 0 admits none, counted or not.
+        assert!(live.try_register("d", Some(0)).is_none());
+        assert_eq!(live.count("d"), 0);
     }
 }
