@@ -19,10 +19,10 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::data::admission::pools::PendingSlot;
 use crate::data::http::conn::{ConnCtx, KeepAlive};
-use crate::data::http::gate::Gated;
 use crate::data::http::upgrade;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::peer::Peer;
+use crate::data::relay::signal::Gated;
 use crate::data::shared::Shared;
 
 /// Serves one HTTP/1.1 connection until it closes, is upgraded, evicted, idle too long,

@@ -11,7 +11,6 @@ mod decide;
 mod dial;
 pub(crate) mod error;
 mod forward;
-mod gate;
 pub(crate) mod h1;
 pub(crate) mod h2;
 mod h2_body;

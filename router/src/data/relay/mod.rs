@@ -1,5 +1,7 @@
 //! Owns: the relay between two upgraded sockets: the pump, WebSocket frame boundaries,
-//! pings, the close handshake, the shared read budget, and 1012 closes for moved tenants.
+//! pings, the close handshake, the shared read budget, and 1012 closes for moved tenants;
+//! and the gate that polls the router's own signals only when they fire (`signal`, used by
+//! an HTTP/1.1 connection's task too).
 //! May not touch: admission, HTTP or dialling; it is handed two peers and limits (only
 //! `reroute` reads the table, to see whose tenant moved).
 
@@ -11,7 +13,7 @@ pub(crate) mod peer;
 pub(crate) mod pings;
 pub(crate) mod pump;
 pub(crate) mod reroute;
-mod signal;
+pub(crate) mod signal;
 mod timers;
 
 #[cfg(test)]

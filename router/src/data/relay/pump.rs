@@ -281,7 +281,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayReport> {
         let this = self.get_mut();
         if let Some(signal) = this.stop_signal.as_mut() {
-            if let Poll::Ready(why) = signal.poll(cx) {
+            if let Poll::Ready(why) = signal.poll_gated(cx) {
                 this.stop_signal = None;
                 this.stop(why);
             }
