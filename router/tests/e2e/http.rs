@@ -15,6 +15,7 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use router::{DevCert, Input, RerouteConfig};
 use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use wsrouter::TableSource;
@@ -552,5 +553,61 @@ async fn a_quiet_event_stream_outlives_the_idle_timeout_a_quiet_answer_does_not(
     let cut = within(WAIT, "the quiet answer's end", resp.into_body().collect()).await?;
     assert!(cut.is_err(), "a quiet answer outlived the idle timeout");
     drop(tx);
+    Ok(())
+}
+
+/// An HTTP/1.1 connection waiting for its next request is pending again (after a
+/// moment: a client that asks again at once is spared the trip): held to its source's
+/// share of the pending pool like a new connection, so with the share full it is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_is_held_to_its_sources_pending_share() -> Result<()> {
+    let mut limits = limits();
+    limits.max_pending_per_ip = 2;
+    let (h, _pods, cert) = router_over_pods(Options {
+        backends: 1,
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let mut config = (*cert.client_config()).clone();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(h.addr()).await?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, tcp)
+        .await?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await?;
+    let conn = tokio::spawn(conn);
+    // A request in flight: the connection is not pending while it lasts.
+    let (tx, body) = streamed_body();
+    let req = Request::post("https://localhost/ws/busy/echo")
+        .header("host", "localhost")
+        .body(body)?;
+    tx.send(Bytes::from_static(b"one")).await?;
+    let resp = within(WAIT, "an answer", send.send_request(req)).await??;
+    assert_eq!(resp.status(), 200);
+    // Meanwhile two more connections from the same address take the source's share,
+    // each stalled in its TLS hello.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = TcpStream::connect(h.addr()).await?;
+        tcp.write_all(&wsload::flood::client_hello_claiming(2000, 100))
+            .await?;
+        held.push(tcp);
+    }
+    within(
+        WAIT,
+        "the share taken",
+        h.router
+            .changes()
+            .until(|| h.router.admission().pending_count() >= 2),
+    )
+    .await?;
+    // The answer ends; the connection, idle, has no room in the pool and is closed.
+    drop(tx);
+    within(WAIT, "the answer's end", resp.into_body().collect()).await??;
+    within(WAIT, "the idle connection closed", conn).await???;
+    assert!(h.router.refused_connections() >= 1);
+    assert_eq!(h.router.admission().pending_count(), 2, "the two held stay");
+    drop(held);
     Ok(())
 }

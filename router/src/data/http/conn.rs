@@ -18,6 +18,13 @@ use crate::data::shared::Shared;
 /// replica) now and then rather than riding one connection for ever.
 pub(crate) const MAX_REQUESTS_PER_CONN: u32 = 1000;
 
+/// How long an HTTP/1.1 connection waits for its next request before it counts as
+/// pending again. A client that sends its next request sooner (most keep-alive clients:
+/// browsers, long polls, API clients) never takes the trip out of the shared pending pool
+/// and back, two of its locks per request; one that idles is counted (and may be
+/// evicted, or closed if its source holds its share) a moment later.
+pub(crate) const READMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Per client connection.
 pub(crate) struct ConnCtx {
     pub shared: Arc<Shared>,
@@ -37,7 +44,8 @@ pub(crate) struct ConnCtx {
 }
 
 /// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
-/// its last answer is out, closed if its source has no room. How long it may wait for
+/// it has waited [`READMIT_AFTER`] after its last answer, closed if its source has no
+/// room. How long it may wait for
 /// its next request head is hyper's header read timeout (`--request-timeout`), which
 /// hyper arms as soon as the connection is idle.
 pub(crate) struct KeepAlive {
@@ -50,6 +58,9 @@ pub(crate) struct KeepAlive {
     pub evicted: CancellationToken,
     /// Its source holds its share of the pending pool: close once idle.
     closing: AtomicBool,
+    /// Its last answer is out and it waits for its next request, not yet back in the
+    /// pending pool: it goes back once it has waited [`READMIT_AFTER`] (`h1::serve`).
+    idle: AtomicBool,
     /// The drain's grace period is over, as the connection's task saw it: its
     /// requests, which run in that task, end on the next poll (see `live::request_ended`).
     grace_over: AtomicBool,
@@ -71,6 +82,7 @@ impl ConnCtx {
             in_flight: AtomicU32::new(0),
             evicted: slot.evicted(),
             closing: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
             grace_over: AtomicBool::new(false),
             changed: Notify::new(),
         };
@@ -103,14 +115,15 @@ impl ConnCtx {
         })
     }
 
-    /// A request head is parsed: the connection leaves the pending pool until its
-    /// answer is out.
+    /// A request head is parsed: the connection leaves the pending pool (if it was back
+    /// in it) until its answer is out.
     pub(crate) fn request_started(&self) {
-        lock(&self.pending).take();
         if let Some(k) = &self.keepalive {
+            k.idle.store(false, Ordering::Relaxed);
             k.requests.fetch_add(1, Ordering::Relaxed);
             k.in_flight.fetch_add(1, Ordering::Relaxed);
         }
+        lock(&self.pending).take();
     }
 
     /// Whether the request being answered is the connection's last (`Connection: close`).
@@ -121,13 +134,30 @@ impl ConnCtx {
     }
 
     /// A request's answer is out (or abandoned). With none left in flight, an HTTP/1.1
-    /// connection waits for its next request as a pending one: admitted again, or
-    /// closed if its source already holds its share.
+    /// connection waits for its next request, and after [`READMIT_AFTER`] as a pending
+    /// one (see [`ConnCtx::readmit`]).
     pub(crate) fn request_done(&self) {
         let Some(k) = &self.keepalive else { return };
         // A connection whose last answer closes it (a refusal, its 1,000th request, an
         // upgrade handing it to the relay) does not wait for another request.
         if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 || k.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        k.idle.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the connection waits for its next request and is not yet pending again.
+    pub(crate) fn idle_unadmitted(&self) -> bool {
+        self.keepalive
+            .as_ref()
+            .is_some_and(|k| k.idle.load(Ordering::Relaxed))
+    }
+
+    /// The connection has waited [`READMIT_AFTER`] for its next request: it is pending
+    /// again, admitted under its source's share, or closed if the source holds it.
+    pub(crate) fn readmit(&self) {
+        let Some(k) = &self.keepalive else { return };
+        if !k.idle.swap(false, Ordering::Relaxed) || k.closing.load(Ordering::Relaxed) {
             return;
         }
         let shared = &self.shared;
@@ -156,7 +186,6 @@ impl ConnCtx {
         }
     }
 
-    /// Whether the connection is to close once its answers are out.
     /// The connection's task saw the drain's grace period end: its requests are to end.
     pub(crate) fn end_grace(&self) {
         if let Some(k) = &self.keepalive {
@@ -171,6 +200,7 @@ impl ConnCtx {
             .is_some_and(|k| k.grace_over.load(Ordering::Relaxed))
     }
 
+    /// Whether the connection is to close once its answers are out.
     pub(crate) fn closing(&self) -> bool {
         self.keepalive
             .as_ref()

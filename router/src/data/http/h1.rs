@@ -1,15 +1,18 @@
 //! One HTTP/1.1 client connection, start to end: hyper serves its requests one after
 //! another; a WebSocket upgrade hands the socket to the relay, plain requests keep the
 //! connection alive. Between requests the connection is pending (in the pending pool,
-//! under eviction) and waits for its next request head at most `--request-timeout`
+//! under eviction) once it has waited `READMIT_AFTER` (a client that asks again sooner
+//! is spared the pool's locks), and waits for its next request head at most `--request-timeout`
 //! (hyper's header read timeout, armed as soon as it is idle); while a request is in
 //! flight its own timeouts apply. A client that stops reading an answer for the stall
 //! time loses the connection (`WriteStall`), whatever the answer.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
@@ -18,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::data::admission::pools::PendingSlot;
-use crate::data::http::conn::{ConnCtx, KeepAlive};
+use crate::data::http::conn::{ConnCtx, KeepAlive, READMIT_AFTER};
 use crate::data::http::upgrade;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::peer::Peer;
@@ -56,6 +59,7 @@ pub(crate) async fn serve<I>(
     let evicted = keepalive.evicted.clone().cancelled_owned();
     let mut evicted = std::pin::pin!(evicted);
     let mut draining = false;
+    let mut readmit = Readmit::new();
     loop {
         if ctx.closing() && !draining {
             draining = true;
@@ -71,12 +75,8 @@ pub(crate) async fn serve<I>(
         )));
         tokio::select! {
             biased;
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error");
-                }
-                return;
-            }
+            r = conn.as_mut() => return log_error(r, peer),
+            () = std::future::poll_fn(|cx| readmit.poll(cx, &ctx)) => ctx.readmit(),
             signal = signal => match signal {
                 Signal::Changed => {}
                 Signal::Evicted => {
@@ -97,6 +97,48 @@ pub(crate) async fn serve<I>(
                 }
             }
         }
+    }
+}
+
+fn log_error(r: Result<(), hyper::Error>, peer: SocketAddr) {
+    if let Err(e) = r {
+        tracing::debug!(client.addr = %peer, error = %e, "HTTP connection error");
+    }
+}
+
+/// The connection's wait, once idle, before it is pending again (see `READMIT_AFTER`):
+/// one timer for the connection's life, armed when it goes idle.
+struct Readmit {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    /// Set for the current idle spell.
+    armed: bool,
+}
+
+impl Readmit {
+    fn new() -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep(READMIT_AFTER)),
+            armed: false,
+        }
+    }
+
+    /// Ready once the connection has been idle (its last answer out, no request since)
+    /// for `READMIT_AFTER`. Costs an atomic load while it is busy, and a timer reset per
+    /// idle spell.
+    fn poll(&mut self, cx: &mut Context<'_>, ctx: &ConnCtx) -> Poll<()> {
+        if !ctx.idle_unadmitted() {
+            self.armed = false;
+            return Poll::Pending;
+        }
+        if !self.armed {
+            self.armed = true;
+            self.sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + READMIT_AFTER);
+        }
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        self.armed = false;
+        Poll::Ready(())
     }
 }
 
