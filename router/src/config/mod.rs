@@ -55,7 +55,7 @@ pub struct Cli {
     /// Log format: human-readable lines or one JSON object per event. Levels come from RUST_LOG.
     #[arg(long, global = true, env = "WSROUTER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
-    /// Threads serving connections, each with its own event loop, all accepting from one listening socket (whichever is free first) [default: the CPUs this process may use]
+    /// Threads serving connections, each with its own event loop and listener (SO_REUSEPORT) [default: the CPUs this process may use]
     #[arg(long, global = true, env = "WSROUTER_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
     #[command(subcommand)]
@@ -93,8 +93,8 @@ pub struct RouterConfig {
     pub routing: RoutingConfig,
     /// Close moved tenants' sockets with 1012 (`--reroute-drain`); `None`: never.
     pub reroute: Option<RerouteConfig>,
-    /// Threads serving connections, each with its own event loop and its own handle on
-    /// the one listening socket (`--workers`). 0: serve on the caller's runtime.
+    /// Threads serving connections, each with its own event loop and its own
+    /// SO_REUSEPORT listener (`--workers`). 0: serve on the caller's runtime.
     pub io_threads: usize,
     /// Plain pages on the WebSocket listener (`wsrouter dev`); `None` for `serve`.
     pub pages: Option<Arc<dyn crate::data::shared::Pages>>,

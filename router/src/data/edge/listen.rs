@@ -41,7 +41,7 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    /// Binds `listen` once, a handle on it per I/O thread, and builds each thread's event
+    /// Binds `listen` once per I/O thread (SO_REUSEPORT) and builds each thread's event
     /// loop, so a failure of either is an error of the router's start. `io_threads` 0:
     /// one listener, served on the caller's runtime. A client that connects and sends
     /// nothing waits in the kernel, not in a slot, for up to `defer`.
@@ -114,31 +114,34 @@ impl Listeners {
     }
 }
 
-/// Binds `addr` once and hands each of the `n` I/O threads its own handle on the one
-/// listening socket: every thread waits on it, and whichever is free first accepts, so a
-/// thread busy with its connections leaves new ones to an idle one. (One socket per
-/// thread with SO_REUSEPORT let the kernel's hash of the client's address spread them,
-/// blind to load: 18 and 34 of 52 connections in one measured start; the thread with
-/// twice the connections got the same CPU, and its requests waited twice as long.)
-/// Clients speak first (ClientHello, or the request in plaintext), so accept is
-/// deferred until data arrives, for up to `defer`.
+/// Binds `n` listeners on `addr` sharing one port with SO_REUSEPORT, so the kernel
+/// spreads new connections over the I/O threads (port 0: the rest take the first's).
+/// Clients speak first (ClientHello, or the request in plaintext), so each listener
+/// defers accept until data arrives, for up to `defer`.
 fn bind_listeners(
     addr: SocketAddr,
     n: usize,
     defer: Duration,
 ) -> std::io::Result<Vec<TcpListener>> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    crate::data::socket::set_defer_accept(&socket, defer)?;
-    let listener = socket.listen(1024)?.into_std()?;
-    (0..n)
-        .map(|_| TcpListener::from_std(listener.try_clone()?))
-        .collect()
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if n > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        crate::data::socket::set_defer_accept(&socket, defer)?;
+        let listener = socket.listen(1024)?;
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
 }
 
 /// One I/O thread: its own single-threaded event loop accepts on its own listener and
