@@ -159,6 +159,20 @@ pub(crate) async fn start_pod(
 }
 
 impl Harness {
+    /// Waits (bounded) until the pending pool holds at least `n` connections.
+    pub(crate) async fn pending_at_least(&self, n: usize) -> Result<()> {
+        let admission = self.router.admission();
+        let what = format!("{n} connections pending");
+        within(
+            WAIT,
+            &what,
+            self.router
+                .changes()
+                .until(|| admission.pending_count() >= n),
+        )
+        .await
+    }
+
     pub(crate) async fn start(opts: Options) -> Result<Self> {
         let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
         Self::start_with_cert(opts, &cert).await

@@ -45,9 +45,8 @@ pub(crate) struct ConnCtx {
 
 /// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
 /// it has waited [`READMIT_AFTER`] after its last answer, closed if its source has no
-/// room. How long it may wait for
-/// its next request head is hyper's header read timeout (`--request-timeout`), which
-/// hyper arms as soon as the connection is idle.
+/// room. How long it may wait for its next request head is hyper's header read timeout
+/// (`--request-timeout`), which hyper arms as soon as the connection is idle.
 pub(crate) struct KeepAlive {
     /// Requests read on this connection.
     requests: AtomicU32,

@@ -22,6 +22,7 @@ use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;
+use crate::data::relay::signal::Gated;
 use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel};
 use crate::data::shared::Shared;
 use crate::state::tenants::LiveGuard;
@@ -187,7 +188,8 @@ pub(super) fn ended<T: Send + 'static>(
 /// connection's requests run in its own task, which already watches the drain (see
 /// `h1::serve`) and polls them once more when the grace ends: they read its flag, and
 /// do not each register on the drain's token, shared by every I/O thread, to hear it.
-/// An HTTP/2 stream's runs in a task of its own, and listens itself.
+/// An HTTP/2 stream's runs in a task of its own and listens itself, gated as a relay's
+/// stop is: its answer's every frame polls it, and an ungated poll takes the token's lock.
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,
@@ -195,7 +197,7 @@ pub(super) fn request_ended<T: Send + 'static>(
     moved: T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
     if ctx.keepalive.is_none() {
-        return ended(&ctx.shared, routed, drained, moved);
+        return Box::pin(Gated::new(ended(&ctx.shared, routed, drained, moved)));
     }
     let conn = ctx.clone();
     let grace_over = std::future::poll_fn(move |_| {
