@@ -30,6 +30,7 @@ use crate::data::upstream::pool::Pool;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::{Changes, Lifecycle};
 use crate::state::tenants::LiveTenants;
+use crate::state::thread_load::ThreadLoad;
 
 /// A running router.
 pub struct RouterHandle {
@@ -261,6 +262,7 @@ fn build(config: RouterConfig) -> Planes {
         ),
         metrics: data_metrics,
         heartbeats: Arc::new(Heartbeats::new(config.io_threads)),
+        thread_load: Arc::new(ThreadLoad::new(config.io_threads)),
         limits: config.limits,
         tls_config,
         http,

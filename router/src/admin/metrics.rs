@@ -24,6 +24,8 @@ pub(crate) struct AdminMetrics {
     /// Per I/O thread, 1 while its event loop has not turned for the stall threshold;
     /// set when scraped, from the heartbeats.
     pub worker_stalled: Family<WorkerLabel, Gauge>,
+    /// Per I/O thread, the client connections it runs; set when scraped.
+    pub worker_connections: Family<WorkerLabel, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,11 +55,18 @@ impl AdminMetrics {
             "1 while an I/O thread's event loop has not turned for --stall-threshold (then /healthz fails)",
             worker_stalled.clone(),
         );
+        let worker_connections = Family::<WorkerLabel, Gauge>::default();
+        registry.register(
+            "worker_connections",
+            "Client connections each I/O thread runs (handshakes included); the accept loops keep them within one or two of each other",
+            worker_connections.clone(),
+        );
         Self {
             registry,
             draining,
             evicted,
             worker_stalled,
+            worker_connections,
         }
     }
 

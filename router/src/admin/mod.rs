@@ -198,28 +198,39 @@ fn route(
         "/readyz" if lc.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" if lc.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/metrics" => {
-            metrics.draining.set(i64::from(lc.is_draining()));
-            let threshold = shared.limits.stall_threshold;
-            for (worker, age) in shared.heartbeats.ages() {
-                metrics
-                    .worker_stalled
-                    .get_or_create(&WorkerLabel {
-                        worker: worker as u32,
-                    })
-                    .set(i64::from(age >= threshold));
-            }
-            let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
-            r.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
-            r
-        }
+        "/metrics" => scrape(shared, metrics),
         "/table" => table_json(shared),
         path => match path.strip_prefix("/route/") {
             Some(ns) => route_json(shared, ns),
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
+}
+
+/// `/metrics`: the gauges read from shared state are set now, then everything encoded.
+fn scrape(shared: &Shared, metrics: &AdminMetrics) -> Response<Full<Bytes>> {
+    metrics
+        .draining
+        .set(i64::from(shared.lifecycle.is_draining()));
+    let threshold = shared.limits.stall_threshold;
+    for (worker, age) in shared.heartbeats.ages() {
+        let label = WorkerLabel {
+            worker: worker as u32,
+        };
+        let stalled = i64::from(age >= threshold);
+        metrics.worker_stalled.get_or_create(&label).set(stalled);
+    }
+    for (worker, conns) in shared.thread_load.counts() {
+        let label = WorkerLabel {
+            worker: worker as u32,
+        };
+        let conns = i64::try_from(conns).unwrap_or(i64::MAX);
+        metrics.worker_connections.get_or_create(&label).set(conns);
+    }
+    let mut r = Response::new(Full::new(Bytes::from(metrics.encode())));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    r
 }
 
 fn no_table() -> Response<Full<Bytes>> {

@@ -6,9 +6,11 @@
 //! - [`lifecycle`]: readiness, the drain signals, the tracked tasks, change notifications.
 //! - [`tenants`]: which tenants have live sockets here (the relay writes, the control
 //!   loop and the admin views read).
+//! - [`thread_load`]: live connections per I/O thread, and where a new one should run.
 //! - [`labels`]: bounded metric label sets, so each component labels its own series.
 
 pub(crate) mod heartbeat;
 pub(crate) mod labels;
 pub(crate) mod lifecycle;
 pub(crate) mod tenants;
+pub(crate) mod thread_load;

@@ -7,16 +7,18 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::data::admission::pools::{PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::edge::accept::AcceptErrors;
+use crate::data::edge::handoff::{self, Handoffs};
 use crate::data::edge::proxy_protocol::{self, Proxied};
 use crate::data::shared::limits::ProxyProtocol;
 use crate::data::shared::Shared;
 use crate::data::tls::stream as tls_stream;
 use crate::state::heartbeat::Heartbeats;
+use crate::state::thread_load::Seat;
 use wsrouter::Backend;
 
 #[derive(Debug, Error)]
@@ -93,21 +95,30 @@ impl Listeners {
             tokio::spawn(heartbeat(shared.clone(), 0, done.clone()));
             tokio::spawn(async move {
                 if let Some(l) = listener {
-                    accept_loop(l, shared).await;
+                    accept_loop(l, shared, 0, None).await;
                 }
                 let _ = tx.send(());
             });
             return Ok(accepting);
         }
-        for (i, (listener, rt)) in listeners.into_iter().zip(io_runtimes).enumerate() {
+        let (handoffs, inboxes) = Handoffs::new(io_runtimes.len());
+        let threads = listeners.into_iter().zip(io_runtimes).zip(inboxes);
+        for (i, ((listener, rt), inbox)) in threads.enumerate() {
             let (tx, rx) = oneshot::channel();
             accepting.push(rx);
             // The listener moves to the thread's own event loop.
             let listener = listener.into_std().map_err(&bind_err)?;
-            let (shared, done) = (shared.clone(), done.clone());
+            let thread = IoThread {
+                i,
+                listener,
+                handoffs: handoffs.clone(),
+                inbox,
+                shared: shared.clone(),
+                done: done.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("wsrouter-io-{i}"))
-                .spawn(move || io_thread(i, rt, listener, shared, done, tx))
+                .spawn(move || thread.run(rt, tx))
                 .map_err(ServerError::Thread)?;
         }
         Ok(accepting)
@@ -144,29 +155,46 @@ fn bind_listeners(
     Ok(out)
 }
 
-/// One I/O thread: its own single-threaded event loop accepts on its own listener and
-/// runs every connection it accepted, start to end. No connection's wake-up crosses
-/// threads, which on two cores was worth a fifth of the throughput and most of the
-/// tail latency compared with one shared work-stealing pool (benches/RESULTS.md).
-fn io_thread(
+/// One I/O thread: its own single-threaded event loop accepts on its own listener, and
+/// runs every connection it kept or was handed, start to end. No connection's wake-up
+/// crosses threads after its hand-over, which on two cores was worth a fifth of the
+/// throughput and most of the tail latency compared with one shared work-stealing pool
+/// (benches/RESULTS.md).
+struct IoThread {
     i: usize,
-    rt: tokio::runtime::Runtime,
     listener: std::net::TcpListener,
+    handoffs: Arc<Handoffs>,
+    inbox: mpsc::UnboundedReceiver<handoff::Arrival>,
     shared: Arc<Shared>,
     done: CancellationToken,
-    accepting: oneshot::Sender<()>,
-) {
-    rt.block_on(async move {
-        tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
-        tokio::spawn(pool_upkeep(shared.clone(), done.clone()));
-        match TcpListener::from_std(listener) {
-            Ok(l) => accept_loop(l, shared).await,
-            Err(e) => tracing::error!(error = %e, "I/O thread cannot use its listener"),
-        }
-        let _ = accepting.send(());
-        // The relays this thread accepted run on it until the router has drained.
-        done.cancelled().await;
-    });
+}
+
+impl IoThread {
+    fn run(self, rt: tokio::runtime::Runtime, accepting: oneshot::Sender<()>) {
+        let Self {
+            i,
+            listener,
+            handoffs,
+            inbox,
+            shared,
+            done,
+        } = self;
+        rt.block_on(async move {
+            tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
+            tokio::spawn(pool_upkeep(shared.clone(), done.clone()));
+            let accept = async {
+                match TcpListener::from_std(listener) {
+                    Ok(l) => accept_loop(l, shared.clone(), i, Some(handoffs)).await,
+                    Err(e) => tracing::error!(error = %e, "I/O thread cannot use its listener"),
+                }
+            };
+            // The inbox ends once every thread's accept loop has stopped.
+            tokio::join!(accept, receive(inbox, shared.clone()));
+            let _ = accepting.send(());
+            // The relays this thread runs stay on it until the router has drained.
+            done.cancelled().await;
+        });
+    }
 }
 
 /// Stamps worker `i`'s heartbeat from its own event loop until the router has drained.
@@ -211,7 +239,14 @@ fn pod_addrs(table: &wsrouter::RoutingTable) -> Option<Vec<SocketAddr>> {
     Some(routed)
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts on thread `here` until the router stops accepting: each connection admitted
+/// to the pending pool runs here, or on a less loaded thread through `handoffs`.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    here: usize,
+    handoffs: Option<Arc<Handoffs>>,
+) {
     let mut errors = AcceptErrors::new("wss");
     let stop = shared.lifecycle.stop_accepting.clone();
     while let Some((tcp, peer)) = errors.next(&listener, &stop).await {
@@ -239,19 +274,53 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let conn_shared = shared.clone();
-        shared
-            .lifecycle
-            .tasks
-            .spawn(serve_conn(conn_shared, tcp, peer, slot));
+        let seat = shared.thread_load.place(here);
+        match &handoffs {
+            Some(h) if seat.thread() != here => {
+                shared.metrics.connections_handed_over.inc();
+                h.send(tcp, peer, slot, seat);
+            }
+            _ => spawn_conn(&shared, tcp, peer, slot, seat),
+        }
     }
+}
+
+/// Runs the connections other threads hand to this one, on this thread's event loop,
+/// until every accept loop has stopped.
+async fn receive(mut inbox: mpsc::UnboundedReceiver<handoff::Arrival>, shared: Arc<Shared>) {
+    while let Some(a) = inbox.recv().await {
+        match TcpStream::from_std(a.tcp) {
+            Ok(tcp) => spawn_conn(&shared, tcp, a.peer, a.slot, a.seat),
+            Err(e) => {
+                tracing::warn!(client.addr = %a.peer, error = %e, "connection closed: its new I/O thread could not take it");
+            }
+        }
+    }
+}
+
+/// Runs a connection on this thread's event loop, counted on it while it lives.
+fn spawn_conn(
+    shared: &Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: PendingSlot,
+    seat: Seat,
+) {
+    let conn = serve_conn(shared.clone(), tcp, peer, slot, seat);
+    shared.lifecycle.tasks.spawn(conn);
 }
 
 /// One connection's way from accept to HTTP: the PROXY header (behind a balancer), the
 /// TLS handshake (unless serving plaintext), then the hand-over. A step returns `None`
 /// when the connection ends there.
-async fn serve_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, slot: PendingSlot) {
-    let mut conn = Arriving::new(&shared, &tcp, peer, slot);
+async fn serve_conn(
+    shared: Arc<Shared>,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    slot: PendingSlot,
+    seat: Seat,
+) {
+    let mut conn = Arriving::new(&shared, &tcp, peer, slot, seat);
     if shared.limits.proxy_protocol == ProxyProtocol::On {
         let Some(client) = conn.proxy_header(&shared, &mut tcp).await else {
             return;
@@ -259,8 +328,8 @@ async fn serve_conn(shared: Arc<Shared>, mut tcp: TcpStream, peer: SocketAddr, s
         conn.peer = client;
     }
     let Some(config) = shared.tls_config.as_ref().map(|c| c.load_full()) else {
-        let (peer, accepted, slot) = conn.into_http();
-        return crate::data::http::h1::serve(shared, tcp, peer, accepted, slot).await;
+        let (peer, accepted, slot, seat) = conn.into_http();
+        return crate::data::http::h1::serve(shared, tcp, peer, accepted, slot, seat).await;
     };
     if let Some(tls) = conn.tls_handshake(&shared, config, tcp).await {
         hand_over(shared, tls, conn).await;
@@ -273,6 +342,8 @@ struct Arriving {
     peer: SocketAddr,
     accepted: Instant,
     slot: PendingSlot,
+    /// Its count on the I/O thread that runs it.
+    seat: Seat,
     /// Cancelled when the pending pool drops the connection to make room.
     evicted: CancellationToken,
     /// The PROXY protocol header and the TLS handshake share one deadline.
@@ -281,7 +352,13 @@ struct Arriving {
 
 impl Arriving {
     /// Starts the clocks and sets the socket up: no Nagle, keepalive as configured.
-    fn new(shared: &Shared, tcp: &TcpStream, peer: SocketAddr, slot: PendingSlot) -> Self {
+    fn new(
+        shared: &Shared,
+        tcp: &TcpStream,
+        peer: SocketAddr,
+        slot: PendingSlot,
+        seat: Seat,
+    ) -> Self {
         let accepted = Instant::now();
         let _ = tcp.set_nodelay(true);
         if let Some(idle) = shared.limits.timers.tcp_keepalive {
@@ -293,22 +370,24 @@ impl Arriving {
             peer,
             accepted,
             slot,
+            seat,
             evicted,
             deadline,
         }
     }
 
-    /// What HTTP takes over: who the connection is from, when it was accepted, and its
-    /// pending place, now charged for a request head.
-    fn into_http(self) -> (SocketAddr, Instant, PendingSlot) {
+    /// What HTTP takes over: who the connection is from, when it was accepted, its
+    /// pending place, now charged for a request head, and its count on this thread.
+    fn into_http(self) -> (SocketAddr, Instant, PendingSlot, Seat) {
         let Self {
             peer,
             accepted,
             mut slot,
+            seat,
             ..
         } = self;
         slot.hold(REQUEST_HEAD_BYTES);
-        (peer, accepted, slot)
+        (peer, accepted, slot, seat)
     }
 
     /// Reads the PROXY protocol header off `tcp`: the address the connection is from
@@ -369,11 +448,11 @@ impl Arriving {
 /// Hands a connection whose TLS handshake is done to HTTP/2 if ALPN chose it, else to
 /// HTTP/1.1.
 async fn hand_over(shared: Arc<Shared>, tls: tls_stream::TlsStream, conn: Arriving) {
-    let (peer, accepted, slot) = conn.into_http();
+    let (peer, accepted, slot, seat) = conn.into_http();
     if tls.alpn() == Some(b"h2") {
-        crate::data::http::h2::serve(shared, tls, peer, accepted, slot).await
+        crate::data::http::h2::serve(shared, tls, peer, accepted, slot, seat).await
     } else {
-        crate::data::http::h1::serve(shared, tls, peer, accepted, slot).await
+        crate::data::http::h1::serve(shared, tls, peer, accepted, slot, seat).await
     }
 }
 

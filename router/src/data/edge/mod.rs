@@ -3,5 +3,6 @@
 //! May not touch: what a request means; it hands each connection to `http` and forgets it.
 
 pub(crate) mod accept;
+pub(crate) mod handoff;
 pub(crate) mod listen;
 pub(crate) mod proxy_protocol;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::data::admission::forwarded::Client;
 use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::shared::Shared;
+use crate::state::thread_load::Seat;
 
 /// Requests one HTTP/1.1 client connection may carry; the last is answered with
 /// `Connection: close`. A pipelined flood ends here, and a client reconnects (to any
@@ -41,6 +42,9 @@ pub(crate) struct ConnCtx {
     pub streams: Option<Arc<ConnStreams>>,
     /// An HTTP/1.1 connection's keep-alive standing.
     pub keepalive: Option<KeepAlive>,
+    /// An HTTP/1.1 connection's count on its I/O thread, until a WebSocket relay takes it
+    /// over with the socket (an HTTP/2 connection's task holds its own).
+    seat: Mutex<Option<Seat>>,
 }
 
 /// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
@@ -75,6 +79,7 @@ impl ConnCtx {
         peer: SocketAddr,
         accepted: Instant,
         slot: PendingSlot,
+        seat: Seat,
     ) -> Arc<Self> {
         let keepalive = KeepAlive {
             requests: AtomicU32::new(0),
@@ -93,6 +98,7 @@ impl ConnCtx {
             pending: Mutex::new(Some(slot)),
             streams: None,
             keepalive: Some(keepalive),
+            seat: Mutex::new(Some(seat)),
         })
     }
 
@@ -111,7 +117,13 @@ impl ConnCtx {
             pending: Mutex::new(None),
             streams: Some(streams),
             keepalive: None,
+            seat: Mutex::new(None),
         })
+    }
+
+    /// The connection's count on its I/O thread, for the relay its socket becomes.
+    pub(crate) fn take_seat(&self) -> Option<Seat> {
+        lock(&self.seat).take()
     }
 
     /// A request head is parsed: the connection leaves the pending pool (if it was back

@@ -27,6 +27,7 @@ use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::peer::Peer;
 use crate::data::relay::signal::Gated;
 use crate::data::shared::Shared;
+use crate::state::thread_load::Seat;
 
 /// Serves one HTTP/1.1 connection until it closes, is upgraded, evicted, idle too long,
 /// or the drain ends it.
@@ -36,11 +37,12 @@ pub(crate) async fn serve<I>(
     peer: SocketAddr,
     accepted: Instant,
     slot: PendingSlot,
+    seat: Seat,
 ) where
     I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
 {
     let limits = &shared.limits;
-    let ctx = ConnCtx::http1(&shared, peer, accepted, slot);
+    let ctx = ConnCtx::http1(&shared, peer, accepted, slot, seat);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
         let ctx = svc_ctx.clone();

@@ -30,6 +30,7 @@ use crate::data::http::upgrade::{self, Answer};
 use crate::data::relay::peer::Peer;
 use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;
+use crate::state::thread_load::Seat;
 
 /// Streams a client may have open on one connection.
 pub(crate) const MAX_STREAMS: u32 = 128;
@@ -81,6 +82,7 @@ pub(crate) async fn serve<I>(
     peer: SocketAddr,
     accepted: Instant,
     slot: PendingSlot,
+    _seat: Seat,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

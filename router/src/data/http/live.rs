@@ -26,6 +26,7 @@ use crate::data::relay::signal::Gated;
 use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel};
 use crate::data::shared::Shared;
 use crate::state::tenants::LiveGuard;
+use crate::state::thread_load::Seat;
 
 /// A backend upgraded and a 101 on its way to the client: what the relay will need once
 /// the client's side of the upgrade completes.
@@ -43,6 +44,8 @@ pub(crate) struct PendingRelay {
     client: std::net::IpAddr,
     accepted: Instant,
     shared: Arc<Shared>,
+    /// An HTTP/1.1 socket's count on its I/O thread, taken over from its connection.
+    seat: Option<Seat>,
 }
 
 impl PendingRelay {
@@ -72,6 +75,7 @@ impl PendingRelay {
             client: client.addr,
             accepted: ctx.accepted,
             shared: ctx.shared.clone(),
+            seat: ctx.take_seat(),
         }
     }
 
@@ -120,6 +124,7 @@ impl PendingRelay {
             client,
             accepted,
             shared,
+            seat,
         } = self;
         let started = Instant::now();
         // One lookup for this relay's gauge; it is decremented through the same handle.
@@ -160,6 +165,7 @@ impl PendingRelay {
             _slot: live,
             _live: tenant_slot,
             _stream: stream,
+            _seat: seat,
         };
         tasks.spawn(live.run(relay));
     }
@@ -248,6 +254,7 @@ struct LiveRelay {
     _live: LiveGuard,
     _slot: LiveSlot,
     _stream: Option<StreamGuard>,
+    _seat: Option<Seat>,
 }
 
 impl LiveRelay {

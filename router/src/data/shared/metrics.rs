@@ -22,6 +22,8 @@ pub(crate) use crate::state::labels::{
 /// read-locked lookup per connection event (never per frame).
 pub(crate) struct Metrics {
     pub connections_accepted: Counter,
+    /// Accepted by one I/O thread and run by a less loaded one.
+    pub connections_handed_over: Counter,
     /// Totals over every refusal reason, for tests and the handle.
     pub connections_refused: Counter,
     refused: Family<ReasonLabel, Counter>,
@@ -67,6 +69,7 @@ impl Metrics {
         let tls_handshake_failures = Family::default();
         let m = Self {
             connections_accepted: Counter::default(),
+            connections_handed_over: Counter::default(),
             connections_refused: Counter::default(),
             refused: Family::default(),
             admission: Default::default(),
@@ -140,6 +143,11 @@ impl Metrics {
             "connections_accepted",
             "Client TCP connections accepted",
             m.connections_accepted.clone(),
+        );
+        r.register(
+            "connections_handed_over",
+            "Client connections accepted by one I/O thread and handed to a less loaded one (the kernel's SO_REUSEPORT hash is blind to load)",
+            m.connections_handed_over.clone(),
         );
         r.register(
             "connections_refused",

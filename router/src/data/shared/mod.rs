@@ -24,6 +24,7 @@ use crate::data::upstream::pool::Pool;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
+use crate::state::thread_load::ThreadLoad;
 
 /// State every connection reads; owned by the router, shared by reference count.
 pub struct Shared {
@@ -58,6 +59,8 @@ pub struct Shared {
     pub(crate) rate: RateLimiter,
     /// Each I/O thread's last turn of its event loop (`/healthz` reads them).
     pub(crate) heartbeats: Arc<Heartbeats>,
+    /// Live connections per I/O thread, which the accept loops balance.
+    pub(crate) thread_load: Arc<ThreadLoad>,
 }
 
 /// Plain GETs the WebSocket listener answers before routing, when given some. A hook, so
