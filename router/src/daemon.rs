@@ -16,13 +16,14 @@ use tokio_util::sync::CancellationToken;
 use wsrouter::RoutingTable;
 
 use crate::admin::{self, metrics::AdminMetrics};
-use crate::config::RouterConfig;
+use crate::config::{AuthSetup, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
 pub(crate) use crate::data::edge::listen::ServerError;
 use crate::data::relay::reroute::Reroute;
+use crate::data::shared::limits::Limits;
 use crate::data::shared::metrics::Metrics;
 use crate::data::shared::Shared;
 use crate::data::upstream::breaker::Breakers;
@@ -115,6 +116,19 @@ impl RouterHandle {
     }
 }
 
+/// Follows the JWKS from the start (`--auth jwt`), so no rotation is missed.
+fn follow_jwks(auth: Option<AuthSetup>, control: &ControlHandle) -> Result<(), ServerError> {
+    let Some(a) = auth else { return Ok(()) };
+    let path = a.jwks.clone();
+    crate::control::watch::jwks::spawn(a.jwks, a.auth, control).map_err(|e| {
+        ServerError::Watch {
+            path,
+            source: Box::new(e),
+        }
+    })?;
+    Ok(())
+}
+
 /// Binds the listeners and starts serving: the control loop first (so a table may be
 /// ready before the first connection), then the admin listener, then the data path.
 pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
@@ -131,11 +145,13 @@ pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     let admin = admin::AdminConfig {
         token: config.admin_token.clone(),
     };
+    let auth = config.auth.clone();
     let Planes {
         shared,
         control,
         metrics,
     } = build(config);
+    follow_jwks(auth, &control)?;
 
     let admin_stop = CancellationToken::new();
     let admin_tasks = admin_listeners
@@ -213,11 +229,7 @@ struct Planes {
 /// The state the planes share, and the control loop (started) that owns the table.
 /// Every piece is made once here and handed to whoever writes or reads it.
 fn build(config: RouterConfig) -> Planes {
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(config.limits.request_timeout)
-        .max_buf_size(config.limits.max_header_bytes)
-        .max_headers(config.limits.max_headers);
+    let http = http1_builder(&config.limits);
     let stats = Arc::new(ControlStats::default());
     // One set of waiters for every change, whoever makes it.
     let lifecycle = Lifecycle::with_changes(stats.changes.clone());
@@ -263,6 +275,7 @@ fn build(config: RouterConfig) -> Planes {
         metrics: data_metrics,
         heartbeats: Arc::new(Heartbeats::new(config.io_threads)),
         thread_load: Arc::new(ThreadLoad::new(config.io_threads)),
+        auth: config.auth.as_ref().map(|a| a.auth.clone()),
         limits: config.limits,
         tls_config,
         http,
@@ -274,6 +287,16 @@ fn build(config: RouterConfig) -> Planes {
         control: handle,
         metrics,
     }
+}
+
+/// How client connections speak HTTP/1.1: the request head's timeout and limits.
+fn http1_builder(limits: &Limits) -> http1::Builder {
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.request_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    http
 }
 
 /// The drain, from SIGTERM (or [`RouterHandle::shutdown`]) to "drained".

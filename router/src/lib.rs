@@ -37,7 +37,9 @@ pub use commands::dev::{start as start_dev, DevHandle};
 pub use commands::exit::bad_command_line;
 pub use commands::plan::{plan, Current};
 pub use commands::run;
-pub use config::{default_admin_listen, AdminToken, Cli, Command, RouterConfig, DEFAULT_CONFIGMAP};
+pub use config::{
+    default_admin_listen, AdminToken, AuthSetup, Cli, Command, RouterConfig, DEFAULT_CONFIGMAP,
+};
 pub use logging::init as init_logging;
 
 // A router in-process, and what its handle and admin listener answer with.
@@ -53,6 +55,7 @@ pub use control::watch::kube::WATCH_RETRY_MAX;
 pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
 
 // The data plane's settings, and what a test plugs into it.
+pub use data::admission::auth::{Denied, JwtRules, JwtSettings};
 pub use data::admission::forwarded::{TrustedProxies, Underscores};
 pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;

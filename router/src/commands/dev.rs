@@ -86,6 +86,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
         tls: Some(cert.server_config(&args.common.tls.tls_options())?),
         admin_listen: Some(args.admin_listen),
         admin_token: args.common.admin.admin_token()?,
+        auth: args.common.auth()?,
         path_prefix,
         drain_grace: args.common.lifecycle.drain_grace(),
         reroute: args.common.lifecycle.reroute(),

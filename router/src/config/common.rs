@@ -4,6 +4,7 @@
 use clap::Args;
 
 use super::admin::AdminArgs;
+use super::auth::AuthArgs;
 use super::edge::EdgeArgs;
 use super::http::HttpArgs;
 use super::lifecycle::LifecycleArgs;
@@ -34,9 +35,19 @@ pub struct CommonArgs {
     pub lifecycle: LifecycleArgs,
     #[command(flatten)]
     pub admin: AdminArgs,
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 impl CommonArgs {
+    /// The door (`--auth`), its keys read; `None` for `--auth none`.
+    pub fn auth(&self) -> Result<Option<super::AuthSetup>, ConfigError> {
+        match self.auth.jwt()? {
+            Some((settings, jwks)) => super::AuthSetup::load(settings, jwks).map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// The data path's limits: the edge's, with the other planes' parts. Checked in the
     /// order they always were (the edge, the stall threshold, the PROXY protocol's
     /// trust, the request rules, the socket timers), so that of several bad flags the

@@ -52,4 +52,12 @@ pub enum ConfigError {
     AdminToken,
     #[error("--proxy-protocol on needs --trusted-proxies: the load balancer's addresses (everyone else is refused)")]
     ProxyProtocolUntrusted,
+    #[error("{0} needs --auth jwt")]
+    AuthFlagWithoutAuth(&'static str),
+    #[error("--auth jwt needs {0}")]
+    AuthNeeds(&'static str),
+    #[error("--jwt-claims-header {0:?} is not a header name")]
+    ClaimsHeader(String),
+    #[error("--jwks-file")]
+    Jwks(#[source] crate::control::watch::jwks::JwksFileError),
 }

@@ -12,6 +12,7 @@
 //! one step that reads files and the pod's environment.
 
 pub(crate) mod admin;
+pub(crate) mod auth;
 pub(crate) mod common;
 pub(crate) mod dev;
 pub(crate) mod edge;
@@ -101,6 +102,37 @@ pub struct RouterConfig {
     /// The bearer token the admin listener asks for, but on `/healthz`, `/readyz` and
     /// `/metrics` (`--admin-token`); `None`: no token asked.
     pub admin_token: Option<AdminToken>,
+    /// Identity at the door (`--auth jwt`); `None` lets everyone in.
+    pub auth: Option<AuthSetup>,
+}
+
+/// `--auth jwt`, its keys read: the door, and the key file its watcher follows.
+#[derive(Clone)]
+pub struct AuthSetup {
+    pub(crate) auth: Arc<crate::data::admission::auth::Auth>,
+    pub jwks: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for AuthSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSetup")
+            .field("settings", &self.auth.settings)
+            .field("jwks", &self.jwks)
+            .finish()
+    }
+}
+
+impl AuthSetup {
+    /// The door for `settings`, its keys read from `jwks` now (a bad file is an error
+    /// of the start, named).
+    pub fn load(
+        settings: crate::data::admission::auth::JwtSettings,
+        jwks: std::path::PathBuf,
+    ) -> Result<Self, ConfigError> {
+        let keys = crate::control::watch::jwks::read_keys(&jwks).map_err(ConfigError::Jwks)?;
+        let auth = Arc::new(crate::data::admission::auth::Auth::new(settings, keys));
+        Ok(Self { auth, jwks })
+    }
 }
 
 #[cfg(test)]

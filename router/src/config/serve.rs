@@ -86,6 +86,7 @@ impl ServeArgs {
             tls,
             admin_listen: Some(self.admin.admin_listen(pod_ip.as_deref())),
             admin_token: self.common.admin.admin_token()?,
+            auth: self.common.auth()?,
             path_prefix,
             drain_grace: self.common.lifecycle.drain_grace(),
             reroute: self.common.lifecycle.reroute(),

@@ -48,6 +48,9 @@ pub struct ControlStats {
     /// TLS certificates reloaded, and new pairs refused (the last good one kept).
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    /// JWKS files reloaded, and new ones refused (the last good keys kept).
+    pub jwks_reloads: Counter,
+    pub jwks_reload_failures: Counter,
     /// `wsrouter_routing_info{config, membership} 1`: the fingerprint of the table in
     /// force, one series at a time.
     pub routing_info: Family<FingerprintLabels, Gauge>,
@@ -134,6 +137,11 @@ impl ControlStats {
             "Kubernetes API errors and broken watch streams (retried with backoff)",
             self.watch_errors.clone(),
         );
+        self.register_files(r);
+    }
+
+    /// The files the router follows besides the overrides: certificate and JWKS.
+    fn register_files(&self, r: &mut Registry) {
         r.register(
             "tls_reloads",
             "TLS certificates reloaded from disk",
@@ -143,6 +151,16 @@ impl ControlStats {
             "tls_reload_failures",
             "New TLS certificate pairs refused (the last good one kept)",
             self.tls_reload_failures.clone(),
+        );
+        r.register(
+            "jwks_reloads",
+            "JSON Web Key Sets reloaded from disk (--jwks-file)",
+            self.jwks_reloads.clone(),
+        );
+        r.register(
+            "jwks_reload_failures",
+            "New JSON Web Key Sets refused (the last good keys kept)",
+            self.jwks_reload_failures.clone(),
         );
     }
 }

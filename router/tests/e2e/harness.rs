@@ -85,6 +85,8 @@ pub(crate) struct Options {
     pub pages: Option<Arc<dyn router::Pages>>,
     /// The admin listener's bearer token.
     pub admin_token: Option<router::AdminToken>,
+    /// `--auth jwt`, its keys loaded.
+    pub auth: Option<router::AuthSetup>,
 }
 
 impl Default for Options {
@@ -106,6 +108,7 @@ impl Default for Options {
             pods: false,
             pages: None,
             admin_token: None,
+            auth: None,
         }
     }
 }
@@ -370,6 +373,7 @@ pub(crate) async fn start_router(
         },
         admin_listen: Some("127.0.0.1:0".parse()?),
         admin_token: opts.admin_token.clone(),
+        auth: opts.auth.clone(),
         path_prefix: PathPrefix::default(),
         drain_grace: opts.drain_grace,
         reroute: opts.reroute,

@@ -1,6 +1,7 @@
 //! End-to-end tests: real TLS, real WebSocket clients, real backends, all on loopback.
 
 mod attacks;
+mod auth;
 mod breaker;
 mod certs;
 mod dev;

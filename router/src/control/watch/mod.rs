@@ -9,6 +9,7 @@
 
 pub(crate) mod certs;
 pub(crate) mod files;
+pub(crate) mod jwks;
 pub(crate) mod kube;
 
 use std::path::PathBuf;

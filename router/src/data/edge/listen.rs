@@ -33,6 +33,13 @@ pub enum ServerError {
     Runtime(#[source] std::io::Error),
     #[error("starting an I/O thread")]
     Thread(#[source] std::io::Error),
+    /// A file the router follows (the JWKS) cannot be watched.
+    #[error("watching {path}")]
+    Watch {
+        path: std::path::PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 /// The WebSocket listeners, bound, with the event loops that will run them.

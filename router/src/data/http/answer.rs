@@ -111,6 +111,7 @@ pub(super) fn refused(
     match verdict.counted {
         Some(Counted::Refused(why)) => metrics.refused(why),
         Some(Counted::BadHandshake(why)) => metrics.bad_backend_handshake(why.as_str()),
+        Some(Counted::Auth(why)) => metrics.auth_refused(why),
         None => {}
     }
     let status = verdict.status.as_u16();
@@ -146,6 +147,12 @@ fn error_response(e: &ProxyError, verdict: &Verdict) -> Response<ProxyBody> {
         h.insert(
             header::SEC_WEBSOCKET_VERSION,
             HeaderValue::from_static("13"),
+        );
+    }
+    if let Some(challenge) = verdict.challenge {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
         );
     }
     if let Some(secs) = verdict.retry_after {

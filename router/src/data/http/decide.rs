@@ -30,6 +30,9 @@ pub(super) struct Routed {
     pub(super) h2: bool,
     /// The host the request was for, as forwarded (`Host` and `X-Forwarded-Host`).
     pub(super) host: HeaderValue,
+    /// When the token it was let in with expires, seconds since the Unix epoch
+    /// (`--auth jwt`): a socket ends then.
+    pub(super) expires: Option<u64>,
 }
 
 /// Where `tenant` goes by the table loaded now. `h2`: the request is an HTTP/2 extended
@@ -71,5 +74,6 @@ pub(super) fn decide(
         tenant_cap: shared.policy.tenant_cap(table, tenant),
         h2,
         host,
+        expires: None,
     })
 }

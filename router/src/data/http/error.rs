@@ -1,6 +1,7 @@
 //! Why a request got no upgrade: one variant per answer (what each comes to is
 //! `verdict`'s).
 
+use crate::data::admission::auth::Denied;
 use http::header::HeaderName;
 use thiserror::Error;
 use wsrouter::{AmbiguousPath, NamespaceError, PathError};
@@ -32,6 +33,9 @@ pub enum ProxyError {
     TenantFull,
     #[error("origin not allowed")]
     OriginDenied,
+    /// No token, a bad one, or one that does not open the tenant (`--auth jwt`).
+    #[error("{0}")]
+    Unauthorized(Denied),
     #[error("{0}")]
     NoTenant(#[source] PathError),
     #[error("shutting down")]

@@ -140,8 +140,12 @@ impl PendingRelay {
             shared.metrics.http2_streams.inc();
         }
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        // The drain's end: 1001; the tenant's move: 1012.
+        // The drain's end: 1001; the tenant's move: 1012; its token's expiry: 1008.
         let stop = ended(&shared, &routed, Stop::SHUTDOWN, Stop::REROUTED);
+        let stop = match routed.expires {
+            Some(at) => expiring(stop, at),
+            None => stop,
+        };
         let relay = relay::run(
             client_io,
             backend,
@@ -169,6 +173,26 @@ impl PendingRelay {
         };
         tasks.spawn(live.run(relay));
     }
+}
+
+/// `stop`, or the token's expiry at `exp` (seconds since the Unix epoch), whichever
+/// comes first. The wall clock is read once, here: a socket's remaining life is a
+/// monotonic timer from now.
+fn expiring(
+    stop: Pin<Box<dyn Future<Output = Stop> + Send>>,
+    exp: u64,
+) -> Pin<Box<dyn Future<Output = Stop> + Send>> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = std::time::Duration::from_secs(exp).saturating_sub(now);
+    let at = tokio::time::Instant::now() + left;
+    Box::pin(async move {
+        tokio::select! {
+            s = stop => s,
+            () = tokio::time::sleep_until(at) => Stop::TOKEN_EXPIRED,
+        }
+    })
 }
 
 /// What ends a socket or a forwarded request on the router's own initiative: the

@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::data::admission::auth::Passed;
 use crate::data::http::answer::{self, Refused};
 use crate::data::http::body::ProxyBody;
 use crate::data::http::dial;
@@ -18,6 +19,7 @@ use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
 use crate::data::relay::peer::Peer;
 use crate::data::shared::metrics::StatusLabel;
+use crate::data::shared::Shared;
 use crate::data::upstream::dial::BackendAnswer;
 
 use crate::data::http::conn::ConnCtx;
@@ -144,6 +146,19 @@ struct Told {
     forwarded: bool,
 }
 
+/// What a request let in at the door carries on to its pod: no claims header but the
+/// router's, and the token out of its query and offered subprotocols (`--auth jwt`).
+fn let_in<B>(req: &mut Request<B>, passed: Option<&Passed>, shared: &Shared) {
+    let Some(auth) = &shared.auth else { return };
+    auth.strip_claims(req.headers_mut());
+    let Some(passed) = passed else { return };
+    tracing::trace!(token.source = ?passed.source, "token accepted");
+    let uri = req.uri().clone();
+    if let Some(uri) = auth.prepare(passed, req.headers_mut(), &uri) {
+        *req.uri_mut() = uri;
+    }
+}
+
 /// hyper hands the socket of an upgrade-shaped request to its upgrade future even when
 /// the answer is not 101; claim it and close it cleanly (TLS close_notify, then FIN)
 /// instead of letting it drop.
@@ -160,17 +175,26 @@ fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
 /// The request's way through, step by step: parsed, routed, then relayed as a WebSocket
 /// or forwarded as a plain request.
 async fn story<B: ClientBodyIn>(
-    req: Request<B>,
+    mut req: Request<B>,
     uri: &http::Uri,
     ctx: &Arc<ConnCtx>,
 ) -> Result<Told, ProxyError> {
     let shared = &ctx.shared;
     let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
     let h2 = req.version() == http::Version::HTTP_2;
+    // At the door: before the table, the tenant's places, a breaker or a pod is asked.
+    let passed = match &shared.auth {
+        Some(auth) => Some(
+            auth.check(req.headers(), req.uri().query(), tenant)
+                .map_err(ProxyError::Unauthorized)?,
+        ),
+        None => None,
+    };
     match kind {
         Kind::Plain => {
             // Refused or not, counted among the plain requests from here.
             let routed = decide::decide(tenant, host, false, shared);
+            let_in(&mut req, passed.as_ref(), shared);
             let resp = forward::forward(req, uri, routed, ctx).await;
             Ok(Told {
                 resp,
@@ -179,7 +203,9 @@ async fn story<B: ClientBodyIn>(
             })
         }
         Kind::WebSocket { key } => {
-            let routed = decide::decide(tenant, host, h2, shared)?;
+            let mut routed = decide::decide(tenant, host, h2, shared)?;
+            routed.expires = passed.as_ref().map(|p| p.grant.expires);
+            let_in(&mut req, passed.as_ref(), shared);
             let (resp, relay) = websocket(&req, &key, routed, ctx).await?;
             Ok(Told {
                 resp,

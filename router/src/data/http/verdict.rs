@@ -6,6 +6,7 @@ use std::io;
 
 use http::StatusCode;
 
+use crate::data::admission::auth::Denied;
 use crate::data::admission::pools::Refusal;
 use crate::data::http::error::ProxyError;
 use crate::data::upstream::dial::Judge;
@@ -25,6 +26,8 @@ pub(crate) struct Verdict {
     /// The counter it adds to, beside `upgrade_responses` (which counts every status).
     pub counted: Option<Counted>,
     pub log: Log,
+    /// The `WWW-Authenticate` challenge of a 401 or 403 at the door.
+    pub challenge: Option<&'static str>,
     /// Worth another try at the backend: nothing was said to the client yet, and a
     /// restarting pod refuses or resets like this.
     pub retry: bool,
@@ -58,6 +61,8 @@ pub(crate) enum Counted {
     Refused(Refusal),
     /// `backend_handshake_failures`: a backend's 101 refused as a 502.
     BadHandshake(BadHandshake),
+    /// `auth_refused`: turned away at the door.
+    Auth(Denied),
 }
 
 /// How an error is logged.
@@ -82,6 +87,7 @@ impl Verdict {
             advertise_upgrade: false,
             counted: None,
             log: Log::Refused,
+            challenge: None,
             retry: false,
             counts_against_backend: false,
         }
@@ -100,6 +106,15 @@ impl Verdict {
         Self {
             retry_after: Some(secs),
             ..self
+        }
+    }
+
+    /// Turned away at the door: 401 or 403 with its challenge, counted by reason.
+    fn denied(why: Denied) -> Self {
+        Self {
+            counted: Some(Counted::Auth(why)),
+            challenge: Some(why.challenge()),
+            ..Self::client(why.status())
         }
     }
 
@@ -133,6 +148,7 @@ impl ProxyError {
                 ..Verdict::client(S::UPGRADE_REQUIRED)
             },
             Self::OriginDenied => Verdict::client(S::FORBIDDEN).refused(Refusal::Origin),
+            Self::Unauthorized(why) => Verdict::denied(*why),
             Self::RateLimited { retry_after } => Verdict::client(S::TOO_MANY_REQUESTS)
                 .refused(Refusal::RatePerIp)
                 .retry_after(*retry_after),

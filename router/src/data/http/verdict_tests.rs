@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wsrouter::{AmbiguousPath, NamespaceError, PathError, TenantFrom};
 
 use super::*;
+use crate::data::admission::auth::Denied;
 use crate::data::http::error::HostError;
 
 /// A 4xx that names what the client should change, logged at `debug`, and nothing else.
@@ -22,6 +23,7 @@ fn client(status: u16) -> Verdict {
         advertise_upgrade: false,
         counted: None,
         log: Log::Refused,
+        challenge: None,
         retry: false,
         counts_against_backend: false,
     }
@@ -129,6 +131,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::RateLimited { .. } => "RateLimited",
         ProxyError::TenantFull => "TenantFull",
         ProxyError::OriginDenied => "OriginDenied",
+        ProxyError::Unauthorized(_) => "Unauthorized",
         ProxyError::NoTenant(_) => "NoTenant",
         ProxyError::ShuttingDown => "ShuttingDown",
         ProxyError::TenantMoved => "TenantMoved",
@@ -147,7 +150,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::Backend(UpstreamError::CircuitOpen { .. }) => "Backend(CircuitOpen)",
     }
 }
-const VARIANTS: usize = 26;
+const VARIANTS: usize = 27;
 
 /// Every error and its whole verdict: what the client gets, what is counted and logged,
 /// and what the dial and the breaker make of it.
@@ -174,6 +177,22 @@ async fn every_error_has_one_verdict() {
         ),
         (ProxyError::BadHost(HostError::Repeated), client(400)),
         (ProxyError::BadKey, client(400)),
+        (
+            ProxyError::Unauthorized(Denied::Expired),
+            Verdict {
+                counted: Some(Counted::Auth(Denied::Expired)),
+                challenge: Some(Denied::Expired.challenge()),
+                ..client(401)
+            },
+        ),
+        (
+            ProxyError::Unauthorized(Denied::WrongTenant),
+            Verdict {
+                counted: Some(Counted::Auth(Denied::WrongTenant)),
+                challenge: Some(Denied::WrongTenant.challenge()),
+                ..client(403)
+            },
+        ),
         (
             ProxyError::UnderscoreHeader(HeaderName::from_static("x_a")),
             client(400),

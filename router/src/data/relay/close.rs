@@ -30,6 +30,8 @@ pub(crate) enum CloseReason {
     PingTimeout,
     /// The socket reached `--max-connection-age`.
     MaxAge,
+    /// The token it was opened with expired (`--auth jwt`).
+    TokenExpired,
     /// The client sent a frame no extension makes valid.
     ClientProtocolError,
     /// The backend sent a frame no extension makes valid.
@@ -50,6 +52,7 @@ impl CloseReason {
             Self::Idle => "idle",
             Self::PingTimeout => "ping_timeout",
             Self::MaxAge => "max_age",
+            Self::TokenExpired => "token_expired",
             Self::ClientProtocolError => "client_protocol_error",
             Self::BackendProtocolError => "backend_protocol_error",
         }
@@ -95,6 +98,13 @@ impl Stop {
         code: code::SERVICE_RESTART,
         reason: "connection age limit; reconnect",
         close_reason: CloseReason::MaxAge,
+    };
+    /// The token the socket was opened with expired: 1008, so a revoked customer does
+    /// not keep a stream; the client reconnects with a fresh token or not at all.
+    pub(crate) const TOKEN_EXPIRED: Stop = Stop {
+        code: code::POLICY_VIOLATION,
+        reason: "token expired",
+        close_reason: CloseReason::TokenExpired,
     };
 }
 

@@ -14,6 +14,8 @@ pub(crate) mod code {
     pub(crate) const BACKEND_GONE: u16 = 1011;
     /// The peer sent a frame no extension can make valid (RFC 6455 §7.4.1).
     pub(crate) const PROTOCOL_ERROR: u16 = 1002;
+    /// The token the socket was opened with expired (`--auth jwt`).
+    pub(crate) const POLICY_VIOLATION: u16 = 1008;
 }
 
 const OP_CLOSE: u8 = 0x8;

@@ -4,6 +4,7 @@
 //! Labels are bounded: backend ordinals, close reasons, HTTP statuses, directions and
 //! rejection reasons; never tenants or client addresses.
 
+use crate::data::admission::auth::Denied;
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -29,6 +30,8 @@ pub(crate) struct Metrics {
     refused: Family<ReasonLabel, Counter>,
     pub admission: AdmissionStats,
     backend_handshake_failures: Family<ReasonLabel, Counter>,
+    /// Requests turned away at the door (`--auth jwt`), by reason.
+    auth_refused: Family<ReasonLabel, Counter>,
     pub connections_active: Family<OrdinalLabel, Gauge>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub upgrade_responses: Family<StatusLabel, Counter>,
@@ -74,6 +77,7 @@ impl Metrics {
             refused: Family::default(),
             admission: Default::default(),
             backend_handshake_failures: Family::default(),
+            auth_refused: Family::default(),
             connections_active: Family::default(),
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
@@ -109,6 +113,14 @@ impl Metrics {
             proxy_header_errors: Family::default(),
             http: HttpMetrics::default(),
         };
+        m.zero_series();
+        m
+    }
+
+    /// Every reason's series from the start, so a rate() or an alert on them has a
+    /// baseline.
+    fn zero_series(&self) {
+        let m = self;
         for reason in [
             "pending_per_ip",
             "live_full",
@@ -119,13 +131,15 @@ impl Metrics {
         ] {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }
-        // Zero series from the start, so a rate() or an alert on them has a baseline.
         for reason in ["accept", "upgrade", "connection", "protocol", "extension"] {
             let _ = m
                 .backend_handshake_failures
                 .get_or_create(&ReasonLabel { reason });
         }
-        m
+        for denied in Denied::ALL {
+            let reason = denied.as_str();
+            let _ = m.auth_refused.get_or_create(&ReasonLabel { reason });
+        }
     }
 
     /// Adds the data path's series to `r`, in the order /metrics has always listed them.
@@ -178,6 +192,11 @@ impl Metrics {
             "backend_handshake_failures",
             "Backend 101s refused as a 502, by what was wrong (accept, upgrade, connection, protocol, extension)",
             m.backend_handshake_failures.clone(),
+        );
+        r.register(
+            "auth_refused",
+            "Requests turned away at the door by --auth jwt, by reason (missing, malformed, algorithm, unknown_key, no_kid, signature, expired, not_yet_valid, issuer, audience: 401; no_tenant_claim, wrong_tenant: 403)",
+            m.auth_refused.clone(),
         );
         r.register(
             "connections_active",
@@ -290,6 +309,14 @@ impl Metrics {
             Err(why) => (&self.proxy_header_errors, why),
         };
         family.get_or_create(&ReasonLabel { reason }).inc();
+    }
+
+    /// Counts a request turned away at the door.
+    pub(crate) fn auth_refused(&self, why: Denied) {
+        let reason = why.as_str();
+        self.auth_refused
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     /// Counts a backend 101 refused as a 502.

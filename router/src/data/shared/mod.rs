@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use wsrouter::{PathPrefix, RoutingTable};
 
+use crate::data::admission::auth::Auth;
 use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
 use crate::data::relay::reroute::Reroute;
@@ -59,6 +60,8 @@ pub struct Shared {
     pub(crate) rate: RateLimiter,
     /// Each I/O thread's last turn of its event loop (`/healthz` reads them).
     pub(crate) heartbeats: Arc<Heartbeats>,
+    /// Identity at the door (`--auth jwt`); `None` lets everyone in, as before.
+    pub(crate) auth: Option<Arc<Auth>>,
     /// Live connections per I/O thread, which the accept loops balance.
     pub(crate) thread_load: Arc<ThreadLoad>,
 }

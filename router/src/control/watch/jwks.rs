@@ -1,0 +1,199 @@
+//! The JWKS file (`--jwks-file`): read at start (a bad one stops the router there),
+//! then watched like the certificate. A key set that parses is swapped in whole; a bad
+//! one is logged with why, and the last good set keeps verifying.
+//!
+//! The path is a file, or a directory mounted from a Secret: then every regular file in
+//! it whose name does not start with `.` (kubelet's `..data`) is a key set, and the sets
+//! are merged (a rotation can add the new key's file beside the old one).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+use super::files::{watch_dirs, FileWatchError, Reloaded};
+use crate::control::ControlHandle;
+use crate::data::admission::auth::jwks::KeySet;
+use crate::data::admission::auth::{Auth, JwksError};
+use crate::logging::DisplayChain;
+
+#[derive(Debug, Error)]
+pub enum JwksFileError {
+    #[error("reading {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: JwksError,
+    },
+    #[error("{0} holds no key set file")]
+    EmptyDir(PathBuf),
+}
+
+/// The key set at `path` (a file, or a directory of them).
+pub(crate) fn read_keys(path: &Path) -> Result<KeySet, JwksFileError> {
+    let read_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| JwksFileError::Read { path, source }
+    };
+    let meta = std::fs::metadata(path).map_err(read_err(path))?;
+    if !meta.is_dir() {
+        let bytes = std::fs::read(path).map_err(read_err(path))?;
+        return KeySet::parse(&bytes).map_err(|source| JwksFileError::Invalid {
+            path: path.to_owned(),
+            source,
+        });
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(path).map_err(read_err(path))? {
+        let entry = entry.map_err(read_err(path))?;
+        let file = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if hidden || !std::fs::metadata(&file).map_err(read_err(&file))?.is_file() {
+            continue;
+        }
+        files.push(file);
+    }
+    files.sort();
+    let mut docs = Vec::with_capacity(files.len());
+    for file in &files {
+        docs.push(std::fs::read(file).map_err(read_err(file))?);
+    }
+    if docs.is_empty() {
+        return Err(JwksFileError::EmptyDir(path.to_owned()));
+    }
+    KeySet::parse_many(&docs).map_err(|(i, source)| JwksFileError::Invalid {
+        path: files.get(i).cloned().unwrap_or_else(|| path.to_owned()),
+        source,
+    })
+}
+
+/// The directory to watch for `path`: itself if it is one, else its parent (editors and
+/// kubelet replace files by renaming, which a watch on the file would miss).
+fn watched_dir(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        return path.to_owned();
+    }
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Watches `path` and swaps every good new key set into `auth`, until the router drains.
+pub(crate) fn spawn(
+    path: PathBuf,
+    auth: Arc<Auth>,
+    control: &ControlHandle,
+) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
+    tracing::info!(jwks = %path.display(), "watching the JWKS");
+    let stats = control.stats.clone();
+    // What was last read, good or bad: events that change nothing do not re-parse.
+    let mut seen: Option<Vec<u8>> = None;
+    watch_dirs(&[watched_dir(&path)], control.stopping(), move |_| {
+        let now = fingerprint(&path);
+        if now.is_none() || now == seen {
+            return Reloaded::Done;
+        }
+        seen = now;
+        match read_keys(&path) {
+            Ok(keys) => {
+                let n = keys.len();
+                auth.swap_keys(keys);
+                stats.jwks_reloads.inc();
+                tracing::info!(jwks = %path.display(), keys = n, "JWKS reloaded; tokens are checked against it");
+            }
+            Err(e) => {
+                stats.jwks_reload_failures.inc();
+                tracing::warn!(error = %DisplayChain(&e), "new JWKS unusable; keeping the last good keys");
+            }
+        }
+        Reloaded::Done
+    })
+}
+
+/// The bytes of every file the key set is read from, in order; `None` if unreadable
+/// (mid-replace).
+fn fingerprint(path: &Path) -> Option<Vec<u8>> {
+    if !path.is_dir() {
+        return std::fs::read(path).ok();
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(path)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut all = Vec::new();
+    for n in names {
+        all.extend_from_slice(n.as_os_str().as_encoded_bytes());
+        all.extend(std::fs::read(&n).ok()?);
+    }
+    Some(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EC_X: &str = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU";
+    const EC_Y: &str = "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0";
+
+    fn set(kid: &str) -> String {
+        format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"{kid}","x":"{EC_X}","y":"{EC_Y}"}}]}}"#
+        )
+    }
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("wsrouter-jwks-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        dir
+    }
+
+    #[test]
+    fn a_file_or_a_mounted_directory_of_them() {
+        let dir = tmp("dir");
+        let write = |name: &str, text: &str| {
+            std::fs::write(dir.join(name), text).unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(matches!(read_keys(&dir), Err(JwksFileError::EmptyDir(_))));
+        write("old.json", &set("old"));
+        write("new.json", &set("new"));
+        // kubelet's own entries are not key sets.
+        write("..data", "not json");
+        let keys = read_keys(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(keys.len(), 2);
+        let one = read_keys(&dir.join("old.json")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(one.len(), 1);
+        // A bad file names itself; the same kid in two files is refused.
+        write("bad.json", "{");
+        let err = read_keys(&dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.ends_with("bad.json"), "{err}");
+        std::fs::remove_file(dir.join("bad.json")).unwrap_or_else(|e| panic!("{e}"));
+        write("again.json", &set("old"));
+        assert!(matches!(
+            read_keys(&dir),
+            Err(JwksFileError::Invalid {
+                source: JwksError::DuplicateKid(_),
+                ..
+            })
+        ));
+        assert!(matches!(
+            read_keys(&dir.join("missing.json")),
+            Err(JwksFileError::Read { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
