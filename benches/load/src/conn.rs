@@ -36,6 +36,9 @@ pub struct Target {
     /// Begin every connection with a PROXY protocol v2 header naming the connection's
     /// own addresses, as a load balancer with `send-proxy-v2` would.
     pub proxy_v2: bool,
+    /// Appended to every socket's path after `?` (`access_token=…` for a router that
+    /// checks tokens).
+    pub query: Option<String>,
 }
 
 impl Target {
@@ -65,7 +68,16 @@ impl Target {
             host: server_name.to_owned(),
             prefix,
             proxy_v2: false,
+            query: None,
         })
+    }
+
+    /// The path of `namespace`'s socket, with the query if one is set.
+    pub(crate) fn path(&self, namespace: &str) -> String {
+        match &self.query {
+            Some(q) => format!("{}{namespace}?{q}", self.prefix),
+            None => format!("{}{namespace}", self.prefix),
+        }
     }
 
     pub(crate) fn check_loopback(&self) -> Result<(), LoadError> {
@@ -196,11 +208,10 @@ pub(crate) async fn open_stream(
             .method(http::Method::CONNECT)
             .version(http::Version::HTTP_2)
             .uri(format!(
-                "https://{}:{}{}{}",
+                "https://{}:{}{}",
                 target.host,
                 target.addr.port(),
-                target.prefix,
-                namespace
+                target.path(namespace)
             ))
             .header("sec-websocket-version", "13")
             .body(Empty::new())
@@ -318,12 +329,11 @@ pub(crate) async fn open(
     let work = async {
         let tcp = open_tcp(target, source).await?;
         let url = format!(
-            "{}://{}:{}{}{}",
+            "{}://{}:{}{}",
             if target.tls { "wss" } else { "ws" },
             target.host,
             target.addr.port(),
-            target.prefix,
-            namespace
+            target.path(namespace)
         );
         match tls {
             Some(c) => {

@@ -67,6 +67,10 @@ struct Args {
     /// load balancer with send-proxy-v2 does: for a router run with --proxy-protocol on.
     #[arg(long)]
     proxy_v2: bool,
+    /// Appended to every socket's path after `?`: `access_token=TOKEN` for a router run
+    /// with --auth jwt.
+    #[arg(long)]
+    query: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -138,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         let cfg = wsload::flood::FloodConfig {
             target: Target {
                 proxy_v2: a.proxy_v2,
+                query: a.query.clone(),
                 ..Target::parse(&a.url, &a.server_name)?
             },
             connections: a.connections,
@@ -162,6 +167,7 @@ async fn main() -> anyhow::Result<()> {
         let cfg = wsload::soak::SoakConfig {
             target: Target {
                 proxy_v2: a.proxy_v2,
+                query: a.query.clone(),
                 ..Target::parse(&a.url, &a.server_name)?
             },
             sockets: a.connections,
@@ -199,6 +205,7 @@ async fn main() -> anyhow::Result<()> {
     let cfg = LoadConfig {
         target: Target {
             proxy_v2: a.proxy_v2,
+            query: a.query.clone(),
             ..Target::parse(&a.url, &a.server_name)?
         },
         connections: a.connections,

@@ -28,7 +28,7 @@ pub struct AuthArgs {
     /// Who may open a tenant: `none`, or `jwt` (a token checked and bound to the tenant before anything else is asked).
     #[arg(long, env = "WSROUTER_AUTH", value_enum, default_value_t = AuthMode::None)]
     pub auth: AuthMode,
-    /// The JSON Web Key Set tokens are checked against (RS256, ES256, EdDSA): a file, or a directory mounted from a Secret (each file a key set); watched, a bad update keeps the last good keys.
+    /// The JSON Web Key Set tokens are checked against (RSA, P-256, P-384, Ed25519 keys): a file, or a directory mounted from a Secret (each file a key set); watched, a bad update keeps the last good keys.
     #[arg(long, env = "WSROUTER_JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
     /// The `iss` a token must carry (required with --auth jwt).

@@ -3,7 +3,7 @@
 //! expires, and a rotated key set is taken live without dropping a socket.
 //!
 //! The tokens here are signed with the `jsonwebtoken` crate and keys made at run time;
-//! `tests/auth/jwt.sh` runs the same door against tokens minted by PyJWT, an independent
+//! `tests/frameworks/jwt.sh` runs the same door against tokens minted by PyJWT, an independent
 //! implementation, with RSA, P-256 and Ed25519 keys.
 
 use std::path::{Path, PathBuf};
@@ -323,7 +323,8 @@ async fn a_socket_ends_with_1008_when_its_token_expires() -> Result<()> {
 }
 
 /// Rotation under live sockets: a new key set renamed into place is taken at once, a
-/// broken one is refused (the last good keys stay), and no socket drops.
+/// broken one is refused (the last good keys stay), a key rotated out opens nothing
+/// more, and no socket drops.
 #[tokio::test]
 async fn a_rotated_key_set_is_taken_live_and_no_socket_drops() -> Result<()> {
     let dir = key_dir("rotation")?;
@@ -375,6 +376,22 @@ async fn a_rotated_key_set_is_taken_live_and_no_socket_drops() -> Result<()> {
     })
     .await??;
     assert!(h.raw_head(&with_new).await?.starts_with("HTTP/1.1 101"));
+    // The old key rotated out: its tokens, verified (and remembered) before, are refused
+    // from then on; the sockets they opened stay until their own expiry.
+    let with_old = upgrade(
+        &format!("/ws/acme?access_token={}", old.token(json!("acme"), 600)?),
+        "",
+    );
+    assert!(h.raw_head(&with_old).await?.starts_with("HTTP/1.1 101"));
+    write_jwks(&jwks, &[&new])?;
+    within(WAIT, "the old key dropped", async {
+        // Its head only: a 101 (before the swap) keeps the connection open.
+        while !h.raw_head(&with_old).await?.starts_with("HTTP/1.1 401") {
+            tokio::task::yield_now().await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
     for (i, ws) in sockets.iter_mut().enumerate() {
         echo_text(ws, &format!("still here {i}")).await?;
     }

@@ -25,7 +25,7 @@ pub enum JwksError {
     AlgMismatch { key: String, alg: String },
     #[error("two keys share the kid {0:?}")]
     DuplicateKid(String),
-    #[error("no signing key in the set (RS256, ES256 or EdDSA)")]
+    #[error("no signing key in the set (RSA, P-256, P-384 or Ed25519)")]
     Empty,
 }
 

@@ -42,13 +42,9 @@ struct Head {
     kid: Option<String>,
 }
 
-/// Checks `token` against `keys` and `rules` and binds it to `tenant`.
-pub(crate) fn verify(
-    token: &str,
-    tenant: &str,
-    keys: &KeySet,
-    rules: &JwtRules,
-) -> Result<Grant, Denied> {
+/// Checks `token` against `keys` and `rules`: who it is, not yet which tenant it opens
+/// (see [`bind`]).
+pub(crate) fn authenticate(token: &str, keys: &KeySet, rules: &JwtRules) -> Result<Grant, Denied> {
     let head = head(token)?;
     let alg = accepted_alg(&head.alg)?;
     let key = keys
@@ -71,7 +67,6 @@ pub(crate) fn verify(
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(Denied::Malformed)?;
-    bind(&claims, &rules.tenant_claim, tenant)?;
     Ok(Grant { expires, claims })
 }
 
@@ -117,7 +112,7 @@ fn denied_by(kind: &jsonwebtoken::errors::ErrorKind) -> Denied {
 
 /// Whether the tenant claim opens `tenant`: equal to it or `*`, or a list holding one
 /// of those.
-fn bind(claims: &Map<String, Value>, claim: &str, tenant: &str) -> Result<(), Denied> {
+pub(crate) fn bind(claims: &Map<String, Value>, claim: &str, tenant: &str) -> Result<(), Denied> {
     let opens = |v: &Value| v.as_str().is_some_and(|s| s == tenant || s == "*");
     match claims.get(claim) {
         None => Err(Denied::NoTenantClaim),
@@ -133,6 +128,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn verify(token: &str, tenant: &str, keys: &KeySet, rules: &JwtRules) -> Result<Grant, Denied> {
+        let grant = authenticate(token, keys, rules)?;
+        bind(&grant.claims, &rules.tenant_claim, tenant)?;
+        Ok(grant)
+    }
 
     /// A key pair made now, its public half as a JWK, and a way to sign with it.
     struct Signer {

@@ -4,10 +4,12 @@
 //! May not touch: the routing table, the pools, any backend: a request is answered here
 //! before any of them is asked, so a stranger cannot spend a tenant's places.
 
+mod cache;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod token;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,7 +31,7 @@ pub enum Denied {
     Missing,
     #[error("malformed token")]
     Malformed,
-    #[error("token algorithm refused (RS256, ES256 or EdDSA)")]
+    #[error("token algorithm refused (RS*, PS*, ES256, ES384 or EdDSA, by its key)")]
     Algorithm,
     #[error("token signed by an unknown key")]
     UnknownKey,
@@ -147,13 +149,28 @@ pub struct JwtSettings {
 /// The door: the settings and the key set in use.
 pub(crate) struct Auth {
     pub settings: JwtSettings,
-    keys: ArcSwap<KeySet>,
+    keys: ArcSwap<Keys>,
+}
+
+/// A key set and its generation: unique in the process (every router, every swap), so a
+/// token verified under one set is never taken as verified under another.
+struct Keys {
+    set: KeySet,
+    generation: u64,
+}
+
+impl Keys {
+    fn new(set: KeySet) -> Self {
+        static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+        let generation = GENERATIONS.fetch_add(1, Ordering::Relaxed);
+        Self { set, generation }
+    }
 }
 
 /// A request let in: when its token expires, and where it was.
 #[derive(Debug)]
 pub(crate) struct Passed {
-    pub grant: Grant,
+    pub grant: Arc<Grant>,
     pub source: token::Source,
 }
 
@@ -161,13 +178,13 @@ impl Auth {
     pub(crate) fn new(settings: JwtSettings, keys: KeySet) -> Self {
         Self {
             settings,
-            keys: ArcSwap::from_pointee(keys),
+            keys: ArcSwap::from_pointee(Keys::new(keys)),
         }
     }
 
     /// Puts a new key set in use (the JWKS file changed and parsed).
     pub(crate) fn swap_keys(&self, keys: KeySet) {
-        self.keys.store(Arc::new(keys));
+        self.keys.store(Arc::new(Keys::new(keys)));
     }
 
     /// Checks the request's token for `tenant`.
@@ -180,7 +197,23 @@ impl Auth {
         let (token, source) =
             token::find(headers, query, &self.settings.cookie)?.ok_or(Denied::Missing)?;
         let keys = self.keys.load();
-        let grant = jwt::verify(&token, tenant, &keys, &self.settings.rules)?;
+        let rules = &self.settings.rules;
+        let grant = match cache::get(keys.generation, &token) {
+            Some(grant) => {
+                // Verified before; its expiry is checked again, as the crate would.
+                let now = jsonwebtoken::get_current_timestamp();
+                if now > grant.expires.saturating_add(rules.leeway.as_secs()) {
+                    return Err(Denied::Expired);
+                }
+                grant
+            }
+            None => {
+                let grant = Arc::new(jwt::authenticate(&token, &keys.set, rules)?);
+                cache::put(keys.generation, &token, grant.clone());
+                grant
+            }
+        };
+        jwt::bind(&grant.claims, &rules.tenant_claim, tenant)?;
         Ok(Passed { grant, source })
     }
 
