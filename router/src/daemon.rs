@@ -18,6 +18,7 @@ use wsrouter::RoutingTable;
 use crate::admin::{self, metrics::AdminMetrics};
 use crate::config::{AuthSetup, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
+use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
@@ -276,6 +277,7 @@ fn build(config: RouterConfig) -> Planes {
         heartbeats: Arc::new(Heartbeats::new(config.io_threads)),
         thread_load: Arc::new(ThreadLoad::new(config.io_threads)),
         auth: config.auth.as_ref().map(|a| a.auth.clone()),
+        forward_auth: config.forward_auth.map(|s| Arc::new(ForwardAuth::new(s))),
         limits: config.limits,
         tls_config,
         http,

@@ -55,7 +55,9 @@ pub use control::watch::kube::WATCH_RETRY_MAX;
 pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
 
 // The data plane's settings, and what a test plugs into it.
-pub use data::admission::auth::{Denied, JwtRules, JwtSettings};
+pub use data::admission::auth::{
+    Denied, ForwardDenied, ForwardSettings, JwtRules, JwtSettings, ServiceUrl,
+};
 pub use data::admission::forwarded::{TrustedProxies, Underscores};
 pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;

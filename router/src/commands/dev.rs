@@ -87,6 +87,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
         admin_listen: Some(args.admin_listen),
         admin_token: args.common.admin.admin_token()?,
         auth: args.common.auth()?,
+        forward_auth: args.common.forward_auth()?,
         path_prefix,
         drain_grace: args.common.lifecycle.drain_grace(),
         reroute: args.common.lifecycle.reroute(),

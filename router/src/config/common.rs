@@ -40,7 +40,14 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
-    /// The door (`--auth`), its keys read; `None` for `--auth none`.
+    /// The authorization service (`--auth forward:URL`), `None` otherwise.
+    pub fn forward_auth(
+        &self,
+    ) -> Result<Option<crate::data::admission::auth::ForwardSettings>, ConfigError> {
+        self.auth.forward()
+    }
+
+    /// The door (`--auth jwt`), its keys read; `None` otherwise.
     pub fn auth(&self) -> Result<Option<super::AuthSetup>, ConfigError> {
         match self.auth.jwt()? {
             Some((settings, jwks)) => super::AuthSetup::load(settings, jwks).map(Some),

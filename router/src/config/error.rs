@@ -56,6 +56,10 @@ pub enum ConfigError {
     AuthFlagWithoutAuth(&'static str),
     #[error("--auth jwt needs {0}")]
     AuthNeeds(&'static str),
+    #[error("{0} needs --auth forward:URL")]
+    ForwardFlagWithoutForward(&'static str),
+    #[error("{0}: {1:?} is not a header the authorization service may be sent or send")]
+    AuthHeader(&'static str, String),
     #[error("--jwt-claims-header {0:?} is not a header name")]
     ClaimsHeader(String),
     #[error("--jwks-file")]

@@ -104,6 +104,8 @@ pub struct RouterConfig {
     pub admin_token: Option<AdminToken>,
     /// Identity at the door (`--auth jwt`); `None` lets everyone in.
     pub auth: Option<AuthSetup>,
+    /// An authorization service asked first (`--auth forward:URL`).
+    pub forward_auth: Option<crate::data::admission::auth::ForwardSettings>,
 }
 
 /// `--auth jwt`, its keys read: the door, and the key file its watcher follows.

@@ -87,6 +87,7 @@ impl ServeArgs {
             admin_listen: Some(self.admin.admin_listen(pod_ip.as_deref())),
             admin_token: self.common.admin.admin_token()?,
             auth: self.common.auth()?,
+            forward_auth: self.common.forward_auth()?,
             path_prefix,
             drain_grace: self.common.lifecycle.drain_grace(),
             reroute: self.common.lifecycle.reroute(),

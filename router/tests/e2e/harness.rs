@@ -87,6 +87,8 @@ pub(crate) struct Options {
     pub admin_token: Option<router::AdminToken>,
     /// `--auth jwt`, its keys loaded.
     pub auth: Option<router::AuthSetup>,
+    /// `--auth forward:URL`.
+    pub forward_auth: Option<router::ForwardSettings>,
 }
 
 impl Default for Options {
@@ -109,6 +111,7 @@ impl Default for Options {
             pages: None,
             admin_token: None,
             auth: None,
+            forward_auth: None,
         }
     }
 }
@@ -374,6 +377,7 @@ pub(crate) async fn start_router(
         admin_listen: Some("127.0.0.1:0".parse()?),
         admin_token: opts.admin_token.clone(),
         auth: opts.auth.clone(),
+        forward_auth: opts.forward_auth.clone(),
         path_prefix: PathPrefix::default(),
         drain_grace: opts.drain_grace,
         reroute: opts.reroute,

@@ -2,6 +2,7 @@
 
 mod attacks;
 mod auth;
+mod auth_service;
 mod breaker;
 mod certs;
 mod dev;

@@ -2,6 +2,7 @@
 //! HTTP/2), a backend's own refusal as it was said, or the router's refusal as its
 //! error's verdict says.
 
+use crate::data::admission::auth::ForwardDenied;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Uri};
@@ -154,6 +155,12 @@ fn error_response(e: &ProxyError, verdict: &Verdict) -> Response<ProxyBody> {
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static(challenge),
         );
+    }
+    if let ProxyError::AuthService(ForwardDenied::Refused {
+        challenge: Some(c), ..
+    }) = e
+    {
+        h.insert(header::WWW_AUTHENTICATE, c.clone());
     }
     if let Some(secs) = verdict.retry_after {
         h.insert(header::RETRY_AFTER, HeaderValue::from(secs));

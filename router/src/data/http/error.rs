@@ -1,7 +1,7 @@
 //! Why a request got no upgrade: one variant per answer (what each comes to is
 //! `verdict`'s).
 
-use crate::data::admission::auth::Denied;
+use crate::data::admission::auth::{Denied, ForwardDenied};
 use http::header::HeaderName;
 use thiserror::Error;
 use wsrouter::{AmbiguousPath, NamespaceError, PathError};
@@ -36,6 +36,9 @@ pub enum ProxyError {
     /// No token, a bad one, or one that does not open the tenant (`--auth jwt`).
     #[error("{0}")]
     Unauthorized(Denied),
+    /// The authorization service kept the request out (`--auth forward:URL`).
+    #[error("{0}")]
+    AuthService(ForwardDenied),
     #[error("{0}")]
     NoTenant(#[source] PathError),
     #[error("shutting down")]

@@ -146,15 +146,56 @@ struct Told {
     forwarded: bool,
 }
 
+/// What the door said of a request let in.
+struct Door {
+    /// Its token (`--auth jwt`).
+    passed: Option<Passed>,
+    /// The authorization service's headers for the pod (`--auth forward:URL`).
+    added: Option<http::HeaderMap>,
+}
+
+/// The door: the request's token checked for its tenant (`--auth jwt`), or the
+/// authorization service asked (`--auth forward:URL`); with neither, everyone is in.
+async fn at_the_door<B>(req: &Request<B>, tenant: &str, ctx: &ConnCtx) -> Result<Door, ProxyError> {
+    let shared = &ctx.shared;
+    let passed = match &shared.auth {
+        Some(auth) => Some(
+            auth.check(req.headers(), req.uri().query(), tenant)
+                .map_err(ProxyError::Unauthorized)?,
+        ),
+        None => None,
+    };
+    let added = match &shared.forward_auth {
+        Some(f) => {
+            let (method, uri, headers) = (req.method(), req.uri(), req.headers());
+            let asked = f.check(method, uri, headers, tenant, ctx.peer.ip()).await;
+            Some(asked.map_err(ProxyError::AuthService)?)
+        }
+        None => None,
+    };
+    Ok(Door { passed, added })
+}
+
 /// What a request let in at the door carries on to its pod: no claims header but the
-/// router's, and the token out of its query and offered subprotocols (`--auth jwt`).
-fn let_in<B>(req: &mut Request<B>, passed: Option<&Passed>, shared: &Shared) {
+/// router's, the token out of its query and offered subprotocols (`--auth jwt`), and
+/// the authorization service's headers in place of any the client sent
+/// (`--auth forward:URL`).
+fn let_in<B>(req: &mut Request<B>, door: Door, shared: &Shared) {
+    if let Some(f) = &shared.forward_auth {
+        let headers = req.headers_mut();
+        for name in &f.settings.response_headers {
+            headers.remove(name);
+        }
+        for (name, value) in door.added.iter().flatten() {
+            headers.append(name, value.clone());
+        }
+    }
     let Some(auth) = &shared.auth else { return };
     auth.strip_claims(req.headers_mut());
-    let Some(passed) = passed else { return };
+    let Some(passed) = door.passed else { return };
     tracing::trace!(token.source = ?passed.source, "token accepted");
     let uri = req.uri().clone();
-    if let Some(uri) = auth.prepare(passed, req.headers_mut(), &uri) {
+    if let Some(uri) = auth.prepare(&passed, req.headers_mut(), &uri) {
         *req.uri_mut() = uri;
     }
 }
@@ -183,18 +224,12 @@ async fn story<B: ClientBodyIn>(
     let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
     let h2 = req.version() == http::Version::HTTP_2;
     // At the door: before the table, the tenant's places, a breaker or a pod is asked.
-    let passed = match &shared.auth {
-        Some(auth) => Some(
-            auth.check(req.headers(), req.uri().query(), tenant)
-                .map_err(ProxyError::Unauthorized)?,
-        ),
-        None => None,
-    };
+    let door = at_the_door(&req, tenant, ctx).await?;
     match kind {
         Kind::Plain => {
             // Refused or not, counted among the plain requests from here.
             let routed = decide::decide(tenant, host, false, shared);
-            let_in(&mut req, passed.as_ref(), shared);
+            let_in(&mut req, door, shared);
             let resp = forward::forward(req, uri, routed, ctx).await;
             Ok(Told {
                 resp,
@@ -204,8 +239,8 @@ async fn story<B: ClientBodyIn>(
         }
         Kind::WebSocket { key } => {
             let mut routed = decide::decide(tenant, host, h2, shared)?;
-            routed.expires = passed.as_ref().map(|p| p.grant.expires);
-            let_in(&mut req, passed.as_ref(), shared);
+            routed.expires = door.passed.as_ref().map(|p| p.grant.expires);
+            let_in(&mut req, door, shared);
             let (resp, relay) = websocket(&req, &key, routed, ctx).await?;
             Ok(Told {
                 resp,

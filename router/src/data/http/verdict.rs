@@ -6,7 +6,7 @@ use std::io;
 
 use http::StatusCode;
 
-use crate::data::admission::auth::Denied;
+use crate::data::admission::auth::{Denied, ForwardDenied};
 use crate::data::admission::pools::Refusal;
 use crate::data::http::error::ProxyError;
 use crate::data::upstream::dial::Judge;
@@ -61,8 +61,8 @@ pub(crate) enum Counted {
     Refused(Refusal),
     /// `backend_handshake_failures`: a backend's 101 refused as a 502.
     BadHandshake(BadHandshake),
-    /// `auth_refused`: turned away at the door.
-    Auth(Denied),
+    /// `auth_refused`: turned away at the door, by its reason label.
+    Auth(&'static str),
 }
 
 /// How an error is logged.
@@ -112,9 +112,28 @@ impl Verdict {
     /// Turned away at the door: 401 or 403 with its challenge, counted by reason.
     fn denied(why: Denied) -> Self {
         Self {
-            counted: Some(Counted::Auth(why)),
+            counted: Some(Counted::Auth(why.as_str())),
             challenge: Some(why.challenge()),
             ..Self::client(why.status())
+        }
+    }
+
+    /// Kept out by the authorization service: its own 401 or 403 (its challenge is
+    /// copied from the error itself), or 503 when it could not answer.
+    fn service_denied(why: &ForwardDenied) -> Self {
+        match why {
+            ForwardDenied::Refused { status, .. } => Self {
+                counted: Some(Counted::Auth("service_refused")),
+                ..Self::client(*status)
+            },
+            ForwardDenied::Unavailable => Self {
+                counted: Some(Counted::Auth("service_unavailable")),
+                ..Self::failed(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "authorization unavailable; retry\n",
+                )
+            }
+            .retry_after(1),
         }
     }
 
@@ -149,6 +168,7 @@ impl ProxyError {
             },
             Self::OriginDenied => Verdict::client(S::FORBIDDEN).refused(Refusal::Origin),
             Self::Unauthorized(why) => Verdict::denied(*why),
+            Self::AuthService(why) => Verdict::service_denied(why),
             Self::RateLimited { retry_after } => Verdict::client(S::TOO_MANY_REQUESTS)
                 .refused(Refusal::RatePerIp)
                 .retry_after(*retry_after),

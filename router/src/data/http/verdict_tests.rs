@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wsrouter::{AmbiguousPath, NamespaceError, PathError, TenantFrom};
 
 use super::*;
-use crate::data::admission::auth::Denied;
+use crate::data::admission::auth::{Denied, ForwardDenied};
 use crate::data::http::error::HostError;
 
 /// A 4xx that names what the client should change, logged at `debug`, and nothing else.
@@ -132,6 +132,8 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::TenantFull => "TenantFull",
         ProxyError::OriginDenied => "OriginDenied",
         ProxyError::Unauthorized(_) => "Unauthorized",
+        ProxyError::AuthService(ForwardDenied::Refused { .. }) => "AuthService(Refused)",
+        ProxyError::AuthService(ForwardDenied::Unavailable) => "AuthService(Unavailable)",
         ProxyError::NoTenant(_) => "NoTenant",
         ProxyError::ShuttingDown => "ShuttingDown",
         ProxyError::TenantMoved => "TenantMoved",
@@ -150,7 +152,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::Backend(UpstreamError::CircuitOpen { .. }) => "Backend(CircuitOpen)",
     }
 }
-const VARIANTS: usize = 27;
+const VARIANTS: usize = 29;
 
 /// Every error and its whole verdict: what the client gets, what is counted and logged,
 /// and what the dial and the breaker make of it.
@@ -180,15 +182,33 @@ async fn every_error_has_one_verdict() {
         (
             ProxyError::Unauthorized(Denied::Expired),
             Verdict {
-                counted: Some(Counted::Auth(Denied::Expired)),
+                counted: Some(Counted::Auth("expired")),
                 challenge: Some(Denied::Expired.challenge()),
                 ..client(401)
             },
         ),
         (
+            ProxyError::AuthService(ForwardDenied::Refused {
+                status: StatusCode::UNAUTHORIZED,
+                challenge: None,
+            }),
+            Verdict {
+                counted: Some(Counted::Auth("service_refused")),
+                ..client(401)
+            },
+        ),
+        (
+            ProxyError::AuthService(ForwardDenied::Unavailable),
+            Verdict {
+                counted: Some(Counted::Auth("service_unavailable")),
+                retry_after: Some(1),
+                ..failed(503, "authorization unavailable; retry\n")
+            },
+        ),
+        (
             ProxyError::Unauthorized(Denied::WrongTenant),
             Verdict {
-                counted: Some(Counted::Auth(Denied::WrongTenant)),
+                counted: Some(Counted::Auth("wrong_tenant")),
                 challenge: Some(Denied::WrongTenant.challenge()),
                 ..client(403)
             },

@@ -136,8 +136,8 @@ impl Metrics {
                 .backend_handshake_failures
                 .get_or_create(&ReasonLabel { reason });
         }
-        for denied in Denied::ALL {
-            let reason = denied.as_str();
+        let service = ["service_refused", "service_unavailable"];
+        for reason in Denied::ALL.map(Denied::as_str).into_iter().chain(service) {
             let _ = m.auth_refused.get_or_create(&ReasonLabel { reason });
         }
     }
@@ -195,7 +195,7 @@ impl Metrics {
         );
         r.register(
             "auth_refused",
-            "Requests turned away at the door by --auth jwt, by reason (missing, malformed, algorithm, unknown_key, no_kid, signature, expired, not_yet_valid, issuer, audience: 401; no_tenant_claim, wrong_tenant: 403)",
+            "Requests turned away at the door by --auth jwt, by reason (--auth jwt: missing, malformed, algorithm, unknown_key, no_kid, signature, expired, not_yet_valid, issuer, audience: 401; no_tenant_claim, wrong_tenant: 403; --auth forward: service_refused, its 401 or 403; service_unavailable, 503)",
             m.auth_refused.clone(),
         );
         r.register(
@@ -312,8 +312,7 @@ impl Metrics {
     }
 
     /// Counts a request turned away at the door.
-    pub(crate) fn auth_refused(&self, why: Denied) {
-        let reason = why.as_str();
+    pub(crate) fn auth_refused(&self, reason: &'static str) {
         self.auth_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();

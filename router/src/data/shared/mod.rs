@@ -13,6 +13,7 @@ use arc_swap::ArcSwapOption;
 use hyper::server::conn::http1;
 use wsrouter::{PathPrefix, RoutingTable};
 
+use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::auth::Auth;
 use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
@@ -62,6 +63,8 @@ pub struct Shared {
     pub(crate) heartbeats: Arc<Heartbeats>,
     /// Identity at the door (`--auth jwt`); `None` lets everyone in, as before.
     pub(crate) auth: Option<Arc<Auth>>,
+    /// External authorization (`--auth forward:URL`); `None` asks no service.
+    pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
     /// Live connections per I/O thread, which the accept loops balance.
     pub(crate) thread_load: Arc<ThreadLoad>,
 }

@@ -5,6 +5,7 @@
 //! before any of them is asked, so a stranger cannot spend a tenant's places.
 
 mod cache;
+pub(crate) mod forward;
 pub(crate) mod jwks;
 pub(crate) mod jwt;
 pub(crate) mod token;
@@ -18,6 +19,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 use thiserror::Error;
 
+pub use forward::{ForwardDenied, ForwardSettings, ServiceUrl};
 pub(crate) use jwks::JwksError;
 pub use jwt::JwtRules;
 
