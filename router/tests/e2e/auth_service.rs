@@ -28,6 +28,8 @@ struct AuthService {
     addr: SocketAddr,
     asked: Asked,
     task: tokio::task::JoinHandle<()>,
+    /// Ends every connection it serves, as a pod's death would.
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl AuthService {
@@ -40,18 +42,29 @@ impl AuthService {
         let addr = listener.local_addr()?;
         let asked = Asked::default();
         let seen = asked.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let stopping = stop.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let seen = seen.clone();
                 let svc = service_fn(move |req| answer(req, seen.clone()));
+                let stopping = stopping.clone();
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        () = stopping.cancelled() => {}
+                    }
                 });
             }
         });
-        Ok(Self { addr, asked, task })
+        Ok(Self {
+            addr,
+            asked,
+            task,
+            stop,
+        })
     }
 
     fn asked(&self) -> Vec<String> {
@@ -62,6 +75,7 @@ impl AuthService {
 impl Drop for AuthService {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop.cancel();
     }
 }
 
@@ -162,9 +176,13 @@ async fn the_service_decides_and_its_answers_are_remembered() -> Result<()> {
         backend.heads().is_empty(),
         "a refused request reached the pod"
     );
-    let head = h
-        .raw_head(&request("/ws/acme?room=7", Some("Bearer alice"), true))
-        .await?;
+    // A client naming the service's header in Connection cannot have it stripped.
+    let naming = String::from_utf8(request("/ws/acme?room=7", Some("Bearer alice"), true))?
+        .replace(
+            "X-User: mallory\r\n",
+            "X-User: mallory\r\nConnection: X-User\r\n",
+        );
+    let head = h.raw_head(naming.as_bytes()).await?;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let heads = backend.heads();
     let sent = heads

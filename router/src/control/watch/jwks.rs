@@ -53,9 +53,15 @@ pub(crate) fn read_keys(path: &Path) -> Result<KeySet, JwksFileError> {
     for entry in std::fs::read_dir(path).map_err(read_err(path))? {
         let entry = entry.map_err(read_err(path))?;
         let file = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if hidden || !std::fs::metadata(&file).map_err(read_err(&file))?.is_file() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
             continue;
+        }
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() => {}
+            // A link whose target kubelet is swapping away: not a key set (any more).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(read_err(&file)(e)),
+            Ok(_) => continue,
         }
         files.push(file);
     }
@@ -85,6 +91,9 @@ fn watched_dir(path: &Path) -> PathBuf {
     }
 }
 
+/// How soon a key set that could not be read (a file vanishing mid-update) is read again.
+const RETRY_READ: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Watches `path` and swaps every good new key set into `auth`, until the router drains.
 pub(crate) fn spawn(
     path: PathBuf,
@@ -100,15 +109,22 @@ pub(crate) fn spawn(
         if now.is_none() || now == seen {
             return Reloaded::Done;
         }
-        seen = now;
         match read_keys(&path) {
             Ok(keys) => {
+                // Only a set that was read and parsed is "seen": one caught mid-update
+                // (kubelet removing a file after the swap) is read again.
+                seen = now;
                 let n = keys.len();
                 auth.swap_keys(keys);
                 stats.jwks_reloads.inc();
                 tracing::info!(jwks = %path.display(), keys = n, "JWKS reloaded; tokens are checked against it");
             }
+            Err(e @ JwksFileError::Read { .. }) => {
+                tracing::debug!(error = %DisplayChain(&e), "JWKS changing; reading it again shortly");
+                return Reloaded::ReadAgainAfter(RETRY_READ);
+            }
             Err(e) => {
+                seen = now;
                 stats.jwks_reload_failures.inc();
                 tracing::warn!(error = %DisplayChain(&e), "new JWKS unusable; keeping the last good keys");
             }

@@ -186,7 +186,10 @@ fn expiring(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     let left = std::time::Duration::from_secs(exp).saturating_sub(now);
-    let at = tokio::time::Instant::now() + left;
+    // An `exp` centuries away (the issuer's to choose) arms no timer.
+    let Some(at) = tokio::time::Instant::now().checked_add(left) else {
+        return stop;
+    };
     Box::pin(async move {
         tokio::select! {
             s = stop => s,

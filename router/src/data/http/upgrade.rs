@@ -10,7 +10,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::data::admission::auth::Passed;
+use crate::data::admission::auth::forward::Question;
+use crate::data::admission::auth::{Denied, Passed};
+use crate::data::admission::forwarded::Client;
 use crate::data::http::answer::{self, Refused};
 use crate::data::http::body::ProxyBody;
 use crate::data::http::dial;
@@ -167,9 +169,17 @@ async fn at_the_door<B>(req: &Request<B>, tenant: &str, ctx: &ConnCtx) -> Result
     };
     let added = match &shared.forward_auth {
         Some(f) => {
-            let (method, uri, headers) = (req.method(), req.uri(), req.headers());
-            let asked = f.check(method, uri, headers, tenant, ctx.peer.ip()).await;
-            Some(asked.map_err(ProxyError::AuthService)?)
+            // The client as the trusted proxies say, as every per-client rule keys on it.
+            let trusted = &shared.policy.trusted_proxies;
+            let client = Client::resolve_from(&ctx.direct, req.headers(), trusted).addr;
+            let question = Question {
+                method: req.method(),
+                uri: req.uri(),
+                headers: req.headers(),
+                tenant,
+                client,
+            };
+            Some(f.check(&question).await.map_err(ProxyError::AuthService)?)
         }
         None => None,
     };
@@ -185,6 +195,7 @@ fn let_in<B>(req: &mut Request<B>, door: Door, shared: &Shared) {
         let headers = req.headers_mut();
         for name in &f.settings.response_headers {
             headers.remove(name);
+            unname(headers, name);
         }
         for (name, value) in door.added.iter().flatten() {
             headers.append(name, value.clone());
@@ -192,11 +203,43 @@ fn let_in<B>(req: &mut Request<B>, door: Door, shared: &Shared) {
     }
     let Some(auth) = &shared.auth else { return };
     auth.strip_claims(req.headers_mut());
+    if let Some(name) = &auth.settings.claims_header {
+        unname(req.headers_mut(), name);
+    }
     let Some(passed) = door.passed else { return };
     tracing::trace!(token.source = ?passed.source, "token accepted");
     let uri = req.uri().clone();
     if let Some(uri) = auth.prepare(&passed, req.headers_mut(), &uri) {
         *req.uri_mut() = uri;
+    }
+}
+
+/// Takes `name` out of the `Connection` header: the router sets it for the pod, and a
+/// client naming it there would have the hop-by-hop strip remove the router's own.
+fn unname(headers: &mut http::HeaderMap, name: &http::HeaderName) {
+    let named = |v: &http::HeaderValue| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    };
+    if !headers.get_all(header::CONNECTION).iter().any(named) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(name.as_str()))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::CONNECTION);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::CONNECTION, v);
+        }
     }
 }
 
@@ -238,8 +281,14 @@ async fn story<B: ClientBodyIn>(
             })
         }
         Kind::WebSocket { key } => {
+            let expires = door.passed.as_ref().map(|p| p.grant.expires);
+            // The leeway lets a token through for the issuer's clock, not a socket past
+            // its end: one already over it would be closed as soon as it opened.
+            if expires.is_some_and(|exp| exp <= jsonwebtoken::get_current_timestamp()) {
+                return Err(ProxyError::Unauthorized(Denied::Expired));
+            }
             let mut routed = decide::decide(tenant, host, h2, shared)?;
-            routed.expires = door.passed.as_ref().map(|p| p.grant.expires);
+            routed.expires = expires;
             let_in(&mut req, door, shared);
             let (resp, relay) = websocket(&req, &key, routed, ctx).await?;
             Ok(Told {

@@ -4,10 +4,16 @@
 //! the upgrade's); `2xx` lets it in (with the configured answer headers copied into what
 //! the pod gets), `401`/`403` are the client's answer as the service gave them, and a
 //! service that cannot answer (timeout, refused, `5xx`) meets `--auth-failure`.
-//! Answers are remembered per credential for `--auth-cache-ttl`, per I/O thread.
+//! Answers are remembered for `--auth-cache-ttl`, per I/O thread, under a digest of the
+//! credential (the selected headers), the client's address, the host, the method, the
+//! tenant and the path (not the query: Socket.IO's `t=` and SignalR's `_=` change on
+//! every poll). Questions go over kept-alive connections, at most [`MAX_IN_FLIGHT`] at
+//! a time per router: a flood of requests that miss the cache waits for its turn (and
+//! meets `--auth-failure` after `--auth-timeout`) instead of opening a socket each.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -98,9 +104,17 @@ pub enum ForwardDenied {
 /// The door, asking the service.
 pub(crate) struct ForwardAuth {
     pub settings: ForwardSettings,
-    /// Unique in the process, so one router's remembered answers are never another's.
+    /// Unique in the process, so one router's remembered answers and kept-alive
+    /// connections are never another's.
     id: u64,
+    /// Questions in flight, bounded.
+    in_flight: tokio::sync::Semaphore,
 }
+
+/// Questions one router may have in flight at once.
+pub(crate) const MAX_IN_FLIGHT: usize = 64;
+/// Idle kept-alive connections to the service, per router and I/O thread.
+const MAX_IDLE: usize = 16;
 
 /// What the service said, as remembered.
 #[derive(Debug, Clone)]
@@ -109,7 +123,12 @@ enum Said {
     Denied(ForwardDenied),
 }
 
-type Remembered = HashMap<(u64, String), (Instant, Said)>;
+/// Keyed by the router's id and a 128-bit digest of the question (two SipHash keys
+/// drawn at random per thread: an attacker can neither forge a collision nor make an
+/// entry bigger than the digest).
+type Remembered = HashMap<(u64, u128), (Instant, Said)>;
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 /// Answers remembered per thread before the cache is emptied.
 const CAPACITY: usize = 4096;
@@ -118,6 +137,20 @@ const MAX_ANSWER_BODY: usize = 64 * 1024;
 
 thread_local! {
     static ANSWERS: RefCell<Remembered> = RefCell::new(HashMap::new());
+    static DIGEST: (std::collections::hash_map::RandomState, std::collections::hash_map::RandomState) =
+        Default::default();
+    /// Kept-alive connections to each router's service, by router id.
+    static IDLE: RefCell<HashMap<u64, Vec<Sender>>> = RefCell::new(HashMap::new());
+}
+
+/// What a question is about, as the cache keys it.
+pub(crate) struct Question<'r> {
+    pub method: &'r Method,
+    pub uri: &'r Uri,
+    pub headers: &'r HeaderMap,
+    pub tenant: &'r str,
+    /// The client, as the trusted proxies say (the peer without them).
+    pub client: IpAddr,
 }
 
 impl ForwardAuth {
@@ -126,24 +159,18 @@ impl ForwardAuth {
         Self {
             settings,
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
         }
     }
 
-    /// Asks the service about a request for `tenant` (or recalls its answer): the
-    /// headers to add to the pod's request, or why not.
-    pub(crate) async fn check(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        tenant: &str,
-        client: IpAddr,
-    ) -> Result<HeaderMap, ForwardDenied> {
-        let key = self.cache_key(method, uri, headers, tenant);
-        let said = match self.recall(&key) {
+    /// Asks the service about a request (or recalls its answer): the headers to add to
+    /// the pod's request, or why not.
+    pub(crate) async fn check(&self, q: &Question<'_>) -> Result<HeaderMap, ForwardDenied> {
+        let key = self.cache_key(q);
+        let said = match self.recall(key) {
             Some(said) => said,
             None => {
-                let said = self.ask(method, uri, headers, client).await;
+                let said = self.ask(q).await;
                 self.remember(key, &said);
                 said
             }
@@ -157,38 +184,45 @@ impl ForwardAuth {
         }
     }
 
-    /// The credential an answer is remembered under: the method, the path and query,
-    /// the tenant, and every header the service is sent.
-    fn cache_key(&self, method: &Method, uri: &Uri, headers: &HeaderMap, tenant: &str) -> String {
-        let mut key = format!(
-            "{method} {} {tenant}",
-            uri.path_and_query().map_or("/", |p| p.as_str())
-        );
-        for name in &self.settings.request_headers {
-            for v in headers.get_all(name) {
-                key.push('\0');
-                key.push_str(name.as_str());
-                key.push(':');
-                key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    /// What an answer is remembered under: a digest of the method, the path (not the
+    /// query), the tenant, the client, the host and every header the service is sent.
+    fn cache_key(&self, q: &Question<'_>) -> u128 {
+        let feed = |h: &mut dyn Hasher| {
+            q.method.as_str().hash(&mut HashInto(h));
+            q.uri.path().hash(&mut HashInto(h));
+            q.tenant.hash(&mut HashInto(h));
+            q.client.hash(&mut HashInto(h));
+            let host = q.headers.get(header::HOST).map(HeaderValue::as_bytes);
+            host.hash(&mut HashInto(h));
+            for name in &self.settings.request_headers {
+                for v in q.headers.get_all(name) {
+                    name.as_str().hash(&mut HashInto(h));
+                    v.as_bytes().hash(&mut HashInto(h));
+                }
             }
-        }
-        key
+        };
+        DIGEST.with(|(a, b)| {
+            let (mut ha, mut hb) = (a.build_hasher(), b.build_hasher());
+            feed(&mut ha);
+            feed(&mut hb);
+            (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
+        })
     }
 
-    fn recall(&self, key: &str) -> Option<Said> {
+    fn recall(&self, key: u128) -> Option<Said> {
         if self.settings.cache_ttl.is_zero() {
             return None;
         }
         ANSWERS.with(|a| {
             let a = a.borrow();
-            let (until, said) = a.get(&(self.id, key.to_owned()))?;
+            let (until, said) = a.get(&(self.id, key))?;
             (Instant::now() < *until).then(|| said.clone())
         })
     }
 
     /// Remembers an answer; an unavailable service is not remembered (the next request
     /// asks again).
-    fn remember(&self, key: String, said: &Said) {
+    fn remember(&self, key: u128, said: &Said) {
         if self.settings.cache_ttl.is_zero()
             || matches!(said, Said::Denied(ForwardDenied::Unavailable))
         {
@@ -204,13 +238,18 @@ impl ForwardAuth {
         });
     }
 
-    async fn ask(&self, method: &Method, uri: &Uri, headers: &HeaderMap, client: IpAddr) -> Said {
-        let question = match self.question(method, uri, headers, client) {
+    async fn ask(&self, q: &Question<'_>) -> Said {
+        let question = match self.question(q) {
             Some(q) => q,
             None => return Said::Denied(ForwardDenied::Unavailable),
         };
         let s = &self.settings;
-        let answer = tokio::time::timeout(s.timeout, send(&s.url.authority, question)).await;
+        let asked = async {
+            // Waiting for a turn counts against the timeout too.
+            let _turn = self.in_flight.acquire().await?;
+            self.send(question).await
+        };
+        let answer = tokio::time::timeout(s.timeout, asked).await;
         match answer {
             Ok(Ok((status, answer_headers))) => self.judge(status, &answer_headers),
             Ok(Err(e)) => {
@@ -246,56 +285,134 @@ impl ForwardAuth {
         Said::Denied(ForwardDenied::Refused { status, challenge })
     }
 
-    /// The question: the request's method, its path and query under the service's
-    /// path, the selected headers, and where it came from in `X-Forwarded-*`.
-    fn question(
-        &self,
-        method: &Method,
-        uri: &Uri,
-        headers: &HeaderMap,
-        client: IpAddr,
-    ) -> Option<Request<Empty<Bytes>>> {
+    /// The question: the request's method (`GET` for an HTTP/2 WebSocket's extended
+    /// CONNECT, as its HTTP/1.1 upgrade would say), its path and query under the
+    /// service's path, the selected headers (an HTTP/2 client's split cookies joined
+    /// into one), and where it came from in `X-Forwarded-*`.
+    fn question(&self, q: &Question<'_>) -> Option<Request<Empty<Bytes>>> {
         let s = &self.settings;
-        let original = uri.path_and_query().map_or("/", |p| p.as_str());
+        let method = if q.method == Method::CONNECT {
+            &Method::GET
+        } else {
+            q.method
+        };
+        let original = q.uri.path_and_query().map_or("/", |p| p.as_str());
         let mut req = Request::builder()
             .method(method.clone())
             .uri(format!("{}{original}", s.url.path))
             .header(header::HOST, &s.url.authority)
             .header("x-forwarded-method", method.as_str())
             .header("x-forwarded-uri", original)
-            .header("x-forwarded-for", client.to_string());
-        if let Some(host) = headers.get(header::HOST) {
+            .header("x-forwarded-for", q.client.to_string());
+        if let Some(host) = q.headers.get(header::HOST) {
             req = req.header("x-forwarded-host", host);
+        } else if let Some(authority) = q.uri.authority() {
+            req = req.header("x-forwarded-host", authority.as_str());
         }
         for name in &s.request_headers {
-            for v in headers.get_all(name) {
+            if name == header::COOKIE {
+                let crumbs: Vec<&[u8]> = q
+                    .headers
+                    .get_all(name)
+                    .iter()
+                    .map(HeaderValue::as_bytes)
+                    .collect();
+                if !crumbs.is_empty() {
+                    req = req.header(name, crumbs.join(&b"; "[..]));
+                }
+                continue;
+            }
+            for v in q.headers.get_all(name) {
                 req = req.header(name, v);
             }
         }
         req.body(Empty::new()).ok()
     }
+
+    /// One question over a kept-alive connection to the service (a new one when none
+    /// is idle): the answer's status and headers (its body read up to a bound and
+    /// dropped). The connection goes back for the next question once the answer is read.
+    async fn send(
+        &self,
+        question: Request<Empty<Bytes>>,
+    ) -> Result<(StatusCode, HeaderMap), Box<dyn std::error::Error + Send + Sync>> {
+        // A kept-alive connection the service has closed meanwhile fails at once; the
+        // question (it changes nothing) goes again on a new one.
+        let resp = match self.idle() {
+            Some(mut idle) => match idle.send_request(question.clone()).await {
+                Ok(resp) => Some((idle, resp)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (sender, resp) = match resp {
+            Some(kept) => kept,
+            None => {
+                let mut fresh = self.connect().await?;
+                let resp = fresh.send_request(question).await?;
+                (fresh, resp)
+            }
+        };
+        let (parts, mut body) = resp.into_parts();
+        let mut read = 0;
+        let mut whole = true;
+        while let Some(frame) = body.frame().await {
+            read += frame?.data_ref().map_or(0, Bytes::len);
+            if read > MAX_ANSWER_BODY {
+                whole = false;
+                break;
+            }
+        }
+        if whole {
+            self.keep(sender);
+        }
+        Ok((parts.status, parts.headers))
+    }
+
+    async fn connect(&self) -> Result<Sender, Box<dyn std::error::Error + Send + Sync>> {
+        let tcp = tokio::net::TcpStream::connect(&self.settings.url.authority).await?;
+        let _ = tcp.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    /// An idle connection to this router's service on this thread, still open.
+    fn idle(&self) -> Option<Sender> {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.get_mut(&self.id)?;
+            while let Some(s) = list.pop() {
+                if s.is_ready() {
+                    return Some(s);
+                }
+            }
+            None
+        })
+    }
+
+    fn keep(&self, sender: Sender) {
+        IDLE.with(|idle| {
+            let mut idle = idle.borrow_mut();
+            let list = idle.entry(self.id).or_default();
+            if list.len() < MAX_IDLE && !sender.is_closed() {
+                list.push(sender);
+            }
+        });
+    }
 }
 
-/// One question on a new connection to `authority`: the answer's status and headers (its
-/// body read up to a bound and dropped).
-async fn send(
-    authority: &str,
-    question: Request<Empty<Bytes>>,
-) -> Result<(StatusCode, HeaderMap), Box<dyn std::error::Error + Send + Sync>> {
-    let tcp = tokio::net::TcpStream::connect(authority).await?;
-    let _ = tcp.set_nodelay(true);
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(conn);
-    let resp = sender.send_request(question).await?;
-    let (parts, mut body) = resp.into_parts();
-    let mut read = 0;
-    while let Some(frame) = body.frame().await {
-        read += frame?.data_ref().map_or(0, Bytes::len);
-        if read > MAX_ANSWER_BODY {
-            break;
-        }
+/// Feeds a `dyn Hasher` through the `Hasher` the standard `Hash` impls want.
+struct HashInto<'h>(&'h mut dyn Hasher);
+
+impl Hasher for HashInto<'_> {
+    fn finish(&self) -> u64 {
+        self.0.finish()
     }
-    Ok((parts.status, parts.headers))
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.write(bytes);
+    }
 }
 
 #[cfg(test)]
@@ -372,20 +489,44 @@ mod tests {
     }
 
     #[test]
-    fn the_cache_key_holds_the_credential_and_the_tenant() {
+    fn the_cache_key_holds_the_credential_the_client_and_the_path() {
         let d = door(false);
-        let uri: Uri = "/ws/acme?x=1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let uri = |s: &str| s.parse::<Uri>().unwrap_or_else(|e| panic!("{e}"));
+        let (polled, again) = (uri("/ws/acme/poll?t=1"), uri("/ws/acme/poll?t=2"));
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer a"));
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
         h.insert(header::USER_AGENT, HeaderValue::from_static("ignored"));
-        let a = d.cache_key(&Method::GET, &uri, &h, "acme");
+        let here: IpAddr = [10, 0, 0, 1].into();
+        let key = |method: &Method, uri: &Uri, h: &HeaderMap, tenant: &str, client: IpAddr| {
+            d.cache_key(&Question {
+                method,
+                uri,
+                headers: h,
+                tenant,
+                client,
+            })
+        };
+        let a = key(&Method::GET, &polled, &h, "acme", here);
+        // A poll's changing query and a header not sent to the service: the same answer.
+        assert_eq!(key(&Method::GET, &again, &h, "acme", here), a);
         h.insert(header::USER_AGENT, HeaderValue::from_static("other"));
-        assert_eq!(d.cache_key(&Method::GET, &uri, &h, "acme"), a);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
-        assert_ne!(d.cache_key(&Method::GET, &uri, &h, "acme"), a);
+        assert_eq!(key(&Method::GET, &polled, &h, "acme", here), a);
+        // Another client, method, tenant, path, host or credential: another answer.
         assert_ne!(
-            d.cache_key(&Method::POST, &uri, &h, "acme"),
-            d.cache_key(&Method::GET, &uri, &h, "acme")
+            key(&Method::GET, &polled, &h, "acme", [10, 0, 0, 2].into()),
+            a
         );
+        assert_ne!(key(&Method::POST, &polled, &h, "acme", here), a);
+        assert_ne!(key(&Method::GET, &polled, &h, "globex", here), a);
+        assert_ne!(
+            key(&Method::GET, &uri("/ws/acme/other"), &h, "acme", here),
+            a
+        );
+        let mut other_host = h.clone();
+        other_host.insert(header::HOST, HeaderValue::from_static("b.example"));
+        assert_ne!(key(&Method::GET, &polled, &other_host, "acme", here), a);
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer b"));
+        assert_ne!(key(&Method::GET, &polled, &h, "acme", here), a);
     }
 }
