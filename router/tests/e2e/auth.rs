@@ -57,6 +57,14 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// A fresh key directory holding a JWKS (`jwks.json`) of one new key, and that key.
+fn keyed(name: &str) -> Result<(PathBuf, Signer)> {
+    let dir = key_dir(name)?;
+    let signer = Signer::new("k1")?;
+    write_jwks(&dir.join("jwks.json"), &[&signer])?;
+    Ok((dir, signer))
+}
+
 /// A fresh directory for a test's key files.
 fn key_dir(name: &str) -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("wsrouter-e2e-{name}-{}", std::process::id()));
@@ -248,9 +256,7 @@ async fn a_token_opens_its_tenant_only_and_refusals_never_reach_a_pod() -> Resul
 /// verified claims in the router's own header (a client's copy of it thrown away).
 #[tokio::test]
 async fn the_pod_gets_the_claims_and_not_the_token() -> Result<()> {
-    let dir = key_dir("claims")?;
-    let signer = Signer::new("k1")?;
-    write_jwks(&dir.join("jwks.json"), &[&signer])?;
+    let (dir, signer) = keyed("claims")?;
     let backend = FakeBackend::start(FakeAnswer::Upgrade(good_101)).await?;
     let h = Harness::start(Options {
         replace: (0..4).map(|i| (i, backend.addr.to_string())).collect(),
@@ -291,9 +297,7 @@ async fn the_pod_gets_the_claims_and_not_the_token() -> Result<()> {
 /// the same thread, with a longer token, carries on.
 #[tokio::test]
 async fn a_socket_ends_with_1008_when_its_token_expires() -> Result<()> {
-    let dir = key_dir("expiry")?;
-    let signer = Signer::new("k1")?;
-    write_jwks(&dir.join("jwks.json"), &[&signer])?;
+    let (dir, signer) = keyed("expiry")?;
     let h = Harness::start(Options {
         auth: Some(auth(dir.join("jwks.json"), None)?),
         interval: Duration::from_secs(3600),

@@ -23,6 +23,7 @@ use crate::data::relay::peer::Peer;
 use crate::data::shared::metrics::StatusLabel;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::BackendAnswer;
+use crate::data::upstream::headers::unname;
 
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
@@ -211,35 +212,6 @@ fn let_in<B>(req: &mut Request<B>, door: Door, shared: &Shared) {
     let uri = req.uri().clone();
     if let Some(uri) = auth.prepare(&passed, req.headers_mut(), &uri) {
         *req.uri_mut() = uri;
-    }
-}
-
-/// Takes `name` out of the `Connection` header: the router sets it for the pod, and a
-/// client naming it there would have the hop-by-hop strip remove the router's own.
-fn unname(headers: &mut http::HeaderMap, name: &http::HeaderName) {
-    let named = |v: &http::HeaderValue| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(name.as_str()))
-        })
-    };
-    if !headers.get_all(header::CONNECTION).iter().any(named) {
-        return;
-    }
-    let kept: Vec<String> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case(name.as_str()))
-        .map(str::to_owned)
-        .collect();
-    headers.remove(header::CONNECTION);
-    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
-        if !kept.is_empty() {
-            headers.insert(header::CONNECTION, v);
-        }
     }
 }
 

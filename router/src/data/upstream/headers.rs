@@ -1,7 +1,7 @@
 //! HTTP header lists as both sides of an upgrade read them: tokens, items, and the
 //! hop-by-hop headers that never cross the router.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The items of a comma-separated header, over all its lines, trimmed, empty ones skipped.
 pub(crate) fn list(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
@@ -24,6 +24,38 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &st
     list(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
+/// The names a message's `Connection` header lists (each value split at commas,
+/// trimmed, empty ones left out).
+pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Takes `name` out of the `Connection` header: a header the router sets for the pod,
+/// which a client naming it there would otherwise have [`strip_hop_by_hop`] remove.
+pub(crate) fn unname(headers: &mut HeaderMap, name: &HeaderName) {
+    let named = |t: &str| t.eq_ignore_ascii_case(name.as_str());
+    if !connection_tokens(headers).any(named) {
+        return;
+    }
+    let kept: Vec<String> = connection_tokens(headers)
+        .filter(|t| !named(t))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::CONNECTION);
+    if kept.is_empty() {
+        return;
+    }
+    if let Ok(v) = HeaderValue::from_str(&kept.join(", ")) {
+        headers.insert(header::CONNECTION, v);
+    }
+}
+
 /// Headers that belong to one hop and must not be forwarded (RFC 9110 §7.6.1), plus any
 /// the `Connection` header names. `Content-Length` stays: it is end-to-end, though each
 /// hop's framing is its own (hyper sets it from the body it is given when it is absent).
@@ -33,12 +65,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -69,9 +97,45 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use http::header::HeaderValue;
-
     use super::*;
+
+    #[test]
+    fn a_header_the_router_sets_is_taken_out_of_connection() {
+        let claims = HeaderName::from_static("x-wsrouter-claims");
+        let mut h = HeaderMap::new();
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, X-Wsrouter-Claims"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        unname(&mut h, &claims);
+        assert_eq!(
+            connection_tokens(&h).collect::<Vec<_>>(),
+            ["Upgrade", "x-other"]
+        );
+        h.insert(
+            claims.clone(),
+            HeaderValue::from_static("set by the router"),
+        );
+        strip_hop_by_hop(&mut h);
+        assert!(h.contains_key(&claims));
+        // Only the router's header named: Connection goes.
+        let mut only = HeaderMap::new();
+        only.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("X-Wsrouter-Claims"),
+        );
+        unname(&mut only, &claims);
+        assert!(!only.contains_key(header::CONNECTION));
+        // Not named: untouched.
+        let mut none = HeaderMap::new();
+        none.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        unname(&mut none, &claims);
+        assert_eq!(
+            none.get(header::CONNECTION),
+            Some(&HeaderValue::from_static("keep-alive"))
+        );
+    }
 
     #[test]
     fn hop_by_hop_headers_are_stripped() {
