@@ -19,6 +19,7 @@ use crate::admin::{self, metrics::AdminMetrics};
 use crate::config::{AuthSetup, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::auth::forward::ForwardAuth;
+use crate::data::admission::auth::Auth;
 use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
@@ -255,6 +256,7 @@ fn build(config: RouterConfig) -> Planes {
     let reroute = config
         .reroute
         .map(|r| Arc::new(Reroute::new(r, table.clone(), handle.changes())));
+    let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let shared = Arc::new(Shared {
         table,
         live,
@@ -276,8 +278,8 @@ fn build(config: RouterConfig) -> Planes {
         metrics: data_metrics,
         heartbeats: Arc::new(Heartbeats::new(config.io_threads)),
         thread_load: Arc::new(ThreadLoad::new(config.io_threads)),
-        auth: config.auth.as_ref().map(|a| a.auth.clone()),
-        forward_auth: config.forward_auth.map(|s| Arc::new(ForwardAuth::new(s))),
+        auth,
+        forward_auth,
         limits: config.limits,
         tls_config,
         http,
@@ -289,6 +291,17 @@ fn build(config: RouterConfig) -> Planes {
         control: handle,
         metrics,
     }
+}
+
+/// The doors (`--auth jwt`, `--auth forward:URL`), as the data path holds them.
+fn doors(
+    jwt: Option<AuthSetup>,
+    forward: Option<crate::data::admission::auth::ForwardSettings>,
+    metrics: &Metrics,
+) -> (Option<Arc<Auth>>, Option<Arc<ForwardAuth>>) {
+    let failed_open = metrics.auth_failed_open.clone();
+    let forward = forward.map(|s| Arc::new(ForwardAuth::new(s, failed_open)));
+    (jwt.map(|a| a.auth), forward)
 }
 
 /// How client connections speak HTTP/1.1: the request head's timeout and limits.

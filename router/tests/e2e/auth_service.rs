@@ -325,6 +325,8 @@ async fn an_outage_follows_the_failure_policy() -> Result<()> {
         .raw(&request("/ws/acme", Some("Bearer alice"), true))
         .await?;
     assert_eq!(r.status, 503, "{}", r.head);
+    let (_, m) = scrape_metrics(&allow).await?;
+    assert_eq!(m.get("wsrouter_auth_failed_open_total").copied(), Some(2.0));
     let (_, m) = scrape_metrics(&deny).await?;
     assert_eq!(
         m.get("wsrouter_auth_refused_total{reason=\"service_unavailable\"}")

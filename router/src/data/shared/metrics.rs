@@ -32,6 +32,9 @@ pub(crate) struct Metrics {
     backend_handshake_failures: Family<ReasonLabel, Counter>,
     /// Requests turned away at the door (`--auth jwt`), by reason.
     auth_refused: Family<ReasonLabel, Counter>,
+    /// Requests let in because the authorization service could not answer
+    /// (`--auth-failure allow`).
+    pub auth_failed_open: Counter,
     pub connections_active: Family<OrdinalLabel, Gauge>,
     pub connections_closed: Family<ClosedLabels, Counter>,
     pub upgrade_responses: Family<StatusLabel, Counter>,
@@ -78,6 +81,7 @@ impl Metrics {
             admission: Default::default(),
             backend_handshake_failures: Family::default(),
             auth_refused: Family::default(),
+            auth_failed_open: Counter::default(),
             connections_active: Family::default(),
             connections_closed: Family::default(),
             upgrade_responses: Family::default(),
@@ -197,6 +201,11 @@ impl Metrics {
             "auth_refused",
             "Requests turned away at the door by --auth jwt, by reason (--auth jwt: missing, malformed, algorithm, unknown_key, no_kid, signature, expired, not_yet_valid, issuer, audience: 401; no_tenant_claim, wrong_tenant: 403; --auth forward: service_refused, its 401 or 403; service_unavailable, 503)",
             m.auth_refused.clone(),
+        );
+        r.register(
+            "auth_failed_open",
+            "Requests let in without an answer because the authorization service could not give one (--auth-failure allow)",
+            m.auth_failed_open.clone(),
         );
         r.register(
             "connections_active",

@@ -109,6 +109,8 @@ pub(crate) struct ForwardAuth {
     id: u64,
     /// Questions in flight, bounded.
     in_flight: tokio::sync::Semaphore,
+    /// Requests let in because the service could not answer (`--auth-failure allow`).
+    failed_open: prometheus_client::metrics::counter::Counter,
 }
 
 /// Questions one router may have in flight at once.
@@ -154,12 +156,18 @@ pub(crate) struct Question<'r> {
 }
 
 impl ForwardAuth {
-    pub(crate) fn new(settings: ForwardSettings) -> Self {
+    /// The door for `settings`; `failed_open` counts the requests it lets in because
+    /// the service could not answer.
+    pub(crate) fn new(
+        settings: ForwardSettings,
+        failed_open: prometheus_client::metrics::counter::Counter,
+    ) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Self {
             settings,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             in_flight: tokio::sync::Semaphore::new(MAX_IN_FLIGHT),
+            failed_open,
         }
     }
 
@@ -178,6 +186,7 @@ impl ForwardAuth {
         match said {
             Said::Allowed(add) => Ok(add),
             Said::Denied(ForwardDenied::Unavailable) if self.settings.fail_open => {
+                self.failed_open.inc();
                 Ok(HeaderMap::new())
             }
             Said::Denied(why) => Err(why),
@@ -446,16 +455,20 @@ mod tests {
     }
 
     fn door(fail_open: bool) -> ForwardAuth {
-        ForwardAuth::new(ForwardSettings {
-            url: "http://127.0.0.1:1/check"
-                .parse()
-                .unwrap_or_else(|e| panic!("{e}")),
-            request_headers: vec![header::AUTHORIZATION],
-            response_headers: vec![HeaderName::from_static("x-user")],
-            cache_ttl: Duration::from_secs(10),
-            timeout: Duration::from_secs(1),
-            fail_open,
-        })
+        let counter = prometheus_client::metrics::counter::Counter::default();
+        ForwardAuth::new(
+            ForwardSettings {
+                url: "http://127.0.0.1:1/check"
+                    .parse()
+                    .unwrap_or_else(|e| panic!("{e}")),
+                request_headers: vec![header::AUTHORIZATION],
+                response_headers: vec![HeaderName::from_static("x-user")],
+                cache_ttl: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                fail_open,
+            },
+            counter,
+        )
     }
 
     #[test]
