@@ -21,6 +21,9 @@ pub struct EchoConfig {
     pub counters: bool,
     /// The SignalR test hub's timings.
     pub hub: HubConfig,
+    /// Serve TLS with this config (`--tls-cert`), as pods do behind `--backend-tls`;
+    /// `None`: plain TCP.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
 }
 
 /// Timings of the SignalR test hub (`{prefix}…/hub`).
@@ -59,6 +62,7 @@ impl EchoConfig {
             tenant_from: TenantFrom::Path,
             counters: true,
             hub: HubConfig::default(),
+            tls: None,
         }
     }
 

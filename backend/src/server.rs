@@ -113,11 +113,31 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         };
         backoff = Duration::from_millis(5);
         let _ = stream.set_nodelay(true);
-        shared.tasks.spawn(serve_connection(stream, shared.clone()));
+        match shared.config.tls.clone() {
+            None => shared.tasks.spawn(serve_connection(stream, shared.clone())),
+            Some(tls) => shared.tasks.spawn(serve_tls(stream, tls, shared.clone())),
+        };
     }
 }
 
-async fn serve_connection(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
+/// The TLS handshake (bounded), then the connection as any other.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+) {
+    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(Duration::from_secs(10), accept).await {
+        Ok(Ok(tls)) => serve_connection(tls, shared).await,
+        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake timed out"),
+    }
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let svc_shared = shared.clone();
     let svc = service_fn(move |req| {
         let shared = svc_shared.clone();

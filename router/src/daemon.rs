@@ -241,18 +241,11 @@ fn build(config: RouterConfig) -> Planes {
     let tls_config = config.tls.map(|c| Arc::new(ArcSwap::new(c)));
     let data_metrics = Arc::new(Metrics::new());
     let metrics = Arc::new(AdminMetrics::new(&data_metrics, &stats));
-    let (control, handle, control_rx) = Control::new(ControlParts {
-        table: table.clone(),
-        routing: config.routing,
-        live: live.clone(),
-        lifecycle: lifecycle.clone(),
-        stats,
-        slots: Slots {
-            stopping: lifecycle.stop_accepting.clone(),
-            tls: tls_config.clone(),
-        },
-    });
-    tokio::spawn(control.run(control_rx));
+    let slots = Slots {
+        stopping: lifecycle.stop_accepting.clone(),
+        tls: tls_config.clone(),
+    };
+    let handle = control_loop(config.routing, &table, &live, &lifecycle, stats, slots);
     let reroute = config
         .reroute
         .map(|r| Arc::new(Reroute::new(r, table.clone(), handle.changes())));
@@ -263,7 +256,11 @@ fn build(config: RouterConfig) -> Planes {
         reroute,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
-        pool: Pool::new(config.limits.http.pool, data_metrics.http.pool.clone()),
+        pool: Pool::new(
+            config.limits.http.pool,
+            data_metrics.http.pool.clone(),
+            config.backend_tls.clone(),
+        ),
         pages: config.pages.clone(),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
@@ -280,6 +277,7 @@ fn build(config: RouterConfig) -> Planes {
         thread_load: Arc::new(ThreadLoad::new(config.io_threads)),
         auth,
         forward_auth,
+        backend_tls: config.backend_tls.clone(),
         limits: config.limits,
         tls_config,
         http,
@@ -291,6 +289,27 @@ fn build(config: RouterConfig) -> Planes {
         control: handle,
         metrics,
     }
+}
+
+/// Starts the control loop, the one owner of the table, and hands back its handle.
+fn control_loop(
+    routing: crate::control::RoutingConfig,
+    table: &Arc<ArcSwapOption<RoutingTable>>,
+    live: &Arc<LiveTenants>,
+    lifecycle: &Lifecycle,
+    stats: Arc<ControlStats>,
+    slots: Slots,
+) -> ControlHandle {
+    let (control, handle, control_rx) = Control::new(ControlParts {
+        table: table.clone(),
+        routing,
+        live: live.clone(),
+        lifecycle: lifecycle.clone(),
+        stats,
+        slots,
+    });
+    tokio::spawn(control.run(control_rx));
+    handle
 }
 
 /// The doors (`--auth jwt`, `--auth forward:URL`), as the data path holds them.

@@ -69,6 +69,7 @@ pub use data::tls::config::{client_config, load_server_config, DevCert, KeyExcha
 pub use data::tls::stream::MAX_RECORD;
 pub use data::upstream::breaker::BreakerConfig;
 pub use data::upstream::pool::PoolConfig;
+pub use data::upstream::tls::{BackendTls, BackendTlsError};
 
 /// The pure parsers and scanners the fuzz targets (`fuzz/`) drive with arbitrary bytes:
 /// public for them alone.

@@ -41,6 +41,7 @@ async fn router(tls: bool) -> Result<(router::RouterHandle, Vec<backend::EchoHan
         admin_token: None,
         auth: None,
         forward_auth: None,
+        backend_tls: None,
         path_prefix: PathPrefix::default(),
         drain_grace: Duration::from_secs(1),
         reroute: None,

@@ -88,6 +88,7 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
         admin_token: args.common.admin.admin_token()?,
         auth: args.common.auth()?,
         forward_auth: args.common.forward_auth()?,
+        backend_tls: args.common.upstream.backend_tls()?,
         path_prefix,
         drain_grace: args.common.lifecycle.drain_grace(),
         reroute: args.common.lifecycle.reroute(),

@@ -60,6 +60,14 @@ pub enum ConfigError {
     ForwardFlagWithoutForward(&'static str),
     #[error("{0}: {1:?} is not a header the authorization service may be sent or send")]
     AuthHeader(&'static str, String),
+    #[error("--backend-client-cert and --backend-client-key go together")]
+    BackendClientPair,
+    #[error("--backend-ca, --backend-client-cert and --backend-server-name need --backend-tls")]
+    BackendTlsFlagWithoutTls,
+    #[error("--backend-tls needs --backend-ca (the CA bundle the pods' certificates chain to)")]
+    BackendCaNeeded,
+    #[error("--backend-tls")]
+    BackendTls(#[source] crate::data::upstream::tls::BackendTlsError),
     #[error("--jwt-claims-header {0:?} is not a header name")]
     ClaimsHeader(String),
     #[error("--jwks-file")]

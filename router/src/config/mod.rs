@@ -106,6 +106,8 @@ pub struct RouterConfig {
     pub auth: Option<AuthSetup>,
     /// An authorization service asked first (`--auth forward:URL`).
     pub forward_auth: Option<crate::data::admission::auth::ForwardSettings>,
+    /// TLS to the pods (`--backend-tls`), its CA and client certificate read.
+    pub backend_tls: Option<Arc<crate::data::upstream::tls::BackendTls>>,
 }
 
 /// `--auth jwt`, its keys read: the door, and the key file its watcher follows.

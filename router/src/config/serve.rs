@@ -88,6 +88,7 @@ impl ServeArgs {
             admin_token: self.common.admin.admin_token()?,
             auth: self.common.auth()?,
             forward_auth: self.common.forward_auth()?,
+            backend_tls: self.common.upstream.backend_tls()?,
             path_prefix,
             drain_grace: self.common.lifecycle.drain_grace(),
             reroute: self.common.lifecycle.reroute(),

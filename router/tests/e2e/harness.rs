@@ -89,6 +89,10 @@ pub(crate) struct Options {
     pub auth: Option<router::AuthSetup>,
     /// `--auth forward:URL`.
     pub forward_auth: Option<router::ForwardSettings>,
+    /// `--backend-tls`: the router's side (its echo backends' is `backend_tls_server`).
+    pub backend_tls: Option<Arc<router::BackendTls>>,
+    /// The echo backends serve TLS with this config.
+    pub backend_tls_server: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for Options {
@@ -112,6 +116,8 @@ impl Default for Options {
             admin_token: None,
             auth: None,
             forward_auth: None,
+            backend_tls: None,
+            backend_tls_server: None,
         }
     }
 }
@@ -194,7 +200,9 @@ impl Harness {
         let mut backends = Vec::new();
         for i in 0..opts.backends {
             let l = TcpListener::bind("127.0.0.1:0").await?;
-            let cfg = backend::EchoConfig::new(format!("backend-{i}")).with_interval(opts.interval);
+            let mut cfg =
+                backend::EchoConfig::new(format!("backend-{i}")).with_interval(opts.interval);
+            cfg.tls = opts.backend_tls_server.clone();
             backends.push(backend::serve(l, cfg)?);
         }
         let mut addrs: Vec<String> = backends
@@ -378,6 +386,7 @@ pub(crate) async fn start_router(
         admin_token: opts.admin_token.clone(),
         auth: opts.auth.clone(),
         forward_auth: opts.forward_auth.clone(),
+        backend_tls: opts.backend_tls.clone(),
         path_prefix: PathPrefix::default(),
         drain_grace: opts.drain_grace,
         reroute: opts.reroute,

@@ -3,6 +3,7 @@
 mod attacks;
 mod auth;
 mod auth_service;
+mod backend_tls;
 mod breaker;
 mod certs;
 mod dev;

@@ -64,6 +64,7 @@ pub(super) fn reaching<'a>(target: Target<'a>, shared: &'a Shared) -> Dial<'a> {
         tasks: &shared.lifecycle.tasks,
         retries: &shared.metrics.backend_connect_retries,
         judge: JUDGE,
+        tls: shared.backend_tls.as_deref(),
     }
 }
 

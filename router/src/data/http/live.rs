@@ -12,7 +12,6 @@ use std::time::Instant;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
 
 use crate::data::admission::pools::{LiveSlot, StreamGuard};
 use crate::data::http::admit::Admitted;
@@ -25,6 +24,7 @@ use crate::data::relay::pump as relay;
 use crate::data::relay::signal::Gated;
 use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel};
 use crate::data::shared::Shared;
+use crate::data::upstream::tls::BackendIo;
 use crate::state::tenants::LiveGuard;
 use crate::state::thread_load::Seat;
 
@@ -34,7 +34,7 @@ pub(crate) struct PendingRelay {
     routed: Routed,
     /// Counted against its tenant since before the backend was asked.
     tenant_slot: LiveGuard,
-    backend: TcpStream,
+    backend: BackendIo,
     backend_pre: Bytes,
     live: LiveSlot,
     /// Counted among its HTTP/2 connection's live streams.
@@ -54,7 +54,7 @@ impl PendingRelay {
     pub(super) fn new(
         routed: Routed,
         admitted: Admitted,
-        backend: TcpStream,
+        backend: BackendIo,
         backend_pre: Bytes,
         ctx: &ConnCtx,
     ) -> Self {
@@ -288,7 +288,7 @@ impl LiveRelay {
     /// The relay task: the relay itself, then the count and the log line. A plain
     /// future rather than an async fn, so the relay's state is held once, not twice
     /// (an async fn keeps its argument and the awaited future side by side).
-    fn run<I>(self, relay: relay::Relay<I, TcpStream>) -> impl Future<Output = ()>
+    fn run<I>(self, relay: relay::Relay<I, BackendIo>) -> impl Future<Output = ()>
     where
         I: AsyncRead + AsyncWrite + Peer + Unpin,
     {

@@ -23,6 +23,7 @@ use crate::data::shared::metrics::Metrics;
 use crate::data::tls::config::TlsSlot;
 use crate::data::upstream::breaker::Breakers;
 use crate::data::upstream::pool::Pool;
+use crate::data::upstream::tls::BackendTls;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
@@ -65,6 +66,8 @@ pub struct Shared {
     pub(crate) auth: Option<Arc<Auth>>,
     /// External authorization (`--auth forward:URL`); `None` asks no service.
     pub(crate) forward_auth: Option<Arc<ForwardAuth>>,
+    /// TLS to the pods (`--backend-tls`), for sockets and the keep-alive pool alike.
+    pub(crate) backend_tls: Option<Arc<BackendTls>>,
     /// Live connections per I/O thread, which the accept loops balance.
     pub(crate) thread_load: Arc<ThreadLoad>,
 }

@@ -16,6 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::data::upstream::breaker::{Breakers, Permit, Transition};
 use crate::data::upstream::error::{Target, UpstreamError};
+use crate::data::upstream::tls::{BackendIo, BackendTls};
 
 /// What a backend made of the upgrade.
 pub(crate) enum BackendAnswer {
@@ -23,7 +24,7 @@ pub(crate) enum BackendAnswer {
     /// the bytes it sent after the head.
     Upgraded {
         head: http::response::Parts,
-        io: TcpStream,
+        io: BackendIo,
         pre: Bytes,
     },
     /// Its own refusal (e.g. 403 or 404), body still to come.
@@ -52,6 +53,8 @@ pub(crate) struct Dial<'a> {
     /// Counted on each try after the first.
     pub retries: &'a Counter,
     pub judge: Judge,
+    /// TLS to the pod (`--backend-tls`).
+    pub tls: Option<&'a BackendTls>,
 }
 
 /// The first pause before retrying a refused or reset backend connection, and the longest.
@@ -117,8 +120,15 @@ impl Dial<'_> {
         if let Some(idle) = self.keepalive {
             let _ = crate::data::socket::set_keepalive(&tcp, idle);
         }
+        let io = match self.tls {
+            Some(tls) => tls
+                .connect(tcp, target.addr)
+                .await
+                .map_err(|e| target.unreachable(e))?,
+            None => BackendIo::Plain(tcp),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+            .handshake::<_, Empty<Bytes>>(TokioIo::new(io))
             .await
             .map_err(|e| target.protocol(e))?;
         // Drives the backend connection until it is upgraded (or, for a refusal, until the
@@ -138,7 +148,7 @@ impl Dial<'_> {
             .await
             .map_err(|e| target.protocol(e))?;
         let parts = upgraded
-            .downcast::<TokioIo<TcpStream>>()
+            .downcast::<TokioIo<BackendIo>>()
             .map_err(|_| target.bad_upgrade())?;
         let (head, _) = resp.into_parts();
         Ok(BackendAnswer::Upgraded {

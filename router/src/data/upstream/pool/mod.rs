@@ -30,6 +30,7 @@
 mod idle;
 pub(crate) mod pooled;
 
+use crate::data::upstream::tls::{BackendIo, BackendTls};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -125,15 +126,22 @@ struct Settings {
     id: u64,
     config: PoolConfig,
     metrics: PoolMetrics,
+    /// TLS to the pods (`--backend-tls`).
+    tls: Option<Arc<BackendTls>>,
 }
 
 impl Pool {
-    pub(crate) fn new(config: PoolConfig, metrics: PoolMetrics) -> Self {
+    pub(crate) fn new(
+        config: PoolConfig,
+        metrics: PoolMetrics,
+        tls: Option<Arc<BackendTls>>,
+    ) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let settings = Settings {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             config,
             metrics,
+            tls,
         };
         Self {
             settings: Arc::new(settings),
@@ -176,8 +184,15 @@ impl Pool {
         if let Some(idle) = self.settings.config.tcp_keepalive {
             let _ = crate::data::socket::set_keepalive(&tcp, idle);
         }
+        let io = match &self.settings.tls {
+            Some(tls) => tls
+                .connect(tcp, &addr.to_string())
+                .await
+                .map_err(|source| PoolError::Connect { addr, source })?,
+            None => BackendIo::Plain(tcp),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, ReqBody>(TokioIo::new(tcp))
+            .handshake::<_, ReqBody>(TokioIo::new(io))
             .await
             .map_err(handshake)?;
         // Untracked: see the module's doc.

@@ -16,7 +16,7 @@ use super::*;
 
 fn pool(config: PoolConfig) -> (Pool, PoolMetrics) {
     let metrics = PoolMetrics::default();
-    (Pool::new(config, metrics.clone()), metrics)
+    (Pool::new(config, metrics.clone(), None), metrics)
 }
 
 fn request(path: &str, body: ReqBody) -> Request<ReqBody> {
