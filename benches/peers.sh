@@ -70,11 +70,18 @@ openssl x509 -in "$OUT/cert/tls.crt" -noout -text | grep -q 'prime256v1' ||
 
 # Backend $1 (0-3) on its port, named backend-$1. Counters every hour (the first at
 # connect, which names the backend): the load measures echoes, not the backend's ticker.
+# BACKEND_TLS=1: the backends serve TLS with the shared certificate, and wsrouter speaks
+# TLS to them (--backend-tls); only wsrouter targets can then reach them.
 start_backend() {
+  local tls=()
+  [[ ${BACKEND_TLS:-0} == 1 ]] && tls=(--tls-cert "$OUT/cert/tls.crt" --tls-key "$OUT/cert/tls.key")
   "$BIN/echo-backend" --listen "127.0.0.1:${BACKEND_PORTS[$1]}" --interval 1h \
-    --server-name "backend-$1" >>"$OUT/logs/backend-$1.log" 2>&1 &
+    --server-name "backend-$1" "${tls[@]}" >>"$OUT/logs/backend-$1.log" 2>&1 &
   BACKEND_PIDS[$1]=$!
 }
+if [[ ${BACKEND_TLS:-0} == 1 ]]; then
+  WSROUTER_ARGS="${WSROUTER_ARGS:-} --backend-tls --backend-ca $OUT/cert/ca.crt"
+fi
 for i in "${!BACKEND_PORTS[@]}"; do start_backend "$i"; done
 for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
 
