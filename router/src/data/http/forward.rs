@@ -208,7 +208,7 @@ async fn connect(
         .retrying(|| async {
             shared
                 .pool
-                .checkout(addr)
+                .checkout_for(addr, Some(target.ordinal))
                 .await
                 .map_err(|e| unreached(target, e))
         })
@@ -236,10 +236,13 @@ async fn send(
         return Err(target.protocol(e.source).into());
     };
     tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
-    let fresh = tokio::time::timeout(shared.limits.backend_timeout, shared.pool.checkout(addr))
-        .await
-        .map_err(|_| target.timeout())?
-        .map_err(|e| unreached(target, e))?;
+    let fresh = tokio::time::timeout(
+        shared.limits.backend_timeout,
+        shared.pool.checkout_for(addr, Some(target.ordinal)),
+    )
+    .await
+    .map_err(|_| target.timeout())?
+    .map_err(|e| unreached(target, e))?;
     fresh
         .send(*unsent)
         .await

@@ -122,7 +122,7 @@ impl Dial<'_> {
         }
         let io = match self.tls {
             Some(tls) => tls
-                .connect(tcp, target.addr)
+                .connect(tcp, target.addr, Some(target.ordinal))
                 .await
                 .map_err(|e| target.unreachable(e))?,
             None => BackendIo::Plain(tcp),

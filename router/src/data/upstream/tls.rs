@@ -42,16 +42,27 @@ pub enum BackendTlsError {
 /// How the router speaks TLS to the pods.
 pub struct BackendTls {
     connector: TlsConnector,
-    /// The name every pod is asked for (`--backend-server-name`); `None`: each pod's own
-    /// host (its DNS name, or its IP address, then matched against the certificate's IP
-    /// addresses).
-    server_name: Option<ServerName<'static>>,
+    /// What each pod is asked for in SNI (and its certificate must name).
+    naming: Naming,
+}
+
+/// How a pod's TLS server name is made (`--backend-server-name`).
+#[derive(Debug)]
+enum Naming {
+    /// The pod's own host: its DNS name, or its IP address (then matched against the
+    /// certificate's IP addresses).
+    Host,
+    /// One name for every pod (a wildcard certificate's).
+    Fixed(ServerName<'static>),
+    /// `{ordinal}` replaced by the pod's ordinal: a StatefulSet pod's stable DNS name,
+    /// `backend-{ordinal}.backend.default.svc`.
+    Template(String),
 }
 
 impl std::fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BackendTls")
-            .field("server_name", &self.server_name)
+            .field("naming", &self.naming)
             .finish_non_exhaustive()
     }
 }
@@ -127,27 +138,45 @@ impl BackendTls {
         };
         // The pods speak HTTP/1.1 (and its upgrade) to the router.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let server_name = match server_name {
-            Some(n) => Some(
-                ServerName::try_from(n.to_owned())
-                    .map_err(|_| BackendTlsError::BadServerName(n.to_owned()))?,
-            ),
-            None => None,
+        let bad = |n: &str| BackendTlsError::BadServerName(n.to_owned());
+        let naming = match server_name {
+            None => Naming::Host,
+            Some(t) if t.contains("{ordinal}") => {
+                ServerName::try_from(t.replace("{ordinal}", "0")).map_err(|_| bad(t))?;
+                Naming::Template(t.to_owned())
+            }
+            Some(n) => Naming::Fixed(ServerName::try_from(n.to_owned()).map_err(|_| bad(n))?),
         };
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
-            server_name,
+            naming,
         })
     }
 
-    /// The TLS handshake on `tcp` to the pod at `addr` (`HOST:PORT`).
-    pub(crate) async fn connect(&self, tcp: TcpStream, addr: &str) -> io::Result<BackendIo> {
-        let name = match &self.server_name {
-            Some(n) => n.clone(),
-            None => host_name(addr)?,
-        };
-        let tls = self.connector.connect(name, tcp).await?;
+    /// The TLS handshake on `tcp` to the pod at `addr` (`HOST:PORT`), ordinal `ordinal`.
+    pub(crate) async fn connect(
+        &self,
+        tcp: TcpStream,
+        addr: &str,
+        ordinal: Option<u32>,
+    ) -> io::Result<BackendIo> {
+        let tls = self
+            .connector
+            .connect(self.name(addr, ordinal)?, tcp)
+            .await?;
         Ok(BackendIo::Tls(Box::new(tls)))
+    }
+
+    /// The server name the pod at `addr`, ordinal `ordinal`, is asked for.
+    fn name(&self, addr: &str, ordinal: Option<u32>) -> io::Result<ServerName<'static>> {
+        match (&self.naming, ordinal) {
+            (Naming::Fixed(n), _) => Ok(n.clone()),
+            (Naming::Template(t), Some(i)) => {
+                ServerName::try_from(t.replace("{ordinal}", &i.to_string()))
+                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "bad server name"))
+            }
+            (Naming::Host | Naming::Template(_), _) => host_name(addr),
+        }
     }
 }
 
@@ -255,6 +284,36 @@ mod tests {
             Ok(ServerName::DnsName(_))
         ));
         assert!(host_name("bad name:1").is_err());
+    }
+
+    #[test]
+    fn a_template_names_each_pod_by_its_ordinal() {
+        let pods = crate::data::tls::config::DevCert::generate(&["localhost"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ca = pods.ca_pem.as_bytes();
+        let named = |n: Option<&str>| {
+            BackendTls::from_pem(ca, "ca.crt", None, n).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let dns = |s: &str| ServerName::try_from(s.to_owned()).unwrap_or_else(|e| panic!("{e}"));
+        let t = named(Some("backend-{ordinal}.backend.default.svc"));
+        assert_eq!(
+            t.name("10.0.0.7:9000", Some(3)).ok(),
+            Some(dns("backend-3.backend.default.svc"))
+        );
+        let f = named(Some("pods.example"));
+        assert_eq!(
+            f.name("10.0.0.7:9000", Some(3)).ok(),
+            Some(dns("pods.example"))
+        );
+        let h = named(None);
+        assert_eq!(
+            h.name("backend-1.backend:9000", Some(1)).ok(),
+            Some(dns("backend-1.backend"))
+        );
+        assert!(matches!(
+            BackendTls::from_pem(ca, "ca.crt", None, Some("bad name {ordinal}")),
+            Err(BackendTlsError::BadServerName(_))
+        ));
     }
 
     #[test]

@@ -150,13 +150,23 @@ impl Pool {
 
     /// A connection to `addr` ready for a request: an idle one of this thread's if one
     /// is (newest first), else a new one.
+    #[cfg(test)]
     pub(crate) async fn checkout(&self, addr: SocketAddr) -> Result<Pooled, PoolError> {
+        self.checkout_for(addr, None).await
+    }
+
+    /// [`Pool::checkout`] for the pod of `ordinal` (its TLS server name may say it).
+    pub(crate) async fn checkout_for(
+        &self,
+        addr: SocketAddr,
+        ordinal: Option<u32>,
+    ) -> Result<Pooled, PoolError> {
         let s = &self.settings;
         if let Some(conn) = idle::take(s, addr) {
             s.metrics.reused.inc();
             return Ok(Pooled::new(s.id, addr, conn, true));
         }
-        let sender = self.dial(addr).await?;
+        let sender = self.dial(addr, ordinal).await?;
         s.metrics.opened.inc();
         Ok(Pooled::new(s.id, addr, idle::Conn::new(sender), false))
     }
@@ -175,7 +185,11 @@ impl Pool {
 
     /// A new connection: TCP (an `IP:PORT`, no lookup), no Nagle, keepalive, the
     /// HTTP/1.1 handshake, and its task driving it.
-    async fn dial(&self, addr: SocketAddr) -> Result<SendRequest<ReqBody>, PoolError> {
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        ordinal: Option<u32>,
+    ) -> Result<SendRequest<ReqBody>, PoolError> {
         let handshake = |source| PoolError::Handshake { addr, source };
         let tcp = TcpStream::connect(addr)
             .await
@@ -186,7 +200,7 @@ impl Pool {
         }
         let io = match &self.settings.tls {
             Some(tls) => tls
-                .connect(tcp, &addr.to_string())
+                .connect(tcp, &addr.to_string(), ordinal)
                 .await
                 .map_err(|source| PoolError::Connect { addr, source })?,
             None => BackendIo::Plain(tcp),
