@@ -37,44 +37,60 @@ pub enum JwksFileError {
 
 /// The key set at `path` (a file, or a directory of them).
 pub(crate) fn read_keys(path: &Path) -> Result<KeySet, JwksFileError> {
+    parse(&read_docs(path)?, path)
+}
+
+/// The files a key set is read from and their bytes, in name order: what the watcher
+/// compares to know whether anything changed, and what is parsed.
+#[derive(Debug, PartialEq, Eq)]
+struct Docs {
+    files: Vec<PathBuf>,
+    bytes: Vec<Vec<u8>>,
+}
+
+fn read_docs(path: &Path) -> Result<Docs, JwksFileError> {
     let read_err = |path: &Path| {
         let path = path.to_owned();
         move |source| JwksFileError::Read { path, source }
     };
     let meta = std::fs::metadata(path).map_err(read_err(path))?;
-    if !meta.is_dir() {
-        let bytes = std::fs::read(path).map_err(read_err(path))?;
-        return KeySet::parse(&bytes).map_err(|source| JwksFileError::Invalid {
-            path: path.to_owned(),
-            source,
-        });
-    }
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(read_err(path))? {
-        let entry = entry.map_err(read_err(path))?;
-        let file = entry.path();
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
+    if !meta.is_dir() {
+        files.push(path.to_owned());
+    } else {
+        for entry in std::fs::read_dir(path).map_err(read_err(path))? {
+            let entry = entry.map_err(read_err(path))?;
+            let file = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            match std::fs::metadata(&file) {
+                Ok(m) if m.is_file() => files.push(file),
+                // A link whose target kubelet is swapping away: not a key set (any more).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(read_err(&file)(e)),
+                Ok(_) => {}
+            }
         }
-        match std::fs::metadata(&file) {
-            Ok(m) if m.is_file() => {}
-            // A link whose target kubelet is swapping away: not a key set (any more).
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(read_err(&file)(e)),
-            Ok(_) => continue,
-        }
-        files.push(file);
+        files.sort();
     }
-    files.sort();
-    let mut docs = Vec::with_capacity(files.len());
+    let mut bytes = Vec::with_capacity(files.len());
     for file in &files {
-        docs.push(std::fs::read(file).map_err(read_err(file))?);
+        bytes.push(std::fs::read(file).map_err(read_err(file))?);
     }
-    if docs.is_empty() {
+    Ok(Docs { files, bytes })
+}
+
+fn parse(docs: &Docs, path: &Path) -> Result<KeySet, JwksFileError> {
+    if docs.bytes.is_empty() {
         return Err(JwksFileError::EmptyDir(path.to_owned()));
     }
-    KeySet::parse_many(&docs).map_err(|(i, source)| JwksFileError::Invalid {
-        path: files.get(i).cloned().unwrap_or_else(|| path.to_owned()),
+    KeySet::parse_many(&docs.bytes).map_err(|(i, source)| JwksFileError::Invalid {
+        path: docs
+            .files
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| path.to_owned()),
         source,
     })
 }
@@ -102,57 +118,36 @@ pub(crate) fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
     tracing::info!(jwks = %path.display(), "watching the JWKS");
     let stats = control.stats.clone();
-    // What was last read, good or bad: events that change nothing do not re-parse.
-    let mut seen: Option<Vec<u8>> = None;
+    // What was last read and judged, good or bad: events that change nothing do not
+    // re-parse. A set caught mid-update (a file kubelet is removing) is not judged: it
+    // is read again shortly.
+    let mut seen: Option<Docs> = None;
     watch_dirs(&[watched_dir(&path)], control.stopping(), move |_| {
-        let now = fingerprint(&path);
-        if now.is_none() || now == seen {
+        let docs = match read_docs(&path) {
+            Ok(docs) => docs,
+            Err(e) => {
+                tracing::debug!(error = %DisplayChain(&e), "JWKS changing; reading it again shortly");
+                return Reloaded::ReadAgainAfter(RETRY_READ);
+            }
+        };
+        if seen.as_ref() == Some(&docs) {
             return Reloaded::Done;
         }
-        match read_keys(&path) {
+        match parse(&docs, &path) {
             Ok(keys) => {
-                // Only a set that was read and parsed is "seen": one caught mid-update
-                // (kubelet removing a file after the swap) is read again.
-                seen = now;
                 let n = keys.len();
                 auth.swap_keys(keys);
                 stats.jwks_reloads.inc();
                 tracing::info!(jwks = %path.display(), keys = n, "JWKS reloaded; tokens are checked against it");
             }
-            Err(e @ JwksFileError::Read { .. }) => {
-                tracing::debug!(error = %DisplayChain(&e), "JWKS changing; reading it again shortly");
-                return Reloaded::ReadAgainAfter(RETRY_READ);
-            }
             Err(e) => {
-                seen = now;
                 stats.jwks_reload_failures.inc();
                 tracing::warn!(error = %DisplayChain(&e), "new JWKS unusable; keeping the last good keys");
             }
         }
+        seen = Some(docs);
         Reloaded::Done
     })
-}
-
-/// The bytes of every file the key set is read from, in order; `None` if unreadable
-/// (mid-replace).
-fn fingerprint(path: &Path) -> Option<Vec<u8>> {
-    if !path.is_dir() {
-        return std::fs::read(path).ok();
-    }
-    let mut names: Vec<PathBuf> = std::fs::read_dir(path)
-        .ok()?
-        .filter_map(Result::ok)
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .collect();
-    names.sort();
-    let mut all = Vec::new();
-    for n in names {
-        all.extend_from_slice(n.as_os_str().as_encoded_bytes());
-        all.extend(std::fs::read(&n).ok()?);
-    }
-    Some(all)
 }
 
 #[cfg(test)]

@@ -208,7 +208,6 @@ fn let_in<B>(req: &mut Request<B>, door: Door, shared: &Shared) {
         unname(req.headers_mut(), name);
     }
     let Some(passed) = door.passed else { return };
-    tracing::trace!(token.source = ?passed.source, "token accepted");
     let uri = req.uri().clone();
     if let Some(uri) = auth.prepare(&passed, req.headers_mut(), &uri) {
         *req.uri_mut() = uri;

@@ -24,26 +24,14 @@ pub(crate) fn header_has_token(headers: &HeaderMap, name: HeaderName, token: &st
     list(headers, name).any(|t| t.eq_ignore_ascii_case(token))
 }
 
-/// The names a message's `Connection` header lists (each value split at commas,
-/// trimmed, empty ones left out).
-pub(crate) fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| s.split(','))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-}
-
 /// Takes `name` out of the `Connection` header: a header the router sets for the pod,
 /// which a client naming it there would otherwise have [`strip_hop_by_hop`] remove.
 pub(crate) fn unname(headers: &mut HeaderMap, name: &HeaderName) {
     let named = |t: &str| t.eq_ignore_ascii_case(name.as_str());
-    if !connection_tokens(headers).any(named) {
+    if !list(headers, header::CONNECTION).any(named) {
         return;
     }
-    let kept: Vec<String> = connection_tokens(headers)
+    let kept: Vec<String> = list(headers, header::CONNECTION)
         .filter(|t| !named(t))
         .map(str::to_owned)
         .collect();
@@ -65,7 +53,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = connection_tokens(headers)
+    let named: Vec<HeaderName> = list(headers, header::CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
@@ -110,7 +98,7 @@ mod tests {
         h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
         unname(&mut h, &claims);
         assert_eq!(
-            connection_tokens(&h).collect::<Vec<_>>(),
+            list(&h, header::CONNECTION).collect::<Vec<_>>(),
             ["Upgrade", "x-other"]
         );
         h.insert(

@@ -53,6 +53,7 @@ mod tests {
         Arc::new(Grant {
             expires,
             claims: serde_json::Map::new(),
+            header: None,
         })
     }
 

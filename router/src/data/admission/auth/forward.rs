@@ -13,7 +13,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -196,26 +196,27 @@ impl ForwardAuth {
     /// What an answer is remembered under: a digest of the method, the path (not the
     /// query), the tenant, the client, the host and every header the service is sent.
     fn cache_key(&self, q: &Question<'_>) -> u128 {
-        let feed = |h: &mut dyn Hasher| {
-            q.method.as_str().hash(&mut HashInto(h));
-            q.uri.path().hash(&mut HashInto(h));
-            q.tenant.hash(&mut HashInto(h));
-            q.client.hash(&mut HashInto(h));
-            let host = q.headers.get(header::HOST).map(HeaderValue::as_bytes);
-            host.hash(&mut HashInto(h));
-            for name in &self.settings.request_headers {
-                for v in q.headers.get_all(name) {
-                    name.as_str().hash(&mut HashInto(h));
-                    v.as_bytes().hash(&mut HashInto(h));
-                }
-            }
-        };
-        DIGEST.with(|(a, b)| {
-            let (mut ha, mut hb) = (a.build_hasher(), b.build_hasher());
-            feed(&mut ha);
-            feed(&mut hb);
-            (u128::from(ha.finish()) << 64) | u128::from(hb.finish())
-        })
+        let host = q.headers.get(header::HOST).map(HeaderValue::as_bytes);
+        let sent: Vec<(&str, &[u8])> = self
+            .settings
+            .request_headers
+            .iter()
+            .flat_map(|n| {
+                q.headers
+                    .get_all(n)
+                    .iter()
+                    .map(|v| (n.as_str(), v.as_bytes()))
+            })
+            .collect();
+        let what = (
+            q.method.as_str(),
+            q.uri.path(),
+            q.tenant,
+            q.client,
+            host,
+            sent,
+        );
+        DIGEST.with(|(a, b)| (u128::from(a.hash_one(&what)) << 64) | u128::from(b.hash_one(&what)))
     }
 
     fn recall(&self, key: u128) -> Option<Said> {
@@ -408,19 +409,6 @@ impl ForwardAuth {
                 list.push(sender);
             }
         });
-    }
-}
-
-/// Feeds a `dyn Hasher` through the `Hasher` the standard `Hash` impls want.
-struct HashInto<'h>(&'h mut dyn Hasher);
-
-impl Hasher for HashInto<'_> {
-    fn finish(&self) -> u64 {
-        self.0.finish()
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        self.0.write(bytes);
     }
 }
 

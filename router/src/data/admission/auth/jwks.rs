@@ -54,13 +54,15 @@ const P384: &[Algorithm] = &[Algorithm::ES384];
 const ED25519: &[Algorithm] = &[Algorithm::EdDSA];
 
 impl KeySet {
-    /// Parses a JWKS document. Encryption keys (`use: enc`) are skipped; anything else
-    /// that cannot verify a signature refuses the set, naming the key.
+    /// One JWKS document, as [`KeySet::parse_many`] reads several.
+    #[cfg(test)]
     pub(crate) fn parse(json: &[u8]) -> Result<Self, JwksError> {
         Self::parse_many(&[json]).map_err(|(_, e)| e)
     }
 
     /// Several JWKS documents as one set (a directory of them); an error says which.
+    /// Encryption keys (`use: enc`) are skipped; anything else that cannot verify a
+    /// signature refuses the set, naming the key.
     pub(crate) fn parse_many(docs: &[impl AsRef<[u8]>]) -> Result<Self, (usize, JwksError)> {
         let mut keys: Vec<Key> = Vec::new();
         for (doc, json) in docs.iter().enumerate() {

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use base64::Engine;
+use http::HeaderValue;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -30,8 +31,11 @@ pub struct JwtRules {
 pub(crate) struct Grant {
     /// Its `exp`, seconds since the Unix epoch: a socket opened with it ends then.
     pub expires: u64,
-    /// Its verified claims, for the claims header.
+    /// Its verified claims, which the tenant binding reads.
     pub claims: Map<String, Value>,
+    /// The claims as the pod gets them (`--jwt-claims-header`): encoded once, when the
+    /// token is verified, not per request it opens.
+    pub header: Option<HeaderValue>,
 }
 
 /// The part of a token's header chosen before any key: read here, not by the crate, so
@@ -67,7 +71,11 @@ pub(crate) fn authenticate(token: &str, keys: &KeySet, rules: &JwtRules) -> Resu
         .get("exp")
         .and_then(Value::as_u64)
         .ok_or(Denied::Malformed)?;
-    Ok(Grant { expires, claims })
+    Ok(Grant {
+        expires,
+        claims,
+        header: None,
+    })
 }
 
 fn head(token: &str) -> Result<Head, Denied> {

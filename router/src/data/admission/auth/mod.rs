@@ -169,11 +169,10 @@ impl Keys {
     }
 }
 
-/// A request let in: when its token expires, and where it was.
+/// A request let in: its token's grant (expiry, claims).
 #[derive(Debug)]
 pub(crate) struct Passed {
     pub grant: Arc<Grant>,
-    pub source: token::Source,
 }
 
 impl Auth {
@@ -196,7 +195,7 @@ impl Auth {
         query: Option<&str>,
         tenant: &str,
     ) -> Result<Passed, Denied> {
-        let (token, source) =
+        let (token, _) =
             token::find(headers, query, &self.settings.cookie)?.ok_or(Denied::Missing)?;
         let keys = self.keys.load();
         let rules = &self.settings.rules;
@@ -210,13 +209,17 @@ impl Auth {
                 grant
             }
             None => {
-                let grant = Arc::new(jwt::authenticate(&token, &keys.set, rules)?);
+                let mut grant = jwt::authenticate(&token, &keys.set, rules)?;
+                if self.settings.claims_header.is_some() {
+                    grant.header = Some(claims_header(&grant.claims));
+                }
+                let grant = Arc::new(grant);
                 cache::put(keys.generation, &token, grant.clone());
                 grant
             }
         };
         jwt::bind(&grant.claims, &rules.tenant_claim, tenant)?;
-        Ok(Passed { grant, source })
+        Ok(Passed { grant })
     }
 
     /// What the pod is sent, from a request let in: the token's subprotocol entry out of
@@ -235,12 +238,8 @@ impl Auth {
                 headers.insert(http::header::SEC_WEBSOCKET_PROTOCOL, v);
             }
         }
-        if let Some(name) = &self.settings.claims_header {
-            let json = serde_json::to_vec(&passed.grant.claims).unwrap_or_default();
-            let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
-            if let Ok(v) = HeaderValue::from_str(&encoded) {
-                headers.insert(name.clone(), v);
-            }
+        if let (Some(name), Some(v)) = (&self.settings.claims_header, &passed.grant.header) {
+            headers.insert(name.clone(), v.clone());
         }
         if self.settings.forward_token {
             return None;
@@ -255,6 +254,14 @@ impl Auth {
             headers.remove(name);
         }
     }
+}
+
+/// Verified claims as the claims header carries them: base64url JSON, no padding
+/// (always a valid header value).
+fn claims_header(claims: &serde_json::Map<String, serde_json::Value>) -> HeaderValue {
+    let json = serde_json::to_vec(claims).unwrap_or_default();
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json);
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// `uri` without the `access_token` parameter, if it had one.

@@ -13,6 +13,7 @@ use base64::Engine;
 use http::header::{self, HeaderMap, HeaderValue};
 
 use crate::data::admission::auth::Denied;
+use crate::data::upstream::headers::list;
 
 /// The query parameter browsers and SignalR put a token in.
 pub(crate) const QUERY_PARAM: &str = "access_token";
@@ -73,20 +74,9 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Denied> {
     Ok(Some(token))
 }
 
-/// The offered subprotocols, one entry each (the header may repeat, entries are
-/// comma-separated).
-fn offered(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-}
-
 fn subprotocol(headers: &HeaderMap) -> Result<Option<String>, Denied> {
-    let mut found = offered(headers).filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX));
+    let mut found = list(headers, header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|p| p.strip_prefix(SUBPROTOCOL_PREFIX));
     let Some(encoded) = found.next() else {
         return Ok(None);
     };
@@ -124,10 +114,10 @@ fn cookie_value<'r>(headers: &'r HeaderMap, name: &str) -> Result<Option<&'r str
 /// header is to be removed (only the token was offered), unchanged when no entry held
 /// one.
 pub(crate) fn protocols_without_token(headers: &HeaderMap) -> Option<Option<HeaderValue>> {
-    if !offered(headers).any(|p| p.starts_with(SUBPROTOCOL_PREFIX)) {
+    if !list(headers, header::SEC_WEBSOCKET_PROTOCOL).any(|p| p.starts_with(SUBPROTOCOL_PREFIX)) {
         return None;
     }
-    let rest: Vec<&str> = offered(headers)
+    let rest: Vec<&str> = list(headers, header::SEC_WEBSOCKET_PROTOCOL)
         .filter(|p| !p.starts_with(SUBPROTOCOL_PREFIX))
         .collect();
     if rest.is_empty() {
