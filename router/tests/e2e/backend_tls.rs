@@ -148,3 +148,33 @@ async fn one_server_name_for_every_pod() -> Result<()> {
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
     Ok(())
 }
+
+/// A pod that takes the connection and never finishes the TLS handshake holds the
+/// upgrade no longer than `--backend-timeout`: 504, as for a pod that never answers.
+#[tokio::test]
+async fn a_pod_stuck_in_its_handshake_is_a_timeout() -> Result<()> {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = silent.local_addr()?;
+    let _holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            held.push(tcp);
+        }
+    });
+    let pods = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let client = BackendTls::from_pem(pods.ca_pem.as_bytes(), "ca.crt", None, None)?;
+    let mut limits = limits();
+    limits.backend_timeout = std::time::Duration::from_millis(500);
+    let h = Harness::start(Options {
+        backend_tls: Some(Arc::new(client)),
+        replace: (0..4).map(|i| (i, addr.to_string())).collect(),
+        limits,
+        ..Options::default()
+    })
+    .await?;
+    let started = std::time::Instant::now();
+    let head = h.raw_head(&upgrade_request("/ws/acme")).await?;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    eprintln!("504 after {:?}", started.elapsed());
+    Ok(())
+}
