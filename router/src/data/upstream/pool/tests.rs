@@ -184,6 +184,8 @@ async fn a_request_on_a_connection_closed_meanwhile_comes_back_unsent() {
     let mut backend = Backend::start().await;
     let (pool, m) = pool(PoolConfig::default());
     let pooled = checkout(&pool, backend.addr).await;
+    // Accepted (with the backend's current kill switch) before the switch is pulled.
+    backend.wait_live(1).await;
     backend.drop_connections();
     backend.wait_live(0).await;
     within(async {
