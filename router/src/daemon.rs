@@ -24,7 +24,7 @@ use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
 pub(crate) use crate::data::edge::listen::ServerError;
-use crate::data::relay::reroute::Reroute;
+use crate::data::relay::drain::Drains;
 use crate::data::shared::limits::Limits;
 use crate::data::shared::metrics::Metrics;
 use crate::data::shared::Shared;
@@ -246,14 +246,18 @@ fn build(config: RouterConfig) -> Planes {
         tls: tls_config.clone(),
     };
     let handle = control_loop(config.routing, &table, &live, &lifecycle, stats, slots);
-    let reroute = config
-        .reroute
-        .map(|r| Arc::new(Reroute::new(r, table.clone(), handle.changes())));
+    let drains = Arc::new(Drains::new(
+        config.drain_grace,
+        config.reroute,
+        table.clone(),
+        handle.changes(),
+        data_metrics.drain_closes(),
+    ));
     let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let shared = Arc::new(Shared {
         table,
         live,
-        reroute,
+        drains,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
         pool: Pool::new(
@@ -355,7 +359,10 @@ impl Drain {
         }
         lc.set_listener_closed();
         lc.tasks.close();
-        tracing::info!(live = lc.tasks.len(), grace = ?self.grace, "draining: listener closed, live sockets have the grace period");
+        tracing::info!(live = lc.tasks.len(), grace = ?self.grace, "draining: listener closed, live sockets close spread over the grace period");
+        // Each socket at its own moment within the grace, not all at its end: the
+        // clients come back to the other replicas as a trickle, not a wave.
+        self.shared.drains.begin_shutdown();
         tokio::select! {
             _ = lc.tasks.wait() => {}
             _ = tokio::time::sleep(self.grace) => {}
@@ -364,7 +371,7 @@ impl Drain {
         if !lc.tasks.is_empty() {
             tracing::info!(
                 live = lc.tasks.len(),
-                "grace period over: closing live sockets with 1001"
+                "grace period over: closing the live sockets left with 1001"
             );
         }
         lc.close_tunnels.cancel();

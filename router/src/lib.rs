@@ -61,8 +61,8 @@ pub use data::admission::auth::{
 pub use data::admission::forwarded::{TrustedProxies, Underscores};
 pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;
+pub use data::relay::drain::RerouteConfig;
 pub use data::relay::pings::Ping;
-pub use data::relay::reroute::RerouteConfig;
 pub use data::shared::limits::{HttpLimits, HttpTimers, Limits, ProxyProtocol, SocketTimers};
 pub use data::shared::{Pages, Shared};
 pub use data::tls::config::{client_config, load_server_config, DevCert, KeyExchange, TlsOptions};

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::values::Span;
 use super::ConfigError;
-use crate::data::relay::reroute::RerouteConfig;
+use crate::data::relay::drain::RerouteConfig;
 
 /// The drains' and health's flags. Their defaults are [`LifecycleArgs::default`]'s.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]

@@ -42,7 +42,7 @@ pub(crate) use self::ops::{CertArgs, PlanArgs, RouteArgs};
 pub use self::routing::DEFAULT_CONFIGMAP;
 pub(crate) use self::serve::ServeArgs;
 use crate::control::RoutingConfig;
-use crate::data::relay::reroute::RerouteConfig;
+use crate::data::relay::drain::RerouteConfig;
 use crate::data::shared::limits::Limits;
 pub(crate) use crate::logging::LogFormat;
 

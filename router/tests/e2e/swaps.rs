@@ -203,3 +203,69 @@ async fn reroute_drain_closes_only_moved_tenants_with_1012() -> Result<()> {
     assert_eq!(next_counter(&mut ws).await?.server, "backend-3");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_that_leaves_the_table_has_its_sockets_closed_with_1012_spread_over_the_grace(
+) -> Result<()> {
+    let grace = Duration::from_secs(2);
+    let h = Harness::start(Options {
+        interval: Duration::from_millis(50),
+        drain_grace: grace,
+        ..Options::default()
+    })
+    .await?;
+    // Sockets on pod 3, which the scale-down removes, and on pod 1, which stays.
+    let mut leaving = Vec::new();
+    for skip in 0..24 {
+        leaving.push(h.ws(&tenant_on(&h, 3, skip)).await?);
+    }
+    let mut staying = vec![h.ws(&tenant_on(&h, 1, 0)).await?];
+    for ws in leaving.iter_mut().chain(staying.iter_mut()) {
+        next_counter(ws).await?;
+    }
+
+    h.router.control().send(Input::Replicas(3));
+    h.wait_table("3 replicas", |t| t.replicas().get() == 3)
+        .await?;
+    let swapped = Instant::now();
+    let closes = leaving.iter_mut().map(|ws| async move {
+        let code = next_close_code(ws).await?;
+        Ok::<_, anyhow::Error>((code, swapped.elapsed()))
+    });
+    let mut halves = [0usize; 2];
+    for r in futures_util::future::join_all(closes).await {
+        let (code, at) = r?;
+        assert_eq!(code, Some(1012));
+        ensure!(
+            at < grace + Duration::from_millis(500),
+            "closed {at:?} after the swap"
+        );
+        halves[usize::from(at >= grace / 2)] += 1;
+    }
+    // Spread over the grace, not all at once: 24 even draws leave neither half empty
+    // (odds 2 × 0.5^24).
+    ensure!(
+        halves.iter().all(|&n| n > 0),
+        "closes per half of the grace: {halves:?}"
+    );
+    // The pod still in the table streams on.
+    let a = next_counter(&mut staying[0]).await?.counter;
+    assert_eq!(next_counter(&mut staying[0]).await?.counter, a + 1);
+    // Counted as each relay ends (its close handshake done, the clients' replies sent).
+    drop(leaving);
+    let want = [
+        "wsrouter_drain_closes_total{reason=\"pod_gone\"}",
+        "wsrouter_connections_closed_total{ordinal=\"3\",reason=\"pod_gone\",protocol=\"h1\"}",
+    ];
+    within(WAIT, "the closes counted", async {
+        loop {
+            let (_, m) = scrape_metrics(&h).await?;
+            if want.iter().all(|k| m.get(*k) == Some(&24.0)) {
+                return Ok::<_, anyhow::Error>(());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    Ok(())
+}

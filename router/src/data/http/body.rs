@@ -12,6 +12,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::data::relay::drain::DrainReason;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
@@ -251,6 +253,17 @@ pub(crate) enum Ended {
     Drained,
     /// Its tenant now routes to another pod.
     Moved,
+}
+
+impl Ended {
+    /// The drain scheduler's reason, for an answer: its pod left or its tenant moved is
+    /// a move (the client retries to the tenant's pod now); the shutdown is the drain.
+    pub(crate) fn drained(why: DrainReason) -> Self {
+        match why {
+            DrainReason::Shutdown => Self::Drained,
+            DrainReason::PodGone | DrainReason::Rerouted => Self::Moved,
+        }
+    }
 }
 
 impl From<Ended> for ProxyError {

@@ -84,7 +84,7 @@ async fn forward_request<B: ClientBodyIn>(
     let (backend_req, outcome) = backend_request(req, &in_flight.admitted.client, shared, &routed);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
     // is told to come back (to its new pod), as one whose answer streams is.
-    let mut stop = live::request_ended(ctx, &routed, Ended::Drained, Ended::Moved);
+    let mut stop = live::request_ended(ctx, &routed, Ended::drained);
     let resp = exchange(backend_req, &routed, shared, &outcome, &mut stop)
         .await
         .map_err(|e| {

@@ -19,6 +19,7 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
+use crate::data::relay::drain::DrainReason;
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;
 use crate::data::relay::signal::Gated;
@@ -140,8 +141,9 @@ impl PendingRelay {
             shared.metrics.http2_streams.inc();
         }
         tracing::debug!(client.addr = %peer, tenant = %routed.tenant, backend.ordinal = routed.ordinal, "relay started");
-        // The drain's end: 1001; the tenant's move: 1012; its token's expiry: 1008.
-        let stop = ended(&shared, &routed, Stop::SHUTDOWN, Stop::REROUTED);
+        // The drain: 1001; its pod leaving the table or the tenant's move: 1012; its
+        // token's expiry: 1008.
+        let stop = ended(&shared, &routed, true, Stop::drained);
         let stop = match routed.expires {
             Some(at) => expiring(stop, at),
             None => stop,
@@ -198,26 +200,29 @@ fn expiring(
     })
 }
 
-/// What ends a socket or a forwarded request on the router's own initiative: the
-/// drain's end (`drained`) and, with `--reroute-drain`, its tenant's move (`moved`), at
-/// its turn. One boxed future either way, as small as the case needs (a relay holds it
-/// for the socket's life).
+/// What ends a socket or a forwarded request on the router's own initiative, as `as_t`
+/// names it: the drain's hard end (its grace over, or a second signal: `Shutdown`), or
+/// the drain scheduler's turn for it (see `relay::drain`): within the shutdown's spread
+/// when `spread_shutdown` (sockets), its pod leaving the table, or with
+/// `--reroute-drain` its tenant's move. One boxed future (a relay holds it for the
+/// socket's life).
 pub(super) fn ended<T: Send + 'static>(
     shared: &Shared,
     routed: &Routed,
-    drained: T,
-    moved: T,
+    spread_shutdown: bool,
+    as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
     ended_by(
         shared.lifecycle.close_tunnels.clone().cancelled_owned(),
         shared,
         routed,
-        drained,
-        moved,
+        spread_shutdown,
+        as_t,
     )
 }
 
-/// As [`ended`], for a request forwarded on `ctx`'s connection. An HTTP/1.1
+/// As [`ended`], for a request forwarded on `ctx`'s connection; its answer is not spread
+/// by the shutdown (it ends with the grace, between two chunks). An HTTP/1.1
 /// connection's requests run in its own task, which already watches the drain (see
 /// `h1::serve`) and polls them once more when the grace ends: they read its flag, and
 /// do not each register on the drain's token, shared by every I/O thread, to hear it.
@@ -226,11 +231,10 @@ pub(super) fn ended<T: Send + 'static>(
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,
-    drained: T,
-    moved: T,
+    as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
     if ctx.keepalive.is_none() {
-        return Box::pin(Gated::new(ended(&ctx.shared, routed, drained, moved)));
+        return Box::pin(Gated::new(ended(&ctx.shared, routed, false, as_t)));
     }
     let conn = ctx.clone();
     let grace_over = std::future::poll_fn(move |_| {
@@ -240,31 +244,24 @@ pub(super) fn request_ended<T: Send + 'static>(
             std::task::Poll::Pending
         }
     });
-    ended_by(grace_over, &ctx.shared, routed, drained, moved)
+    ended_by(grace_over, &ctx.shared, routed, false, as_t)
 }
 
 fn ended_by<T: Send + 'static>(
-    drain: impl Future<Output = ()> + Send + 'static,
+    hard_end: impl Future<Output = ()> + Send + 'static,
     shared: &Shared,
     routed: &Routed,
-    drained: T,
-    moved: T,
+    spread_shutdown: bool,
+    as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    match shared.reroute.clone() {
-        None => Box::pin(async move {
-            drain.await;
-            drained
-        }),
-        Some(r) => {
-            let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-            Box::pin(async move {
-                tokio::select! {
-                    () = drain => drained,
-                    () = r.moved(&tenant, ordinal) => moved,
-                }
-            })
+    let drains = shared.drains.clone();
+    let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
+    Box::pin(async move {
+        tokio::select! {
+            () = hard_end => as_t(DrainReason::Shutdown),
+            why = drains.turn(&tenant, ordinal, spread_shutdown) => as_t(why),
         }
-    }
+    })
 }
 
 /// What a running relay keeps beside its sockets, to count and log its end.

@@ -3,6 +3,7 @@
 //! ([`CloseState`]): the close the router injects at a frame boundary, and what the
 //! source ending without a close frame becomes.
 
+use crate::data::relay::drain::DrainReason;
 use crate::data::relay::frame::{close_frame, code, FrameCursor, Toward};
 
 /// Why a relayed connection ended: the first thing that happened.
@@ -24,6 +25,8 @@ pub(crate) enum CloseReason {
     Shutdown,
     /// The router closed it because the tenant's route moved (`--reroute-drain`).
     Rerouted,
+    /// The router closed it because its pod left the routing table.
+    PodGone,
     /// No data frame either way for `--idle-timeout`.
     Idle,
     /// The client (or the backend) did not answer the router's ping in time.
@@ -49,6 +52,7 @@ impl CloseReason {
             Self::BackendError => "backend_error",
             Self::Shutdown => "shutdown",
             Self::Rerouted => "rerouted",
+            Self::PodGone => "pod_gone",
             Self::Idle => "idle",
             Self::PingTimeout => "ping_timeout",
             Self::MaxAge => "max_age",
@@ -81,6 +85,21 @@ impl Stop {
         reason: "tenant moved; reconnect",
         close_reason: CloseReason::Rerouted,
     };
+    /// Its pod left the routing table (a scale-down): 1012 service restart, so the
+    /// client reconnects to the tenant's pod now.
+    pub(crate) const POD_GONE: Stop = Stop {
+        code: code::SERVICE_RESTART,
+        reason: "backend pod left; reconnect",
+        close_reason: CloseReason::PodGone,
+    };
+    /// The drain scheduler's close for `why`.
+    pub(crate) fn drained(why: DrainReason) -> Stop {
+        match why {
+            DrainReason::Shutdown => Self::SHUTDOWN,
+            DrainReason::PodGone => Self::POD_GONE,
+            DrainReason::Rerouted => Self::REROUTED,
+        }
+    }
     /// No data either way for the idle timeout: 1001 going away.
     pub(crate) const IDLE: Stop = Stop {
         code: code::GOING_AWAY,

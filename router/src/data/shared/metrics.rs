@@ -14,6 +14,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::data::admission::pools::{AdmissionStats, Refusal};
+use crate::data::relay::drain::{DrainCloses, DrainReason};
 use crate::data::shared::http_metrics::HttpMetrics;
 pub(crate) use crate::state::labels::{
     ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
@@ -58,6 +59,9 @@ pub(crate) struct Metrics {
     /// PROXY protocol headers read, by what they named (client, local), and the
     /// connections closed for theirs, by reason.
     proxy_headers: Family<ReasonLabel, Counter>,
+    /// Sockets the router closed itself, spread out, by why (shutdown, pod_gone,
+    /// rerouted).
+    drain_closes: Family<ReasonLabel, Counter>,
     proxy_header_errors: Family<ReasonLabel, Counter>,
     /// The plain requests forwarded beside the sockets.
     pub http: HttpMetrics,
@@ -115,9 +119,11 @@ impl Metrics {
             breaker_open: Family::default(),
             proxy_headers: Family::default(),
             proxy_header_errors: Family::default(),
+            drain_closes: Family::default(),
             http: HttpMetrics::default(),
         };
         m.zero_series();
+        let _ = m.drain_closes();
         m
     }
 
@@ -280,6 +286,11 @@ impl Metrics {
             m.proxy_header_errors.clone(),
         );
         r.register(
+            "drain_closes",
+            "Live sockets the router closed itself, each at its own moment so clients come back spread out, by reason: shutdown (1001, spread over --drain-grace), pod_gone (1012, its pod left the table; spread over --drain-grace), rerouted (1012, --reroute-drain)",
+            m.drain_closes.clone(),
+        );
+        r.register(
             "upgrade_seconds",
             "Time from accepting a connection to answering its upgrade (101, or 200 on HTTP/2)",
             m.upgrade_seconds.clone(),
@@ -325,6 +336,23 @@ impl Metrics {
         self.auth_refused
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    /// Handles on the drain scheduler's series, one per reason.
+    pub(crate) fn drain_closes(&self) -> DrainCloses {
+        let of = |why: DrainReason| {
+            series(
+                &self.drain_closes,
+                ReasonLabel {
+                    reason: why.as_str(),
+                },
+            )
+        };
+        DrainCloses {
+            shutdown: of(DrainReason::Shutdown),
+            pod_gone: of(DrainReason::PodGone),
+            rerouted: of(DrainReason::Rerouted),
+        }
     }
 
     /// Counts a backend 101 refused as a 502.

@@ -17,7 +17,7 @@ use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::auth::Auth;
 use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
-use crate::data::relay::reroute::Reroute;
+use crate::data::relay::drain::Drains;
 use crate::data::shared::limits::Limits;
 use crate::data::shared::metrics::Metrics;
 use crate::data::tls::config::TlsSlot;
@@ -36,8 +36,9 @@ pub struct Shared {
     pub(crate) table: Arc<ArcSwapOption<RoutingTable>>,
     /// Tenants with live sockets here.
     pub(crate) live: Arc<LiveTenants>,
-    /// Closes sockets whose tenant moved, when `--reroute-drain` is set.
-    pub(crate) reroute: Option<Arc<Reroute>>,
+    /// When the router closes live sockets itself (shutdown, a pod leaving the table,
+    /// `--reroute-drain`), spread out.
+    pub(crate) drains: Arc<Drains>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) prefix: PathPrefix,
     pub(crate) limits: Limits,

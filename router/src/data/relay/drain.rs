@@ -1,0 +1,234 @@
+//! The drain scheduler: when the router ends live sockets on its own initiative so their
+//! clients reconnect elsewhere, it spreads the closes out, so a restart or a move is a
+//! trickle of reconnects, never a wave. Three causes, one scheduler, one metric
+//! (`wsrouter_drain_closes_total{reason}`):
+//!
+//! - **shutdown** (SIGTERM): once the listener has closed, each socket closes (1001) at
+//!   its own random moment, drawn evenly over `--drain-grace`; the drain's hard end (the
+//!   grace's end, or a second signal) closes whatever is left at once.
+//! - **pod_gone**: the socket's pod left the table (the StatefulSet scaled down, or the
+//!   backend list lost it): the socket closes (1012) at a random moment within
+//!   `--drain-grace` of the swap, unless the pod comes back first.
+//! - **rerouted** (opt-in, `--reroute-drain GRACE`): the socket's tenant now routes to
+//!   another pod: it closes (1012) after the grace plus up to a grace of jitter, at most
+//!   `--reroute-drain-rate` per second; a tenant that moves back before its turn keeps its
+//!   sockets.
+//!
+//! Each socket waits on its own future (a relay holds it for its life); nothing walks the
+//! sockets. A table swap wakes every waiting socket to look at the new table.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wsrouter::RoutingTable;
+
+/// A random number. `fastrand` seeds each thread from the standard library's random
+/// hasher keys, which come from the operating system, so replicas that act at the same
+/// moment do not pick the same moments (a seed from the clock or the table would line
+/// them up).
+fn random() -> u64 {
+    fastrand::u64(..)
+}
+
+/// A random span in `[0, span)` (zero for a zero span).
+fn share_of(span: Duration) -> Duration {
+    let ms = span.as_millis().min(u128::from(u64::MAX)) as u64;
+    if ms == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(random() % ms)
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RerouteConfig {
+    /// How long a moved tenant's sockets keep running before their close is scheduled.
+    pub grace: Duration,
+    /// Most reroute closes per second, across the router.
+    pub per_second: u32,
+}
+
+/// Why the drain scheduler closes a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DrainReason {
+    /// The router is shutting down: its turn within the drain's grace came.
+    Shutdown,
+    /// Its pod left the table.
+    PodGone,
+    /// Its tenant routes to another pod now (`--reroute-drain`).
+    Rerouted,
+}
+
+impl DrainReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::PodGone => "pod_gone",
+            Self::Rerouted => "rerouted",
+        }
+    }
+}
+
+/// Closes counted by reason, as handles into `wsrouter_drain_closes_total`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DrainCloses {
+    pub shutdown: Counter,
+    pub pod_gone: Counter,
+    pub rerouted: Counter,
+}
+
+impl DrainCloses {
+    fn of(&self, why: DrainReason) -> &Counter {
+        match why {
+            DrainReason::Shutdown => &self.shutdown,
+            DrainReason::PodGone => &self.pod_gone,
+            DrainReason::Rerouted => &self.rerouted,
+        }
+    }
+}
+
+pub(crate) struct Drains {
+    /// `--drain-grace`: the span shutdown and pod-gone closes are spread over.
+    grace: Duration,
+    reroute: Option<RerouteConfig>,
+    table: Arc<ArcSwapOption<RoutingTable>>,
+    changes: watch::Receiver<u64>,
+    /// Cancelled when the drain's spread begins (the listener has closed).
+    spreading: CancellationToken,
+    /// The earliest time the next reroute close may happen.
+    next_turn: Mutex<Instant>,
+    closes: DrainCloses,
+}
+
+/// What a socket is waiting for, as of the table it last looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    None,
+    PodGone,
+    Moved,
+}
+
+impl Drains {
+    pub(crate) fn new(
+        grace: Duration,
+        reroute: Option<RerouteConfig>,
+        table: Arc<ArcSwapOption<RoutingTable>>,
+        changes: watch::Receiver<u64>,
+        closes: DrainCloses,
+    ) -> Self {
+        Self {
+            grace,
+            reroute,
+            table,
+            changes,
+            spreading: CancellationToken::new(),
+            next_turn: Mutex::new(Instant::now()),
+            closes,
+        }
+    }
+
+    /// Begins the shutdown's spread: every socket waiting with `spread_shutdown` closes
+    /// at its own moment within the grace from now. Called once the listener has closed.
+    pub(crate) fn begin_shutdown(&self) {
+        self.spreading.cancel();
+    }
+
+    /// What the current table means for a socket of `tenant` on pod `ordinal`. No table
+    /// (not loaded yet) means nothing.
+    fn cause(&self, tenant: &str, ordinal: u32) -> Cause {
+        let guard = self.table.load();
+        let Some(t) = guard.as_deref() else {
+            return Cause::None;
+        };
+        if ordinal >= t.replicas().get() {
+            Cause::PodGone
+        } else if self.reroute.is_some() && t.route(tenant).ordinal != ordinal {
+            Cause::Moved
+        } else {
+            Cause::None
+        }
+    }
+
+    /// Waits for this socket's turn to close for `cause` (after its random share of the
+    /// span, and for a reroute its place in the rate limit).
+    async fn wait_turn(&self, cause: Cause) {
+        match (cause, self.reroute) {
+            (Cause::PodGone, _) => tokio::time::sleep(share_of(self.grace)).await,
+            (Cause::Moved, Some(r)) => {
+                tokio::time::sleep(r.grace + share_of(r.grace)).await;
+                self.take_turn(r.per_second).await;
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// Waits for the next reroute close's turn, keeping them at most `per_second` apart.
+    async fn take_turn(&self, per_second: u32) {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        let turn = {
+            let mut next = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
+            let turn = (*next).max(Instant::now());
+            *next = turn + interval;
+            turn
+        };
+        tokio::time::sleep_until(turn).await;
+    }
+
+    /// Resolves at the turn of the socket of `tenant`, relayed to pod `ordinal`, to be
+    /// closed by the router, saying why; never resolves otherwise. `spread_shutdown`: the
+    /// shutdown spreads this one's close too (sockets); without it only the drain's hard
+    /// end (which the caller waits on) ends it (plain answers under way).
+    pub(crate) async fn turn(
+        &self,
+        tenant: &str,
+        ordinal: u32,
+        spread_shutdown: bool,
+    ) -> DrainReason {
+        let mut changes = self.changes.clone();
+        let why = loop {
+            changes.mark_unchanged();
+            let cause = self.cause(tenant, ordinal);
+            if cause != Cause::None {
+                tokio::select! {
+                    () = Box::pin(self.wait_turn(cause)) => {
+                        // The table may have changed back meanwhile.
+                        if self.cause(tenant, ordinal) == cause {
+                            break if cause == Cause::PodGone { DrainReason::PodGone } else { DrainReason::Rerouted };
+                        }
+                        continue;
+                    }
+                    () = self.spreading.cancelled(), if spread_shutdown => break self.shutdown_turn().await,
+                }
+            }
+            tokio::select! {
+                r = changes.changed() => {
+                    if r.is_err() {
+                        // The control loop is gone (the router is stopping): only the
+                        // drain can end this socket now.
+                        if !spread_shutdown {
+                            return std::future::pending().await;
+                        }
+                        self.spreading.cancelled().await;
+                        break self.shutdown_turn().await;
+                    }
+                }
+                () = self.spreading.cancelled(), if spread_shutdown => break self.shutdown_turn().await,
+            }
+        };
+        self.closes.of(why).inc();
+        why
+    }
+
+    /// A socket's moment within the shutdown's grace, drawn as the spread begins.
+    async fn shutdown_turn(&self) -> DrainReason {
+        tokio::time::sleep(share_of(self.grace)).await;
+        DrainReason::Shutdown
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,249 @@
+//! The scheduler on a paused clock: shutdown closes spread over the grace, a pod leaving
+//! the table, a reroute's grace and rate, and causes that go away before their turn.
+
+use std::num::NonZeroU32;
+
+use wsrouter::{Backends, Overrides, TableSource};
+
+use super::*;
+
+const GRACE: Duration = Duration::from_secs(20);
+
+fn table(replicas: u32, overrides: &[(&str, &str)]) -> RoutingTable {
+    let addrs = (0..replicas).map(|i| format!("10.0.0.{i}:9000")).collect();
+    let list = Backends::static_list(addrs).unwrap_or_else(|e| panic!("{e}"));
+    let n = NonZeroU32::new(replicas).unwrap_or(NonZeroU32::MIN);
+    let o =
+        Overrides::parse(overrides.iter().copied(), "backend").unwrap_or_else(|e| panic!("{e:?}"));
+    RoutingTable::build(1, TableSource::Flags, &list, n, o).unwrap_or_else(|e| panic!("{e}"))
+}
+
+struct Fixture {
+    drains: Arc<Drains>,
+    table: Arc<ArcSwapOption<RoutingTable>>,
+    changes: watch::Sender<u64>,
+    closes: DrainCloses,
+}
+
+impl Fixture {
+    fn new(reroute: Option<RerouteConfig>, t: RoutingTable) -> Self {
+        let table = Arc::new(ArcSwapOption::from_pointee(t));
+        let (changes, rx) = watch::channel(0);
+        let closes = DrainCloses::default();
+        let drains = Arc::new(Drains::new(
+            GRACE,
+            reroute,
+            table.clone(),
+            rx,
+            closes.clone(),
+        ));
+        Self {
+            drains,
+            table,
+            changes,
+            closes,
+        }
+    }
+
+    fn swap(&self, t: RoutingTable) {
+        self.table.store(Some(Arc::new(t)));
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Sockets of `tenant` on `ordinal`, each reporting (when, why) as its turn comes.
+    fn sockets(
+        &self,
+        n: usize,
+        tenant: &str,
+        ordinal: u32,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, DrainReason)> {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..n {
+            let (d, tx, tenant) = (self.drains.clone(), tx.clone(), tenant.to_owned());
+            tokio::spawn(async move {
+                let why = d.turn(&tenant, ordinal, true).await;
+                let _ = tx.send((Instant::now(), why));
+            });
+        }
+        rx
+    }
+}
+
+/// The tenant name that hashes to `ordinal` of `replicas`.
+fn tenant_on(ordinal: u32, replicas: u32) -> String {
+    let n = NonZeroU32::new(replicas).unwrap_or(NonZeroU32::MIN);
+    (0..10_000)
+        .map(|i| format!("t{i}"))
+        .find(|t| wsrouter::ordinal_for(t, n) == ordinal)
+        .unwrap_or_else(|| panic!("no tenant on {ordinal}"))
+}
+
+async fn collect(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(Instant, DrainReason)>,
+    n: usize,
+) -> Vec<(Instant, DrainReason)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match rx.recv().await {
+            Some(x) => out.push(x),
+            None => break,
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_closes_spread_evenly_over_the_grace() {
+    let f = Fixture::new(None, table(4, &[]));
+    let mut rx = f.sockets(
+        400,
+        "a",
+        wsrouter::ordinal_for("a", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN)),
+    );
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    f.drains.begin_shutdown();
+    let closes = collect(&mut rx, 400).await;
+    assert!(closes.iter().all(|(_, why)| *why == DrainReason::Shutdown));
+    // Every close within the grace, and about a quarter in each quarter of it.
+    let mut quarters = [0usize; 4];
+    for (at, _) in &closes {
+        let since = at.duration_since(start);
+        assert!(since < GRACE, "{since:?}");
+        quarters[(since.as_millis() * 4 / GRACE.as_millis()) as usize] += 1;
+    }
+    assert!(
+        quarters.iter().all(|q| (60..=140).contains(q)),
+        "{quarters:?}"
+    );
+    assert_eq!(f.closes.shutdown.get(), 400);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_sockets_of_a_pod_that_leaves_the_table_close_spread_over_the_grace() {
+    let f = Fixture::new(None, table(4, &[]));
+    let gone = tenant_on(3, 4);
+    let stays = tenant_on(1, 4);
+    let mut on_gone = f.sockets(100, &gone, 3);
+    let mut on_stays = f.sockets(10, &stays, 1);
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    f.swap(table(3, &[]));
+    let closes = collect(&mut on_gone, 100).await;
+    assert!(closes
+        .iter()
+        .all(|(at, why)| *why == DrainReason::PodGone && at.duration_since(start) < GRACE));
+    let first_half = closes
+        .iter()
+        .filter(|(at, _)| at.duration_since(start) < GRACE / 2)
+        .count();
+    assert!(
+        (30..=70).contains(&first_half),
+        "{first_half} of 100 in the first half"
+    );
+    // A pod still in the table keeps its sockets, even when its tenants' routes shift.
+    tokio::time::sleep(GRACE * 3).await;
+    assert!(on_stays.try_recv().is_err());
+    assert_eq!((f.closes.pod_gone.get(), f.closes.rerouted.get()), (100, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pod_back_before_the_turn_keeps_its_sockets() {
+    let f = Fixture::new(None, table(4, &[]));
+    let tenant = tenant_on(3, 4);
+    let mut rx = f.sockets(50, &tenant, 3);
+    tokio::task::yield_now().await;
+    f.swap(table(3, &[]));
+    // Back before any turn could have come (each is at least a millisecond away... or
+    // not: the few that drew zero may go).
+    f.swap(table(4, &[]));
+    tokio::time::sleep(GRACE * 2).await;
+    let gone = std::iter::from_fn(|| rx.try_recv().ok()).count();
+    assert!(gone <= 2, "{gone} of 50 closed though their pod came back");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_reroute_drain_a_moved_tenant_keeps_its_sockets() {
+    let f = Fixture::new(None, table(4, &[]));
+    let mut rx = f.sockets(
+        5,
+        "acme",
+        wsrouter::ordinal_for("acme", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN)),
+    );
+    tokio::task::yield_now().await;
+    let elsewhere =
+        (wsrouter::ordinal_for("acme", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN)) + 1) % 4;
+    f.swap(table(4, &[("acme", &elsewhere.to_string())]));
+    tokio::time::sleep(GRACE * 3).await;
+    assert!(rx.try_recv().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reroute_closes_after_its_grace_at_the_rate() {
+    let reroute = RerouteConfig {
+        grace: Duration::from_secs(10),
+        per_second: 10,
+    };
+    let f = Fixture::new(Some(reroute), table(4, &[]));
+    let home = wsrouter::ordinal_for("acme", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
+    let mut rx = f.sockets(50, "acme", home);
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    f.swap(table(4, &[("acme", &((home + 1) % 4).to_string())]));
+    let closes = collect(&mut rx, 50).await;
+    let mut at: Vec<Duration> = closes
+        .iter()
+        .map(|(t, _)| t.duration_since(start))
+        .collect();
+    at.sort();
+    assert!(closes.iter().all(|(_, why)| *why == DrainReason::Rerouted));
+    assert!(at[0] >= Duration::from_secs(10), "{:?}", at[0]);
+    // At most 10 a second: 50 closes span at least 4.9 s.
+    assert!(
+        at[49] - at[0] >= Duration::from_millis(4_900),
+        "{:?}",
+        at[49] - at[0]
+    );
+    assert_eq!(f.closes.rerouted.get(), 50);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_during_a_pending_move_closes_within_the_grace() {
+    let reroute = RerouteConfig {
+        grace: Duration::from_secs(600),
+        per_second: 1,
+    };
+    let f = Fixture::new(Some(reroute), table(4, &[]));
+    let home = wsrouter::ordinal_for("acme", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
+    let mut rx = f.sockets(20, "acme", home);
+    tokio::task::yield_now().await;
+    f.swap(table(4, &[("acme", &((home + 1) % 4).to_string())]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    f.drains.begin_shutdown();
+    let closes = collect(&mut rx, 20).await;
+    assert!(closes
+        .iter()
+        .all(|(at, why)| *why == DrainReason::Shutdown && at.duration_since(start) < GRACE));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_plain_answer_is_not_spread_by_the_shutdown() {
+    let f = Fixture::new(None, table(4, &[]));
+    let d = f.drains.clone();
+    let home = wsrouter::ordinal_for("a", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
+    let waiting = tokio::spawn(async move { d.turn("a", home, false).await });
+    tokio::task::yield_now().await;
+    f.drains.begin_shutdown();
+    tokio::time::sleep(GRACE * 2).await;
+    assert!(!waiting.is_finished());
+    waiting.abort();
+}
+
+#[test]
+fn shares_stay_within_their_span() {
+    assert_eq!(share_of(Duration::ZERO), Duration::ZERO);
+    for _ in 0..1000 {
+        assert!(share_of(Duration::from_millis(3)) < Duration::from_millis(3));
+    }
+}
