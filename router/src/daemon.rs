@@ -260,11 +260,7 @@ fn build(config: RouterConfig) -> Planes {
         drains,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
-        pool: Pool::new(
-            config.limits.http.pool,
-            data_metrics.http.pool.clone(),
-            config.backend_tls.clone(),
-        ),
+        pool: keepalive_pool(&config, &data_metrics),
         pages: config.pages.clone(),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
@@ -293,6 +289,12 @@ fn build(config: RouterConfig) -> Planes {
         control: handle,
         metrics,
     }
+}
+
+/// The keep-alive pool to the pods, for plain requests.
+fn keepalive_pool(config: &RouterConfig, metrics: &Metrics) -> Pool {
+    let pool = config.limits.http.pool;
+    Pool::new(pool, metrics.http.pool.clone(), config.backend_tls.clone())
 }
 
 /// Starts the control loop, the one owner of the table, and hands back its handle.
