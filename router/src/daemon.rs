@@ -254,13 +254,14 @@ fn build(config: RouterConfig) -> Planes {
         data_metrics.drain_closes(),
     ));
     let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
+    let pool = keepalive_pool(&config, &data_metrics);
     let shared = Arc::new(Shared {
         table,
         live,
         drains,
         prefix: config.path_prefix,
         breakers: Breakers::new(config.limits.breaker),
-        pool: keepalive_pool(&config, &data_metrics),
+        pool,
         pages: config.pages.clone(),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
