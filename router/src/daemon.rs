@@ -253,8 +253,8 @@ fn build(config: RouterConfig) -> Planes {
         handle.changes(),
         data_metrics.drain_closes(),
     ));
-    let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let pool = keepalive_pool(&config, &data_metrics);
+    let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let shared = Arc::new(Shared {
         table,
         live,
