@@ -253,7 +253,7 @@ fn build(config: RouterConfig) -> Planes {
         handle.changes(),
         data_metrics.drain_closes(),
     ));
-    let pool = keepalive_pool(&config, &data_metrics);
+    let pool = keepalive_pool(&config.limits, &config.backend_tls, &data_metrics);
     let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let shared = Arc::new(Shared {
         table,
@@ -293,9 +293,12 @@ fn build(config: RouterConfig) -> Planes {
 }
 
 /// The keep-alive pool to the pods, for plain requests.
-fn keepalive_pool(config: &RouterConfig, metrics: &Metrics) -> Pool {
-    let pool = config.limits.http.pool;
-    Pool::new(pool, metrics.http.pool.clone(), config.backend_tls.clone())
+fn keepalive_pool(
+    limits: &Limits,
+    tls: &Option<Arc<crate::BackendTls>>,
+    metrics: &Metrics,
+) -> Pool {
+    Pool::new(limits.http.pool, metrics.http.pool.clone(), tls.clone())
 }
 
 /// Starts the control loop, the one owner of the table, and hands back its handle.

@@ -219,7 +219,7 @@ async fn a_pod_that_leaves_the_table_has_its_sockets_closed_with_1012_spread_ove
     for skip in 0..24 {
         leaving.push(h.ws(&tenant_on(&h, 3, skip)).await?);
     }
-    let mut staying = vec![h.ws(&tenant_on(&h, 1, 0)).await?];
+    let mut staying = [h.ws(&tenant_on(&h, 1, 0)).await?];
     for ws in leaving.iter_mut().chain(staying.iter_mut()) {
         next_counter(ws).await?;
     }
