@@ -20,6 +20,7 @@ use crate::config::{AuthSetup, RouterConfig};
 use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::auth::Auth;
+use crate::data::admission::budget::UpgradeBudget;
 use crate::data::admission::policy::RateLimiter;
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
@@ -263,6 +264,7 @@ fn build(config: RouterConfig) -> Planes {
         breakers: Breakers::new(config.limits.breaker),
         pool,
         pages: config.pages.clone(),
+        budget: UpgradeBudget::new(config.limits.policy.budget),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
             config.limits.policy.rate_per_ip,

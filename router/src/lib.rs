@@ -58,6 +58,7 @@ pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
 pub use data::admission::auth::{
     Denied, ForwardDenied, ForwardSettings, JwtRules, JwtSettings, ServiceUrl,
 };
+pub use data::admission::budget::BudgetConfig;
 pub use data::admission::forwarded::{TrustedProxies, Underscores};
 pub use data::admission::policy::{Origins, PolicyConfig, RateLimiter};
 pub use data::admission::pools::PENDING_BASE_BYTES;

@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint};
 
 use self::metrics::{AdminMetrics, WorkerLabel, CONTENT_TYPE};
-use self::views::{BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView};
+use self::views::{
+    BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView, UpgradeBudgetView,
+};
 use crate::data::admission::pools::{Admission, AdmissionConfig, AdmissionStats};
 use crate::data::edge::accept::AcceptErrors;
 use crate::data::shared::Shared;
@@ -320,6 +322,10 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
             .into_iter()
             .map(|(k, v)| (k.into_string(), u64::from(v)))
             .collect(),
+        upgrade_budget: UpgradeBudgetView {
+            per_second: shared.policy.budget.per_second,
+            per_pod_per_second: shared.policy.budget.per_pod_per_second,
+        },
     };
     json_response(StatusCode::OK, &view)
 }

@@ -23,6 +23,16 @@ pub struct TableView {
     pub tenant_max_connections: BTreeMap<String, Option<u32>>,
     /// Namespace → live sockets on this router.
     pub live_tenants: BTreeMap<String, u64>,
+    /// The router's upgrade budgets (`null`: off); absent from older routers.
+    #[serde(default)]
+    pub upgrade_budget: UpgradeBudgetView,
+}
+
+/// New upgrades per second the router lets through, in all and per pod.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpgradeBudgetView {
+    pub per_second: Option<u32>,
+    pub per_pod_per_second: Option<u32>,
 }
 
 /// `GET /route/{namespace}`: how a tenant routes now, and why.

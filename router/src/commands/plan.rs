@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -20,6 +21,7 @@ use super::exit::{print, usage_error};
 use crate::admin::views::{ContractView, TableView};
 use crate::config::{PlanArgs, RouteArgs};
 use crate::control::overrides_file::{self, OverridesFileError};
+use crate::data::admission::budget::{reconnect_time, BudgetConfig};
 
 /// `wsrouter route`: the routing contract for one namespace, as a line or JSON.
 pub(crate) fn run_route(args: &RouteArgs) -> ExitCode {
@@ -162,13 +164,26 @@ pub struct Plan {
     /// what every router's `/table` will show once it is applied.
     pub config_before: String,
     pub config_after: String,
+    /// How long reconnects take under the router's upgrade budgets, when it has any.
+    pub reconnects: Option<Reconnects>,
 }
 
-/// What the router runs now: replicas, overrides, live sockets per tenant.
+/// How long the router's upgrade budgets make a full reconnect: of every live socket
+/// here (this router restarting), and of the ones this change moves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconnects {
+    pub live: u64,
+    pub all: Duration,
+    pub moved: u64,
+    pub of_moved: Duration,
+}
+
+/// What the router runs now: replicas, overrides, live sockets per tenant, its budgets.
 pub struct Current {
     pub replicas: u32,
     pub overrides: Overrides,
     pub live: BTreeMap<String, u64>,
+    pub budget: BudgetConfig,
 }
 
 impl Current {
@@ -185,6 +200,7 @@ impl Current {
                 None => Overrides::default(),
             },
             live: BTreeMap::new(),
+            budget: BudgetConfig::default(),
         })
     }
 
@@ -204,10 +220,16 @@ impl Current {
         let entries = v.overrides.into_iter().map(|(k, t)| (k, t.to_string()));
         let overrides = Overrides::parse(entries, statefulset).map_err(|e| bad(e.to_string()))?;
         let live = v.live_tenants;
+        let budget = BudgetConfig {
+            per_second: v.upgrade_budget.per_second,
+            per_pod_per_second: v.upgrade_budget.per_pod_per_second,
+            ..BudgetConfig::default()
+        };
         Ok(Self {
             replicas,
             overrides,
             live,
+            budget,
         })
     }
 }
@@ -252,7 +274,8 @@ pub fn plan(
                 live_sockets: current.live.get(t).copied().unwrap_or(0),
             })
         })
-        .collect();
+        .collect::<Vec<Move>>();
+    let reconnects = reconnects(current, &before, &moves);
     let (n, m) = (f64::from(current.replicas), f64::from(after_replicas.get()));
     Ok(Plan {
         replicas_before: current.replicas,
@@ -266,6 +289,29 @@ pub fn plan(
         hash_share_moved: if m >= n { 1.0 - n / m } else { 1.0 - m / n },
         config_before: before.fingerprint().config_hex(),
         config_after: after.fingerprint().config_hex(),
+        reconnects,
+    })
+}
+
+/// The reconnect times under `current`'s budgets: every live socket back through this
+/// router (each to its pod now), and the moved ones to their new pods.
+fn reconnects(current: &Current, before: &RoutingTable, moves: &[Move]) -> Option<Reconnects> {
+    let busiest = |per_pod: &BTreeMap<u32, u64>| per_pod.values().copied().max().unwrap_or(0);
+    let mut now: BTreeMap<u32, u64> = BTreeMap::new();
+    for (tenant, n) in &current.live {
+        *now.entry(before.route(tenant).ordinal).or_default() += n;
+    }
+    let mut to: BTreeMap<u32, u64> = BTreeMap::new();
+    for m in moves {
+        *to.entry(m.to).or_default() += m.live_sockets;
+    }
+    let live = now.values().sum();
+    let moved = to.values().sum();
+    Some(Reconnects {
+        live,
+        all: reconnect_time(&current.budget, live, busiest(&now))?,
+        moved,
+        of_moved: reconnect_time(&current.budget, moved, busiest(&to))?,
     })
 }
 
@@ -298,6 +344,16 @@ impl std::fmt::Display for Plan {
                 self.hash_share_moved * 100.0,
                 self.replicas_before,
                 self.replicas_after
+            )?;
+        }
+        if let Some(r) = &self.reconnects {
+            writeln!(
+                f,
+                "reconnects under the router's upgrade budgets: all {} live sockets here in at least {:.1}s; the {} moved in at least {:.1}s",
+                r.live,
+                r.all.as_secs_f64(),
+                r.moved,
+                r.of_moved.as_secs_f64()
             )?;
         }
         Ok(())
@@ -389,6 +445,7 @@ mod tests {
             live: [("ns-02".to_owned(), 2), ("acme-prod".to_owned(), 5)]
                 .into_iter()
                 .collect(),
+            budget: BudgetConfig::default(),
         };
         let new = Overrides::parse(
             [("ns-01", "3"), ("stay", "3"), ("acme-prod", "backend-9")],
@@ -417,5 +474,47 @@ mod tests {
         assert!(p
             .to_string()
             .starts_with("plan: replicas 4 → 8, overrides +1 ~1 -1"));
+    }
+
+    #[test]
+    fn plan_says_how_long_reconnects_take_under_the_budgets() {
+        let live: BTreeMap<String, u64> = (0..40).map(|i| (format!("t-{i}"), 250)).collect();
+        let busiest = {
+            let mut per: BTreeMap<u32, u64> = BTreeMap::new();
+            for t in live.keys() {
+                *per.entry(wsrouter::ordinal_for(t, NonZeroU32::new(4).unwrap()))
+                    .or_default() += 250;
+            }
+            per.values().copied().max().unwrap()
+        };
+        let cur = Current {
+            replicas: 4,
+            overrides: Overrides::default(),
+            live,
+            budget: BudgetConfig {
+                per_second: Some(1000),
+                per_pod_per_second: Some(100),
+                ..BudgetConfig::default()
+            },
+        };
+        let p = plan(&cur, Overrides::default(), Some(4), "backend").unwrap();
+        let r = p.reconnects.clone().unwrap();
+        // 10,000 sockets: 10 s at 1,000/s, but the busiest pod's share at 100/s is slower.
+        assert_eq!(r.live, 10_000);
+        assert_eq!(r.all, Duration::from_secs_f64(busiest as f64 / 100.0));
+        assert_eq!((r.moved, r.of_moved), (0, Duration::ZERO));
+        assert!(p.to_string().contains(&format!(
+            "all 10000 live sockets here in at least {:.1}s",
+            busiest as f64 / 100.0
+        )));
+        // No budgets, no line.
+        let none = Current {
+            budget: BudgetConfig::default(),
+            ..cur
+        };
+        assert!(plan(&none, Overrides::default(), None, "backend")
+            .unwrap()
+            .reconnects
+            .is_none());
     }
 }

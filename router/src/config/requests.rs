@@ -5,7 +5,9 @@
 use clap::Args;
 use wsrouter::{PathPrefix, TenantFrom};
 
+use super::values::Span;
 use super::ConfigError;
+use crate::data::admission::budget::BudgetConfig;
 use crate::data::admission::forwarded::{TrustedProxies, Underscores};
 use crate::data::admission::policy::{Origins, PolicyConfig};
 
@@ -43,6 +45,15 @@ pub struct RequestArgs {
     /// Request headers whose names hold '_' (which many frameworks read as '-'): drop them before the backend, or refuse the request with 400.
     #[arg(long, env = "WSROUTER_UNDERSCORE_HEADERS", value_enum, default_value_t = RequestArgs::default().underscore_headers)]
     pub underscore_headers: Underscores,
+    /// New WebSockets per second this router lets through to all pods together (token bucket, a second's worth); beyond: 503 with a random Retry-After, before any pod is asked. 0: no limit.
+    #[arg(long, env = "WSROUTER_MAX_UPGRADES_PER_SECOND", default_value_t = RequestArgs::default().max_upgrades_per_second)]
+    pub max_upgrades_per_second: u32,
+    /// New WebSockets per second this router lets through to any one pod; beyond: 503 with a random Retry-After. 0: no limit.
+    #[arg(long, env = "WSROUTER_MAX_UPGRADES_PER_POD_PER_SECOND", default_value_t = RequestArgs::default().max_upgrades_per_pod_per_second)]
+    pub max_upgrades_per_pod_per_second: u32,
+    /// A pod that joined the table (new, or restarted) this recently gets a ramp of its per-pod budget, from a tenth to all of it.
+    #[arg(long, env = "WSROUTER_WARMUP", default_value_t = RequestArgs::default().warmup)]
+    pub warmup: Span,
     /// Send clients X-Wsrouter-Table and X-Wsrouter-Fingerprint (which table routed them): diagnostics for operators, off by default (`dev` turns it on).
     #[arg(long, env = "WSROUTER_ROUTE_HEADERS")]
     pub route_headers: bool,
@@ -63,6 +74,9 @@ impl Default for RequestArgs {
             trusted_proxies: Vec::new(),
             underscore_headers: Underscores::Drop,
             route_headers: false,
+            max_upgrades_per_second: 0,
+            max_upgrades_per_pod_per_second: 0,
+            warmup: Span::secs(30),
         }
     }
 }
@@ -87,6 +101,11 @@ impl RequestArgs {
                 .map_err(ConfigError::TrustedProxies)?,
             underscores: self.underscore_headers,
             route_headers: self.route_headers,
+            budget: BudgetConfig {
+                per_second: Some(self.max_upgrades_per_second).filter(|r| *r > 0),
+                per_pod_per_second: Some(self.max_upgrades_per_pod_per_second).filter(|r| *r > 0),
+                warmup: self.warmup.get(),
+            },
         })
     }
 }
@@ -119,6 +138,9 @@ mod tests {
             trusted_proxies: vec!["10.0.0.0/8".into()],
             underscore_headers: Underscores::Refuse,
             route_headers: true,
+            max_upgrades_per_second: 500,
+            max_upgrades_per_pod_per_second: 0,
+            warmup: Span::secs(10),
         };
         assert_eq!(p.path_prefix().unwrap().as_str(), "/sockets/");
         let c = p.policy().unwrap();
@@ -138,6 +160,14 @@ mod tests {
         assert!(c.trusted_proxies.contains([10, 1, 2, 3].into()));
         assert_eq!(c.underscores, Underscores::Refuse);
         assert!(c.route_headers);
+        assert_eq!(
+            c.budget,
+            BudgetConfig {
+                per_second: Some(500),
+                per_pod_per_second: None,
+                warmup: std::time::Duration::from_secs(10),
+            }
+        );
     }
 
     #[test]

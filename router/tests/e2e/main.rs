@@ -25,5 +25,6 @@ mod rbac;
 mod relay;
 mod requests;
 mod routing;
+mod storms;
 mod swaps;
 mod tls;

@@ -5,6 +5,7 @@
 //! counts, and names who is asking (the forwarding headers say so to the backend).
 
 pub(crate) mod auth;
+pub(crate) mod budget;
 pub(crate) mod forwarded;
 pub(crate) mod policy;
 pub(crate) mod pools;

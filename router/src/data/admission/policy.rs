@@ -33,6 +33,8 @@ pub struct PolicyConfig {
     pub underscores: Underscores,
     /// Send clients the `X-Wsrouter-*` headers naming the table that routed them.
     pub route_headers: bool,
+    /// New upgrades per second, in all and per pod, and the new pods' ramp.
+    pub budget: crate::data::admission::budget::BudgetConfig,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -58,6 +60,7 @@ impl Default for PolicyConfig {
             trusted_proxies: TrustedProxies::default(),
             underscores: Underscores::Drop,
             route_headers: false,
+            budget: crate::data::admission::budget::BudgetConfig::default(),
         }
     }
 }

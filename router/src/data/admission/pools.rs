@@ -61,6 +61,10 @@ pub enum Refusal {
     RatePerIp,
     /// Its Origin is not in `--allowed-origins`.
     Origin,
+    /// The router let `--max-upgrades-per-second` through in the last second.
+    UpgradeBudget,
+    /// Its pod was sent `--max-upgrades-per-pod-per-second` (ramped while it warms up).
+    PodUpgradeBudget,
 }
 
 impl Refusal {
@@ -72,6 +76,8 @@ impl Refusal {
             Self::TenantCap => "tenant_cap",
             Self::RatePerIp => "rate_per_ip",
             Self::Origin => "origin",
+            Self::UpgradeBudget => "upgrade_budget",
+            Self::PodUpgradeBudget => "pod_upgrade_budget",
         }
     }
 }

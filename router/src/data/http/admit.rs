@@ -1,6 +1,6 @@
 //! The admit step: who the request is from, and the places it takes before a backend
 //! is asked (the rate per source, the live pool, its tenant's cap, its HTTP/2
-//! connection's streams).
+//! connection's streams, and for an upgrade the router's and its pod's budgets).
 
 use std::time::Instant;
 
@@ -40,7 +40,27 @@ pub(super) fn admit<B>(
         .map_err(|wait| ProxyError::RateLimited {
             retry_after: wait.as_secs_f64().ceil().max(1.0) as u32,
         })?;
-    places(client, ctx, routed)
+    let admitted = places(client, ctx, routed)?;
+    // Last, so only an upgrade every other rule let in spends the budget.
+    spend_budget(ctx, routed)?;
+    Ok(admitted)
+}
+
+/// Takes the upgrade out of the router's and its pod's budgets, when they are on.
+fn spend_budget(ctx: &ConnCtx, routed: &Routed) -> Result<(), ProxyError> {
+    let budget = &ctx.shared.budget;
+    if !budget.is_on() {
+        return Ok(());
+    }
+    let Some(table) = ctx.shared.table.load_full() else {
+        return Ok(());
+    };
+    budget
+        .take(&table, routed.ordinal, tokio::time::Instant::now())
+        .map_err(|o| ProxyError::OverBudget {
+            spent: o.spent,
+            retry_after: o.retry_after,
+        })
 }
 
 /// Admits a routed plain request: the same places as a socket while it is in flight

@@ -6,6 +6,7 @@ use http::header::HeaderName;
 use thiserror::Error;
 use wsrouter::{AmbiguousPath, NamespaceError, PathError};
 
+use crate::data::admission::budget::Spent;
 use crate::data::admission::pools::Refusal;
 use crate::data::upstream::error::UpstreamError;
 
@@ -29,6 +30,8 @@ pub enum ProxyError {
     AtCapacity(Refusal),
     #[error("too many new connections from this address; retry after {retry_after}s")]
     RateLimited { retry_after: u32 },
+    #[error("too many new connections just now; retry after {retry_after}s")]
+    OverBudget { spent: Spent, retry_after: u32 },
     #[error("this tenant has as many sockets as it may hold here; retry later")]
     TenantFull,
     #[error("origin not allowed")]

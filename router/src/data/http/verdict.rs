@@ -7,6 +7,7 @@ use std::io;
 use http::StatusCode;
 
 use crate::data::admission::auth::{Denied, ForwardDenied};
+use crate::data::admission::budget::Spent;
 use crate::data::admission::pools::Refusal;
 use crate::data::http::error::ProxyError;
 use crate::data::upstream::dial::Judge;
@@ -147,6 +148,19 @@ impl Verdict {
     }
 }
 
+impl Verdict {
+    /// A wave past the upgrade budget: come back at the random moment drawn for this one.
+    fn over_budget(spent: Spent, retry_after: u32) -> Self {
+        let busy = "busy: too many new connections; retry later\n";
+        Verdict::failed(StatusCode::SERVICE_UNAVAILABLE, busy)
+            .refused(match spent {
+                Spent::Global => Refusal::UpgradeBudget,
+                Spent::Pod => Refusal::PodUpgradeBudget,
+            })
+            .retry_after(retry_after)
+    }
+}
+
 impl ProxyError {
     /// The one verdict on this error (see [`Verdict`]); every decision reads it.
     pub(crate) fn classify(&self) -> Verdict {
@@ -172,6 +186,7 @@ impl ProxyError {
             Self::RateLimited { retry_after } => Verdict::client(S::TOO_MANY_REQUESTS)
                 .refused(Refusal::RatePerIp)
                 .retry_after(*retry_after),
+            Self::OverBudget { spent, retry_after } => Verdict::over_budget(*spent, *retry_after),
             // Sockets of a busy tenant end at their own pace; a few seconds is polite.
             Self::TenantFull => Verdict::client(S::TOO_MANY_REQUESTS)
                 .refused(Refusal::TenantCap)

@@ -10,6 +10,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use wsrouter::{AmbiguousPath, NamespaceError, PathError, TenantFrom};
 
+use crate::data::admission::budget::Spent;
+
 use super::*;
 use crate::data::admission::auth::{Denied, ForwardDenied};
 use crate::data::http::error::HostError;
@@ -129,6 +131,13 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::UnsupportedVersion => "UnsupportedVersion",
         ProxyError::AtCapacity(_) => "AtCapacity",
         ProxyError::RateLimited { .. } => "RateLimited",
+        ProxyError::OverBudget {
+            spent: Spent::Global,
+            ..
+        } => "OverBudget(Global)",
+        ProxyError::OverBudget {
+            spent: Spent::Pod, ..
+        } => "OverBudget(Pod)",
         ProxyError::TenantFull => "TenantFull",
         ProxyError::OriginDenied => "OriginDenied",
         ProxyError::Unauthorized(_) => "Unauthorized",
@@ -152,7 +161,7 @@ fn name_of(e: &ProxyError) -> &'static str {
         ProxyError::Backend(UpstreamError::CircuitOpen { .. }) => "Backend(CircuitOpen)",
     }
 }
-const VARIANTS: usize = 29;
+const VARIANTS: usize = 31;
 
 /// Every error and its whole verdict: what the client gets, what is counted and logged,
 /// and what the dial and the breaker make of it.
@@ -249,6 +258,30 @@ async fn every_error_has_one_verdict() {
                 retry_after: Some(3),
                 counted: refused(Refusal::RatePerIp),
                 ..client(429)
+            },
+        ),
+        (
+            ProxyError::OverBudget {
+                spent: Spent::Global,
+                retry_after: 17,
+            },
+            Verdict {
+                retry_after: Some(17),
+                counted: refused(Refusal::UpgradeBudget),
+                log: Log::Refused,
+                ..failed(503, "busy: too many new connections; retry later\n")
+            },
+        ),
+        (
+            ProxyError::OverBudget {
+                spent: Spent::Pod,
+                retry_after: 2,
+            },
+            Verdict {
+                retry_after: Some(2),
+                counted: refused(Refusal::PodUpgradeBudget),
+                log: Log::Refused,
+                ..failed(503, "busy: too many new connections; retry later\n")
             },
         ),
         (

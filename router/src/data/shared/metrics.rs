@@ -138,6 +138,8 @@ impl Metrics {
             "tenant_cap",
             "rate_per_ip",
             "origin",
+            "upgrade_budget",
+            "pod_upgrade_budget",
         ] {
             let _ = m.refused.get_or_create(&ReasonLabel { reason });
         }

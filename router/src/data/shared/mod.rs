@@ -15,6 +15,7 @@ use wsrouter::{PathPrefix, RoutingTable};
 
 use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::auth::Auth;
+use crate::data::admission::budget::UpgradeBudget;
 use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
 use crate::data::relay::drain::Drains;
@@ -61,6 +62,8 @@ pub struct Shared {
     /// Who may open a socket (Origin, tenant source, caps), and the rate per source.
     pub(crate) policy: PolicyConfig,
     pub(crate) rate: RateLimiter,
+    /// New upgrades per second, in all and per pod (`--max-upgrades-per-second`...).
+    pub(crate) budget: UpgradeBudget,
     /// Each I/O thread's last turn of its event loop (`/healthz` reads them).
     pub(crate) heartbeats: Arc<Heartbeats>,
     /// Identity at the door (`--auth jwt`); `None` lets everyone in, as before.
