@@ -79,11 +79,14 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
     let routing = routing(&backends, args.overrides_file.as_deref())?;
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
+    let tickets = args.common.tls.tickets()?;
+    let mut tls = args.common.tls.tls_options();
+    tls.tickets = tickets.as_ref().map(|t| t.ticketer.clone());
     let router = daemon::start(RouterConfig {
         pages: Some(std::sync::Arc::new(super::dev_page::DevPage)),
         io_threads,
         listen: args.listen,
-        tls: Some(cert.server_config(&args.common.tls.tls_options())?),
+        tls: Some(cert.server_config(&tls)?),
         admin_listen: Some(args.admin_listen),
         admin_token: args.common.admin.admin_token()?,
         auth: args.common.auth()?,
@@ -99,6 +102,9 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     // Edit the file to reroute live: the same watcher `serve --overrides-file` uses.
     if let Some(p) = &args.overrides_file {
         watch::files::spawn(FileSource::Manifest(p.clone()), router.control())?;
+    }
+    if let Some(t) = tickets {
+        watch::tickets::spawn(t, &router.control())?;
     }
     let ca_file = write_ca(&cert, router.local_addr().port());
     Ok(DevHandle {

@@ -1,5 +1,7 @@
 //! What a command line can get wrong once clap has parsed it: each error names the flag.
 
+use std::path::PathBuf;
+
 use thiserror::Error;
 use wsrouter::{BackendsError, PrefixError, TemplateError};
 
@@ -72,4 +74,16 @@ pub enum ConfigError {
     ClaimsHeader(String),
     #[error("--jwks-file")]
     Jwks(#[source] crate::control::watch::jwks::JwksFileError),
+    #[error("--tls-ticket-keys {path}")]
+    TicketKeys {
+        path: PathBuf,
+        #[source]
+        source: crate::data::tls::tickets::TicketKeysError,
+    },
+    #[error("--tls-ticket-keys: reading {path}")]
+    TicketKeysRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -107,6 +107,7 @@ impl RoutingArgs {
             endpoint_slices: None,
             namespace,
             tls_files: None,
+            tls_tickets: None,
         };
         // Cluster mode: with the API at hand, the pods come from the Service's
         // EndpointSlices (address, serving, terminating) and no connection resolves a

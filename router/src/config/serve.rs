@@ -71,11 +71,19 @@ impl ServeArgs {
         let ((overrides, tenant_limits), source, await_overrides) =
             initial_overrides(&resolved.watch.overrides, &self.routing.statefulset)?;
         resolved.watch.tls_files = self.tls_files.files();
+        let mut options = self.common.tls.tls_options();
+        if resolved.watch.tls_files.is_some() {
+            resolved.watch.tls_tickets = self.common.tls.tickets()?;
+            options.tickets = resolved
+                .watch
+                .tls_tickets
+                .as_ref()
+                .map(|t| t.ticketer.clone());
+        }
         let tls = match &resolved.watch.tls_files {
-            Some((cert, key)) => Some(
-                tls::load_server_config(cert, key, &self.common.tls.tls_options())
-                    .map_err(ConfigError::Tls)?,
-            ),
+            Some((cert, key)) => {
+                Some(tls::load_server_config(cert, key, &options).map_err(ConfigError::Tls)?)
+            }
             None => None,
         };
         let pod_ip = std::env::var("POD_IP").ok();

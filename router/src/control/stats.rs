@@ -51,6 +51,8 @@ pub struct ControlStats {
     /// JWKS files reloaded, and new ones refused (the last good keys kept).
     pub jwks_reloads: Counter,
     pub jwks_reload_failures: Counter,
+    pub ticket_key_reloads: Counter,
+    pub ticket_key_reload_failures: Counter,
     /// `wsrouter_routing_info{config, membership} 1`: the fingerprint of the table in
     /// force, one series at a time.
     pub routing_info: Family<FingerprintLabels, Gauge>,
@@ -161,6 +163,16 @@ impl ControlStats {
             "jwks_reload_failures",
             "New JSON Web Key Sets refused (the last good keys kept)",
             self.jwks_reload_failures.clone(),
+        );
+        r.register(
+            "tls_ticket_key_reloads",
+            "TLS session-ticket key files reloaded from disk (--tls-ticket-keys)",
+            self.ticket_key_reloads.clone(),
+        );
+        r.register(
+            "tls_ticket_key_reload_failures",
+            "New TLS session-ticket key files refused (the last good keys kept)",
+            self.ticket_key_reload_failures.clone(),
         );
     }
 }

@@ -38,6 +38,12 @@ pub(crate) struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// A kind of thing counted (a TLS handshake's: `full`, `resumed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabel {
+    pub kind: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: &'static str,

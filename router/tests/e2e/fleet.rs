@@ -145,6 +145,7 @@ impl Fleet {
             endpoint_slices: Some(("backend".into(), port)),
             namespace: NS.into(),
             tls_files: None,
+            tls_tickets: None,
         };
         for client in [
             fleet.api.client()?,

@@ -26,6 +26,7 @@ fn watch_config() -> WatchConfig {
         endpoint_slices: None,
         namespace: NS.into(),
         tls_files: None,
+        tls_tickets: None,
     }
 }
 

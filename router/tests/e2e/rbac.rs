@@ -129,6 +129,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
             endpoint_slices: Some(("backend".into(), 9000)),
             namespace: ns.into(),
             tls_files: None,
+            tls_tickets: None,
         };
         router::start_watch(&watch, &h.router.control(), Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)

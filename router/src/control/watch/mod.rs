@@ -11,6 +11,7 @@ pub(crate) mod certs;
 pub(crate) mod files;
 pub(crate) mod jwks;
 pub(crate) mod kube;
+pub(crate) mod tickets;
 
 use std::path::PathBuf;
 
@@ -32,6 +33,8 @@ pub struct WatchConfig {
     pub namespace: String,
     /// The TLS certificate and key files, reloaded when they change.
     pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// The shared session-ticket keys, swapped into their ticketer when they change.
+    pub tls_tickets: Option<crate::config::Tickets>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -94,6 +97,9 @@ pub async fn start(
     let mut tasks = Vec::new();
     if let (Some((cert, key)), Some(slot)) = (&config.tls_files, control.tls_slot()) {
         tasks.push(certs::spawn(cert.clone(), key.clone(), slot, control)?);
+    }
+    if let Some(t) = &config.tls_tickets {
+        tasks.push(tickets::spawn(t.clone(), control)?);
     }
     match &config.overrides {
         OverridesWatch::File(p) => tasks.push(files::spawn(

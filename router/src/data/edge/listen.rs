@@ -432,10 +432,14 @@ impl Arriving {
         };
         match handshake {
             Ok(Ok(tls)) => {
-                shared
-                    .metrics
-                    .tls_handshake_seconds
+                let m = &shared.metrics;
+                m.tls_handshake_seconds
                     .observe(self.accepted.elapsed().as_secs_f64());
+                if tls.resumed() {
+                    m.tls_handshakes_resumed.inc();
+                } else {
+                    m.tls_handshakes_full.inc();
+                }
                 Some(tls)
             }
             Ok(Err(e)) => {

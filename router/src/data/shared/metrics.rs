@@ -17,7 +17,7 @@ use crate::data::admission::pools::{AdmissionStats, Refusal};
 use crate::data::relay::drain::{DrainCloses, DrainReason};
 use crate::data::shared::http_metrics::HttpMetrics;
 pub(crate) use crate::state::labels::{
-    ClosedLabels, DirectionLabel, OrdinalLabel, ReasonLabel, StatusLabel,
+    ClosedLabels, DirectionLabel, KindLabel, OrdinalLabel, ReasonLabel, StatusLabel,
 };
 
 /// The data path's metrics. Cheap to update: atomics, and for labelled families one
@@ -47,6 +47,10 @@ pub(crate) struct Metrics {
     pub tls_handshake_seconds: Histogram,
     tls_handshake_failures: Family<ReasonLabel, Counter>,
     pub tls_handshake_errors: Counter,
+    /// Handshakes done, by kind: `full`, or `resumed` (a session ticket opened).
+    tls_handshakes: Family<KindLabel, Counter>,
+    pub tls_handshakes_full: Counter,
+    pub tls_handshakes_resumed: Counter,
     pub tls_handshake_timeouts: Counter,
     pub upgrade_seconds: Histogram,
     /// Backend connections refused or reset and tried again.
@@ -77,6 +81,7 @@ impl Metrics {
     pub(crate) fn new() -> Self {
         let bytes = Family::default();
         let tls_handshake_failures = Family::default();
+        let tls_handshakes = Family::default();
         let m = Self {
             connections_accepted: Counter::default(),
             connections_handed_over: Counter::default(),
@@ -105,6 +110,9 @@ impl Metrics {
             // 100 µs .. ~3 s
             tls_handshake_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             tls_handshake_errors: series(&tls_handshake_failures, ReasonLabel { reason: "error" }),
+            tls_handshakes_full: series(&tls_handshakes, KindLabel { kind: "full" }),
+            tls_handshakes_resumed: series(&tls_handshakes, KindLabel { kind: "resumed" }),
+            tls_handshakes,
             tls_handshake_timeouts: series(
                 &tls_handshake_failures,
                 ReasonLabel { reason: "timeout" },
@@ -240,6 +248,11 @@ impl Metrics {
             "tls_handshake_failures",
             "Client TLS handshakes that failed (error) or took too long (timeout)",
             m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "tls_handshakes",
+            "Client TLS handshakes completed, by kind: full, or resumed (a session ticket opened; with --tls-ticket-keys, one any replica issued)",
+            m.tls_handshakes.clone(),
         );
     }
 

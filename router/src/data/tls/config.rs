@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
+
+use crate::data::tls::tickets::SharedTicketer;
 use thiserror::Error;
 
 /// The TLS config new handshakes use: the listener loads it per handshake, the
@@ -64,6 +66,8 @@ pub(crate) fn reload_server_config(
     let mut config = config_with(current.crypto_provider().clone(), chain, key)?;
     if let Some(c) = Arc::get_mut(&mut config) {
         c.alpn_protocols = current.alpn_protocols.clone();
+        // The same ticketer: tickets issued before the new certificate still open.
+        c.ticketer = current.ticketer.clone();
     }
     Ok(config)
 }
@@ -119,6 +123,9 @@ pub struct TlsOptions {
     pub key_exchange: Vec<KeyExchange>,
     /// Offer `h2` (first) beside `http/1.1` in ALPN: WebSockets over HTTP/2 (RFC 8441).
     pub http2: bool,
+    /// Session tickets under keys every replica shares (`--tls-ticket-keys`); `None`:
+    /// rustls' own resumption, this replica only.
+    pub tickets: Option<Arc<SharedTicketer>>,
 }
 
 impl Default for TlsOptions {
@@ -126,6 +133,7 @@ impl Default for TlsOptions {
         Self {
             key_exchange: Vec::new(),
             http2: true,
+            tickets: None,
         }
     }
 }
@@ -153,6 +161,9 @@ pub(crate) fn server_config(
     // Built here, not shared yet.
     if let Some(c) = Arc::get_mut(&mut config) {
         c.alpn_protocols = alpn(options.http2);
+        if let Some(t) = &options.tickets {
+            c.ticketer = t.clone();
+        }
     }
     Ok(config)
 }
@@ -354,6 +365,7 @@ mod tests {
         let pinned = TlsOptions {
             key_exchange: vec![KeyExchange::X25519],
             http2: false,
+            tickets: None,
         };
         assert_eq!(names(&pinned), vec![rustls::NamedGroup::X25519]);
         // A hot reload keeps what the running config has.

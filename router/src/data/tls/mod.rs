@@ -4,3 +4,4 @@
 
 pub(crate) mod config;
 pub(crate) mod stream;
+pub(crate) mod tickets;

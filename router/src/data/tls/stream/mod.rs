@@ -92,6 +92,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         self.conn.alpn_protocol()
     }
 
+    /// Whether the handshake resumed a session (a ticket opened) rather than a full one.
+    pub(crate) fn resumed(&self) -> bool {
+        self.conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+    }
+
     /// The stream the TLS runs over; writing to it directly would corrupt the TLS.
     pub(crate) fn get_mut(&mut self) -> &mut S {
         &mut self.tcp
