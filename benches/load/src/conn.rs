@@ -94,6 +94,16 @@ impl Target {
             .then(|| TlsConnector::from(self.client_config(alpn)))
     }
 
+    /// A connector with a TLS session cache of its own, as one real client has: its
+    /// tickets are its own, whichever connection of the run got them.
+    pub(crate) fn own_session_connector(&self, alpn: &[u8]) -> Option<TlsConnector> {
+        self.tls.then(|| {
+            let mut config = (*self.client_config(alpn)).clone();
+            config.resumption = rustls::client::Resumption::in_memory_sessions(2);
+            TlsConnector::from(Arc::new(config))
+        })
+    }
+
     /// The TLS client config every connection uses.
     pub(crate) fn client_config(&self, alpn: &[u8]) -> Arc<rustls::ClientConfig> {
         {
@@ -341,14 +351,14 @@ pub(crate) async fn open(
                 let (ws, _) =
                     tokio_tungstenite::client_async_with_config(url, s, Some(ws_config()))
                         .await
-                        .map_err(|e| format!("upgrade: {e}"))?;
+                        .map_err(upgrade_error)?;
                 Ok(Ws::Tls(Box::new(ws)))
             }
             None => {
                 let (ws, _) =
                     tokio_tungstenite::client_async_with_config(url, tcp, Some(ws_config()))
                         .await
-                        .map_err(|e| format!("upgrade: {e}"))?;
+                        .map_err(upgrade_error)?;
                 Ok(Ws::Plain(Box::new(ws)))
             }
         }
@@ -356,6 +366,27 @@ pub(crate) async fn open(
     tokio::time::timeout(timeout, work)
         .await
         .map_err(|_| "connect timed out".to_owned())?
+}
+
+/// An upgrade that failed, said as text; a refusal's `Retry-After` (seconds) is kept as
+/// `retry-after=N`, which [`retry_after`] reads back.
+fn upgrade_error(e: tokio_tungstenite::tungstenite::Error) -> String {
+    let retry = match &e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| format!(" retry-after={v}")),
+        _ => None,
+    };
+    format!("upgrade: {e}{}", retry.unwrap_or_default())
+}
+
+/// The `Retry-After` an open's error carries, if the router sent one.
+pub(crate) fn retry_after(error: &str) -> Option<Duration> {
+    let secs = error.split("retry-after=").nth(1)?;
+    let secs: u64 = secs.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_secs(secs))
 }
 
 impl Ws {

@@ -17,6 +17,15 @@ struct Args {
     /// ws://IP:PORT/PREFIX/ or wss://IP:PORT/PREFIX/ (loopback only); connection i uses PREFIX{tenant-prefix}{i % tenants}.
     #[arg(long, default_value = "wss://127.0.0.1:8443/ws/")]
     url: String,
+    /// soak: another router beside --url (repeat it), as replicas behind one Service: a socket whose router refuses its connection opens on the next.
+    #[arg(long)]
+    also_url: Vec<String>,
+    /// soak: write a `dialed` (router index) and an `opened` (backend) event for every socket opened.
+    #[arg(long)]
+    log_opens: bool,
+    /// soak: each socket keeps its own TLS session cache, as each real client does (a reconnect resumes with its own ticket, if the router opens it).
+    #[arg(long)]
+    session_per_socket: bool,
     /// TLS server name and Host header.
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -170,6 +179,19 @@ async fn main() -> anyhow::Result<()> {
                 query: a.query.clone(),
                 ..Target::parse(&a.url, &a.server_name)?
             },
+            also: a
+                .also_url
+                .iter()
+                .map(|u| {
+                    Ok(Target {
+                        proxy_v2: a.proxy_v2,
+                        query: a.query.clone(),
+                        ..Target::parse(u, &a.server_name)?
+                    })
+                })
+                .collect::<Result<_, wsload::LoadError>>()?,
+            log_opens: a.log_opens,
+            session_per_socket: a.session_per_socket,
             sockets: a.connections,
             stream_every: a.stream_every,
             stream_rate: a.rate.unwrap_or(10.0),

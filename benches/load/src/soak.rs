@@ -39,6 +39,17 @@ use crate::{new_histogram, payload, LoadError};
 #[derive(Debug, Clone)]
 pub struct SoakConfig {
     pub target: Target,
+    /// More routers beside `target`, as the replicas behind one Service: slot `i` opens
+    /// on router `i % n` first and, when a router refuses the connection (its listener
+    /// closed as it drains), on the next one.
+    pub also: Vec<Target>,
+    /// Write an event for every socket opened: `dialed` (which router, by index) and
+    /// `opened` (which backend), for a storm's timeline.
+    pub log_opens: bool,
+    /// Each HTTP/1.1 slot keeps its own TLS session cache (as each real client does), so
+    /// a reconnect resumes with that slot's own ticket or not at all; without it every
+    /// slot shares one small cache.
+    pub session_per_socket: bool,
     /// WebSockets held at once.
     pub sockets: usize,
     /// Every this-many-th slot streams (0: none).
@@ -106,6 +117,8 @@ struct Counters {
 struct Shared {
     cfg: SoakConfig,
     tls_h1: Option<tokio_rustls::TlsConnector>,
+    /// Per slot, with `session_per_socket`.
+    tls_own: Vec<tokio_rustls::TlsConnector>,
     tls_h2: Option<tokio_rustls::TlsConnector>,
     h2_pool: Vec<tokio::sync::Mutex<Option<conn::H2>>>,
     churn: Vec<Notify>,
@@ -141,6 +154,14 @@ impl Shared {
         self.cfg.stream_every > 0 && slot.is_multiple_of(self.cfg.stream_every)
     }
 
+    /// Router `i` of the target and the others.
+    fn router(&self, i: usize) -> &Target {
+        match i {
+            0 => &self.cfg.target,
+            i => &self.cfg.also[i - 1],
+        }
+    }
+
     async fn open(&self, slot: usize) -> Result<Ws, String> {
         let ns = format!(
             "{}{}",
@@ -150,14 +171,24 @@ impl Shared {
         if !self.is_h2(slot) {
             let source = (!self.cfg.sources.is_empty())
                 .then(|| self.cfg.sources[slot % self.cfg.sources.len()]);
-            return conn::open(
-                &self.cfg.target,
-                self.tls_h1.as_ref(),
-                source,
-                &ns,
-                self.cfg.timeout,
-            )
-            .await;
+            let routers = 1 + self.cfg.also.len();
+            let mut last = String::new();
+            for k in 0..routers {
+                let i = (slot + k) % routers;
+                let tls = self.tls_own.get(slot).or(self.tls_h1.as_ref());
+                match conn::open(self.router(i), tls, source, &ns, self.cfg.timeout).await {
+                    Ok(ws) => {
+                        if self.cfg.log_opens {
+                            self.event(slot, "h1", "-", "dialed", &i.to_string());
+                        }
+                        return Ok(ws);
+                    }
+                    // Refused at connect: that router is gone; the next one may not be.
+                    Err(e) if e.starts_with("connect:") => last = e,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Err(last);
         }
         let tls = self.tls_h2.as_ref().ok_or("HTTP/2 needs TLS")?;
         // The HTTP/2 slots in turn over the connections, so each carries its share.
@@ -266,6 +297,9 @@ where
         Ok(b) => *backend = b,
         Err(end) => return end,
     }
+    if sh.cfg.log_opens {
+        sh.event(slot, "-", backend, "opened", "");
+    }
     let churn = &sh.churn[slot];
     let until = tokio::time::Instant::from_std(sh.until);
     let end = if sh.is_streaming(slot) {
@@ -359,7 +393,13 @@ async fn slot(sh: Arc<Shared>, slot: usize, mut permit: Option<OwnedSemaphorePer
                     if refused { "refused" } else { "open_failed" },
                     &e,
                 );
-                tokio::time::sleep(backoff(sh.cfg.reconnect_within)).await;
+                // A Retry-After is honoured, plus a random share of a second, so the
+                // refused do not all come back in the same instant.
+                let wait = match conn::retry_after(&e) {
+                    Some(after) => after + backoff(Duration::from_secs(1)),
+                    None => backoff(sh.cfg.reconnect_within),
+                };
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };
@@ -468,6 +508,9 @@ async fn sampler(sh: Arc<Shared>, mut out: BufWriter<File>) {
 /// Runs the soak and reports its totals; the detail is in the two files.
 pub async fn soak(cfg: SoakConfig) -> Result<SoakReport, LoadError> {
     cfg.target.check_loopback()?;
+    for t in &cfg.also {
+        t.check_loopback()?;
+    }
     if let Some(ip) = cfg.sources.iter().find(|ip| !ip.is_loopback()) {
         return Err(LoadError::SourceNotLoopback(*ip));
     }
@@ -486,6 +529,13 @@ pub async fn soak(cfg: SoakConfig) -> Result<SoakReport, LoadError> {
     let started = Instant::now();
     let sh = Arc::new(Shared {
         tls_h1: cfg.target.tls_connector(b"http/1.1"),
+        tls_own: if cfg.session_per_socket {
+            (0..cfg.sockets)
+                .filter_map(|_| cfg.target.own_session_connector(b"http/1.1"))
+                .collect()
+        } else {
+            Vec::new()
+        },
         tls_h2: cfg.target.tls_connector(b"h2"),
         h2_pool: (0..cfg.h2_connections.max(1))
             .map(|_| tokio::sync::Mutex::new(None))
