@@ -230,7 +230,12 @@ fn main() -> Result<()> {
     // `cargo bench` passes --bench; this program takes no arguments.
     let sockets: usize = env_or("SOCKETS", 2000);
     let grace = Duration::from_secs(env_or("GRACE", 20));
-    let out = PathBuf::from(std::env::var("OUT").unwrap_or_else(|_| "target/pod_leaves".into()));
+    // `cargo bench` runs this in the package's directory: the default is the workspace's
+    // target directory, beside the other benchmarks' output.
+    let out = std::env::var("OUT").map_or_else(
+        |_| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/pod_leaves")),
+        PathBuf::from,
+    );
     std::fs::create_dir_all(&out)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
