@@ -264,7 +264,7 @@ fn build(config: RouterConfig) -> Planes {
         breakers: Breakers::new(config.limits.breaker),
         pool,
         pages: config.pages.clone(),
-        budget: UpgradeBudget::new(config.limits.policy.budget),
+        budget: UpgradeBudget::new(config.limits.policy.budget, &data_metrics),
         policy: config.limits.policy.clone(),
         rate: RateLimiter::new(
             config.limits.policy.rate_per_ip,

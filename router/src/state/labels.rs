@@ -38,6 +38,12 @@ pub(crate) struct DirectionLabel {
     pub direction: &'static str,
 }
 
+/// What a setting applies to (the upgrade budget's: `router`, `pod`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ScopeLabel {
+    pub scope: &'static str,
+}
+
 /// A kind of thing counted (a TLS handshake's: `full`, `resumed`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabel {

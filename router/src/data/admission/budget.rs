@@ -122,7 +122,17 @@ pub(crate) struct UpgradeBudget {
 }
 
 impl UpgradeBudget {
-    pub(crate) fn new(config: BudgetConfig) -> Self {
+    /// The budgets of `config`, shown in `metrics` (`wsrouter_upgrade_budget_per_second`).
+    pub(crate) fn new(
+        config: BudgetConfig,
+        metrics: &crate::data::shared::metrics::Metrics,
+    ) -> Self {
+        metrics
+            .upgrade_budget_router
+            .set(i64::from(config.per_second.unwrap_or(0)));
+        metrics
+            .upgrade_budget_pod
+            .set(i64::from(config.per_pod_per_second.unwrap_or(0)));
         Self {
             config,
             state: Mutex::default(),

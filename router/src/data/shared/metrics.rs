@@ -17,7 +17,7 @@ use crate::data::admission::pools::{AdmissionStats, Refusal};
 use crate::data::relay::drain::{DrainCloses, DrainReason};
 use crate::data::shared::http_metrics::HttpMetrics;
 pub(crate) use crate::state::labels::{
-    ClosedLabels, DirectionLabel, KindLabel, OrdinalLabel, ReasonLabel, StatusLabel,
+    ClosedLabels, DirectionLabel, KindLabel, OrdinalLabel, ReasonLabel, ScopeLabel, StatusLabel,
 };
 
 /// The data path's metrics. Cheap to update: atomics, and for labelled families one
@@ -66,6 +66,10 @@ pub(crate) struct Metrics {
     /// Sockets the router closed itself, spread out, by why (shutdown, pod_gone,
     /// rerouted).
     drain_closes: Family<ReasonLabel, Counter>,
+    /// The upgrade budgets, per second (0: off), by scope: `router`, `pod`.
+    upgrade_budget: Family<ScopeLabel, Gauge>,
+    pub upgrade_budget_router: Gauge,
+    pub upgrade_budget_pod: Gauge,
     proxy_header_errors: Family<ReasonLabel, Counter>,
     /// The plain requests forwarded beside the sockets.
     pub http: HttpMetrics,
@@ -82,6 +86,7 @@ impl Metrics {
         let bytes = Family::default();
         let tls_handshake_failures = Family::default();
         let tls_handshakes = Family::default();
+        let upgrade_budget = Family::default();
         let m = Self {
             connections_accepted: Counter::default(),
             connections_handed_over: Counter::default(),
@@ -128,6 +133,9 @@ impl Metrics {
             proxy_headers: Family::default(),
             proxy_header_errors: Family::default(),
             drain_closes: Family::default(),
+            upgrade_budget_router: series(&upgrade_budget, ScopeLabel { scope: "router" }),
+            upgrade_budget_pod: series(&upgrade_budget, ScopeLabel { scope: "pod" }),
+            upgrade_budget,
             http: HttpMetrics::default(),
         };
         m.zero_series();
@@ -299,6 +307,11 @@ impl Metrics {
             "proxy_protocol_errors",
             "Connections closed for their PROXY protocol header, by reason (untrusted source, timeout, truncated, signature, version, command, family, length, too_long, v1_syntax, io)",
             m.proxy_header_errors.clone(),
+        );
+        r.register(
+            "upgrade_budget_per_second",
+            "New WebSockets per second the router lets through (--max-upgrades-per-second: scope router; --max-upgrades-per-pod-per-second: scope pod); 0: no budget. Live sockets over it is how long a full reconnect takes at the least",
+            m.upgrade_budget.clone(),
         );
         r.register(
             "drain_closes",

@@ -16,11 +16,12 @@ fn table(addrs: &[&str]) -> RoutingTable {
 }
 
 fn budget(per_second: Option<u32>, per_pod: Option<u32>) -> UpgradeBudget {
-    UpgradeBudget::new(BudgetConfig {
+    let config = BudgetConfig {
         per_second,
         per_pod_per_second: per_pod,
         warmup: Duration::from_secs(30),
-    })
+    };
+    UpgradeBudget::new(config, &crate::data::shared::metrics::Metrics::new())
 }
 
 /// How many of `n` upgrades to `ordinal` at `at` the budget lets through.
