@@ -80,6 +80,14 @@ async fn a_wave_past_the_upgrade_budget_is_shed_with_503_and_a_spread_retry_afte
         upgraded, admitted as f64,
         "backends answered only the admitted"
     );
+    assert_eq!(
+        m.get("wsrouter_upgrade_budget_per_second{scope=\"router\"}"),
+        Some(&2.0)
+    );
+    assert_eq!(
+        m.get("wsrouter_upgrade_budget_per_second{scope=\"pod\"}"),
+        Some(&0.0)
+    );
     let table = h.admin_get("/table").await?;
     ensure!(
         table
