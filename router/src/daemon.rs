@@ -21,7 +21,7 @@ use crate::control::{Control, ControlHandle, ControlParts, ControlStats, Slots};
 use crate::data::admission::auth::forward::ForwardAuth;
 use crate::data::admission::auth::Auth;
 use crate::data::admission::budget::UpgradeBudget;
-use crate::data::admission::policy::RateLimiter;
+use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
 use crate::data::edge::listen::Listeners;
 pub(crate) use crate::data::edge::listen::ServerError;
@@ -247,14 +247,14 @@ fn build(config: RouterConfig) -> Planes {
         tls: tls_config.clone(),
     };
     let handle = control_loop(config.routing, &table, &live, &lifecycle, stats, slots);
-    let drains = Arc::new(Drains::new(
-        config.drain_grace,
-        config.reroute,
-        table.clone(),
-        handle.changes(),
-        data_metrics.drain_closes(),
-    ));
+    let drains = drains(
+        (config.drain_grace, config.reroute),
+        &table,
+        &handle,
+        &data_metrics,
+    );
     let pool = keepalive_pool(&config.limits, &config.backend_tls, &data_metrics);
+    let (rate, budget) = rates(&config.limits.policy, &data_metrics);
     let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
     let shared = Arc::new(Shared {
         table,
@@ -264,12 +264,9 @@ fn build(config: RouterConfig) -> Planes {
         breakers: Breakers::new(config.limits.breaker),
         pool,
         pages: config.pages.clone(),
-        budget: UpgradeBudget::new(config.limits.policy.budget, &data_metrics),
+        budget,
         policy: config.limits.policy.clone(),
-        rate: RateLimiter::new(
-            config.limits.policy.rate_per_ip,
-            config.limits.policy.burst_per_ip,
-        ),
+        rate,
         admission: Admission::new(
             config.limits.admission(),
             data_metrics.admission.clone(),
@@ -292,6 +289,32 @@ fn build(config: RouterConfig) -> Planes {
         control: handle,
         metrics,
     }
+}
+
+/// The rates at the door: new sockets per source, and upgrades in all and per pod.
+fn rates(policy: &PolicyConfig, metrics: &Metrics) -> (RateLimiter, UpgradeBudget) {
+    let gauges = [&metrics.upgrade_budget_router, &metrics.upgrade_budget_pod];
+    (
+        RateLimiter::new(policy.rate_per_ip, policy.burst_per_ip),
+        UpgradeBudget::new(policy.budget, gauges),
+    )
+}
+
+/// When the router closes live sockets itself (shutdown, a pod leaving, a reroute).
+fn drains(
+    (grace, reroute): (Duration, Option<crate::RerouteConfig>),
+    table: &Arc<ArcSwapOption<RoutingTable>>,
+    control: &ControlHandle,
+    metrics: &Metrics,
+) -> Arc<Drains> {
+    let closes = metrics.drain_closes();
+    Arc::new(Drains::new(
+        grace,
+        reroute,
+        table.clone(),
+        control.changes(),
+        closes,
+    ))
 }
 
 /// The keep-alive pool to the pods, for plain requests.

@@ -37,7 +37,6 @@ pub use commands::dev::{start as start_dev, DevHandle};
 pub use commands::exit::bad_command_line;
 pub use commands::plan::{plan, Current};
 pub use commands::run;
-pub use config::Tickets;
 pub use config::{
     default_admin_listen, AdminToken, AuthSetup, Cli, Command, RouterConfig, DEFAULT_CONFIGMAP,
 };
@@ -69,7 +68,7 @@ pub use data::shared::limits::{HttpLimits, HttpTimers, Limits, ProxyProtocol, So
 pub use data::shared::{Pages, Shared};
 pub use data::tls::config::{client_config, load_server_config, DevCert, KeyExchange, TlsOptions};
 pub use data::tls::stream::MAX_RECORD;
-pub use data::tls::tickets::{SharedTicketer, TicketKeys, TicketKeysError};
+pub use data::tls::tickets::{SharedTicketer, TicketKeys, TicketKeysError, Tickets};
 pub use data::upstream::breaker::BreakerConfig;
 pub use data::upstream::pool::PoolConfig;
 pub use data::upstream::tls::{BackendTls, BackendTlsError};

@@ -399,7 +399,9 @@ async fn slot(sh: Arc<Shared>, slot: usize, mut permit: Option<OwnedSemaphorePer
                     Some(after) => after + backoff(Duration::from_secs(1)),
                     None => backoff(sh.cfg.reconnect_within),
                 };
-                tokio::time::sleep(wait).await;
+                // Never past the run's end: the report must not wait on a long Retry-After.
+                let until = tokio::time::Instant::from_std(sh.until);
+                tokio::time::sleep_until((tokio::time::Instant::now() + wait).min(until)).await;
                 continue;
             }
         };

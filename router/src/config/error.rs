@@ -80,6 +80,8 @@ pub enum ConfigError {
         #[source]
         source: crate::data::tls::tickets::TicketKeysError,
     },
+    #[error("--tls-ticket-lifetime must be more than 0 and at most 7 days (RFC 8446)")]
+    TicketLifetime,
     #[error("--tls-ticket-keys: reading {path}")]
     TicketKeysRead {
         path: PathBuf,

@@ -41,7 +41,6 @@ pub(crate) use self::error::ConfigError;
 pub(crate) use self::ops::{CertArgs, PlanArgs, RouteArgs};
 pub use self::routing::DEFAULT_CONFIGMAP;
 pub(crate) use self::serve::ServeArgs;
-pub use self::tls::Tickets;
 use crate::control::RoutingConfig;
 use crate::data::relay::drain::RerouteConfig;
 use crate::data::shared::limits::Limits;

@@ -3,14 +3,13 @@
 //! ([`crate::data::tls::config::load_server_config`]); here they are only named.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 
 use super::values::Span;
 use super::ConfigError;
 use crate::data::tls::config::{KeyExchange, TlsOptions};
-use crate::data::tls::tickets::{SharedTicketer, TicketKeys};
+use crate::data::tls::tickets::{SharedTicketer, TicketKeys, Tickets};
 
 /// What the TLS handshake offers. No defaults but empty and off, and the tickets'
 /// lifetime ([`TlsArgs::default`]).
@@ -49,13 +48,6 @@ impl Default for TlsArgs {
     }
 }
 
-/// The shared ticket keys' file and the ticketer that holds them, for the watcher.
-#[derive(Debug, Clone)]
-pub struct Tickets {
-    pub path: PathBuf,
-    pub ticketer: Arc<SharedTicketer>,
-}
-
 impl TlsArgs {
     /// The handshake's options, without the ticket keys ([`TlsArgs::tickets`] reads them).
     pub fn tls_options(&self) -> TlsOptions {
@@ -77,11 +69,16 @@ impl TlsArgs {
             path: path.clone(),
             source,
         };
-        let keys = match std::fs::read(path) {
-            Ok(bytes) => TicketKeys::parse(&bytes).map_err(bad)?,
+        let lifetime = self.tls_ticket_lifetime.get();
+        // RFC 8446 caps a ticket's lifetime at 7 days; a zero one would never resume.
+        if lifetime.is_zero() || lifetime > std::time::Duration::from_secs(7 * 24 * 3600) {
+            return Err(ConfigError::TicketLifetime);
+        }
+        let (keys, loaded) = match std::fs::read(path) {
+            Ok(bytes) => (TicketKeys::parse(&bytes).map_err(bad)?, Some(bytes)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 tracing::warn!(path = %path.display(), "--tls-ticket-keys: no such file yet; tickets open on this replica only until it appears");
-                TicketKeys::random().map_err(bad)?
+                (TicketKeys::random().map_err(bad)?, None)
             }
             Err(e) => {
                 return Err(ConfigError::TicketKeysRead {
@@ -92,7 +89,8 @@ impl TlsArgs {
         };
         Ok(Some(Tickets {
             path: path.clone(),
-            ticketer: SharedTicketer::new(keys, self.tls_ticket_lifetime.get()),
+            ticketer: SharedTicketer::new(keys, lifetime),
+            loaded,
         }))
     }
 }

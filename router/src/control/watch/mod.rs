@@ -34,7 +34,7 @@ pub struct WatchConfig {
     /// The TLS certificate and key files, reloaded when they change.
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// The shared session-ticket keys, swapped into their ticketer when they change.
-    pub tls_tickets: Option<crate::config::Tickets>,
+    pub tls_tickets: Option<crate::data::tls::tickets::Tickets>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,9 +4,9 @@
 //! and the last good keys keep working.
 
 use super::files::{watch_dirs, FileWatchError, Reloaded};
-use crate::config::Tickets;
 use crate::control::ControlHandle;
 use crate::data::tls::tickets::TicketKeys;
+use crate::data::tls::tickets::Tickets;
 use crate::logging::DisplayChain;
 
 /// Watches the keys' file (through its directory: a Secret volume swaps `..data`) until
@@ -15,43 +15,70 @@ pub(crate) fn spawn(
     tickets: Tickets,
     control: &ControlHandle,
 ) -> Result<tokio::task::JoinHandle<()>, FileWatchError> {
-    let Tickets { path, ticketer } = tickets;
+    let Tickets {
+        path,
+        ticketer,
+        loaded,
+    } = tickets;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => std::path::PathBuf::from("."),
     };
     tracing::info!(path = %path.display(), "watching the TLS session-ticket keys");
-    // The bytes last loaded: events that change nothing do not count as reloads.
-    let mut loaded = std::fs::read(&path).ok();
-    let stats = control.stats.clone();
+    let mut keys = Keys {
+        path,
+        ticketer,
+        loaded,
+        stats: control.stats.clone(),
+    };
+    // The file may have appeared or changed since the keys were read at start (before
+    // the watch began, so no event says so).
+    keys.check();
     watch_dirs(&[dir], control.stopping(), move |_| {
-        let current = match std::fs::read(&path) {
+        keys.check();
+        Reloaded::Done
+    })
+}
+
+/// The watched file and what was last swapped in from it.
+struct Keys {
+    path: std::path::PathBuf,
+    ticketer: std::sync::Arc<crate::data::tls::tickets::SharedTicketer>,
+    /// The bytes in force; `None`: the replica's own key.
+    loaded: Option<Vec<u8>>,
+    stats: std::sync::Arc<crate::control::ControlStats>,
+}
+
+impl Keys {
+    /// Reads the file and swaps its keys in if they are new and good.
+    fn check(&mut self) {
+        let path = &self.path;
+        let current = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) => {
                 // Gone for a moment (kubelet's swap) or for good: the keys in force stay.
-                if loaded.is_some() {
+                if self.loaded.is_some() {
                     tracing::warn!(path = %path.display(), error = %e, "TLS ticket keys unreadable; keeping the last good ones");
                 }
-                return Reloaded::Done;
+                return;
             }
         };
-        if loaded.as_ref() == Some(&current) {
-            return Reloaded::Done;
+        if self.loaded.as_ref() == Some(&current) {
+            return;
         }
         match TicketKeys::parse(&current) {
             Ok(keys) => {
                 let n = keys.len();
-                ticketer.swap(keys);
-                loaded = Some(current);
-                stats.ticket_key_reloads.inc();
-                stats.changes.note();
+                self.ticketer.swap(keys);
+                self.loaded = Some(current);
+                self.stats.ticket_key_reloads.inc();
+                self.stats.changes.note();
                 tracing::info!(path = %path.display(), keys = n, "TLS ticket keys reloaded; new tickets use the first");
             }
             Err(e) => {
-                stats.ticket_key_reload_failures.inc();
+                self.stats.ticket_key_reload_failures.inc();
                 tracing::warn!(path = %path.display(), error = %DisplayChain(&e), "new TLS ticket keys unusable; keeping the last good ones");
             }
         }
-        Reloaded::Done
-    })
+    }
 }

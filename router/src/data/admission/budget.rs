@@ -3,9 +3,9 @@
 //! (`--max-upgrades-per-pod-per-second`), so a reconnect wave (another replica's drain,
 //! a pod's restart) reaches the pods as a steady stream, not at once. Each is a token
 //! bucket holding one second's worth. An upgrade past either is refused with `503` before
-//! any backend is asked, and its `Retry-After` is drawn at random over the time the
-//! budget needs to let in everyone refused lately, so the refused come back spread out
-//! rather than together a second later.
+//! any backend is asked, and its `Retry-After` is the time the budget needs to let in
+//! everyone it refused before it (and not yet let in), plus a random second: the refused
+//! come back at the budget's rate, rather than together a second later.
 //!
 //! A pod that joins the table after the table of the router's first upgrade (a new pod,
 //! or a restarted one: another pod UID, or for a listed backend another address) gets a
@@ -16,6 +16,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 use wsrouter::{Backend, RoutingTable};
 
@@ -100,6 +101,30 @@ struct Pod {
     since: Instant,
     /// Seen in the first table: it did not just start, whatever its age.
     settled: bool,
+    /// The pod's refused, still to be let in.
+    owed: Owed,
+}
+
+/// The refused a budget still owes a place: each refusal adds one, the budget's rate
+/// pays them off. Owed over the rate is how long the last one refused must wait.
+#[derive(Debug, Clone, Copy, Default)]
+struct Owed {
+    count: f64,
+    at: Option<Instant>,
+}
+
+impl Owed {
+    /// Adds one refused at `now`, after paying off what `rate` has let in since the
+    /// last; the seconds until it can be let in (at least 1).
+    fn refuse(&mut self, rate: f64, now: Instant) -> f64 {
+        let rate = rate.max(0.1);
+        let paid = self.at.map_or(0.0, |at| {
+            now.saturating_duration_since(at).as_secs_f64() * rate
+        });
+        self.count = (self.count - paid).max(0.0) + 1.0;
+        self.at = Some(now);
+        self.count / rate
+    }
 }
 
 #[derive(Debug, Default)]
@@ -107,10 +132,8 @@ struct State {
     global: Option<Bucket>,
     /// By ordinal.
     pods: Vec<Option<Pod>>,
-    /// Refusals in the current one-second window, and when it began: how deep the
-    /// wave waiting outside is, which `Retry-After` spreads over.
-    refused: u32,
-    window: Option<Instant>,
+    /// The router budget's refused, still to be let in.
+    owed: Owed,
     /// Whether a table has been seen (the pods of the first are settled).
     first_table_seen: bool,
 }
@@ -122,17 +145,11 @@ pub(crate) struct UpgradeBudget {
 }
 
 impl UpgradeBudget {
-    /// The budgets of `config`, shown in `metrics` (`wsrouter_upgrade_budget_per_second`).
-    pub(crate) fn new(
-        config: BudgetConfig,
-        metrics: &crate::data::shared::metrics::Metrics,
-    ) -> Self {
-        metrics
-            .upgrade_budget_router
-            .set(i64::from(config.per_second.unwrap_or(0)));
-        metrics
-            .upgrade_budget_pod
-            .set(i64::from(config.per_pod_per_second.unwrap_or(0)));
+    /// The budgets of `config`, shown in `gauges` (`wsrouter_upgrade_budget_per_second`:
+    /// the router's, then the pod's; 0 when off).
+    pub(crate) fn new(config: BudgetConfig, gauges: [&Gauge; 2]) -> Self {
+        gauges[0].set(i64::from(config.per_second.unwrap_or(0)));
+        gauges[1].set(i64::from(config.per_pod_per_second.unwrap_or(0)));
         Self {
             config,
             state: Mutex::default(),
@@ -155,6 +172,7 @@ impl UpgradeBudget {
                 id: identity(backend).to_owned(),
                 since: now,
                 settled: true,
+                owed: Owed::default(),
             });
         }
     }
@@ -172,7 +190,7 @@ impl UpgradeBudget {
         if let Some(rate) = self.config.per_second.map(f64::from) {
             let global = s.global.get_or_insert_with(|| Bucket::full(rate, now));
             if !global.take(rate, now) {
-                return Err(self.refuse(s, Spent::Global, rate, now));
+                return Err(refusal(Spent::Global, s.owed.refuse(rate, now)));
             }
         }
         let Some(per_pod) = self.config.per_pod_per_second.map(f64::from) else {
@@ -184,7 +202,9 @@ impl UpgradeBudget {
         let id = table.backends().get(ordinal as usize).map_or("", identity);
         let slot = pod_slot(&mut s.pods, ordinal);
         let pod = match slot {
-            Some(p) if p.id == id => p,
+            // An empty identity is a table newer than the one that routed this request,
+            // without the pod: the slot stays as it was.
+            Some(p) if p.id == id || id.is_empty() => p,
             // New here, or restarted: it warms up from now.
             _ => slot.insert(Pod {
                 bucket: Bucket {
@@ -194,16 +214,18 @@ impl UpgradeBudget {
                 id: id.to_owned(),
                 since: now,
                 settled: false,
+                owed: Owed::default(),
             }),
         };
         let rate = per_pod * self.ramp(pod, now);
         if pod.bucket.take(rate, now) {
             return Ok(());
         }
+        let wait = pod.owed.refuse(rate, now);
         if let Some(g) = &mut s.global {
             g.give_back();
         }
-        Err(self.refuse(s, Spent::Pod, rate, now))
+        Err(refusal(Spent::Pod, wait))
     }
 
     /// The share of its budget a pod has: all once settled or warm, else from a tenth
@@ -216,24 +238,18 @@ impl UpgradeBudget {
         let age = now.saturating_duration_since(pod.since).as_secs_f64();
         (age / warmup).clamp(0.1, 1.0)
     }
+}
 
-    /// Counts a refusal and draws its `Retry-After`: at random over the seconds `rate`
-    /// needs to let in everyone refused in the last second, at least 1 to 2 s.
-    fn refuse(&self, s: &mut State, spent: Spent, rate: f64, now: Instant) -> OverBudget {
-        let fresh = s
-            .window
-            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(1));
-        if fresh {
-            s.window = Some(now);
-            s.refused = 0;
-        }
-        s.refused = s.refused.saturating_add(1);
-        let span = (f64::from(s.refused) / rate.max(0.1)).ceil() as u32;
-        let span = span.clamp(2, MAX_RETRY_AFTER);
-        OverBudget {
-            spent,
-            retry_after: 1 + fastrand::u32(..span),
-        }
+/// A refusal's `Retry-After`: the seconds its budget needs to let in everyone it has
+/// refused and not yet let in, this one last (`wait`), plus a random second, at most
+/// [`MAX_RETRY_AFTER`]. Each refusal of a wave is told a moment a little later than the
+/// one before, so the wave comes back at the rate the budget takes it (a draw from zero
+/// up would bring the first ones back together, and faster).
+fn refusal(spent: Spent, wait: f64) -> OverBudget {
+    let at = (wait.ceil() as u32).clamp(1, MAX_RETRY_AFTER);
+    OverBudget {
+        spent,
+        retry_after: (at + fastrand::u32(..2)).min(MAX_RETRY_AFTER),
     }
 }
 

@@ -17,6 +17,8 @@
 //! Each socket waits on its own future (a relay holds it for its life); nothing walks the
 //! sockets. A table swap wakes every waiting socket to look at the new table.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +106,16 @@ pub(crate) struct Drains {
     closes: DrainCloses,
 }
 
+/// A socket's wait for its turn to close.
+type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// What woke a socket waiting for its turn.
+enum Event {
+    Turn,
+    Changed { api_gone: bool },
+    Shutdown,
+}
+
 /// What a socket is waiting for, as of the table it last looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -189,34 +201,51 @@ impl Drains {
         spread_shutdown: bool,
     ) -> DrainReason {
         let mut changes = self.changes.clone();
+        // The close waiting for its turn, and why: kept across table swaps that leave
+        // the cause as it was (its moment does not slide), dropped or redrawn when the
+        // cause goes or changes (a moved tenant's pod leaving the table meanwhile).
+        let mut pending: Option<(Cause, Wait<'_>)> = None;
         let why = loop {
             changes.mark_unchanged();
-            let cause = self.cause(tenant, ordinal);
-            if cause != Cause::None {
-                tokio::select! {
-                    () = Box::pin(self.wait_turn(cause)) => {
-                        // The table may have changed back meanwhile.
-                        if self.cause(tenant, ordinal) == cause {
-                            break if cause == Cause::PodGone { DrainReason::PodGone } else { DrainReason::Rerouted };
-                        }
-                        continue;
-                    }
-                    () = self.spreading.cancelled(), if spread_shutdown => break self.shutdown_turn().await,
-                }
+            match (self.cause(tenant, ordinal), &pending) {
+                (Cause::None, _) => pending = None,
+                (now, Some((was, _))) if now == *was => {}
+                (now, _) => pending = Some((now, Box::pin(self.wait_turn(now)))),
             }
-            tokio::select! {
-                r = changes.changed() => {
-                    if r.is_err() {
-                        // The control loop is gone (the router is stopping): only the
-                        // drain can end this socket now.
-                        if !spread_shutdown {
-                            return std::future::pending().await;
-                        }
-                        self.spreading.cancelled().await;
-                        break self.shutdown_turn().await;
-                    }
+            let turn = async {
+                match &mut pending {
+                    Some((_, wait)) => wait.as_mut().await,
+                    None => std::future::pending().await,
                 }
-                () = self.spreading.cancelled(), if spread_shutdown => break self.shutdown_turn().await,
+            };
+            let event = tokio::select! {
+                () = turn => Event::Turn,
+                r = changes.changed() => Event::Changed { api_gone: r.is_err() },
+                () = self.spreading.cancelled(), if spread_shutdown => Event::Shutdown,
+            };
+            match event {
+                // Its turn came, and the table still says so.
+                Event::Turn => match pending.take() {
+                    Some((cause, _)) if self.cause(tenant, ordinal) == cause => {
+                        break if cause == Cause::PodGone {
+                            DrainReason::PodGone
+                        } else {
+                            DrainReason::Rerouted
+                        };
+                    }
+                    _ => {}
+                },
+                Event::Changed { api_gone: false } => {}
+                // The control loop is gone (the router is stopping): only the drain can
+                // end this socket now.
+                Event::Changed { api_gone: true } => {
+                    if !spread_shutdown {
+                        return std::future::pending().await;
+                    }
+                    self.spreading.cancelled().await;
+                    break self.shutdown_turn().await;
+                }
+                Event::Shutdown => break self.shutdown_turn().await,
             }
         };
         self.closes.of(why).inc();

@@ -315,7 +315,7 @@ impl Metrics {
         );
         r.register(
             "drain_closes",
-            "Live sockets the router closed itself, each at its own moment so clients come back spread out, by reason: shutdown (1001, spread over --drain-grace), pod_gone (1012, its pod left the table; spread over --drain-grace), rerouted (1012, --reroute-drain)",
+            "Sockets (and streaming answers, for pod_gone and rerouted) the router closed itself, counted as each one's turn came (the drain's hard end is not counted), each at its own moment so clients come back spread out, by reason: shutdown (1001, spread over --drain-grace), pod_gone (1012, its pod left the table; spread over --drain-grace), rerouted (1012, --reroute-drain)",
             m.drain_closes.clone(),
         );
         r.register(

@@ -118,6 +118,16 @@ fn sealing_key(secret: &[u8]) -> LessSafeKey {
     LessSafeKey::new(unbound)
 }
 
+/// The shared ticket keys' file and the ticketer that holds them, for the watcher.
+#[derive(Debug, Clone)]
+pub struct Tickets {
+    pub path: std::path::PathBuf,
+    pub ticketer: Arc<SharedTicketer>,
+    /// The file's bytes the ticketer holds the keys of; `None`: a key of its own (the
+    /// file was missing).
+    pub loaded: Option<Vec<u8>>,
+}
+
 /// The ticketer rustls calls: the keys in force (swapped whole by the watcher) and how
 /// long a ticket may be used.
 pub struct SharedTicketer {

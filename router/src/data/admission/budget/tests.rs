@@ -3,6 +3,7 @@
 
 use std::num::NonZeroU32;
 
+use prometheus_client::metrics::gauge::Gauge;
 use wsrouter::{Backends, Overrides, TableSource};
 
 use super::*;
@@ -21,7 +22,7 @@ fn budget(per_second: Option<u32>, per_pod: Option<u32>) -> UpgradeBudget {
         per_pod_per_second: per_pod,
         warmup: Duration::from_secs(30),
     };
-    UpgradeBudget::new(config, &crate::data::shared::metrics::Metrics::new())
+    UpgradeBudget::new(config, [&Gauge::default(), &Gauge::default()])
 }
 
 /// How many of `n` upgrades to `ordinal` at `at` the budget lets through.
@@ -122,12 +123,16 @@ fn retry_after_spreads_the_refused_over_the_time_the_budget_needs() {
         .filter_map(|_| b.take(&t, 0, now).err().map(|o| o.retry_after))
         .collect();
     assert_eq!(waits.len(), 300);
-    // 300 refused at 10 a second need 30 s: the later ones are told anywhere in 1..=30.
+    // 300 refused at 10 a second need 30 s: each is told its place in that, plus up to a
+    // second.
     assert!(waits.iter().all(|w| (1..=MAX_RETRY_AFTER).contains(w)));
-    let late = &waits[200..];
-    let distinct: std::collections::BTreeSet<_> = late.iter().collect();
-    assert!(distinct.len() > 15, "{distinct:?}");
-    assert!(late.iter().any(|w| *w > 15) && late.iter().any(|w| *w < 8));
+    // In the order refused: the k-th is told about k / 10 s (one second of jitter).
+    for (k, w) in waits.iter().enumerate() {
+        let place = (k as u32 + 1).div_ceil(10);
+        assert!((place..=place + 1).contains(w), "refusal {k}: {w} s");
+    }
+    let distinct: std::collections::BTreeSet<_> = waits.iter().collect();
+    assert!(distinct.len() >= 30, "{distinct:?}");
     // A single refusal is told 1 or 2 s.
     let calm = budget(Some(10), None);
     let _ = let_through(&calm, &t, 0, 10, now);
@@ -155,4 +160,27 @@ fn the_reconnect_time_is_the_slower_budget() {
         reconnect_time(&BudgetConfig::default(), 10_000, 1_000),
         None
     );
+}
+
+#[test]
+fn a_deep_wave_comes_back_no_faster_than_the_budget_takes_it() {
+    let b = budget(Some(100), None);
+    let t = table(&["10.0.0.1:9000"]);
+    let now = Instant::now();
+    let _ = let_through(&b, &t, 0, 100, now);
+    let mut back_at = std::collections::BTreeMap::<u32, u32>::new();
+    for _ in 0..3000 {
+        if let Err(o) = b.take(&t, 0, now) {
+            *back_at.entry(o.retry_after).or_default() += 1;
+        }
+    }
+    // 3,000 refused at 100 a second: about 100 told each second 1..=31, none more than
+    // the budget plus the random second's overlap.
+    assert!(back_at.values().all(|n| *n <= 200), "{back_at:?}");
+    assert!(back_at.keys().max() >= Some(&30), "{back_at:?}");
+    // And later, once the budget has let that many in, the owed count is paid off.
+    let later = now + Duration::from_secs(40);
+    let _ = let_through(&b, &t, 0, 100, later);
+    let w = b.take(&t, 0, later).err().map(|o| o.retry_after);
+    assert!(matches!(w, Some(1 | 2)), "{w:?}");
 }

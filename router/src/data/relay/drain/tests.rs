@@ -247,3 +247,44 @@ fn shares_stay_within_their_span() {
         assert!(share_of(Duration::from_millis(3)) < Duration::from_millis(3));
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_moved_tenants_pod_leaving_meanwhile_closes_within_the_grace_as_pod_gone() {
+    // A reroute whose turn is ten minutes away; the pod leaves the table a second in.
+    let reroute = RerouteConfig {
+        grace: Duration::from_secs(600),
+        per_second: 1,
+    };
+    let f = Fixture::new(Some(reroute), table(4, &[]));
+    let tenant = tenant_on(3, 4);
+    let mut rx = f.sockets(10, &tenant, 3);
+    tokio::task::yield_now().await;
+    f.swap(table(4, &[(&tenant, "0")]));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    f.swap(table(3, &[(&tenant, "0")]));
+    let closes = collect(&mut rx, 10).await;
+    assert!(closes
+        .iter()
+        .all(|(at, why)| *why == DrainReason::PodGone && at.duration_since(start) < GRACE));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swap_that_leaves_the_cause_as_it_was_does_not_move_the_turn() {
+    let f = Fixture::new(None, table(4, &[]));
+    let tenant = tenant_on(3, 4);
+    let mut rx = f.sockets(50, &tenant, 3);
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    f.swap(table(3, &[]));
+    // Swaps every second that keep pod 3 out: each socket keeps its first moment, so all
+    // close within the grace of the first swap.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        f.swap(table(3, &[]));
+    }
+    let closes = collect(&mut rx, 50).await;
+    assert!(closes
+        .iter()
+        .all(|(at, _)| at.duration_since(start) < GRACE));
+}
