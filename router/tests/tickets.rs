@@ -3,7 +3,7 @@
 //! rotation (the new key written first, the old one kept after it, then the old one
 //! dropped) loses no resumption.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,18 +155,41 @@ fn key(fill: u8) -> [u8; 80] {
     k
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_on_the_other_replica_and_across_a_key_rotation() -> Result<()> {
-    let backend = backend::serve(
+/// What both routers of a test share: an echo backend (kept running while held), a
+/// certificate, and the directory holding it and the ticket keys.
+struct Setup {
+    _backend: backend::EchoHandle,
+    backend: String,
+    cert: DevCert,
+    dir: PathBuf,
+}
+
+async fn setup(name: &str) -> Result<Setup> {
+    let echo = backend::serve(
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         backend::EchoConfig::new("backend-0").with_interval(Duration::from_millis(50)),
     )?;
-    let backend = backend.local_addr().to_string();
     let cert = DevCert::generate(&["localhost"])?;
-    let dir = std::env::temp_dir().join(format!("wsrouter-tickets-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("wsrouter-tickets-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("tls.crt"), &cert.cert_pem)?;
     std::fs::write(dir.join("tls.key"), &cert.key_pem)?;
+    Ok(Setup {
+        backend: echo.local_addr().to_string(),
+        _backend: echo,
+        cert,
+        dir,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_on_the_other_replica_and_across_a_key_rotation() -> Result<()> {
+    let Setup {
+        _backend,
+        backend,
+        cert,
+        dir,
+    } = setup("rotation").await?;
     let (old, new) = (key(1), key(2));
     write_keys(&dir, &[&old])?;
     let (a, b) = (start(&dir, &backend).await?, start(&dir, &backend).await?);
@@ -209,16 +232,12 @@ async fn a_client_resumes_on_the_other_replica_and_across_a_key_rotation() -> Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_shared_file_each_replica_resumes_only_its_own() -> Result<()> {
-    let backend = backend::serve(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        backend::EchoConfig::new("backend-0").with_interval(Duration::from_millis(50)),
-    )?;
-    let backend = backend.local_addr().to_string();
-    let cert = DevCert::generate(&["localhost"])?;
-    let dir = std::env::temp_dir().join(format!("wsrouter-tickets-own-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("tls.crt"), &cert.cert_pem)?;
-    std::fs::write(dir.join("tls.key"), &cert.key_pem)?;
+    let Setup {
+        _backend,
+        backend,
+        cert,
+        dir,
+    } = setup("own").await?;
     // The file is named but not there (an optional Secret not made yet): each replica
     // seals with a key of its own.
     let (a, b) = (start(&dir, &backend).await?, start(&dir, &backend).await?);

@@ -41,10 +41,42 @@ pub fn set_defer_accept(_: &impl std::os::fd::AsRawFd, _: Duration) -> std::io::
 /// then every 10 s; after 3 unanswered the kernel reports the peer gone and the relay's
 /// next read fails. This is how a peer that vanished without a FIN (a phone leaving
 /// Wi-Fi) is found when nothing else is sent.
+///
+/// Each socket's `idle` gets a random share of a tenth more (in whole seconds, the
+/// kernel's unit): sockets opened in the same second (a reconnect wave) would otherwise
+/// be probed in the same instant, every idle period, and a burst of thousands of probes
+/// can overflow a host's packet backlog and get live connections reset.
 pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
-    let ka = socket2::TcpKeepalive::new()
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive(idle))
+}
+
+fn keepalive(idle: Duration) -> socket2::TcpKeepalive {
+    let spread = idle.as_secs() / 10;
+    let idle = idle + Duration::from_secs(fastrand::u64(..=spread));
+    socket2::TcpKeepalive::new()
         .with_time(idle)
         .with_interval(Duration::from_secs(10))
-        .with_retries(3);
-    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
+        .with_retries(3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn keepalive_idle_is_spread_over_a_tenth_more() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            set_keepalive(&tcp, Duration::from_secs(60)).unwrap();
+            let idle = socket2::SockRef::from(&tcp).tcp_keepalive_time().unwrap();
+            assert!((60..=66).contains(&idle.as_secs()), "{idle:?}");
+            seen.insert(idle.as_secs());
+        }
+        // Spread, not one value for all (odds of fewer than 3 of 7 values in 64 draws:
+        // negligible).
+        assert!(seen.len() >= 3, "{seen:?}");
+    }
 }
