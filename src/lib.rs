@@ -4,6 +4,8 @@
 //! - [`namespace`]: the tenant namespace from a request path, validated as a DNS-1123 label.
 //! - [`hash`]: `XXH3-64(namespace, seed 0)` then jump consistent hash onto a replica count.
 //! - [`overrides`]: per-tenant override targets (`"3"` or `"backend-3"`), parsed and validated.
+//! - [`split`]: which backend set (version) a tenant goes to: pinned, header or cookie
+//!   rules, then a weight over a split hash of its own, so raising it never flaps a tenant.
 //! - [`backends`]: how an ordinal becomes a backend (static list, template, or pods).
 //! - [`members`]: the pod at each ordinal, merged from the Service's EndpointSlices.
 //! - [`fingerprint`]: digests equal on two routers exactly when they route alike.
@@ -15,6 +17,7 @@ pub mod hash;
 pub mod members;
 pub mod namespace;
 pub mod overrides;
+pub mod split;
 pub mod table;
 
 pub use backends::{Backend, BackendTemplate, Backends, BackendsError, TemplateError};
