@@ -256,11 +256,16 @@ fn ended_by<T: Send + 'static>(
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
     let drains = shared.drains.clone();
     let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-    // Gated: the turn waits on the table's changes, whose wakers sit behind a lock every
-    // I/O thread shares; an answer polls its stop at every frame, and must not take it.
     let turn: Pin<Box<dyn Future<Output = DrainReason> + Send>> =
         Box::pin(async move { drains.turn(&tenant, ordinal, spread_shutdown).await });
-    let turn = Gated::new(turn);
+    // Gated: the turn waits on the table's changes, whose wakers sit behind a lock every
+    // I/O thread shares; an answer polls its stop at every frame, and must not take it. A
+    // relay gates its whole stop already (`relay::signal::StopSignal`): not twice.
+    let turn = if spread_shutdown {
+        turn
+    } else {
+        Box::pin(Gated::new(turn))
+    };
     Box::pin(async move {
         tokio::select! {
             () = hard_end => as_t(DrainReason::Shutdown),
