@@ -199,6 +199,9 @@ impl UpgradeBudget {
         if !s.first_table_seen {
             self.settle(s, table, now);
         }
+        // Pods the table no longer has are forgotten: one that comes back (a scale 4 → 3
+        // → 4, at the same address) is a new pod, and warms up.
+        s.pods.truncate(table.replicas().get() as usize);
         let id = table.backends().get(ordinal as usize).map_or("", identity);
         let slot = pod_slot(&mut s.pods, ordinal);
         let pod = match slot {

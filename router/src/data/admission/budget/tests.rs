@@ -107,6 +107,11 @@ fn a_pod_that_joins_later_warms_up_and_the_first_tables_pods_do_not() {
         (45..=56).contains(&let_in),
         "{let_in} a second half-way, want about 50"
     );
+    // Out of the table and back at the same address (a scale down and up): a new pod.
+    let shrunk = table(&["10.0.0.1:9000"]);
+    let later = start + Duration::from_secs(50);
+    let _ = let_through(&b, &shrunk, 0, 1, later);
+    assert!(let_through(&b, &grown, 1, 1000, later) <= 2);
     // Restarted at a new address: it warms up again.
     let moved = table(&["10.0.0.1:9000", "10.0.0.9:9000"]);
     let end = start + Duration::from_secs(60);
