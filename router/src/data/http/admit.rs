@@ -52,11 +52,12 @@ fn spend_budget(ctx: &ConnCtx, routed: &Routed) -> Result<(), ProxyError> {
     if !budget.is_on() {
         return Ok(());
     }
-    let Some(table) = ctx.shared.table.load_full() else {
+    let table = ctx.shared.table.load();
+    let Some(table) = table.as_deref() else {
         return Ok(());
     };
     budget
-        .take(&table, routed.ordinal, tokio::time::Instant::now())
+        .take(table, routed.ordinal, tokio::time::Instant::now())
         .map_err(|o| ProxyError::OverBudget {
             spent: o.spent,
             retry_after: o.retry_after,

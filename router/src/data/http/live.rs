@@ -205,20 +205,15 @@ fn expiring(
 /// the drain scheduler's turn for it (see `relay::drain`): within the shutdown's spread
 /// when `spread_shutdown` (sockets), its pod leaving the table, or with
 /// `--reroute-drain` its tenant's move. One boxed future (a relay holds it for the
-/// socket's life).
+/// socket's life, gated whole: `relay::signal::StopSignal`).
 pub(super) fn ended<T: Send + 'static>(
     shared: &Shared,
     routed: &Routed,
     spread_shutdown: bool,
     as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    ended_by(
-        shared.lifecycle.close_tunnels.clone().cancelled_owned(),
-        shared,
-        routed,
-        spread_shutdown,
-        as_t,
-    )
+    let hard_end = shared.lifecycle.close_tunnels.clone().cancelled_owned();
+    either(hard_end, turn(shared, routed, spread_shutdown), as_t)
 }
 
 /// As [`ended`], for a request forwarded on `ctx`'s connection; its answer is not spread
@@ -226,8 +221,9 @@ pub(super) fn ended<T: Send + 'static>(
 /// connection's requests run in its own task, which already watches the drain (see
 /// `h1::serve`) and polls them once more when the grace ends: they read its flag, and
 /// do not each register on the drain's token, shared by every I/O thread, to hear it.
-/// An HTTP/2 stream's runs in a task of its own and listens itself, gated as a relay's
-/// stop is: its answer's every frame polls it, and an ungated poll takes the token's lock.
+/// An HTTP/2 stream's runs in a task of its own and listens itself. Either way the stop
+/// is gated, as a relay's is: an answer polls it at every frame, and an ungated poll
+/// takes the locks of the drain's token and of the table's changes.
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,
@@ -244,28 +240,33 @@ pub(super) fn request_ended<T: Send + 'static>(
             std::task::Poll::Pending
         }
     });
-    ended_by(grace_over, &ctx.shared, routed, false, as_t)
+    // The flag is read ungated (the connection's task polls the request when it sets
+    // it); only the turn is gated.
+    let turn = Box::pin(Gated::new(turn(&ctx.shared, routed, false)));
+    either(grace_over, turn, as_t)
 }
 
-fn ended_by<T: Send + 'static>(
+type Turn = Pin<Box<dyn Future<Output = DrainReason> + Send>>;
+
+/// The drain scheduler's turn for `routed`'s socket or answer. The tenant's name is
+/// kept only when a move can close it (`--reroute-drain`): every socket holds this.
+fn turn(shared: &Shared, routed: &Routed, spread_shutdown: bool) -> Turn {
+    let drains = shared.drains.clone();
+    let tenant = if drains.reroutes() {
+        routed.tenant.clone()
+    } else {
+        Box::default()
+    };
+    let ordinal = routed.ordinal;
+    Box::pin(async move { drains.turn(&tenant, ordinal, spread_shutdown).await })
+}
+
+/// Whichever ends first: the drain's hard end (as `Shutdown`) or the turn.
+fn either<T: Send + 'static>(
     hard_end: impl Future<Output = ()> + Send + 'static,
-    shared: &Shared,
-    routed: &Routed,
-    spread_shutdown: bool,
+    turn: Turn,
     as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    let drains = shared.drains.clone();
-    let (tenant, ordinal) = (routed.tenant.clone(), routed.ordinal);
-    let turn: Pin<Box<dyn Future<Output = DrainReason> + Send>> =
-        Box::pin(async move { drains.turn(&tenant, ordinal, spread_shutdown).await });
-    // Gated: the turn waits on the table's changes, whose wakers sit behind a lock every
-    // I/O thread shares; an answer polls its stop at every frame, and must not take it. A
-    // relay gates its whole stop already (`relay::signal::StopSignal`): not twice.
-    let turn = if spread_shutdown {
-        turn
-    } else {
-        Box::pin(Gated::new(turn))
-    };
     Box::pin(async move {
         tokio::select! {
             () = hard_end => as_t(DrainReason::Shutdown),

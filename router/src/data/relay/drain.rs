@@ -29,21 +29,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsrouter::RoutingTable;
 
-/// A random number. `fastrand` seeds each thread from the standard library's random
-/// hasher keys, which come from the operating system, so replicas that act at the same
-/// moment do not pick the same moments (a seed from the clock or the table would line
-/// them up).
-fn random() -> u64 {
-    fastrand::u64(..)
-}
-
-/// A random span in `[0, span)` (zero for a zero span).
+/// A random share of `span`, in `[0, span)` (zero for a zero span). `fastrand` seeds each
+/// thread from the operating system's randomness, so replicas that act at the same moment
+/// do not pick the same moments (a seed from the clock or the table would line them up).
 fn share_of(span: Duration) -> Duration {
-    let ms = span.as_millis().min(u128::from(u64::MAX)) as u64;
-    if ms == 0 {
-        return Duration::ZERO;
+    match u64::try_from(span.as_nanos()).unwrap_or(u64::MAX) {
+        0 => Duration::ZERO,
+        n => Duration::from_nanos(fastrand::u64(..n)),
     }
-    Duration::from_millis(random() % ms)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +134,12 @@ impl Drains {
             next_turn: Mutex::new(Instant::now()),
             closes,
         }
+    }
+
+    /// Whether a tenant's move closes its sockets (`--reroute-drain`): only then does
+    /// [`Drains::turn`] read the tenant's name.
+    pub(crate) fn reroutes(&self) -> bool {
+        self.reroute.is_some()
     }
 
     /// Begins the shutdown's spread: every socket waiting with `spread_shutdown` closes
