@@ -18,6 +18,16 @@
 //! {i} pod {name} {uid} {ip:port}        a pod named by the EndpointSlices
 //! {i} unknown                           no pod known yet
 //! ```
+//! With backend sets beyond the stable one, or a split, `config` goes on (nothing is
+//! added for a router with one set and no split, so its digests are as they were):
+//! ```text
+//! set {name} {replicas}                 each set after the stable one, in flag order
+//! canary {set} {weight}                 the weight in hundredths of a percent
+//! rules {header} {cookie}               with a canary: the header and cookie names
+//! pin {namespace} {set}                 one per pinned tenant, by namespace (bytewise)
+//! ```
+//! and `membership` goes on with `set {name}` then that set's lines, for each other set.
+//!
 //! Whether a pod is serving is not part of it: that flips while a pod restarts, and
 //! does not change where its tenants belong.
 
@@ -27,6 +37,8 @@ use twox_hash::XxHash3_64;
 
 use crate::backends::Backend;
 use crate::overrides::Overrides;
+use crate::split::Split;
+use crate::table::BackendSet;
 
 /// The routing contract this router implements, first line of the `config` text.
 pub const CONTRACT: &str = "wsrouter-routing 1 xxh3-64 jump";
@@ -43,6 +55,14 @@ impl Fingerprint {
         Self {
             config: XxHash3_64::oneshot(config_text(replicas, overrides).as_bytes()),
             membership: XxHash3_64::oneshot(membership_text(backends).as_bytes()),
+        }
+    }
+
+    /// A table's digests: its sets (the stable one first), overrides and split.
+    pub fn of_sets(sets: &[BackendSet], overrides: &Overrides, split: &Split) -> Self {
+        Self {
+            config: XxHash3_64::oneshot(sets_config_text(sets, overrides, split).as_bytes()),
+            membership: XxHash3_64::oneshot(sets_membership_text(sets).as_bytes()),
         }
     }
 
@@ -68,6 +88,35 @@ pub fn config_text(replicas: u32, overrides: &Overrides) -> String {
     for (ns, ordinal) in overrides.sorted() {
         // Writing into a String cannot fail.
         let _ = writeln!(out, "override {ns} {ordinal}");
+    }
+    out
+}
+
+/// The `config` text of a table with sets and a split.
+pub fn sets_config_text(sets: &[BackendSet], overrides: &Overrides, split: &Split) -> String {
+    let stable = sets.first().map_or(0, BackendSet::replicas);
+    let mut out = config_text(stable, overrides);
+    for set in sets.iter().skip(1) {
+        let _ = writeln!(out, "set {} {}", set.name(), set.replicas());
+    }
+    if let Some(c) = split.canary() {
+        let _ = writeln!(out, "canary {} {}", c.set, c.weight);
+        let _ = writeln!(out, "rules {} {}", split.header(), split.cookie());
+    }
+    for (ns, set) in split.pinned() {
+        let _ = writeln!(out, "pin {ns} {set}");
+    }
+    out
+}
+
+/// The `membership` text of a table with sets.
+pub fn sets_membership_text(sets: &[BackendSet]) -> String {
+    let mut out = sets
+        .first()
+        .map_or_else(String::new, |s| membership_text(s.backends()));
+    for set in sets.iter().skip(1) {
+        let _ = writeln!(out, "set {}", set.name());
+        out.push_str(&membership_text(set.backends()));
     }
     out
 }

@@ -29,7 +29,11 @@ pub use namespace::{
     PathPrefix, PrefixError, RepeatedParam, TenantFrom, TenantFromError,
 };
 pub use overrides::{
-    parse_configmap, parse_target, OverrideError, Overrides, OverridesError, TargetError,
-    TenantLimits,
+    parse_configmap, parse_target, ConfigMapData, OverrideError, Overrides, OverridesError,
+    TargetError, TenantLimits,
 };
-pub use table::{Route, RouteSource, RoutingTable, TableDiff, TableSource};
+pub use split::{Hint, Hints, SetSource, Split, SplitError};
+pub use table::{
+    BackendSet, Route, RouteSource, RoutingTable, SetId, SetSpec, TableDiff, TableError,
+    TableSource, DEFAULT_STABLE_SET, STABLE,
+};

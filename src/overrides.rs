@@ -10,6 +10,7 @@ use thiserror::Error;
 use twox_hash::XxHash3_64;
 
 use crate::namespace::{validate_namespace, NamespaceError};
+use crate::split::{is_split_key, Split, SplitError};
 
 /// Kubernetes pod ordinals are `int32`, so no valid target is larger.
 pub const MAX_ORDINAL: u32 = i32::MAX as u32;
@@ -74,12 +75,15 @@ pub enum OverrideError {
     },
     #[error("key {key:?} appears more than once")]
     Duplicate { key: String },
-    #[error("key {key:?} is not a setting: per-tenant settings are max-connections.<namespace>")]
+    #[error("key {key:?} is not a setting: the settings are max-connections.<namespace>, canary.set, canary.weight, canary.header, canary.cookie and set.<namespace>")]
     UnknownSetting { key: String },
     #[error(
         "key {key:?}: {value:?} is not a number of connections (0 to 1000000) or \"unlimited\""
     )]
     BadLimit { key: String, value: String },
+    /// A version split entry (`canary.*`, `set.<namespace>`).
+    #[error(transparent)]
+    Split(#[from] SplitError),
 }
 
 impl OverrideError {
@@ -91,6 +95,7 @@ impl OverrideError {
             | Self::Duplicate { key }
             | Self::UnknownSetting { key }
             | Self::BadLimit { key, .. } => key,
+            Self::Split(e) => e.key(),
         }
     }
 }
@@ -251,22 +256,36 @@ impl TenantLimits {
     }
 }
 
-/// A whole ConfigMap's data: routing overrides (`<namespace>: target`) and per-tenant
-/// settings (`max-connections.<namespace>: N`), validated together; any bad entry
-/// rejects the update, and every bad key is listed.
+/// What a ConfigMap says: who goes where, and per-tenant settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigMapData {
+    pub overrides: Overrides,
+    pub limits: TenantLimits,
+    pub split: Split,
+}
+
+/// A whole ConfigMap's data: routing overrides (`<namespace>: target`), per-tenant
+/// settings (`max-connections.<namespace>: N`) and the version split (`canary.*`,
+/// `set.<namespace>`), validated together; any bad entry rejects the update, and every
+/// bad key is listed.
 pub fn parse_configmap<K, V>(
     entries: impl IntoIterator<Item = (K, V)>,
     statefulset: &str,
-) -> Result<(Overrides, TenantLimits), OverridesError>
+) -> Result<ConfigMapData, OverridesError>
 where
     K: AsRef<str>,
     V: AsRef<str>,
 {
     let mut routes = Vec::new();
+    let mut split_entries = Vec::new();
     let mut limits = TenantLimits::default();
     let mut errors = Vec::new();
     for (key, value) in entries {
         let (key, value) = (key.as_ref(), value.as_ref());
+        if is_split_key(key) {
+            split_entries.push((key.to_owned(), value.to_owned()));
+            continue;
+        }
         if !key.contains('.') {
             routes.push((key.to_owned(), value.to_owned()));
             continue;
@@ -311,8 +330,19 @@ where
             Overrides::default()
         }
     };
+    let split = match Split::parse(split_entries) {
+        Ok(s) => s,
+        Err(e) => {
+            errors.extend(e.into_iter().map(OverrideError::Split));
+            Split::default()
+        }
+    };
     if errors.is_empty() {
-        Ok((overrides, limits))
+        Ok(ConfigMapData {
+            overrides,
+            limits,
+            split,
+        })
     } else {
         errors.sort_by(|a, b| a.key().cmp(b.key()));
         Err(OverridesError { errors })
@@ -325,16 +355,28 @@ mod tests {
 
     #[test]
     fn configmaps_carry_routes_and_caps() {
-        let (o, l) = parse_configmap(
+        let ConfigMapData {
+            overrides: o,
+            limits: l,
+            split,
+        } = parse_configmap(
             [
                 ("acme", "backend-2"),
                 ("max-connections.acme", "200"),
                 ("max-connections.big", "unlimited"),
                 ("max-connections.off", "0"),
+                ("canary.set", "v2"),
+                ("canary.weight", "5"),
+                ("set.vip", "stable"),
             ],
             "backend",
         )
         .unwrap();
+        assert_eq!(
+            split.canary().map(|c| (&*c.set, c.weight)),
+            Some(("v2", 500))
+        );
+        assert_eq!(split.pinned(), [("vip", "stable")]);
         assert_eq!((o.len(), o.get("acme")), (1, Some(2)));
         assert_eq!(l.max_connections("acme"), Some(Some(200)));
         assert_eq!(l.max_connections("big"), Some(None));
@@ -348,6 +390,8 @@ mod tests {
                 ("max-connections.y", "007"),
                 ("max-connections.z", "2000000"),
                 ("ok", "pod-1"),
+                ("canary.weight", "101"),
+                ("set.x", "Not_A_Set"),
             ],
             "backend",
         )
@@ -356,16 +400,19 @@ mod tests {
         assert_eq!(
             keys,
             [
+                "canary.weight",
                 "max-conections.acme",
                 "max-connections.Bad",
                 "max-connections.x",
                 "max-connections.y",
                 "max-connections.z",
-                "ok"
+                "ok",
+                "set.x"
             ]
         );
-        assert!(matches!(e.errors[0], OverrideError::UnknownSetting { .. }));
-        assert!(matches!(e.errors[2], OverrideError::BadLimit { .. }));
+        assert!(matches!(e.errors[0], OverrideError::Split(_)));
+        assert!(matches!(e.errors[1], OverrideError::UnknownSetting { .. }));
+        assert!(matches!(e.errors[3], OverrideError::BadLimit { .. }));
     }
 
     #[test]

@@ -83,11 +83,31 @@ pub struct Canary {
     pub weight: u32,
 }
 
+/// What one request's header and cookie ask for (read only when a canary is set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub header: Option<Hint>,
+    pub cookie: Option<Hint>,
+}
+
+/// What the cookie `name` in a `Cookie` header's value asks for: its first occurrence
+/// (RFC 6265 lists the most specific path first), `None` when absent or neither word.
+pub fn cookie_hint(cookie_header: &str, name: &str) -> Option<Hint> {
+    cookie_header
+        .split(';')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| k.trim() == name)
+        .and_then(|(_, v)| Hint::parse(v.trim().trim_matches('"')))
+}
+
 /// Why a tenant went to the set it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SetSource {
     /// No split, or the weight left it on the stable set.
     Stable,
+    /// A per-tenant pod override (`<namespace>: backend-2`): a pod of the stable set,
+    /// above every split rule.
+    Override,
     /// `set.<namespace>` in the ConfigMap.
     Pinned,
     Header,
@@ -102,6 +122,7 @@ impl SetSource {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Stable => "stable",
+            Self::Override => "override",
             Self::Pinned => "pinned",
             Self::Header => "header",
             Self::Cookie => "cookie",
@@ -160,8 +181,25 @@ pub enum SplitError {
     },
     #[error("canary.weight is set but canary.set is not")]
     WeightWithoutSet,
+    #[error("{key}: {set:?} is not a backend set this router has (--stable-set, --backend-set, --backend-set-statefulset)")]
+    UnknownSet { key: String, set: String },
     #[error("{key} is not a split setting (canary.set, canary.weight, canary.header, canary.cookie, set.<namespace>)")]
     Unknown { key: String },
+}
+
+impl SplitError {
+    /// The ConfigMap key this error is about, for logs.
+    pub fn key(&self) -> &str {
+        match self {
+            Self::BadWeight { key, .. }
+            | Self::BadSet { key, .. }
+            | Self::BadName { key, .. }
+            | Self::BadTenant { key, .. }
+            | Self::UnknownSet { key, .. }
+            | Self::Unknown { key } => key,
+            Self::WeightWithoutSet => CANARY_WEIGHT_KEY,
+        }
+    }
 }
 
 /// Whether `key` belongs to the split (the rest of a ConfigMap is overrides and caps).
@@ -277,6 +315,43 @@ impl Split {
 
     pub fn canary(&self) -> Option<&Canary> {
         self.canary.as_ref()
+    }
+
+    /// Whether a request's header and cookie can change its set: only with a canary.
+    pub fn reads_hints(&self) -> bool {
+        self.canary.is_some()
+    }
+
+    /// Whether every tenant goes to the stable set whatever it asks (no canary, no pins).
+    pub fn is_none(&self) -> bool {
+        self.canary.is_none() && self.pinned.is_empty()
+    }
+
+    /// Tenants pinned to a set, by namespace (bytewise).
+    pub fn pinned(&self) -> Vec<(&str, &str)> {
+        let mut v: Vec<_> = self.pinned.iter().map(|(k, s)| (&**k, &**s)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every entry naming a set that is not in `known`, by key (the canary's first).
+    pub fn unknown_sets(&self, known: &[&str]) -> Vec<SplitError> {
+        let named = self
+            .canary
+            .iter()
+            .map(|c| (CANARY_SET_KEY.to_owned(), &*c.set))
+            .chain(
+                self.pinned()
+                    .into_iter()
+                    .map(|(ns, set)| (format!("{PIN_KEY}{ns}"), set)),
+            );
+        named
+            .filter(|(_, set)| !known.contains(set))
+            .map(|(key, set)| SplitError::UnknownSet {
+                key,
+                set: set.to_owned(),
+            })
+            .collect()
     }
 
     /// The request header that opts in or out (lower-case).

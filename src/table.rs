@@ -10,6 +10,51 @@ use crate::backends::{Backend, Backends};
 use crate::fingerprint::Fingerprint;
 use crate::hash::ordinal_for;
 use crate::overrides::{Overrides, TenantLimits};
+use crate::split::{Hints, SetSource, Split, SplitError};
+
+/// A backend set's place in its table's [`RoutingTable::sets`]: fixed by the router's
+/// flags, so the same set has the same id in every table. `0` is the stable set.
+pub type SetId = u8;
+
+/// The stable set's id.
+pub const STABLE: SetId = 0;
+
+/// The stable set's name unless told (`--stable-set`).
+pub const DEFAULT_STABLE_SET: &str = "stable";
+
+/// One backend set (a StatefulSet, a version of the backend) as a table holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSet {
+    name: Box<str>,
+    /// 0 for a set with no pods (a canary scaled to zero, or a StatefulSet not there):
+    /// its tenants stay on the stable set meanwhile.
+    replicas: u32,
+    backends: Vec<Backend>,
+}
+
+impl BackendSet {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.replicas
+    }
+
+    /// The backend of each ordinal, in order.
+    pub fn backends(&self) -> &[Backend] {
+        &self.backends
+    }
+}
+
+/// What a table needs to know of a set beyond the stable one.
+#[derive(Debug, Clone, Copy)]
+pub struct SetSpec<'a> {
+    pub name: &'a str,
+    pub backends: &'a Backends,
+    /// 0: no pods.
+    pub replicas: u32,
+}
 
 /// Where a table's overrides came from, for logs and the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +103,10 @@ pub struct TableDiff {
     pub backends_changed: bool,
     /// Whether the per-tenant settings differ.
     pub limits_changed: bool,
+    /// Whether the version split differs (canary, weight, rules, pinned tenants).
+    pub split_changed: bool,
+    /// `(set, replicas before, after)` for each set beyond the stable one that changed.
+    pub set_replicas: Vec<(String, u32, u32)>,
 }
 
 impl TableDiff {
@@ -69,6 +118,8 @@ impl TableDiff {
             && self.replicas_before == self.replicas_after
             && !self.backends_changed
             && !self.limits_changed
+            && !self.split_changed
+            && self.set_replicas.is_empty()
     }
 }
 
@@ -83,6 +134,12 @@ impl std::fmt::Display for TableDiff {
             self.replicas_before,
             self.replicas_after
         )?;
+        for (set, before, after) in &self.set_replicas {
+            write!(f, ", set {set} replicas {before}→{after}")?;
+        }
+        if self.split_changed {
+            f.write_str(", split changed")?;
+        }
         if self.limits_changed {
             f.write_str(", tenant limits changed")?;
         }
@@ -112,12 +169,18 @@ impl RouteSource {
 /// The routing decision for one tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Route<'t> {
+    /// The backend set, and why (see [`crate::split`]).
+    pub set: SetId,
+    pub why: SetSource,
+    /// The pod's ordinal within its set.
     pub ordinal: u32,
     pub backend: &'t Backend,
     pub source: RouteSource,
     /// An override for this tenant that points beyond the current replicas, so the hash
     /// answered instead.
     pub inactive_override: Option<u32>,
+    /// The set the split chose has no pods now, so the tenant is on the stable set.
+    pub unavailable_set: Option<SetId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -126,15 +189,29 @@ pub enum TableError {
         "{replicas} replicas requested but only {addresses} static backend addresses are known"
     )]
     TooFewAddresses { replicas: u32, addresses: usize },
+    #[error("backend set {set:?}: {replicas} replicas requested but only {addresses} static backend addresses are known")]
+    SetTooFewAddresses {
+        set: String,
+        replicas: u32,
+        addresses: usize,
+    },
+    #[error("more than {} backend sets, or two with one name", SetId::MAX)]
+    BadSets,
+    /// The split names sets the table does not have, each by its key.
+    #[error("the split names backend sets this router does not have: {0:?}")]
+    UnknownSets(Vec<SplitError>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutingTable {
     version: u64,
     source: TableSource,
+    /// The stable set's, also `sets[0].replicas`.
     replicas: NonZeroU32,
-    backends: Vec<Backend>,
+    /// The stable set first, then the others in the order the flags give them.
+    sets: Vec<BackendSet>,
     overrides: Overrides,
+    split: Split,
     limits: TenantLimits,
     fingerprint: Fingerprint,
 }
@@ -156,35 +233,167 @@ impl RoutingTable {
                 addresses: backends.len(),
             });
         }
-        let fingerprint = Fingerprint::of(replicas.get(), &overrides, &backends);
+        let sets = vec![BackendSet {
+            name: DEFAULT_STABLE_SET.into(),
+            replicas: replicas.get(),
+            backends,
+        }];
+        let split = Split::default();
+        let fingerprint = Fingerprint::of_sets(&sets, &overrides, &split);
         Ok(Self {
             version,
             source,
             replicas,
-            backends,
+            sets,
             overrides,
+            split,
             limits: TenantLimits::default(),
             fingerprint,
         })
     }
 
-    /// Routes a tenant. `namespace` must already be validated.
+    /// The table with the stable set named `stable`, the `others` beside it, and tenants
+    /// split over them by `split`, which may name only these sets.
+    pub fn with_sets(
+        mut self,
+        stable: &str,
+        others: &[SetSpec<'_>],
+        split: Split,
+    ) -> Result<Self, TableError> {
+        if others.len() >= usize::from(SetId::MAX) {
+            return Err(TableError::BadSets);
+        }
+        self.sets.truncate(1);
+        self.sets[0].name = stable.into();
+        for spec in others {
+            if self.sets.iter().any(|s| &*s.name == spec.name) {
+                return Err(TableError::BadSets);
+            }
+            let backends = match NonZeroU32::new(spec.replicas) {
+                Some(n) => spec.backends.backends(n),
+                None => Vec::new(),
+            };
+            if backends.len() < spec.replicas as usize {
+                return Err(TableError::SetTooFewAddresses {
+                    set: spec.name.to_owned(),
+                    replicas: spec.replicas,
+                    addresses: backends.len(),
+                });
+            }
+            self.sets.push(BackendSet {
+                name: spec.name.into(),
+                replicas: spec.replicas,
+                backends,
+            });
+        }
+        let names: Vec<&str> = self.sets.iter().map(|s| &*s.name).collect();
+        let unknown = split.unknown_sets(&names);
+        if !unknown.is_empty() {
+            return Err(TableError::UnknownSets(unknown));
+        }
+        self.split = split;
+        self.fingerprint = Fingerprint::of_sets(&self.sets, &self.overrides, &self.split);
+        Ok(self)
+    }
+
+    /// Routes a tenant as a request without canary header or cookie. `namespace` must
+    /// already be validated.
     #[inline]
     pub fn route(&self, namespace: &str) -> Route<'_> {
-        let (ordinal, source, inactive_override) = match self.overrides.get(namespace) {
-            Some(o) if o < self.replicas.get() => (o, RouteSource::Override, None),
-            other => (
+        self.route_for(namespace, Hints::default())
+    }
+
+    /// Routes one request of a tenant: its pod override first (a pod of the stable set),
+    /// then the split picks the set (pinned, header, cookie, weight), then the pod hash
+    /// picks the pod among that set's replicas.
+    #[inline]
+    pub fn route_for(&self, namespace: &str, hints: Hints) -> Route<'_> {
+        let inactive_override = match self.overrides.get(namespace) {
+            Some(o) if o < self.replicas.get() => {
+                return self.stable_route(o, RouteSource::Override, SetSource::Override, None)
+            }
+            other => other,
+        };
+        let mut route = if self.split.is_none() {
+            self.stable_route(
                 ordinal_for(namespace, self.replicas),
                 RouteSource::Hash,
-                other,
-            ),
+                SetSource::Stable,
+                None,
+            )
+        } else {
+            self.split_route(namespace, hints)
         };
+        route.inactive_override = inactive_override;
+        route
+    }
+
+    fn stable_route(
+        &self,
+        ordinal: u32,
+        source: RouteSource,
+        why: SetSource,
+        unavailable_set: Option<SetId>,
+    ) -> Route<'_> {
         Route {
+            set: STABLE,
+            why,
             ordinal,
-            backend: &self.backends[ordinal as usize],
+            backend: &self.sets[0].backends[ordinal as usize],
             source,
-            inactive_override,
+            inactive_override: None,
+            unavailable_set,
         }
+    }
+
+    /// The set the split picks, and the tenant's pod in it.
+    fn split_route(&self, namespace: &str, hints: Hints) -> Route<'_> {
+        let choice = self.split.choose(namespace, hints.header, hints.cookie);
+        let id = choice
+            .set
+            .and_then(|name| self.set_id(name))
+            .unwrap_or(STABLE);
+        let set = &self.sets[usize::from(id)];
+        match NonZeroU32::new(set.replicas) {
+            Some(n) if id != STABLE => {
+                let ordinal = ordinal_for(namespace, n);
+                Route {
+                    set: id,
+                    why: choice.why,
+                    ordinal,
+                    backend: &set.backends[ordinal as usize],
+                    source: RouteSource::Hash,
+                    inactive_override: None,
+                    unavailable_set: None,
+                }
+            }
+            _ => self.stable_route(
+                ordinal_for(namespace, self.replicas),
+                RouteSource::Hash,
+                choice.why,
+                (id != STABLE).then_some(id),
+            ),
+        }
+    }
+
+    /// The id of the set named `name`.
+    pub fn set_id(&self, name: &str) -> Option<SetId> {
+        let i = self.sets.iter().position(|s| &*s.name == name)?;
+        SetId::try_from(i).ok()
+    }
+
+    /// The stable set first, then the others in flag order.
+    pub fn sets(&self) -> &[BackendSet] {
+        &self.sets
+    }
+
+    /// The set with id `id`; the stable set for an id this table does not have.
+    pub fn set(&self, id: SetId) -> &BackendSet {
+        self.sets.get(usize::from(id)).unwrap_or(&self.sets[0])
+    }
+
+    pub fn split(&self) -> &Split {
+        &self.split
     }
 
     pub fn version(&self) -> u64 {
@@ -203,9 +412,9 @@ impl RoutingTable {
         &self.overrides
     }
 
-    /// The backend of each ordinal, in order.
+    /// The stable set's backend of each ordinal, in order.
     pub fn backends(&self) -> &[Backend] {
-        &self.backends
+        &self.sets[0].backends
     }
 
     /// The table with these per-tenant settings (they do not decide routes, so the
@@ -229,9 +438,21 @@ impl RoutingTable {
         let mut d = TableDiff {
             replicas_before: self.replicas.get(),
             replicas_after: next.replicas.get(),
-            backends_changed: self.backends.len() == next.backends.len()
-                && self.backends != next.backends,
+            backends_changed: self
+                .sets
+                .iter()
+                .zip(&next.sets)
+                .any(|(a, b)| a.backends.len() == b.backends.len() && a.backends != b.backends),
             limits_changed: self.limits != next.limits,
+            split_changed: self.split != next.split,
+            set_replicas: self
+                .sets
+                .iter()
+                .zip(&next.sets)
+                .skip(1)
+                .filter(|(a, b)| a.replicas != b.replicas)
+                .map(|(a, b)| (b.name.to_string(), a.replicas, b.replicas))
+                .collect(),
             ..TableDiff::default()
         };
         // Walk the maps as they are and sort only what differs: typically a few
@@ -254,10 +475,11 @@ impl RoutingTable {
         d
     }
 
-    /// Whether `namespace` routes to a different ordinal under `next`.
+    /// Whether `namespace` routes to a different pod (set or ordinal) under `next`.
     #[inline]
     pub fn moves(&self, next: &RoutingTable, namespace: &str) -> bool {
-        self.route(namespace).ordinal != next.route(namespace).ordinal
+        let (a, b) = (self.route(namespace), next.route(namespace));
+        (a.set, a.ordinal) != (b.set, b.ordinal)
     }
 }
 
@@ -405,3 +627,6 @@ mod tests {
         assert_eq!(t.source().to_string(), "flags");
     }
 }
+
+#[cfg(test)]
+mod sets_tests;

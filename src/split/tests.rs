@@ -208,17 +208,7 @@ fn every_bad_entry_is_named_and_rejects_the_update() {
     ])
     .err()
     .unwrap_or_default();
-    let keys: Vec<String> = errors
-        .iter()
-        .map(|e| match e {
-            SplitError::BadWeight { key, .. }
-            | SplitError::BadSet { key, .. }
-            | SplitError::BadName { key, .. }
-            | SplitError::BadTenant { key, .. }
-            | SplitError::Unknown { key } => key.clone(),
-            SplitError::WeightWithoutSet => "(weight without set)".into(),
-        })
-        .collect();
+    let keys: Vec<&str> = errors.iter().map(SplitError::key).collect();
     assert_eq!(
         keys,
         [
@@ -233,6 +223,7 @@ fn every_bad_entry_is_named_and_rejects_the_update() {
         Split::parse([(CANARY_WEIGHT_KEY, "5")]),
         Err(vec![SplitError::WeightWithoutSet])
     );
+    assert_eq!(SplitError::WeightWithoutSet.key(), CANARY_WEIGHT_KEY);
     assert!(is_split_key("canary.set") && is_split_key("set.acme"));
     assert!(!is_split_key("max-connections.acme") && !is_split_key("acme"));
 }
