@@ -240,7 +240,8 @@ fn build(config: RouterConfig) -> Planes {
     let table = Arc::new(ArcSwapOption::<RoutingTable>::empty());
     let live = Arc::new(LiveTenants::default());
     let tls_config = config.tls.map(|c| Arc::new(ArcSwap::new(c)));
-    let data_metrics = Arc::new(Metrics::new());
+    let set_names = crate::state::labels::set_names(&config.routing.set_names());
+    let data_metrics = Arc::new(Metrics::new(set_names));
     let metrics = Arc::new(AdminMetrics::new(&data_metrics, &stats));
     let slots = Slots {
         stopping: lifecycle.stop_accepting.clone(),

@@ -25,11 +25,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint};
+use wsrouter::split::split_bucket;
+use wsrouter::{ordinal_for, validate_namespace, Backend, Fingerprint, Hint, Hints, Split, STABLE};
 
 use self::metrics::{AdminMetrics, WorkerLabel, CONTENT_TYPE};
 use self::views::{
-    BackendView, ErrorView, FingerprintView, OverrideView, RouteView, TableView, UpgradeBudgetView,
+    BackendView, ErrorView, FingerprintView, OverrideView, RouteView, SetView, SplitView,
+    TableView, UpgradeBudgetView,
 };
 use crate::data::admission::pools::{Admission, AdmissionConfig, AdmissionStats};
 use crate::data::edge::accept::AcceptErrors;
@@ -203,7 +205,7 @@ fn route(
         "/metrics" => scrape(shared, metrics),
         "/table" => table_json(shared),
         path => match path.strip_prefix("/route/") {
-            Some(ns) => route_json(shared, ns),
+            Some(ns) => route_json(shared, ns, asked(req.uri().query())),
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
@@ -246,7 +248,21 @@ fn no_table() -> Response<Full<Bytes>> {
 
 /// `/route/{ns}`'s answer, for whoever serves it (the dev page too).
 pub(crate) fn route_response(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
-    route_json(shared, ns)
+    route_json(shared, ns, Hints::default())
+}
+
+/// What `/route/{ns}?header=always&cookie=never` asks to be routed as: a request with
+/// that canary header and cookie.
+fn asked(query: Option<&str>) -> Hints {
+    let hint = |name| {
+        query
+            .and_then(|q| wsrouter::query_param(q, name).ok().flatten())
+            .and_then(Hint::parse)
+    };
+    Hints {
+        header: hint("header"),
+        cookie: hint("cookie"),
+    }
 }
 
 /// `/table`'s answer, for whoever serves it (the dev page too).
@@ -254,7 +270,7 @@ pub(crate) fn table_response(shared: &Shared) -> Response<Full<Bytes>> {
     table_json(shared)
 }
 
-fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
+fn route_json(shared: &Shared, ns: &str, hints: Hints) -> Response<Full<Bytes>> {
     if let Err(e) = validate_namespace(ns) {
         return json_response(
             StatusCode::BAD_REQUEST,
@@ -267,7 +283,7 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
         return no_table();
     };
     let replicas = table.replicas().get();
-    let route = table.route(ns);
+    let route = table.route_for(ns, hints);
     let override_ = table.overrides().get(ns).map(|target| {
         let active = target < replicas;
         OverrideView {
@@ -278,8 +294,13 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
             }),
         }
     });
+    let set_name = |id| table.set(id).name().to_owned();
     let view = RouteView {
         namespace: ns.to_owned(),
+        set: set_name(route.set),
+        set_reason: route.why.as_str().to_owned(),
+        split_bucket: split_bucket(ns),
+        unavailable_set: route.unavailable_set.map(set_name),
         ordinal: route.ordinal,
         backend: backend_view(shared, route.ordinal, route.backend),
         source: route.source.as_str().to_owned(),
@@ -292,6 +313,21 @@ fn route_json(shared: &Shared, ns: &str) -> Response<Full<Bytes>> {
         fingerprint: fingerprint_view(table.fingerprint()),
     };
     json_response(StatusCode::OK, &view)
+}
+
+fn split_view(split: &Split) -> SplitView {
+    let canary = split.canary();
+    SplitView {
+        canary_set: canary.map(|c| c.set.to_string()),
+        canary_weight_percent: canary.map_or(0.0, |c| f64::from(c.weight) / 100.0),
+        header: split.header().to_owned(),
+        cookie: split.cookie().to_owned(),
+        pinned: split
+            .pinned()
+            .into_iter()
+            .map(|(ns, set)| (ns.to_owned(), set.to_owned()))
+            .collect(),
+    }
 }
 
 fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
@@ -326,6 +362,19 @@ fn table_json(shared: &Shared) -> Response<Full<Bytes>> {
             per_second: shared.policy.budget.per_second,
             per_pod_per_second: shared.policy.budget.per_pod_per_second,
         },
+        stable_set: table.set(STABLE).name().to_owned(),
+        sets: table.sets()[1..]
+            .iter()
+            .map(|set| SetView {
+                name: set.name().to_owned(),
+                replicas: set.replicas(),
+                backends: (0..)
+                    .zip(set.backends())
+                    .map(|(i, b)| backend_view(shared, i, b))
+                    .collect(),
+            })
+            .collect(),
+        split: split_view(table.split()),
     };
     json_response(StatusCode::OK, &view)
 }

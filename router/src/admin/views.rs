@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// `GET /table`: the routing table in force, where it came from, and the live tenants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TableView {
     pub version: u64,
     pub source: String,
@@ -26,6 +26,38 @@ pub struct TableView {
     /// The router's upgrade budgets (`null`: off); absent from older routers.
     #[serde(default)]
     pub upgrade_budget: UpgradeBudgetView,
+    /// The backend sets beside the stable one (whose pods are `backends`); empty with
+    /// one set, and from older routers.
+    #[serde(default)]
+    pub sets: Vec<SetView>,
+    /// The stable set's name (`--stable-set`).
+    #[serde(default)]
+    pub stable_set: String,
+    /// How tenants are split over the sets.
+    #[serde(default)]
+    pub split: SplitView,
+}
+
+/// A backend set beside the stable one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetView {
+    pub name: String,
+    /// 0: no pods (its tenants are on the stable set meanwhile).
+    pub replicas: u32,
+    pub backends: Vec<BackendView>,
+}
+
+/// The version split from the ConfigMap.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SplitView {
+    /// The canary set and the percent of tenants its weight sends there.
+    pub canary_set: Option<String>,
+    pub canary_weight_percent: f64,
+    /// The request header and cookie that say `always` or `never`.
+    pub header: String,
+    pub cookie: String,
+    /// Tenants pinned to a set.
+    pub pinned: BTreeMap<String, String>,
 }
 
 /// New upgrades per second the router lets through, in all and per pod.
@@ -53,6 +85,19 @@ pub struct RouteView {
     pub table_version: u64,
     pub table_source: String,
     pub fingerprint: FingerprintView,
+    /// The backend set (version) the tenant goes to, and why: `stable`, `override`,
+    /// `pinned`, `header`, `cookie` or `weight`.
+    #[serde(default)]
+    pub set: String,
+    #[serde(default)]
+    pub set_reason: String,
+    /// The tenant's split bucket (0..10,000): under the canary's weight in hundredths
+    /// of a percent, it goes to the canary.
+    #[serde(default)]
+    pub split_bucket: u32,
+    /// The set the split chose, which has no pods now (the tenant is on the stable set).
+    #[serde(default)]
+    pub unavailable_set: Option<String>,
 }
 
 /// The routing fingerprint: equal on every replica that routes alike.

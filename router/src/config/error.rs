@@ -20,6 +20,8 @@ pub enum ConfigError {
     Template(#[source] TemplateError),
     #[error("--replicas must be at least 1")]
     ZeroReplicas,
+    #[error("backend set {value:?}: {why}")]
+    BackendSet { value: String, why: &'static str },
     #[error("--replicas {replicas} but only {addresses} --backend addresses")]
     ReplicasMismatch { replicas: u32, addresses: usize },
     #[error("TLS")]

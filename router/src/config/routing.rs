@@ -8,10 +8,11 @@ use std::path::PathBuf;
 
 use clap::Args;
 use wsrouter::backends::DEFAULT_TEMPLATE;
-use wsrouter::{BackendTemplate, Backends, Members};
+use wsrouter::{validate_namespace, BackendTemplate, Backends, Members, SetId, DEFAULT_STABLE_SET};
 
 use super::ConfigError;
-use crate::control::watch::{OverridesWatch, WatchConfig};
+use crate::control::watch::{OverridesWatch, SetWatch, WatchConfig};
+use crate::control::SetConfig;
 
 /// The variable that holds the number of backend pods, wherever a command takes it
 /// (`serve --replicas`, `route --replicas`): one name, one meaning.
@@ -61,6 +62,25 @@ pub struct RoutingArgs {
     /// Overrides from this ConfigMap, watched through the Kubernetes API [default in a cluster: wsrouter-overrides]
     #[arg(long, env = "WSROUTER_CONFIGMAP")]
     pub configmap: Option<String>,
+    /// The name of the backend set above (the stable version): what canary.set and set.<namespace> call it, and its metrics' set label.
+    #[arg(long, env = "WSROUTER_STABLE_SET", default_value_t = RoutingArgs::default().stable_set)]
+    pub stable_set: String,
+    /// Another backend set (a version beside the stable one), NAME=HOST:PORT,HOST:PORT; repeat it (WSROUTER_BACKEND_SET takes a ';' list).
+    #[arg(
+        long = "backend-set",
+        env = "WSROUTER_BACKEND_SET",
+        value_delimiter = ';',
+        value_name = "NAME=HOST:PORT,..."
+    )]
+    pub backend_sets: Vec<String>,
+    /// Another backend set from a StatefulSet, NAME=STATEFULSET[/SERVICE]: its replicas watched, its pods from SERVICE's EndpointSlices (--service by default); repeat it.
+    #[arg(
+        long = "backend-set-statefulset",
+        env = "WSROUTER_BACKEND_SET_STATEFULSET",
+        value_delimiter = ',',
+        value_name = "NAME=STATEFULSET[/SERVICE]"
+    )]
+    pub backend_set_statefulsets: Vec<String>,
 }
 
 impl Default for RoutingArgs {
@@ -77,6 +97,9 @@ impl Default for RoutingArgs {
             overrides_file: None,
             overrides_dir: None,
             configmap: None,
+            stable_set: DEFAULT_STABLE_SET.to_owned(),
+            backend_sets: Vec::new(),
+            backend_set_statefulsets: Vec::new(),
         }
     }
 }
@@ -89,6 +112,8 @@ pub(crate) struct Resolved {
     pub(crate) replicas: Option<NonZeroU32>,
     /// What the control plane watches; its `tls_files` are the TLS plane's to fill.
     pub(crate) watch: WatchConfig,
+    /// The backend sets beside the stable one, in flag order (`--backend-set` first).
+    pub(crate) sets: Vec<SetConfig>,
 }
 
 impl RoutingArgs {
@@ -108,6 +133,7 @@ impl RoutingArgs {
             namespace,
             tls_files: None,
             tls_tickets: None,
+            sets: Vec::new(),
         };
         // Cluster mode: with the API at hand, the pods come from the Service's
         // EndpointSlices (address, serving, terminating) and no connection resolves a
@@ -120,10 +146,98 @@ impl RoutingArgs {
             }
             other => other,
         };
+        let sets = self.sets(&backends, &mut watch)?;
         Ok(Resolved {
             backends,
             replicas,
             watch,
+            sets,
+        })
+    }
+
+    /// The sets beside the stable one: static lists (`--backend-set`), then StatefulSets
+    /// (`--backend-set-statefulset`), whose pods come as the stable set's do (from the
+    /// EndpointSlices when it is `pods`, else named by the template) and whose replicas
+    /// are watched.
+    fn sets(
+        &self,
+        stable: &Backends,
+        watch: &mut WatchConfig,
+    ) -> Result<Vec<SetConfig>, ConfigError> {
+        validate_namespace(&self.stable_set)
+            .map_err(|_| bad_set(&self.stable_set, "--stable-set is not a DNS-1123 label"))?;
+        let mut sets: Vec<SetConfig> = Vec::new();
+        let lists = self.backend_sets.iter().map(|v| (v, true));
+        let statefulsets = self.backend_set_statefulsets.iter().map(|v| (v, false));
+        for (flag_value, is_list) in lists.chain(statefulsets) {
+            let (name, rest) = flag_value
+                .split_once('=')
+                .ok_or_else(|| bad_set(flag_value, "no NAME= before it"))?;
+            let name = name.trim();
+            validate_namespace(name)
+                .map_err(|_| bad_set(flag_value, "NAME is not a DNS-1123 label"))?;
+            if name == self.stable_set || sets.iter().any(|s| s.name == name) {
+                return Err(bad_set(
+                    flag_value,
+                    "another set (or --stable-set) has this name",
+                ));
+            }
+            // Ids 1.. in this order; the table holds at most SetId::MAX sets.
+            let id = SetId::try_from(sets.len() + 1)
+                .ok()
+                .filter(|&id| id < SetId::MAX)
+                .ok_or_else(|| bad_set(flag_value, "too many sets"))?;
+            let set = if is_list {
+                let addrs: Vec<String> = rest.split(',').map(|a| a.trim().to_owned()).collect();
+                let backends = Backends::static_list(addrs)
+                    .map_err(|_| bad_set(flag_value, "not a list of HOST:PORT"))?;
+                let replicas = backends.fixed_replicas().map(NonZeroU32::get);
+                SetConfig {
+                    name: name.to_owned(),
+                    backends,
+                    replicas,
+                }
+            } else {
+                self.statefulset_set(id, name, rest, stable, watch)?
+            };
+            sets.push(set);
+        }
+        Ok(sets)
+    }
+
+    /// A set from `STATEFULSET[/SERVICE]` (`rest` of `--backend-set-statefulset`), its
+    /// watch added to `watch`.
+    fn statefulset_set(
+        &self,
+        id: SetId,
+        name: &str,
+        rest: &str,
+        stable: &Backends,
+        watch: &mut WatchConfig,
+    ) -> Result<SetConfig, ConfigError> {
+        let (sts, service) = rest
+            .split_once('/')
+            .unwrap_or((rest, self.service.as_str()));
+        validate_namespace(sts)
+            .map_err(|_| bad_set(rest, "STATEFULSET is not a DNS-1123 label"))?;
+        let template =
+            BackendTemplate::parse(&self.backend_template, sts, service, &watch.namespace)
+                .map_err(ConfigError::Template)?;
+        let endpoint_slices =
+            matches!(stable, Backends::Pods(_)).then(|| (service.to_owned(), template.port()));
+        let backends = match endpoint_slices {
+            Some(_) => Backends::Pods(Members::default()),
+            None => Backends::Template(template),
+        };
+        watch.sets.push(SetWatch {
+            set: id,
+            statefulset: sts.to_owned(),
+            endpoint_slices,
+        });
+        Ok(SetConfig {
+            name: name.to_owned(),
+            backends,
+            replicas: None,
         })
     }
 
@@ -170,6 +284,14 @@ impl RoutingArgs {
             });
         }
         Ok((backends, Some(fixed)))
+    }
+}
+
+/// A bad backend set flag's error.
+fn bad_set(value: &str, why: &'static str) -> ConfigError {
+    ConfigError::BackendSet {
+        value: value.to_owned(),
+        why,
     }
 }
 

@@ -123,3 +123,55 @@ fn bad_routing_flags_are_errors() {
     }))
     .contains("--backend-template"));
 }
+
+#[test]
+fn backend_sets_come_from_lists_or_statefulsets_and_are_named_once() {
+    let p = outside(&args(|a| {
+        a.backends = vec!["127.0.0.1:9001".into()];
+        a.backend_sets = vec!["v2=127.0.0.1:9101, 127.0.0.1:9102".into()];
+    }));
+    assert_eq!(p.sets.len(), 1);
+    assert_eq!(
+        (p.sets[0].name.as_str(), p.sets[0].replicas),
+        ("v2", Some(2))
+    );
+    assert!(p.watch.sets.is_empty() && !p.watch.needs_kube());
+    // In a cluster: the set's StatefulSet and, like the stable set, its pods from the
+    // slices (of the stable set's Service unless named).
+    let p = args(|a| {
+        a.stable_set = "v1".into();
+        a.backend_set_statefulsets = vec!["v2=backend-v2".into(), "v3=backend-v3/v3-hl".into()];
+    })
+    .resolve("prod".into(), true)
+    .unwrap();
+    let watched: Vec<_> = p
+        .watch
+        .sets
+        .iter()
+        .map(|s| (s.set, s.statefulset.as_str(), s.endpoint_slices.clone()))
+        .collect();
+    assert_eq!(
+        watched,
+        [
+            (1, "backend-v2", Some(("backend".to_owned(), 9000))),
+            (2, "backend-v3", Some(("v3-hl".to_owned(), 9000)))
+        ]
+    );
+    assert!(p
+        .sets
+        .iter()
+        .all(|s| s.replicas.is_none() && matches!(s.backends, Backends::Pods(_))));
+    let bad = |f: fn(&mut RoutingArgs)| {
+        let mut a = args(|a| a.backends = vec!["127.0.0.1:9001".into()]);
+        f(&mut a);
+        a.resolve("prod".into(), false).unwrap_err().to_string()
+    };
+    assert!(bad(|a| a.backend_sets = vec!["stable=127.0.0.1:1".into()]).contains("has this name"));
+    assert!(
+        bad(|a| a.backend_sets = vec!["v2=a:1".into(), "v2=b:1".into()]).contains("has this name")
+    );
+    assert!(bad(|a| a.backend_sets = vec!["V_2=a:1".into()]).contains("DNS-1123"));
+    assert!(bad(|a| a.backend_sets = vec!["v2".into()]).contains("NAME="));
+    assert!(bad(|a| a.backend_sets = vec!["v2=nope".into()]).contains("HOST:PORT"));
+    assert!(bad(|a| a.stable_set = "Stable".into()).contains("--stable-set"));
+}

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use clap::Args;
-use wsrouter::{Overrides, TableSource, TenantLimits};
+use wsrouter::{ConfigMapData, TableSource};
 
 use super::admin::ServeAdminArgs;
 use super::common::CommonArgs;
@@ -68,7 +68,7 @@ impl ServeArgs {
         // kubelet sets this in every pod; its absence means "not in a cluster".
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let mut resolved = self.routing.resolve(namespace, in_cluster)?;
-        let ((overrides, tenant_limits), source, await_overrides) =
+        let (initial, source, await_overrides) =
             initial_overrides(&resolved.watch.overrides, &self.routing.statefulset)?;
         resolved.watch.tls_files = self.tls_files.files();
         let mut options = self.common.tls.tls_options();
@@ -105,10 +105,13 @@ impl ServeArgs {
                 backends: resolved.backends,
                 statefulset: self.routing.statefulset,
                 replicas: resolved.replicas,
-                overrides,
-                limits: tenant_limits,
+                overrides: initial.overrides,
+                limits: initial.limits,
                 source,
                 await_overrides,
+                stable_set: self.routing.stable_set,
+                sets: resolved.sets,
+                split: initial.split,
             },
         };
         Ok((config, resolved.watch))
@@ -120,7 +123,7 @@ impl ServeArgs {
 fn initial_overrides(
     watch: &OverridesWatch,
     statefulset: &str,
-) -> Result<((Overrides, TenantLimits), TableSource, bool), ConfigError> {
+) -> Result<(ConfigMapData, TableSource, bool), ConfigError> {
     Ok(match watch {
         // A local file is read now: a bad one is a configuration error.
         OverridesWatch::File(path) => (

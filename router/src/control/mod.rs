@@ -12,5 +12,7 @@ pub(crate) mod publisher;
 pub(crate) mod stats;
 pub(crate) mod watch;
 
-pub(crate) use publisher::{Control, ControlHandle, ControlParts, Input, RoutingConfig, Slots};
+pub(crate) use publisher::{
+    Control, ControlHandle, ControlParts, Input, RoutingConfig, SetConfig, Slots,
+};
 pub(crate) use stats::ControlStats;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use thiserror::Error;
-use wsrouter::{parse_configmap, Overrides, OverridesError, TenantLimits};
+use wsrouter::{parse_configmap, ConfigMapData, Overrides, OverridesError};
 
 #[derive(Debug, Error)]
 pub enum OverridesFileError {
@@ -47,15 +47,16 @@ struct Manifest {
 /// The overrides in the manifest at `path`, validated for `statefulset` exactly as the
 /// control loop validates a watched update.
 pub fn read_overrides(path: &Path, statefulset: &str) -> Result<Overrides, OverridesFileError> {
-    read_configmap(path, statefulset).map(|(o, _)| o)
+    read_configmap(path, statefulset).map(|d| d.overrides)
 }
 
-/// The overrides and the per-tenant settings (`max-connections.<namespace>`) in the
-/// manifest at `path`, validated as the control loop validates a watched update.
+/// The overrides, the per-tenant settings (`max-connections.<namespace>`) and the
+/// version split in the manifest at `path`, validated as the control loop validates a
+/// watched update.
 pub(crate) fn read_configmap(
     path: &Path,
     statefulset: &str,
-) -> Result<(Overrides, TenantLimits), OverridesFileError> {
+) -> Result<ConfigMapData, OverridesFileError> {
     let data = read(path)?;
     parse_configmap(&data, statefulset).map_err(|source| OverridesFileError::Invalid {
         path: path.to_owned(),

@@ -11,11 +11,13 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use wsrouter::{
-    parse_configmap, Backends, Members, Overrides, RoutingTable, TableSource, TenantLimits,
+    parse_configmap, Backends, ConfigMapData, Members, Overrides, RoutingTable, SetId, SetSpec,
+    Split, TableError, TableSource, TenantLimits, DEFAULT_STABLE_SET,
 };
 
 use super::stats::{ControlStats, RejectReason};
 use crate::data::tls::config::TlsSlot;
+use crate::state::labels::{set_names, SetNames};
 use crate::state::lifecycle::Lifecycle;
 use crate::state::tenants::LiveTenants;
 
@@ -32,6 +34,11 @@ pub enum Input {
     Replicas(u32),
     /// The pod at each ordinal, merged from every EndpointSlice of the Service.
     Members(Members),
+    /// Another backend set's StatefulSet's `spec.replicas` (0: it has no pods, or is
+    /// not there).
+    SetReplicas { set: SetId, replicas: u32 },
+    /// Another backend set's pods.
+    SetMembers { set: SetId, members: Members },
     /// The overrides source could not be read or parsed; already logged by the watcher.
     Unreadable,
     /// A watch (re)listed: its first list, or a relist after 410 or a lost stream.
@@ -59,6 +66,23 @@ pub struct RoutingConfig {
     /// Overrides come from a watched source not read yet: route nothing before its
     /// first read, rather than route some tenants without their overrides.
     pub await_overrides: bool,
+    /// The stable set's name (`--stable-set`).
+    pub stable_set: String,
+    /// The backend sets beside the stable one, in flag order (set id 1, 2, …).
+    pub sets: Vec<SetConfig>,
+    /// How tenants are split over the sets, known at start (from the overrides file).
+    pub split: Split,
+}
+
+/// A backend set beside the stable one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetConfig {
+    pub name: String,
+    /// How its ordinals become addresses.
+    pub backends: Backends,
+    /// Fixed by a list; `None` until its StatefulSet's is read (the first table waits
+    /// for it).
+    pub replicas: Option<u32>,
 }
 
 impl RoutingConfig {
@@ -72,7 +96,17 @@ impl RoutingConfig {
             limits: TenantLimits::default(),
             source: TableSource::Flags,
             await_overrides: false,
+            stable_set: DEFAULT_STABLE_SET.to_owned(),
+            sets: Vec::new(),
+            split: Split::default(),
         }
+    }
+
+    /// The names of the sets, the stable one first: their ids are their places here.
+    pub fn set_names(&self) -> Vec<String> {
+        std::iter::once(self.stable_set.clone())
+            .chain(self.sets.iter().map(|s| s.name.clone()))
+            .collect()
     }
 }
 
@@ -139,6 +173,11 @@ pub(crate) struct Control {
     replicas: Option<NonZeroU32>,
     overrides: Overrides,
     limits: TenantLimits,
+    split: Split,
+    stable_set: String,
+    sets: Vec<SetConfig>,
+    /// The sets' names by id, as metric labels.
+    set_names: SetNames,
     source: TableSource,
     /// False until a watched overrides source has been read once.
     overrides_known: bool,
@@ -186,6 +225,7 @@ impl Control {
         let stats = parts.stats;
         let r = parts.routing;
         let statefulset: Arc<str> = r.statefulset.as_str().into();
+        let names = set_names(&r.set_names());
         let mut control = Self {
             table: parts.table,
             backends: r.backends,
@@ -193,6 +233,10 @@ impl Control {
             replicas: r.replicas,
             overrides: r.overrides,
             limits: r.limits,
+            split: r.split,
+            set_names: names,
+            stable_set: r.stable_set,
+            sets: r.sets,
             source: r.source,
             overrides_known: !r.await_overrides,
             version: 0,
@@ -246,11 +290,15 @@ impl Control {
         let was_known = self.overrides_known;
         self.overrides_known |= overrides_changed;
         let previous_limits = next.limits.map(|l| std::mem::replace(&mut self.limits, l));
+        let previous_split = next.split.map(|s| std::mem::replace(&mut self.split, s));
         let applied = self.publish(next.replicas, &overrides, &source);
         if matches!(applied, Applied::Rejected(_)) {
             self.overrides_known = was_known;
             if let Some(l) = previous_limits {
                 self.limits = l;
+            }
+            if let Some(s) = previous_split {
+                self.split = s;
             }
         } else {
             self.overrides = overrides;
@@ -266,6 +314,7 @@ impl Control {
         let mut next = Candidate {
             overrides: None,
             limits: None,
+            split: None,
             source: None,
             replicas: self.replicas,
         };
@@ -273,9 +322,14 @@ impl Control {
             Input::Overrides { source, data } => {
                 let data = data.unwrap_or_default();
                 match parse_configmap(&data, &self.statefulset) {
-                    Ok((o, l)) => {
-                        next.overrides = Some(o);
-                        next.limits = Some(l);
+                    Ok(ConfigMapData {
+                        overrides,
+                        limits,
+                        split,
+                    }) => {
+                        next.overrides = Some(overrides);
+                        next.limits = Some(limits);
+                        next.split = Some(split);
                         next.source = Some(source);
                     }
                     Err(e) => {
@@ -296,6 +350,16 @@ impl Control {
                 return Err(Applied::Unchanged);
             }
             Input::Members(m) => return Err(self.apply_members(m)),
+            Input::SetReplicas { set, replicas } => {
+                return Err(self.apply_set(set, |s| s.replicas = Some(replicas)))
+            }
+            Input::SetMembers { set, members } => {
+                return Err(self.apply_set(set, |s| {
+                    if matches!(s.backends, Backends::Pods(_)) {
+                        s.backends = Backends::Pods(members);
+                    }
+                }))
+            }
             Input::Replicas(n) => match NonZeroU32::new(n) {
                 Some(n) => next.replicas = Some(n),
                 None => {
@@ -330,6 +394,63 @@ impl Control {
         applied
     }
 
+    /// Another set's replicas or pods changed: published like the stable set's.
+    fn apply_set(&mut self, set: SetId, change: impl FnOnce(&mut SetConfig)) -> Applied {
+        let Some(i) = usize::from(set)
+            .checked_sub(1)
+            .filter(|&i| i < self.sets.len())
+        else {
+            return Applied::Unchanged;
+        };
+        let previous = self.sets[i].clone();
+        change(&mut self.sets[i]);
+        if self.sets[i] == previous {
+            return Applied::Unchanged;
+        }
+        let (replicas, overrides, source) =
+            (self.replicas, self.overrides.clone(), self.source.clone());
+        let applied = self.publish(replicas, &overrides, &source);
+        if matches!(applied, Applied::Rejected(_)) {
+            self.sets[i] = previous;
+        }
+        applied
+    }
+
+    /// The table for this state, or why none (every set's replicas not known yet, or
+    /// one the flags' addresses cannot cover, or a split naming an unknown set).
+    fn build(
+        &self,
+        replicas: NonZeroU32,
+        overrides: &Overrides,
+        source: &TableSource,
+    ) -> Result<Option<RoutingTable>, TableError> {
+        let mut specs = Vec::with_capacity(self.sets.len());
+        for set in &self.sets {
+            let Some(replicas) = set.replicas else {
+                return Ok(None);
+            };
+            specs.push(SetSpec {
+                name: &set.name,
+                backends: &set.backends,
+                replicas,
+            });
+        }
+        let table = RoutingTable::build(
+            self.version + 1,
+            source.clone(),
+            &self.backends,
+            replicas,
+            overrides.clone(),
+        )?;
+        let table =
+            if specs.is_empty() && self.split.is_none() && self.stable_set == DEFAULT_STABLE_SET {
+                table
+            } else {
+                table.with_sets(&self.stable_set, &specs, self.split.clone())?
+            };
+        Ok(Some(table.with_limits(self.limits.clone())))
+    }
+
     fn publish(
         &mut self,
         replicas: Option<NonZeroU32>,
@@ -339,21 +460,20 @@ impl Control {
         let (Some(replicas), true) = (replicas, self.overrides_known) else {
             return Applied::Pending;
         };
-        let next = match RoutingTable::build(
-            self.version + 1,
-            source.clone(),
-            &self.backends,
-            replicas,
-            overrides.clone(),
-        ) {
-            Ok(t) => t,
+        let next = match self.build(replicas, overrides, source) {
+            Ok(Some(t)) => t,
+            Ok(None) => return Applied::Pending,
+            Err(TableError::UnknownSets(errors)) => {
+                for err in &errors {
+                    tracing::warn!(source = %source, key = err.key(), error = %err, "overrides update rejected; the last good table keeps serving");
+                }
+                return self.reject(RejectReason::InvalidOverrides);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "table rejected; the last good table keeps serving");
-                self.stats.reject(RejectReason::BadReplicas);
-                return Applied::Rejected(RejectReason::BadReplicas);
+                return self.reject(RejectReason::BadReplicas);
             }
         };
-        let next = next.with_limits(self.limits.clone());
         let current = self.table.load_full();
         let (diff, tenants_moved, sockets_moved) = match &current {
             Some(cur) => {
@@ -412,8 +532,12 @@ impl Control {
         self.stats.table_version.set(self.version as i64);
         self.stats.table_replicas.set(i64::from(replicas.get()));
         self.stats.table_overrides.set(overrides as i64);
+        let table = self.table.load();
         self.stats
-            .set_fingerprint(self.table.load().as_deref().map(RoutingTable::fingerprint));
+            .set_fingerprint(table.as_deref().map(RoutingTable::fingerprint));
+        if let Some(t) = table.as_deref() {
+            self.stats.set_sets(t, &self.set_names);
+        }
         self.lifecycle.set_table_loaded();
         self.changed.send_replace(self.version);
     }
@@ -423,214 +547,10 @@ impl Control {
 struct Candidate {
     overrides: Option<Overrides>,
     limits: Option<TenantLimits>,
+    split: Option<Split>,
     source: Option<TableSource>,
     replicas: Option<NonZeroU32>,
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use wsrouter::BackendTemplate;
-
-    fn routing(replicas: Option<u32>, await_overrides: bool) -> RoutingConfig {
-        let t =
-            BackendTemplate::parse("{statefulset}-{i}:9000", "backend", "backend", "ns").unwrap();
-        RoutingConfig {
-            backends: Backends::Template(t),
-            statefulset: "backend".into(),
-            replicas: replicas.and_then(NonZeroU32::new),
-            overrides: Overrides::default(),
-            limits: TenantLimits::default(),
-            source: TableSource::Flags,
-            await_overrides,
-        }
-    }
-
-    #[test]
-    fn tenant_caps_come_with_the_overrides_and_do_not_move_the_fingerprint() {
-        let (mut c, table) = control(Some(4));
-        let current = || table.load_full().unwrap();
-        assert_eq!(
-            c.apply(overrides(
-                cm("1"),
-                &[("ns-01", "0"), ("max-connections.ns-01", "2")]
-            )),
-            Applied::Published { version: 2 }
-        );
-        let before = current().fingerprint();
-        assert_eq!(current().limits().max_connections("ns-01"), Some(Some(2)));
-        // Only the cap changes: a new table (the data path must see it), same routes.
-        assert_eq!(
-            c.apply(overrides(
-                cm("2"),
-                &[("ns-01", "0"), ("max-connections.ns-01", "5")]
-            )),
-            Applied::Published { version: 3 }
-        );
-        assert_eq!(current().fingerprint(), before);
-        assert_eq!(current().limits().max_connections("ns-01"), Some(Some(5)));
-        // A bad setting rejects the whole update, routes included.
-        assert_eq!(
-            c.apply(overrides(
-                cm("3"),
-                &[("ns-01", "1"), ("max-connection.ns-01", "5")]
-            )),
-            Applied::Rejected(RejectReason::InvalidOverrides)
-        );
-        assert_eq!(current().version(), 3);
-        assert_eq!(current().route("ns-01").ordinal, 0);
-    }
-
-    fn control_with(routing: RoutingConfig) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {
-        let table = Arc::new(ArcSwapOption::empty());
-        let (c, _, _) = Control::new(ControlParts {
-            table: table.clone(),
-            routing,
-            live: Arc::new(LiveTenants::default()),
-            lifecycle: Lifecycle::default(),
-            stats: Arc::default(),
-            slots: Slots {
-                stopping: CancellationToken::new(),
-                tls: None,
-            },
-        });
-        (c, table)
-    }
-
-    fn control(replicas: Option<u32>) -> (Control, Arc<ArcSwapOption<RoutingTable>>) {
-        control_with(routing(replicas, false))
-    }
-
-    fn data(entries: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
-        Some(
-            entries
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-        )
-    }
-
-    fn cm(rv: &str) -> TableSource {
-        TableSource::ConfigMap {
-            namespace: "ns".into(),
-            name: "wsrouter-overrides".into(),
-            resource_version: rv.into(),
-        }
-    }
-
-    fn overrides(source: TableSource, entries: &[(&str, &str)]) -> Input {
-        Input::Overrides {
-            source,
-            data: data(entries),
-        }
-    }
-
-    #[test]
-    fn updates_publish_new_versions_and_bad_ones_keep_the_last_good_table() {
-        let (mut c, table) = control(Some(4));
-        let current = || table.load_full().unwrap();
-        assert_eq!(current().version(), 1);
-        assert_eq!(
-            c.apply(overrides(cm("10"), &[("ns-01", "0")])),
-            Applied::Published { version: 2 }
-        );
-        assert_eq!(current().route("ns-01").ordinal, 0);
-        // Same data again (a resync): nothing to publish.
-        assert_eq!(
-            c.apply(overrides(cm("11"), &[("ns-01", "0")])),
-            Applied::Unchanged
-        );
-        // One bad key rejects the whole update; the table stays.
-        let bad = overrides(cm("12"), &[("ns-01", "1"), ("Bad_Key", "2")]);
-        assert_eq!(
-            c.apply(bad),
-            Applied::Rejected(RejectReason::InvalidOverrides)
-        );
-        assert_eq!(current().version(), 2);
-        assert_eq!(current().route("ns-01").ordinal, 0);
-        assert_eq!(c.stats.rejected(RejectReason::InvalidOverrides), 1);
-        // Deleted ConfigMap: no overrides.
-        let deleted = Input::Overrides {
-            source: cm(""),
-            data: None,
-        };
-        assert_eq!(c.apply(deleted), Applied::Published { version: 3 });
-        assert_eq!(current().route("ns-01").ordinal, 2);
-        assert_eq!(c.stats.swaps.get(), 3);
-    }
-
-    #[test]
-    fn replicas_rebuild_and_inactive_overrides_wait_for_growth() {
-        let (mut c, table) = control(Some(4));
-        c.apply(overrides(cm("1"), &[("acme-prod", "backend-5")]));
-        let t = table.load_full().unwrap();
-        assert_eq!(t.route("acme-prod").inactive_override, Some(5));
-        assert_eq!(c.stats.inactive_overrides.get(), 1);
-        assert_eq!(
-            c.apply(Input::Replicas(6)),
-            Applied::Published { version: 3 }
-        );
-        let t = table.load_full().unwrap();
-        assert_eq!((t.replicas().get(), t.route("acme-prod").ordinal), (6, 5));
-        assert_eq!(c.stats.inactive_overrides.get(), 0);
-        assert_eq!(
-            c.apply(Input::Replicas(0)),
-            Applied::Rejected(RejectReason::BadReplicas)
-        );
-        assert_eq!(table.load_full().unwrap().replicas().get(), 6);
-    }
-
-    #[test]
-    fn no_table_until_replicas_are_known() {
-        let (mut c, table) = control(None);
-        assert_eq!(
-            c.apply(overrides(cm("1"), &[("ns-01", "1")])),
-            Applied::Pending
-        );
-        assert!(table.load().is_none());
-        assert!(!c.lifecycle.is_ready());
-        assert_eq!(
-            c.apply(Input::Replicas(3)),
-            Applied::Published { version: 1 }
-        );
-        assert_eq!(table.load_full().unwrap().route("ns-01").ordinal, 1);
-    }
-
-    #[test]
-    fn a_watched_source_is_awaited_before_the_first_table() {
-        let (mut c, table) = control_with(routing(Some(4), true));
-        assert!(table.load().is_none());
-        assert_eq!(c.apply(Input::Replicas(5)), Applied::Pending);
-        // A bad first read does not unblock routing either.
-        let bad = overrides(cm("1"), &[("X", "1")]);
-        assert_eq!(
-            c.apply(bad),
-            Applied::Rejected(RejectReason::InvalidOverrides)
-        );
-        assert!(table.load().is_none());
-        let good = overrides(cm("2"), &[("ns-01", "4")]);
-        assert_eq!(c.apply(good), Applied::Published { version: 1 });
-        let t = table.load_full().unwrap();
-        assert_eq!((t.replicas().get(), t.route("ns-01").ordinal), (5, 4));
-    }
-
-    #[test]
-    fn static_lists_cannot_grow() {
-        let backends =
-            Backends::static_list(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]).unwrap();
-        let (mut c, table) =
-            control_with(RoutingConfig::fixed(backends, NonZeroU32::new(2).unwrap()));
-        assert_eq!(
-            c.apply(Input::Replicas(3)),
-            Applied::Rejected(RejectReason::BadReplicas)
-        );
-        assert_eq!(table.load_full().unwrap().replicas().get(), 2);
-        // The rejected count is not remembered: the next overrides update still builds.
-        let src = TableSource::File { path: "f".into() };
-        assert_eq!(
-            c.apply(overrides(src, &[("ns-01", "1")])),
-            Applied::Published { version: 2 }
-        );
-        assert_eq!(table.load_full().unwrap().replicas().get(), 2);
-    }
-}
+mod tests;

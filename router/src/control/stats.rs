@@ -3,12 +3,14 @@
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use wsrouter::Fingerprint;
+use wsrouter::{Fingerprint, RoutingTable};
 
-use crate::state::labels::{FingerprintLabels, ReasonLabel};
+use crate::state::labels::{FingerprintLabels, ReasonLabel, SetLabel, SetNames};
 use crate::state::lifecycle::Changes;
 
 /// Why an update did not become a table. Bounded, for metric labels.
@@ -58,6 +60,9 @@ pub struct ControlStats {
     pub routing_info: Family<FingerprintLabels, Gauge>,
     /// Woken on every change watchers make outside the table (certificate).
     pub changes: Changes,
+    /// Each backend set's replicas, and the percent of tenants the weight sends it.
+    pub(crate) set_replicas: Family<SetLabel, Gauge>,
+    pub(crate) set_weight: Family<SetLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl ControlStats {
@@ -67,6 +72,26 @@ impl ControlStats {
                 reason: reason.as_str(),
             })
             .inc();
+    }
+
+    /// Shows each backend set of `table` (named `names` by id): its replicas, and its
+    /// weight (the canary's; the stable set has the rest, the others none).
+    pub fn set_sets(&self, table: &RoutingTable, names: &SetNames) {
+        let canary = table.split().canary();
+        let canary_weight = canary.map_or(0.0, |c| f64::from(c.weight) / 100.0);
+        for (i, set) in table.sets().iter().enumerate() {
+            let Some(&name) = names.get(i) else { continue };
+            let label = SetLabel { set: name };
+            self.set_replicas
+                .get_or_create(&label)
+                .set(i64::from(set.replicas()));
+            let weight = match canary {
+                _ if i == 0 => 100.0 - canary_weight,
+                Some(c) if *c.set == *set.name() => canary_weight,
+                _ => 0.0,
+            };
+            self.set_weight.get_or_create(&label).set(weight);
+        }
     }
 
     /// Shows `f` (the table now in force) as the one `routing_info` series.
@@ -138,6 +163,16 @@ impl ControlStats {
             "watch_errors",
             "Kubernetes API errors and broken watch streams (retried with backoff)",
             self.watch_errors.clone(),
+        );
+        r.register(
+            "set_replicas",
+            "Replicas of each backend set (a version of the backend) in the routing table",
+            self.set_replicas.clone(),
+        );
+        r.register(
+            "set_weight_percent",
+            "Percent of tenants the split's weight sends to each backend set (the stable set has what the canary does not); pins, overrides and header or cookie rules aside",
+            self.set_weight.clone(),
         );
         self.register_files(r);
     }

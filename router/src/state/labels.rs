@@ -2,11 +2,38 @@
 //! addresses). A leaf, so each component can label its own series without depending on
 //! the registry.
 
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 
+/// The backend sets' names by set id (the stable set's first), as label values. Fixed
+/// by the flags for the router's life.
+pub(crate) type SetNames = Arc<[&'static str]>;
+
+/// `names` as label values. Each distinct name is kept once for the process (a few
+/// bytes; tests start many routers with the same names), so a label is a pointer copy
+/// and a connection's metrics never allocate.
+pub(crate) fn set_names(names: &[String]) -> SetNames {
+    static KEPT: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    names
+        .iter()
+        .map(|n| match kept.iter().find(|k| **k == n.as_str()) {
+            Some(k) => *k,
+            None => {
+                let k: &'static str = Box::leak(n.clone().into_boxed_str());
+                kept.push(k);
+                k
+            }
+        })
+        .collect()
+}
+
+/// A pod: its ordinal within its backend set.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct OrdinalLabel {
     pub ordinal: u32,
+    pub set: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -15,6 +42,30 @@ pub(crate) struct ClosedLabels {
     pub reason: &'static str,
     /// `h1` (an HTTP/1.1 upgrade) or `h2` (an HTTP/2 stream).
     pub protocol: &'static str,
+    /// The backend set of the pod.
+    pub set: &'static str,
+}
+
+/// A backend set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SetLabel {
+    pub set: &'static str,
+}
+
+/// What a set was asked, and what the client got.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SetRequestLabels {
+    pub set: &'static str,
+    /// `websocket` or `http`.
+    pub kind: &'static str,
+    pub status: u16,
+}
+
+/// What a set was asked.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SetKindLabels {
+    pub set: &'static str,
+    pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

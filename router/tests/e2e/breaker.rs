@@ -46,7 +46,7 @@ async fn a_pod_restarting_on_its_address_is_waited_for_not_502() -> Result<()> {
     let metrics = samples(&h.admin_get("/metrics").await?.body);
     assert!(metrics["wsrouter_backend_connect_retries_total"] >= 5.0);
     assert_eq!(
-        metrics.get("wsrouter_backend_circuit_trips_total{ordinal=\"0\"}"),
+        metrics.get("wsrouter_backend_circuit_trips_total{ordinal=\"0\",set=\"stable\"}"),
         None
     );
     Ok(())
@@ -102,10 +102,13 @@ async fn a_pod_that_keeps_failing_is_left_alone_for_a_cooldown() -> Result<()> {
     );
     let m = samples(&h.admin_get("/metrics").await?.body);
     assert_eq!(
-        m["wsrouter_backend_circuit_trips_total{ordinal=\"0\"}"],
+        m["wsrouter_backend_circuit_trips_total{ordinal=\"0\",set=\"stable\"}"],
         1.0
     );
-    assert_eq!(m["wsrouter_backend_circuit_open{ordinal=\"0\"}"], 1.0);
+    assert_eq!(
+        m["wsrouter_backend_circuit_open{ordinal=\"0\",set=\"stable\"}"],
+        1.0
+    );
 
     // The pod recovers; a client that honours Retry-After is the probe, and it closes
     // the circuit.
@@ -115,6 +118,9 @@ async fn a_pod_that_keeps_failing_is_left_alone_for_a_cooldown() -> Result<()> {
     assert_eq!(next_counter(&mut ws).await?.server, "backend-0");
     assert_eq!(circuit(&h).await?, "closed");
     let m = samples(&h.admin_get("/metrics").await?.body);
-    assert_eq!(m["wsrouter_backend_circuit_open{ordinal=\"0\"}"], 0.0);
+    assert_eq!(
+        m["wsrouter_backend_circuit_open{ordinal=\"0\",set=\"stable\"}"],
+        0.0
+    );
     Ok(())
 }

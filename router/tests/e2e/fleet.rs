@@ -146,6 +146,7 @@ impl Fleet {
             namespace: NS.into(),
             tls_files: None,
             tls_tickets: None,
+            sets: Vec::new(),
         };
         for client in [
             fleet.api.client()?,

@@ -261,16 +261,16 @@ async fn a_full_pending_pool_does_not_lock_out_clients_or_touch_live_sockets() -
         .unwrap_or(0.0);
     assert!(evicted > 0.0, "the pool never had to drop anyone");
     assert_eq!(
-        m.get("wsrouter_connections_active{ordinal=\"0\"}")
+        m.get("wsrouter_connections_active{ordinal=\"0\",set=\"stable\"}")
             .copied()
             .unwrap_or(0.0)
-            + m.get("wsrouter_connections_active{ordinal=\"1\"}")
+            + m.get("wsrouter_connections_active{ordinal=\"1\",set=\"stable\"}")
                 .copied()
                 .unwrap_or(0.0)
-            + m.get("wsrouter_connections_active{ordinal=\"2\"}")
+            + m.get("wsrouter_connections_active{ordinal=\"2\",set=\"stable\"}")
                 .copied()
                 .unwrap_or(0.0)
-            + m.get("wsrouter_connections_active{ordinal=\"3\"}")
+            + m.get("wsrouter_connections_active{ordinal=\"3\",set=\"stable\"}")
                 .copied()
                 .unwrap_or(0.0),
         100.0,
@@ -612,7 +612,7 @@ async fn a_close_handshake_with_no_end_is_cut_at_the_close_timeout() -> Result<(
     .await?;
     let (_, m) = scrape_metrics(&h).await?;
     assert_eq!(
-        m.get("wsrouter_connections_closed_total{ordinal=\"0\",reason=\"client_closed\",protocol=\"h1\"}"),
+        m.get("wsrouter_connections_closed_total{ordinal=\"0\",reason=\"client_closed\",protocol=\"h1\",set=\"stable\"}"),
         Some(&1.0)
     );
     Ok(())

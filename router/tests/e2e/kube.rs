@@ -27,6 +27,7 @@ fn watch_config() -> WatchConfig {
         namespace: NS.into(),
         tls_files: None,
         tls_tickets: None,
+        sets: Vec::new(),
     }
 }
 

@@ -188,7 +188,7 @@ async fn pings_find_a_silent_client_and_never_reach_the_backend() -> Result<()> 
     .await?;
     let m = samples(&h.admin_get("/metrics").await?.body);
     assert_eq!(
-        m["wsrouter_connections_closed_total{ordinal=\"0\",reason=\"ping_timeout\",protocol=\"h1\"}"],
+        m["wsrouter_connections_closed_total{ordinal=\"0\",reason=\"ping_timeout\",protocol=\"h1\",set=\"stable\"}"],
         1.0
     );
     drop(silent);

@@ -63,7 +63,7 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
 
     // Relays finish just after their clients see the end; wait for the third.
     let closed =
-        "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\",protocol=\"h1\"}";
+        "wsrouter_connections_closed_total{ordinal=\"2\",reason=\"client_closed\",protocol=\"h1\",set=\"stable\"}";
     let adm = h.router.admission();
     within(
         WAIT,
@@ -103,7 +103,10 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
             1.0,
         ),
         (closed, 3.0),
-        ("wsrouter_connections_active{ordinal=\"2\"}", 0.0),
+        (
+            "wsrouter_connections_active{ordinal=\"2\",set=\"stable\"}",
+            0.0,
+        ),
         (
             "wsrouter_relayed_bytes_total{direction=\"from_client\"}",
             from_client,
@@ -123,6 +126,17 @@ async fn metrics_count_known_traffic_exactly() -> Result<()> {
             0.0,
         ),
         ("wsrouter_upgrade_seconds_count", 3.0),
+        // One backend set, under its default name.
+        (
+            "wsrouter_set_requests_total{set=\"stable\",kind=\"websocket\",status=\"101\"}",
+            3.0,
+        ),
+        (
+            "wsrouter_set_response_seconds_count{set=\"stable\",kind=\"websocket\"}",
+            3.0,
+        ),
+        ("wsrouter_set_replicas{set=\"stable\"}", 4.0),
+        ("wsrouter_set_weight_percent{set=\"stable\"}", 100.0),
         ("wsrouter_table_version", 1.0),
         ("wsrouter_table_replicas", 4.0),
         ("wsrouter_table_overrides", 1.0),

@@ -130,6 +130,7 @@ async fn role_grants_exactly_what_the_router_calls() -> Result<()> {
             namespace: ns.into(),
             tls_files: None,
             tls_tickets: None,
+            sets: Vec::new(),
         };
         router::start_watch(&watch, &h.router.control(), Some(api.client()?)).await?;
         h.wait_table("first table", |t| t.route("ns-01").ordinal == 1)

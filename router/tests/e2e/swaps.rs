@@ -255,7 +255,7 @@ async fn a_pod_that_leaves_the_table_has_its_sockets_closed_with_1012_spread_ove
     drop(leaving);
     let want = [
         "wsrouter_drain_closes_total{reason=\"pod_gone\"}",
-        "wsrouter_connections_closed_total{ordinal=\"3\",reason=\"pod_gone\",protocol=\"h1\"}",
+        "wsrouter_connections_closed_total{ordinal=\"3\",reason=\"pod_gone\",protocol=\"h1\",set=\"stable\"}",
     ];
     within(WAIT, "the closes counted", async {
         loop {

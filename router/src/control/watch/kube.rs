@@ -18,7 +18,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use wsrouter::{Members, SliceEndpoint, TableSource};
+use wsrouter::{Members, SetId, SliceEndpoint, TableSource, STABLE};
 
 use crate::control::{ControlHandle, Input};
 use crate::logging::DisplayChain;
@@ -131,15 +131,48 @@ pub(crate) async fn watch_configmap(
     .await;
 }
 
-/// Watches the StatefulSet's `spec.replicas`.
-pub(crate) async fn watch_statefulset(
-    client: Client,
-    namespace: String,
-    name: String,
-    control: ControlHandle,
-) {
+/// One backend set's StatefulSet: where it is, and which set it is.
+#[derive(Clone)]
+pub(crate) struct SetAt {
+    pub(crate) client: Client,
+    pub(crate) namespace: String,
+    pub(crate) set: SetId,
+    pub(crate) statefulset: String,
+}
+
+impl SetAt {
+    /// Its replica count, for the control loop.
+    fn replicas(&self, n: u32) -> Input {
+        if self.set == STABLE {
+            Input::Replicas(n)
+        } else {
+            Input::SetReplicas {
+                set: self.set,
+                replicas: n,
+            }
+        }
+    }
+
+    /// Its pods, for the control loop.
+    fn members(&self, members: Members) -> Input {
+        if self.set == STABLE {
+            Input::Members(members)
+        } else {
+            Input::SetMembers {
+                set: self.set,
+                members,
+            }
+        }
+    }
+}
+
+/// Watches a StatefulSet's `spec.replicas`. The stable set's keeps the last table when
+/// it is not there; another set's counts as no pods then (its tenants stay on the
+/// stable set), as a canary deleted after its release is.
+pub(crate) async fn watch_statefulset(at: SetAt, control: ControlHandle) {
     let stop = control.stopping();
-    let api: Api<StatefulSet> = Api::namespaced(client, &namespace);
+    let (namespace, name) = (at.namespace.clone(), at.statefulset.clone());
+    let api: Api<StatefulSet> = Api::namespaced(at.client.clone(), &namespace);
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let stream = watcher::watcher(api, config).backoff(retry());
     let replicas = |sts: &StatefulSet| {
@@ -152,12 +185,20 @@ pub(crate) async fn watch_statefulset(
         Event::Init => seen_in_list = false,
         Event::InitApply(sts) | Event::Apply(sts) => {
             seen_in_list = true;
-            control.send(Input::Replicas(replicas(&sts)));
+            control.send(at.replicas(replicas(&sts)));
+        }
+        Event::InitDone if !seen_in_list && at.set != STABLE => {
+            tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet not found; its set has no pods");
+            control.send(at.replicas(0));
         }
         Event::InitDone if !seen_in_list => {
             tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet not found; keeping the last table");
         }
         Event::InitDone => {}
+        Event::Delete(_) if at.set != STABLE => {
+            tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet deleted; its set has no pods");
+            control.send(at.replicas(0));
+        }
         Event::Delete(_) => {
             tracing::warn!(statefulset = %name, namespace = %namespace, "StatefulSet deleted; keeping the last table");
         }
@@ -168,15 +209,14 @@ pub(crate) async fn watch_statefulset(
 /// Watches the Service's EndpointSlices and sends the control loop the pod at each
 /// ordinal (merged from every slice) whenever it changes. `port`: the backends' port.
 pub(crate) async fn watch_endpoint_slices(
-    client: Client,
-    namespace: String,
+    at: SetAt,
     service: String,
     port: u16,
     control: ControlHandle,
 ) {
     let stop = control.stopping();
-    let statefulset = control.statefulset().to_owned();
-    let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
+    let statefulset = at.statefulset.clone();
+    let api: Api<EndpointSlice> = Api::namespaced(at.client.clone(), &at.namespace);
     let config =
         watcher::Config::default().labels(&format!("kubernetes.io/service-name={service}"));
     let stream = watcher::watcher(api, config).backoff(retry());
@@ -187,9 +227,9 @@ pub(crate) async fn watch_endpoint_slices(
     let mut publish = |slices: &BTreeMap<String, Vec<SliceEndpoint>>| {
         let members = Members::from_endpoints(&statefulset, port, slices.values().flatten());
         if sent.as_ref() != Some(&members) {
-            tracing::info!(service = %service, pods = members.len(), "backend pods changed");
+            tracing::info!(service = %service, statefulset = %statefulset, pods = members.len(), "backend pods changed");
             sent = Some(members.clone());
-            control.send(Input::Members(members));
+            control.send(at.members(members));
         }
     };
     for_each_event("endpointslices", stream, &control, &stop, |ev| match ev {

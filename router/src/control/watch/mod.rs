@@ -35,6 +35,19 @@ pub struct WatchConfig {
     pub tls_files: Option<(PathBuf, PathBuf)>,
     /// The shared session-ticket keys, swapped into their ticketer when they change.
     pub tls_tickets: Option<crate::data::tls::tickets::Tickets>,
+    /// The backend sets beside the stable one that come from StatefulSets.
+    pub sets: Vec<SetWatch>,
+}
+
+/// A backend set's StatefulSet, watched like the stable one's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetWatch {
+    pub set: wsrouter::SetId,
+    /// Its `spec.replicas` is watched; its pods are `{statefulset}-{i}`.
+    pub statefulset: String,
+    /// Its pods from this Service's EndpointSlices, at this port (`None`: the template
+    /// names them).
+    pub endpoint_slices: Option<(String, u16)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -52,6 +65,7 @@ impl WatchConfig {
         matches!(self.overrides, OverridesWatch::ConfigMap(_))
             || self.statefulset.is_some()
             || self.endpoint_slices.is_some()
+            || !self.sets.is_empty()
     }
 }
 
@@ -132,24 +146,50 @@ pub async fn start(
             control.clone(),
         )));
     }
-    if let Some(sts) = &config.statefulset {
-        tracing::info!(statefulset = %sts, namespace = %ns, "watching StatefulSet replicas");
-        tasks.push(tokio::spawn(kube::watch_statefulset(
-            client.clone(),
-            ns.clone(),
-            sts.clone(),
-            control.clone(),
-        )));
-    }
-    if let Some((svc, port)) = &config.endpoint_slices {
-        tracing::info!(service = %svc, namespace = %ns, "backend pods from the Service's EndpointSlices");
-        tasks.push(tokio::spawn(kube::watch_endpoint_slices(
-            client,
-            ns,
-            svc.clone(),
-            *port,
-            control.clone(),
-        )));
-    }
+    tasks.extend(start_sets(config, control, &client));
     Ok(tasks)
+}
+
+/// The StatefulSet and EndpointSlices watches of every backend set (the stable one's as
+/// its flags ask), each feeding its set's replicas and pods to the control loop.
+fn start_sets(
+    config: &WatchConfig,
+    control: &ControlHandle,
+    client: &::kube::Client,
+) -> Vec<JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    let stable = SetWatch {
+        set: wsrouter::STABLE,
+        statefulset: control.statefulset().to_owned(),
+        endpoint_slices: config.endpoint_slices.clone(),
+    };
+    let ns = &config.namespace;
+    let replicas_watched = config.statefulset.is_some();
+    for (set, watch_replicas) in
+        std::iter::once((&stable, replicas_watched)).chain(config.sets.iter().map(|s| (s, true)))
+    {
+        let at = kube::SetAt {
+            client: client.clone(),
+            namespace: ns.clone(),
+            set: set.set,
+            statefulset: set.statefulset.clone(),
+        };
+        if watch_replicas {
+            tracing::info!(statefulset = %set.statefulset, namespace = %ns, set = set.set, "watching StatefulSet replicas");
+            tasks.push(tokio::spawn(kube::watch_statefulset(
+                at.clone(),
+                control.clone(),
+            )));
+        }
+        if let Some((svc, port)) = &set.endpoint_slices {
+            tracing::info!(service = %svc, statefulset = %set.statefulset, namespace = %ns, "backend pods from the Service's EndpointSlices");
+            tasks.push(tokio::spawn(kube::watch_endpoint_slices(
+                at,
+                svc.clone(),
+                *port,
+                control.clone(),
+            )));
+        }
+    }
+    tasks
 }

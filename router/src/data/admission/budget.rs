@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
-use wsrouter::{Backend, RoutingTable};
+use wsrouter::{Backend, BackendSet, RoutingTable, SetId};
 
 /// The budgets' settings; `None` rates are off.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,7 +131,8 @@ impl Owed {
 struct State {
     global: Option<Bucket>,
     /// By ordinal.
-    pods: Vec<Option<Pod>>,
+    /// By backend set, then ordinal.
+    pods: Vec<Vec<Option<Pod>>>,
     /// The router budget's refused, still to be let in.
     owed: Owed,
     /// Whether a table has been seen (the pods of the first are settled).
@@ -166,22 +167,30 @@ impl UpgradeBudget {
     fn settle(&self, s: &mut State, table: &RoutingTable, now: Instant) {
         s.first_table_seen = true;
         let rate = f64::from(self.config.per_pod_per_second.unwrap_or(0));
-        for (ordinal, backend) in table.backends().iter().enumerate() {
-            *pod_slot(&mut s.pods, ordinal as u32) = Some(Pod {
-                bucket: Bucket::full(rate, now),
-                id: identity(backend).to_owned(),
-                since: now,
-                settled: true,
-                owed: Owed::default(),
-            });
-        }
+        s.pods = table
+            .sets()
+            .iter()
+            .map(|set| {
+                let pod = |backend| {
+                    Some(Pod {
+                        bucket: Bucket::full(rate, now),
+                        id: identity(backend).to_owned(),
+                        since: now,
+                        settled: true,
+                        owed: Owed::default(),
+                    })
+                };
+                set.backends().iter().map(pod).collect()
+            })
+            .collect();
     }
 
-    /// Takes one upgrade to pod `ordinal` of `table` out of the budgets, or says which
-    /// refused it and when to come back.
+    /// Takes one upgrade to pod `ordinal` of backend set `set` in `table` out of the
+    /// budgets, or says which refused it and when to come back.
     pub(crate) fn take(
         &self,
         table: &RoutingTable,
+        set: SetId,
         ordinal: u32,
         now: Instant,
     ) -> Result<(), OverBudget> {
@@ -201,9 +210,15 @@ impl UpgradeBudget {
         }
         // Pods the table no longer has are forgotten: one that comes back (a scale 4 → 3
         // → 4, at the same address) is a new pod, and warms up.
-        s.pods.truncate(table.replicas().get() as usize);
-        let id = table.backends().get(ordinal as usize).map_or("", identity);
-        let slot = pod_slot(&mut s.pods, ordinal);
+        let set = usize::from(set);
+        if s.pods.len() <= set {
+            s.pods.resize(set + 1, Vec::new());
+        }
+        let pods = &mut s.pods[set];
+        let in_table = table.sets().get(set).map_or(&[][..], BackendSet::backends);
+        pods.truncate(in_table.len());
+        let id = in_table.get(ordinal as usize).map_or("", identity);
+        let slot = pod_slot(pods, ordinal);
         let pod = match slot {
             // An empty identity is a table newer than the one that routed this request,
             // without the pod: the slot stays as it was.

@@ -57,7 +57,12 @@ fn spend_budget(ctx: &ConnCtx, routed: &Routed) -> Result<(), ProxyError> {
         return Ok(());
     };
     budget
-        .take(table, routed.ordinal, tokio::time::Instant::now())
+        .take(
+            table,
+            routed.set,
+            routed.ordinal,
+            tokio::time::Instant::now(),
+        )
         .map_err(|o| ProxyError::OverBudget {
             spent: o.spent,
             retry_after: o.retry_after,

@@ -3,8 +3,9 @@
 
 use std::net::SocketAddr;
 
-use http::header::HeaderValue;
-use wsrouter::{Backend, Fingerprint, RouteSource};
+use http::header::{HeaderMap, HeaderValue, COOKIE};
+use wsrouter::split::cookie_hint;
+use wsrouter::{Backend, Fingerprint, Hint, Hints, RouteSource, SetId, Split};
 
 use crate::data::http::error::ProxyError;
 use crate::data::shared::Shared;
@@ -12,7 +13,12 @@ use crate::data::shared::Shared;
 /// Everything the relay needs to know about where it goes.
 pub(super) struct Routed {
     pub(super) tenant: Box<str>,
+    /// The backend set (version) it goes to, and the pod's ordinal in it.
+    pub(super) set: SetId,
     pub(super) ordinal: u32,
+    /// What its canary header and cookie asked, so a table swap is judged for this
+    /// socket as it was routed.
+    pub(super) hints: Hints,
     /// Where to connect: a pod's `IP:PORT` as the EndpointSlices give it, or a
     /// `HOST:PORT` from a list or template. Connecting parses an `IP:PORT` as it is;
     /// only a host name is resolved.
@@ -35,10 +41,12 @@ pub(super) struct Routed {
     pub(super) expires: Option<u64>,
 }
 
-/// Where `tenant` goes by the table loaded now. `h2`: the request is an HTTP/2 extended
-/// CONNECT; `host` is the one it is for, as forwarded.
+/// Where `tenant` goes by the table loaded now, and `headers`' canary header and cookie
+/// when the split reads them. `h2`: the request is an HTTP/2 extended CONNECT; `host` is
+/// the one it is for, as forwarded.
 pub(super) fn decide(
     tenant: &str,
+    headers: &HeaderMap,
     host: HeaderValue,
     h2: bool,
     shared: &Shared,
@@ -47,7 +55,13 @@ pub(super) fn decide(
     let Some(table) = guard.as_deref() else {
         return Err(ProxyError::NoTable);
     };
-    let route = table.route(tenant);
+    let split = table.split();
+    let hints = if split.reads_hints() {
+        hints(headers, split)
+    } else {
+        Hints::default()
+    };
+    let route = table.route_for(tenant, hints);
     let ordinal = route.ordinal;
     // A pod that is not serving, terminating or not known yet: say so now rather
     // than after a connect timeout, and never guess another. The tenant stays on its
@@ -65,7 +79,9 @@ pub(super) fn decide(
     };
     Ok(Routed {
         tenant: tenant.into(),
+        set: route.set,
         ordinal,
+        hints,
         addr,
         socket,
         source: route.source,
@@ -76,4 +92,23 @@ pub(super) fn decide(
         host,
         expires: None,
     })
+}
+
+/// What a request's canary header and cookie ask for. A header sent twice asks for
+/// nothing unless both say the same; of the cookies, the first of the name counts.
+fn hints(headers: &HeaderMap, split: &Split) -> Hints {
+    let mut said = headers
+        .get_all(split.header())
+        .iter()
+        .map(|v| v.to_str().ok().and_then(Hint::parse));
+    let header = match said.next() {
+        Some(first) if said.all(|h| h == first) => first,
+        _ => None,
+    };
+    let cookie = headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| cookie_hint(v, split.cookie()));
+    Hints { header, cookie }
 }

@@ -32,6 +32,7 @@ pub(super) async fn dial<B>(
 ) -> Result<BackendAnswer, ProxyError> {
     let shared = &ctx.shared;
     let target = Target {
+        set: shared.metrics.sets.name(routed.set),
         ordinal: routed.ordinal,
         addr: &routed.addr,
     };
@@ -76,7 +77,9 @@ pub(super) fn settle_breaker<T>(
     shared: &Shared,
 ) {
     let transition = how.settle(permit, result, shared.breakers.cooldown());
-    shared.metrics.breaker(how.target.ordinal, transition);
+    shared
+        .metrics
+        .breaker(how.target.set, how.target.ordinal, transition);
 }
 
 /// The upgrade request as the backend gets it: the client's end-to-end headers (its

@@ -28,6 +28,7 @@ use crate::data::http::dial::{reaching, settle_breaker};
 use crate::data::http::error::ProxyError;
 use crate::data::http::live;
 use crate::data::http::request;
+use crate::data::shared::set_metrics::Kind;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::{self, Dial};
 use crate::data::upstream::error::{Target, UpstreamError};
@@ -55,17 +56,21 @@ pub(super) async fn forward<B: ClientBodyIn>(
 ) -> Response<ProxyBody> {
     let protocol = crate::state::labels::protocol(req.version());
     let started = Instant::now();
-    let metrics = &ctx.shared.metrics.http;
-    let resp = match forward_request(req, routed, ctx).await {
+    let metrics = &ctx.shared.metrics;
+    let set = routed.as_ref().ok().map(|r| r.set);
+    let (resp, took) = match forward_request(req, routed, ctx).await {
         Ok(resp) => {
-            metrics
-                .response_seconds
-                .observe(started.elapsed().as_secs_f64());
-            resp
+            let took = started.elapsed().as_secs_f64();
+            metrics.http.response_seconds.observe(took);
+            (resp, Some(took))
         }
-        Err(e) => answer::refused(e, uri, ctx, Refused::Request),
+        Err(e) => (answer::refused(e, uri, ctx, Refused::Request), None),
     };
-    metrics.answered(resp.status().as_u16(), protocol);
+    let status = resp.status().as_u16();
+    metrics.http.answered(status, protocol);
+    if let Some(set) = set {
+        metrics.sets.answered(set, Kind::Http, status, took);
+    }
     resp
 }
 
@@ -154,6 +159,7 @@ async fn exchange(
     stop: &mut Stop,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let target = Target {
+        set: shared.metrics.sets.name(routed.set),
         ordinal: routed.ordinal,
         addr: &routed.addr,
     };

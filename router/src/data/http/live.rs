@@ -19,7 +19,7 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
-use crate::data::relay::drain::DrainReason;
+use crate::data::relay::drain::{DrainReason, Pod};
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;
 use crate::data::relay::signal::Gated;
@@ -134,6 +134,7 @@ impl PendingRelay {
             .connections_active
             .get_or_create(&OrdinalLabel {
                 ordinal: routed.ordinal,
+                set: shared.metrics.sets.name(routed.set),
             })
             .clone();
         active.inc();
@@ -257,8 +258,12 @@ fn turn(shared: &Shared, routed: &Routed, spread_shutdown: bool) -> Turn {
     } else {
         Box::default()
     };
-    let ordinal = routed.ordinal;
-    Box::pin(async move { drains.turn(&tenant, ordinal, spread_shutdown).await })
+    let pod = Pod {
+        set: routed.set,
+        ordinal: routed.ordinal,
+        hints: routed.hints,
+    };
+    Box::pin(async move { drains.turn(&tenant, pod, spread_shutdown).await })
 }
 
 /// Whichever ends first: the drain's hard end (as `Shutdown`) or the turn.
@@ -323,6 +328,7 @@ impl LiveRelay {
                 ordinal: routed.ordinal,
                 reason: report.reason.as_str(),
                 protocol: if routed.h2 { "h2" } else { "h1" },
+                set: metrics.sets.name(routed.set),
             })
             .inc();
         metrics.bytes_from_client.inc_by(report.bytes_from_client);

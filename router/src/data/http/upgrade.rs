@@ -21,9 +21,11 @@ use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
 use crate::data::relay::peer::Peer;
 use crate::data::shared::metrics::StatusLabel;
+use crate::data::shared::set_metrics;
 use crate::data::shared::Shared;
 use crate::data::upstream::dial::BackendAnswer;
 use crate::data::upstream::headers::unname;
+use wsrouter::SetId;
 
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
@@ -89,7 +91,9 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
         };
     }
     let (version, uri) = (req.version(), req.uri().clone());
-    let (resp, relay) = match story(req, &uri, ctx).await {
+    let started = std::time::Instant::now();
+    let mut routed_to = None;
+    let (resp, relay) = match story(req, &uri, ctx, &mut routed_to).await {
         // Counted by the forward step, in `http_requests`.
         Ok(Told {
             resp,
@@ -117,6 +121,12 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
             .metrics
             .upgrade_seconds
             .observe(ctx.accepted.elapsed().as_secs_f64());
+    }
+    if let Some(set) = routed_to {
+        let took = relay.as_ref().map(|_| started.elapsed().as_secs_f64());
+        let status = resp.status().as_u16();
+        let sets = &ctx.shared.metrics.sets;
+        sets.answered(set, set_metrics::Kind::WebSocket, status, took);
     }
     Answer { resp, relay }
 }
@@ -228,11 +238,13 @@ fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
 }
 
 /// The request's way through, step by step: parsed, routed, then relayed as a WebSocket
-/// or forwarded as a plain request.
+/// or forwarded as a plain request. A WebSocket's backend set is left in `routed_to`
+/// once it is routed, for its answer's count.
 async fn story<B: ClientBodyIn>(
     mut req: Request<B>,
     uri: &http::Uri,
     ctx: &Arc<ConnCtx>,
+    routed_to: &mut Option<SetId>,
 ) -> Result<Told, ProxyError> {
     let shared = &ctx.shared;
     let Inspected { host, tenant, kind } = request::parse(&req, shared)?;
@@ -242,7 +254,7 @@ async fn story<B: ClientBodyIn>(
     match kind {
         Kind::Plain => {
             // Refused or not, counted among the plain requests from here.
-            let routed = decide::decide(tenant, host, false, shared);
+            let routed = decide::decide(tenant, req.headers(), host, false, shared);
             let_in(&mut req, door, shared);
             let resp = forward::forward(req, uri, routed, ctx).await;
             Ok(Told {
@@ -258,7 +270,8 @@ async fn story<B: ClientBodyIn>(
             if expires.is_some_and(|exp| exp <= jsonwebtoken::get_current_timestamp()) {
                 return Err(ProxyError::Unauthorized(Denied::Expired));
             }
-            let mut routed = decide::decide(tenant, host, h2, shared)?;
+            let mut routed = decide::decide(tenant, req.headers(), host, h2, shared)?;
+            *routed_to = Some(routed.set);
             routed.expires = expires;
             let_in(&mut req, door, shared);
             let (resp, relay) = websocket(&req, &key, routed, ctx).await?;

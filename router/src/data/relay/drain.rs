@@ -27,7 +27,7 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use wsrouter::RoutingTable;
+use wsrouter::{Hints, RoutingTable, SetId};
 
 /// A random share of `span`, in `[0, span)` (zero for a zero span). `fastrand` seeds each
 /// thread from the operating system's randomness, so replicas that act at the same moment
@@ -109,6 +109,15 @@ enum Event {
     Shutdown,
 }
 
+/// Where a socket was routed: its set, its pod's ordinal there, and what its canary
+/// header and cookie asked (so a swap is judged as it was routed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pod {
+    pub(crate) set: SetId,
+    pub(crate) ordinal: u32,
+    pub(crate) hints: Hints,
+}
+
 /// What a socket is waiting for, as of the table it last looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
@@ -148,16 +157,21 @@ impl Drains {
         self.spreading.cancel();
     }
 
-    /// What the current table means for a socket of `tenant` on pod `ordinal`. No table
-    /// (not loaded yet) means nothing.
-    fn cause(&self, tenant: &str, ordinal: u32) -> Cause {
+    /// What the current table means for a socket of `tenant` on `pod`. No table (not
+    /// loaded yet) means nothing.
+    fn cause(&self, tenant: &str, pod: Pod) -> Cause {
         let guard = self.table.load();
         let Some(t) = guard.as_deref() else {
             return Cause::None;
         };
-        if ordinal >= t.replicas().get() {
-            Cause::PodGone
-        } else if self.reroute.is_some() && t.route(tenant).ordinal != ordinal {
+        if pod.ordinal >= t.set(pod.set).replicas() {
+            return Cause::PodGone;
+        }
+        if self.reroute.is_none() {
+            return Cause::None;
+        }
+        let now = t.route_for(tenant, pod.hints);
+        if (now.set, now.ordinal) != (pod.set, pod.ordinal) {
             Cause::Moved
         } else {
             Cause::None
@@ -189,16 +203,11 @@ impl Drains {
         tokio::time::sleep_until(turn).await;
     }
 
-    /// Resolves at the turn of the socket of `tenant`, relayed to pod `ordinal`, to be
-    /// closed by the router, saying why; never resolves otherwise. `spread_shutdown`: the
+    /// Resolves at the turn of the socket of `tenant`, relayed to `pod`, to be closed by
+    /// the router, saying why; never resolves otherwise. `spread_shutdown`: the
     /// shutdown spreads this one's close too (sockets); without it only the drain's hard
     /// end (which the caller waits on) ends it (plain answers under way).
-    pub(crate) async fn turn(
-        &self,
-        tenant: &str,
-        ordinal: u32,
-        spread_shutdown: bool,
-    ) -> DrainReason {
+    pub(crate) async fn turn(&self, tenant: &str, pod: Pod, spread_shutdown: bool) -> DrainReason {
         let mut changes = self.changes.clone();
         // The close waiting for its turn, and why: kept across table swaps that leave
         // the cause as it was (its moment does not slide), dropped or redrawn when the
@@ -206,7 +215,7 @@ impl Drains {
         let mut pending: Option<(Cause, Wait<'_>)> = None;
         let why = loop {
             changes.mark_unchanged();
-            match (self.cause(tenant, ordinal), &pending) {
+            match (self.cause(tenant, pod), &pending) {
                 (Cause::None, _) => pending = None,
                 (now, Some((was, _))) if now == *was => {}
                 (now, _) => pending = Some((now, Box::pin(self.wait_turn(now)))),
@@ -225,7 +234,7 @@ impl Drains {
             match event {
                 // Its turn came, and the table still says so.
                 Event::Turn => match pending.take() {
-                    Some((cause, _)) if self.cause(tenant, ordinal) == cause => {
+                    Some((cause, _)) if self.cause(tenant, pod) == cause => {
                         break if cause == Cause::PodGone {
                             DrainReason::PodGone
                         } else {

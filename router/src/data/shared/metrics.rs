@@ -16,8 +16,10 @@ use prometheus_client::registry::Registry;
 use crate::data::admission::pools::{AdmissionStats, Refusal};
 use crate::data::relay::drain::{DrainCloses, DrainReason};
 use crate::data::shared::http_metrics::HttpMetrics;
+use crate::data::shared::set_metrics::SetMetrics;
 pub(crate) use crate::state::labels::{
-    ClosedLabels, DirectionLabel, KindLabel, OrdinalLabel, ReasonLabel, ScopeLabel, StatusLabel,
+    ClosedLabels, DirectionLabel, KindLabel, OrdinalLabel, ReasonLabel, ScopeLabel, SetNames,
+    StatusLabel,
 };
 
 /// The data path's metrics. Cheap to update: atomics, and for labelled families one
@@ -73,16 +75,22 @@ pub(crate) struct Metrics {
     proxy_header_errors: Family<ReasonLabel, Counter>,
     /// The plain requests forwarded beside the sockets.
     pub http: HttpMetrics,
+    /// What each backend set was asked, and how it answered.
+    pub sets: SetMetrics,
 }
 
 impl Default for Metrics {
+    /// One set, named as the stable set is by default.
     fn default() -> Self {
-        Self::new()
+        Self::new(crate::state::labels::set_names(&[
+            wsrouter::DEFAULT_STABLE_SET.to_owned(),
+        ]))
     }
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The data path's metrics, with series for each of the backend sets `sets`.
+    pub(crate) fn new(sets: SetNames) -> Self {
         let bytes = Family::default();
         let tls_handshake_failures = Family::default();
         let tls_handshakes = Family::default();
@@ -137,6 +145,7 @@ impl Metrics {
             upgrade_budget_pod: series(&upgrade_budget, ScopeLabel { scope: "pod" }),
             upgrade_budget,
             http: HttpMetrics::default(),
+            sets: SetMetrics::new(sets),
         };
         m.zero_series();
         let _ = m.drain_closes();
@@ -176,6 +185,7 @@ impl Metrics {
         self.register_relays(r);
         self.register_backends(r);
         self.http.register(r);
+        self.sets.register(r);
     }
 
     /// Client connections: accepted, refused, and pending.
@@ -326,8 +336,13 @@ impl Metrics {
     }
 
     /// Shows a breaker opening or closing.
-    pub(crate) fn breaker(&self, ordinal: u32, t: crate::data::upstream::breaker::Transition) {
-        let label = OrdinalLabel { ordinal };
+    pub(crate) fn breaker(
+        &self,
+        set: &'static str,
+        ordinal: u32,
+        t: crate::data::upstream::breaker::Transition,
+    ) {
+        let label = OrdinalLabel { ordinal, set };
         match t {
             crate::data::upstream::breaker::Transition::Opened => {
                 self.breaker_trips.get_or_create(&label).inc();

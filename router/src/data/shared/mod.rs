@@ -6,6 +6,7 @@
 pub(crate) mod http_metrics;
 pub(crate) mod limits;
 pub(crate) mod metrics;
+pub(crate) mod set_metrics;
 
 use std::sync::Arc;
 

@@ -172,7 +172,7 @@ impl Dial<'_> {
             Err(e) if (self.judge.counts_against_backend)(e) => permit.failed(),
             Err(_) => Transition::None,
         };
-        let Target { ordinal, addr } = self.target;
+        let Target { ordinal, addr, .. } = self.target;
         match transition {
             Transition::Opened => {
                 tracing::warn!(backend.ordinal = ordinal, backend.addr = %addr, cooldown = ?cooldown, "backend keeps failing: circuit open, its tenants get 503 until a probe succeeds")

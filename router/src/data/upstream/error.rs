@@ -7,6 +7,8 @@ use thiserror::Error;
 /// The backend an upgrade goes to: its ordinal (for logs and errors) and its address.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Target<'a> {
+    /// The backend set of the pod (its metrics label).
+    pub set: &'static str,
     pub ordinal: u32,
     /// A pod's `IP:PORT`, or a `HOST:PORT` from a list or template.
     pub addr: &'a str,

@@ -27,7 +27,7 @@ fn budget(per_second: Option<u32>, per_pod: Option<u32>) -> UpgradeBudget {
 
 /// How many of `n` upgrades to `ordinal` at `at` the budget lets through.
 fn let_through(b: &UpgradeBudget, t: &RoutingTable, ordinal: u32, n: usize, at: Instant) -> usize {
-    (0..n).filter(|_| b.take(t, ordinal, at).is_ok()).count()
+    (0..n).filter(|_| b.take(t, 0, ordinal, at).is_ok()).count()
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn each_pod_has_its_own_budget_and_a_refused_one_costs_the_router_nothing() {
     let t = table(&["10.0.0.1:9000", "10.0.0.2:9000"]);
     let now = Instant::now();
     assert_eq!(let_through(&b, &t, 0, 100, now), 10);
-    let refused = b.take(&t, 0, now).err().map(|o| o.spent);
+    let refused = b.take(&t, 0, 0, now).err().map(|o| o.spent);
     assert_eq!(refused, Some(Spent::Pod));
     // Pod 1 still has all of its own, and the router has 990 left, not 900.
     assert_eq!(let_through(&b, &t, 1, 100, now), 10);
@@ -67,13 +67,13 @@ fn each_pod_has_its_own_budget_and_a_refused_one_costs_the_router_nothing() {
     assert_eq!(let_through(&b2, &three, 0, 100, now), 10);
     assert_eq!(let_through(&b2, &three, 1, 100, now), 10);
     assert_eq!(
-        b2.take(&three, 1, now).err().map(|o| o.spent),
+        b2.take(&three, 0, 1, now).err().map(|o| o.spent),
         Some(Spent::Pod)
     );
     // 20 of 25 spent, 5 left for the third pod.
     assert_eq!(let_through(&b2, &three, 2, 100, now), 5);
     assert_eq!(
-        b2.take(&three, 2, now).err().map(|o| o.spent),
+        b2.take(&three, 0, 2, now).err().map(|o| o.spent),
         Some(Spent::Global)
     );
 }
@@ -125,7 +125,7 @@ fn retry_after_spreads_the_refused_over_the_time_the_budget_needs() {
     let now = Instant::now();
     let _ = let_through(&b, &t, 0, 10, now);
     let waits: Vec<u32> = (0..300)
-        .filter_map(|_| b.take(&t, 0, now).err().map(|o| o.retry_after))
+        .filter_map(|_| b.take(&t, 0, 0, now).err().map(|o| o.retry_after))
         .collect();
     assert_eq!(waits.len(), 300);
     // 300 refused at 10 a second need 30 s: each is told its place in that, plus up to a
@@ -141,7 +141,7 @@ fn retry_after_spreads_the_refused_over_the_time_the_budget_needs() {
     // A single refusal is told 1 or 2 s.
     let calm = budget(Some(10), None);
     let _ = let_through(&calm, &t, 0, 10, now);
-    let w = calm.take(&t, 0, now).err().map(|o| o.retry_after);
+    let w = calm.take(&t, 0, 0, now).err().map(|o| o.retry_after);
     assert!(matches!(w, Some(1 | 2)), "{w:?}");
 }
 
@@ -175,7 +175,7 @@ fn a_deep_wave_comes_back_no_faster_than_the_budget_takes_it() {
     let _ = let_through(&b, &t, 0, 100, now);
     let mut back_at = std::collections::BTreeMap::<u32, u32>::new();
     for _ in 0..3000 {
-        if let Err(o) = b.take(&t, 0, now) {
+        if let Err(o) = b.take(&t, 0, 0, now) {
             *back_at.entry(o.retry_after).or_default() += 1;
         }
     }
@@ -186,6 +186,6 @@ fn a_deep_wave_comes_back_no_faster_than_the_budget_takes_it() {
     // And later, once the budget has let that many in, the owed count is paid off.
     let later = now + Duration::from_secs(40);
     let _ = let_through(&b, &t, 0, 100, later);
-    let w = b.take(&t, 0, later).err().map(|o| o.retry_after);
+    let w = b.take(&t, 0, 0, later).err().map(|o| o.retry_after);
     assert!(matches!(w, Some(1 | 2)), "{w:?}");
 }

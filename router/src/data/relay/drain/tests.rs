@@ -50,22 +50,42 @@ impl Fixture {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    /// Sockets of `tenant` on `ordinal`, each reporting (when, why) as its turn comes.
+    /// Sockets of `tenant` on stable pod `ordinal`, each reporting (when, why) as its
+    /// turn comes.
     fn sockets(
         &self,
         n: usize,
         tenant: &str,
         ordinal: u32,
     ) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, DrainReason)> {
+        self.sockets_on(n, tenant, stable(ordinal))
+    }
+
+    /// Sockets of `tenant` on `pod`.
+    fn sockets_on(
+        &self,
+        n: usize,
+        tenant: &str,
+        pod: Pod,
+    ) -> tokio::sync::mpsc::UnboundedReceiver<(Instant, DrainReason)> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..n {
             let (d, tx, tenant) = (self.drains.clone(), tx.clone(), tenant.to_owned());
             tokio::spawn(async move {
-                let why = d.turn(&tenant, ordinal, true).await;
+                let why = d.turn(&tenant, pod, true).await;
                 let _ = tx.send((Instant::now(), why));
             });
         }
         rx
+    }
+}
+
+/// Stable pod `ordinal`, routed without canary header or cookie.
+fn stable(ordinal: u32) -> Pod {
+    Pod {
+        set: wsrouter::STABLE,
+        ordinal,
+        hints: Hints::default(),
     }
 }
 
@@ -232,7 +252,7 @@ async fn a_plain_answer_is_not_spread_by_the_shutdown() {
     let f = Fixture::new(None, table(4, &[]));
     let d = f.drains.clone();
     let home = wsrouter::ordinal_for("a", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
-    let waiting = tokio::spawn(async move { d.turn("a", home, false).await });
+    let waiting = tokio::spawn(async move { d.turn("a", stable(home), false).await });
     tokio::task::yield_now().await;
     f.drains.begin_shutdown();
     tokio::time::sleep(GRACE * 2).await;
@@ -287,4 +307,77 @@ async fn a_swap_that_leaves_the_cause_as_it_was_does_not_move_the_turn() {
     assert!(closes
         .iter()
         .all(|(at, _)| at.duration_since(start) < GRACE));
+}
+
+/// The stable set of 4 beside `v2` (`v2_replicas` pods), split by `entries`.
+fn with_v2(v2_replicas: u32, entries: &[(&str, &str)]) -> RoutingTable {
+    let addrs = (0..3).map(|i| format!("10.0.1.{i}:9000")).collect();
+    let v2 = Backends::static_list(addrs).unwrap_or_else(|e| panic!("{e}"));
+    let split = wsrouter::Split::parse(entries.iter().copied()).unwrap_or_else(|e| panic!("{e:?}"));
+    let spec = wsrouter::SetSpec {
+        name: "v2",
+        backends: &v2,
+        replicas: v2_replicas,
+    };
+    table(4, &[])
+        .with_sets("stable", &[spec], split)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Where `tenant` is routed by `t` with `hints`, as a socket holds it.
+fn routed(t: &RoutingTable, tenant: &str, hints: Hints) -> Pod {
+    let r = t.route_for(tenant, hints);
+    Pod {
+        set: r.set,
+        ordinal: r.ordinal,
+        hints,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_weight_change_closes_only_the_tenants_whose_set_changed_and_hints_hold() {
+    let reroute = RerouteConfig {
+        grace: Duration::from_secs(1),
+        per_second: 1_000,
+    };
+    let w = |p| with_v2(3, &[("canary.set", "v2"), ("canary.weight", p)]);
+    let f = Fixture::new(Some(reroute), w("0"));
+    let tenants: Vec<String> = (0..200).map(|i| format!("tenant-{i}")).collect();
+    let moving: Vec<&String> = tenants
+        .iter()
+        .filter(|t| wsrouter::split::split_bucket(t) < 2_000)
+        .collect();
+    let mut rxs: Vec<_> = tenants
+        .iter()
+        .map(|t| (t, f.sockets_on(1, t, routed(&w("0"), t, Hints::default()))))
+        .collect();
+    // A socket that asked for the canary by header is on v2 whatever the weight.
+    let always = Hints {
+        header: Some(wsrouter::Hint::Always),
+        cookie: None,
+    };
+    let mut asked = f.sockets_on(1, "tenant-0", routed(&w("0"), "tenant-0", always));
+    tokio::task::yield_now().await;
+    f.swap(w("20"));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut closed = Vec::new();
+    for (t, rx) in &mut rxs {
+        if let Ok((_, why)) = rx.try_recv() {
+            assert_eq!(why, DrainReason::Rerouted);
+            closed.push(*t);
+        }
+    }
+    assert_eq!(
+        closed, moving,
+        "exactly the tenants whose bucket is under 20%"
+    );
+    assert!(!moving.is_empty() && moving.len() < 70);
+    assert!(asked.try_recv().is_err());
+    // The canary scaled to zero: its sockets' pods left the table.
+    f.swap(with_v2(0, &[("canary.set", "v2"), ("canary.weight", "20")]));
+    tokio::time::sleep(GRACE * 2).await;
+    assert_eq!(
+        asked.try_recv().map(|(_, why)| why).ok(),
+        Some(DrainReason::PodGone)
+    );
 }
