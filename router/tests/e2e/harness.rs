@@ -55,6 +55,8 @@ pub(crate) fn limits() -> Limits {
 pub(crate) struct Harness {
     pub router: RouterHandle,
     pub backends: Vec<backend::EchoHandle>,
+    /// The echo backends of each set beside the stable one ([`Options::sets`]).
+    pub sets: Vec<Vec<backend::EchoHandle>>,
     connector: TlsConnector,
 }
 
@@ -93,6 +95,9 @@ pub(crate) struct Options {
     pub backend_tls: Option<Arc<router::BackendTls>>,
     /// The echo backends serve TLS with this config.
     pub backend_tls_server: Option<Arc<rustls::ServerConfig>>,
+    /// Backend sets beside the stable one (`--backend-set`): a name and how many echo
+    /// backends, which call themselves `backend-{name}-{i}`.
+    pub sets: Vec<(&'static str, usize)>,
 }
 
 impl Default for Options {
@@ -118,6 +123,7 @@ impl Default for Options {
             forward_auth: None,
             backend_tls: None,
             backend_tls_server: None,
+            sets: Vec::new(),
         }
     }
 }
@@ -214,8 +220,29 @@ impl Harness {
         }
         let b = Backends::static_list(addrs)?;
         let replicas = b.fixed_replicas().context("replicas")?;
-        let router = start_router(&opts, cert, b, Some(replicas)).await?;
-        Ok(Self::with_router(router, backends, cert))
+        let mut set_backends = Vec::new();
+        let mut sets = Vec::new();
+        for (name, n) in &opts.sets {
+            let mut echoes = Vec::new();
+            for i in 0..*n {
+                let l = TcpListener::bind("127.0.0.1:0").await?;
+                let cfg = backend::EchoConfig::new(format!("backend-{name}-{i}"))
+                    .with_interval(opts.interval);
+                echoes.push(backend::serve(l, cfg)?);
+            }
+            let addrs = echoes.iter().map(|b| b.local_addr().to_string()).collect();
+            let backends = Backends::static_list(addrs)?;
+            sets.push(router::SetConfig {
+                name: (*name).to_owned(),
+                replicas: backends.fixed_replicas().map(|n| n.get()),
+                backends,
+            });
+            set_backends.push(echoes);
+        }
+        let router = start_router_with_sets(&opts, cert, b, Some(replicas), sets).await?;
+        let mut h = Self::with_router(router, backends, cert);
+        h.sets = set_backends;
+        Ok(h)
     }
 
     /// A harness around a router started elsewhere (e.g. one of a fleet).
@@ -227,6 +254,7 @@ impl Harness {
         Self {
             router,
             backends,
+            sets: Vec::new(),
             connector: TlsConnector::from(cert.client_config()),
         }
     }
@@ -371,6 +399,17 @@ pub(crate) async fn start_router(
     backends: Backends,
     replicas: Option<std::num::NonZeroU32>,
 ) -> Result<RouterHandle> {
+    start_router_with_sets(opts, cert, backends, replicas, Vec::new()).await
+}
+
+/// [`start_router`] with backend sets beside the stable one.
+pub(crate) async fn start_router_with_sets(
+    opts: &Options,
+    cert: &DevCert,
+    backends: Backends,
+    replicas: Option<std::num::NonZeroU32>,
+    sets: Vec<router::SetConfig>,
+) -> Result<RouterHandle> {
     let overrides = Overrides::parse(opts.overrides.iter().copied(), "backend")?;
     let fixed = replicas.unwrap_or(std::num::NonZeroU32::MIN);
     Ok(router::start(RouterConfig {
@@ -395,6 +434,7 @@ pub(crate) async fn start_router(
             overrides,
             replicas: replicas.filter(|_| !opts.watched),
             await_overrides: opts.watched || opts.await_overrides,
+            sets,
             ..RoutingConfig::fixed(backends, fixed)
         },
     })

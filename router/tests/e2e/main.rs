@@ -5,6 +5,7 @@ mod auth;
 mod auth_service;
 mod backend_tls;
 mod breaker;
+mod canary;
 mod certs;
 mod dev;
 mod edge;
