@@ -447,13 +447,25 @@ impl PodEndpoint {
 /// One EndpointSlice of `service` listing pods `backend-{i}` with their conditions, as
 /// the EndpointSlice controller writes them (targetRef with name and UID, hostname).
 pub(crate) fn pod_slice(name: &str, service: &str, port: u16, pods: &[PodEndpoint]) -> Value {
+    pod_slice_of(name, service, "backend", port, pods)
+}
+
+/// [`pod_slice`] for the pods of StatefulSet `statefulset`.
+pub(crate) fn pod_slice_of(
+    name: &str,
+    service: &str,
+    statefulset: &str,
+    port: u16,
+    pods: &[PodEndpoint],
+) -> Value {
     let endpoints: Vec<Value> = pods
         .iter()
         .map(|p| {
+            let pod = format!("{statefulset}-{}", p.ordinal);
             json!({"addresses": [p.ip.to_string()],
                 "conditions": {"ready": p.ready, "serving": p.serving, "terminating": p.terminating},
-                "hostname": format!("backend-{}", p.ordinal),
-                "targetRef": {"kind": "Pod", "name": format!("backend-{}", p.ordinal), "uid": p.uid}})
+                "hostname": pod,
+                "targetRef": {"kind": "Pod", "name": pod, "uid": p.uid}})
         })
         .collect();
     json!({"metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},

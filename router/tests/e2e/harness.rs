@@ -199,8 +199,19 @@ impl Harness {
     pub(crate) async fn start_with_cert(opts: Options, cert: &DevCert) -> Result<Self> {
         if opts.pods {
             let (backends, _) = pod_backends(opts.backends, opts.interval).await?;
-            let router =
-                start_router(&opts, cert, Backends::Pods(Default::default()), None).await?;
+            // Other sets' pods, like the stable set's, come from the slices (the test
+            // starts them).
+            let sets = opts
+                .sets
+                .iter()
+                .map(|(name, _)| router::SetConfig {
+                    name: (*name).to_owned(),
+                    backends: Backends::Pods(Default::default()),
+                    replicas: None,
+                })
+                .collect();
+            let pods = Backends::Pods(Default::default());
+            let router = start_router_with_sets(&opts, cert, pods, None, sets).await?;
             return Ok(Self::with_router(router, backends, cert));
         }
         let mut backends = Vec::new();

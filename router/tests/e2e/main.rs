@@ -19,6 +19,7 @@ mod http2;
 mod http_backend;
 mod http_hostile;
 mod kube;
+mod kube_sets;
 mod lifecycle;
 mod limits;
 mod operate;
