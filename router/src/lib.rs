@@ -35,7 +35,8 @@ mod state;
 // The binary: its command line, logging, one subcommand to its exit status.
 pub use commands::dev::{start as start_dev, DevHandle};
 pub use commands::exit::bad_command_line;
-pub use commands::plan::{plan, Current};
+pub use commands::plan::{plan, plan_configmap, Current};
+pub use commands::plan_sets::{SetChange, SplitPlan};
 pub use commands::run;
 pub use config::{
     default_admin_listen, AdminToken, AuthSetup, Cli, Command, RouterConfig, DEFAULT_CONFIGMAP,
@@ -49,10 +50,10 @@ pub use daemon::{start, RouterHandle};
 
 // The control plane's settings and inputs.
 pub use control::overrides_file::read_overrides;
-pub use control::publisher::{Input, RoutingConfig};
+pub use control::publisher::{Input, RoutingConfig, SetConfig};
 pub use control::stats::RejectReason;
 pub use control::watch::kube::WATCH_RETRY_MAX;
-pub use control::watch::{start as start_watch, OverridesWatch, WatchConfig};
+pub use control::watch::{start as start_watch, OverridesWatch, SetWatch, WatchConfig};
 
 // The data plane's settings, and what a test plugs into it.
 pub use data::admission::auth::{

@@ -14,6 +14,7 @@ pub(crate) mod dev;
 mod dev_page;
 pub(crate) mod exit;
 pub(crate) mod plan;
+pub(crate) mod plan_sets;
 pub(crate) mod serve;
 
 use std::process::ExitCode;

@@ -13,11 +13,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use wsrouter::{
-    tenant_key, validate_namespace, BackendTemplate, Backends, NamespaceError, Overrides,
-    RouteSource, RoutingTable, TableSource,
+    tenant_key, validate_namespace, BackendTemplate, Backends, ConfigMapData, NamespaceError,
+    Overrides, RouteSource, RoutingTable, Split, TableSource, DEFAULT_STABLE_SET,
 };
 
 use super::exit::{print, usage_error};
+use super::plan_sets::{set_why, split_plan, SplitPlan};
 use crate::admin::views::{ContractView, TableView};
 use crate::config::{PlanArgs, RouteArgs};
 use crate::control::overrides_file::{self, OverridesFileError};
@@ -55,11 +56,15 @@ pub(crate) async fn run_plan(args: &PlanArgs) -> ExitCode {
             args.current.as_deref(),
             args.current_replicas,
             &args.statefulset,
-        ),
+        )
+        .map(|c| Current {
+            stable_set: args.stable_set.clone(),
+            ..c
+        }),
     };
     let plan = current.and_then(|cur| {
-        let new = overrides_file::read_overrides(&args.overrides, &args.statefulset)?;
-        plan(&cur, new, args.replicas, &args.statefulset)
+        let new = overrides_file::read_configmap(&args.overrides, &args.statefulset)?;
+        plan_configmap(&cur, new, args.replicas, &args.statefulset)
     });
     match plan {
         Ok(p) => print(&p.to_string()),
@@ -144,7 +149,10 @@ pub(crate) fn route(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
     pub tenant: String,
+    /// Its backend set and pod ordinal there, now and after.
+    pub from_set: String,
     pub from: u32,
+    pub to_set: String,
     pub to: u32,
     pub why: &'static str,
     pub live_sockets: u64,
@@ -166,6 +174,8 @@ pub struct Plan {
     pub config_after: String,
     /// How long reconnects take under the router's upgrade budgets, when it has any.
     pub reconnects: Option<Reconnects>,
+    /// What the split does to each backend set, when there is more than one.
+    pub split: Option<SplitPlan>,
 }
 
 /// How long the router's upgrade budgets make a full reconnect: of every live socket
@@ -178,12 +188,18 @@ pub struct Reconnects {
     pub of_moved: Duration,
 }
 
-/// What the router runs now: replicas, overrides, live sockets per tenant, its budgets.
+/// What the router runs now: replicas, overrides, live sockets per tenant, its budgets,
+/// and its backend sets and split.
 pub struct Current {
     pub replicas: u32,
     pub overrides: Overrides,
     pub live: BTreeMap<String, u64>,
     pub budget: BudgetConfig,
+    pub split: Split,
+    pub stable_set: String,
+    /// The sets beside the stable one, with their replicas (offline: none known; the
+    /// sets a split names count as one pod each).
+    pub sets: Vec<(String, u32)>,
 }
 
 impl Current {
@@ -193,14 +209,18 @@ impl Current {
         replicas: Option<u32>,
         statefulset: &str,
     ) -> Result<Self, OpsError> {
+        let now = match file {
+            Some(p) => overrides_file::read_configmap(p, statefulset)?,
+            None => ConfigMapData::default(),
+        };
         Ok(Self {
             replicas: replicas.ok_or(OpsError::NoCurrentReplicas)?,
-            overrides: match file {
-                Some(p) => overrides_file::read_overrides(p, statefulset)?,
-                None => Overrides::default(),
-            },
+            overrides: now.overrides,
             live: BTreeMap::new(),
             budget: BudgetConfig::default(),
+            split: now.split,
+            stable_set: DEFAULT_STABLE_SET.to_owned(),
+            sets: Vec::new(),
         })
     }
 
@@ -225,44 +245,102 @@ impl Current {
             per_pod_per_second: v.upgrade_budget.per_pod_per_second,
             ..BudgetConfig::default()
         };
+        let split = split_of(&v.split).map_err(bad)?;
+        let stable_set = match v.stable_set.as_str() {
+            "" => DEFAULT_STABLE_SET.to_owned(),
+            name => name.to_owned(),
+        };
         Ok(Self {
             replicas,
             overrides,
             live,
             budget,
+            split,
+            stable_set,
+            sets: v
+                .sets
+                .iter()
+                .map(|s| (s.name.clone(), s.replicas))
+                .collect(),
         })
     }
 }
 
-/// Which tenants `new_overrides` (and `new_replicas`) would move from where they are now.
+/// The split a router's `/table` shows, as its ConfigMap said it.
+fn split_of(v: &crate::admin::views::SplitView) -> Result<Split, String> {
+    let mut entries: Vec<(String, String)> = Vec::new();
+    if let Some(set) = &v.canary_set {
+        entries.push(("canary.set".into(), set.clone()));
+        entries.push((
+            "canary.weight".into(),
+            format!("{:.2}", v.canary_weight_percent),
+        ));
+    }
+    if !v.header.is_empty() {
+        entries.push(("canary.header".into(), v.header.clone()));
+    }
+    if !v.cookie.is_empty() {
+        entries.push(("canary.cookie".into(), v.cookie.clone()));
+    }
+    for (ns, set) in &v.pinned {
+        entries.push((format!("set.{ns}"), set.clone()));
+    }
+    Split::parse(entries).map_err(|e| format!("{e:?}"))
+}
+
+/// Which tenants `new_overrides` (and `new_replicas`) would move from where they are now,
+/// the split as it is.
 pub fn plan(
     current: &Current,
     new_overrides: Overrides,
     new_replicas: Option<u32>,
     statefulset: &str,
 ) -> Result<Plan, OpsError> {
-    let before = table(
+    let new = ConfigMapData {
+        overrides: new_overrides,
+        split: current.split.clone(),
+        ..ConfigMapData::default()
+    };
+    plan_configmap(current, new, new_replicas, statefulset)
+}
+
+/// Which tenants a whole new ConfigMap (overrides and split) and `new_replicas` would
+/// move from where they are now, and what each backend set gains and loses.
+pub fn plan_configmap(
+    current: &Current,
+    new: ConfigMapData,
+    new_replicas: Option<u32>,
+    statefulset: &str,
+) -> Result<Plan, OpsError> {
+    let before = current.sets_table(table(
         statefulset,
         replicas(current.replicas)?,
         current.overrides.clone(),
-    );
+    ));
     let after_replicas = replicas(new_replicas.unwrap_or(current.replicas))?;
-    let after = table(statefulset, after_replicas, new_overrides);
+    let after = table(statefulset, after_replicas, new.overrides);
+    let after =
+        super::plan_sets::table_with_sets(after, &current.stable_set, &current.sets, &new.split);
     let diff = before.diff(&after);
     // Tenants worth naming: every overridden one, before or after, and every live one.
     let mut tenants: BTreeSet<&str> = BTreeSet::new();
     tenants.extend(before.overrides().iter().map(|(k, _)| k));
     tenants.extend(after.overrides().iter().map(|(k, _)| k));
     tenants.extend(current.live.keys().map(String::as_str));
+    let pinned = [before.split(), after.split()].map(Split::pinned);
+    tenants.extend(pinned.iter().flatten().map(|(ns, _)| *ns));
     let moves = tenants
         .into_iter()
         .filter_map(|t| {
             let (a, b) = (before.route(t), after.route(t));
-            (a.ordinal != b.ordinal).then(|| Move {
+            ((a.set, a.ordinal) != (b.set, b.ordinal)).then(|| Move {
                 tenant: t.to_owned(),
+                from_set: before.set(a.set).name().to_owned(),
                 from: a.ordinal,
+                to_set: after.set(b.set).name().to_owned(),
                 to: b.ordinal,
                 why: match (a.source, b.source) {
+                    _ if a.set != b.set => set_why(a.why, b.why),
                     (RouteSource::Override, RouteSource::Override) => "override changed",
                     (RouteSource::Hash, RouteSource::Override) => "override added",
                     (RouteSource::Override, RouteSource::Hash) if b.inactive_override.is_some() => {
@@ -276,6 +354,7 @@ pub fn plan(
         })
         .collect::<Vec<Move>>();
     let reconnects = reconnects(current, &before, &moves);
+    let split = split_plan(&before, &after, &moves);
     let (n, m) = (f64::from(current.replicas), f64::from(after_replicas.get()));
     Ok(Plan {
         replicas_before: current.replicas,
@@ -290,20 +369,24 @@ pub fn plan(
         config_before: before.fingerprint().config_hex(),
         config_after: after.fingerprint().config_hex(),
         reconnects,
+        split,
     })
 }
 
 /// The reconnect times under `current`'s budgets: every live socket back through this
 /// router (each to its pod now), and the moved ones to their new pods.
 fn reconnects(current: &Current, before: &RoutingTable, moves: &[Move]) -> Option<Reconnects> {
-    let busiest = |per_pod: &BTreeMap<u32, u64>| per_pod.values().copied().max().unwrap_or(0);
-    let mut now: BTreeMap<u32, u64> = BTreeMap::new();
+    let busiest =
+        |per_pod: &BTreeMap<(&str, u32), u64>| per_pod.values().copied().max().unwrap_or(0);
+    let mut now: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     for (tenant, n) in &current.live {
-        *now.entry(before.route(tenant).ordinal).or_default() += n;
+        let r = before.route(tenant);
+        *now.entry((before.set(r.set).name(), r.ordinal))
+            .or_default() += n;
     }
-    let mut to: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut to: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     for m in moves {
-        *to.entry(m.to).or_default() += m.live_sockets;
+        *to.entry((&m.to_set, m.to)).or_default() += m.live_sockets;
     }
     let live = now.values().sum();
     let moved = to.values().sum();
@@ -330,11 +413,20 @@ impl std::fmt::Display for Plan {
         if self.moves.is_empty() {
             writeln!(f, "no listed tenant moves")?;
         }
+        let sets = self.split.is_some();
         for m in &self.moves {
+            let pod = |set: &str, ordinal: u32| match sets {
+                true => format!("{set}/{ordinal}"),
+                false => ordinal.to_string(),
+            };
             writeln!(
                 f,
                 "  {:<32} {:>4} → {:<4} {:<22} live sockets here: {}",
-                m.tenant, m.from, m.to, m.why, m.live_sockets
+                m.tenant,
+                pod(&m.from_set, m.from),
+                pod(&m.to_set, m.to),
+                m.why,
+                m.live_sockets
             )?;
         }
         if self.replicas_before != self.replicas_after {
@@ -345,6 +437,9 @@ impl std::fmt::Display for Plan {
                 self.replicas_before,
                 self.replicas_after
             )?;
+        }
+        if let Some(s) = &self.split {
+            write!(f, "{s}")?;
         }
         if let Some(r) = &self.reconnects {
             writeln!(
@@ -446,6 +541,9 @@ mod tests {
                 .into_iter()
                 .collect(),
             budget: BudgetConfig::default(),
+            split: Split::default(),
+            stable_set: DEFAULT_STABLE_SET.into(),
+            sets: Vec::new(),
         };
         let new = Overrides::parse(
             [("ns-01", "3"), ("stay", "3"), ("acme-prod", "backend-9")],
@@ -496,6 +594,9 @@ mod tests {
                 per_pod_per_second: Some(100),
                 ..BudgetConfig::default()
             },
+            split: Split::default(),
+            stable_set: DEFAULT_STABLE_SET.into(),
+            sets: Vec::new(),
         };
         let p = plan(&cur, Overrides::default(), Some(4), "backend").unwrap();
         let r = p.reconnects.clone().unwrap();

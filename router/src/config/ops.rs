@@ -55,6 +55,9 @@ pub struct PlanArgs {
     /// The StatefulSet's name, for pod names in targets.
     #[arg(long, env = "WSROUTER_STATEFULSET", default_value = DEFAULT_STATEFULSET)]
     pub statefulset: String,
+    /// The stable backend set's name, as the router's --stable-set (offline; a router's own comes from its /table).
+    #[arg(long, env = "WSROUTER_STABLE_SET", default_value = wsrouter::DEFAULT_STABLE_SET)]
+    pub stable_set: String,
 }
 
 #[derive(Args, Debug, Clone)]
