@@ -136,8 +136,61 @@ async fn a_weight_change_closes_only_the_tenants_whose_set_changed_and_they_reco
         eprintln!("weight {w}: {} of {SOCKETS} tenants moved", moving.len());
         t = next;
     }
-    let (text, m) = scrape_metrics(&h).await?;
+    // Failures for the canary's analysis to see: sockets that asked for v2 by header
+    // lose their pod (a crash: closed by the backend's fault), and the next upgrade to
+    // it is refused.
+    let always = [("x-canary", "always")];
+    let hinted = wsrouter::Hints {
+        header: Some(wsrouter::Hint::Always),
+        cookie: None,
+    };
+    let on_v2_0: Vec<&String> = tenants
+        .iter()
+        .filter(|ns| t.route_for(ns, hinted).ordinal == 0)
+        .take(4)
+        .collect();
+    let mut doomed = Vec::new();
+    for ns in &on_v2_0[..3] {
+        let (mut ws, _) = connect_with(&h, &format!("/ws/{ns}"), &always).await?;
+        next_counter(&mut ws).await?;
+        doomed.push(ws);
+    }
+    h.sets[0][0].kill().await;
+    for ws in &mut doomed {
+        ensure!(next_close_code(ws).await? != Some(1012));
+    }
+    let refused = h
+        .raw(&upgrade_request_with(
+            &format!("/ws/{}", on_v2_0[3]),
+            "X-Canary: always",
+        ))
+        .await?;
+    ensure!(refused.status >= 500, "{refused:?}");
+    let (text, m) = within(WAIT, "the canary's failures counted", async {
+        loop {
+            let (text, m) = scrape_metrics(&h).await?;
+            let faults: f64 = m
+                .iter()
+                .filter(|(k, _)| {
+                    k.starts_with("wsrouter_connections_closed_total{")
+                        && k.contains("set=\"v2\"")
+                        && k.contains("reason=\"backend_")
+                })
+                .map(|(_, v)| v)
+                .sum();
+            if faults >= 3.0 {
+                return Ok::<_, anyhow::Error>((text, m));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
     std::fs::write(target_tmp.join("metrics-sets-after.prom"), &text)?;
+    let refusals = format!(
+        "wsrouter_set_requests_total{{set=\"v2\",kind=\"websocket\",status=\"{}\"}}",
+        refused.status
+    );
+    ensure!(m.get(&refusals) == Some(&1.0), "{refusals}\n{text}");
     let v2_upgrades = m
         .get("wsrouter_set_requests_total{set=\"v2\",kind=\"websocket\",status=\"101\"}")
         .copied()
@@ -151,8 +204,15 @@ async fn a_weight_change_closes_only_the_tenants_whose_set_changed_and_they_reco
     Ok(())
 }
 
-/// A WebSocket for `path` carrying `headers`, and its first counter's server.
-async fn server_with(h: &Harness, path: &str, headers: &[(&str, &str)]) -> Result<String> {
+/// A WebSocket for `path` carrying `headers`.
+async fn connect_with(
+    h: &Harness,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(
+    Ws,
+    tokio_tungstenite::tungstenite::handshake::client::Response,
+)> {
     let tls = h.tls().await?;
     let url = format!("wss://localhost:{}{path}", h.addr().port());
     let mut req = url.into_client_request()?;
@@ -162,12 +222,26 @@ async fn server_with(h: &Harness, path: &str, headers: &[(&str, &str)]) -> Resul
             http::HeaderValue::from_str(v)?,
         );
     }
-    let (mut ws, _) = within(
+    Ok(within(
         WAIT,
         "websocket connect",
         tokio_tungstenite::client_async(req, tls),
     )
-    .await??;
+    .await??)
+}
+
+/// An upgrade request for `path` with one more header line, as raw bytes.
+fn upgrade_request_with(path: &str, line: &str) -> Vec<u8> {
+    let mut r = String::from_utf8_lossy(&upgrade_request(path)).into_owned();
+    r.truncate(r.len() - 2);
+    r.push_str(line);
+    r.push_str("\r\n\r\n");
+    r.into_bytes()
+}
+
+/// A WebSocket for `path` carrying `headers`, and its first counter's server.
+async fn server_with(h: &Harness, path: &str, headers: &[(&str, &str)]) -> Result<String> {
+    let (mut ws, _) = connect_with(h, path, headers).await?;
     let server = next_counter(&mut ws).await?.server;
     ws.close(None).await?;
     Ok(server)
