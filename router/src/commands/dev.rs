@@ -6,19 +6,23 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use thiserror::Error;
-use wsrouter::{Backends, Overrides, PathPrefix, TableSource, TenantFrom};
+use wsrouter::{Backends, ConfigMapData, PathPrefix, TableSource, TenantFrom};
 
 use super::exit::{config_error, failure};
 use crate::config::{ConfigError, DevArgs, RouterConfig};
-use crate::control::overrides_file::read_overrides;
+use crate::control::overrides_file::read_configmap;
 use crate::control::watch::{self, files::FileSource};
-use crate::control::RoutingConfig;
+use crate::control::{RoutingConfig, SetConfig};
 use crate::daemon::{self, RouterHandle, ServerError};
 use crate::data::tls::config::{DevCert, TlsError};
 
 /// The StatefulSet name the dev backends pretend to be, so override targets read as in a
 /// cluster (`backend-2`).
 const DEV_STATEFULSET: &str = crate::config::routing::DEFAULT_STATEFULSET;
+
+/// The second backend set `dev` starts (`--canary-backends`), and its pods' StatefulSet.
+const DEV_CANARY_SET: &str = "v2";
+const DEV_CANARY: &str = "backend-v2";
 
 #[derive(Debug, Error)]
 pub enum DevError {
@@ -69,15 +73,21 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     let path_prefix = args.common.requests.path_prefix()?;
     // The backends read the tenant where the router does, so the `ns` they report (and
     // the path they answer on: `…/events`, `…/hub`) is the tenant the router routed on.
-    let backends = start_backends(
+    let interval = args.interval.get();
+    let from = &limits.policy.tenant_from;
+    let mut backends = start_backends(
+        DEV_STATEFULSET,
         args.backend_count,
-        args.interval.get(),
+        interval,
         &path_prefix,
-        &limits.policy.tenant_from,
+        from,
     )
     .await?;
+    let canaries =
+        start_backends(DEV_CANARY, args.canary_count, interval, &path_prefix, from).await?;
     // Read the overrides (if any) before the listener binds: a bad file is a config error.
-    let routing = routing(&backends, args.overrides_file.as_deref())?;
+    let routing = routing(&backends, &canaries, args.overrides_file.as_deref())?;
+    backends.extend(canaries);
     let cert = DevCert::generate(&["localhost", "127.0.0.1", "::1"])?;
     let tickets = args.common.tls.tickets()?;
     let mut tls = args.common.tls.tls_options();
@@ -115,8 +125,9 @@ pub async fn start(args: DevArgs, io_threads: usize) -> Result<DevHandle, DevErr
     })
 }
 
-/// `count` echo backends on loopback, named as the pods of [`DEV_STATEFULSET`].
+/// `count` echo backends on loopback, named as the pods of StatefulSet `statefulset`.
 async fn start_backends(
+    statefulset: &str,
     count: u32,
     interval: Duration,
     path_prefix: &PathPrefix,
@@ -127,7 +138,7 @@ async fn start_backends(
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|source| DevError::Backend { ordinal, source })?;
-        let mut cfg = backend::EchoConfig::new(format!("{DEV_STATEFULSET}-{ordinal}"))
+        let mut cfg = backend::EchoConfig::new(format!("{statefulset}-{ordinal}"))
             .with_interval(interval)
             .with_tenant_from(tenant_from.clone());
         cfg.path_prefix = path_prefix.clone();
@@ -139,31 +150,44 @@ async fn start_backends(
     Ok(backends)
 }
 
-/// The echo backends as a static list, with the overrides file's entries if one is given.
+/// The echo backends as a static list, the canaries as set `v2` beside them, with the
+/// overrides file's entries (and split) if one is given.
 fn routing(
     backends: &[backend::EchoHandle],
+    canaries: &[backend::EchoHandle],
     overrides_file: Option<&Path>,
 ) -> Result<RoutingConfig, ConfigError> {
-    let addrs: Vec<String> = backends
-        .iter()
-        .map(|b| b.local_addr().to_string())
-        .collect();
-    let backends = Backends::static_list(addrs).map_err(ConfigError::Backends)?;
-    let replicas = backends.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
-    let (overrides, source) = match overrides_file {
+    let list = |b: &[backend::EchoHandle]| {
+        let addrs = b.iter().map(|b| b.local_addr().to_string()).collect();
+        Backends::static_list(addrs).map_err(ConfigError::Backends)
+    };
+    let stable = list(backends)?;
+    let replicas = stable.fixed_replicas().ok_or(ConfigError::ZeroReplicas)?;
+    let (data, source) = match overrides_file {
         Some(p) => (
-            read_overrides(p, DEV_STATEFULSET).map_err(ConfigError::OverridesFile)?,
+            read_configmap(p, DEV_STATEFULSET).map_err(ConfigError::OverridesFile)?,
             TableSource::File {
                 path: p.display().to_string(),
             },
         ),
-        None => (Overrides::default(), TableSource::Flags),
+        None => (ConfigMapData::default(), TableSource::Flags),
+    };
+    let sets = match canaries {
+        [] => Vec::new(),
+        _ => vec![SetConfig {
+            name: DEV_CANARY_SET.to_owned(),
+            replicas: Some(canaries.len() as u32),
+            backends: list(canaries)?,
+        }],
     };
     Ok(RoutingConfig {
         statefulset: DEV_STATEFULSET.to_owned(),
-        overrides,
+        overrides: data.overrides,
+        limits: data.limits,
+        split: data.split,
+        sets,
         source,
-        ..RoutingConfig::fixed(backends, replicas)
+        ..RoutingConfig::fixed(stable, replicas)
     })
 }
 
@@ -184,19 +208,26 @@ impl DevHandle {
             "wsrouter dev: wss://{addr}/ws/{{namespace}} → {} echo backends\n",
             self.backends.len()
         );
-        for (i, a) in table
-            .backends()
-            .iter()
-            .filter_map(|b| b.address())
-            .enumerate()
-        {
-            out.push_str(&format!("  backend-{i}  {a}\n"));
+        for (s, set) in table.sets().iter().enumerate() {
+            let pod = |i: u32| match s {
+                0 => format!("{DEV_STATEFULSET}-{i}"),
+                _ => format!("{DEV_CANARY}-{i}"),
+            };
+            out.push_str(&format!("  set {}:\n", set.name()));
+            for (i, a) in (0..).zip(set.backends()) {
+                let a = a.address().unwrap_or_default();
+                out.push_str(&format!("    {}  {a}\n", pod(i)));
+            }
         }
         for ns in ["ns-01", "acme-prod"] {
-            out.push_str(&format!(
-                "  {ns} routes to backend-{}\n",
-                table.route(ns).ordinal
-            ));
+            let r = table.route(ns);
+            let set = table.set(r.set).name();
+            out.push_str(&format!("  {ns} routes to set {set}, pod {}\n", r.ordinal));
+        }
+        if table.sets().len() > 1 {
+            out.push_str(
+                "  (a canary: canary.set: v2 and canary.weight: \"50\" in the overrides file)\n",
+            );
         }
         out.push_str(&format!(
             "\npage: https://localhost:{}/ (the dev CA below, or accept the warning)\n",

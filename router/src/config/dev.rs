@@ -17,6 +17,9 @@ pub struct DevArgs {
     /// How many in-process echo backends to start.
     #[arg(long = "backends", env = "WSROUTER_DEV_BACKENDS", default_value_t = DevArgs::default().backend_count, value_parser = clap::value_parser!(u32).range(1..=256), help_heading = "Dev")]
     pub backend_count: u32,
+    /// How many echo backends to start as a second backend set, `v2` (`backend-v2-{i}`), for trying a canary: `canary.set: v2` in the overrides file (0: none).
+    #[arg(long = "canary-backends", env = "WSROUTER_DEV_CANARY_BACKENDS", default_value_t = DevArgs::default().canary_count, value_parser = clap::value_parser!(u32).range(0..=256), help_heading = "Dev")]
+    pub canary_count: u32,
     /// Time between the echo backends' counter messages.
     #[arg(long, env = "WSROUTER_DEV_INTERVAL", default_value_t = DevArgs::default().interval, help_heading = "Dev")]
     pub interval: Span,
@@ -46,6 +49,7 @@ impl Default for DevArgs {
             listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), WSS_PORT),
             admin_listen: default_admin_listen(None),
             backend_count: 4,
+            canary_count: 2,
             interval: Span::secs(1),
             overrides_file: None,
             common: CommonArgs::default(),

@@ -25,7 +25,12 @@ async fn dev_mode_routes_over_wss_with_overrides() -> Result<()> {
         banner.contains(&format!("websocat -k wss://{addr}/ws/ns-01")),
         "{banner}"
     );
-    assert_eq!(dev.backends.len(), 4);
+    // Four stable pods, and two of a second set for trying a canary.
+    assert_eq!(dev.backends.len(), 6);
+    assert!(
+        banner.contains("set v2:") && banner.contains("backend-v2-1"),
+        "{banner}"
+    );
 
     let connector = tokio_rustls::TlsConnector::from(dev.cert.client_config());
     // ns-01 is overridden to backend-0; acme-prod follows the hash (3 of 4).
@@ -123,6 +128,37 @@ async fn dev_serves_its_page_and_serve_does_not() -> Result<()> {
     let table = https_get(&connector, addr, "/dev/table").await?;
     let view: router::TableView = serde_json::from_str(&table.body)?;
     assert_eq!(view.replicas, 4);
+    // The page shows both sets side by side.
+    assert_eq!(view.stable_set, "stable");
+    let sets: Vec<_> = view
+        .sets
+        .iter()
+        .map(|s| (s.name.as_str(), s.replicas))
+        .collect();
+    assert_eq!(sets, [("v2", 2)]);
+    assert!(page.body.contains("table.sets"));
+    // A canary in the overrides file, edited live: everyone to v2 (blue/green).
+    std::fs::write(
+        &file,
+        "kind: ConfigMap\ndata:\n  ns-01: backend-0\n  canary.set: v2\n  canary.weight: \"100\"\n",
+    )?;
+    let mut changes = dev.router.control().changes();
+    within(WAIT, "the split applied", async {
+        while dev
+            .router
+            .current_table()
+            .is_none_or(|t| t.split().canary().is_none())
+        {
+            let _ = changes.changed().await;
+        }
+    })
+    .await?;
+    let route = https_get(&connector, addr, "/dev/route/ns-02").await?;
+    let view: router::RouteView = serde_json::from_str(&route.body)?;
+    assert_eq!(
+        (view.set.as_str(), view.set_reason.as_str()),
+        ("v2", "weight")
+    );
     let config: serde_json::Value =
         serde_json::from_str(&https_get(&connector, addr, "/dev/config").await?.body)?;
     assert_eq!(
