@@ -227,3 +227,13 @@ fn every_bad_entry_is_named_and_rejects_the_update() {
     assert!(is_split_key("canary.set") && is_split_key("set.acme"));
     assert!(!is_split_key("max-connections.acme") && !is_split_key("acme"));
 }
+
+/// The split buckets of the contract's golden tenants, recomputed with Python's
+/// `xxhash.xxh3_64_intdigest(ns, seed=0x73706c69745f7631) % 10000`: another tool must
+/// give the same.
+#[test]
+fn split_buckets_follow_the_golden_vectors() {
+    for (ns, bucket) in [("ns-01", 8130), ("ns-02", 6761), ("acme-prod", 6308)] {
+        assert_eq!(split_bucket(ns), bucket, "{ns}");
+    }
+}

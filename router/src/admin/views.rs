@@ -152,6 +152,9 @@ pub(crate) struct ContractView {
     /// The routing config fingerprint of these replicas and overrides (16 hex digits),
     /// as every router holding them shows it.
     pub config_fingerprint: String,
+    /// Its split bucket (0..10,000): with a canary at weight W%, it is on the canary when
+    /// this is below W × 100.
+    pub split_bucket: u32,
 }
 
 /// An admin endpoint's refusal.

@@ -42,8 +42,15 @@ pub(crate) fn run_route(args: &RouteArgs) -> ExitCode {
         }
     } else {
         print(&format!(
-            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas; routing config {})\n",
-            v.namespace, v.pod, v.ordinal, v.source, v.xxh3_64, v.replicas, v.config_fingerprint
+            "{} → {} (ordinal {}, {}; XXH3-64 {}, {} replicas; routing config {}; split bucket {})\n",
+            v.namespace,
+            v.pod,
+            v.ordinal,
+            v.source,
+            v.xxh3_64,
+            v.replicas,
+            v.config_fingerprint,
+            v.split_bucket
         ))
     }
 }
@@ -142,6 +149,7 @@ pub(crate) fn route(
         source: r.source.as_str().to_owned(),
         inactive_override: r.inactive_override,
         config_fingerprint: t.fingerprint().config_hex(),
+        split_bucket: wsrouter::split::split_bucket(namespace),
     })
 }
 

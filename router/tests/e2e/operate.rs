@@ -412,7 +412,7 @@ async fn plan_and_route_commands() -> Result<()> {
         line.trim(),
         format!(
             // The config fingerprint of 4 replicas and no overrides: a golden vector.
-            "ns-02 → backend-{} (ordinal {}, hash; XXH3-64 0x0491707bc197bf27, 4 replicas; routing config d2e5e9c64cd8821e)",
+            "ns-02 → backend-{} (ordinal {}, hash; XXH3-64 0x0491707bc197bf27, 4 replicas; routing config d2e5e9c64cd8821e; split bucket 6761)",
             h.ordinal("ns-02"),
             h.ordinal("ns-02")
         )
