@@ -281,6 +281,7 @@ async fn header_and_cookie_rules_beat_the_weight_and_pins_and_overrides_beat_the
             ("canary.header", "X-Version"),
             ("set.pinned", "stable"),
             ("overridden", "backend-1"),
+            ("max-connections.capped", "0"),
         ]),
     )
     .await?;
@@ -308,6 +309,9 @@ async fn header_and_cookie_rules_beat_the_weight_and_pins_and_overrides_beat_the
     );
     let o = server_with(&h, "/ws/overridden", &[("x-version", "always")]).await?;
     ensure!(o == "backend-1", "a pod override beats everything: {o}");
+    // The router's own refusal (the tenant's cap) is not the canary's failure.
+    let capped = h.raw(&upgrade_request("/ws/capped")).await?;
+    ensure!(capped.status == 429, "{capped:?}");
     // /route says which set and why, for a request with a given header.
     let r = h.admin_get("/route/acme?header=never").await?;
     ensure!(
@@ -347,5 +351,10 @@ async fn header_and_cookie_rules_beat_the_weight_and_pins_and_overrides_beat_the
     ensure!(h.router.current_table().map(|t| t.version()) == Some(before));
     let v2_http = m.get("wsrouter_set_requests_total{set=\"v2\",kind=\"http\",status=\"200\"}");
     ensure!(v2_http == Some(&1.0), "{v2_http:?}");
+    ensure!(
+        !m.keys()
+            .any(|k| k.starts_with("wsrouter_set_requests_total") && k.contains("status=\"429\"")),
+        "a refusal of the router's own is not counted against a set"
+    );
     Ok(())
 }

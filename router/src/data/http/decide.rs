@@ -71,11 +71,17 @@ pub(super) fn decide(
         Backend::Pod(m) if m.accepts_new() => (m.addr.to_string().into(), Some(m.addr)),
         Backend::Pod(m) => {
             return Err(ProxyError::BackendNotServing {
+                set: route.set,
                 ordinal,
                 terminating: m.terminating,
             })
         }
-        Backend::Unknown => return Err(ProxyError::BackendUnknown { ordinal }),
+        Backend::Unknown => {
+            return Err(ProxyError::BackendUnknown {
+                set: route.set,
+                ordinal,
+            })
+        }
     };
     Ok(Routed {
         tenant: tenant.into(),

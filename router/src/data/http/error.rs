@@ -4,7 +4,7 @@
 use crate::data::admission::auth::{Denied, ForwardDenied};
 use http::header::HeaderName;
 use thiserror::Error;
-use wsrouter::{AmbiguousPath, NamespaceError, PathError};
+use wsrouter::{AmbiguousPath, NamespaceError, PathError, SetId};
 
 use crate::data::admission::budget::Spent;
 use crate::data::admission::pools::Refusal;
@@ -59,12 +59,39 @@ pub enum ProxyError {
     #[error("no routing table loaded yet")]
     NoTable,
     #[error("backend {ordinal} is {}", if *.terminating { "terminating" } else { "not serving" })]
-    BackendNotServing { ordinal: u32, terminating: bool },
+    BackendNotServing {
+        set: SetId,
+        ordinal: u32,
+        terminating: bool,
+    },
     #[error("backend {ordinal} has no known address yet")]
-    BackendUnknown { ordinal: u32 },
+    BackendUnknown { set: SetId, ordinal: u32 },
     /// The backend was asked and did not upgrade, or its breaker kept it from being asked.
     #[error(transparent)]
     Backend(#[from] UpstreamError),
+}
+
+impl ProxyError {
+    /// Whether the answer is about the pod the request was routed to: it is not serving
+    /// or not known yet, or it was asked and failed (unreachable, timed out, refused the
+    /// upgrade, or its breaker is open). The router's own refusals of the client (rates,
+    /// caps, budgets, limits, the door) are not: a backend set's success rate is judged
+    /// on its pods, not on how busy the router is.
+    pub(crate) fn about_the_pod(&self) -> bool {
+        matches!(
+            self,
+            Self::BackendNotServing { .. } | Self::BackendUnknown { .. } | Self::Backend(_)
+        )
+    }
+
+    /// The backend set of the pod a refusal is about, when the request was refused
+    /// while routed (its pod not serving or not known).
+    pub(crate) fn set(&self) -> Option<SetId> {
+        match self {
+            Self::BackendNotServing { set, .. } | Self::BackendUnknown { set, .. } => Some(*set),
+            _ => None,
+        }
+    }
 }
 
 /// Why a request's Host is refused (RFC 9112 §3.2).

@@ -57,14 +57,21 @@ pub(super) async fn forward<B: ClientBodyIn>(
     let protocol = crate::state::labels::protocol(req.version());
     let started = Instant::now();
     let metrics = &ctx.shared.metrics;
-    let set = routed.as_ref().ok().map(|r| r.set);
+    let mut set = match &routed {
+        Ok(r) => Some(r.set),
+        Err(e) => e.set(),
+    };
     let (resp, took) = match forward_request(req, routed, ctx).await {
         Ok(resp) => {
             let took = started.elapsed().as_secs_f64();
             metrics.http.response_seconds.observe(took);
             (resp, Some(took))
         }
-        Err(e) => (answer::refused(e, uri, ctx, Refused::Request), None),
+        Err(e) => {
+            // Counted for its backend set only when the refusal is about its pod.
+            set = set.filter(|_| e.about_the_pod());
+            (answer::refused(e, uri, ctx, Refused::Request), None)
+        }
     };
     let status = resp.status().as_u16();
     metrics.http.answered(status, protocol);

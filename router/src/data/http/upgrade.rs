@@ -101,7 +101,11 @@ pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>)
             ..
         }) => return answered(resp, ctx),
         Ok(Told { resp, relay, .. }) => (resp, relay),
-        Err(e) => (answer::refused(e, &uri, ctx, Refused::Upgrade), None),
+        Err(e) => {
+            // Counted for its backend set only when the refusal is about its pod.
+            routed_to = e.set().or(routed_to).filter(|_| e.about_the_pod());
+            (answer::refused(e, &uri, ctx, Refused::Upgrade), None)
+        }
     };
     if relay.is_some() || closes(&resp) {
         ctx.last_answer();

@@ -176,6 +176,7 @@ async fn every_error_has_one_verdict() {
     let timed_out = hyper_error(Failing(K::TimedOut)).await;
     let path = PathError::Missing(TenantFrom::Path);
     let not_serving = |terminating| ProxyError::BackendNotServing {
+        set: 0,
         ordinal: 2,
         terminating,
     };
@@ -379,7 +380,7 @@ async fn every_error_has_one_verdict() {
             },
         ),
         (
-            ProxyError::BackendUnknown { ordinal: 2 },
+            ProxyError::BackendUnknown { set: 0, ordinal: 2 },
             Verdict {
                 retry_after: Some(2),
                 ..failed(503, NOT_READY)
@@ -558,12 +559,13 @@ fn statuses_are_pinned() {
         (ProxyError::NoTable, 503),
         (
             ProxyError::BackendNotServing {
+                set: 0,
                 ordinal: 2,
                 terminating: true,
             },
             503,
         ),
-        (ProxyError::BackendUnknown { ordinal: 2 }, 503),
+        (ProxyError::BackendUnknown { set: 0, ordinal: 2 }, 503),
         (
             ProxyError::Backend(UpstreamError::CircuitOpen {
                 ordinal: 2,

@@ -126,7 +126,7 @@ impl SetMetrics {
     pub(crate) fn register(&self, r: &mut Registry) {
         r.register(
             "set_requests",
-            "Requests routed to each backend set, by kind (websocket, http) and the status the client got (101 or 200 for a socket, the pod's status, or the router's refusal once routed): what a canary's success rate is judged on",
+            "Requests routed to each backend set, by kind (websocket, http) and the status the client got: 101 or 200 for a socket, the pod's status, or the router's 502, 503 or 504 because of the pod (not serving, unreachable, timed out, circuit open); the router's own refusals of the client (rates, caps, budgets) are not counted: what a canary's success rate is judged on",
             self.requests.clone(),
         );
         r.register(
