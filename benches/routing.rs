@@ -3,7 +3,9 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use wsrouter::{BackendTemplate, Backends, Overrides, PathPrefix, RoutingTable, TableSource};
+use wsrouter::{
+    BackendTemplate, Backends, Overrides, PathPrefix, RoutingTable, SetSpec, Split, TableSource,
+};
 
 fn routing_decision(c: &mut Criterion) {
     let backends = Backends::Template(
@@ -31,6 +33,29 @@ fn routing_decision(c: &mut Criterion) {
     )
     .unwrap();
 
+    // A canary at 20% over a second set of 4, with 1000 tenants pinned: the split's
+    // pin lookup and its bucket hash on top of the pod hash.
+    let pins: Vec<(String, String)> = (0..1000)
+        .map(|i| (format!("set.pinned-{i}"), "v2".to_owned()))
+        .chain([
+            ("canary.set".to_owned(), "v2".to_owned()),
+            ("canary.weight".to_owned(), "20".to_owned()),
+        ])
+        .collect();
+    let v2 = Backends::Template(
+        BackendTemplate::parse("{statefulset}-{i}:9000", "backend-v2", "backend", "default")
+            .unwrap(),
+    );
+    let spec = SetSpec {
+        name: "v2",
+        backends: &v2,
+        replicas: 4,
+    };
+    let with_canary = no_overrides
+        .clone()
+        .with_sets("stable", &[spec], Split::parse(pins).unwrap())
+        .unwrap();
+
     let mut g = c.benchmark_group("routing_decision");
     g.bench_function("parse+hash, no overrides", |b| {
         b.iter(|| {
@@ -48,6 +73,12 @@ fn routing_decision(c: &mut Criterion) {
         b.iter(|| {
             let ns = prefix.namespace(black_box("/ws/acme-prod")).unwrap();
             black_box(with_overrides.route(ns).ordinal)
+        })
+    });
+    g.bench_function("parse+split+hash, canary 20%, 1000 pinned", |b| {
+        b.iter(|| {
+            let ns = prefix.namespace(black_box("/ws/acme-prod/chat")).unwrap();
+            black_box(with_canary.route(ns).ordinal)
         })
     });
     g.finish();
