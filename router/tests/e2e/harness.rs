@@ -602,6 +602,12 @@ pub(crate) async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
     .await
 }
 
+/// The server (echo backend) a new socket for `ns` reaches.
+pub(crate) async fn served_by(h: &Harness, ns: &str) -> Result<String> {
+    let mut ws = h.ws(ns).await?;
+    Ok(next_counter(&mut ws).await?.server)
+}
+
 pub(crate) async fn next_counter(ws: &mut Ws) -> Result<Counter> {
     within(WAIT, "a counter", async {
         loop {

@@ -43,11 +43,6 @@ async fn router_with(api: &FakeApi) -> Result<Harness> {
     Ok(h)
 }
 
-async fn served_by(h: &Harness, ns: &str) -> Result<String> {
-    let mut ws = h.ws(ns).await?;
-    Ok(next_counter(&mut ws).await?.server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configmap_and_statefulset_follow_the_api() -> Result<()> {
     let api = FakeApi::start().await?;

@@ -26,11 +26,6 @@ fn canary_pods(n: usize) -> Vec<PodEndpoint> {
         .collect()
 }
 
-async fn served_by(h: &Harness, ns: &str) -> Result<String> {
-    let mut ws = h.ws(ns).await?;
-    Ok(next_counter(&mut ws).await?.server)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_set_follows_its_own_statefulset_and_pods() -> Result<()> {
     let api = FakeApi::start().await?;
