@@ -18,7 +18,7 @@ use wsrouter::{
 };
 
 use super::exit::{print, usage_error};
-use super::plan_sets::{set_why, split_plan, SplitPlan};
+use super::plan_sets::{set_why, split_plan, table_with_sets, SplitPlan};
 use crate::admin::views::{ContractView, TableView};
 use crate::config::{PlanArgs, RouteArgs};
 use crate::control::overrides_file::{self, OverridesFileError};
@@ -320,24 +320,55 @@ pub fn plan_configmap(
     new_replicas: Option<u32>,
     statefulset: &str,
 ) -> Result<Plan, OpsError> {
-    let before = current.sets_table(table(
-        statefulset,
-        replicas(current.replicas)?,
-        current.overrides.clone(),
-    ));
+    let before = table_with_sets(
+        table(
+            statefulset,
+            replicas(current.replicas)?,
+            current.overrides.clone(),
+        ),
+        &current.stable_set,
+        &current.sets,
+        &current.split,
+    );
     let after_replicas = replicas(new_replicas.unwrap_or(current.replicas))?;
     let after = table(statefulset, after_replicas, new.overrides);
     let after =
         super::plan_sets::table_with_sets(after, &current.stable_set, &current.sets, &new.split);
     let diff = before.diff(&after);
-    // Tenants worth naming: every overridden one, before or after, and every live one.
+    let moves = moves(current, &before, &after);
+    let reconnects = reconnects(current, &before, &moves);
+    let moved = moves
+        .iter()
+        .map(|m| (m.from_set.as_str(), m.to_set.as_str(), m.live_sockets));
+    let split = split_plan(&before, &after, moved);
+    let (n, m) = (f64::from(current.replicas), f64::from(after_replicas.get()));
+    Ok(Plan {
+        replicas_before: current.replicas,
+        replicas_after: after_replicas.get(),
+        added: diff.added.len(),
+        changed: diff.changed.len(),
+        removed: diff.removed.len(),
+        moves,
+        // Jump hash: growing N→M moves 1−N/M of tenants onto the new pods; shrinking
+        // moves those on the removed pods, 1−M/N.
+        hash_share_moved: if m >= n { 1.0 - n / m } else { 1.0 - m / n },
+        config_before: before.fingerprint().config_hex(),
+        config_after: after.fingerprint().config_hex(),
+        reconnects,
+        split,
+    })
+}
+
+/// The tenants worth naming that move from `before` to `after`: every overridden or
+/// pinned one, before or after, and every live one.
+fn moves(current: &Current, before: &RoutingTable, after: &RoutingTable) -> Vec<Move> {
     let mut tenants: BTreeSet<&str> = BTreeSet::new();
     tenants.extend(before.overrides().iter().map(|(k, _)| k));
     tenants.extend(after.overrides().iter().map(|(k, _)| k));
     tenants.extend(current.live.keys().map(String::as_str));
     let pinned = [before.split(), after.split()].map(Split::pinned);
     tenants.extend(pinned.iter().flatten().map(|(ns, _)| *ns));
-    let moves = tenants
+    tenants
         .into_iter()
         .filter_map(|t| {
             let (a, b) = (before.route(t), after.route(t));
@@ -360,25 +391,7 @@ pub fn plan_configmap(
                 live_sockets: current.live.get(t).copied().unwrap_or(0),
             })
         })
-        .collect::<Vec<Move>>();
-    let reconnects = reconnects(current, &before, &moves);
-    let split = split_plan(&before, &after, &moves);
-    let (n, m) = (f64::from(current.replicas), f64::from(after_replicas.get()));
-    Ok(Plan {
-        replicas_before: current.replicas,
-        replicas_after: after_replicas.get(),
-        added: diff.added.len(),
-        changed: diff.changed.len(),
-        removed: diff.removed.len(),
-        moves,
-        // Jump hash: growing N→M moves 1−N/M of tenants onto the new pods; shrinking
-        // moves those on the removed pods, 1−M/N.
-        hash_share_moved: if m >= n { 1.0 - n / m } else { 1.0 - m / n },
-        config_before: before.fingerprint().config_hex(),
-        config_after: after.fingerprint().config_hex(),
-        reconnects,
-        split,
-    })
+        .collect()
 }
 
 /// The reconnect times under `current`'s budgets: every live socket back through this
@@ -510,120 +523,4 @@ pub(crate) async fn fetch(base: &str, path: &str, token: Option<&str>) -> Result
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn route_reproduces_the_golden_vectors() {
-        let cases = [
-            ("ns-01", "0x92a8b9e96c944c02", [0, 1, 2, 2, 2, 2, 2]),
-            ("ns-02", "0x0491707bc197bf27", [0, 1, 1, 1, 1, 1, 9]),
-            ("acme-prod", "0xf755c6ba18352c29", [0, 1, 1, 3, 3, 6, 6]),
-        ];
-        for (ns, key, ordinals) in cases {
-            for (r, want) in [1, 2, 3, 4, 5, 8, 16].into_iter().zip(ordinals) {
-                let v = route(ns, r, None, "backend").unwrap();
-                assert_eq!(v.xxh3_64, key);
-                assert_eq!(v.ordinal, want, "{ns} over {r}");
-                assert_eq!(v.pod, format!("backend-{want}"));
-                assert_eq!(v.source, "hash");
-            }
-        }
-        assert!(matches!(
-            route("Bad", 4, None, "backend"),
-            Err(OpsError::Namespace { .. })
-        ));
-        assert!(matches!(
-            route("ns-01", 0, None, "backend"),
-            Err(OpsError::ZeroReplicas)
-        ));
-    }
-
-    #[test]
-    fn plan_names_moved_tenants_and_why() {
-        let cur = Current {
-            replicas: 4,
-            overrides: Overrides::parse([("ns-01", "0"), ("gone", "1"), ("stay", "3")], "backend")
-                .unwrap(),
-            live: [("ns-02".to_owned(), 2), ("acme-prod".to_owned(), 5)]
-                .into_iter()
-                .collect(),
-            budget: BudgetConfig::default(),
-            split: Split::default(),
-            stable_set: DEFAULT_STABLE_SET.into(),
-            sets: Vec::new(),
-        };
-        let new = Overrides::parse(
-            [("ns-01", "3"), ("stay", "3"), ("acme-prod", "backend-9")],
-            "backend",
-        )
-        .unwrap();
-        let p = plan(&cur, new, Some(8), "backend").unwrap();
-        let moves: Vec<_> = p
-            .moves
-            .iter()
-            .map(|m| (m.tenant.as_str(), m.from, m.to, m.why, m.live_sockets))
-            .collect();
-        // ns-02 (live, hash): 1 over 4 → 1 over 8, stays; acme-prod: 3 over 4 → 6 over 8
-        // with an inactive override to 9; gone: override 1 removed → hash over 8.
-        let gone_hash = wsrouter::ordinal_for("gone", NonZeroU32::new(8).unwrap());
-        let mut want = vec![
-            ("acme-prod", 3, 6, "replicas changed", 5),
-            ("ns-01", 0, 3, "override changed", 0),
-        ];
-        if gone_hash != 1 {
-            want.insert(1, ("gone", 1, gone_hash, "override removed", 0));
-        }
-        assert_eq!(moves, want);
-        assert_eq!((p.added, p.changed, p.removed), (1, 1, 1));
-        assert!((p.hash_share_moved - 0.5).abs() < 1e-9);
-        assert!(p
-            .to_string()
-            .starts_with("plan: replicas 4 → 8, overrides +1 ~1 -1"));
-    }
-
-    #[test]
-    fn plan_says_how_long_reconnects_take_under_the_budgets() {
-        let live: BTreeMap<String, u64> = (0..40).map(|i| (format!("t-{i}"), 250)).collect();
-        let busiest = {
-            let mut per: BTreeMap<u32, u64> = BTreeMap::new();
-            for t in live.keys() {
-                *per.entry(wsrouter::ordinal_for(t, NonZeroU32::new(4).unwrap()))
-                    .or_default() += 250;
-            }
-            per.values().copied().max().unwrap()
-        };
-        let cur = Current {
-            replicas: 4,
-            overrides: Overrides::default(),
-            live,
-            budget: BudgetConfig {
-                per_second: Some(1000),
-                per_pod_per_second: Some(100),
-                ..BudgetConfig::default()
-            },
-            split: Split::default(),
-            stable_set: DEFAULT_STABLE_SET.into(),
-            sets: Vec::new(),
-        };
-        let p = plan(&cur, Overrides::default(), Some(4), "backend").unwrap();
-        let r = p.reconnects.clone().unwrap();
-        // 10,000 sockets: 10 s at 1,000/s, but the busiest pod's share at 100/s is slower.
-        assert_eq!(r.live, 10_000);
-        assert_eq!(r.all, Duration::from_secs_f64(busiest as f64 / 100.0));
-        assert_eq!((r.moved, r.of_moved), (0, Duration::ZERO));
-        assert!(p.to_string().contains(&format!(
-            "all 10000 live sockets here in at least {:.1}s",
-            busiest as f64 / 100.0
-        )));
-        // No budgets, no line.
-        let none = Current {
-            budget: BudgetConfig::default(),
-            ..cur
-        };
-        assert!(plan(&none, Overrides::default(), None, "backend")
-            .unwrap()
-            .reconnects
-            .is_none());
-    }
-}
+mod tests;

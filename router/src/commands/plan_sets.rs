@@ -6,8 +6,6 @@ use std::collections::BTreeMap;
 use wsrouter::split::BUCKETS;
 use wsrouter::{BackendTemplate, Backends, RoutingTable, SetSource, SetSpec, Split};
 
-use super::plan::{Current, Move};
-
 /// A table for reasoning about sets and ordinals; addresses do not matter here. Every
 /// set `split` names has a place: with the replicas `sets` gives it (the router's), else
 /// one pod (offline, where only which set a tenant is on is known).
@@ -101,11 +99,12 @@ fn share_moved(before: &Split, after: &Split) -> f64 {
     f64::from(moved) / f64::from(BUCKETS)
 }
 
-/// The split part of a plan, when either table has more than one set.
-pub(crate) fn split_plan(
+/// The split part of a plan, when either table has more than one set. `moves`: each
+/// listed tenant that moves, as (set before, set after, its live sockets here).
+pub(crate) fn split_plan<'m>(
     before: &RoutingTable,
     after: &RoutingTable,
-    moves: &[Move],
+    moves: impl Iterator<Item = (&'m str, &'m str, u64)>,
 ) -> Option<SplitPlan> {
     if before.sets().len() == 1 && after.sets().len() == 1 {
         return None;
@@ -116,14 +115,14 @@ pub(crate) fn split_plan(
         .chain(before.sets())
         .map(|s| (s.name().to_owned(), SetChange::default()))
         .collect();
-    for m in moves.iter().filter(|m| m.from_set != m.to_set) {
-        if let Some(s) = sets.get_mut(&m.from_set) {
+    for (from, to, live) in moves.filter(|(from, to, _)| from != to) {
+        if let Some(s) = sets.get_mut(from) {
             s.tenants_out += 1;
-            s.sockets_out += m.live_sockets;
+            s.sockets_out += live;
         }
-        if let Some(s) = sets.get_mut(&m.to_set) {
+        if let Some(s) = sets.get_mut(to) {
             s.tenants_in += 1;
-            s.sockets_in += m.live_sockets;
+            s.sockets_in += live;
         }
     }
     Some(SplitPlan {
@@ -145,13 +144,6 @@ pub(crate) fn set_why(from: SetSource, to: SetSource) -> &'static str {
         (_, SetSource::Pinned) => "pinned to a set",
         (SetSource::Pinned, _) => "pin removed",
         _ => "weight changed",
-    }
-}
-
-impl Current {
-    /// The table this router runs now, its sets and split included.
-    pub(crate) fn sets_table(&self, table: RoutingTable) -> RoutingTable {
-        table_with_sets(table, &self.stable_set, &self.sets, &self.split)
     }
 }
 
@@ -178,91 +170,11 @@ impl std::fmt::Display for SplitPlan {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
-    use wsrouter::split::split_bucket;
-    use wsrouter::{ConfigMapData, Overrides, DEFAULT_STABLE_SET};
-
     use super::*;
-    use crate::commands::plan::plan_configmap;
-    use crate::data::admission::budget::BudgetConfig;
 
     fn split(w: &str) -> Split {
         Split::parse([("canary.set", "v2"), ("canary.weight", w)])
             .unwrap_or_else(|e| panic!("{e:?}"))
-    }
-
-    #[test]
-    fn a_weight_change_moves_the_bucket_range_from_one_set_to_the_other() {
-        let live: BTreeMap<String, u64> = (0..400).map(|i| (format!("t-{i}"), 3)).collect();
-        let cur = Current {
-            replicas: 4,
-            overrides: Overrides::default(),
-            live: live.clone(),
-            budget: BudgetConfig::default(),
-            split: split("5"),
-            stable_set: DEFAULT_STABLE_SET.into(),
-            sets: vec![("v2".into(), 2)],
-        };
-        let new = ConfigMapData {
-            split: split("10"),
-            ..ConfigMapData::default()
-        };
-        let p = plan_configmap(&cur, new, None, "backend").unwrap_or_else(|e| panic!("{e}"));
-        let want: Vec<&String> = live
-            .keys()
-            .filter(|t| (500..1000).contains(&split_bucket(t)))
-            .collect();
-        let moved: Vec<&String> = p.moves.iter().map(|m| &m.tenant).collect();
-        assert_eq!(moved, want);
-        assert!(p
-            .moves
-            .iter()
-            .all(|m| (m.from_set.as_str(), m.to_set.as_str(), m.why)
-                == ("stable", "v2", "weight changed")));
-        let s = p.split.clone().unwrap_or_else(|| panic!("a split plan"));
-        let n = want.len();
-        let by: BTreeMap<&str, (usize, u64, usize, u64)> = s
-            .sets
-            .iter()
-            .map(|c| {
-                (
-                    c.set.as_str(),
-                    (c.tenants_in, c.sockets_in, c.tenants_out, c.sockets_out),
-                )
-            })
-            .collect();
-        assert_eq!(by["v2"], (n, 3 * n as u64, 0, 0));
-        assert_eq!(by["stable"], (0, 0, n, 3 * n as u64));
-        assert!((s.share_moved - 0.05).abs() < 1e-9);
-        let text = p.to_string();
-        assert!(
-            text.contains("split: canary v2 at 5% → canary v2 at 10%"),
-            "{text}"
-        );
-        assert!(
-            text.contains("tenants not listed: 5.00% change set"),
-            "{text}"
-        );
-        assert!(text.contains("stable/"), "{text}");
-        // Blue/green back to stable, a pin, and a pod override each say why.
-        let new = ConfigMapData {
-            split: Split::parse([("set.t-1", "v2")]).unwrap_or_else(|e| panic!("{e:?}")),
-            overrides: Overrides::parse([("t-2", "1")], "backend")
-                .unwrap_or_else(|e| panic!("{e}")),
-            ..ConfigMapData::default()
-        };
-        let p = plan_configmap(&cur, new, None, "backend").unwrap_or_else(|e| panic!("{e}"));
-        for m in &p.moves {
-            let want = match m.tenant.as_str() {
-                "t-1" if m.to_set == "v2" => "pinned to a set",
-                "t-2" => "override added",
-                _ => "weight changed",
-            };
-            assert_eq!(m.why, want, "{m:?}");
-        }
-        let share = p.split.map(|s| s.share_moved).unwrap_or_default();
-        assert!((share - 0.05).abs() < 1e-9);
     }
 
     #[test]
