@@ -69,6 +69,8 @@ impl Listeners {
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    // Sends the turn's held flushes before the thread sleeps.
+                    .on_thread_park(crate::data::tls::flush::end_of_turn)
                     .build()
                     .map_err(ServerError::Runtime)
             })
@@ -187,6 +189,7 @@ impl IoThread {
             done,
         } = self;
         rt.block_on(async move {
+            crate::data::tls::flush::hold_on_this_thread();
             tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
             tokio::spawn(pool_upkeep(shared.clone(), done.clone()));
             let accept = async {

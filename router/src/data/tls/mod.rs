@@ -3,5 +3,6 @@
 //! May not touch: sockets' admission, routing, HTTP or frames; it knows bytes, not requests.
 
 pub(crate) mod config;
+pub(crate) mod flush;
 pub(crate) mod stream;
 pub(crate) mod tickets;

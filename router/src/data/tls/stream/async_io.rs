@@ -9,6 +9,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::receive::Then;
 use super::send::{send_some, MAX_WRITE};
+use crate::data::tls::flush;
+
+/// Sealed bytes a stream keeps for its flush at most; past it a write sends at once.
+const HOLD_MAX: usize = 64 << 10;
 use super::{TlsStream, SCRATCH};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
@@ -70,8 +74,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_failed(cx))?;
-        // Backpressure: queue nothing more until the socket has taken what is queued.
-        ready!(this.poll_send(cx))?;
+        // On an I/O thread that holds flushes, what is sealed waits for the flush (up to
+        // a bound); otherwise, or past it, queue nothing more until the socket has taken
+        // what is queued (backpressure).
+        let hold = flush::holding() && this.unsent() < HOLD_MAX;
+        if !hold {
+            ready!(this.poll_send(cx))?;
+        }
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
@@ -95,21 +104,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             })?;
             let mut rest = &into[..sealed];
             // Anything rustls queued before this record (a handshake message) goes first.
-            if this.out.is_empty() {
+            if this.out.is_empty() && !hold {
                 rest = &rest[send_some(&mut this.tcp, cx, rest)?..];
             }
             this.out.extend_from_slice(rest);
             Ok::<_, io::Error>(())
         })?;
-        if let Poll::Ready(Err(e)) = this.poll_send(cx) {
-            return Poll::Ready(Err(e));
+        if !hold {
+            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                return Poll::Ready(Err(e));
+            }
         }
         Poll::Ready(Ok(data.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.unsent() > 0 && this.held.wait(cx) {
+            return Poll::Pending;
+        }
         ready!(this.poll_send(cx))?;
+        this.held.sent();
         Pin::new(&mut this.tcp).poll_flush(cx)
     }
 

@@ -31,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 pub(crate) use handshake::{accept, HandshakeLimits, DEFAULT_MAX_CLIENT_HELLO};
+
+use super::flush::Held;
 pub(crate) use meter::Meter;
 
 /// The largest TLS record on the wire: header, 2^14 bytes of plaintext, 256 of expansion.
@@ -65,6 +67,8 @@ pub(crate) struct TlsStream<S = TcpStream> {
     failed: Option<io::Error>,
     /// The ClientHello's declared length has been checked.
     hello_checked: bool,
+    /// A flush waiting for its I/O thread's turn to end (`tls::flush`).
+    held: Held,
 }
 
 impl<S> TlsStream<S> {
@@ -82,6 +86,7 @@ impl<S> TlsStream<S> {
             close_sent: false,
             failed: None,
             hello_checked: false,
+            held: Held::default(),
         }
     }
 }

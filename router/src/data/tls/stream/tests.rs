@@ -319,3 +319,56 @@ async fn not_tls_fails_the_handshake() {
 }
 
 mod fuzz;
+
+/// On an I/O thread that holds flushes, writes are sealed and kept until the flush, the
+/// flush waits for the thread's turn to end and then sends them together, and nothing is
+/// kept after; a write past the bound sends at once.
+#[test]
+fn held_writes_go_out_together_at_the_end_of_the_turn() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .on_thread_park(crate::data::tls::flush::end_of_turn)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+        crate::data::tls::flush::hold_on_this_thread();
+        let parts = [data(100, 1), data(200, 2), data(300, 3)];
+        for p in &parts {
+            server.write_all(p).await.unwrap();
+        }
+        // Sealed, counted as written, not sent: three records of ciphertext kept.
+        assert_eq!(
+            server.unsent(),
+            parts.iter().map(|p| p.len() + 22).sum::<usize>()
+        );
+        tokio::time::timeout(WAIT, server.flush())
+            .await
+            .expect("flush in time")
+            .unwrap();
+        assert_eq!(server.unsent(), 0);
+        idle_holds_nothing(&server);
+        let want: Vec<u8> = parts.concat();
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, client.read_exact(&mut got))
+            .await
+            .expect("read in time")
+            .unwrap();
+        assert_eq!(got, want);
+        // Past the bound, a write sends what is kept before it takes more.
+        let big = data(MAX_WRITE, 5);
+        server.write_all(&big).await.unwrap();
+        assert!(server.unsent() >= sealed_len(MAX_WRITE) - 64);
+        server.write_all(&parts[0]).await.unwrap();
+        tokio::time::timeout(WAIT, server.flush())
+            .await
+            .expect("flush in time")
+            .unwrap();
+        let mut got = vec![0u8; big.len() + parts[0].len()];
+        tokio::time::timeout(WAIT, client.read_exact(&mut got))
+            .await
+            .expect("read in time")
+            .unwrap();
+        assert_eq!(got, [big, parts[0].clone()].concat());
+    });
+}

@@ -1,0 +1,158 @@
+//! Flushes held to the end of an I/O thread's busy spell, and sent together.
+//!
+//! A proxy that writes each answer the moment it is ready wakes its client once per
+//! answer. HAProxy and NGINX run their event loops in turns: they take every ready event,
+//! then send what the turn produced, so a client with many connections finds several
+//! answers ready at each wake-up. Here a TLS stream on an I/O thread keeps its sealed
+//! records when asked to flush and parks the flush; just before the thread would sleep
+//! (nothing left to run: tokio's `on_thread_park`, which runs before the thread checks
+//! its queue a last time), every parked flush is woken and sends. The records are sealed
+//! and counted as written all the same; only the `send` waits for the turn's end.
+//!
+//! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
+//! tests' runtimes, the admin listener) a flush sends at once, as before.
+
+use std::cell::{Cell, RefCell};
+use std::task::{Context, Waker};
+
+thread_local! {
+    /// The tasks whose flushes wait for this thread's turn to end; `None` on a thread
+    /// that does not hold flushes.
+    static PARKED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+    /// Turns ended on this thread: a flush parked in an earlier turn sends.
+    static TURN: Cell<u32> = const { Cell::new(0) };
+    /// Whether this thread holds flushes (the same as `PARKED` being `Some`, read
+    /// without a borrow on every write).
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Makes this thread hold flushes until its turn ends. Its runtime must call
+/// [`end_of_turn`] before it parks.
+pub(crate) fn hold_on_this_thread() {
+    PARKED.with_borrow_mut(|p| {
+        p.get_or_insert_with(Vec::new);
+    });
+    HOLDING.set(true);
+}
+
+/// Whether this thread holds flushes: a write then keeps its sealed records for the
+/// flush instead of sending them at once.
+#[inline]
+pub(crate) fn holding() -> bool {
+    HOLDING.get()
+}
+
+/// Wakes every parked flush: called just before the thread parks. The woken tasks run
+/// before it does (tokio's current-thread scheduler checks its queue after the hook).
+pub(crate) fn end_of_turn() {
+    TURN.set(TURN.get().wrapping_add(1));
+    let woken = PARKED.with_borrow_mut(|p| p.as_mut().map(std::mem::take));
+    for w in woken.into_iter().flatten() {
+        w.wake();
+    }
+}
+
+/// A flush held for the turn's end, from the turn it was asked in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The turn the task's waker was parked in, if it is parked.
+    parked_in: Option<u32>,
+}
+
+impl Held {
+    /// Whether the flush should wait: on a thread that holds flushes, until the turn in
+    /// which it was first asked has ended (the task's waker parked once per turn).
+    /// `false`: send now.
+    pub(crate) fn wait(&mut self, cx: &mut Context<'_>) -> bool {
+        let turn = TURN.get();
+        match self.parked_in {
+            Some(t) if t != turn => {
+                self.parked_in = None;
+                false
+            }
+            Some(_) => true,
+            None => {
+                let parked = PARKED.with_borrow_mut(|p| match p {
+                    Some(list) => {
+                        list.push(cx.waker().clone());
+                        true
+                    }
+                    None => false,
+                });
+                if parked {
+                    self.parked_in = Some(turn);
+                }
+                parked
+            }
+        }
+    }
+
+    /// Forgets a parked flush that was sent meanwhile (by a later write or a shutdown);
+    /// its waker, if still parked, only wakes the task once more.
+    pub(crate) fn sent(&mut self) {
+        self.parked_in = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_flush_waits_for_the_turn_to_end_only_where_the_thread_holds_them() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        // Not held here yet: send at once.
+        let mut held = Held::default();
+        assert!(!held.wait(&mut cx));
+        hold_on_this_thread();
+        assert!(held.wait(&mut cx), "parked for the turn");
+        assert!(held.wait(&mut cx), "still the same turn: parked once");
+        end_of_turn();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken once");
+        assert!(!held.wait(&mut cx), "the turn ended: send");
+        assert!(held.wait(&mut cx), "a new flush parks again");
+        held.sent();
+        end_of_turn();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
+    }
+
+    #[test]
+    fn parked_flushes_run_before_the_thread_sleeps() {
+        // A current-thread runtime with the hook: a task that parks its flush is woken
+        // and finishes without any other event.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .on_thread_park(end_of_turn)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let done = rt.block_on(async {
+            hold_on_this_thread();
+            let mut held = Held::default();
+            let mut polls = 0;
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                if held.wait(cx) {
+                    std::task::Poll::Pending
+                } else {
+                    std::task::Poll::Ready(polls)
+                }
+            })
+            .await
+        });
+        assert_eq!(done, 2, "parked once, sent on the wake at the turn's end");
+    }
+}
