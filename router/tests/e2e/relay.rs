@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::harness::*;
@@ -157,4 +158,70 @@ async fn worker_connections(h: &Harness) -> Result<Vec<f64>> {
         .map(|w| m.get(&format!("wsrouter_worker_connections{{worker=\"{w}\"}}")))
         .map(|n| n.copied().unwrap_or(-1.0))
         .collect())
+}
+
+/// On I/O threads, which hold their TLS flushes to the end of each busy spell: plain
+/// requests on one keep-alive connection (pipelined, and one after another) get every
+/// answer whole, and a WebSocket's backend greeting (sent with its 101) and echoes come
+/// through, each with nothing left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn io_threads_send_every_held_answer() -> Result<()> {
+    let h = Harness::start(Options {
+        io_threads: 1,
+        interval: Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await?;
+    let get = |path: &str, close: bool| {
+        let connection = if close { "close" } else { "keep-alive" };
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: {connection}\r\n\r\n")
+    };
+    // Three pipelined requests, the last closing: three whole answers.
+    let pipelined = [
+        get("/ws/ns-01/a", false),
+        get("/ws/ns-02/b", false),
+        get("/ws/ns-03/c", true),
+    ]
+    .concat();
+    let out = String::from_utf8_lossy(&h.raw_bytes(pipelined.as_bytes()).await?).into_owned();
+    assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 3, "{out}");
+    for path in ["/ws/ns-01/a", "/ws/ns-02/b", "/ws/ns-03/c"] {
+        assert!(
+            out.contains(&format!("\"path\":\"{path}\"")),
+            "{path} in {out}"
+        );
+    }
+    // One after another on one connection: each answer arrives before the next is sent.
+    let mut tls = h.tls().await?;
+    for i in 0..20 {
+        tls.write_all(get(&format!("/ws/ns-{i:02}/x"), false).as_bytes())
+            .await?;
+        let head = within(WAIT, "an answer", async {
+            let mut got = Vec::new();
+            let mut b = [0u8; 4096];
+            while !String::from_utf8_lossy(&got).contains("\"path\"") {
+                let n = tls.read(&mut b).await?;
+                anyhow::ensure!(n > 0, "closed");
+                got.extend_from_slice(&b[..n]);
+            }
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&got).into_owned())
+        })
+        .await??;
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    }
+    // A socket: the first counter (sent by the backend with its 101), then an echo.
+    let mut ws = h.ws("ns-01").await?;
+    next_counter(&mut ws).await?;
+    ws.send(Message::text("held?")).await?;
+    within(WAIT, "the echo", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.as_str() == "held?" => return Ok(()),
+                Some(Ok(_)) => continue,
+                other => return Err(anyhow::anyhow!("no echo: {other:?}")),
+            }
+        }
+    })
+    .await??;
+    Ok(())
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
+use crate::data::relay::peer::Peer;
+
 /// A client connection whose writes may not stall: a write that makes no progress for
 /// `stall` fails, and hyper closes the connection. Without it a client that stops
 /// reading a long answer would hold its pod connection and its places for ever (its
@@ -75,7 +77,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for WriteStall<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for WriteStall<I> {
+impl<I: AsyncWrite + Peer + Unpin> AsyncWrite for WriteStall<I> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -100,6 +102,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteStall<I> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
+        if r.is_pending() && self.inner.flush_held() {
+            // Held for the thread's turn to end: not a stall, and no timer for it.
+            return Poll::Pending;
+        }
         self.progressed(r, cx)
     }
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use crate::data::tls::stream::TlsStream;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// What the relay needs of each side besides reading and writing.
@@ -14,6 +16,12 @@ pub(crate) trait Peer {
     /// its socket has not accepted): the relay counts them as held.
     fn queued(&self) -> usize {
         0
+    }
+
+    /// Whether a flush is held for the I/O thread's turn to end: waiting by design, not
+    /// a peer that stopped reading.
+    fn flush_held(&self) -> bool {
+        false
     }
 
     /// This side ending without a close frame means its peer left: the other side is
@@ -30,9 +38,13 @@ impl Peer for tokio::net::TcpStream {
     }
 }
 
-impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for crate::data::tls::stream::TlsStream<S> {
+impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for TlsStream<S> {
     fn reset(&mut self) {
         self.get_mut().reset();
+    }
+
+    fn flush_held(&self) -> bool {
+        TlsStream::flush_held(self)
     }
 
     fn queued(&self) -> usize {

@@ -14,6 +14,14 @@
 
 use std::cell::{Cell, RefCell};
 use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+/// The longest a flush is held, and the most flushes held at once: tokio calls the park
+/// hook only when the thread runs dry, and a thread kept busy (a flood, a backend
+/// streaming to many clients) may not for a long time, so a turn is also ended by the
+/// flush that finds it this old or this full.
+const TURN_MAX: Duration = Duration::from_micros(250);
+const PARKED_MAX: usize = 128;
 
 thread_local! {
     /// The tasks whose flushes wait for this thread's turn to end; `None` on a thread
@@ -24,6 +32,8 @@ thread_local! {
     /// Whether this thread holds flushes (the same as `PARKED` being `Some`, read
     /// without a borrow on every write).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
+    /// When the turn's first flush was parked.
+    static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Makes this thread hold flushes until its turn ends. Its runtime must call
@@ -46,8 +56,12 @@ pub(crate) fn holding() -> bool {
 /// before it does (tokio's current-thread scheduler checks its queue after the hook).
 pub(crate) fn end_of_turn() {
     TURN.set(TURN.get().wrapping_add(1));
-    let woken = PARKED.with_borrow_mut(|p| p.as_mut().map(std::mem::take));
-    for w in woken.into_iter().flatten() {
+    SINCE.set(None);
+    let woken = PARKED.with_borrow_mut(|p| match p {
+        Some(list) if !list.is_empty() => std::mem::replace(list, Vec::with_capacity(16)),
+        _ => Vec::new(),
+    });
+    for w in woken {
         w.wake();
     }
 }
@@ -64,27 +78,42 @@ impl Held {
     /// which it was first asked has ended (the task's waker parked once per turn).
     /// `false`: send now.
     pub(crate) fn wait(&mut self, cx: &mut Context<'_>) -> bool {
-        let turn = TURN.get();
-        match self.parked_in {
-            Some(t) if t != turn => {
-                self.parked_in = None;
-                false
-            }
-            Some(_) => true,
-            None => {
-                let parked = PARKED.with_borrow_mut(|p| match p {
-                    Some(list) => {
-                        list.push(cx.waker().clone());
-                        true
-                    }
-                    None => false,
-                });
-                if parked {
-                    self.parked_in = Some(turn);
-                }
-                parked
-            }
+        if !HOLDING.get() {
+            return false;
         }
+        let turn = TURN.get();
+        if self.parked_in.is_some_and(|t| t != turn) {
+            // The turn it was held in has ended: send.
+            self.parked_in = None;
+            return false;
+        }
+        let full = PARKED.with_borrow_mut(|p| {
+            let Some(list) = p else { return true };
+            // Parked once per turn, again only for another task's waker (the stream
+            // changed hands): a parked flush always has its task's waker in the list.
+            if self.parked_in.is_none() || !list.last().is_some_and(|w| w.will_wake(cx.waker())) {
+                list.push(cx.waker().clone());
+            }
+            list.len() > PARKED_MAX
+        });
+        let since = SINCE.get().unwrap_or_else(|| {
+            let now = Instant::now();
+            SINCE.set(Some(now));
+            now
+        });
+        if full || since.elapsed() > TURN_MAX {
+            // A turn too long or too full ends here: the others are woken, this one sends.
+            end_of_turn();
+            self.parked_in = None;
+            return false;
+        }
+        self.parked_in = Some(turn);
+        true
+    }
+
+    /// Whether a flush is held, waiting for its turn's end (not a stalled socket).
+    pub(crate) fn is_held(&self) -> bool {
+        self.parked_in == Some(TURN.get())
     }
 
     /// Forgets a parked flush that was sent meanwhile (by a later write or a shutdown);
@@ -129,6 +158,29 @@ mod tests {
         end_of_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
+    }
+
+    #[test]
+    fn a_turn_too_full_ends_at_the_flush_that_finds_it_so() {
+        hold_on_this_thread();
+        end_of_turn();
+        let counts: Vec<Arc<Count>> = (0..=PARKED_MAX)
+            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
+            .collect();
+        let wakers: Vec<Waker> = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        let mut held = vec![Held::default(); wakers.len()];
+        for (i, (h, w)) in held.iter_mut().zip(&wakers).enumerate() {
+            let parked = h.wait(&mut Context::from_waker(w));
+            // The last one finds the list full: it sends, and every other is woken.
+            assert_eq!(parked, i < PARKED_MAX, "flush {i}");
+        }
+        let woken: usize = counts.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
+        assert_eq!(woken, PARKED_MAX + 1);
+        // Those woken send when polled again.
+        let sent = held.iter_mut().zip(&wakers).take(PARKED_MAX);
+        assert!(sent
+            .into_iter()
+            .all(|(h, w)| !h.wait(&mut Context::from_waker(w))));
     }
 
     #[test]

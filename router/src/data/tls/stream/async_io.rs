@@ -11,8 +11,11 @@ use super::receive::Then;
 use super::send::{send_some, MAX_WRITE};
 use crate::data::tls::flush;
 
-/// Sealed bytes a stream keeps for its flush at most; past it a write sends at once.
-const HOLD_MAX: usize = 64 << 10;
+/// Plaintext a stream keeps sealed for its flush at most. Small answers and messages
+/// gain from going out together; a larger write fills packets anyway and is sent at
+/// once, as is anything after the socket pushed back (it waits for the socket, not for
+/// the turn).
+const HOLD_MAX: usize = 16 << 10;
 use super::{TlsStream, SCRATCH};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
@@ -37,13 +40,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 }
                 return Poll::Ready(Ok(()));
             }
-            if this.read_eof {
-                return Poll::Ready(Ok(()));
-            }
-            // Replies rustls queued (tickets, key updates) go out as reading goes on; a
-            // peer slow to take them does not stop us reading.
+            // Replies rustls queued (tickets, key updates) and held records go out as
+            // reading goes on; a peer slow to take them does not stop us reading.
             if let Poll::Ready(Err(e)) = this.poll_send(cx) {
                 return Poll::Ready(Err(e));
+            }
+            if this.read_eof {
+                return Poll::Ready(Ok(()));
             }
             let before = buf.filled().len();
             let received = SCRATCH.with_borrow_mut(|s| this.poll_receive(cx, s, buf));
@@ -77,7 +80,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
         // On an I/O thread that holds flushes, what is sealed waits for the flush (up to
         // a bound); otherwise, or past it, queue nothing more until the socket has taken
         // what is queued (backpressure).
-        let hold = flush::holding() && this.unsent() < HOLD_MAX;
+        let hold = flush::holding()
+            && this.out_pos == 0
+            && this.unsent() + data.len().min(MAX_WRITE) <= HOLD_MAX;
         if !hold {
             ready!(this.poll_send(cx))?;
         }

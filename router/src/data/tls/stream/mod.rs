@@ -107,6 +107,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         &mut self.tcp
     }
 
+    /// Whether a flush is held for its I/O thread's turn to end (`tls::flush`): not a
+    /// socket that stopped taking bytes.
+    pub(crate) fn flush_held(&self) -> bool {
+        self.held.is_held()
+    }
+
     /// Ciphertext encrypted from what was written but not yet taken by the socket.
     pub(crate) fn unsent(&self) -> usize {
         self.out.len() - self.out_pos

@@ -34,6 +34,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         }
         self.out = Vec::new();
         self.out_pos = 0;
+        self.held.sent();
         Poll::Ready(Ok(()))
     }
 }
