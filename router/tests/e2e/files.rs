@@ -138,26 +138,39 @@ async fn a_slow_save_in_place_never_publishes_the_file_it_emptied() -> Result<()
     std::fs::write(&file, manifest("  ns-01: \"0\"\n"))?;
     let dev = start_dev(&file, &[]).await?;
     let version = || dev.router.current_table().map(|t| t.version());
-    let before = version();
     let mut changes = dev.router.control().changes();
-
-    // The slow writer: truncate, stall for four settle times (the scenario's own pace,
-    // not a wait for the router), then write.
-    std::fs::File::create(&file)?;
-    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    std::fs::write(&file, manifest("  ns-01: \"1\"\n"))?;
     let table = |ns: &str| dev.router.current_table().map(|t| t.route(ns).ordinal);
-    within(
-        WAIT,
-        "the saved file",
-        changes.wait_for(|_| table("ns-01") == Some(1)),
-    )
-    .await??;
-    assert_eq!(
-        version(),
-        before.map(|v| v + 1),
-        "one table for one save: the emptied file was published on the way"
-    );
+    // The slow writer: truncate, stall for four settle times (the scenario's own pace,
+    // not a wait for the router), then write. The claim holds for a writer back within
+    // the watcher's second; a run in which this busy machine kept the writer away longer
+    // than that tests nothing, and is tried again (at most three times).
+    let mut valid = false;
+    for (attempt, want) in [(1, 1u32), (2, 0), (3, 1)] {
+        let before = version();
+        let stall = std::time::Instant::now();
+        std::fs::File::create(&file)?;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        std::fs::write(&file, manifest(&format!("  ns-01: \"{want}\"\n")))?;
+        let took = stall.elapsed();
+        within(
+            WAIT,
+            "the saved file",
+            changes.wait_for(|_| table("ns-01") == Some(want)),
+        )
+        .await??;
+        if took >= std::time::Duration::from_millis(800) {
+            eprintln!("attempt {attempt}: the writer took {took:?}; not a test of the claim");
+            continue;
+        }
+        assert_eq!(
+            version(),
+            before.map(|v| v + 1),
+            "one table for one save: the emptied file was published on the way"
+        );
+        valid = true;
+        break;
+    }
+    assert!(valid, "the machine kept the writer away in every attempt");
 
     // Emptied for good: after it has stayed empty a while, an empty ConfigMap.
     std::fs::File::create(&file)?;

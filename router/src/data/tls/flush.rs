@@ -89,8 +89,10 @@ impl Held {
         }
         let full = PARKED.with_borrow_mut(|p| {
             let Some(list) = p else { return true };
-            // Parked once per turn, again only for another task's waker (the stream
-            // changed hands): a parked flush always has its task's waker in the list.
+            // Parked on its first wait in a turn, and again when the last waker parked
+            // is not this task's (others parked since, or the stream changed hands): a
+            // parked flush always has its task's waker in the list; an extra one only
+            // wakes it once more.
             if self.parked_in.is_none() || !list.last().is_some_and(|w| w.will_wake(cx.waker())) {
                 list.push(cx.waker().clone());
             }
