@@ -26,9 +26,6 @@ pub(crate) fn table_with_sets(
             names.push((name, 1));
         }
     }
-    if names.is_empty() && split.is_none() {
-        return table;
-    }
     let backends: Vec<Backends> = names
         .iter()
         .map(|(name, _)| {

@@ -442,12 +442,7 @@ impl Control {
             replicas,
             overrides.clone(),
         )?;
-        let table =
-            if specs.is_empty() && self.split.is_none() && self.stable_set == DEFAULT_STABLE_SET {
-                table
-            } else {
-                table.with_sets(&self.stable_set, &specs, self.split.clone())?
-            };
+        let table = table.with_sets(&self.stable_set, &specs, self.split.clone())?;
         Ok(Some(table.with_limits(self.limits.clone())))
     }
 

@@ -8,10 +8,9 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use futures_util::future::join_all;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use router::{Input, RerouteConfig};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use wsrouter::{RoutingTable, TableSource};
 
 use crate::harness::*;
@@ -52,21 +51,6 @@ async fn apply(h: &Harness, input: Input) -> Result<std::sync::Arc<RoutingTable>
     h.router.control().send(input);
     h.wait_table("the split applied", |t| t.version() > before)
         .await
-}
-
-/// Proves a socket is open now: a text message sent is echoed (counters skipped).
-async fn alive(ws: &mut Ws, tag: &str) -> Result<()> {
-    ws.send(Message::text(tag.to_owned())).await?;
-    within(WAIT, "an echo", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == tag => return Ok(()),
-                Some(Ok(_)) => continue,
-                other => anyhow::bail!("socket ended: {other:?}"),
-            }
-        }
-    })
-    .await?
 }
 
 /// A socket for `tenant` whose first counter comes from `want`.
@@ -130,7 +114,7 @@ async fn a_weight_change_closes_only_the_tenants_whose_set_changed_and_they_reco
             if moving.contains(&i) {
                 sockets[i] = open_on(&h, &tenants[i], server(&next, &tenants[i])).await?;
             } else {
-                alive(&mut sockets[i], &format!("{w}-{i}")).await?;
+                echo_text(&mut sockets[i], &format!("{w}-{i}")).await?;
             }
         }
         eprintln!("weight {w}: {} of {SOCKETS} tenants moved", moving.len());

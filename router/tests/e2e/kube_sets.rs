@@ -70,13 +70,12 @@ async fn each_set_follows_its_own_statefulset_and_pods() -> Result<()> {
         statefulset: Some("backend".into()),
         endpoint_slices: Some(("backend".into(), port)),
         namespace: NS.into(),
-        tls_files: None,
-        tls_tickets: None,
         sets: vec![SetWatch {
             set: 1,
             statefulset: "backend-v2".into(),
             endpoint_slices: Some(("backend".into(), port)),
         }],
+        ..WatchConfig::default()
     };
     router::start_watch(&watch, &h.router.control(), Some(api.client()?)).await?;
     let pods_known = |t: &wsrouter::RoutingTable, set: u8, n: usize| {

@@ -212,16 +212,6 @@ async fn io_threads_send_every_held_answer() -> Result<()> {
     // A socket: the first counter (sent by the backend with its 101), then an echo.
     let mut ws = h.ws("ns-01").await?;
     next_counter(&mut ws).await?;
-    ws.send(Message::text("held?")).await?;
-    within(WAIT, "the echo", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Text(t))) if t.as_str() == "held?" => return Ok(()),
-                Some(Ok(_)) => continue,
-                other => return Err(anyhow::anyhow!("no echo: {other:?}")),
-            }
-        }
-    })
-    .await??;
+    echo_text(&mut ws, "held?").await?;
     Ok(())
 }
