@@ -448,3 +448,69 @@ async fn echoes(ws: &mut Ws, text: &str) -> Result<()> {
         }
     }
 }
+
+/// A connection's streams share its task: one whose backend always has data (a client
+/// sending 16 KiB messages as fast as they echo) takes its turn and no more, and a
+/// neighbour on the same connection gets each of its echoes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_always_has_data_does_not_starve_its_neighbours() -> Result<()> {
+    let cert = DevCert::generate(&["localhost", "127.0.0.1"])?;
+    let h = Harness::start_with_cert(Options::default(), &cert).await?;
+    let port = h.addr().port();
+    let mut conn = h2_connection(&h, &cert).await?;
+    // Both on one backend too, so the flood and the neighbour share every hop.
+    let (busy, quiet) = (tenant_on(&h, 1, 0), tenant_on(&h, 1, 1));
+    let (_, _, flood) = open(&mut conn, port, &format!("/ws/{busy}")).await?;
+    let (mut tx, mut rx) = flood.context("the busy socket")?.split();
+    let (_, _, quiet) = open(&mut conn, port, &format!("/ws/{quiet}")).await?;
+    let mut quiet = quiet.context("the quiet socket")?;
+    let (echoed_tx, mut echoed) = tokio::sync::watch::channel(0usize);
+    let stop = tokio_util::sync::CancellationToken::new();
+    // The flood: bounded in count and time.
+    let writer = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let payload = vec![0x5a_u8; 16 << 10];
+            for _ in 0..20_000 {
+                if stop.is_cancelled() {
+                    break;
+                }
+                if tx.send(Message::binary(payload.clone())).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let reader = tokio::spawn(async move {
+        while let Ok(Some(Ok(m))) = within(WAIT, "the flood's echo", rx.next()).await {
+            if let Message::Binary(b) = m {
+                echoed_tx.send_modify(|n| *n += b.len());
+            }
+        }
+    });
+    // The flood is under way before the neighbour asks.
+    within(
+        WAIT,
+        "the flood to flow",
+        echoed.wait_for(|n| *n >= 1 << 20),
+    )
+    .await??;
+    let before = *echoed.borrow();
+    for i in 0..50 {
+        echoes(&mut quiet, &format!("still heard {i}")).await?;
+    }
+    let during = *echoed.borrow() - before;
+    // The flood was still sending, and still being echoed, all along.
+    assert!(
+        !writer.is_finished(),
+        "the flood ended before the neighbour was done"
+    );
+    assert!(
+        during > 0,
+        "the flood stalled while the neighbour was answered"
+    );
+    stop.cancel();
+    within(WAIT, "the flood's writer to stop", writer).await??;
+    reader.abort();
+    Ok(())
+}

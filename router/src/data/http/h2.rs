@@ -8,6 +8,7 @@
 //! read, which measured 3.5 KB per idle stream and 11.6 KB after one 16 KiB message
 //! (benches/h2.sh). Here a stream is its two h2 handles plus the bytes in flight.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -16,6 +17,8 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::{FutureExt, OptionFuture};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
 use http::{Request, Response};
@@ -28,6 +31,7 @@ use crate::data::http::h2_body::{self, H2Body};
 use crate::data::http::request;
 use crate::data::http::upgrade::{self, Answer};
 use crate::data::relay::peer::Peer;
+use crate::data::shared::limits::Limits;
 use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;
 use crate::state::thread_load::Seat;
@@ -96,13 +100,20 @@ pub(crate) async fn serve<I>(
     let _open = OpenGauge(shared.metrics.http2_connections.clone());
     let streams = Arc::new(ConnStreams::default());
     let ctx = ConnCtx::http2(&shared, peer, accepted, streams.clone());
-    let idle_after = limits.timers.idle_timeout.unwrap_or(IDLE_CONNECTION);
-    let mut life = Life::new(slot, first_stream_by, idle_after);
+    let mut life = Life::new(slot, first_stream_by, limits);
     let mut keepalive = Keepalive::new(conn.ping_pong());
+    // Every stream of the connection, relays included, runs in this task (see `drive`).
+    let mut running = FuturesUnordered::new();
     loop {
         let evicted = life.pending.as_ref().map(PendingSlot::evicted);
         let open = tokio::select! {
-            r = conn.accept() => accept(r, &ctx),
+            r = drive(&mut conn, &mut running) => match r {
+                Some(Ok((req, respond))) => {
+                    running.push(stream(req, respond, ctx.clone()));
+                    true
+                }
+                ended => connection_over(ended, peer),
+            },
             _ = cancelled(evicted), if life.pending.is_some() => {
                 tracing::debug!(client.addr = %peer, "pending connection dropped to make room (HTTP/2)");
                 false
@@ -136,9 +147,50 @@ pub(crate) async fn serve<I>(
             }
         };
         if !open {
-            return;
+            break;
         }
     }
+    // The connection is over: its streams hear so (h2 ends them as it drops) and end
+    // their relays as a client's going away does, each within the close timeout.
+    drop(conn);
+    while running.next().await.is_some() {}
+}
+
+/// The connection's end (an error, or the client closed it): `false`.
+fn connection_over(ended: Accepted, peer: SocketAddr) -> bool {
+    if let Some(Err(e)) = ended {
+        tracing::debug!(client.addr = %peer, error = %e, "HTTP/2 connection error");
+    }
+    false
+}
+
+/// One turn of the connection and its streams, in one poll: the streams first (what
+/// backends sent is queued on h2 as it is read), then the connection (it writes what
+/// was queued and reads the client's frames, which wakes their streams), then the
+/// streams again (what the client sent goes to its backend in this same poll, not after
+/// a trip through the run queue), and the connection once more (it writes what they
+/// queued). Resolves with a stream the client opened, or the connection's end.
+fn drive<'a, I, F>(
+    conn: &'a mut h2::server::Connection<I, Bytes>,
+    streams: &'a mut FuturesUnordered<F>,
+) -> impl Future<Output = Accepted> + 'a
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+    F: Future<Output = ()>,
+{
+    std::future::poll_fn(move |cx| {
+        for _ in 0..2 {
+            // Streams that ended are dropped as they do; `Pending` (or none left) ends
+            // the pass. `FuturesUnordered` polls each woken stream once per pass and
+            // yields after a bounded number, so a stream that always has data takes
+            // its turn and no more: h2's own send queue interleaves their frames.
+            while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+            if let Poll::Ready(r) = conn.poll_accept(cx) {
+                return Poll::Ready(r);
+            }
+        }
+        Poll::Pending
+    })
 }
 
 /// The client's preface and settings, within the request timeout, unless the pending
@@ -178,25 +230,6 @@ where
 /// or the end.
 type Accepted = Option<Result<(Request<RecvStream>, SendResponse<Bytes>), h2::Error>>;
 
-/// A stream the client opened goes to a task of its own. `false`: the connection is over
-/// (a connection error, or the client closed it).
-fn accept(r: Accepted, ctx: &Arc<ConnCtx>) -> bool {
-    match r {
-        Some(Ok((req, respond))) => {
-            ctx.shared
-                .lifecycle
-                .tasks
-                .spawn(stream(req, respond, ctx.clone()));
-            true
-        }
-        Some(Err(e)) => {
-            tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 connection error");
-            false
-        }
-        None => false,
-    }
-}
-
 /// Where a connection stands between its streams.
 struct Life {
     /// Its place in the pending pool, while it has no live stream.
@@ -214,11 +247,11 @@ struct Life {
 }
 
 impl Life {
-    fn new(slot: PendingSlot, first_stream_by: tokio::time::Instant, idle_after: Duration) -> Self {
+    fn new(slot: PendingSlot, first_stream_by: tokio::time::Instant, limits: &Limits) -> Self {
         Self {
             pending: Some(slot),
             idle_until: Some(first_stream_by),
-            idle_after,
+            idle_after: limits.timers.idle_timeout.unwrap_or(IDLE_CONNECTION),
             draining: false,
             last_call: None,
         }
@@ -327,9 +360,30 @@ impl Keepalive {
     }
 }
 
-/// One stream: answered like any request; a WebSocket's stream then goes to the relay,
-/// a plain request's answer streams back on it.
-async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx: Arc<ConnCtx>) {
+/// One stream, in its connection's task: answered like any request; a WebSocket's
+/// stream is then relayed, a plain request's answer streams back on it.
+///
+/// The answer is boxed (an `async fn` holds the largest of its steps for its whole
+/// life, and a relay lives for hours), and the relay it returns is polled in place
+/// (`then`, `OptionFuture`): awaited from an `async fn` it would be held twice, as the
+/// value returned and as the future awaited.
+fn stream(
+    req: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    ctx: Arc<ConnCtx>,
+) -> impl Future<Output = ()> {
+    Box::pin(answer(req, respond, ctx))
+        .then(OptionFuture::from)
+        .map(drop)
+}
+
+/// The stream's answer: sent whole for a plain request (or a refused upgrade), or its
+/// head sent and the relay it starts returned, ready to be polled.
+async fn answer(
+    req: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
+    ctx: Arc<ConnCtx>,
+) -> Option<impl Future<Output = ()>> {
     let (parts, recv) = req.into_parts();
     let limits = &ctx.shared.limits;
     // A client that leaves an answer unread this long (no window) loses the stream.
@@ -340,7 +394,7 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
         let (mut head, body) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         h2_body::send(Response::from_parts(head, ()), body, &mut respond, stall).await;
-        return;
+        return None;
     }
     let req = Request::from_parts(parts, Empty::<Bytes>::new());
     let Answer { resp, relay } = upgrade::answer(req, &ctx).await;
@@ -350,14 +404,15 @@ async fn stream(req: Request<RecvStream>, mut respond: SendResponse<Bytes>, ctx:
     strip_hop_by_hop(&mut head.headers);
     let Some(relay) = relay else {
         h2_body::send(Response::from_parts(head, ()), body, &mut respond, stall).await;
-        return;
+        return None;
     };
     match respond.send_response(Response::from_parts(head, ()), false) {
-        Ok(send) => relay.start(H2Stream::new(send, recv), Bytes::new()),
+        Ok(send) => Some(relay.relay(H2Stream::new(send, recv), Bytes::new())),
         // The client reset the stream meanwhile: the backend's socket and the relay's
         // places are released as `relay` drops.
         Err(e) => {
-            tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 stream gone before its answer")
+            tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 stream gone before its answer");
+            None
         }
     }
 }

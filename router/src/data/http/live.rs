@@ -1,5 +1,6 @@
 //! The relay step: a request whose backend has upgraded, waiting for the client's side,
-//! then relayed as a task of its own, counted while it lives and logged as it ends. Its
+//! then relayed (an HTTP/1.1 socket as a task of its own, an HTTP/2 stream in its
+//! connection's task), counted while it lives and logged as it ends. Its
 //! end on the router's initiative (the drain, a tenant's move) is decided here too, for
 //! sockets and forwarded requests alike (`ended`).
 
@@ -114,6 +115,18 @@ impl PendingRelay {
     where
         I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
     {
+        let tasks = self.shared.lifecycle.tasks.clone();
+        tasks.spawn(self.relay(client_io, client_pre));
+    }
+
+    /// Registers the live socket and counts it; the returned future relays it, then
+    /// counts and logs its end, in whichever task polls it: its own (`start`), or its
+    /// HTTP/2 connection's, which then frames what a backend sent in the poll that read
+    /// it, with no wake of another task between.
+    pub(crate) fn relay<I>(self, client_io: I, client_pre: Bytes) -> impl Future<Output = ()>
+    where
+        I: AsyncRead + AsyncWrite + Peer + Unpin,
+    {
         let Self {
             routed,
             tenant_slot,
@@ -160,7 +173,6 @@ impl PendingRelay {
                 .timers
                 .relay_config(shared.limits.close_timeout),
         );
-        let tasks = shared.lifecycle.tasks.clone();
         let live = LiveRelay {
             routed,
             peer,
@@ -174,7 +186,7 @@ impl PendingRelay {
             _stream: stream,
             _seat: seat,
         };
-        tasks.spawn(live.run(relay));
+        live.run(relay)
     }
 }
 
