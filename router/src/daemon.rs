@@ -252,6 +252,7 @@ fn build(config: RouterConfig) -> Planes {
         (config.drain_grace, config.reroute),
         &table,
         &handle,
+        &lifecycle,
         &data_metrics,
     );
     let pool = keepalive_pool(&config.limits, &config.backend_tls, &data_metrics);
@@ -301,21 +302,23 @@ fn rates(policy: &PolicyConfig, metrics: &Metrics) -> (RateLimiter, UpgradeBudge
     )
 }
 
-/// When the router closes live sockets itself (shutdown, a pod leaving, a reroute).
+/// When the router closes live sockets itself (shutdown, a pod leaving, a reroute); its
+/// waiting sockets hear each table swap and the drain's hard end through it.
 fn drains(
     (grace, reroute): (Duration, Option<crate::RerouteConfig>),
     table: &Arc<ArcSwapOption<RoutingTable>>,
     control: &ControlHandle,
+    lifecycle: &Lifecycle,
     metrics: &Metrics,
 ) -> Arc<Drains> {
     let closes = metrics.drain_closes();
-    Arc::new(Drains::new(
-        grace,
-        reroute,
-        table.clone(),
-        control.changes(),
-        closes,
-    ))
+    let drains = Arc::new(Drains::new(grace, reroute, table.clone(), closes));
+    tokio::spawn(
+        drains
+            .clone()
+            .relay_events(control.changes(), lifecycle.close_tunnels.clone()),
+    );
+    drains
 }
 
 /// The keep-alive pool to the pods, for plain requests.

@@ -20,7 +20,7 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
-use crate::data::relay::drain::{DrainReason, Pod};
+use crate::data::relay::drain::{DrainReason, Drains, Pod};
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pump as relay;
 use crate::data::relay::signal::Gated;
@@ -217,26 +217,25 @@ fn expiring(
 /// names it: the drain's hard end (its grace over, or a second signal: `Shutdown`), or
 /// the drain scheduler's turn for it (see `relay::drain`): within the shutdown's spread
 /// when `spread_shutdown` (sockets), its pod leaving the table, or with
-/// `--reroute-drain` its tenant's move. One boxed future (a relay holds it for the
-/// socket's life, gated whole: `relay::signal::StopSignal`).
+/// `--reroute-drain` its tenant's move. One boxed future of about 250 bytes while idle
+/// (a relay holds it for the socket's life, gated whole: `relay::signal::StopSignal`).
 pub(super) fn ended<T: Send + 'static>(
     shared: &Shared,
     routed: &Routed,
     spread_shutdown: bool,
     as_t: fn(DrainReason) -> T,
 ) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    let hard_end = shared.lifecycle.close_tunnels.clone().cancelled_owned();
-    either(hard_end, turn(shared, routed, spread_shutdown), as_t)
+    let (drains, tenant, pod) = turn_of(shared, routed);
+    let turn = drains.turn(tenant, pod, spread_shutdown);
+    Box::pin(async move { as_t(turn.await) })
 }
 
 /// As [`ended`], for a request forwarded on `ctx`'s connection; its answer is not spread
 /// by the shutdown (it ends with the grace, between two chunks). An HTTP/1.1
 /// connection's requests run in its own task, which already watches the drain (see
-/// `h1::serve`) and polls them once more when the grace ends: they read its flag, and
-/// do not each register on the drain's token, shared by every I/O thread, to hear it.
-/// An HTTP/2 stream's runs in a task of its own and listens itself. Either way the stop
-/// is gated, as a relay's is: an answer polls it at every frame, and an ungated poll
-/// takes the locks of the drain's token and of the table's changes.
+/// `h1::serve`) and polls them once more when the grace ends: they read its flag as
+/// well. Either way the stop is gated, as a relay's is: an answer polls it at every
+/// frame, and an ungated poll takes the lock of the drain's waiters.
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,
@@ -255,15 +254,20 @@ pub(super) fn request_ended<T: Send + 'static>(
     });
     // The flag is read ungated (the connection's task polls the request when it sets
     // it); only the turn is gated.
-    let turn = Box::pin(Gated::new(turn(&ctx.shared, routed, false)));
-    either(grace_over, turn, as_t)
+    let (drains, tenant, pod) = turn_of(&ctx.shared, routed);
+    let turn = Box::pin(Gated::new(Box::pin(drains.turn(tenant, pod, false))));
+    Box::pin(async move {
+        tokio::select! {
+            () = grace_over => as_t(DrainReason::Shutdown),
+            why = turn => as_t(why),
+        }
+    })
 }
 
-type Turn = Pin<Box<dyn Future<Output = DrainReason> + Send>>;
-
-/// The drain scheduler's turn for `routed`'s socket or answer. The tenant's name is
-/// kept only when a move can close it (`--reroute-drain`): every socket holds this.
-fn turn(shared: &Shared, routed: &Routed, spread_shutdown: bool) -> Turn {
+/// What the drain scheduler's turn for `routed`'s socket or answer needs. The tenant's
+/// name is kept only when a move can close it (`--reroute-drain`): every socket holds
+/// this.
+fn turn_of(shared: &Shared, routed: &Routed) -> (Arc<Drains>, Box<str>, Pod) {
     let drains = shared.drains.clone();
     let tenant = if drains.reroutes() {
         routed.tenant.clone()
@@ -275,21 +279,7 @@ fn turn(shared: &Shared, routed: &Routed, spread_shutdown: bool) -> Turn {
         ordinal: routed.ordinal,
         hints: routed.hints,
     };
-    Box::pin(async move { drains.turn(&tenant, pod, spread_shutdown).await })
-}
-
-/// Whichever ends first: the drain's hard end (as `Shutdown`) or the turn.
-fn either<T: Send + 'static>(
-    hard_end: impl Future<Output = ()> + Send + 'static,
-    turn: Turn,
-    as_t: fn(DrainReason) -> T,
-) -> Pin<Box<dyn Future<Output = T> + Send>> {
-    Box::pin(async move {
-        tokio::select! {
-            () = hard_end => as_t(DrainReason::Shutdown),
-            why = turn => as_t(why),
-        }
-    })
+    (drains, tenant, pod)
 }
 
 /// What a running relay keeps beside its sockets, to count and log its end.

@@ -15,16 +15,21 @@
 //!   sockets.
 //!
 //! Each socket waits on its own future (a relay holds it for its life); nothing walks the
-//! sockets. A table swap wakes every waiting socket to look at the new table.
+//! sockets. Whatever a waiting socket must look at (a table swap, the spread's start,
+//! the drain's hard end) wakes every waiting socket through one `Notify`
+//! ([`Drains::relay_events`] hears the control loop and the hard end for them), so an
+//! idle socket's wait is one waiter: about 250 bytes, with a timer only once a cause
+//! has come.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wsrouter::{Hints, RoutingTable, SetId};
@@ -91,9 +96,15 @@ pub(crate) struct Drains {
     grace: Duration,
     reroute: Option<RerouteConfig>,
     table: Arc<ArcSwapOption<RoutingTable>>,
-    changes: watch::Receiver<u64>,
-    /// Cancelled when the drain's spread begins (the listener has closed).
-    spreading: CancellationToken,
+    /// Wakes every waiting socket to look again: a table swap, the spread's start, the
+    /// hard end, the control loop's end.
+    events: Notify,
+    /// The drain's spread began (the listener has closed).
+    spreading: AtomicBool,
+    /// The drain's hard end (its grace over, or a second signal): every socket ends now.
+    hard_end: AtomicBool,
+    /// The control loop is gone (the router is stopping): no table will change again.
+    api_gone: AtomicBool,
     /// The earliest time the next reroute close may happen.
     next_turn: Mutex<Instant>,
     closes: DrainCloses,
@@ -101,13 +112,6 @@ pub(crate) struct Drains {
 
 /// A socket's wait for its turn to close.
 type Wait<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// What woke a socket waiting for its turn.
-enum Event {
-    Turn,
-    Changed { api_gone: bool },
-    Shutdown,
-}
 
 /// Where a socket was routed: its set, its pod's ordinal there, and what its canary
 /// header and cookie asked (so a swap is judged as it was routed).
@@ -118,12 +122,14 @@ pub(crate) struct Pod {
     pub(crate) hints: Hints,
 }
 
-/// What a socket is waiting for, as of the table it last looked at.
+/// What a socket is waiting for, as of what it last looked at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cause {
     None,
     PodGone,
     Moved,
+    /// The shutdown's spread: its moment within the grace.
+    Shutdown,
 }
 
 impl Drains {
@@ -131,17 +137,44 @@ impl Drains {
         grace: Duration,
         reroute: Option<RerouteConfig>,
         table: Arc<ArcSwapOption<RoutingTable>>,
-        changes: watch::Receiver<u64>,
         closes: DrainCloses,
     ) -> Self {
         Self {
             grace,
             reroute,
             table,
-            changes,
-            spreading: CancellationToken::new(),
+            events: Notify::new(),
+            spreading: AtomicBool::new(false),
+            hard_end: AtomicBool::new(false),
+            api_gone: AtomicBool::new(false),
             next_turn: Mutex::new(Instant::now()),
             closes,
+        }
+    }
+
+    /// Wakes the waiting sockets for each table swap (`changes`), and once more for the
+    /// hard end (`hard_end` cancelled), then returns. Spawned once, beside the router.
+    pub(crate) async fn relay_events(
+        self: Arc<Self>,
+        mut changes: watch::Receiver<u64>,
+        hard_end: CancellationToken,
+    ) {
+        let mut api = true;
+        loop {
+            tokio::select! {
+                r = changes.changed(), if api => {
+                    if r.is_err() {
+                        api = false;
+                        self.api_gone.store(true, Ordering::Release);
+                    }
+                }
+                () = hard_end.cancelled() => {
+                    self.hard_end.store(true, Ordering::Release);
+                    self.events.notify_waiters();
+                    return;
+                }
+            }
+            self.events.notify_waiters();
         }
     }
 
@@ -154,12 +187,17 @@ impl Drains {
     /// Begins the shutdown's spread: every socket waiting with `spread_shutdown` closes
     /// at its own moment within the grace from now. Called once the listener has closed.
     pub(crate) fn begin_shutdown(&self) {
-        self.spreading.cancel();
+        self.spreading.store(true, Ordering::Release);
+        self.events.notify_waiters();
     }
 
     /// What the current table means for a socket of `tenant` on `pod`. No table (not
     /// loaded yet) means nothing.
     fn cause(&self, tenant: &str, pod: Pod) -> Cause {
+        if self.api_gone.load(Ordering::Acquire) {
+            // The router is stopping: only the drain ends sockets now.
+            return Cause::None;
+        }
         let guard = self.table.load();
         let Some(t) = guard.as_deref() else {
             return Cause::None;
@@ -182,7 +220,9 @@ impl Drains {
     /// span, and for a reroute its place in the rate limit).
     async fn wait_turn(&self, cause: Cause) {
         match (cause, self.reroute) {
-            (Cause::PodGone, _) => tokio::time::sleep(share_of(self.grace)).await,
+            (Cause::PodGone | Cause::Shutdown, _) => {
+                tokio::time::sleep(share_of(self.grace)).await;
+            }
             (Cause::Moved, Some(r)) => {
                 tokio::time::sleep(r.grace + share_of(r.grace)).await;
                 self.take_turn(r.per_second).await;
@@ -204,18 +244,34 @@ impl Drains {
     }
 
     /// Resolves at the turn of the socket of `tenant`, relayed to `pod`, to be closed by
-    /// the router, saying why; never resolves otherwise. `spread_shutdown`: the
-    /// shutdown spreads this one's close too (sockets); without it only the drain's hard
-    /// end (which the caller waits on) ends it (plain answers under way).
-    pub(crate) async fn turn(&self, tenant: &str, pod: Pod, spread_shutdown: bool) -> DrainReason {
-        let mut changes = self.changes.clone();
-        // The close waiting for its turn, and why: kept across table swaps that leave
-        // the cause as it was (its moment does not slide), dropped or redrawn when the
-        // cause goes or changes (a moved tenant's pod leaving the table meanwhile).
+    /// the router, saying why, or at the drain's hard end (`Shutdown`, not counted as a
+    /// turn); never resolves otherwise. `spread_shutdown`: the shutdown spreads this
+    /// one's close too (sockets); without it only the hard end ends it (plain answers
+    /// under way).
+    ///
+    /// It owns what it needs (a socket's stop holds nothing else beside it).
+    pub(crate) async fn turn(
+        self: Arc<Self>,
+        tenant: Box<str>,
+        pod: Pod,
+        spread_shutdown: bool,
+    ) -> DrainReason {
+        let tenant = &*tenant;
+        // The close waiting for its turn, and why: kept while the cause stays as it was
+        // (its moment does not slide with each swap), dropped or redrawn when the cause
+        // goes or changes (a moved tenant's pod leaving the table meanwhile). Boxed: an
+        // idle socket holds none.
         let mut pending: Option<(Cause, Wait<'_>)> = None;
         let why = loop {
-            changes.mark_unchanged();
-            match (self.cause(tenant, pod), &pending) {
+            // Registered before the state is read, so an event from here on wakes it.
+            let event = self.events.notified();
+            tokio::pin!(event);
+            event.as_mut().enable();
+            if self.hard_end.load(Ordering::Acquire) {
+                return DrainReason::Shutdown;
+            }
+            let now = self.looks(tenant, pod, spread_shutdown);
+            match (now, &pending) {
                 (Cause::None, _) => pending = None,
                 (now, Some((was, _))) if now == *was => {}
                 (now, _) => pending = Some((now, Box::pin(self.wait_turn(now)))),
@@ -226,44 +282,34 @@ impl Drains {
                     None => std::future::pending().await,
                 }
             };
-            let event = tokio::select! {
-                () = turn => Event::Turn,
-                r = changes.changed() => Event::Changed { api_gone: r.is_err() },
-                () = self.spreading.cancelled(), if spread_shutdown => Event::Shutdown,
-            };
-            match event {
-                // Its turn came, and the table still says so.
-                Event::Turn => match pending.take() {
-                    Some((cause, _)) if self.cause(tenant, pod) == cause => {
-                        break if cause == Cause::PodGone {
-                            DrainReason::PodGone
-                        } else {
-                            DrainReason::Rerouted
-                        };
-                    }
-                    _ => {}
-                },
-                Event::Changed { api_gone: false } => {}
-                // The control loop is gone (the router is stopping): only the drain can
-                // end this socket now.
-                Event::Changed { api_gone: true } => {
-                    if !spread_shutdown {
-                        return std::future::pending().await;
-                    }
-                    self.spreading.cancelled().await;
-                    break self.shutdown_turn().await;
+            tokio::select! {
+                () = turn => {}
+                () = event => continue,
+            }
+            // Its turn came: it closes if what it waited for still holds.
+            match pending.take() {
+                Some((cause, _)) if self.looks(tenant, pod, spread_shutdown) == cause => {
+                    break match cause {
+                        Cause::PodGone => DrainReason::PodGone,
+                        Cause::Moved => DrainReason::Rerouted,
+                        _ => DrainReason::Shutdown,
+                    };
                 }
-                Event::Shutdown => break self.shutdown_turn().await,
+                _ => {}
             }
         };
         self.closes.of(why).inc();
         why
     }
 
-    /// A socket's moment within the shutdown's grace, drawn as the spread begins.
-    async fn shutdown_turn(&self) -> DrainReason {
-        tokio::time::sleep(share_of(self.grace)).await;
-        DrainReason::Shutdown
+    /// What a socket of `tenant` on `pod` waits for now: the shutdown's spread first
+    /// (when it spreads this one), else what the table says.
+    fn looks(&self, tenant: &str, pod: Pod, spread_shutdown: bool) -> Cause {
+        if spread_shutdown && self.spreading.load(Ordering::Acquire) {
+            Cause::Shutdown
+        } else {
+            self.cause(tenant, pod)
+        }
     }
 }
 

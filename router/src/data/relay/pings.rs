@@ -15,9 +15,13 @@ pub struct Ping {
 }
 
 /// The router's pings in one direction: one going to the sink, and the pong coming from
-/// the source (the answer to a ping the other direction carried).
+/// the source (the answer to a ping the other direction carried). Allocated on the first
+/// ping: most sockets never see one, and each holds two of these for its whole life.
 #[derive(Debug, Default)]
-pub(super) struct PingState {
+pub(super) struct PingState(Option<Box<Pings>>);
+
+#[derive(Debug, Default)]
+struct Pings {
     /// A router ping to write toward the sink at the next frame boundary.
     out: Option<Vec<u8>>,
     /// The router pinged the source with this token: its pong is taken out of the
@@ -30,60 +34,69 @@ pub(super) struct PingState {
 }
 
 impl PingState {
+    fn pings(&mut self) -> &mut Pings {
+        self.0.get_or_insert_with(Box::default)
+    }
+
     /// A ping waits for the next frame boundary.
     #[inline]
     pub(super) fn has_out(&self) -> bool {
-        self.out.is_some()
+        self.0.as_ref().is_some_and(|p| p.out.is_some())
     }
 
     /// Queues `ping` (a whole ping frame) for the next frame boundary.
     pub(super) fn send(&mut self, ping: Vec<u8>) {
-        self.out = Some(ping);
+        self.pings().out = Some(ping);
     }
 
     /// The ping to write now, at a frame boundary.
     pub(super) fn take_out(&mut self) -> Option<Vec<u8>> {
-        self.out.take()
+        self.0.as_mut().and_then(|p| p.out.take())
     }
 
     /// Boundaries are unknown: a ping could land inside a frame, so none is sent.
     pub(super) fn cancel_out(&mut self) {
-        self.out = None;
+        if let Some(p) = self.0.as_mut() {
+            p.out = None;
+        }
     }
 
     /// The source was pinged with `token`: its pong is to be taken out of the stream.
     pub(super) fn await_pong(&mut self, token: [u8; 8]) {
-        self.token = Some(token);
+        self.pings().token = Some(token);
     }
 
     /// Whether the awaited pong has come since the last call.
     pub(super) fn take_pong_seen(&mut self) -> bool {
-        std::mem::take(&mut self.seen)
+        self.0.as_mut().is_some_and(|p| std::mem::take(&mut p.seen))
     }
 
     /// Reads must be searched for the pong (or may finish one): they are copied, once
     /// per ping, so the pong can be cut out.
     #[inline]
     pub(super) fn searching(&self) -> bool {
-        self.token.is_some() || !self.partial.is_empty()
+        self.0
+            .as_ref()
+            .is_some_and(|p| p.token.is_some() || !p.partial.is_empty())
     }
 
     /// Freshly read `fresh` (following what `frames` has seen, after any start of a pong
     /// kept from the last read) with the router's pong taken out; the start of a pong
     /// that is not all here yet is kept for the next read.
     pub(super) fn strip(&mut self, frames: &FrameCursor, fresh: &[u8]) -> Vec<u8> {
-        let mut data = std::mem::take(&mut self.partial);
+        let p = self.pings();
+        let mut data = std::mem::take(&mut p.partial);
         data.extend_from_slice(fresh);
-        let Some(token) = self.token else {
+        let Some(token) = p.token else {
             return data;
         };
         match find_pong(frames, &data, &token) {
             PongScan::Found { at, len } => {
-                self.seen = true;
-                self.token = None;
+                p.seen = true;
+                p.token = None;
                 data.drain(at..at + len);
             }
-            PongScan::Partial { at } => self.partial = data.split_off(at),
+            PongScan::Partial { at } => p.partial = data.split_off(at),
             PongScan::Absent => {}
         }
         data
@@ -92,7 +105,8 @@ impl PingState {
     /// The source ended: the start of a pong kept back, if any, is a partial frame at
     /// the end, passed on as it came.
     pub(super) fn take_unfinished(&mut self) -> Option<Vec<u8>> {
-        (!self.partial.is_empty()).then(|| std::mem::take(&mut self.partial))
+        let p = self.0.as_mut()?;
+        (!p.partial.is_empty()).then(|| std::mem::take(&mut p.partial))
     }
 }
 

@@ -22,6 +22,7 @@ struct Fixture {
     drains: Arc<Drains>,
     table: Arc<ArcSwapOption<RoutingTable>>,
     changes: watch::Sender<u64>,
+    hard_end: CancellationToken,
     closes: DrainCloses,
 }
 
@@ -30,17 +31,14 @@ impl Fixture {
         let table = Arc::new(ArcSwapOption::from_pointee(t));
         let (changes, rx) = watch::channel(0);
         let closes = DrainCloses::default();
-        let drains = Arc::new(Drains::new(
-            GRACE,
-            reroute,
-            table.clone(),
-            rx,
-            closes.clone(),
-        ));
+        let drains = Arc::new(Drains::new(GRACE, reroute, table.clone(), closes.clone()));
+        let hard_end = CancellationToken::new();
+        tokio::spawn(drains.clone().relay_events(rx, hard_end.clone()));
         Self {
             drains,
             table,
             changes,
+            hard_end,
             closes,
         }
     }
@@ -72,7 +70,7 @@ impl Fixture {
         for _ in 0..n {
             let (d, tx, tenant) = (self.drains.clone(), tx.clone(), tenant.to_owned());
             tokio::spawn(async move {
-                let why = d.turn(&tenant, pod, true).await;
+                let why = d.turn(tenant.into(), pod, true).await;
                 let _ = tx.send((Instant::now(), why));
             });
         }
@@ -259,7 +257,7 @@ async fn a_plain_answer_is_not_spread_by_the_shutdown() {
     let f = Fixture::new(None, table(4, &[]));
     let d = f.drains.clone();
     let home = wsrouter::ordinal_for("a", NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN));
-    let waiting = tokio::spawn(async move { d.turn("a", stable(home), false).await });
+    let waiting = tokio::spawn(async move { d.turn("a".into(), stable(home), false).await });
     tokio::task::yield_now().await;
     f.drains.begin_shutdown();
     tokio::time::sleep(GRACE * 2).await;
@@ -385,4 +383,39 @@ async fn a_weight_change_closes_only_the_tenants_whose_set_changed_and_hints_hol
         asked.try_recv().map(|(_, why)| why).ok(),
         Some(DrainReason::PodGone)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_hard_end_ends_every_waiting_socket_at_once_uncounted() {
+    let f = Fixture::new(None, table(4, &[]));
+    let mut spread = f.sockets(20, "a", 0);
+    let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..5 {
+        let (d, tx) = (f.drains.clone(), tx.clone());
+        tokio::spawn(async move {
+            let why = d.turn("a".into(), stable(0), false).await;
+            let _ = tx.send((Instant::now(), why));
+        });
+    }
+    tokio::task::yield_now().await;
+    let start = Instant::now();
+    f.hard_end.cancel();
+    for (at, why) in collect(&mut spread, 20)
+        .await
+        .into_iter()
+        .chain(collect(&mut answers, 5).await)
+    {
+        assert_eq!((at, why), (start, DrainReason::Shutdown));
+    }
+    assert_eq!(f.closes.shutdown.get(), 0, "the hard end is not a turn");
+}
+
+/// A socket holds its wait for its whole life: idle, it is one waiter and the socket's
+/// place, nothing more (a timer is boxed only once a cause came).
+#[tokio::test]
+async fn an_idle_sockets_wait_stays_small() {
+    let f = Fixture::new(None, table(4, &[]));
+    let wait = f.drains.clone().turn("a-tenant".into(), stable(0), true);
+    let size = std::mem::size_of_val(&wait);
+    assert!(size <= 256, "{size} bytes");
 }
