@@ -215,20 +215,9 @@ run_memory() {
   load --mode hold-idle -c "$IDLE_CONNS" --sources 16 --parallel 64 --burst 16384 \
     --duration 6s >"$OUT/logs/hold-$target-$round.json" 2>"$err" &
   local lp=$!
-  local idle="" burst=""
-  for _ in $(seq 1 1800); do
-    if [[ -z $idle ]] && grep -q 'phase=idle' "$err"; then
-      sleep 3 # settle: the last handshakes' buffers are freed
-      idle=$(rss_kb)
-    fi
-    if [[ -z $burst ]] && grep -q 'phase=after-burst' "$err"; then
-      sleep 3
-      burst=$(rss_kb)
-    fi
-    kill -0 $lp 2>/dev/null || break
-    sleep 0.1
-  done
-  wait $lp || die "hold-idle against $target failed: $(cat "$err")"
+  hold_watch "$lp" "$err"
+  wait "$lp" || die "hold-idle against $target failed: $(cat "$err")"
+  local idle=$HOLD_IDLE_RSS burst=$HOLD_BURST_RSS
   local still n
   still=$(field still_echoing <"$OUT/logs/hold-$target-$round.json")
   n=$(field connections <"$OUT/logs/hold-$target-$round.json")

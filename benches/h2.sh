@@ -52,6 +52,9 @@ load() {
     --parallel 64 "${shape[@]}" "$@"
 }
 
+# At idle (hold_watch): the proxy's open descriptors.
+idle_fds() { FDS_IDLE=$(fds); }
+
 run_one() {
   local round=$1 target=$2 proto=$3
   TARGET=$target
@@ -65,21 +68,9 @@ run_one() {
   load "$proto" --mode hold-idle -c "$SOCKETS" --burst 16384 --duration "${IDLE_SECONDS}s" \
     >"$OUT/logs/hold-$tag.json" 2>"$err" &
   local lp=$!
-  local idle="" burst="" fd_idle=""
-  for _ in $(seq 1 3000); do
-    if [[ -z $idle ]] && grep -q 'phase=idle' "$err"; then
-      sleep 3 # settle: the last handshakes' buffers are freed
-      idle=$(rss_kb)
-      fd_idle=$(fds)
-    fi
-    if [[ -z $burst ]] && grep -q 'phase=after-burst' "$err"; then
-      sleep 3
-      burst=$(rss_kb)
-    fi
-    kill -0 $lp 2>/dev/null || break
-    sleep 0.1
-  done
-  wait $lp || die "hold-idle ($proto) against $target failed: $(cat "$err")"
+  hold_watch "$lp" "$err" idle_fds
+  wait "$lp" || die "hold-idle ($proto) against $target failed: $(cat "$err")"
+  local idle=$HOLD_IDLE_RSS burst=$HOLD_BURST_RSS fd_idle=$FDS_IDLE
   local json=$OUT/logs/hold-$tag.json n
   n=$(field connections <"$json")
   record "$round" "$target" "$proto" sockets "$n"

@@ -360,3 +360,25 @@ cpu_ticks() {
   for p in $(proc_tree); do sum=$((sum + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done
   echo $sum
 }
+# Follows a `wsload --mode hold-idle` run (pid $1, its log $2) to its end. When its sockets
+# are all open: HOLD_OPEN_TICKS (the proxy's CPU then), a 3 s settle (the last
+# handshakes' buffers are freed), HOLD_IDLE_RSS, then the caller's command $3 if given
+# (more readings at idle). After the 16 KiB burst: HOLD_BURST_RSS. Bounded (5 minutes).
+hold_watch() {
+  local lp=$1 err=$2
+  HOLD_OPEN_TICKS="" HOLD_IDLE_RSS="" HOLD_BURST_RSS=""
+  for _ in $(seq 1 3000); do
+    if [[ -z $HOLD_IDLE_RSS ]] && grep -q 'phase=idle' "$err"; then
+      HOLD_OPEN_TICKS=$(cpu_ticks)
+      sleep 3
+      HOLD_IDLE_RSS=$(rss_kb)
+      [[ -z ${3:-} ]] || "$3"
+    fi
+    if [[ -z $HOLD_BURST_RSS ]] && grep -q 'phase=after-burst' "$err"; then
+      sleep 3
+      HOLD_BURST_RSS=$(rss_kb)
+    fi
+    kill -0 "$lp" 2>/dev/null || break
+    sleep 0.1
+  done
+}
