@@ -47,9 +47,7 @@ measure() {
   TARGET=$target
   start_target "$target"
   url="https://127.0.0.1:${PORT[$target]}"
-  # Warm-up: connections to the backends, TLS, allocator.
-  wrk -t 2 -c 50 -d 1s -s "$ROOT/benches/http.lua" "$url" -- GET 1000 128 0 >/dev/null 2>&1 ||
-    die "wrk against $target failed"
+  warm_http "$target"
   pids=$(proc_tree)
   read -r u0 s0 < <(ticks $pids)
   read -r b0 _ < <(ticks "${BACKEND_PIDS[@]}" | awk '{print $1 + $2, 0}')

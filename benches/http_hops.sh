@@ -63,9 +63,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
     TARGET=$target
     start_target "$target"
     url="https://127.0.0.1:${PORT[$target]}"
-    # Warm: connections, pools, caches; not counted.
-    wrk -t 2 -c 50 -d 1s -s "$ROOT/benches/http.lua" "$url" -- "$METHOD" 1000 128 0 \
-      >/dev/null 2>&1 || die "wrk against $target failed"
+    warm_http "$target" "$METHOD"
     from=$(date +%s.%N)
     wrk -t 2 -c 50 -d "${SECONDS_PER_RUN}s" --timeout 5s -s "$ROOT/benches/http.lua" "$url" \
       -- "$METHOD" 1000 128 10 >"$OUT/logs/wrk-$round-$target.txt" 2>&1 ||

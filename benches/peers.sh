@@ -382,3 +382,9 @@ hold_watch() {
     sleep 0.1
   done
 }
+# Warms the running target $1 for the HTTP cell (connections to the backends, TLS, the
+# allocator): a second of wrk flat out with method $2 (GET), not recorded.
+warm_http() {
+  wrk -t 2 -c 50 -d 1s -s "$ROOT/benches/http.lua" "https://127.0.0.1:${PORT[$1]}" \
+    -- "${2:-GET}" 1000 128 0 >/dev/null 2>&1 || die "wrk against $1 failed"
+}

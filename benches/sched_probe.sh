@@ -24,8 +24,7 @@ for target in $TARGETS; do
   TARGET=$target
   start_target "$target"
   url="https://127.0.0.1:${PORT[$target]}"
-  wrk -t 2 -c 50 -d 1s -s "$ROOT/benches/http.lua" "$url" -- GET 1000 128 0 >/dev/null 2>&1 ||
-    die "wrk against $target failed"
+  warm_http "$target"
   pids=$(proc_tree)
   timeout 30 perf sched record -o "$OUT/sched-$target.data" -p "$(tr ' ' ',' <<<"$pids")" \
     -- sleep 5 >/dev/null 2>&1 &

@@ -255,7 +255,7 @@ pub(super) fn request_ended<T: Send + 'static>(
     // The flag is read ungated (the connection's task polls the request when it sets
     // it); only the turn is gated.
     let (drains, tenant, pod) = turn_of(&ctx.shared, routed);
-    let turn = Box::pin(Gated::new(Box::pin(drains.turn(tenant, pod, false))));
+    let turn = Gated::new(Box::pin(drains.turn(tenant, pod, false)));
     Box::pin(async move {
         tokio::select! {
             () = grace_over => as_t(DrainReason::Shutdown),

@@ -292,7 +292,8 @@ impl Drains {
                     break match cause {
                         Cause::PodGone => DrainReason::PodGone,
                         Cause::Moved => DrainReason::Rerouted,
-                        _ => DrainReason::Shutdown,
+                        // `None` is never pending.
+                        Cause::Shutdown | Cause::None => DrainReason::Shutdown,
                     };
                 }
                 _ => {}

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::data::tls::stream::TlsStream;
-
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::data::tls::stream::TlsStream;
 
 /// What the relay needs of each side besides reading and writing.
 pub(crate) trait Peer {

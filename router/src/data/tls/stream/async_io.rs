@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::receive::Then;
 use super::send::{send_some, MAX_WRITE};
+use super::{TlsStream, SCRATCH};
 use crate::data::tls::flush;
 
 /// Plaintext a stream keeps sealed for its flush at most. Small answers and messages
@@ -16,7 +17,6 @@ use crate::data::tls::flush;
 /// once, as is anything after the socket pushed back (it waits for the socket, not for
 /// the turn).
 const HOLD_MAX: usize = 16 << 10;
-use super::{TlsStream, SCRATCH};
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
     fn poll_read(
