@@ -137,6 +137,14 @@ fn follow_jwks(auth: Option<AuthSetup>, control: &ControlHandle) -> Result<(), S
 pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     // A client that connects and sends nothing waits in the kernel, not in a slot.
     let defer = config.limits.handshake_timeout.max(Duration::from_secs(1));
+    if config.limits.io_uring {
+        crate::data::socket::uring::probe().map_err(ServerError::IoUring)?;
+        if config.io_threads == 0 {
+            tracing::warn!(
+                "--io-uring: no I/O threads (--workers 0), so every socket stays on epoll"
+            );
+        }
+    }
     let listeners = Listeners::bind(config.listen, config.io_threads, defer)?;
     let addr = listeners.local_addr();
     let admin_listeners = match config.admin_listen {

@@ -76,6 +76,7 @@ impl CommonArgs {
             policy,
             timers,
             stall_threshold,
+            io_uring: self.sockets.io_uring,
             ..edge
         })
     }

@@ -38,6 +38,9 @@ pub struct SocketArgs {
     /// A peer that does not answer a ping within this is gone: the other side gets 1001.
     #[arg(long, env = "WSROUTER_PING_TIMEOUT", default_value_t = SocketArgs::default().ping_timeout)]
     pub ping_timeout: Span,
+    /// Relay HTTP/1.1 WebSockets over io_uring instead of epoll, one ring per I/O thread (Linux only; experimental: see the README's performance section).
+    #[arg(long, env = "WSROUTER_IO_URING")]
+    pub io_uring: bool,
 }
 
 impl Default for SocketArgs {
@@ -53,6 +56,7 @@ impl Default for SocketArgs {
             ping_interval: None,
             backend_ping_interval: None,
             ping_timeout: Span::secs(10),
+            io_uring: false,
         }
     }
 }
@@ -123,6 +127,7 @@ mod tests {
             ping_interval: secs(30),
             backend_ping_interval: secs(40),
             ping_timeout: Span::secs(7),
+            io_uring: false,
         };
         assert_eq!(a.close_timeout(), Duration::from_secs(2));
         let t = a.timers().unwrap();

@@ -30,3 +30,4 @@ mod routing;
 mod storms;
 mod swaps;
 mod tls;
+mod uring;

@@ -16,6 +16,7 @@ use crate::data::edge::handoff::{self, Handoffs};
 use crate::data::edge::proxy_protocol::{self, Proxied};
 use crate::data::shared::limits::ProxyProtocol;
 use crate::data::shared::Shared;
+use crate::data::socket::uring;
 use crate::data::tls::stream as tls_stream;
 use crate::state::heartbeat::Heartbeats;
 use crate::state::thread_load::Seat;
@@ -33,6 +34,8 @@ pub enum ServerError {
     Runtime(#[source] std::io::Error),
     #[error("starting an I/O thread")]
     Thread(#[source] std::io::Error),
+    #[error("--io-uring: this kernel does not let the router use io_uring with provided buffers (Linux 5.19 or later, and io_uring not disabled)")]
+    IoUring(#[source] std::io::Error),
     /// A file the router follows (the JWKS) cannot be watched.
     #[error("watching {path}")]
     Watch {
@@ -69,8 +72,9 @@ impl Listeners {
             .map(|_| {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    // Sends the turn's held flushes before the thread sleeps.
-                    .on_thread_park(crate::data::tls::flush::end_of_turn)
+                    // Sends the turn's held flushes, and submits its ring's queue,
+                    // before the thread sleeps.
+                    .on_thread_park(end_of_turn)
                     .build()
                     .map_err(ServerError::Runtime)
             })
@@ -190,6 +194,12 @@ impl IoThread {
         } = self;
         rt.block_on(async move {
             crate::data::tls::flush::hold_on_this_thread();
+            if shared.limits.io_uring {
+                match uring::enable_on_this_thread() {
+                    Ok(ring) => drop(tokio::spawn(uring::reap_when_ready(ring))),
+                    Err(e) => tracing::error!(error = %e, "io_uring: this I/O thread has no ring; its sockets stay on epoll"),
+                }
+            }
             tokio::spawn(heartbeat(shared.clone(), i, done.clone()));
             tokio::spawn(pool_upkeep(shared.clone(), done.clone()));
             let accept = async {
@@ -205,6 +215,12 @@ impl IoThread {
             done.cancelled().await;
         });
     }
+}
+
+/// What an I/O thread does as it runs dry, before it sleeps.
+fn end_of_turn() {
+    crate::data::tls::flush::end_of_turn();
+    uring::end_of_turn();
 }
 
 /// Stamps worker `i`'s heartbeat from its own event loop until the router has drained.

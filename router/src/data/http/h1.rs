@@ -24,7 +24,7 @@ use crate::data::admission::pools::PendingSlot;
 use crate::data::http::conn::{ConnCtx, KeepAlive, READMIT_AFTER};
 use crate::data::http::upgrade;
 use crate::data::http::write_stall::WriteStall;
-use crate::data::relay::peer::Peer;
+use crate::data::relay::peer::{OntoUring, Peer};
 use crate::data::relay::signal::Gated;
 use crate::data::shared::Shared;
 use crate::state::thread_load::Seat;
@@ -39,7 +39,7 @@ pub(crate) async fn serve<I>(
     slot: PendingSlot,
     seat: Seat,
 ) where
-    I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
 {
     let limits = &shared.limits;
     let ctx = ConnCtx::http1(&shared, peer, accepted, slot, seat);

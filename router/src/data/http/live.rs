@@ -21,11 +21,12 @@ use crate::data::http::decide::Routed;
 use crate::data::http::write_stall::WriteStall;
 use crate::data::relay::close::Stop;
 use crate::data::relay::drain::{DrainReason, Drains, Pod};
-use crate::data::relay::peer::Peer;
+use crate::data::relay::peer::{OntoUring, Peer};
 use crate::data::relay::pump as relay;
 use crate::data::relay::signal::Gated;
 use crate::data::shared::metrics::{ClosedLabels, OrdinalLabel};
 use crate::data::shared::Shared;
+use crate::data::socket::uring;
 use crate::data::upstream::tls::BackendIo;
 use crate::state::tenants::LiveGuard;
 use crate::state::thread_load::Seat;
@@ -85,7 +86,7 @@ impl PendingRelay {
     /// socket, then starts the relay as a task of its own.
     pub(super) async fn await_client<I>(self, on_upgrade: hyper::upgrade::OnUpgrade)
     where
-        I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
     {
         let peer = self.peer;
         let upgrade_timeout = self.shared.limits.request_timeout;
@@ -110,13 +111,30 @@ impl PendingRelay {
         }
     }
 
-    /// Registers the live socket, counts it, and spawns the relay task.
-    pub(crate) fn start<I>(self, client_io: I, client_pre: Bytes)
+    /// Registers the live socket, counts it, and spawns the relay task: on an I/O
+    /// thread with a ring (`--io-uring`), over the ring.
+    pub(crate) fn start<I>(mut self, client_io: I, client_pre: Bytes)
     where
-        I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+        I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
     {
         let tasks = self.shared.lifecycle.tasks.clone();
-        tasks.spawn(self.relay(client_io, client_pre));
+        if !uring::here() {
+            tasks.spawn(self.relay(client_io, client_pre));
+            return;
+        }
+        let peer = self.peer;
+        let moved = client_io
+            .onto_uring()
+            .and_then(|client| Ok((client, self.backend.onto_uring()?)));
+        match moved {
+            Ok((client, backend)) => {
+                self.backend = backend;
+                tasks.spawn(self.relay(client, client_pre));
+            }
+            Err(e) => {
+                tracing::warn!(client.addr = %peer, error = %e, "socket closed: it could not move onto the I/O thread's ring");
+            }
+        }
     }
 
     /// Registers the live socket and counts it; the returned future relays it, then

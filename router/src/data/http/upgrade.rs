@@ -19,7 +19,7 @@ use crate::data::http::dial;
 use crate::data::http::forward::{self, ClientBodyIn};
 use crate::data::http::live::PendingRelay;
 use crate::data::http::{admit, decide, request};
-use crate::data::relay::peer::Peer;
+use crate::data::relay::peer::{OntoUring, Peer};
 use crate::data::shared::metrics::StatusLabel;
 use crate::data::shared::set_metrics;
 use crate::data::shared::Shared;
@@ -43,7 +43,7 @@ pub(crate) struct Answer {
 /// hands over goes to the relay.
 pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
 where
-    I: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
 {
     // An upgrade-shaped request's socket is hyper's to hand over, whatever the answer:
     // claimed before the request (and its body) moves on.

@@ -1,10 +1,12 @@
 //! What the relay needs of each side besides reading and writing: passing a reset on as
 //! it came, and counting what a TLS side has taken but not yet sent.
 
+use std::io;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::data::socket::uring::UringTcp;
 use crate::data::tls::stream::TlsStream;
 
 /// What the relay needs of each side besides reading and writing.
@@ -38,6 +40,12 @@ impl Peer for tokio::net::TcpStream {
     }
 }
 
+impl Peer for crate::data::socket::uring::UringTcp {
+    fn reset(&mut self) {
+        crate::data::socket::uring::UringTcp::reset(self);
+    }
+}
+
 impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for TlsStream<S> {
     fn reset(&mut self) {
         self.get_mut().reset();
@@ -54,4 +62,29 @@ impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for TlsStream<S> {
 
 impl Peer for tokio::io::DuplexStream {
     fn reset(&mut self) {}
+}
+
+/// A client's socket that can move onto its I/O thread's ring (`--io-uring`) once
+/// upgraded: a plain TCP one, or TLS over it.
+pub(crate) trait OntoUring: Sized {
+    type Uring: AsyncRead + AsyncWrite + Peer + Unpin + Send + 'static;
+
+    /// Moved onto this thread's ring (only where `uring::here()`).
+    fn onto_uring(self) -> io::Result<Self::Uring>;
+}
+
+impl OntoUring for tokio::net::TcpStream {
+    type Uring = UringTcp;
+
+    fn onto_uring(self) -> io::Result<UringTcp> {
+        UringTcp::adopt(self)
+    }
+}
+
+impl OntoUring for TlsStream<tokio::net::TcpStream> {
+    type Uring = TlsStream<UringTcp>;
+
+    fn onto_uring(self) -> io::Result<TlsStream<UringTcp>> {
+        self.carried(UringTcp::adopt)
+    }
 }

@@ -36,6 +36,8 @@ pub struct Limits {
     pub stall_threshold: Duration,
     /// Every connection starts with a PROXY protocol header (from a trusted proxy).
     pub proxy_protocol: ProxyProtocol,
+    /// Relayed HTTP/1.1 sockets run on each I/O thread's io_uring (`--io-uring`).
+    pub io_uring: bool,
 }
 
 /// `--proxy-protocol`: whether connections begin with a PROXY protocol header (v1 or
@@ -145,6 +147,7 @@ impl Default for Limits {
             },
             stall_threshold: Duration::from_secs(10),
             proxy_protocol: ProxyProtocol::Off,
+            io_uring: false,
         }
     }
 }

@@ -4,6 +4,15 @@
 
 use std::time::Duration;
 
+// The ring, its buffer pool and the kernel's view of our memory need unsafe; each block
+// says why it holds.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub(crate) mod uring;
+#[cfg(not(target_os = "linux"))]
+#[path = "uring_off.rs"]
+pub(crate) mod uring;
+
 /// `TCP_DEFER_ACCEPT`: the kernel hands a connection to `accept()` only once data has
 /// arrived (or after about `wait`), so a client that connects and says nothing costs no
 /// descriptor, no task and no pending slot meanwhile. Linux only; a no-op elsewhere.

@@ -18,6 +18,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::data::relay::peer::Peer;
+use crate::data::socket::uring::UringTcp;
 
 #[derive(Debug, Error)]
 pub enum BackendTlsError {
@@ -196,6 +197,19 @@ fn host_name(addr: &str) -> io::Result<ServerName<'static>> {
 pub(crate) enum BackendIo {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Plain TCP moved onto its I/O thread's ring (`--io-uring`).
+    Uring(UringTcp),
+}
+
+impl BackendIo {
+    /// A plain socket moved onto this thread's ring (see `uring::here`); a TLS one
+    /// stays as it is.
+    pub(crate) fn onto_uring(self) -> io::Result<Self> {
+        match self {
+            Self::Plain(t) => UringTcp::adopt(t).map(Self::Uring),
+            other => Ok(other),
+        }
+    }
 }
 
 impl Peer for BackendIo {
@@ -203,6 +217,7 @@ impl Peer for BackendIo {
         match self {
             Self::Plain(t) => t.reset(),
             Self::Tls(t) => t.get_mut().0.reset(),
+            Self::Uring(t) => t.reset(),
         }
     }
 }
@@ -216,6 +231,7 @@ impl AsyncRead for BackendIo {
         match self.get_mut() {
             Self::Plain(t) => Pin::new(t).poll_read(cx, buf),
             Self::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            Self::Uring(t) => Pin::new(t).poll_read(cx, buf),
         }
     }
 }
@@ -229,6 +245,7 @@ impl AsyncWrite for BackendIo {
         match self.get_mut() {
             Self::Plain(t) => Pin::new(t).poll_write(cx, buf),
             Self::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            Self::Uring(t) => Pin::new(t).poll_write(cx, buf),
         }
     }
 
@@ -240,6 +257,7 @@ impl AsyncWrite for BackendIo {
         match self.get_mut() {
             Self::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
             Self::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+            Self::Uring(t) => Pin::new(t).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -247,6 +265,7 @@ impl AsyncWrite for BackendIo {
         match self {
             Self::Plain(t) => t.is_write_vectored(),
             Self::Tls(t) => t.is_write_vectored(),
+            Self::Uring(t) => t.is_write_vectored(),
         }
     }
 
@@ -254,6 +273,7 @@ impl AsyncWrite for BackendIo {
         match self.get_mut() {
             Self::Plain(t) => Pin::new(t).poll_flush(cx),
             Self::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            Self::Uring(t) => Pin::new(t).poll_flush(cx),
         }
     }
 
@@ -261,6 +281,7 @@ impl AsyncWrite for BackendIo {
         match self.get_mut() {
             Self::Plain(t) => Pin::new(t).poll_shutdown(cx),
             Self::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            Self::Uring(t) => Pin::new(t).poll_shutdown(cx),
         }
     }
 }

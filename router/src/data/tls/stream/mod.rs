@@ -89,6 +89,39 @@ impl<S> TlsStream<S> {
             held: Held::default(),
         }
     }
+
+    /// The same TLS session over another handle on its socket (moved onto an I/O
+    /// thread's ring, `socket::uring`): every byte in flight stays where it is.
+    pub(crate) fn carried<T>(self, f: impl FnOnce(S) -> io::Result<T>) -> io::Result<TlsStream<T>> {
+        let Self {
+            tcp,
+            conn,
+            partial,
+            plain,
+            plain_pos,
+            out,
+            out_pos,
+            read_eof,
+            close_sent,
+            failed,
+            hello_checked,
+            held,
+        } = self;
+        Ok(TlsStream {
+            tcp: f(tcp)?,
+            conn,
+            partial,
+            plain,
+            plain_pos,
+            out,
+            out_pos,
+            read_eof,
+            close_sent,
+            failed,
+            hello_checked,
+            held,
+        })
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {

@@ -1,0 +1,444 @@
+//! An io_uring data path for relayed sockets (`--io-uring`, Linux only, off by default).
+//!
+//! With epoll an I/O thread wakes, then makes a `recv` and a `send` per socket that had
+//! something. Here each I/O thread owns one ring: a socket's receive and sends are
+//! queued as submissions while the thread's tasks run, and the whole turn's submissions
+//! go to the kernel in one `io_uring_enter` when the thread runs dry (the same hook that
+//! ends the turn's held TLS flushes), which also reaps the completions that arrived. The
+//! thread sleeps in tokio's `epoll_wait` as before, the ring's descriptor among its
+//! sources, so nothing else about the event loop changes.
+//!
+//! Receives are single-shot and pick a buffer from the thread's pool (`bufs`): a socket
+//! has one receive armed only while its reader waits, so an idle socket holds no buffer
+//! and a reader that stops reading stops its socket (TCP's back-pressure, as with
+//! epoll). A multishot receive would save re-arming, but it keeps taking buffers for a
+//! reader that stopped, and pausing it is a cancel and a re-arm: not done.
+//! Writes are copied into the socket's own send buffer and sent from there, one send in
+//! flight per socket; up to [`WRITE_MAX`] bytes may wait, then the writer waits.
+//!
+//! Used for HTTP/1.1 WebSockets once upgraded (`UringTcp`, made from the relay's TCP
+//! sockets on a thread that has a ring); handshakes, plain requests and HTTP/2 stay on
+//! epoll.
+
+mod bufs;
+mod stream;
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Waker;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+pub(crate) use stream::UringTcp;
+
+use bufs::Bufs;
+
+/// Bytes a socket's writes may have waiting (sent or not yet) before a writer waits.
+pub(crate) const WRITE_MAX: usize = 64 * 1024;
+/// Submission queue entries per ring (a turn with more submits early).
+const ENTRIES: u32 = 4096;
+/// Send buffers kept for reuse per thread.
+const SPARE_BUFFERS: usize = 64;
+
+const OP_RECV: u64 = 1;
+const OP_SEND: u64 = 2;
+const OP_CANCEL: u64 = 3;
+
+thread_local! {
+    static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
+}
+
+/// Tells one thread's ring from another's, so a socket polled off its thread fails.
+static NEXT_DRIVER: AtomicU32 = AtomicU32::new(1);
+
+/// Whether this kernel lets this process use io_uring with provided-buffer rings:
+/// checked once at start when `--io-uring` is asked for.
+pub(crate) fn probe() -> io::Result<()> {
+    Bufs::register(&new_ring(8)?).map(drop)
+}
+
+/// A ring only this thread submits to. Its completions are posted as task work that
+/// interrupts the thread, even asleep in `epoll_wait`, which then sees the ring's
+/// descriptor readable. (Deferring that work to `io_uring_enter` would spare the
+/// interruptions, but then nothing wakes a thread asleep in epoll for it on this
+/// kernel: neither a registered eventfd nor the ring's descriptor was signalled, and
+/// each echo waited for an unrelated timer, 15 to 35 ms.)
+fn new_ring(entries: u32) -> io::Result<IoUring> {
+    IoUring::builder().setup_single_issuer().build(entries)
+}
+
+/// Gives this thread a ring; its runtime must call [`end_of_turn`] before it parks, and
+/// run [`reap_when_ready`]. Returns the ring's descriptor for that.
+pub(crate) fn enable_on_this_thread() -> io::Result<RawFd> {
+    let ring = new_ring(ENTRIES)?;
+    let bufs = Bufs::register(&ring)?;
+    let fd = ring.as_raw_fd();
+    let driver = Driver {
+        ring,
+        bufs,
+        id: NEXT_DRIVER.fetch_add(1, Ordering::Relaxed),
+        socks: Vec::new(),
+        free: Vec::new(),
+        starved: Vec::new(),
+        spare: Vec::new(),
+        woken: Vec::new(),
+    };
+    DRIVER.with_borrow_mut(|d| *d = Some(driver));
+    Ok(fd)
+}
+
+/// Whether this thread has a ring.
+pub(crate) fn here() -> bool {
+    DRIVER.with_borrow(Option::is_some)
+}
+
+/// Submits the turn's queued operations and wakes whoever their completions are for.
+/// Called as the thread runs dry; a no-op on a thread without a ring.
+pub(crate) fn end_of_turn() {
+    let woken = DRIVER.with_borrow_mut(|d| match d {
+        Some(d) => {
+            d.enter();
+            d.reap();
+            std::mem::take(&mut d.woken)
+        }
+        None => Vec::new(),
+    });
+    wake_all(woken);
+}
+
+/// Reaps completions whenever the ring's descriptor says there are some: what wakes a
+/// sleeping thread for its sockets.
+pub(crate) async fn reap_when_ready(fd: RawFd) {
+    // SAFETY: the ring's descriptor stays open for as long as this registration: the
+    // ring lives in the thread's driver until the thread ends, after its runtime (and
+    // this task with it) has been dropped.
+    let watched = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(RingFd(fd), tokio::io::Interest::READABLE)
+    };
+    let ring = match watched {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "io_uring: the ring cannot be watched; its sockets will stall");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut ready) = ring.readable().await else {
+            return;
+        };
+        let woken = DRIVER.with_borrow_mut(|d| match d {
+            Some(d) => {
+                d.reap();
+                std::mem::take(&mut d.woken)
+            }
+            None => Vec::new(),
+        });
+        ready.clear_ready();
+        wake_all(woken);
+    }
+}
+
+fn wake_all(woken: Vec<Waker>) {
+    for w in woken {
+        w.wake();
+    }
+}
+
+/// The ring's descriptor, watched by tokio but owned (and closed) by the ring.
+struct RingFd(RawFd);
+
+impl AsRawFd for RingFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// One thread's ring and the sockets on it.
+struct Driver {
+    ring: IoUring,
+    bufs: Bufs,
+    id: u32,
+    /// Indexed by slot; a slot is reused only once its socket is dropped and none of
+    /// its operations is still in the kernel.
+    socks: Vec<Option<Sock>>,
+    free: Vec<usize>,
+    /// Sockets whose receive found the pool empty: re-armed as buffers come back.
+    starved: Vec<usize>,
+    /// Send buffers to reuse, so a message costs no allocation.
+    spare: Vec<Vec<u8>>,
+    /// Wakers to wake once the driver is no longer borrowed.
+    woken: Vec<Waker>,
+}
+
+/// A socket's state on the ring.
+struct Sock {
+    fd: OwnedFd,
+    recv: Recv,
+    /// Received bytes the reader has not taken: buffer, from, to.
+    got: Option<(u16, usize, usize)>,
+    /// The peer closed its side.
+    eof: bool,
+    read_err: Option<i32>,
+    reader: Option<Waker>,
+    /// Bytes in the kernel's hands (one send at a time), from `sent`.
+    sending: Vec<u8>,
+    sent: usize,
+    /// Bytes written while a send was in flight: the next send.
+    queued: Vec<u8>,
+    write_err: Option<i32>,
+    writer: Option<Waker>,
+    /// Operations submitted and not completed; the slot lives until they have.
+    ops: u32,
+    dropped: bool,
+    /// Passing a reset on: closed with linger 0, its sends cancelled.
+    reset: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    Idle,
+    Armed,
+    /// No buffer was free: waits in `starved`.
+    Starved,
+}
+
+impl Sock {
+    fn new(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            recv: Recv::Idle,
+            got: None,
+            eof: false,
+            read_err: None,
+            reader: None,
+            sending: Vec::new(),
+            sent: 0,
+            queued: Vec::new(),
+            write_err: None,
+            writer: None,
+            ops: 0,
+            dropped: false,
+            reset: false,
+        }
+    }
+
+    fn unsent(&self) -> usize {
+        self.sending.len() - self.sent + self.queued.len()
+    }
+}
+
+fn user_data(slot: usize, op: u64) -> u64 {
+    ((slot as u64) << 2) | op
+}
+
+/// Keeps the waker to wake, unless it already is the one kept.
+fn keep(slot: &mut Option<Waker>, w: &Waker) {
+    if !slot.as_ref().is_some_and(|k| k.will_wake(w)) {
+        *slot = Some(w.clone());
+    }
+}
+
+impl Driver {
+    fn insert(&mut self, fd: OwnedFd) -> usize {
+        let sock = Some(Sock::new(fd));
+        match self.free.pop() {
+            Some(i) => {
+                self.socks[i] = sock;
+                i
+            }
+            None => {
+                self.socks.push(sock);
+                self.socks.len() - 1
+            }
+        }
+    }
+
+    /// Queues `entry`, submitting what is queued first if the queue is full.
+    fn push(&mut self, entry: &squeue::Entry) {
+        loop {
+            // SAFETY: every entry queued here points only at memory that outlives its
+            // completion: a send at its socket's `sending`, which is neither touched nor
+            // freed while the send is in flight (the slot lives until `ops` is 0), a
+            // receive at no memory of ours (the kernel picks a pool buffer).
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return;
+            }
+            self.enter();
+        }
+    }
+
+    /// Submits what is queued: one `io_uring_enter` for the turn, if anything is.
+    fn enter(&mut self) {
+        if self.ring.submission().is_empty() {
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            // EBUSY/EAGAIN: the completion queue is backed up; the next turn retries.
+            tracing::debug!(error = %e, "io_uring: enter failed");
+        }
+    }
+
+    fn arm_recv(&mut self, slot: usize) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        s.recv = Recv::Armed;
+        s.ops += 1;
+        let entry = opcode::Recv::new(
+            types::Fd(s.fd.as_raw_fd()),
+            std::ptr::null_mut(),
+            bufs::SIZE as u32,
+        )
+        .buf_group(bufs::GROUP)
+        .build()
+        .flags(squeue::Flags::BUFFER_SELECT)
+        .user_data(user_data(slot, OP_RECV));
+        self.push(&entry);
+    }
+
+    fn send_next(&mut self, slot: usize) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        let rest = &s.sending[s.sent..];
+        s.ops += 1;
+        let entry = opcode::Send::new(
+            types::Fd(s.fd.as_raw_fd()),
+            rest.as_ptr(),
+            rest.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(user_data(slot, OP_SEND));
+        self.push(&entry);
+    }
+
+    fn cancel(&mut self, slot: usize, all: bool) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        s.ops += 1;
+        let what = if all {
+            types::CancelBuilder::fd(types::Fd(s.fd.as_raw_fd())).all()
+        } else {
+            types::CancelBuilder::user_data(user_data(slot, OP_RECV))
+        };
+        let entry = opcode::AsyncCancel2::new(what)
+            .build()
+            .user_data(user_data(slot, OP_CANCEL));
+        self.push(&entry);
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let Some(cqe) = self.ring.completion().next() else {
+                return;
+            };
+            self.complete(cqe);
+        }
+    }
+
+    fn complete(&mut self, cqe: cqueue::Entry) {
+        let (slot, op) = ((cqe.user_data() >> 2) as usize, cqe.user_data() & 3);
+        let Some(s) = self.socks.get_mut(slot).and_then(Option::as_mut) else {
+            tracing::error!(slot, "io_uring: a completion for no socket");
+            return;
+        };
+        s.ops -= 1;
+        match op {
+            OP_RECV => self.received(slot, cqe.result(), cqe.flags()),
+            OP_SEND => self.sent(slot, cqe.result()),
+            _ => {}
+        }
+        self.release_if_done(slot);
+    }
+
+    fn received(&mut self, slot: usize, res: i32, flags: u32) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        s.recv = Recv::Idle;
+        match res {
+            n if n > 0 => match cqueue::buffer_select(flags) {
+                Some(bid) if s.dropped => self.bufs.give_back(bid),
+                Some(bid) => s.got = Some((bid, 0, n as usize)),
+                None => s.read_err = Some(libc::EIO),
+            },
+            0 => s.eof = true,
+            n if -n == libc::ENOBUFS => {
+                s.recv = Recv::Starved;
+                self.starved.push(slot);
+                return;
+            }
+            n if -n == libc::ECANCELED && s.dropped => {}
+            n => s.read_err = Some(-n),
+        }
+        if let Some(w) = s.reader.take() {
+            self.woken.push(w);
+        }
+    }
+
+    fn sent(&mut self, slot: usize, res: i32) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        if res < 0 {
+            s.write_err = Some(-res);
+            s.sending.clear();
+            s.sent = 0;
+            s.queued.clear();
+        } else {
+            s.sent += res as usize;
+            if s.sent < s.sending.len() {
+                self.send_next(slot);
+                return;
+            }
+            s.sending.clear();
+            s.sent = 0;
+            if !s.queued.is_empty() && !s.reset {
+                std::mem::swap(&mut s.sending, &mut s.queued);
+                self.send_next(slot);
+            } else {
+                let spare = std::mem::take(&mut s.sending);
+                if self.spare.len() < SPARE_BUFFERS && spare.capacity() <= WRITE_MAX {
+                    self.spare.push(spare);
+                }
+            }
+        }
+        if let Some(s) = self.socks[slot].as_mut() {
+            if let Some(w) = s.writer.take() {
+                self.woken.push(w);
+            }
+        }
+    }
+
+    /// Frees a dropped socket's slot (closing it) once the kernel holds none of its
+    /// operations.
+    fn release_if_done(&mut self, slot: usize) {
+        if self.socks[slot]
+            .as_ref()
+            .is_some_and(|s| s.dropped && s.ops == 0)
+        {
+            self.socks[slot] = None;
+            self.free.push(slot);
+        }
+    }
+
+    /// A buffer came back: a starved socket's reader may try again.
+    fn give_back(&mut self, bid: u16) {
+        self.bufs.give_back(bid);
+        while let Some(slot) = self.starved.pop() {
+            if let Some(s) = self.socks[slot].as_mut() {
+                if s.recv == Recv::Starved && !s.dropped {
+                    s.recv = Recv::Idle;
+                    if let Some(w) = s.reader.take() {
+                        self.woken.push(w);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}

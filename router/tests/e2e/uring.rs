@@ -1,0 +1,174 @@
+//! `--io-uring`: HTTP/1.1 WebSockets relayed over each I/O thread's ring carry every
+//! byte, whatever the size (a message over many TLS records and many pool buffers, more
+//! than a socket may have waiting), pass on a dying backend as 1011, and drain with 1001.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::harness::*;
+
+fn options(plaintext: bool) -> Options {
+    let mut limits = limits();
+    limits.io_uring = true;
+    Options {
+        io_threads: 2,
+        interval: Duration::from_secs(3600),
+        drain_grace: Duration::from_millis(100),
+        plaintext,
+        limits,
+        ..Options::default()
+    }
+}
+
+/// Completions each io_uring of this process has posted (`CqTail` in its fdinfo).
+fn ring_completions() -> Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let fd = entry?.file_name();
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.to_string_lossy()));
+        if !link.is_ok_and(|l| l.to_string_lossy() == "anon_inode:[io_uring]") {
+            continue;
+        }
+        let Ok(info) =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.to_string_lossy()))
+        else {
+            continue;
+        };
+        let tail = info
+            .lines()
+            .find_map(|l| l.strip_prefix("CqTail:"))
+            .context("CqTail in a ring's fdinfo")?;
+        out.push(tail.trim().parse()?);
+    }
+    Ok(out)
+}
+
+/// A client's socket over TLS or plain TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type AnyWs = WebSocketStream<Box<dyn Io>>;
+
+async fn open(h: &Harness, plaintext: bool, ns: &str) -> Result<AnyWs> {
+    let io: Box<dyn Io> = if plaintext {
+        Box::new(tokio::net::TcpStream::connect(h.addr()).await?)
+    } else {
+        Box::new(h.tls().await?)
+    };
+    let url = format!("ws://localhost:{}/ws/{ns}", h.addr().port());
+    Ok(
+        within(WAIT, "connect", tokio_tungstenite::client_async(url, io))
+            .await??
+            .0,
+    )
+}
+
+async fn close_code(ws: &mut AnyWs) -> Result<Option<u16>> {
+    within(WAIT, "a close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+}
+
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    payload: Vec<u8>,
+) -> Result<()> {
+    ws.send(Message::binary(payload.clone())).await?;
+    let back = within(WAIT, "echo", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(_)) => continue,
+                other => return Err(anyhow::anyhow!("no echo: {other:?}")),
+            }
+        }
+    })
+    .await??;
+    anyhow::ensure!(
+        back[..] == payload[..],
+        "echo of {} bytes differs",
+        payload.len()
+    );
+    Ok(())
+}
+
+async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
+    let before: u64 = ring_completions()?.iter().sum();
+    let h = Harness::start(options(plaintext)).await?;
+    let mut sockets = Vec::new();
+    for i in 0..24u8 {
+        let mut ws = open(&h, plaintext, &format!("ns-{i:02}")).await?;
+        // Small, a record, many records and buffers, and more than WRITE_MAX (64 KiB).
+        for len in [1, 64, 3000 + usize::from(i), 40_000, 300_000] {
+            let payload: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_mul(31) ^ i).collect();
+            echo(&mut ws, payload).await?;
+        }
+        sockets.push(ws);
+    }
+    let after: u64 = ring_completions()?.iter().sum();
+    // 24 sockets × 5 echoes, each at least a receive and a send on both sides.
+    assert!(
+        after - before >= 24 * 5 * 4,
+        "the ring carried them: {before} → {after}"
+    );
+    for mut ws in sockets.drain(12..) {
+        ws.close(None).await?;
+        within(WAIT, "closed", async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await?;
+    }
+    h.router.shutdown();
+    for mut ws in sockets {
+        assert_eq!(close_code(&mut ws).await?, Some(1001));
+    }
+    within(WAIT, "drain", h.router.drained()).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sockets_on_the_ring_relay_every_size_then_drain() -> Result<()> {
+    relays_every_size_then_drains(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_sockets_on_the_ring_relay_every_size_then_drain() -> Result<()> {
+    relays_every_size_then_drains(true).await
+}
+
+/// A backend that dies closes its own sockets with 1011 and no others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_closes_only_its_sockets_on_the_ring() -> Result<()> {
+    let h = Harness::start(options(false)).await?;
+    let (mut victims, mut others) = (Vec::new(), Vec::new());
+    for ordinal in 0..4 {
+        for k in 0..3 {
+            let mut ws = h.ws(&tenant_on(&h, ordinal, k)).await?;
+            echo(&mut ws, vec![7; 100]).await?;
+            if ordinal == 1 {
+                victims.push(ws)
+            } else {
+                others.push(ws)
+            }
+        }
+    }
+    within(WAIT, "backend kill", h.backends[1].kill()).await?;
+    for mut ws in victims {
+        assert_eq!(next_close_code(&mut ws).await?, Some(1011));
+    }
+    for ws in &mut others {
+        echo(ws, vec![9; 5000]).await?;
+    }
+    Ok(())
+}
