@@ -12,7 +12,10 @@
 //! has one receive armed only while its reader waits, so an idle socket holds no buffer
 //! and a reader that stops reading stops its socket (TCP's back-pressure, as with
 //! epoll). A multishot receive would save re-arming, but it keeps taking buffers for a
-//! reader that stopped, and pausing it is a cancel and a re-arm: not done.
+//! reader that stopped, so it needs pausing (a cancel, with what was taken copied out
+//! of the pool). Built that way and tried, it stalled every message larger than one
+//! buffer until an unrelated timer woke the thread (about 1 s each, here): its
+//! completions after the first did not wake a thread asleep in epoll. Not kept.
 //! Writes are copied into the socket's own send buffer and sent from there, one send in
 //! flight per socket; up to [`WRITE_MAX`] bytes may wait, then the writer waits.
 //!
@@ -398,7 +401,11 @@ impl Driver {
             s.sending.clear();
             s.sent = 0;
             if !s.queued.is_empty() && !s.reset {
-                std::mem::swap(&mut s.sending, &mut s.queued);
+                // The queued bytes go next; the emptied buffer is not kept by the socket.
+                let emptied = std::mem::replace(&mut s.sending, std::mem::take(&mut s.queued));
+                if self.spare.len() < SPARE_BUFFERS && emptied.capacity() <= WRITE_MAX {
+                    self.spare.push(emptied);
+                }
                 self.send_next(slot);
             } else {
                 let spare = std::mem::take(&mut s.sending);
