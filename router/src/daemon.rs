@@ -23,8 +23,8 @@ use crate::data::admission::auth::Auth;
 use crate::data::admission::budget::UpgradeBudget;
 use crate::data::admission::policy::{PolicyConfig, RateLimiter};
 use crate::data::admission::pools::Admission;
-use crate::data::edge::listen::Listeners;
 pub(crate) use crate::data::edge::listen::ServerError;
+use crate::data::edge::listen::{IoThreads, Listeners};
 use crate::data::relay::drain::Drains;
 use crate::data::shared::limits::Limits;
 use crate::data::shared::metrics::Metrics;
@@ -137,15 +137,11 @@ fn follow_jwks(auth: Option<AuthSetup>, control: &ControlHandle) -> Result<(), S
 pub async fn start(config: RouterConfig) -> Result<RouterHandle, ServerError> {
     // A client that connects and sends nothing waits in the kernel, not in a slot.
     let defer = config.limits.handshake_timeout.max(Duration::from_secs(1));
-    if config.limits.io_uring {
-        crate::data::socket::uring::probe().map_err(ServerError::IoUring)?;
-        if config.io_threads == 0 {
-            tracing::warn!(
-                "--io-uring: no I/O threads (--workers 0), so every socket stays on epoll"
-            );
-        }
-    }
-    let listeners = Listeners::bind(config.listen, config.io_threads, defer)?;
+    let threads = IoThreads {
+        count: config.io_threads,
+        io_uring: config.limits.io_uring,
+    };
+    let listeners = Listeners::bind(config.listen, threads, defer)?;
     let addr = listeners.local_addr();
     let admin_listeners = match config.admin_listen {
         Some(a) => bind_admin(a).await?,

@@ -45,6 +45,14 @@ pub enum ServerError {
     },
 }
 
+/// The I/O threads to serve on: how many (0: the caller's runtime), and whether each
+/// relays its sockets over its own io_uring (`--io-uring`, checked at bind).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IoThreads {
+    pub(crate) count: usize,
+    pub(crate) io_uring: bool,
+}
+
 /// The WebSocket listeners, bound, with the event loops that will run them.
 pub(crate) struct Listeners {
     addr: SocketAddr,
@@ -54,14 +62,23 @@ pub(crate) struct Listeners {
 
 impl Listeners {
     /// Binds `listen` once per I/O thread (SO_REUSEPORT) and builds each thread's event
-    /// loop, so a failure of either is an error of the router's start. `io_threads` 0:
+    /// loop, so a failure of either is an error of the router's start. `threads.count` 0:
     /// one listener, served on the caller's runtime. A client that connects and sends
     /// nothing waits in the kernel, not in a slot, for up to `defer`.
     pub(crate) fn bind(
         listen: SocketAddr,
-        io_threads: usize,
+        threads: IoThreads,
         defer: Duration,
     ) -> Result<Self, ServerError> {
+        let io_threads = threads.count;
+        if threads.io_uring {
+            uring::probe().map_err(ServerError::IoUring)?;
+            if io_threads == 0 {
+                tracing::warn!(
+                    "--io-uring: no I/O threads (--workers 0), so every socket stays on epoll"
+                );
+            }
+        }
         let bind_err = |source| ServerError::Bind {
             addr: listen,
             source,
