@@ -172,3 +172,74 @@ async fn a_killed_backend_closes_only_its_sockets_on_the_ring() -> Result<()> {
     }
     Ok(())
 }
+
+/// The kernel's state of the router's end of the connection from local port `client`
+/// to the router's `port` (`/proc/net/tcp`: 01 is ESTABLISHED), if it still exists.
+fn router_side_state(port: u16, client: u16) -> Result<Option<String>> {
+    let table = std::fs::read_to_string("/proc/net/tcp")?;
+    Ok(table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port_of = |a: &str| {
+            a.rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok())
+        };
+        (port_of(f.get(1)?) == Some(port) && port_of(f.get(2)?) == Some(client))
+            .then(|| f.get(3).map(|s| (*s).to_owned()))
+            .flatten()
+    }))
+}
+
+/// A client that stops reading while its echoes pile up leaves sends on the ring that
+/// can never finish. Once the relay has given up on the socket (its age limit came, and
+/// the close timeout passed), those sends are cancelled within their grace and the socket
+/// is closed: a peer that never reads does not hold a socket open for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_does_not_hold_its_socket_on_the_ring() -> Result<()> {
+    let mut opts = options(true);
+    opts.limits.close_timeout = Duration::from_millis(500);
+    // The socket's age limit ends its relay while the router runs on.
+    opts.limits.timers.max_age = Some(Duration::from_secs(2));
+    opts.limits.timers.max_age_jitter = Duration::ZERO;
+    let h = Harness::start(opts).await?;
+    let tcp = tokio::net::TcpStream::connect(h.addr()).await?;
+    let client_port = tcp.local_addr()?.port();
+    let url = format!(
+        "ws://localhost:{}/ws/{}",
+        h.addr().port(),
+        tenant_on(&h, 0, 0)
+    );
+    let (ws, _) = within(WAIT, "connect", tokio_tungstenite::client_async(url, tcp)).await??;
+    let (mut sink, _never_read) = ws.split();
+    // Send until the echoes we do not read have filled every buffer on the way and a send
+    // no longer completes (bounded: 400 × 64 KiB).
+    let mut blocked = false;
+    for _ in 0..400 {
+        let send = sink.send(Message::binary(vec![5u8; 64 * 1024]));
+        if tokio::time::timeout(Duration::from_millis(500), send)
+            .await
+            .is_err()
+        {
+            blocked = true;
+            break;
+        }
+    }
+    anyhow::ensure!(blocked, "the router kept taking messages nobody read");
+    assert_eq!(
+        router_side_state(h.addr().port(), client_port)?.as_deref(),
+        Some("01"),
+        "the router's end is open while the relay lives"
+    );
+    // At its age limit the relay owes the client a 1012 it cannot deliver, gives up
+    // after the close timeout and drops the socket with sends still on the ring. Within
+    // their grace (5 s) they are cancelled and the router's end is closed (FIN queued
+    // behind the unsent bytes), not left established while the router runs on.
+    within(Duration::from_secs(15), "the router's end closed", async {
+        while router_side_state(h.addr().port(), client_port)?.as_deref() == Some("01") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::Ok(())
+    })
+    .await??;
+    Ok(())
+}

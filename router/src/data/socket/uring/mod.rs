@@ -44,6 +44,9 @@ pub(crate) const WRITE_MAX: usize = 64 * 1024;
 const ENTRIES: u32 = 4096;
 /// Send buffers kept for reuse per thread.
 const SPARE_BUFFERS: usize = 64;
+/// How long a dropped socket's unfinished sends may take before they are cancelled and
+/// it is closed: a peer that never reads must not hold it open for ever.
+static SENDS_GRACE: types::Timespec = types::Timespec::new().sec(5);
 
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
@@ -332,6 +335,33 @@ impl Driver {
             .build()
             .user_data(user_data(slot, OP_CANCEL));
         self.push(&entry);
+    }
+
+    /// Cancels whatever `slot` still has in the kernel once [`SENDS_GRACE`] has passed:
+    /// a timeout hard-linked to a cancel, queued together.
+    fn cancel_after_grace(&mut self, slot: usize) {
+        let Some(s) = self.socks[slot].as_mut() else {
+            return;
+        };
+        s.ops += 2;
+        let fd = types::Fd(s.fd.as_raw_fd());
+        let timeout = opcode::Timeout::new(&raw const SENDS_GRACE)
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(user_data(slot, OP_CANCEL));
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
+            .build()
+            .user_data(user_data(slot, OP_CANCEL));
+        // A link holds only within one submission: room for both first.
+        let room = {
+            let sq = self.ring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 {
+            self.enter();
+        }
+        self.push(&timeout);
+        self.push(&cancel);
     }
 
     fn reap(&mut self) {

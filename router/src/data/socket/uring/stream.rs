@@ -186,11 +186,17 @@ impl Drop for UringTcp {
                 d.give_back(bid);
             }
             // A receive waits until data comes, so it is cancelled; sends finish (as the
-            // kernel sends what a closed socket had buffered), unless passing a reset.
+            // kernel sends what a closed socket had buffered), within a grace, unless
+            // passing a reset.
             if reset && (armed || sending) {
                 d.cancel(slot, true);
-            } else if armed {
-                d.cancel(slot, false);
+            } else {
+                if armed {
+                    d.cancel(slot, false);
+                }
+                if sending {
+                    d.cancel_after_grace(slot);
+                }
             }
             d.release_if_done(slot);
         });
