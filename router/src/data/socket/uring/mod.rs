@@ -15,7 +15,8 @@
 //! reader that stopped, so it needs pausing (a cancel, with what was taken copied out
 //! of the pool). Built that way and tried, it stalled every message larger than one
 //! buffer until an unrelated timer woke the thread (about 1 s each, here): its
-//! completions after the first did not wake a thread asleep in epoll. Not kept.
+//! completions after the first did not wake a thread asleep in epoll (the cause was
+//! not found). Not kept.
 //! Writes are copied into the socket's own send buffer and sent from there, one send in
 //! flight per socket; up to [`WRITE_MAX`] bytes may wait, then the writer waits.
 //!
@@ -68,9 +69,9 @@ pub(crate) fn probe() -> io::Result<()> {
 /// A ring only this thread submits to. Its completions are posted as task work that
 /// interrupts the thread, even asleep in `epoll_wait`, which then sees the ring's
 /// descriptor readable. (Deferring that work to `io_uring_enter` would spare the
-/// interruptions, but then nothing wakes a thread asleep in epoll for it on this
-/// kernel: neither a registered eventfd nor the ring's descriptor was signalled, and
-/// each echo waited for an unrelated timer, 15 to 35 ms.)
+/// interruptions, but then nothing woke a thread asleep in epoll for it here: neither
+/// a registered eventfd nor the ring's descriptor was seen to, and each echo waited for
+/// an unrelated timer, 15 to 35 ms; the cause was not found.)
 fn new_ring(entries: u32) -> io::Result<IoUring> {
     IoUring::builder().setup_single_issuer().build(entries)
 }
