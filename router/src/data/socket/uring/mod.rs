@@ -52,6 +52,17 @@ static SENDS_GRACE: types::Timespec = types::Timespec::new().sec(5);
 const OP_RECV: u64 = 1;
 const OP_SEND: u64 = 2;
 const OP_CANCEL: u64 = 3;
+const OP_GRACE: u64 = 4;
+/// Bits of `user_data` that say which operation: the rest is the slot.
+const OP_BITS: u32 = 3;
+/// `IORING_RECVSEND_POLL_FIRST`: a receive waits for data before it picks a buffer, so
+/// one armed on a quiet socket never fails for want of one.
+const POLL_FIRST: u16 = 1;
+/// Submissions queued, or how long the first has waited, past which they go to the
+/// kernel at once rather than at the turn's end: a thread kept busy may not run dry
+/// for a long time (tokio's non-blocking polls between tasks do not call the hook).
+const QUEUED_MAX: usize = 64;
+const QUEUED_FOR_MAX: std::time::Duration = std::time::Duration::from_micros(250);
 
 thread_local! {
     static DRIVER: RefCell<Option<Driver>> = const { RefCell::new(None) };
@@ -73,7 +84,10 @@ pub(crate) fn probe() -> io::Result<()> {
 /// a registered eventfd nor the ring's descriptor was seen to, and each echo waited for
 /// an unrelated timer, 15 to 35 ms; the cause was not found.)
 fn new_ring(entries: u32) -> io::Result<IoUring> {
-    IoUring::builder().setup_single_issuer().build(entries)
+    IoUring::builder()
+        .setup_single_issuer()
+        .setup_cqsize(entries * 4)
+        .build(entries)
 }
 
 /// Gives this thread a ring; its runtime must call [`end_of_turn`] before it parks, and
@@ -91,6 +105,9 @@ pub(crate) fn enable_on_this_thread() -> io::Result<RawFd> {
         starved: Vec::new(),
         spare: Vec::new(),
         woken: Vec::new(),
+        starvations: 0,
+        backlog: Vec::new(),
+        queued_since: None,
     };
     DRIVER.with_borrow_mut(|d| *d = Some(driver));
     Ok(fd)
@@ -137,6 +154,7 @@ pub(crate) async fn reap_when_ready(fd: RawFd) {
         };
         let woken = DRIVER.with_borrow_mut(|d| match d {
             Some(d) => {
+                d.enter();
                 d.reap();
                 std::mem::take(&mut d.woken)
             }
@@ -177,6 +195,12 @@ struct Driver {
     spare: Vec<Vec<u8>>,
     /// Wakers to wake once the driver is no longer borrowed.
     woken: Vec<Waker>,
+    /// Receives that found the pool empty, ever (the unit tests check the path ran).
+    starvations: u64,
+    /// Submissions the queue could not take yet, in order.
+    backlog: Vec<squeue::Entry>,
+    /// When the first submission still queued was queued.
+    queued_since: Option<std::time::Instant>,
 }
 
 /// A socket's state on the ring.
@@ -185,6 +209,11 @@ struct Sock {
     recv: Recv,
     /// Received bytes the reader has not taken: buffer, from, to.
     got: Option<(u16, usize, usize)>,
+    /// What a reader left of a pool buffer it read only part of, copied out so the
+    /// buffer goes back at once (a reader reading less than a buffer must not hold one
+    /// while it waits on its writer); read before `got`, from `kept_pos`.
+    kept: Vec<u8>,
+    kept_pos: usize,
     /// The peer closed its side.
     eof: bool,
     read_err: Option<i32>,
@@ -201,6 +230,19 @@ struct Sock {
     dropped: bool,
     /// Passing a reset on: closed with linger 0, its sends cancelled.
     reset: bool,
+    /// Dropped with sends unfinished: how long they may still take.
+    grace: Grace,
+}
+
+/// A dropped socket's grace for its unfinished sends ([`SENDS_GRACE`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Grace {
+    None,
+    Running,
+    /// Its sends finished first: the timeout is being removed.
+    Removing,
+    /// Over: what is still unsent is cancelled, and nothing more is sent.
+    Over,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -217,6 +259,8 @@ impl Sock {
             fd,
             recv: Recv::Idle,
             got: None,
+            kept: Vec::new(),
+            kept_pos: 0,
             eof: false,
             read_err: None,
             reader: None,
@@ -228,6 +272,7 @@ impl Sock {
             ops: 0,
             dropped: false,
             reset: false,
+            grace: Grace::None,
         }
     }
 
@@ -237,7 +282,7 @@ impl Sock {
 }
 
 fn user_data(slot: usize, op: u64) -> u64 {
-    ((slot as u64) << 2) | op
+    ((slot as u64) << OP_BITS) | op
 }
 
 /// Keeps the waker to wake, unless it already is the one kept.
@@ -262,28 +307,61 @@ impl Driver {
         }
     }
 
-    /// Queues `entry`, submitting what is queued first if the queue is full.
-    fn push(&mut self, entry: &squeue::Entry) {
-        loop {
-            // SAFETY: every entry queued here points only at memory that outlives its
-            // completion: a send at its socket's `sending`, which is neither touched nor
-            // freed while the send is in flight (the slot lives until `ops` is 0), a
-            // receive at no memory of ours (the kernel picks a pool buffer).
-            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+    /// Queues `entry` for the turn's end; what the queue cannot take waits in `backlog`
+    /// (never a spin: a full queue the kernel will not take now is retried at the next
+    /// `enter`). Sent at once when many are queued or the first has waited long.
+    fn push(&mut self, entry: squeue::Entry) {
+        if !self.backlog.is_empty() || !self.try_push(&entry) {
+            self.enter();
+            if !self.backlog.is_empty() || !self.try_push(&entry) {
+                self.backlog.push(entry);
                 return;
             }
+        }
+        let since = *self
+            .queued_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.ring.submission().len() >= QUEUED_MAX || since.elapsed() > QUEUED_FOR_MAX {
             self.enter();
         }
     }
 
-    /// Submits what is queued: one `io_uring_enter` for the turn, if anything is.
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every entry queued here points only at memory that outlives its
+        // completion: a send at its socket's `sending`, which is neither touched nor
+        // freed while the send is in flight (the slot lives until `ops` is 0), a
+        // receive at no memory of ours (the kernel picks a pool buffer), a timeout at a
+        // static.
+        unsafe { self.ring.submission().push(entry) }.is_ok()
+    }
+
+    /// Submits what is queued (and what waited in `backlog`), and flushes completions
+    /// the completion queue had no room for: one `io_uring_enter`, when there is either.
     fn enter(&mut self) {
-        if self.ring.submission().is_empty() {
-            return;
-        }
-        if let Err(e) = self.ring.submit() {
-            // EBUSY/EAGAIN: the completion queue is backed up; the next turn retries.
-            tracing::debug!(error = %e, "io_uring: enter failed");
+        self.queued_since = None;
+        loop {
+            let (empty, overflow) = {
+                let sq = self.ring.submission();
+                (sq.is_empty(), sq.cq_overflow())
+            };
+            if empty && !overflow {
+                return;
+            }
+            // With the overflow flag set the crate asks for completions too.
+            if let Err(e) = self.ring.submit() {
+                // EBUSY/EAGAIN: the completion queue is backed up; reaped at the turn's
+                // end, then retried.
+                tracing::debug!(error = %e, "io_uring: enter failed");
+                return;
+            }
+            let mut moved = false;
+            while !self.backlog.is_empty() && self.try_push(&self.backlog[0].clone()) {
+                self.backlog.remove(0);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
         }
     }
 
@@ -299,10 +377,11 @@ impl Driver {
             bufs::SIZE as u32,
         )
         .buf_group(bufs::GROUP)
+        .ioprio(POLL_FIRST)
         .build()
         .flags(squeue::Flags::BUFFER_SELECT)
         .user_data(user_data(slot, OP_RECV));
-        self.push(&entry);
+        self.push(entry);
     }
 
     fn send_next(&mut self, slot: usize) {
@@ -319,7 +398,7 @@ impl Driver {
         .flags(libc::MSG_NOSIGNAL)
         .build()
         .user_data(user_data(slot, OP_SEND));
-        self.push(&entry);
+        self.push(entry);
     }
 
     fn cancel(&mut self, slot: usize, all: bool) {
@@ -335,7 +414,7 @@ impl Driver {
         let entry = opcode::AsyncCancel2::new(what)
             .build()
             .user_data(user_data(slot, OP_CANCEL));
-        self.push(&entry);
+        self.push(entry);
     }
 
     /// Cancels whatever `slot` still has in the kernel once [`SENDS_GRACE`] has passed:
@@ -346,10 +425,11 @@ impl Driver {
         };
         s.ops += 2;
         let fd = types::Fd(s.fd.as_raw_fd());
+        s.grace = Grace::Running;
         let timeout = opcode::Timeout::new(&raw const SENDS_GRACE)
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(user_data(slot, OP_CANCEL));
+            .user_data(user_data(slot, OP_GRACE));
         let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(fd).all())
             .build()
             .user_data(user_data(slot, OP_CANCEL));
@@ -358,11 +438,11 @@ impl Driver {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
         };
-        if room < 2 {
+        if room < 2 || !self.backlog.is_empty() {
             self.enter();
         }
-        self.push(&timeout);
-        self.push(&cancel);
+        self.push(timeout);
+        self.push(cancel);
     }
 
     fn reap(&mut self) {
@@ -375,7 +455,8 @@ impl Driver {
     }
 
     fn complete(&mut self, cqe: cqueue::Entry) {
-        let (slot, op) = ((cqe.user_data() >> 2) as usize, cqe.user_data() & 3);
+        let ud = cqe.user_data();
+        let (slot, op) = ((ud >> OP_BITS) as usize, ud & ((1 << OP_BITS) - 1));
         let Some(s) = self.socks.get_mut(slot).and_then(Option::as_mut) else {
             tracing::error!(slot, "io_uring: a completion for no socket");
             return;
@@ -384,6 +465,7 @@ impl Driver {
         match op {
             OP_RECV => self.received(slot, cqe.result(), cqe.flags()),
             OP_SEND => self.sent(slot, cqe.result()),
+            OP_GRACE => s.grace = Grace::Over,
             _ => {}
         }
         self.release_if_done(slot);
@@ -396,7 +478,10 @@ impl Driver {
         s.recv = Recv::Idle;
         match res {
             n if n > 0 => match cqueue::buffer_select(flags) {
-                Some(bid) if s.dropped => self.bufs.give_back(bid),
+                Some(bid) if s.dropped => {
+                    self.give_back(bid);
+                    return;
+                }
                 Some(bid) => s.got = Some((bid, 0, n as usize)),
                 None => s.read_err = Some(libc::EIO),
             },
@@ -404,6 +489,7 @@ impl Driver {
             n if -n == libc::ENOBUFS => {
                 s.recv = Recv::Starved;
                 self.starved.push(slot);
+                self.starvations += 1;
                 return;
             }
             n if -n == libc::ECANCELED && s.dropped => {}
@@ -418,8 +504,12 @@ impl Driver {
         let Some(s) = self.socks[slot].as_mut() else {
             return;
         };
-        if res < 0 {
-            s.write_err = Some(-res);
+        // A dropped socket passing a reset, or out of grace, sends nothing more.
+        let done = s.dropped && (s.reset || s.grace == Grace::Over);
+        if res < 0 || done {
+            if res < 0 {
+                s.write_err = Some(-res);
+            }
             s.sending.clear();
             s.sent = 0;
             s.queued.clear();
@@ -453,8 +543,19 @@ impl Driver {
     }
 
     /// Frees a dropped socket's slot (closing it) once the kernel holds none of its
-    /// operations.
+    /// operations. One whose sends all finished within their grace stops waiting for it.
     fn release_if_done(&mut self, slot: usize) {
+        let finished = self.socks[slot]
+            .as_mut()
+            .filter(|s| s.dropped && s.grace == Grace::Running && s.unsent() == 0);
+        if let Some(s) = finished {
+            s.grace = Grace::Removing;
+            s.ops += 1;
+            let entry = opcode::TimeoutRemove::new(user_data(slot, OP_GRACE))
+                .build()
+                .user_data(user_data(slot, OP_CANCEL));
+            self.push(entry);
+        }
         if self.socks[slot]
             .as_ref()
             .is_some_and(|s| s.dropped && s.ops == 0)
@@ -464,19 +565,23 @@ impl Driver {
         }
     }
 
-    /// A buffer came back: a starved socket's reader may try again.
+    /// A buffer came back: every starved socket's reader tries again (each has data
+    /// waiting, its receive having waited for it; those that find the pool empty again
+    /// starve again).
     fn give_back(&mut self, bid: u16) {
         self.bufs.give_back(bid);
-        while let Some(slot) = self.starved.pop() {
+        for slot in std::mem::take(&mut self.starved) {
             if let Some(s) = self.socks[slot].as_mut() {
                 if s.recv == Recv::Starved && !s.dropped {
                     s.recv = Recv::Idle;
                     if let Some(w) = s.reader.take() {
                         self.woken.push(w);
                     }
-                    return;
                 }
             }
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

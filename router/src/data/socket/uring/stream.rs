@@ -21,6 +21,9 @@ pub(crate) struct UringTcp {
 impl UringTcp {
     /// Takes `tcp` off tokio's epoll and onto this thread's ring (see [`super::here`]).
     pub(crate) fn adopt(tcp: tokio::net::TcpStream) -> io::Result<Self> {
+        if !super::here() {
+            return Err(io::Error::other("io_uring: no ring on this thread"));
+        }
         let std = tcp.into_std()?;
         // io_uring waits on a blocking socket by polling it; a non-blocking one may be
         // answered EAGAIN instead of waited on.
@@ -75,17 +78,31 @@ impl AsyncRead for UringTcp {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.with(|d, slot| {
-            let Some(s) = sock(d, slot) else {
+            // The socket's state and the pool are borrowed apart.
+            let Some(s) = d.socks.get_mut(slot).and_then(Option::as_mut) else {
                 return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
             };
-            if let Some((bid, from, to)) = s.got {
-                let n = (to - from).min(buf.remaining());
-                let drained = from + n == to;
-                s.got = (!drained).then_some((bid, from + n, to));
-                buf.put_slice(d.bufs.get(bid, from, from + n));
-                if drained {
-                    d.give_back(bid);
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            if s.kept_pos < s.kept.len() {
+                let n = (s.kept.len() - s.kept_pos).min(buf.remaining());
+                buf.put_slice(&s.kept[s.kept_pos..s.kept_pos + n]);
+                s.kept_pos += n;
+                if s.kept_pos == s.kept.len() {
+                    s.kept = Vec::new();
+                    s.kept_pos = 0;
                 }
+                return Poll::Ready(Ok(()));
+            }
+            if let Some((bid, from, to)) = s.got.take() {
+                let n = (to - from).min(buf.remaining());
+                let data = d.bufs.get(bid, from, to);
+                buf.put_slice(&data[..n]);
+                if n < data.len() {
+                    s.kept.extend_from_slice(&data[n..]);
+                }
+                d.give_back(bid);
                 return Poll::Ready(Ok(()));
             }
             if let Some(e) = s.read_err {
@@ -109,6 +126,9 @@ impl AsyncWrite for UringTcp {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
         self.with(|d, slot| {
             let spare = d.spare.pop();
             let Some(s) = sock(d, slot) else {
