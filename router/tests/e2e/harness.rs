@@ -589,7 +589,10 @@ pub(crate) fn as_counter(m: &Message) -> Option<Counter> {
 /// The next counter message, skipping anything else.
 /// The code of the close frame the router sends next, skipping other messages; `None`
 /// if the socket ends without one. Bounded by `WAIT`.
-pub(crate) async fn next_close_code(ws: &mut Ws) -> Result<Option<u16>> {
+pub(crate) async fn next_close_code<S>(ws: &mut WebSocketStream<S>) -> Result<Option<u16>>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     within(WAIT, "a close frame", async {
         loop {
             match ws.next().await {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::Message;
@@ -25,29 +25,6 @@ fn options(plaintext: bool) -> Options {
     }
 }
 
-/// Completions each io_uring of this process has posted (`CqTail` in its fdinfo).
-fn ring_completions() -> Result<Vec<u64>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc/self/fd")? {
-        let fd = entry?.file_name();
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.to_string_lossy()));
-        if !link.is_ok_and(|l| l.to_string_lossy() == "anon_inode:[io_uring]") {
-            continue;
-        }
-        let Ok(info) =
-            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.to_string_lossy()))
-        else {
-            continue;
-        };
-        let tail = info
-            .lines()
-            .find_map(|l| l.strip_prefix("CqTail:"))
-            .context("CqTail in a ring's fdinfo")?;
-        out.push(tail.trim().parse()?);
-    }
-    Ok(out)
-}
-
 /// A client's socket over TLS or plain TCP.
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -65,19 +42,6 @@ async fn open(h: &Harness, plaintext: bool, ns: &str) -> Result<AnyWs> {
             .await??
             .0,
     )
-}
-
-async fn close_code(ws: &mut AnyWs) -> Result<Option<u16>> {
-    within(WAIT, "a close frame", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Close(f))) => return f.map(|f| u16::from(f.code)),
-                Some(Ok(_)) => continue,
-                _ => return None,
-            }
-        }
-    })
-    .await
 }
 
 async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
@@ -104,7 +68,6 @@ async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
-    let before: u64 = ring_completions()?.iter().sum();
     let h = Harness::start(options(plaintext)).await?;
     let mut sockets = Vec::new();
     for i in 0..24u8 {
@@ -116,12 +79,9 @@ async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
         }
         sockets.push(ws);
     }
-    let after: u64 = ring_completions()?.iter().sum();
-    // 24 sockets × 5 echoes, each at least a receive and a send on both sides.
-    assert!(
-        after - before >= 24 * 5 * 4,
-        "the ring carried them: {before} → {after}"
-    );
+    // Every one of them went over the ring.
+    let (_, m) = scrape_metrics(&h).await?;
+    assert_eq!(m.get("wsrouter_io_uring_sockets_total"), Some(&24.0));
     for mut ws in sockets.drain(12..) {
         ws.close(None).await?;
         within(WAIT, "closed", async {
@@ -131,7 +91,7 @@ async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
     }
     h.router.shutdown();
     for mut ws in sockets {
-        assert_eq!(close_code(&mut ws).await?, Some(1001));
+        assert_eq!(next_close_code(&mut ws).await?, Some(1001));
     }
     within(WAIT, "drain", h.router.drained()).await?;
     Ok(())

@@ -129,6 +129,7 @@ impl PendingRelay {
         match moved {
             Ok((client, backend)) => {
                 self.backend = backend;
+                self.shared.metrics.io_uring_sockets.inc();
                 tasks.spawn(self.relay(client, client_pre));
             }
             Err(e) => {

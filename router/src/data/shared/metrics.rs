@@ -60,6 +60,8 @@ pub(crate) struct Metrics {
     /// HTTP/2 connections open, and WebSocket streams relayed over them.
     pub http2_connections: Gauge,
     pub http2_streams: Gauge,
+    /// WebSockets whose sockets moved onto an I/O thread's io_uring (`--io-uring`).
+    pub io_uring_sockets: Counter,
     breaker_trips: Family<OrdinalLabel, Counter>,
     breaker_open: Family<OrdinalLabel, Gauge>,
     /// PROXY protocol headers read, by what they named (client, local), and the
@@ -136,6 +138,7 @@ impl Metrics {
             backend_connect_retries: Counter::default(),
             http2_connections: Gauge::default(),
             http2_streams: Gauge::default(),
+            io_uring_sockets: Counter::default(),
             breaker_trips: Family::default(),
             breaker_open: Family::default(),
             proxy_headers: Family::default(),
@@ -257,6 +260,11 @@ impl Metrics {
             m.upgrade_responses.clone(),
         );
         r.register("relayed_bytes", "Bytes relayed, by direction (from_client, from_backend), counted when a connection ends", m.bytes.clone());
+        r.register(
+            "io_uring_sockets",
+            "WebSockets relayed over an I/O thread's io_uring (--io-uring)",
+            m.io_uring_sockets.clone(),
+        );
         r.register(
             "tls_handshake_seconds",
             "Time to complete a client TLS handshake",

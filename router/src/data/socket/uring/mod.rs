@@ -121,15 +121,20 @@ pub(crate) fn here() -> bool {
 /// Submits the turn's queued operations and wakes whoever their completions are for.
 /// Called as the thread runs dry; a no-op on a thread without a ring.
 pub(crate) fn end_of_turn() {
-    let woken = DRIVER.with_borrow_mut(|d| match d {
+    wake_all(submit_and_reap());
+}
+
+/// Submits what is queued and reaps what completed: the wakers to wake, once the
+/// driver is no longer borrowed.
+fn submit_and_reap() -> Vec<Waker> {
+    DRIVER.with_borrow_mut(|d| match d {
         Some(d) => {
             d.enter();
             d.reap();
             std::mem::take(&mut d.woken)
         }
         None => Vec::new(),
-    });
-    wake_all(woken);
+    })
 }
 
 /// Reaps completions whenever the ring's descriptor says there are some: what wakes a
@@ -152,14 +157,7 @@ pub(crate) async fn reap_when_ready(fd: RawFd) {
         let Ok(mut ready) = ring.readable().await else {
             return;
         };
-        let woken = DRIVER.with_borrow_mut(|d| match d {
-            Some(d) => {
-                d.enter();
-                d.reap();
-                std::mem::take(&mut d.woken)
-            }
-            None => Vec::new(),
-        });
+        let woken = submit_and_reap();
         ready.clear_ready();
         wake_all(woken);
     }
