@@ -5,13 +5,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
 
-/// A runtime as an I/O thread's: the turn's end submits and reaps, and a ring.
-fn io_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+/// Runs `test` as an I/O thread runs its sockets: a ring on the thread with its reaper,
+/// the turn's end submitting and reaping. The ring is taken away after the runtime is
+/// gone (its reaper's registration first), so a later test the harness runs on the same
+/// thread finds none.
+fn on_io_thread<F: std::future::Future<Output = ()>>(test: impl FnOnce() -> F) {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .on_thread_park(end_of_turn)
         .build()
-        .unwrap()
+        .unwrap();
+    rt.block_on(async {
+        let fd = enable_on_this_thread().unwrap();
+        tokio::spawn(reap_when_ready(fd));
+        test().await;
+    });
+    drop(rt);
+    DRIVER.with_borrow_mut(Option::take);
 }
 
 /// `n` connected pairs: a plain std socket, and its peer adopted onto this thread's ring.
@@ -36,9 +46,7 @@ fn starvations() -> u64 {
 /// each is tried again as buffers come back, until every byte of every socket is read.
 #[test]
 fn sockets_outnumbering_the_pool_all_get_their_bytes() {
-    io_thread().block_on(async {
-        let ring = enable_on_this_thread().unwrap();
-        tokio::spawn(reap_when_ready(ring));
+    on_io_thread(|| async {
         let len = 3 * bufs::SIZE;
         let mut readers = Vec::new();
         for (i, (mut client, mut server)) in pairs(16).await.into_iter().enumerate() {
@@ -66,9 +74,7 @@ fn sockets_outnumbering_the_pool_all_get_their_bytes() {
 /// shutdown waits for it, and the peer then sees the end.
 #[test]
 fn a_large_write_is_sent_whole_before_the_shutdown() {
-    io_thread().block_on(async {
-        let ring = enable_on_this_thread().unwrap();
-        tokio::spawn(reap_when_ready(ring));
+    on_io_thread(|| async {
         let (client, mut server) = pairs(1).await.pop().unwrap();
         let data: Vec<u8> = (0..4 * WRITE_MAX + 7).map(|k| (k * 7) as u8).collect();
         let reader = std::thread::spawn(move || {
@@ -90,9 +96,7 @@ fn a_large_write_is_sent_whole_before_the_shutdown() {
 /// Reading into no room reads nothing and is not the end; writing nothing sends nothing.
 #[test]
 fn empty_reads_and_writes_are_no_ops() {
-    io_thread().block_on(async {
-        let ring = enable_on_this_thread().unwrap();
-        tokio::spawn(reap_when_ready(ring));
+    on_io_thread(|| async {
         let (mut client, mut server) = pairs(1).await.pop().unwrap();
         assert_eq!(server.write(&[]).await.unwrap(), 0);
         client.write_all(b"hi").unwrap();
