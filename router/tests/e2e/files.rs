@@ -106,9 +106,9 @@ async fn dev_reroutes_live_when_the_overrides_file_is_edited() -> Result<()> {
     .await??;
 
     // A broken edit is rejected and counted; routing is unchanged. It is renamed into
-    // place: written in place, a watcher that reads between the truncate and the write
-    // (a busy machine can stall the writer past the settle time) sees an empty file,
-    // which is an empty ConfigMap, and publishes that first.
+    // place, so the watcher reads the broken text and nothing else: written in place, a
+    // read between the truncate and the write (a busy machine can stall the writer past
+    // the settle time) would find an empty file first.
     let control = dev.router.control();
     let mut processed = control.processed();
     std::fs::write(&tmp, "data: [this is not, a configmap")?;

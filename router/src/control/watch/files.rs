@@ -33,9 +33,12 @@ const BELIEVE_EMPTY: Duration = Duration::from_secs(1);
 /// Why a source is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pass {
-    /// Files changed: what is read may be a writer's half-done work.
+    /// The first read, or files changed: what is read may be a writer's half-done work.
+    /// The first read too: the router has usually read the file at its start already,
+    /// and on a busy machine the watcher's first read can land in the middle of a save
+    /// made since (the e2e slow-save test caught exactly that: an empty table published).
     Changed,
-    /// The first read, or a re-read after [`BELIEVE_EMPTY`]: what is read is meant.
+    /// A re-read after [`BELIEVE_EMPTY`]: what is read is meant.
     Settled,
 }
 
@@ -231,7 +234,7 @@ pub(crate) fn watch_dirs(
     Ok(tokio::spawn(async move {
         // The watcher stops when dropped; it lives as long as this task.
         let _watcher = watcher;
-        let mut next = reload(Pass::Settled);
+        let mut next = reload(Pass::Changed);
         loop {
             let again = async {
                 match next {
@@ -303,6 +306,25 @@ mod tests {
         ] {
             assert!(changes_files(&kind), "{kind:?}");
         }
+    }
+
+    /// The first read is a `Changed` pass, so a blank file found by it is believed only
+    /// once it stays blank, as after any change.
+    #[tokio::test]
+    async fn the_first_read_may_be_a_save_under_way() {
+        let dir = std::env::temp_dir().join(format!("wsrouter-first-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let stop = CancellationToken::new();
+        let (tx, mut passes) = mpsc::unbounded_channel();
+        let task = watch_dirs(&[dir.clone()], stop.clone(), move |pass| {
+            let _ = tx.send(pass);
+            Reloaded::Done
+        })
+        .unwrap();
+        assert_eq!(passes.recv().await, Some(Pass::Changed));
+        stop.cancel();
+        task.await.unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
