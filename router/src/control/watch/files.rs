@@ -316,7 +316,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let stop = CancellationToken::new();
         let (tx, mut passes) = mpsc::unbounded_channel();
-        let task = watch_dirs(&[dir.clone()], stop.clone(), move |pass| {
+        let task = watch_dirs(std::slice::from_ref(&dir), stop.clone(), move |pass| {
             let _ = tx.send(pass);
             Reloaded::Done
         })
