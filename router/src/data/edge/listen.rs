@@ -34,7 +34,7 @@ pub enum ServerError {
     Runtime(#[source] std::io::Error),
     #[error("starting an I/O thread")]
     Thread(#[source] std::io::Error),
-    #[error("--io-uring: this kernel does not let the router use io_uring with provided buffers (Linux 5.19 or later, and io_uring not disabled)")]
+    #[error("--io-uring: this kernel does not let the router use io_uring with provided buffers (Linux 6.0 or later, and io_uring not disabled)")]
     IoUring(#[source] std::io::Error),
     /// A file the router follows (the JWKS) cannot be watched.
     #[error("watching {path}")]
