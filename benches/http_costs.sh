@@ -30,15 +30,6 @@ source "$(dirname "$0")/peers.sh"
 command -v perf >/dev/null || die "perf is missing (apt-get install linux-perf)"
 command -v wrk >/dev/null || die "wrk is missing (compare.sh installs the pinned one)"
 
-# User and system clock ticks of the processes $@, as "user sys".
-ticks() {
-  local u=0 s=0 pu ps
-  for p in "$@"; do
-    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-    u=$((u + pu)) s=$((s + ps))
-  done
-  echo "$u $s"
-}
 # A counter's total from a `perf stat -o` file.
 counted() { awk -v e="$2" '$2 == e { gsub(",", "", $1); print $1 }' "$1"; }
 

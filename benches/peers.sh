@@ -20,6 +20,16 @@ ADMIN_PORT=18449
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
 
+# User and system clock ticks of the processes $@, as "user sys".
+ticks() {
+  local u=0 s=0 pu ps
+  for p in "$@"; do
+    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
+    u=$((u + pu)) s=$((s + ps))
+  done
+  echo "$u $s"
+}
+
 # --- tools ------------------------------------------------------------------------------
 if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
   log "installing haproxy and nginx from Debian"

@@ -104,15 +104,6 @@ wsload() {
   [[ $1 == wsrouter-b ]] && read -r -a extra <<<"${WSLOAD_B_ARGS:-}"
   "$BIN/wsload" --url "$(url "$1")" --json "${extra[@]}" "${@:2}"
 }
-# User and system clock ticks of the processes $@, as "user sys".
-ticks() {
-  local u=0 s=0 pu ps
-  for p in "$@"; do
-    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat" 2>/dev/null || echo "0 0")
-    u=$((u + pu)) s=$((s + ps))
-  done
-  echo "$u $s"
-}
 # perf $2... (stat or record) in the background with its events off (-D -1) until told on
 # its control descriptors (fifos $1.ctl and $1.ack): PERF_PIDS, PERF_CTL, PERF_ACK. Its
 # workload, a sleep, only bounds its life; perf_end ends it.

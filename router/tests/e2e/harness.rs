@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use router::DevCert;
 use router::Limits;
 use router::RouterConfig;
@@ -603,6 +603,31 @@ where
         }
     })
     .await
+}
+
+/// Sends `payload` as one binary message and waits for the echo backend's copy of it
+/// (other messages, such as its counters, pass by).
+pub(crate) async fn binary_echo<S>(ws: &mut WebSocketStream<S>, payload: Vec<u8>) -> Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::binary(payload.clone())).await?;
+    let back = within(WAIT, "echo", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Binary(b))) => return Ok(b),
+                Some(Ok(_)) => continue,
+                other => return Err(anyhow::anyhow!("no echo: {other:?}")),
+            }
+        }
+    })
+    .await??;
+    anyhow::ensure!(
+        back[..] == payload[..],
+        "echo of {} bytes differs",
+        payload.len()
+    );
+    Ok(())
 }
 
 /// The server (echo backend) a new socket for `ns` reaches.

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -106,19 +106,7 @@ async fn io_threads_relay_then_drain() -> Result<()> {
     let mut sockets = Vec::new();
     for i in 0..40u8 {
         let mut ws = h.ws(&format!("ns-{i:02}")).await?;
-        let payload = vec![i; 3000 + usize::from(i)];
-        ws.send(Message::binary(payload.clone())).await?;
-        let echo = within(WAIT, "echo", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Binary(b))) => return Ok(b),
-                    Some(Ok(_)) => continue,
-                    other => return Err(anyhow::anyhow!("no echo: {other:?}")),
-                }
-            }
-        })
-        .await??;
-        assert!(echo[..] == payload[..], "echo differs on socket {i}");
+        binary_echo(&mut ws, vec![i; 3000 + usize::from(i)]).await?;
         sockets.push(ws);
     }
     let per_thread = worker_connections(&h).await?;

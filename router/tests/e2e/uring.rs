@@ -44,29 +44,6 @@ async fn open(h: &Harness, plaintext: bool, ns: &str) -> Result<AnyWs> {
     )
 }
 
-async fn echo<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    payload: Vec<u8>,
-) -> Result<()> {
-    ws.send(Message::binary(payload.clone())).await?;
-    let back = within(WAIT, "echo", async {
-        loop {
-            match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(b),
-                Some(Ok(_)) => continue,
-                other => return Err(anyhow::anyhow!("no echo: {other:?}")),
-            }
-        }
-    })
-    .await??;
-    anyhow::ensure!(
-        back[..] == payload[..],
-        "echo of {} bytes differs",
-        payload.len()
-    );
-    Ok(())
-}
-
 async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
     let h = Harness::start(options(plaintext)).await?;
     let mut sockets = Vec::new();
@@ -75,7 +52,7 @@ async fn relays_every_size_then_drains(plaintext: bool) -> Result<()> {
         // Small, a record, many records and buffers, and more than WRITE_MAX (64 KiB).
         for len in [1, 64, 3000 + usize::from(i), 40_000, 300_000] {
             let payload: Vec<u8> = (0..len).map(|k| (k as u8).wrapping_mul(31) ^ i).collect();
-            echo(&mut ws, payload).await?;
+            binary_echo(&mut ws, payload).await?;
         }
         sockets.push(ws);
     }
@@ -115,7 +92,7 @@ async fn a_killed_backend_closes_only_its_sockets_on_the_ring() -> Result<()> {
     for ordinal in 0..4 {
         for k in 0..3 {
             let mut ws = h.ws(&tenant_on(&h, ordinal, k)).await?;
-            echo(&mut ws, vec![7; 100]).await?;
+            binary_echo(&mut ws, vec![7; 100]).await?;
             if ordinal == 1 {
                 victims.push(ws)
             } else {
@@ -128,7 +105,7 @@ async fn a_killed_backend_closes_only_its_sockets_on_the_ring() -> Result<()> {
         assert_eq!(next_close_code(&mut ws).await?, Some(1011));
     }
     for ws in &mut others {
-        echo(ws, vec![9; 5000]).await?;
+        binary_echo(ws, vec![9; 5000]).await?;
     }
     Ok(())
 }

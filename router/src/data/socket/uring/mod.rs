@@ -28,6 +28,7 @@ mod bufs;
 mod stream;
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -106,7 +107,7 @@ pub(crate) fn enable_on_this_thread() -> io::Result<RawFd> {
         spare: Vec::new(),
         woken: Vec::new(),
         starvations: 0,
-        backlog: Vec::new(),
+        backlog: VecDeque::new(),
         queued_since: None,
     };
     DRIVER.with_borrow_mut(|d| *d = Some(driver));
@@ -196,7 +197,7 @@ struct Driver {
     /// Receives that found the pool empty, ever (the unit tests check the path ran).
     starvations: u64,
     /// Submissions the queue could not take yet, in order.
-    backlog: Vec<squeue::Entry>,
+    backlog: VecDeque<squeue::Entry>,
     /// When the first submission still queued was queued.
     queued_since: Option<std::time::Instant>,
 }
@@ -312,7 +313,7 @@ impl Driver {
         if !self.backlog.is_empty() || !self.try_push(&entry) {
             self.enter();
             if !self.backlog.is_empty() || !self.try_push(&entry) {
-                self.backlog.push(entry);
+                self.backlog.push_back(entry);
                 return;
             }
         }
@@ -353,8 +354,11 @@ impl Driver {
                 return;
             }
             let mut moved = false;
-            while !self.backlog.is_empty() && self.try_push(&self.backlog[0].clone()) {
-                self.backlog.remove(0);
+            while let Some(next) = self.backlog.pop_front() {
+                if !self.try_push(&next) {
+                    self.backlog.push_front(next);
+                    break;
+                }
                 moved = true;
             }
             if !moved {
