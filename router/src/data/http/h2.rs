@@ -9,28 +9,29 @@
 //! (benches/h2.sh). Here a stream is its two h2 handles plus the bytes in flight.
 
 use std::future::Future;
-use std::io;
+
 use std::net::SocketAddr;
-use std::pin::Pin;
+
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::{FutureExt, OptionFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
-use h2::{Ping, PingPong, Reason, RecvStream, SendStream};
+use h2::{Ping, PingPong, RecvStream};
 use http::{Request, Response};
 use http_body_util::Empty;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::h2_body::{self, H2Body};
+use crate::data::http::h2_stream::H2Stream;
 use crate::data::http::request;
 use crate::data::http::upgrade::{self, Answer};
-use crate::data::relay::peer::Peer;
+
 use crate::data::shared::limits::Limits;
 use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;
@@ -41,10 +42,6 @@ pub(crate) const MAX_STREAMS: u32 = 128;
 /// Keepalive: a PING this often; no answer within [`PING_TIMEOUT`] closes the connection.
 const PING_INTERVAL: Duration = Duration::from_secs(30);
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
-/// Plaintext handed to h2 per write at most: a slow stream queues no more than this
-/// beyond its send buffer.
-const MAX_WRITE: usize = 16 << 10;
-
 /// The server's HTTP/2 settings, every guard set explicitly:
 /// - extended CONNECT on (`SETTINGS_ENABLE_CONNECT_PROTOCOL`), 128 streams per connection;
 /// - a header list at most `max_header_bytes` (HPACK-decoded size), so a CONTINUATION
@@ -416,118 +413,6 @@ async fn answer(
             tracing::debug!(client.addr = %ctx.peer, error = %e, "HTTP/2 stream gone before its answer");
             None
         }
-    }
-}
-
-/// A WebSocket's HTTP/2 stream as a byte stream for the relay. It keeps only bytes in
-/// flight: the rest of a DATA frame the reader has not taken yet.
-pub(crate) struct H2Stream {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    unread: Bytes,
-}
-
-impl H2Stream {
-    fn new(send: SendStream<Bytes>, recv: RecvStream) -> Self {
-        Self {
-            send,
-            recv,
-            unread: Bytes::new(),
-        }
-    }
-}
-
-/// An h2 error as the relay sees it: a stream the client ended or cancelled is an end
-/// of input; anything else a failure.
-fn read_error(e: h2::Error) -> Option<io::Error> {
-    match e.reason() {
-        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) => None,
-        _ => Some(io::Error::new(io::ErrorKind::ConnectionReset, e)),
-    }
-}
-
-impl AsyncRead for H2Stream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        if this.unread.is_empty() {
-            loop {
-                match ready!(this.recv.poll_data(cx)) {
-                    None => return Poll::Ready(Ok(())),
-                    Some(Ok(data)) if data.is_empty() => continue,
-                    Some(Ok(data)) => {
-                        this.unread = data;
-                        break;
-                    }
-                    Some(Err(e)) => {
-                        return Poll::Ready(read_error(e).map_or(Ok(()), Err));
-                    }
-                }
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread[..n]);
-        if n == this.unread.len() {
-            // Not `advance`: an empty slice would still hold the frame's whole buffer.
-            this.unread = Bytes::new();
-        } else {
-            bytes::Buf::advance(&mut this.unread, n);
-        }
-        let _ = this.recv.flow_control().release_capacity(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for H2Stream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let send = &mut self.send;
-        send.reserve_capacity(buf.len().min(MAX_WRITE));
-        let n = loop {
-            match ready!(send.poll_capacity(cx)) {
-                Some(Ok(0)) => continue,
-                Some(Ok(n)) => break n.min(buf.len()),
-                Some(Err(e)) => {
-                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e)))
-                }
-                // No more capacity will come: the stream was reset.
-                None => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            }
-        };
-        match send.send_data(Bytes::copy_from_slice(&buf[..n]), false) {
-            Ok(()) => Poll::Ready(Ok(n)),
-            Err(e) => Poll::Ready(Err(io::Error::new(io::ErrorKind::BrokenPipe, e))),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The connection's task writes what streams queued.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // END_STREAM; an error means the stream is already over, which is what was asked.
-        let _ = self.send.send_data(Bytes::new(), true);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Peer for H2Stream {
-    /// The client's end of the stream (reset or ended) means it left: the backend
-    /// hears a 1001 rather than a bare hang-up.
-    const RESET_IS_GOING_AWAY: bool = true;
-
-    fn reset(&mut self) {
-        self.send.send_reset(Reason::CANCEL);
     }
 }
 

@@ -14,6 +14,7 @@ mod forward;
 pub(crate) mod h1;
 pub(crate) mod h2;
 mod h2_body;
+mod h2_stream;
 mod live;
 pub(crate) mod request;
 pub(crate) mod upgrade;
