@@ -63,33 +63,73 @@ impl CloseReason {
     }
 }
 
+/// A close frame the router sends: its code and reason. Always `'static` and passed by
+/// reference, so a direction keeps one pointer for each close it may send rather than
+/// the pair (24 bytes): every socket's relay holds four.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct CloseMsg {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseMsg {
+    /// The client ended without a close frame: the backend hears 1001.
+    pub(crate) const CLIENT_WENT_AWAY: CloseMsg = CloseMsg {
+        code: code::GOING_AWAY,
+        reason: "client went away",
+    };
+    /// The backend ended without a close frame: the client hears 1011.
+    pub(crate) const BACKEND_WENT_AWAY: CloseMsg = CloseMsg {
+        code: code::BACKEND_GONE,
+        reason: "backend went away",
+    };
+    /// A peer sent a frame no extension makes valid: it hears 1002.
+    pub(crate) const PROTOCOL_ERROR: CloseMsg = CloseMsg {
+        code: code::PROTOCOL_ERROR,
+        reason: "protocol error",
+    };
+    const CLIENT_BROKE: CloseMsg = CloseMsg {
+        code: code::GOING_AWAY,
+        reason: "client broke the WebSocket protocol",
+    };
+    const BACKEND_BROKE: CloseMsg = CloseMsg {
+        code: code::BACKEND_GONE,
+        reason: "backend broke the WebSocket protocol",
+    };
+}
+
 /// Why the router ends a relay itself, and what it tells both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stop {
-    pub code: u16,
-    pub reason: &'static str,
+    pub said: &'static CloseMsg,
     pub close_reason: CloseReason,
 }
 
 impl Stop {
     /// The router is draining: 1001 going away.
     pub(crate) const SHUTDOWN: Stop = Stop {
-        code: code::GOING_AWAY,
-        reason: "wsrouter shutting down",
+        said: &CloseMsg {
+            code: code::GOING_AWAY,
+            reason: "wsrouter shutting down",
+        },
         close_reason: CloseReason::Shutdown,
     };
     /// The tenant's route moved: 1012 service restart, so the client reconnects to its
     /// new home.
     pub(crate) const REROUTED: Stop = Stop {
-        code: code::SERVICE_RESTART,
-        reason: "tenant moved; reconnect",
+        said: &CloseMsg {
+            code: code::SERVICE_RESTART,
+            reason: "tenant moved; reconnect",
+        },
         close_reason: CloseReason::Rerouted,
     };
     /// Its pod left the routing table (a scale-down): 1012 service restart, so the
     /// client reconnects to the tenant's pod now.
     pub(crate) const POD_GONE: Stop = Stop {
-        code: code::SERVICE_RESTART,
-        reason: "backend pod left; reconnect",
+        said: &CloseMsg {
+            code: code::SERVICE_RESTART,
+            reason: "backend pod left; reconnect",
+        },
         close_reason: CloseReason::PodGone,
     };
     /// The drain scheduler's close for `why`.
@@ -102,27 +142,35 @@ impl Stop {
     }
     /// No data either way for the idle timeout: 1001 going away.
     pub(crate) const IDLE: Stop = Stop {
-        code: code::GOING_AWAY,
-        reason: "idle timeout",
+        said: &CloseMsg {
+            code: code::GOING_AWAY,
+            reason: "idle timeout",
+        },
         close_reason: CloseReason::Idle,
     };
     /// A peer did not answer the router's ping: the other side hears 1001.
     pub(crate) const PING_TIMEOUT: Stop = Stop {
-        code: code::GOING_AWAY,
-        reason: "peer did not answer ping",
+        said: &CloseMsg {
+            code: code::GOING_AWAY,
+            reason: "peer did not answer ping",
+        },
         close_reason: CloseReason::PingTimeout,
     };
     /// The socket is as old as it may get: 1012, reconnect (to wherever it routes now).
     pub(crate) const MAX_AGE: Stop = Stop {
-        code: code::SERVICE_RESTART,
-        reason: "connection age limit; reconnect",
+        said: &CloseMsg {
+            code: code::SERVICE_RESTART,
+            reason: "connection age limit; reconnect",
+        },
         close_reason: CloseReason::MaxAge,
     };
     /// The token the socket was opened with expired: 1008, so a revoked customer does
     /// not keep a stream; the client reconnects with a fresh token or not at all.
     pub(crate) const TOKEN_EXPIRED: Stop = Stop {
-        code: code::POLICY_VIOLATION,
-        reason: "token expired",
+        said: &CloseMsg {
+            code: code::POLICY_VIOLATION,
+            reason: "token expired",
+        },
         close_reason: CloseReason::TokenExpired,
     };
 }
@@ -131,8 +179,8 @@ impl Stop {
 /// its sink, the one it is sending, and how the source's end is passed on.
 #[derive(Debug)]
 pub(super) struct CloseState {
-    /// Inject this close code at the next frame boundary.
-    stop: Option<(u16, &'static str)>,
+    /// Inject this close at the next frame boundary.
+    stop: Option<&'static CloseMsg>,
     /// The router's close frame, as far as it is still to be written.
     frame: Vec<u8>,
     /// The code of the close frame the router began to send.
@@ -140,7 +188,7 @@ pub(super) struct CloseState {
     /// The source ending without a close frame (EOF or reset) is passed on as this
     /// close frame (then FIN), not as a FIN or a reset. Dropped once a close has passed
     /// either way.
-    on_source_end: Option<(u16, &'static str)>,
+    on_source_end: Option<&'static CloseMsg>,
     /// The source sent a frame no extension makes valid; nothing more of it is passed,
     /// and once every held byte is written (they end at a frame boundary) the sink gets
     /// the router's close.
@@ -148,7 +196,7 @@ pub(super) struct CloseState {
 }
 
 impl CloseState {
-    pub(super) fn new(on_source_end: Option<(u16, &'static str)>) -> Self {
+    pub(super) fn new(on_source_end: Option<&'static CloseMsg>) -> Self {
         Self {
             stop: None,
             frame: Vec::new(),
@@ -160,13 +208,13 @@ impl CloseState {
 
     /// The close waiting for the next frame boundary, if any.
     #[inline]
-    pub(super) fn pending(&self) -> Option<(u16, &'static str)> {
+    pub(super) fn pending(&self) -> Option<&'static CloseMsg> {
         self.stop
     }
 
     /// Asks for this close at the next frame boundary; a close asked for earlier stays.
-    pub(super) fn request(&mut self, code: u16, reason: &'static str) {
-        self.stop.get_or_insert((code, reason));
+    pub(super) fn request(&mut self, msg: &'static CloseMsg) {
+        self.stop.get_or_insert(msg);
     }
 
     /// The source broke the protocol: see [`CloseState::answer_violation`].
@@ -190,8 +238,8 @@ impl CloseState {
     /// backend that broke it failed its client (1011).
     pub(super) fn answer_violation(&mut self, toward: Toward) {
         self.stop = Some(match toward {
-            Toward::Backend => (code::GOING_AWAY, "client broke the WebSocket protocol"),
-            Toward::Client => (code::BACKEND_GONE, "backend broke the WebSocket protocol"),
+            Toward::Backend => &CloseMsg::CLIENT_BROKE,
+            Toward::Client => &CloseMsg::BACKEND_BROKE,
         });
     }
 
@@ -213,7 +261,7 @@ impl CloseState {
     }
 
     /// The close the sink gets if the source ends without one.
-    pub(super) fn on_source_end(&self) -> Option<(u16, &'static str)> {
+    pub(super) fn on_source_end(&self) -> Option<&'static CloseMsg> {
         self.on_source_end
     }
 
@@ -221,18 +269,12 @@ impl CloseState {
     /// write. False when the sink may only get FIN: a close already went through (the
     /// peers are mid-handshake) or boundaries are unknown, and a close frame now would
     /// be a protocol error.
-    pub(super) fn begin(
-        &mut self,
-        frames: &FrameCursor,
-        toward: Toward,
-        code: u16,
-        reason: &str,
-    ) -> bool {
+    pub(super) fn begin(&mut self, frames: &FrameCursor, toward: Toward, msg: &CloseMsg) -> bool {
         if frames.passed_close() || !frames.at_boundary() {
             return false;
         }
-        self.frame = close_frame(code, reason, toward.mask());
-        self.injected = Some(code);
+        self.frame = close_frame(msg.code, msg.reason, toward.mask());
+        self.injected = Some(msg.code);
         true
     }
 
@@ -257,12 +299,21 @@ mod tests {
     use super::*;
     use crate::data::relay::test_frames::{client_frame, close_code, server_frame};
 
+    const GOING: CloseMsg = CloseMsg {
+        code: code::GOING_AWAY,
+        reason: "going",
+    };
+    const MOVED: CloseMsg = CloseMsg {
+        code: code::SERVICE_RESTART,
+        reason: "moved",
+    };
+
     #[test]
     fn a_close_is_injected_only_at_a_boundary_before_any_close() {
         for toward in [Toward::Client, Toward::Backend] {
             let mut frames = FrameCursor::default();
             let mut c = CloseState::new(None);
-            assert!(c.begin(&frames, toward, code::GOING_AWAY, "bye"));
+            assert!(c.begin(&frames, toward, &GOING));
             assert_eq!(c.injected(), Some(code::GOING_AWAY));
             assert_eq!(close_code(c.unsent()), Some(code::GOING_AWAY));
             let masked = c.unsent()[1] & 0x80 != 0;
@@ -275,13 +326,13 @@ mod tests {
             // Mid-frame: FIN only, nothing injected.
             frames.advance(&server_frame(0x1, b"hello")[..3]);
             let mut c = CloseState::new(None);
-            assert!(!c.begin(&frames, toward, code::GOING_AWAY, "bye"));
+            assert!(!c.begin(&frames, toward, &GOING));
             assert_eq!((c.injected(), c.unsent()), (None, &[][..]));
 
             // After a peer's close: FIN only too.
             let mut frames = FrameCursor::default();
             frames.advance(&client_frame(0x8, &1000u16.to_be_bytes()));
-            assert!(!c.begin(&frames, toward, code::GOING_AWAY, "bye"));
+            assert!(!c.begin(&frames, toward, &GOING));
             assert_eq!(c.injected(), None);
         }
     }
@@ -289,7 +340,7 @@ mod tests {
     #[test]
     fn the_close_frame_is_written_in_pieces() {
         let mut c = CloseState::new(None);
-        assert!(c.begin(&FrameCursor::default(), Toward::Client, 1001, "going"));
+        assert!(c.begin(&FrameCursor::default(), Toward::Client, &GOING));
         let whole = c.unsent().to_vec();
         c.sent(3);
         assert_eq!(c.unsent(), &whole[3..]);
@@ -302,9 +353,9 @@ mod tests {
     fn the_first_stop_asked_for_is_the_one_sent() {
         let mut c = CloseState::new(None);
         assert_eq!(c.pending(), None);
-        c.request(code::SERVICE_RESTART, "moved");
-        c.request(code::GOING_AWAY, "later");
-        assert_eq!(c.pending(), Some((code::SERVICE_RESTART, "moved")));
+        c.request(&MOVED);
+        c.request(&GOING);
+        assert_eq!(c.pending(), Some(&MOVED));
     }
 
     #[test]
@@ -319,27 +370,23 @@ mod tests {
             assert!(c.violated() && c.violation_unanswered());
             c.answer_violation(toward);
             assert!(!c.violation_unanswered());
-            assert_eq!(c.pending().map(|(code, _)| code), Some(want));
+            assert_eq!(c.pending().map(|m| m.code), Some(want));
         }
         // A stop already pending answers it too.
         let mut c = CloseState::new(None);
-        c.request(code::GOING_AWAY, "drain");
+        c.request(&GOING);
         c.mark_violated();
         assert!(!c.violation_unanswered());
     }
 
     #[test]
     fn a_passed_close_withdraws_stops_but_a_violations() {
-        let end = Some((code::BACKEND_GONE, "backend went away"));
+        let end = Some(&CloseMsg::BACKEND_WENT_AWAY);
         let mut c = CloseState::new(end);
         assert_eq!(c.on_source_end(), end);
-        c.request(code::GOING_AWAY, "drain");
+        c.request(&GOING);
         c.withdraw(false);
-        assert_eq!(
-            c.pending(),
-            Some((code::GOING_AWAY, "drain")),
-            "already begun"
-        );
+        assert_eq!(c.pending(), Some(&GOING), "already begun");
         assert_eq!(c.on_source_end(), None);
         c.withdraw(true);
         assert_eq!(c.pending(), None, "not begun: dropped");

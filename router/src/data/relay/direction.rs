@@ -15,7 +15,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::data::relay::bulk::{self, Charge, ReadBudget};
-use crate::data::relay::close::CloseState;
+use crate::data::relay::close::{CloseMsg, CloseState};
 use crate::data::relay::frame::{FrameCursor, Toward};
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pings::PingState;
@@ -81,7 +81,7 @@ impl Pump {
     pub(super) fn new(
         toward: Toward,
         pre: Bytes,
-        on_source_end: Option<(u16, &'static str)>,
+        on_source_end: Option<&'static CloseMsg>,
     ) -> Self {
         Self {
             toward,
@@ -191,8 +191,8 @@ impl Pump {
             || self.frames.passed_close()
     }
 
-    fn begin_inject(&mut self, code: u16, reason: &str) {
-        self.state = if self.close.begin(&self.frames, self.toward, code, reason) {
+    fn begin_inject(&mut self, msg: &CloseMsg) {
+        self.state = if self.close.begin(&self.frames, self.toward, msg) {
             State::Inject
         } else {
             State::Shutdown
@@ -260,7 +260,7 @@ impl Pump {
             match self.frames.bytes_to_boundary(avail) {
                 Some(0) => {
                     match self.close.pending() {
-                        Some((code, reason)) => self.begin_inject(code, reason),
+                        Some(msg) => self.begin_inject(msg),
                         None => self.start_ping(),
                     }
                     return Poll::Ready(());
@@ -323,8 +323,8 @@ impl Pump {
     /// The source ended its connection without a close frame: tell the sink with a
     /// close of the router's own, or end its connection the same way.
     fn pass_on_source_end(&mut self) {
-        if let Some((code, reason)) = self.close.on_source_end() {
-            self.begin_inject(code, reason);
+        if let Some(msg) = self.close.on_source_end() {
+            self.begin_inject(msg);
         } else if self.read_failed {
             self.state = State::Reset;
         } else {
@@ -336,9 +336,9 @@ impl Pump {
     /// it can only be a FIN), a pending ping at a boundary: true when one did.
     #[inline]
     fn begin_at_boundary(&mut self) -> bool {
-        if let Some((code, reason)) = self.close.pending() {
+        if let Some(msg) = self.close.pending() {
             if self.frames.at_boundary() || self.frames.desynced() {
-                self.begin_inject(code, reason);
+                self.begin_inject(msg);
                 return true;
             }
         } else if self.pings.has_out() {

@@ -40,11 +40,11 @@ use tokio::time::Sleep;
 
 use crate::data::relay::bulk::{self, ReadBudget};
 use crate::data::relay::direction::{Event, Pump, State};
-use crate::data::relay::frame::{code, Toward};
+use crate::data::relay::frame::Toward;
 use crate::data::relay::signal::StopSignal;
 use crate::data::relay::timers::Timers;
 
-use crate::data::relay::close::{CloseReason, Stop};
+use crate::data::relay::close::{CloseMsg, CloseReason, Stop};
 use crate::data::relay::peer::Peer;
 use crate::data::relay::pings::Ping;
 
@@ -121,12 +121,12 @@ where
         to_backend: Pump::new(
             Toward::Backend,
             client_pre,
-            C::RESET_IS_GOING_AWAY.then_some((code::GOING_AWAY, "client went away")),
+            C::RESET_IS_GOING_AWAY.then_some(&CloseMsg::CLIENT_WENT_AWAY),
         ),
         to_client: Pump::new(
             Toward::Client,
             backend_pre,
-            Some((code::BACKEND_GONE, "backend went away")),
+            Some(&CloseMsg::BACKEND_WENT_AWAY),
         ),
         stop_signal: Some(StopSignal::new(Box::pin(stop))),
         close_timeout: config.close_timeout,
@@ -174,7 +174,7 @@ impl<C, B> Relay<C, B> {
             return;
         }
         for p in [&mut self.to_backend, &mut self.to_client] {
-            p.close.request(why.code, why.reason);
+            p.close.request(why.said);
         }
     }
 
@@ -194,9 +194,7 @@ impl<C, B> Relay<C, B> {
             return;
         }
         if !closing {
-            offender
-                .close
-                .request(code::PROTOCOL_ERROR, "protocol error");
+            offender.close.request(&CloseMsg::PROTOCOL_ERROR);
         }
         self.reason.get_or_insert(reason);
     }

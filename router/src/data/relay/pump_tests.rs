@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::data::relay::frame::close_frame;
+use crate::data::relay::frame::code;
 use crate::data::relay::test_frames::{client_frame, close_code, server_frame};
 
 const CFG: RelayConfig = RelayConfig {

@@ -165,7 +165,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::data::relay::frame::{code, Toward};
+    use crate::data::relay::frame::Toward;
     use crate::data::relay::test_frames::{client_frame, server_frame};
 
     const PING: Ping = Ping {
@@ -248,7 +248,7 @@ mod tests {
 
         let mut t = Timers::new(None, None, None, Some(PING));
         let (mut c, mut b) = pumps();
-        c.close.request(code::GOING_AWAY, "drain");
+        c.close.request(Stop::SHUTDOWN.said);
         for _ in 0..3 {
             assert_eq!(after(30, &mut t, &mut c, &mut b).await, None);
             assert!(!b.pings.has_out() && !c.pings.searching());
