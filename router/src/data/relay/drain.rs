@@ -18,7 +18,7 @@
 //! sockets. Whatever a waiting socket must look at (a table swap, the spread's start,
 //! the drain's hard end) wakes every waiting socket through one `Notify`
 //! ([`Drains::relay_events`] hears the control loop and the hard end for them), so an
-//! idle socket's wait is one waiter: about 250 bytes, with a timer only once a cause
+//! idle socket's wait is one waiter: 224 bytes, with a timer only once a cause
 //! has come.
 
 use std::future::Future;
