@@ -6,12 +6,11 @@
 //! server, for memory: hyper bridges each upgraded stream through a task and a channel
 //! of its own and keeps a reference to the last DATA frame's buffer after it has been
 //! read, which measured 3.5 KB per idle stream and 11.6 KB after one 16 KiB message
-//! (benches/h2.sh). Here a stream is its two h2 handles plus the bytes in flight.
+//! (benches/h2.sh). Here a stream is its two h2 handles plus the bytes in flight
+//! (`h2_stream`).
 
 use std::future::Future;
-
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -31,7 +30,6 @@ use crate::data::http::h2_body::{self, H2Body};
 use crate::data::http::h2_stream::H2Stream;
 use crate::data::http::request;
 use crate::data::http::upgrade::{self, Answer};
-
 use crate::data::shared::limits::Limits;
 use crate::data::shared::Shared;
 use crate::data::upstream::headers::strip_hop_by_hop;

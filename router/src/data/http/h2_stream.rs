@@ -57,6 +57,8 @@ impl AsyncRead for H2Stream {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
+        // Released to the client's window once, for every byte handed over.
+        let mut taken = 0;
         loop {
             if this.unread.is_empty() {
                 // Every DATA frame already here goes in one read, so the relay writes
@@ -71,6 +73,9 @@ impl AsyncRead for H2Stream {
                     ready!(this.recv.poll_data(cx))
                 };
                 match polled {
+                    // Not kept: even empty, it would hold the frame's whole buffer (h2
+                    // passes on an empty frame only when it ends the stream).
+                    Some(Ok(data)) if data.is_empty() => continue,
                     Some(Ok(data)) => this.unread = data,
                     Some(Err(e)) if buf.filled().len() == before => {
                         return Poll::Ready(read_error(e).map_or(Ok(()), Err));
@@ -79,9 +84,6 @@ impl AsyncRead for H2Stream {
                     // stream's end and its error in the stream's state, so the next
                     // read meets them again.
                     None | Some(Err(_)) => break,
-                }
-                if this.unread.is_empty() {
-                    continue;
                 }
             }
             let n = this.unread.len().min(buf.remaining());
@@ -92,10 +94,13 @@ impl AsyncRead for H2Stream {
             } else {
                 bytes::Buf::advance(&mut this.unread, n);
             }
-            let _ = this.recv.flow_control().release_capacity(n);
+            taken += n;
             if buf.remaining() == 0 {
                 break;
             }
+        }
+        if taken > 0 {
+            let _ = this.recv.flow_control().release_capacity(taken);
         }
         Poll::Ready(Ok(()))
     }

@@ -161,3 +161,31 @@ async fn a_cancel_after_frames_is_an_end_after_them() {
         .unwrap_or_else(|e| panic!("a cancel is an end, not an error: {e}"));
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn an_empty_frame_that_ends_the_stream_is_an_end_and_nothing_kept() {
+    let (mut send, mut stream) = stream().await;
+    send_frames(&mut send, &[b"done"], false);
+    send.send_data(Bytes::new(), true)
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    until_received(&mut stream.recv, 4).await;
+    let mut buf = [0u8; 64];
+    let mut got = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the end never came"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, b"done");
+    // An empty frame kept would still hold the buffer it was cut from.
+    assert_eq!(
+        stream.unread.as_ptr(),
+        Bytes::new().as_ptr(),
+        "nothing kept"
+    );
+}
