@@ -46,7 +46,7 @@ printf '%s\n' "$HEADER"
 
 # One cell against target $2 (started): the load, the window, one row.
 measure() {
-  local round=$1 target=$2 cell=$3 conns size url port proxy=() load up=0
+  local round=$1 target=$2 cell=$3 conns size url port proxy=() load
   conns=${cell#c} conns=${conns%_s*} size=${cell#*_s}
   if [[ $target == direct ]]; then
     port=${BACKEND_PORTS[0]} url="ws://127.0.0.1:$port/ws/"
@@ -57,12 +57,8 @@ measure() {
   "$BIN/wsload" --url "$url" --json --mode throughput -c "$conns" --size "$size" --window 8 \
     --duration "$((SECONDS_PER_RUN + 2))s" >"$OUT/wsload.json" 2>"$OUT/wsload.err" &
   load=$!
-  for _ in $(seq 1 600); do # bounded: 30 s
-    kill -0 "$load" 2>/dev/null || break
-    [[ $(ss -tnH state established "( dport = :$port )" | wc -l) -ge $conns ]] && { up=1; break; }
-    sleep 0.05
-  done
-  [[ $up == 1 ]] || die "wsload against $target did not open $conns connections: $(tail -3 "$OUT/wsload.err")"
+  load_connected "$port" "$conns" "$load" ||
+    die "wsload against $target did not open $conns connections: $(tail -3 "$OUT/wsload.err")"
   sleep 1
   local p0 l0 b0 p1 l1 b1
   p0=$(ticks "${proxy[@]}") l0=$(ticks "$load") b0=$(ticks "${BACKEND_PIDS[@]}")

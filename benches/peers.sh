@@ -30,6 +30,18 @@ ticks() {
   echo "$u $s"
 }
 
+# Waits until $2 TCP connections to port $1 are established, while the load (pid $3) runs;
+# bounded: 30 s. False if they never were (the load ended or took too long).
+load_connected() {
+  local _
+  for _ in $(seq 1 600); do
+    kill -0 "$3" 2>/dev/null || return 1
+    [[ $(ss -tnH state established "( dport = :$1 )" | wc -l) -ge $2 ]] && return 0
+    sleep 0.05
+  done
+  return 1
+}
+
 # --- tools ------------------------------------------------------------------------------
 if ! command -v haproxy >/dev/null || ! command -v nginx >/dev/null; then
   log "installing haproxy and nginx from Debian"

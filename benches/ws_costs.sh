@@ -181,13 +181,8 @@ measure_cell() {
   wpid=$! WSLOAD_PID=$!
   [[ $target == direct ]] && names+=(wsload) pids+=("$wpid")
   # Every connection established (bounded: 30 s), then the last handshakes' lead.
-  local up=0
-  for _ in $(seq 1 600); do
-    kill -0 "$wpid" 2>/dev/null || break
-    [[ $(established "( dport = :$port )") -ge $conns ]] && { up=1; break; }
-    sleep 0.05
-  done
-  [[ $up == 1 ]] || die "wsload against $target did not open $conns connections: $(tail -3 "$dir/wsload.err")"
+  load_connected "$port" "$conns" "$wpid" ||
+    die "wsload against $target did not open $conns connections: $(tail -3 "$dir/wsload.err")"
   # perf, one per measured process (and perf record with BYTES_CHECK=1), attached now with
   # its events off: it counts between the enable and disable commands only, its own setup
   # and teardown (which slow the load on two cores) outside the window.

@@ -57,8 +57,6 @@ impl AsyncRead for H2Stream {
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
-        // Released to the client's window once, for every byte handed over.
-        let mut taken = 0;
         loop {
             if this.unread.is_empty() {
                 // Every DATA frame already here goes in one read, so the relay writes
@@ -94,11 +92,12 @@ impl AsyncRead for H2Stream {
             } else {
                 bytes::Buf::advance(&mut this.unread, n);
             }
-            taken += n;
             if buf.remaining() == 0 {
                 break;
             }
         }
+        // Released to the client's window once, for every byte handed over.
+        let taken = buf.filled().len() - before;
         if taken > 0 {
             let _ = this.recv.flow_control().release_capacity(taken);
         }

@@ -299,21 +299,16 @@ mod tests {
     use super::*;
     use crate::data::relay::test_frames::{client_frame, close_code, server_frame};
 
-    const GOING: CloseMsg = CloseMsg {
-        code: code::GOING_AWAY,
-        reason: "going",
-    };
-    const MOVED: CloseMsg = CloseMsg {
-        code: code::SERVICE_RESTART,
-        reason: "moved",
-    };
+    /// 1001 and 1012: two of the router's own closes.
+    const GOING: &CloseMsg = Stop::SHUTDOWN.said;
+    const MOVED: &CloseMsg = Stop::REROUTED.said;
 
     #[test]
     fn a_close_is_injected_only_at_a_boundary_before_any_close() {
         for toward in [Toward::Client, Toward::Backend] {
             let mut frames = FrameCursor::default();
             let mut c = CloseState::new(None);
-            assert!(c.begin(&frames, toward, &GOING));
+            assert!(c.begin(&frames, toward, GOING));
             assert_eq!(c.injected(), Some(code::GOING_AWAY));
             assert_eq!(close_code(c.unsent()), Some(code::GOING_AWAY));
             let masked = c.unsent()[1] & 0x80 != 0;
@@ -326,13 +321,13 @@ mod tests {
             // Mid-frame: FIN only, nothing injected.
             frames.advance(&server_frame(0x1, b"hello")[..3]);
             let mut c = CloseState::new(None);
-            assert!(!c.begin(&frames, toward, &GOING));
+            assert!(!c.begin(&frames, toward, GOING));
             assert_eq!((c.injected(), c.unsent()), (None, &[][..]));
 
             // After a peer's close: FIN only too.
             let mut frames = FrameCursor::default();
             frames.advance(&client_frame(0x8, &1000u16.to_be_bytes()));
-            assert!(!c.begin(&frames, toward, &GOING));
+            assert!(!c.begin(&frames, toward, GOING));
             assert_eq!(c.injected(), None);
         }
     }
@@ -340,7 +335,7 @@ mod tests {
     #[test]
     fn the_close_frame_is_written_in_pieces() {
         let mut c = CloseState::new(None);
-        assert!(c.begin(&FrameCursor::default(), Toward::Client, &GOING));
+        assert!(c.begin(&FrameCursor::default(), Toward::Client, GOING));
         let whole = c.unsent().to_vec();
         c.sent(3);
         assert_eq!(c.unsent(), &whole[3..]);
@@ -353,9 +348,9 @@ mod tests {
     fn the_first_stop_asked_for_is_the_one_sent() {
         let mut c = CloseState::new(None);
         assert_eq!(c.pending(), None);
-        c.request(&MOVED);
-        c.request(&GOING);
-        assert_eq!(c.pending(), Some(&MOVED));
+        c.request(MOVED);
+        c.request(GOING);
+        assert_eq!(c.pending(), Some(MOVED));
     }
 
     #[test]
@@ -374,7 +369,7 @@ mod tests {
         }
         // A stop already pending answers it too.
         let mut c = CloseState::new(None);
-        c.request(&GOING);
+        c.request(GOING);
         c.mark_violated();
         assert!(!c.violation_unanswered());
     }
@@ -384,9 +379,9 @@ mod tests {
         let end = Some(&CloseMsg::BACKEND_WENT_AWAY);
         let mut c = CloseState::new(end);
         assert_eq!(c.on_source_end(), end);
-        c.request(&GOING);
+        c.request(GOING);
         c.withdraw(false);
-        assert_eq!(c.pending(), Some(&GOING), "already begun");
+        assert_eq!(c.pending(), Some(GOING), "already begun");
         assert_eq!(c.on_source_end(), None);
         c.withdraw(true);
         assert_eq!(c.pending(), None, "not begun: dropped");
