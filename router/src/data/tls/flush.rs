@@ -9,6 +9,11 @@
 //! its queue a last time), every parked flush is woken and sends. The records are sealed
 //! and counted as written all the same; only the `send` waits for the turn's end.
 //!
+//! A turn's first output is not held: it goes at once, and only what the same turn
+//! writes after it waits. A lightly loaded thread, whose turn is one answer, then adds
+//! no wait to it (holding that one too cost the HTTP cell's p99 at moderate load 7–11%:
+//! `benches/RESULTS.md`), while a busy one still sends nearly all of its turn together.
+//!
 //! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
 //! tests' runtimes, the admin listener) a flush sends at once, as before.
 
@@ -34,6 +39,8 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// When the turn's first flush was parked.
     static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether this turn's first output has gone (at once, not held).
+    static FIRST_SENT: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Makes this thread hold flushes until its turn ends. Its runtime must call
@@ -45,11 +52,15 @@ pub(crate) fn hold_on_this_thread() {
     HOLDING.set(true);
 }
 
-/// Whether this thread holds flushes: a write then keeps its sealed records for the
-/// flush instead of sending them at once.
+/// Whether a write should keep its sealed records for the flush instead of sending them
+/// at once: on a thread that holds flushes, every write of a turn but its first. Asking
+/// counts as that write: the first to ask in a turn is told to send.
 #[inline]
-pub(crate) fn holding() -> bool {
-    HOLDING.get()
+pub(crate) fn hold_write() -> bool {
+    if !HOLDING.get() {
+        return false;
+    }
+    FIRST_SENT.replace(true)
 }
 
 /// Wakes every parked flush: called just before the thread parks. The woken tasks run
@@ -57,6 +68,7 @@ pub(crate) fn holding() -> bool {
 pub(crate) fn end_of_turn() {
     TURN.set(TURN.get().wrapping_add(1));
     SINCE.set(None);
+    FIRST_SENT.set(false);
     let woken = PARKED.with_borrow_mut(|p| match p {
         Some(list) if !list.is_empty() => std::mem::replace(list, Vec::with_capacity(16)),
         _ => Vec::new(),
@@ -160,6 +172,20 @@ mod tests {
         end_of_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
+    }
+
+    #[test]
+    fn a_turns_first_write_goes_at_once_and_the_rest_are_held() {
+        // Not a holding thread: nothing is held.
+        assert!(!hold_write());
+        assert!(!hold_write());
+        hold_on_this_thread();
+        end_of_turn();
+        assert!(!hold_write(), "the turn's first write goes at once");
+        assert!(hold_write(), "the second is held");
+        assert!(hold_write(), "and so is the third");
+        end_of_turn();
+        assert!(!hold_write(), "a new turn's first goes at once again");
     }
 
     #[test]
