@@ -9,9 +9,10 @@
 //! its queue a last time), every parked flush is woken and sends. The records are sealed
 //! and counted as written all the same; only the `send` waits for the turn's end.
 //!
-//! A turn's first output is not held: it goes at once, and only what the same turn
-//! writes after it waits. A lightly loaded thread, whose turn is one answer, then adds
-//! no wait to it (holding that one too cost the HTTP cell's p99 at moderate load 7–11%:
+//! A turn's first flush is not held: it sends at once (everything its stream sealed,
+//! an answer's head and body together), and only the flushes after it in the same turn
+//! wait. A lightly loaded thread, whose turn is one answer, then adds no wait to it
+//! (holding that one too cost the HTTP cell's p99 at moderate load 7–11%:
 //! `benches/RESULTS.md`), while a busy one still sends nearly all of its turn together.
 //!
 //! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
@@ -39,8 +40,8 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
     /// When the turn's first flush was parked.
     static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Whether this turn's first output has gone (at once, not held).
-    static FIRST_SENT: Cell<bool> = const { Cell::new(false) };
+    /// Whether this turn's first flush has been asked for (and sent at once).
+    static FIRST_ASKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Makes this thread hold flushes until its turn ends. Its runtime must call
@@ -52,15 +53,11 @@ pub(crate) fn hold_on_this_thread() {
     HOLDING.set(true);
 }
 
-/// Whether a write should keep its sealed records for the flush instead of sending them
-/// at once: on a thread that holds flushes, every write of a turn but its first. Asking
-/// counts as that write: the first to ask in a turn is told to send.
+/// Whether this thread holds flushes: a write then keeps its sealed records for the
+/// flush instead of sending them at once.
 #[inline]
-pub(crate) fn hold_write() -> bool {
-    if !HOLDING.get() {
-        return false;
-    }
-    FIRST_SENT.replace(true)
+pub(crate) fn holding() -> bool {
+    HOLDING.get()
 }
 
 /// Wakes every parked flush: called just before the thread parks. The woken tasks run
@@ -68,7 +65,7 @@ pub(crate) fn hold_write() -> bool {
 pub(crate) fn end_of_turn() {
     TURN.set(TURN.get().wrapping_add(1));
     SINCE.set(None);
-    FIRST_SENT.set(false);
+    FIRST_ASKED.set(false);
     let woken = PARKED.with_borrow_mut(|p| match p {
         Some(list) if !list.is_empty() => std::mem::replace(list, Vec::with_capacity(16)),
         _ => Vec::new(),
@@ -87,8 +84,8 @@ pub(crate) struct Held {
 
 impl Held {
     /// Whether the flush should wait: on a thread that holds flushes, until the turn in
-    /// which it was first asked has ended (the task's waker parked once per turn).
-    /// `false`: send now.
+    /// which it was first asked has ended (the task's waker parked once per turn),
+    /// unless it is the turn's first flush. `false`: send now.
     pub(crate) fn wait(&mut self, cx: &mut Context<'_>) -> bool {
         if !HOLDING.get() {
             return false;
@@ -97,6 +94,10 @@ impl Held {
         if self.parked_in.is_some_and(|t| t != turn) {
             // The turn it was held in has ended: send.
             self.parked_in = None;
+            return false;
+        }
+        if self.parked_in.is_none() && !FIRST_ASKED.replace(true) {
+            // The turn's first flush: nothing has gone yet for it to wait with.
             return false;
         }
         let full = PARKED.with_borrow_mut(|p| {
@@ -162,36 +163,81 @@ mod tests {
         let mut held = Held::default();
         assert!(!held.wait(&mut cx));
         hold_on_this_thread();
-        assert!(held.wait(&mut cx), "parked for the turn");
+        let mut first = Held::default();
+        assert!(!first.wait(&mut cx), "the turn's first flush sends at once");
+        assert!(held.wait(&mut cx), "the next parks for the turn");
         assert!(held.wait(&mut cx), "still the same turn: parked once");
         end_of_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken once");
         assert!(!held.wait(&mut cx), "the turn ended: send");
-        assert!(held.wait(&mut cx), "a new flush parks again");
+        assert!(
+            !first.wait(&mut cx),
+            "the new turn's first flush sends at once"
+        );
+        assert!(held.wait(&mut cx), "a flush after it parks again");
         held.sent();
         end_of_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert!(!first.wait(&mut cx));
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
     }
 
     #[test]
-    fn a_turns_first_write_goes_at_once_and_the_rest_are_held() {
-        // Not a holding thread: nothing is held.
-        assert!(!hold_write());
-        assert!(!hold_write());
+    fn a_turns_first_flush_goes_at_once_and_the_rest_wait() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
         end_of_turn();
-        assert!(!hold_write(), "the turn's first write goes at once");
-        assert!(hold_write(), "the second is held");
-        assert!(hold_write(), "and so is the third");
+        let mut streams = [Held::default(), Held::default(), Held::default()];
+        let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
+        assert_eq!(
+            parked,
+            [false, true, true],
+            "the first sends, the others wait"
+        );
+        // A second flush of the stream that went first waits too.
+        assert!(streams[0].wait(&mut cx));
         end_of_turn();
-        assert!(!hold_write(), "a new turn's first goes at once again");
+        assert!(
+            streams.iter_mut().all(|h| !h.wait(&mut cx)),
+            "the turn ended: all send"
+        );
+        assert!(
+            !Held::default().wait(&mut cx),
+            "the new turn's first sends at once"
+        );
+        assert!(Held::default().wait(&mut cx), "and the next waits");
+    }
+
+    #[test]
+    fn a_turn_ended_by_a_full_list_starts_with_a_flush_sent_at_once() {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        hold_on_this_thread();
+        end_of_turn();
+        assert!(!Held::default().wait(&mut cx));
+        let mut held = vec![Held::default(); PARKED_MAX + 1];
+        let parked: Vec<bool> = held.iter_mut().map(|h| h.wait(&mut cx)).collect();
+        assert_eq!(
+            parked.last(),
+            Some(&false),
+            "the flush that found the list full sent"
+        );
+        assert!(
+            !Held::default().wait(&mut cx),
+            "a new turn: its first flush sends"
+        );
     }
 
     #[test]
     fn a_turn_too_full_ends_at_the_flush_that_finds_it_so() {
         hold_on_this_thread();
         end_of_turn();
+        // The turn's first flush, which sends at once.
+        let noop = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        assert!(!Held::default().wait(&mut Context::from_waker(&noop)));
         let counts: Vec<Arc<Count>> = (0..=PARKED_MAX)
             .map(|_| Arc::new(Count(AtomicUsize::new(0))))
             .collect();
@@ -225,6 +271,10 @@ mod tests {
             let mut polls = 0;
             std::future::poll_fn(|cx| {
                 polls += 1;
+                if polls == 1 {
+                    // The turn's first flush sends at once; this one is the second.
+                    assert!(!Held::default().wait(cx));
+                }
                 if held.wait(cx) {
                     std::task::Poll::Pending
                 } else {

@@ -77,12 +77,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.poll_failed(cx))?;
-        // On an I/O thread that holds flushes, what is sealed after the turn's first
-        // output waits for the flush (up to a bound); otherwise, or past it, queue
-        // nothing more until the socket has taken what is queued (backpressure).
-        let hold = this.out_pos == 0
-            && this.unsent() + data.len().min(MAX_WRITE) <= HOLD_MAX
-            && flush::hold_write();
+        // On an I/O thread that holds flushes, what is sealed waits for the flush (up to
+        // a bound); otherwise, or past it, queue nothing more until the socket has taken
+        // what is queued (backpressure).
+        let hold = flush::holding()
+            && this.out_pos == 0
+            && this.unsent() + data.len().min(MAX_WRITE) <= HOLD_MAX;
         if !hold {
             ready!(this.poll_send(cx))?;
         }

@@ -320,10 +320,9 @@ async fn not_tls_fails_the_handshake() {
 
 mod fuzz;
 
-/// On an I/O thread that holds flushes, a turn's first write goes at once; the writes
-/// after it are sealed and kept until the flush, the flush waits for the thread's turn
-/// to end and then sends them together, and nothing is kept after; a write past the
-/// bound sends at once.
+/// On an I/O thread that holds flushes, writes are sealed and kept until the flush, a
+/// flush after the turn's first waits for the thread's turn to end and then sends them
+/// together, and nothing is kept after; a write past the bound sends at once.
 #[test]
 fn held_writes_go_out_together_at_the_end_of_the_turn() {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -335,15 +334,20 @@ fn held_writes_go_out_together_at_the_end_of_the_turn() {
         let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
         crate::data::tls::flush::hold_on_this_thread();
         let parts = [data(100, 1), data(200, 2), data(300, 3)];
-        crate::data::tls::flush::end_of_turn();
+        // Another stream's flush is the turn's first (it would send at once), so this
+        // stream's waits for the turn's end.
+        std::future::poll_fn(|cx| {
+            assert!(!crate::data::tls::flush::Held::default().wait(cx));
+            std::task::Poll::Ready(())
+        })
+        .await;
         for p in &parts {
             server.write_all(p).await.unwrap();
         }
-        // The first went; the others are sealed, counted as written, not sent: two
-        // records of ciphertext kept.
+        // Sealed, counted as written, not sent: three records of ciphertext kept.
         assert_eq!(
             server.unsent(),
-            parts[1..].iter().map(|p| p.len() + 22).sum::<usize>()
+            parts.iter().map(|p| p.len() + 22).sum::<usize>()
         );
         tokio::time::timeout(WAIT, server.flush())
             .await
