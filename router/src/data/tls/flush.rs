@@ -12,7 +12,7 @@
 //! A turn's first flush is not held: it sends at once (everything its stream sealed,
 //! an answer's head and body together), and only the flushes after it in the same turn
 //! wait. A lightly loaded thread, whose turn is one answer, then adds no wait to it
-//! (holding that one too cost the HTTP cell's p99 at moderate load 7–11%:
+//! (holding that one too cost the HTTP cell's p99 at moderate load 3–11%:
 //! `benches/RESULTS.md`), while a busy one still sends nearly all of its turn together.
 //!
 //! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
