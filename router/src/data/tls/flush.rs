@@ -154,10 +154,15 @@ mod tests {
         }
     }
 
+    /// A waker that counts its wakes, and its count.
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
     #[test]
     fn a_flush_waits_for_the_turn_to_end_only_where_the_thread_holds_them() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         // Not held here yet: send at once.
         let mut held = Held::default();
@@ -184,8 +189,7 @@ mod tests {
 
     #[test]
     fn a_turns_first_flush_goes_at_once_and_the_rest_wait() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
         end_of_turn();
@@ -212,8 +216,7 @@ mod tests {
 
     #[test]
     fn a_turn_ended_by_a_full_list_starts_with_a_flush_sent_at_once() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
         end_of_turn();
@@ -236,12 +239,9 @@ mod tests {
         hold_on_this_thread();
         end_of_turn();
         // The turn's first flush, which sends at once.
-        let noop = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
-        assert!(!Held::default().wait(&mut Context::from_waker(&noop)));
-        let counts: Vec<Arc<Count>> = (0..=PARKED_MAX)
-            .map(|_| Arc::new(Count(AtomicUsize::new(0))))
-            .collect();
-        let wakers: Vec<Waker> = counts.iter().map(|c| Waker::from(c.clone())).collect();
+        let (_, first) = counting();
+        assert!(!Held::default().wait(&mut Context::from_waker(&first)));
+        let (counts, wakers): (Vec<_>, Vec<_>) = (0..=PARKED_MAX).map(|_| counting()).unzip();
         let mut held = vec![Held::default(); wakers.len()];
         for (i, (h, w)) in held.iter_mut().zip(&wakers).enumerate() {
             let parked = h.wait(&mut Context::from_waker(w));
