@@ -69,11 +69,8 @@ measure() {
     "$TICKS" "$OUT/wsload.json" "$p0" "$p1" "$l0" "$l1" "$b0" "$b1" | tee -a "$RESULTS"
 }
 
-read -r -a T <<<"$TARGETS"
 for round in $(seq 1 "$ROUNDS"); do
-  shift_by=$(((round - 1) % ${#T[@]}))
-  order=("${T[@]:shift_by}" "${T[@]:0:shift_by}")
-  for t in "${order[@]}"; do
+  for t in $(round_order "$round"); do
     [[ $t == direct ]] || start_target "$t"
     for cell in $CELLS; do measure "$round" "$t" "$cell"; done
     [[ $t == direct ]] || stop_target

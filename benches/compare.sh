@@ -233,11 +233,8 @@ run_memory() {
   stop_target
 }
 
-read -ra T <<<"$TARGETS"
 for round in $(seq 1 "$ROUNDS"); do
-  # Rotate the order so no target always runs first (or last, on a warmer machine).
-  shift_by=$(((round - 1) % ${#T[@]}))
-  order=("${T[@]:shift_by}" "${T[@]:0:shift_by}")
+  read -r -a order <<<"$(round_order "$round")"
   for t in "${order[@]}"; do run_round "$round" "$t"; done
   for t in "${order[@]}"; do run_memory "$round" "$t"; done
 done

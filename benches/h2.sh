@@ -101,12 +101,9 @@ run_one() {
   stop_target
 }
 
-read -ra T <<<"$TARGETS"
 read -ra P <<<"$PROTOCOLS"
 for round in $(seq 1 "$ROUNDS"); do
-  shift_by=$(((round - 1) % ${#T[@]}))
-  order=("${T[@]:shift_by}" "${T[@]:0:shift_by}")
-  for t in "${order[@]}"; do
+  for t in $(round_order "$round"); do
     for p in "${P[@]}"; do run_one "$round" "$t" "$p"; done
   done
 done

@@ -71,9 +71,6 @@ print(f"{t} {method}: {n / secs:,.0f} req/s | per request: proxy {us(u) + us(s):
 PY
 }
 
-read -r -a order <<<"$TARGETS"
-for ((r = 0; r < ROUNDS; r++)); do
-  for ((i = 0; i < ${#order[@]}; i++)); do
-    measure "${order[(i + r) % ${#order[@]}]}"
-  done
+for round in $(seq 1 "$ROUNDS"); do
+  for t in $(round_order "$round"); do measure "$t"; done
 done

@@ -56,10 +56,8 @@ grep -qs listening "$OUT/logs/tcpdump.log" || die "tcpdump did not start: $(cat 
 
 windows="$OUT/windows.tsv"
 : >"$windows"
-read -r -a order <<<"$TARGETS"
-for ((round = 1; round <= ROUNDS; round++)); do
-  for ((i = 0; i < ${#order[@]}; i++)); do
-    target=${order[(i + round) % ${#order[@]}]}
+for round in $(seq 1 "$ROUNDS"); do
+  for target in $(round_order "$round"); do
     TARGET=$target
     start_target "$target"
     url="https://127.0.0.1:${PORT[$target]}"

@@ -57,11 +57,8 @@ print("\t".join(sys.argv[1:] + [str(v) for v in got]))
 ' "$round" "$target" "$METHOD" "$PIN" | tee -a "$RESULTS"
 }
 
-read -r -a order <<<"$TARGETS"
-for ((r = 0; r < ROUNDS; r++)); do
-  for ((i = 0; i < ${#order[@]}; i++)); do
-    measure "$((r + 1))" "${order[(i + r) % ${#order[@]}]}"
-  done
+for round in $(seq 1 "$ROUNDS"); do
+  for t in $(round_order "$round"); do measure "$round" "$t"; done
 done
 python3 - "$RESULTS" <<'PY'
 import csv, statistics, sys

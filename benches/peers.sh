@@ -404,6 +404,15 @@ hold_watch() {
     sleep 0.1
   done
 }
+# $TARGETS in round $1's order (rounds count from 1), rotated a place each round, so no
+# target always runs first (or last, on a warmer machine): the VM's speed drifts.
+round_order() {
+  local t by
+  read -r -a t <<<"$TARGETS"
+  by=$((($1 - 1) % ${#t[@]}))
+  echo "${t[@]:by}" "${t[@]:0:by}"
+}
+
 # Warms the running target $1 for the HTTP cell (connections to the backends, TLS, the
 # allocator): a second of wrk flat out with method $2 (GET), not recorded.
 warm_http() {

@@ -256,10 +256,7 @@ run_target() {
   stop_target
 }
 
-read -r -a order <<<"$TARGETS"
-for ((r = 0; r < ROUNDS; r++)); do
-  for ((i = 0; i < ${#order[@]}; i++)); do
-    run_target "$((r + 1))" "${order[(i + r) % ${#order[@]}]}"
-  done
+for round in $(seq 1 "$ROUNDS"); do
+  for t in $(round_order "$round"); do run_target "$round" "$t"; done
 done
 log "appended to $RESULTS"
