@@ -21,6 +21,9 @@ pub struct HttpArgs {
     /// Largest request body forwarded (Content-Length over it: 413 before the backend is asked; a longer stream is cut with 413).
     #[arg(long, env = "WSROUTER_MAX_REQUEST_BODY", default_value_t = HttpArgs::default().max_request_body)]
     pub max_request_body: Size,
+    /// Requests one HTTP/1.1 client connection carries; the last is answered with Connection: close.
+    #[arg(long, env = "WSROUTER_MAX_REQUESTS_PER_CONNECTION", default_value_t = HttpArgs::default().max_requests_per_connection)]
+    pub max_requests_per_connection: u32,
     /// Idle keep-alive connections kept to each pod, per I/O thread; 0: a connection per request.
     #[arg(long, env = "WSROUTER_BACKEND_POOL_IDLE", default_value_t = HttpArgs::default().backend_pool_idle)]
     pub backend_pool_idle: usize,
@@ -42,6 +45,7 @@ impl Default for HttpArgs {
         Self {
             http_idle_timeout: None,
             max_request_body: Size::mib(10),
+            max_requests_per_connection: HttpLimits::default().max_requests_per_conn,
             backend_pool_idle: pool.max_idle_per_pod,
             backend_pool_idle_timeout: Span(pool.idle_timeout),
             backend_pool_max_requests: pool.max_requests_per_conn,
@@ -58,6 +62,9 @@ impl HttpArgs {
     ) -> Result<HttpLimits, ConfigError> {
         if self.max_request_body.get() == 0 {
             return Err(ConfigError::ZeroSize("--max-request-body"));
+        }
+        if self.max_requests_per_connection == 0 {
+            return Err(ConfigError::ZeroCount("--max-requests-per-connection"));
         }
         if self.backend_pool_max_requests == 0 {
             return Err(ConfigError::ZeroCount("--backend-pool-max-requests"));
@@ -82,6 +89,7 @@ impl HttpArgs {
         Ok(HttpLimits {
             timers,
             max_request_body: self.max_request_body.get() as u64,
+            max_requests_per_conn: self.max_requests_per_connection,
             pool: PoolConfig {
                 max_idle_per_pod: self.backend_pool_idle,
                 idle_timeout: self.backend_pool_idle_timeout.get(),
@@ -142,6 +150,9 @@ mod tests {
             a.limits(None).map(|_| ()).unwrap_err().to_string()
         };
         assert!(bad(|a| a.max_request_body = Size(0)).contains("--max-request-body"));
+        assert!(
+            bad(|a| a.max_requests_per_connection = 0).contains("--max-requests-per-connection")
+        );
         assert!(bad(|a| a.backend_pool_max_requests = 0).contains("--backend-pool-max-requests"));
         assert!(bad(|a| a.backend_pool_idle_timeout = Span::secs(0))
             .contains("--backend-pool-idle-timeout"));

@@ -14,11 +14,6 @@ use crate::data::admission::pools::{ConnStreams, PendingSlot, REQUEST_HEAD_BYTES
 use crate::data::shared::Shared;
 use crate::state::thread_load::Seat;
 
-/// Requests one HTTP/1.1 client connection may carry; the last is answered with
-/// `Connection: close`. A pipelined flood ends here, and a client reconnects (to any
-/// replica) now and then rather than riding one connection for ever.
-pub(crate) const MAX_REQUESTS_PER_CONN: u32 = 1000;
-
 /// How long an HTTP/1.1 connection waits for its next request before it counts as
 /// pending again. A client that sends its next request sooner (most keep-alive clients:
 /// browsers, long polls, API clients) never takes the trip out of the shared pending pool
@@ -139,9 +134,9 @@ impl ConnCtx {
 
     /// Whether the request being answered is the connection's last (`Connection: close`).
     pub(crate) fn last_request(&self) -> bool {
-        self.keepalive
-            .as_ref()
-            .is_some_and(|k| k.requests.load(Ordering::Relaxed) >= MAX_REQUESTS_PER_CONN)
+        self.keepalive.as_ref().is_some_and(|k| {
+            k.requests.load(Ordering::Relaxed) >= self.shared.limits.http.max_requests_per_conn
+        })
     }
 
     /// A request's answer is out (or abandoned). With none left in flight, an HTTP/1.1
@@ -149,7 +144,7 @@ impl ConnCtx {
     /// one (see [`ConnCtx::readmit`]).
     pub(crate) fn request_done(&self) {
         let Some(k) = &self.keepalive else { return };
-        // A connection whose last answer closes it (a refusal, its 1,000th request, an
+        // A connection whose last answer closes it (a refusal, its last allowed request, an
         // upgrade handing it to the relay) does not wait for another request.
         if k.in_flight.fetch_sub(1, Ordering::Relaxed) != 1 || k.closing.load(Ordering::Relaxed) {
             return;

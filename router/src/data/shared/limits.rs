@@ -57,6 +57,13 @@ pub struct HttpLimits {
     pub timers: HttpTimers,
     /// Largest request body forwarded, in bytes.
     pub max_request_body: u64,
+    /// Requests one HTTP/1.1 client connection carries; the last is answered with
+    /// `Connection: close`. A pipelined flood ends there, and a busy client reconnects
+    /// (to any replica) now and then rather than riding one connection for ever. Not
+    /// lower: each reconnect is a TLS handshake for the client and the router, and at
+    /// 1,000 the HTTP cell's clients spent 3–4% of its throughput reconnecting
+    /// (`benches/RESULTS.md`, "a client connection carries 10,000 requests").
+    pub max_requests_per_conn: u32,
     pub pool: PoolConfig,
 }
 
@@ -87,6 +94,7 @@ impl Default for HttpLimits {
                 event_streams_idle: false,
             },
             max_request_body: 10 << 20,
+            max_requests_per_conn: 10_000,
             pool: PoolConfig::default(),
         }
     }
