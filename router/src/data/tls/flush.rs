@@ -14,6 +14,11 @@
 //! wait. A lightly loaded thread, whose turn is one answer, then adds no wait to it
 //! (holding that one too cost the HTTP cell's p99 at moderate load 3–11%:
 //! `benches/RESULTS.md`), while a busy one still sends nearly all of its turn together.
+//! Nor is any flush held until the thread has been awake for [`HOLD_AFTER`]
+//! (`on_thread_unpark` notes the wake): at moderate load a turn is a few answers, over
+//! before that, and a flush held behind the first only waited for nothing to join it
+//! (or for the thread to be preempted before its turn ended); a saturated thread, whose
+//! turns run longer, still holds.
 //!
 //! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
 //! tests' runtimes, the admin listener) a flush sends at once, as before.
@@ -29,6 +34,12 @@ use std::time::{Duration, Instant};
 const TURN_MAX: Duration = Duration::from_micros(250);
 const PARKED_MAX: usize = 128;
 
+/// How long after waking a thread's flushes still go at once: a lightly loaded thread's
+/// turn (an answer or two, about 15 µs each) is over within it; a saturated one's runs
+/// on (the HTTP cell flat out parks a thread about once per two answers, but its turns
+/// end by `TURN_MAX` or the full list far more often).
+const HOLD_AFTER: Duration = Duration::from_micros(50);
+
 thread_local! {
     /// The tasks whose flushes wait for this thread's turn to end; `None` on a thread
     /// that does not hold flushes.
@@ -42,6 +53,9 @@ thread_local! {
     static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Whether this turn's first flush has been asked for (and sent at once).
     static FIRST_ASKED: Cell<bool> = const { Cell::new(false) };
+    /// When the thread last woke; `None` where no unpark hook runs (flushes held from
+    /// the turn's second, as before).
+    static WOKE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Makes this thread hold flushes until its turn ends. Its runtime must call
@@ -75,6 +89,12 @@ pub(crate) fn end_of_turn() {
     }
 }
 
+/// Notes the thread waking: its runtime's `on_thread_unpark` hook. Until [`HOLD_AFTER`]
+/// has passed, its flushes send at once.
+pub(crate) fn start_of_turn() {
+    WOKE.set(Some(Instant::now()));
+}
+
 /// A flush held for the turn's end, from the turn it was asked in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Held {
@@ -98,6 +118,10 @@ impl Held {
         }
         if self.parked_in.is_none() && !FIRST_ASKED.replace(true) {
             // The turn's first flush: nothing has gone yet for it to wait with.
+            return false;
+        }
+        if self.parked_in.is_none() && WOKE.get().is_some_and(|w| w.elapsed() < HOLD_AFTER) {
+            // The thread has only just woken: too little of a turn to send together.
             return false;
         }
         let full = PARKED.with_borrow_mut(|p| {
@@ -212,6 +236,32 @@ mod tests {
             "the new turn's first sends at once"
         );
         assert!(Held::default().wait(&mut cx), "and the next waits");
+    }
+
+    #[test]
+    fn flushes_go_at_once_until_the_thread_has_been_awake_a_while() {
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        hold_on_this_thread();
+        // Woken "later than now": however slow this machine, still within HOLD_AFTER.
+        WOKE.set(Some(Instant::now() + Duration::from_secs(60)));
+        end_of_turn();
+        let mut streams = [Held::default(), Held::default(), Held::default()];
+        assert!(
+            streams.iter_mut().all(|h| !h.wait(&mut cx)),
+            "just woken: every flush sends at once"
+        );
+        // Awake longer than HOLD_AFTER: the turn's first sends, the rest wait.
+        let Some(past) = Instant::now().checked_sub(HOLD_AFTER * 2) else {
+            return;
+        };
+        WOKE.set(Some(past));
+        end_of_turn();
+        let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
+        assert_eq!(parked, [false, true, true]);
+        // The hook notes the wake.
+        start_of_turn();
+        assert!(WOKE.get().is_some_and(|w| w > past));
     }
 
     #[test]
