@@ -153,7 +153,8 @@ http {
     map \$uri \$ns { ~^/ws/(?<n>[^/]+) \$n; default ""; }
     # No Upgrade: no Connection header to the backend, which keeps the connection alive.
     map \$http_upgrade \$connection_upgrade { default upgrade; '' ''; }
-    # NGINX closes a client connection after 1,000 requests by default; the others do not.
+    # NGINX closes a client connection after 1,000 requests by default; HAProxy, Envoy
+    # and Caddy do not, and wsrouter only after 10,000 (--max-requests-per-connection).
     keepalive_requests 1000000;
     upstream echo {
         hash \$ns consistent;

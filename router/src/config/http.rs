@@ -150,6 +150,8 @@ mod tests {
             a.limits(None).map(|_| ()).unwrap_err().to_string()
         };
         assert!(bad(|a| a.max_request_body = Size(0)).contains("--max-request-body"));
+        // 0 would answer every first request with `Connection: close`, as 1 does: asked
+        // for as 1, so the value says what it does.
         assert!(
             bad(|a| a.max_requests_per_connection = 0).contains("--max-requests-per-connection")
         );

@@ -90,8 +90,8 @@ impl Listeners {
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     // Sends the turn's held flushes, and submits its ring's queue,
-                    // before the thread sleeps; notes when it wakes, as flushes are
-                    // held only once it has been busy a while.
+                    // before the thread sleeps; notes when the next turn starts, as
+                    // flushes are held only once a turn has run a while.
                     .on_thread_park(end_of_turn)
                     .on_thread_unpark(crate::data::tls::flush::start_of_turn)
                     .build()

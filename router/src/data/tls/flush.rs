@@ -14,11 +14,13 @@
 //! wait. A lightly loaded thread, whose turn is one answer, then adds no wait to it
 //! (holding that one too cost the HTTP cell's p99 at moderate load 3–11%:
 //! `benches/RESULTS.md`), while a busy one still sends nearly all of its turn together.
-//! Nor is any flush held until the thread has been awake for [`HOLD_AFTER`]
-//! (`on_thread_unpark` notes the wake): at moderate load a turn is a few answers, over
-//! before that, and a flush held behind the first only waited for nothing to join it
-//! (or for the thread to be preempted before its turn ended); a saturated thread, whose
-//! turns run longer, still holds.
+//! Nor is any flush held until the turn has run for [`HOLD_AFTER`]. A turn starts as
+//! the runtime unparks (`on_thread_unpark`, which tokio calls after every park hook,
+//! whether the thread slept or the hook's own wakes left it work): at moderate load a
+//! turn is an answer or two, over before that, and a flush held behind the first only
+//! waited for nothing to join it (or for the thread to be preempted before the turn
+//! ended); a saturated thread's turns run longer, and their later flushes still go out
+//! together.
 //!
 //! Only threads that run the hook hold flushes ([`hold_on_this_thread`]); elsewhere (the
 //! tests' runtimes, the admin listener) a flush sends at once, as before.
@@ -34,10 +36,10 @@ use std::time::{Duration, Instant};
 const TURN_MAX: Duration = Duration::from_micros(250);
 const PARKED_MAX: usize = 128;
 
-/// How long after waking a thread's flushes still go at once: a lightly loaded thread's
-/// turn (an answer or two, about 15 µs each) is over within it; a saturated one's runs
-/// on (the HTTP cell flat out parks a thread about once per two answers, but its turns
-/// end by `TURN_MAX` or the full list far more often).
+/// How long into a turn flushes still go at once: a lightly loaded thread's turn (an
+/// answer or two, about 15 µs of work each) is over within it. A saturated thread's
+/// turns run past it: flat out, holding the rest of them still gains the HTTP cell
+/// about 2% (`benches/RESULTS.md`).
 const HOLD_AFTER: Duration = Duration::from_micros(50);
 
 thread_local! {
@@ -53,8 +55,8 @@ thread_local! {
     static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Whether this turn's first flush has been asked for (and sent at once).
     static FIRST_ASKED: Cell<bool> = const { Cell::new(false) };
-    /// When the thread last woke; `None` where no unpark hook runs (flushes held from
-    /// the turn's second, as before).
+    /// When the current turn started (the runtime's last unpark); `None` where no
+    /// unpark hook runs (flushes held from the turn's second, as before).
     static WOKE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
@@ -89,8 +91,8 @@ pub(crate) fn end_of_turn() {
     }
 }
 
-/// Notes the thread waking: its runtime's `on_thread_unpark` hook. Until [`HOLD_AFTER`]
-/// has passed, its flushes send at once.
+/// Notes a turn's start: its runtime's `on_thread_unpark` hook. Until [`HOLD_AFTER`]
+/// has passed, the turn's flushes send at once.
 pub(crate) fn start_of_turn() {
     WOKE.set(Some(Instant::now()));
 }
@@ -120,8 +122,12 @@ impl Held {
             // The turn's first flush: nothing has gone yet for it to wait with.
             return false;
         }
-        if self.parked_in.is_none() && WOKE.get().is_some_and(|w| w.elapsed() < HOLD_AFTER) {
-            // The thread has only just woken: too little of a turn to send together.
+        if self.parked_in.is_none()
+            && WOKE
+                .get()
+                .is_some_and(|w| Instant::now().saturating_duration_since(w) < HOLD_AFTER)
+        {
+            // The turn has only just begun: too little of it to send together.
             return false;
         }
         let full = PARKED.with_borrow_mut(|p| {
@@ -135,12 +141,12 @@ impl Held {
             }
             list.len() > PARKED_MAX
         });
+        let now = Instant::now();
         let since = SINCE.get().unwrap_or_else(|| {
-            let now = Instant::now();
             SINCE.set(Some(now));
             now
         });
-        if full || since.elapsed() > TURN_MAX {
+        if full || now.saturating_duration_since(since) > TURN_MAX {
             // A turn too long or too full ends here: the others are woken, this one sends.
             end_of_turn();
             self.parked_in = None;
@@ -184,6 +190,13 @@ mod tests {
         (count.clone(), Waker::from(count))
     }
 
+    /// Ends the turn and starts one that no clock ends (`TURN_MAX`): however slow the
+    /// machine running the test, only the hook or a full list ends it.
+    fn endless_turn() {
+        end_of_turn();
+        SINCE.set(Some(Instant::now() + Duration::from_secs(3600)));
+    }
+
     #[test]
     fn a_flush_waits_for_the_turn_to_end_only_where_the_thread_holds_them() {
         let (count, waker) = counting();
@@ -192,11 +205,12 @@ mod tests {
         let mut held = Held::default();
         assert!(!held.wait(&mut cx));
         hold_on_this_thread();
+        endless_turn();
         let mut first = Held::default();
         assert!(!first.wait(&mut cx), "the turn's first flush sends at once");
         assert!(held.wait(&mut cx), "the next parks for the turn");
         assert!(held.wait(&mut cx), "still the same turn: parked once");
-        end_of_turn();
+        endless_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken once");
         assert!(!held.wait(&mut cx), "the turn ended: send");
         assert!(
@@ -205,7 +219,7 @@ mod tests {
         );
         assert!(held.wait(&mut cx), "a flush after it parks again");
         held.sent();
-        end_of_turn();
+        endless_turn();
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(!first.wait(&mut cx));
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
@@ -216,7 +230,7 @@ mod tests {
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
-        end_of_turn();
+        endless_turn();
         let mut streams = [Held::default(), Held::default(), Held::default()];
         let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
         assert_eq!(
@@ -226,7 +240,7 @@ mod tests {
         );
         // A second flush of the stream that went first waits too.
         assert!(streams[0].wait(&mut cx));
-        end_of_turn();
+        endless_turn();
         assert!(
             streams.iter_mut().all(|h| !h.wait(&mut cx)),
             "the turn ended: all send"
@@ -239,27 +253,27 @@ mod tests {
     }
 
     #[test]
-    fn flushes_go_at_once_until_the_thread_has_been_awake_a_while() {
+    fn flushes_go_at_once_until_the_turn_has_run_a_while() {
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
-        // Woken "later than now": however slow this machine, still within HOLD_AFTER.
+        // A turn begun "later than now": however slow this machine, still within HOLD_AFTER.
         WOKE.set(Some(Instant::now() + Duration::from_secs(60)));
-        end_of_turn();
+        endless_turn();
         let mut streams = [Held::default(), Held::default(), Held::default()];
         assert!(
             streams.iter_mut().all(|h| !h.wait(&mut cx)),
-            "just woken: every flush sends at once"
+            "a turn just begun: every flush sends at once"
         );
-        // Awake longer than HOLD_AFTER: the turn's first sends, the rest wait.
+        // A turn older than HOLD_AFTER: its first flush sends, the rest wait.
         let Some(past) = Instant::now().checked_sub(HOLD_AFTER * 2) else {
             return;
         };
         WOKE.set(Some(past));
-        end_of_turn();
+        endless_turn();
         let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
         assert_eq!(parked, [false, true, true]);
-        // The hook notes the wake.
+        // The hook notes the turn's start.
         start_of_turn();
         assert!(WOKE.get().is_some_and(|w| w > past));
     }
@@ -269,7 +283,7 @@ mod tests {
         let (_, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         hold_on_this_thread();
-        end_of_turn();
+        endless_turn();
         assert!(!Held::default().wait(&mut cx));
         let mut held = vec![Held::default(); PARKED_MAX + 1];
         let parked: Vec<bool> = held.iter_mut().map(|h| h.wait(&mut cx)).collect();
@@ -287,7 +301,7 @@ mod tests {
     #[test]
     fn a_turn_too_full_ends_at_the_flush_that_finds_it_so() {
         hold_on_this_thread();
-        end_of_turn();
+        endless_turn();
         // The turn's first flush, which sends at once.
         let (_, first) = counting();
         assert!(!Held::default().wait(&mut Context::from_waker(&first)));
