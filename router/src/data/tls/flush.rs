@@ -122,10 +122,11 @@ impl Held {
             // The turn's first flush: nothing has gone yet for it to wait with.
             return false;
         }
+        let now = Instant::now();
         if self.parked_in.is_none()
             && WOKE
                 .get()
-                .is_some_and(|w| Instant::now().saturating_duration_since(w) < HOLD_AFTER)
+                .is_some_and(|w| now.saturating_duration_since(w) < HOLD_AFTER)
         {
             // The turn has only just begun: too little of it to send together.
             return false;
@@ -141,7 +142,6 @@ impl Held {
             }
             list.len() > PARKED_MAX
         });
-        let now = Instant::now();
         let since = SINCE.get().unwrap_or_else(|| {
             SINCE.set(Some(now));
             now
