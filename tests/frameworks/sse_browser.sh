@@ -25,20 +25,49 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 INTERVAL_MS=50
 GRACE=1s
 
+# Whether something answers on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# Starts `wsrouter dev` (tenant from $1) on two free ports and waits for both, setting
+# port, admin and dev. A port free_port found can be handed to another socket before the
+# router binds it (an ephemeral port for some connection meanwhile): the router then
+# exits with "binding …", and only then it is tried again on new ports, three times at
+# most; any other way of not coming up fails at once, with the router's log.
+start_dev() {
+  local mode=$1 attempt
+  for attempt in 1 2 3; do
+    port=$(free_port)
+    admin=$(free_port)
+    : >"$dev_log"
+    "$BIN/wsrouter" dev --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+      --interval "${INTERVAL_MS}ms" --tenant-from "$mode" --overrides-file "$overrides" \
+      --reroute-drain "$GRACE" --drain-grace 1s >>"$dev_log" 2>&1 &
+    dev=$!
+    for _ in $(seq 1 100); do
+      if listening "$port" && listening "$admin"; then
+        track "$dev"
+        return 0
+      fi
+      kill -0 "$dev" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill "$dev" 2>/dev/null || true
+    wait "$dev" 2>/dev/null || true
+    if ! grep -q 'binding' "$dev_log"; then
+      sed 's/\x1b\[[0-9;]*m//g' "$dev_log" | tail -20 >&2
+      die "wsrouter dev (tenant from $mode) did not come up within 10 s"
+    fi
+    log "wsrouter dev could not bind its ports (attempt $attempt): $(grep -m1 'binding' "$dev_log")"
+  done
+  die "wsrouter dev (tenant from $mode) found no free ports in 3 attempts"
+}
+
 for mode in path query:tenant; do
-  port=$(free_port)
-  admin=$(free_port)
   overrides="$FW_TMP/overrides-${mode%%:*}/overrides.yaml"
   mkdir -p "$(dirname "$overrides")"
   printf 'apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: wsrouter-overrides\ndata: {}\n' >"$overrides"
   dev_log="$FW_TMP/dev-${mode%%:*}.log"
-  "$BIN/wsrouter" dev --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-    --interval "${INTERVAL_MS}ms" --tenant-from "$mode" --overrides-file "$overrides" \
-    --reroute-drain "$GRACE" --drain-grace 1s >>"$dev_log" 2>&1 &
-  dev=$!
-  track "$dev"
-  wait_port "$port"
-  wait_port "$admin"
+  start_dev "$mode"
   log "tenant from $mode: wsrouter dev on :$port"
   if ! timeout 180 "$FRAMEWORKS_VENV/bin/python" "$FRAMEWORKS/sse_browser.py" \
     --page "https://localhost:$port/" --admin "http://127.0.0.1:$admin" \
