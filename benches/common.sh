@@ -7,10 +7,13 @@ die() {
   exit 1
 }
 
+# Whether something answers on 127.0.0.1:$1.
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 # Waits (bounded) until something listens on 127.0.0.1:$1.
 wait_port() {
   for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    if listening "$1"; then return 0; fi
     sleep 0.1
   done
   die "nothing listens on 127.0.0.1:$1 after 10 s"

@@ -81,7 +81,7 @@ cleanup() {
 trap cleanup EXIT
 
 for p in "${BACKEND_PORTS[@]}" "${PORT[@]}" $ADMIN_PORT; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then die "port $p is already in use"; fi
+  if listening "$p"; then die "port $p is already in use"; fi
 done
 
 # --- the shared certificate and the backends ---------------------------------------------

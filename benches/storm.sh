@@ -81,7 +81,7 @@ ADMIN_PORT_B=18448
 source "$(dirname "$0")/peers.sh"
 NEW_BIN=${NEW_BIN:-$BIN/wsrouter}
 for b in "$OLD_BIN" "$NEW_BIN"; do [[ -x $b ]] || die "no wsrouter binary at $b"; done
-if (exec 3<>"/dev/tcp/127.0.0.1/$ADMIN_PORT_B") 2>/dev/null; then
+if listening "$ADMIN_PORT_B"; then
   die "port $ADMIN_PORT_B is already in use"
 fi
 

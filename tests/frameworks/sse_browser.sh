@@ -25,9 +25,6 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 INTERVAL_MS=50
 GRACE=1s
 
-# Whether something answers on 127.0.0.1:$1.
-listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
 # Starts `wsrouter dev` (tenant from $1) on two free ports and waits for both, setting
 # port, admin and dev. A port free_port found can be handed to another socket before the
 # router binds it (an ephemeral port for some connection meanwhile): the router then

@@ -197,6 +197,13 @@ mod tests {
         SINCE.set(Some(Instant::now() + Duration::from_secs(3600)));
     }
 
+    /// This thread holding flushes, in a turn no clock ends; a waker for the flushes.
+    fn holding_in_an_endless_turn() -> Waker {
+        hold_on_this_thread();
+        endless_turn();
+        counting().1
+    }
+
     #[test]
     fn a_flush_waits_for_the_turn_to_end_only_where_the_thread_holds_them() {
         let (count, waker) = counting();
@@ -227,10 +234,8 @@ mod tests {
 
     #[test]
     fn a_turns_first_flush_goes_at_once_and_the_rest_wait() {
-        let (_, waker) = counting();
+        let waker = holding_in_an_endless_turn();
         let mut cx = Context::from_waker(&waker);
-        hold_on_this_thread();
-        endless_turn();
         let mut streams = [Held::default(), Held::default(), Held::default()];
         let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
         assert_eq!(
@@ -254,12 +259,10 @@ mod tests {
 
     #[test]
     fn flushes_go_at_once_until_the_turn_has_run_a_while() {
-        let (_, waker) = counting();
+        let waker = holding_in_an_endless_turn();
         let mut cx = Context::from_waker(&waker);
-        hold_on_this_thread();
         // A turn begun "later than now": however slow this machine, still within HOLD_AFTER.
         WOKE.set(Some(Instant::now() + Duration::from_secs(60)));
-        endless_turn();
         let mut streams = [Held::default(), Held::default(), Held::default()];
         assert!(
             streams.iter_mut().all(|h| !h.wait(&mut cx)),
@@ -280,10 +283,8 @@ mod tests {
 
     #[test]
     fn a_turn_ended_by_a_full_list_starts_with_a_flush_sent_at_once() {
-        let (_, waker) = counting();
+        let waker = holding_in_an_endless_turn();
         let mut cx = Context::from_waker(&waker);
-        hold_on_this_thread();
-        endless_turn();
         assert!(!Held::default().wait(&mut cx));
         let mut held = vec![Held::default(); PARKED_MAX + 1];
         let parked: Vec<bool> = held.iter_mut().map(|h| h.wait(&mut cx)).collect();
