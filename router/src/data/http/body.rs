@@ -88,11 +88,11 @@ const TOO_LARGE: u8 = 1;
 const STALLED: u8 = 2;
 
 impl BodyOutcome {
-    fn new(ended: bool) -> Self {
+    fn new(ended: bool, since: Instant) -> Self {
         Self {
             cut: AtomicU8::new(0),
             ended: ended.into(),
-            since: Instant::now(),
+            since,
             last_ms: 0.into(),
         }
     }
@@ -102,7 +102,9 @@ impl BodyOutcome {
         self.ended.load(Ordering::Relaxed)
     }
 
-    /// When the body last moved (or the request began).
+    /// When the body last moved (or the request began), as seen when it next waited:
+    /// frames read back to back with no wait between them are stamped once, and a body
+    /// that ends without waiting after its last frames keeps its stamp from before them.
     pub(crate) fn last_moved(&self) -> Instant {
         self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
@@ -169,17 +171,27 @@ pub(crate) struct ClientBody<B> {
     read: u64,
     stall: Option<Stall>,
     outcome: Arc<BodyOutcome>,
+    /// A frame came since the body last waited: stamped when it next waits, so a
+    /// body read in one go reads the clock not at all.
+    moved: bool,
 }
 
 impl<B: Body> ClientBody<B> {
-    pub(crate) fn new(inner: B, limit: u64, idle: Option<Duration>) -> (Self, Arc<BodyOutcome>) {
-        let outcome = Arc::new(BodyOutcome::new(inner.is_end_stream()));
+    /// The body of a request that began at `since`.
+    pub(crate) fn new(
+        inner: B,
+        limit: u64,
+        idle: Option<Duration>,
+        since: Instant,
+    ) -> (Self, Arc<BodyOutcome>) {
+        let outcome = Arc::new(BodyOutcome::new(inner.is_end_stream(), since));
         let body = Self {
             inner,
             limit,
             read: 0,
             stall: Stall::new(idle),
             outcome: outcome.clone(),
+            moved: false,
         };
         (body, outcome)
     }
@@ -215,7 +227,7 @@ where
                         return this.cut(Cut::TooLarge(this.limit));
                     }
                 }
-                this.outcome.moved();
+                this.moved = true;
                 if this.inner.is_end_stream() {
                     this.outcome.ended.store(true, Ordering::Relaxed);
                 }
@@ -226,10 +238,15 @@ where
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Pending => match Stall::expired(&mut this.stall, this.outcome.last_moved(), cx) {
-                Some(idle) => this.cut(Cut::Stalled(idle)),
-                None => Poll::Pending,
-            },
+            Poll::Pending => {
+                if std::mem::take(&mut this.moved) {
+                    this.outcome.moved();
+                }
+                match Stall::expired(&mut this.stall, this.outcome.last_moved(), cx) {
+                    Some(idle) => this.cut(Cut::Stalled(idle)),
+                    None => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -280,8 +297,10 @@ impl From<Ended> for ProxyError {
 pub(crate) struct ForwardBody {
     inner: PooledBody,
     stall: Option<Stall>,
-    /// When its last frame came (or the answer's head).
+    /// When its last frame came (or the answer's head), as seen when it next waited.
     last: Instant,
+    /// A frame came since it last waited: an answer read in one go reads no clock.
+    moved: bool,
     /// `None` once it has ended the answer.
     stop: Option<Stop>,
     _held: Box<dyn Send>,
@@ -293,11 +312,13 @@ impl ForwardBody {
         idle: Option<Duration>,
         stop: Stop,
         held: Box<dyn Send>,
+        answered: Instant,
     ) -> Self {
         Self {
             inner,
             stall: Stall::new(idle),
-            last: Instant::now(),
+            last: answered,
+            moved: false,
             stop: Some(stop),
             _held: held,
         }
@@ -324,16 +345,19 @@ impl Body for ForwardBody {
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if this.stall.is_some() {
-                    this.last = Instant::now();
-                }
+                this.moved = true;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(Into::into))),
-            Poll::Pending => match Stall::expired(&mut this.stall, this.last, cx) {
-                Some(idle) => Poll::Ready(Some(Err(Cut::Stalled(idle).into()))),
-                None => Poll::Pending,
-            },
+            Poll::Pending => {
+                if std::mem::take(&mut this.moved) && this.stall.is_some() {
+                    this.last = Instant::now();
+                }
+                match Stall::expired(&mut this.stall, this.last, cx) {
+                    Some(idle) => Poll::Ready(Some(Err(Cut::Stalled(idle).into()))),
+                    None => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -38,7 +38,7 @@ pub(super) async fn dial<B>(
     };
     let permit = dial::admit(&shared.breakers, target)?;
     let offered = Offered::from_request(req.headers());
-    let how = reaching(target, shared);
+    let how = reaching(target, shared, tokio::time::Instant::now());
     let tls = shared.tls_config.is_some();
     let result = tokio::select! {
         r = how.upgrade(|| backend_request(req, client, tls, &routed.host, key)) => r,
@@ -54,13 +54,17 @@ pub(super) async fn dial<B>(
     Ok(answer)
 }
 
-/// How a request reaches `target`: within the backend timeout from now, retrying as
+/// How a request reaches `target`: within the backend timeout from `now`, retrying as
 /// the verdict says, counted and tracked as every connection's are. The forward step
 /// reaches its pods the same way.
-pub(super) fn reaching<'a>(target: Target<'a>, shared: &'a Shared) -> Dial<'a> {
+pub(super) fn reaching<'a>(
+    target: Target<'a>,
+    shared: &'a Shared,
+    now: tokio::time::Instant,
+) -> Dial<'a> {
     Dial {
         target,
-        deadline: tokio::time::Instant::now() + shared.limits.backend_timeout,
+        deadline: now + shared.limits.backend_timeout,
         keepalive: shared.limits.timers.tcp_keepalive,
         tasks: &shared.lifecycle.tasks,
         retries: &shared.metrics.backend_connect_retries,

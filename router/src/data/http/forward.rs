@@ -61,9 +61,9 @@ pub(super) async fn forward<B: ClientBodyIn>(
         Ok(r) => Some(r.set),
         Err(e) => e.set(),
     };
-    let (resp, took) = match forward_request(req, routed, ctx).await {
-        Ok(resp) => {
-            let took = started.elapsed().as_secs_f64();
+    let (resp, took) = match forward_request(req, routed, ctx, started).await {
+        Ok((resp, answered)) => {
+            let took = (answered - started).as_secs_f64();
             metrics.http.response_seconds.observe(took);
             (resp, Some(took))
         }
@@ -81,11 +81,15 @@ pub(super) async fn forward<B: ClientBodyIn>(
     resp
 }
 
+/// The pod's answer and when its head came, or why there is none. The clock is read
+/// twice per request, at its start (`started`) and at its answer: every deadline and
+/// stamp on the way is taken from one or the other.
 async fn forward_request<B: ClientBodyIn>(
     req: Request<B>,
     routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
-) -> Result<Response<ProxyBody>, ProxyError> {
+    started: Instant,
+) -> Result<(Response<ProxyBody>, Instant), ProxyError> {
     let routed = routed?;
     let shared = &ctx.shared;
     let limit = shared.limits.http.max_request_body;
@@ -93,18 +97,21 @@ async fn forward_request<B: ClientBodyIn>(
         return Err(ProxyError::BodyTooLarge { limit });
     }
     let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, shared);
-    let (backend_req, outcome) = backend_request(req, &in_flight.admitted.client, shared, &routed);
+    let (backend_req, outcome) =
+        backend_request(req, &in_flight.admitted.client, shared, &routed, started);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
     // is told to come back (to its new pod), as one whose answer streams is.
     let mut stop = live::request_ended(ctx, &routed, Ended::drained);
-    let resp = exchange(backend_req, &routed, shared, &outcome, &mut stop)
+    let resp = exchange(backend_req, &routed, shared, &outcome, &mut stop, started)
         .await
         .map_err(|e| {
             outcome
                 .error(limit, shared.limits.http.timers.idle)
                 .unwrap_or(e)
         })?;
-    Ok(client_response(resp, &routed, in_flight, stop, ctx))
+    let answered = Instant::now();
+    let resp = client_response(resp, &routed, in_flight, stop, ctx, answered);
+    Ok((resp, answered))
 }
 
 /// The request as the pod gets it: origin-form, HTTP/1.1, its end-to-end headers less
@@ -115,6 +122,7 @@ fn backend_request<B: ClientBodyIn>(
     client: &Client,
     shared: &Shared,
     routed: &Routed,
+    started: Instant,
 ) -> (Request<ReqBody>, Arc<BodyOutcome>) {
     let (mut parts, body) = req.into_parts();
     let http = &shared.limits.http;
@@ -138,7 +146,7 @@ fn backend_request<B: ClientBodyIn>(
         .path_and_query()
         .map_or_else(|| http::Uri::from_static("/"), |pq| pq.clone().into());
     parts.version = Version::HTTP_11;
-    let (body, outcome) = ClientBody::new(body, http.max_request_body, http.timers.idle);
+    let (body, outcome) = ClientBody::new(body, http.max_request_body, http.timers.idle, started);
     (Request::from_parts(parts, body.boxed_unsync()), outcome)
 }
 
@@ -164,6 +172,7 @@ async fn exchange(
     shared: &Shared,
     body: &BodyOutcome,
     stop: &mut Stop,
+    started: Instant,
 ) -> Result<Response<PooledBody>, ProxyError> {
     let target = Target {
         set: shared.metrics.sets.name(routed.set),
@@ -171,9 +180,9 @@ async fn exchange(
         addr: &routed.addr,
     };
     let permit = dial::admit(&shared.breakers, target)?;
-    let how = reaching(target, shared);
+    let how = reaching(target, shared, started);
     let reached = tokio::select! {
-        r = tokio::time::timeout_at(how.deadline, connect(&how, routed.socket, shared)) => {
+        r = tokio::time::timeout_at(how.deadline, connect(&how, routed.socket, shared, started)) => {
             r.unwrap_or_else(|_| Err(target.timeout()))
         }
         // The drain's grace period ended, or the tenant moved, before the pod was reached.
@@ -196,24 +205,30 @@ async fn exchange(
 
 /// Resolves once the exchange has been quiet for `idle`: no answer, and no request body
 /// moving (an upload in progress is not a pod that does not answer). Never without one.
+/// The clock is not read: the timer firing says its deadline has passed, and a body
+/// that moved since it was set moves it on.
 async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
     let Some(idle) = idle else {
         return std::future::pending().await;
     };
+    let mut deadline = body.last_moved() + idle;
     loop {
-        let deadline = body.last_moved() + idle;
-        if Instant::now() >= deadline {
+        tokio::time::sleep_until(deadline).await;
+        let moved_on = body.last_moved() + idle;
+        if moved_on <= deadline {
             return;
         }
-        tokio::time::sleep_until(deadline).await;
+        deadline = moved_on;
     }
 }
 
-/// The pod's address and a connection to it, from the pool or new.
+/// The pod's address and a connection to it, from the pool (its idle ones judged as
+/// of `now`) or new.
 async fn connect(
     how: &Dial<'_>,
     socket: Option<SocketAddr>,
     shared: &Shared,
+    now: Instant,
 ) -> Result<(SocketAddr, Pooled), UpstreamError> {
     let target = how.target;
     let addr = resolve(target, socket).await?;
@@ -221,7 +236,7 @@ async fn connect(
         .retrying(|| async {
             shared
                 .pool
-                .checkout_for(addr, Some(target.ordinal))
+                .checkout_for(addr, Some(target.ordinal), now)
                 .await
                 .map_err(|e| unreached(target, e))
         })
@@ -251,7 +266,9 @@ async fn send(
     tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
     let fresh = tokio::time::timeout(
         shared.limits.backend_timeout,
-        shared.pool.checkout_for(addr, Some(target.ordinal)),
+        shared
+            .pool
+            .checkout_for(addr, Some(target.ordinal), Instant::now()),
     )
     .await
     .map_err(|_| target.timeout())?
@@ -327,6 +344,7 @@ fn client_response(
     in_flight: InFlight,
     stop: Stop,
     ctx: &Arc<ConnCtx>,
+    answered: Instant,
 ) -> Response<ProxyBody> {
     let shared = &ctx.shared;
     let (mut parts, body) = resp.into_parts();
@@ -350,6 +368,6 @@ fn client_response(
         .idle
         .filter(|_| !event_stream || timers.event_streams_idle);
     let held = (in_flight, RequestDone(ctx.clone()));
-    let body = ForwardBody::new(body, idle, stop, Box::new(held));
+    let body = ForwardBody::new(body, idle, stop, Box::new(held), answered);
     Response::from_parts(parts, ProxyBody::Forwarded(body))
 }

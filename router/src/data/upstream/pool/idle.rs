@@ -82,8 +82,8 @@ fn with_or_new<R>(s: &Arc<Settings>, f: impl FnOnce(&mut Local) -> R) -> Option<
 
 /// A ready idle connection to `addr`, closing on the way those past the idle timeout or
 /// closed by the backend.
-pub(super) fn take(s: &Arc<Settings>, addr: SocketAddr) -> Option<Conn> {
-    with_or_new(s, |l| l.take(addr, Instant::now())).flatten()
+pub(super) fn take(s: &Arc<Settings>, addr: SocketAddr, now: Instant) -> Option<Conn> {
+    with_or_new(s, |l| l.take(addr, now)).flatten()
 }
 
 /// Gives a connection back to this thread's idle set of pool `id`, unless it may carry

@@ -152,17 +152,20 @@ impl Pool {
     /// is (newest first), else a new one.
     #[cfg(test)]
     pub(crate) async fn checkout(&self, addr: SocketAddr) -> Result<Pooled, PoolError> {
-        self.checkout_for(addr, None).await
+        self.checkout_for(addr, None, tokio::time::Instant::now())
+            .await
     }
 
-    /// [`Pool::checkout`] for the pod of `ordinal` (its TLS server name may say it).
+    /// [`Pool::checkout`] for the pod of `ordinal` (its TLS server name may say it),
+    /// idle connections judged as of `now`.
     pub(crate) async fn checkout_for(
         &self,
         addr: SocketAddr,
         ordinal: Option<u32>,
+        now: tokio::time::Instant,
     ) -> Result<Pooled, PoolError> {
         let s = &self.settings;
-        if let Some(conn) = idle::take(s, addr) {
+        if let Some(conn) = idle::take(s, addr, now) {
             s.metrics.reused.inc();
             return Ok(Pooled::new(s.id, addr, conn, true));
         }
