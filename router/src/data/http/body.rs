@@ -102,9 +102,9 @@ impl BodyOutcome {
         self.ended.load(Ordering::Relaxed)
     }
 
-    /// When the body last moved (or the request began), as seen when it next waited:
-    /// frames read back to back with no wait between them are stamped once, and a body
-    /// that ends without waiting after its last frames keeps its stamp from before them.
+    /// When the body last moved (or the request began), as seen when it next waited or
+    /// ended: frames read back to back are stamped once, and a body that came whole
+    /// with its request keeps the request's start.
     pub(crate) fn last_moved(&self) -> Instant {
         self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
@@ -171,9 +171,12 @@ pub(crate) struct ClientBody<B> {
     read: u64,
     stall: Option<Stall>,
     outcome: Arc<BodyOutcome>,
-    /// A frame came since the body last waited: stamped when it next waits, so a
-    /// body read in one go reads the clock not at all.
+    /// A frame came since the body last waited: stamped when it next waits or ends,
+    /// so a body read in one go reads the clock not at all.
     moved: bool,
+    /// The body has waited for the client at least once: one that never did came
+    /// whole with the request, and its request's start stamps it well enough.
+    waited: bool,
 }
 
 impl<B: Body> ClientBody<B> {
@@ -192,8 +195,25 @@ impl<B: Body> ClientBody<B> {
             stall: Stall::new(idle),
             outcome: outcome.clone(),
             moved: false,
+            waited: false,
         };
         (body, outcome)
+    }
+
+    /// Stamps the frames that came since the body last waited.
+    fn stamp(&mut self) {
+        if std::mem::take(&mut self.moved) {
+            self.outcome.moved();
+        }
+    }
+
+    /// The whole body is in: the pod's answer may now take the idle time from its
+    /// last frame.
+    fn end(&mut self) {
+        if self.waited {
+            self.stamp();
+        }
+        self.outcome.ended.store(true, Ordering::Relaxed);
     }
 
     fn cut(&self, why: Cut) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -229,19 +249,18 @@ where
                 }
                 this.moved = true;
                 if this.inner.is_end_stream() {
-                    this.outcome.ended.store(true, Ordering::Relaxed);
+                    this.end();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                this.outcome.ended.store(true, Ordering::Relaxed);
+                this.end();
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Pending => {
-                if std::mem::take(&mut this.moved) {
-                    this.outcome.moved();
-                }
+                this.waited = true;
+                this.stamp();
                 match Stall::expired(&mut this.stall, this.outcome.last_moved(), cx) {
                     Some(idle) => this.cut(Cut::Stalled(idle)),
                     None => Poll::Pending,

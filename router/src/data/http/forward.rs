@@ -371,3 +371,7 @@ fn client_response(
     let body = ForwardBody::new(body, idle, stop, Box::new(held), answered);
     Response::from_parts(parts, ProxyBody::Forwarded(body))
 }
+
+#[cfg(test)]
+#[path = "forward_tests.rs"]
+mod tests;
