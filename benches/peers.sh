@@ -113,7 +113,7 @@ for p in "${BACKEND_PORTS[@]}"; do wait_port "$p"; done
 # dialling a backend per request would lose for that alone). Every proxy sends the pods the
 # headers wsrouter sends by default, so each pod parses the same request whichever proxy is in
 # front: X-Forwarded-For, -Proto and -Host, Forwarded (for, proto, host), and Via, which each
-# also adds to its answers (RFC 9110 §7.6.3). Before 2026-12-06 the peers sent only
+# also adds to its answers (RFC 9110 §7.6.3). Until 2026-12-05 (late) the peers sent only
 # X-Forwarded-For and -Proto (Caddy -Host too), and the pods spent about 0.5 µs more on each
 # request behind wsrouter.
 backend_list() { for p in "${BACKEND_PORTS[@]}"; do printf '%s\n' "${1}127.0.0.1:${p}${2}"; done; }
