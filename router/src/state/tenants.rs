@@ -5,6 +5,8 @@
 //! each way per forwarded plain request. Sharded by the tenant's hash so concurrent
 //! opens and closes rarely meet on one lock.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use hashbrown::HashTable;
@@ -19,15 +21,22 @@ struct Entry {
     count: u32,
 }
 
-/// Keyed by the tenant's routing hash, computed once per register and kept by the
-/// guard: a plain request registers and drops one per request, so each is one hash,
-/// one lock and one probe.
+/// Keyed by the tenant's hash, computed once per register and kept by the guard: a
+/// plain request registers and drops one per request, so each is one hash, one lock
+/// and one probe. The hash is keyed at random per process (not the routing hash, which
+/// anyone can compute): tenant names are the clients' choice, and names picked to share
+/// buckets would make every register scan them under the shard's lock.
 #[derive(Default)]
 pub struct LiveTenants {
     shards: [Mutex<HashTable<Entry>>; SHARDS],
+    hasher: RandomState,
 }
 
 impl LiveTenants {
+    fn hash(&self, tenant: &str) -> u64 {
+        self.hasher.hash_one(tenant)
+    }
+
     fn shard(&self, hash: u64) -> MutexGuard<'_, HashTable<Entry>> {
         // Bits the table does not use for its buckets (the low ones) or its tags (the
         // top seven), so a shard's entries still spread over its buckets.
@@ -47,7 +56,7 @@ impl LiveTenants {
     /// `tenant` already holds `cap` (checked and counted under one lock, so concurrent
     /// opens cannot overshoot).
     pub fn try_register(self: &Arc<Self>, tenant: &str, cap: Option<u32>) -> Option<LiveGuard> {
-        let hash = wsrouter::tenant_key(tenant);
+        let hash = self.hash(tenant);
         let name = {
             let mut shard = self.shard(hash);
             match shard.find_mut(hash, |e| *e.tenant == *tenant) {
@@ -77,7 +86,7 @@ impl LiveTenants {
     }
 
     pub fn count(&self, tenant: &str) -> u32 {
-        let hash = wsrouter::tenant_key(tenant);
+        let hash = self.hash(tenant);
         self.shard(hash)
             .find(hash, |e| *e.tenant == *tenant)
             .map_or(0, |e| e.count)

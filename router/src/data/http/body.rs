@@ -80,8 +80,10 @@ pub(crate) struct BodyOutcome {
     cut: AtomicU8,
     ended: std::sync::atomic::AtomicBool,
     since: Instant,
-    /// Milliseconds from `since` to the body's last frame.
+    /// Milliseconds from `since` to the body's last stamp.
     last_ms: std::sync::atomic::AtomicU64,
+    /// A frame came since the last stamp: set per frame, without reading the clock.
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 const TOO_LARGE: u8 = 1;
@@ -94,6 +96,7 @@ impl BodyOutcome {
             ended: ended.into(),
             since,
             last_ms: 0.into(),
+            fresh: false.into(),
         }
     }
 
@@ -102,16 +105,29 @@ impl BodyOutcome {
         self.ended.load(Ordering::Relaxed)
     }
 
-    /// When the body last moved (or the request began), as seen when it next waited or
-    /// ended: frames read back to back are stamped once, and a body that came whole
-    /// with its request keeps the request's start.
+    /// When the body last moved (or the request began), as of its last [`stamp`]:
+    /// frames read back to back are stamped once, when the body next waits or ends,
+    /// or when a wait on it checks.
+    ///
+    /// [`stamp`]: Self::stamp
     pub(crate) fn last_moved(&self) -> Instant {
         self.since + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
-    fn moved(&self) {
-        let ms = self.since.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
+    /// A frame came: noted, not timed (see [`stamp`](Self::stamp)).
+    fn frame(&self) {
+        self.fresh.store(true, Ordering::Relaxed);
+    }
+
+    /// Times the frames noted since the last stamp, as of now: the body's reader
+    /// stamps when it waits or the body ends, and the wait for the pod's answer when
+    /// its timer fires, so an upload read without a pause (its pod reading slowly,
+    /// a frame always ready) still counts as moving.
+    pub(crate) fn stamp(&self) {
+        if self.fresh.swap(false, Ordering::Relaxed) {
+            let ms = self.since.elapsed().as_millis() as u64;
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
     }
 
     /// The client's answer, if its body was cut.
@@ -171,12 +187,6 @@ pub(crate) struct ClientBody<B> {
     read: u64,
     stall: Option<Stall>,
     outcome: Arc<BodyOutcome>,
-    /// A frame came since the body last waited: stamped when it next waits or ends,
-    /// so a body read in one go reads the clock not at all.
-    moved: bool,
-    /// The body has waited for the client at least once: one that never did came
-    /// whole with the request, and its request's start stamps it well enough.
-    waited: bool,
 }
 
 impl<B: Body> ClientBody<B> {
@@ -194,25 +204,14 @@ impl<B: Body> ClientBody<B> {
             read: 0,
             stall: Stall::new(idle),
             outcome: outcome.clone(),
-            moved: false,
-            waited: false,
         };
         (body, outcome)
     }
 
-    /// Stamps the frames that came since the body last waited.
-    fn stamp(&mut self) {
-        if std::mem::take(&mut self.moved) {
-            self.outcome.moved();
-        }
-    }
-
     /// The whole body is in: the pod's answer may now take the idle time from its
     /// last frame.
-    fn end(&mut self) {
-        if self.waited {
-            self.stamp();
-        }
+    fn end(&self) {
+        self.outcome.stamp();
         self.outcome.ended.store(true, Ordering::Relaxed);
     }
 
@@ -247,7 +246,7 @@ where
                         return this.cut(Cut::TooLarge(this.limit));
                     }
                 }
-                this.moved = true;
+                this.outcome.frame();
                 if this.inner.is_end_stream() {
                     this.end();
                 }
@@ -259,8 +258,7 @@ where
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Pending => {
-                this.waited = true;
-                this.stamp();
+                this.outcome.stamp();
                 match Stall::expired(&mut this.stall, this.outcome.last_moved(), cx) {
                     Some(idle) => this.cut(Cut::Stalled(idle)),
                     None => Poll::Pending,

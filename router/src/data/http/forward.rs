@@ -81,9 +81,10 @@ pub(super) async fn forward<B: ClientBodyIn>(
     resp
 }
 
-/// The pod's answer and when its head came, or why there is none. The clock is read
-/// twice per request, at its start (`started`) and at its answer: every deadline and
-/// stamp on the way is taken from one or the other.
+/// The pod's answer and when its head came, or why there is none. The request's start
+/// (`started`) and its answer's time are the clock reads its deadlines and stamps share:
+/// the backend deadline, the pool's idle check, its body's start and its answer's first
+/// stall stamp. Its body is timed only as it waits or ends, not per frame.
 async fn forward_request<B: ClientBodyIn>(
     req: Request<B>,
     routed: Result<Routed, ProxyError>,
@@ -205,7 +206,8 @@ async fn exchange(
 
 /// Resolves once the exchange has been quiet for `idle`: no answer, and no request body
 /// moving (an upload in progress is not a pod that does not answer). Never without one.
-/// The clock is not read: the timer firing says its deadline has passed, and a body
+/// The clock is read only as the timer fires, and then only if the body took frames
+/// since its last stamp: the timer firing says its deadline has passed, and a body
 /// that moved since it was set moves it on.
 async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
     let Some(idle) = idle else {
@@ -214,6 +216,7 @@ async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
     let mut deadline = body.last_moved() + idle;
     loop {
         tokio::time::sleep_until(deadline).await;
+        body.stamp();
         let moved_on = body.last_moved() + idle;
         if moved_on <= deadline {
             return;
@@ -222,23 +225,28 @@ async fn quiet_for(idle: Option<std::time::Duration>, body: &BodyOutcome) {
     }
 }
 
-/// The pod's address and a connection to it, from the pool (its idle ones judged as
-/// of `now`) or new.
+/// The pod's address and a connection to it, from the pool or new. The first try
+/// judges the pool's idle connections as of `started`; a retry, after its pause, as
+/// of then.
 async fn connect(
     how: &Dial<'_>,
     socket: Option<SocketAddr>,
     shared: &Shared,
-    now: Instant,
+    started: Instant,
 ) -> Result<(SocketAddr, Pooled), UpstreamError> {
     let target = how.target;
     let addr = resolve(target, socket).await?;
+    let mut first = Some(started);
     let conn = how
-        .retrying(|| async {
-            shared
-                .pool
-                .checkout_for(addr, Some(target.ordinal), now)
-                .await
-                .map_err(|e| unreached(target, e))
+        .retrying(|| {
+            let now = first.take().unwrap_or_else(Instant::now);
+            async move {
+                shared
+                    .pool
+                    .checkout_for(addr, Some(target.ordinal), now)
+                    .await
+                    .map_err(|e| unreached(target, e))
+            }
         })
         .await?;
     Ok((addr, conn))
