@@ -58,11 +58,10 @@ RELAY_STATS=$(free_port)
 track $!
 for port in "${relay_ports[@]}" "$RELAY_STATS"; do wait_port "$port"; done
 
-PORT=$(free_port)
-ADMIN=$(free_port)
-RUST_LOG=debug start_router "$PORT" "$ADMIN" "127.0.0.1:${relay_ports[0]}" "127.0.0.1:${relay_ports[1]}" -- \
+RUST_LOG=debug start_router "127.0.0.1:${relay_ports[0]}" "127.0.0.1:${relay_ports[1]}" -- \
   --auth jwt --jwks-file "$FW_TMP/jwks.json" --jwt-issuer https://id.test --jwt-audience wsrouter \
   --tenant-claim tenant --jwt-claims-header x-wsrouter-claims
+PORT=$ROUTER_PORT ADMIN=$ROUTER_ADMIN
 log "router on wss://localhost:$PORT (admin :$ADMIN), --auth jwt, backends behind relays :${relay_ports[*]}"
 
 fail=0

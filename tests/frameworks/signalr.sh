@@ -51,11 +51,10 @@ if [[ ${DIRECT:-0} == 1 ]]; then
   BASE="http://127.0.0.1:${BACKEND_PORTS[0]}/ws/hub"
   log "DIRECT=1: the client talks to backend-0 on :${BACKEND_PORTS[0]}, no router"
 else
-  ROUTER_PORT=$(free_port)
-  ADMIN_PORT=$(free_port)
   backends=()
   for port in "${BACKEND_PORTS[@]}"; do backends+=("127.0.0.1:$port"); done
-  start_router "$ROUTER_PORT" "$ADMIN_PORT" "${backends[@]}" -- --tenant-from query:tenant
+  start_router "${backends[@]}" -- --tenant-from query:tenant
+  ADMIN_PORT=$ROUTER_ADMIN
   BASE="https://localhost:$ROUTER_PORT/ws/hub"
   log "router on :$ROUTER_PORT in front of ${backends[*]}"
 fi

@@ -45,15 +45,14 @@ if [[ $DIRECT == 1 ]]; then
   REPLICAS=1
   log "DIRECT=1: clients talk to backend-0 at $URL, no router"
 else
-  PORT=$(free_port)
-  ADMIN=$(free_port)
   # Every client here shares one source address (loopback), the SNAT case the README's
   # limits section describes: node's XHR polling opens a TLS connection per request, so
   # 60 clients starting at once hold far more than the default 64 pending (TLS or
   # request-head) connections from one address, and the router resets the excess at
   # accept (wsrouter_connections_refused_total{reason="pending_per_ip"}). Raise the cap,
   # as the README advises, so what is tested is the routing.
-  start_router "$PORT" "$ADMIN" "${backends[@]}" -- --tenant-from query:tenant --max-pending-per-ip 1000
+  start_router "${backends[@]}" -- --tenant-from query:tenant --max-pending-per-ip 1000
+  PORT=$ROUTER_PORT ADMIN=$ROUTER_ADMIN
   URL="https://127.0.0.1:$PORT"
   REPLICAS=$PODS
   log "router on $URL (admin :$ADMIN), tenant from query:tenant"

@@ -20,43 +20,22 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get install -y -qq chromium >/dev/null 2>&1 \
     || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 fi
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 INTERVAL_MS=50
 GRACE=1s
 
-# Starts `wsrouter dev` (tenant from $1) on two free ports and waits for both, setting
-# port, admin and dev. A port free_port found can be handed to another socket before the
-# router binds it (an ephemeral port for some connection meanwhile): the router then
-# exits with "binding …", and only then it is tried again on new ports, three times at
-# most; any other way of not coming up fails at once, with the router's log.
+# Starts `wsrouter dev` (tenant from $1) on ports it binds itself, setting port, admin and
+# dev once it says it listens (`router_listening`); if it does not, its log says why.
 start_dev() {
-  local mode=$1 attempt
-  for attempt in 1 2 3; do
-    port=$(free_port)
-    admin=$(free_port)
-    : >"$dev_log"
-    "$BIN/wsrouter" dev --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
-      --interval "${INTERVAL_MS}ms" --tenant-from "$mode" --overrides-file "$overrides" \
-      --reroute-drain "$GRACE" --drain-grace 1s >>"$dev_log" 2>&1 &
-    dev=$!
-    for _ in $(seq 1 100); do
-      if listening "$port" && listening "$admin"; then
-        track "$dev"
-        return 0
-      fi
-      kill -0 "$dev" 2>/dev/null || break
-      sleep 0.1
-    done
-    kill "$dev" 2>/dev/null || true
-    wait "$dev" 2>/dev/null || true
-    if ! grep -q 'binding' "$dev_log"; then
-      sed 's/\x1b\[[0-9;]*m//g' "$dev_log" | tail -20 >&2
-      die "wsrouter dev (tenant from $mode) did not come up within 10 s"
-    fi
-    log "wsrouter dev could not bind its ports (attempt $attempt): $(grep -m1 'binding' "$dev_log")"
-  done
-  die "wsrouter dev (tenant from $mode) found no free ports in 3 attempts"
+  local mode=$1
+  : >"$dev_log"
+  "$BIN/wsrouter" dev --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 \
+    --interval "${INTERVAL_MS}ms" --tenant-from "$mode" --overrides-file "$overrides" \
+    --reroute-drain "$GRACE" --drain-grace 1s >>"$dev_log" 2>&1 &
+  dev=$!
+  track "$dev"
+  router_listening "$dev_log" 0 "$dev"
+  port=$ROUTER_PORT admin=$ROUTER_ADMIN
 }
 
 for mode in path query:tenant; do
