@@ -272,6 +272,18 @@ async fn send(
         return Err(target.protocol(e.source).into());
     };
     tracing::debug!(backend.ordinal = target.ordinal, error = %e.source, "pooled connection closed before the request left; sending on a new one");
+    // Boxed, as the pool's dial is: every request's future would carry this seldom
+    // taken way's size.
+    Box::pin(send_again(*unsent, addr, target, shared)).await
+}
+
+/// [`send`]'s second try, on a new connection.
+async fn send_again(
+    req: Request<ReqBody>,
+    addr: SocketAddr,
+    target: Target<'_>,
+    shared: &Shared,
+) -> Result<Response<PooledBody>, ProxyError> {
     let fresh = tokio::time::timeout(
         shared.limits.backend_timeout,
         shared
@@ -282,7 +294,7 @@ async fn send(
     .map_err(|_| target.timeout())?
     .map_err(|e| unreached(target, e))?;
     fresh
-        .send(*unsent)
+        .send(req)
         .await
         .map_err(|e| target.protocol(e.source).into())
 }

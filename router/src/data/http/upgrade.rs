@@ -278,7 +278,9 @@ async fn story<B: ClientBodyIn>(
             *routed_to = Some(routed.set);
             routed.expires = expires;
             let_in(&mut req, door, shared);
-            let (resp, relay) = websocket(&req, &key, routed, ctx).await?;
+            // Boxed: a socket's dial is a big future that every plain request's would
+            // otherwise carry (and copy), and a socket is set up once.
+            let (resp, relay) = Box::pin(websocket(&req, &key, routed, ctx)).await?;
             Ok(Told {
                 resp,
                 relay,

@@ -169,7 +169,10 @@ impl Pool {
             s.metrics.reused.inc();
             return Ok(Pooled::new(s.id, addr, conn, true));
         }
-        let sender = self.dial(addr, ordinal).await?;
+        // Boxed: a dial (TCP, TLS, the handshake) is a future of over a kilobyte, and
+        // every request's future would carry it, and copy it at each step, though a
+        // warm pool seldom dials.
+        let sender = Box::pin(self.dial(addr, ordinal)).await?;
         s.metrics.opened.inc();
         Ok(Pooled::new(s.id, addr, idle::Conn::new(sender), false))
     }
