@@ -27,6 +27,7 @@
 //! flight keeps its client's (tracked) task waiting on the response, so the drain still
 //! waits for it; the idle ones close when their I/O thread's event loop ends.
 
+mod held;
 mod idle;
 pub(crate) mod pooled;
 
@@ -211,8 +212,9 @@ impl Pool {
                 .map_err(|source| PoolError::Connect { addr, source })?,
             None => BackendIo::Plain(tcp),
         };
+        let hold = matches!(io, BackendIo::Plain(_));
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, ReqBody>(TokioIo::new(io))
+            .handshake::<_, ReqBody>(TokioIo::new(held::HeldWrites::new(io, hold)))
             .await
             .map_err(handshake)?;
         // Untracked: see the module's doc.
