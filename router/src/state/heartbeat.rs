@@ -50,17 +50,20 @@ impl Heartbeats {
         (threshold / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 
-    /// Stamps worker `i` every `interval` until `stop` resolves. It runs on the worker's
-    /// own event loop, so a stamp proves that loop turned.
+    /// Stamps worker `i` every `interval` until `stop` resolves, and runs `upkeep` with
+    /// each stamp. It runs on the worker's own event loop, so a stamp proves that loop
+    /// turned, and `upkeep` runs on it.
     pub(crate) async fn run(
         &self,
         i: usize,
         interval: Duration,
+        upkeep: fn(),
         stop: impl std::future::Future<Output = ()>,
     ) {
         let mut stop = std::pin::pin!(stop);
         loop {
             self.beat(i);
+            upkeep();
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
                 _ = stop.as_mut() => return,

@@ -245,7 +245,15 @@ fn end_of_turn() {
 /// Stamps worker `i`'s heartbeat from its own event loop until the router has drained.
 async fn heartbeat(shared: Arc<Shared>, i: usize, done: CancellationToken) {
     let every = Heartbeats::interval(shared.limits.stall_threshold);
-    shared.heartbeats.run(i, every, done.cancelled()).await;
+    shared
+        .heartbeats
+        .run(
+            i,
+            every,
+            crate::data::tls::flush::end_overdue_turn,
+            done.cancelled(),
+        )
+        .await;
 }
 
 /// How often each I/O thread tidies its share of the keep-alive pool.

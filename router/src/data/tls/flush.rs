@@ -91,6 +91,17 @@ pub(crate) fn end_of_turn() {
     }
 }
 
+/// Ends this thread's turn if its first held flush has waited past [`TURN_MAX`]: the
+/// I/O thread's heartbeat calls it. A turn otherwise ends only as the thread runs dry
+/// or at a later flush that finds it old, and a thread kept busy by work that flushes
+/// nothing (its tasks yielding to each other) would hold a flush for as long as that
+/// lasts; with this, for at most one heartbeat.
+pub(crate) fn end_overdue_turn() {
+    if SINCE.get().is_some_and(|since| since.elapsed() > TURN_MAX) {
+        end_of_turn();
+    }
+}
+
 /// Notes a turn's start: its runtime's `on_thread_unpark` hook. Until [`HOLD_AFTER`]
 /// has passed, the turn's flushes send at once.
 pub(crate) fn start_of_turn() {
@@ -230,6 +241,30 @@ mod tests {
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
         assert!(!first.wait(&mut cx));
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
+    }
+
+    #[test]
+    fn a_heartbeat_ends_only_a_turn_whose_flushes_have_waited_too_long() {
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        hold_on_this_thread();
+        endless_turn();
+        assert!(!Held::default().wait(&mut cx), "the turn's first sends");
+        let mut held = Held::default();
+        assert!(held.wait(&mut cx), "the next waits");
+        // Parked just now (the endless turn's clock says so): not overdue.
+        SINCE.set(Some(Instant::now()));
+        end_overdue_turn();
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        assert!(held.is_held());
+        // Parked longer ago than a turn may last: the heartbeat ends it.
+        SINCE.set(Instant::now().checked_sub(TURN_MAX * 4));
+        end_overdue_turn();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken");
+        assert!(!held.wait(&mut cx), "and it sends");
+        // Nothing parked: nothing to end.
+        end_overdue_turn();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
     }
 
     #[test]

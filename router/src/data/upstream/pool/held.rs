@@ -1,12 +1,14 @@
-//! A pooled connection's writes held to the end of its I/O thread's busy turn, as a TLS
-//! stream's are (`tls::flush`): on a plain connection hyper's write goes to the socket
-//! at once, so a saturated thread woke a sleeping pod once per request; held, a turn's
-//! requests for one pod reach it together. The same rule decides as for the clients'
-//! answers: nothing is held on a lightly loaded thread (a turn shorter than its hold
-//! threshold, or the turn's first flush), and nothing past the turn's end.
+//! A pooled connection's writes held to the end of its I/O thread's busy turn, as a
+//! client's TLS stream's are (`tls::flush`): on a plain connection hyper's write goes to
+//! the socket at once, so a saturated thread woke a sleeping pod once per request; held,
+//! a turn's requests for one pod reach it together. The same rule decides as for the
+//! clients' answers: nothing is held on a lightly loaded thread (a turn shorter than its
+//! hold threshold, or the turn's first flush), and nothing past the turn's end, which
+//! comes as the thread runs dry, at a later flush that finds the turn old, or at the
+//! thread's next heartbeat (`flush::end_overdue_turn`).
 //!
-//! A backend TLS connection holds its writes already (it is a `TlsStream`); this wraps
-//! only plain ones.
+//! Only plain connections hold. A `--backend-tls` connection (tokio-rustls) passes
+//! through untouched: its writes, vectored, go out at once as before.
 
 use std::io;
 use std::pin::Pin;
@@ -20,11 +22,14 @@ use crate::data::tls::flush::{self, Held};
 /// head, or the first chunk of a body, fits; a big upload flows as the socket takes it.
 const HOLD_MAX: usize = 16 * 1024;
 
+/// The room a connection keeps for its writes between requests.
+const KEEP_ROOM: usize = 4 * 1024;
+
 /// `io` with its writes kept until they are flushed, and its flushes held for the
 /// turn's end on a thread that holds them.
 pub(super) struct HeldWrites<T> {
     io: T,
-    /// Whether this connection holds its writes (a TLS one holds them itself).
+    /// Whether this connection holds its writes (a plain one).
     hold: bool,
     out: Vec<u8>,
     held: Held,
@@ -50,6 +55,10 @@ impl<T: AsyncWrite + Unpin> HeldWrites<T> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.out.drain(..n);
+        }
+        // An idle pooled connection keeps no more than a request head's room.
+        if self.out.capacity() > KEEP_ROOM {
+            self.out = Vec::new();
         }
         self.held.sent();
         Poll::Ready(Ok(()))
@@ -86,6 +95,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         Poll::Ready(Ok(data.len()))
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.hold {
+            // Not vectored (see `is_write_vectored`): hyper flattens, and this is only
+            // the trait's fallback.
+            let first = bufs
+                .iter()
+                .find(|b| !b.is_empty())
+                .map_or(&[][..], |b| &**b);
+            return Pin::new(this).poll_write(cx, first);
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+    }
+
+    /// A held connection copies each write into what it keeps, so hyper had better
+    /// flatten its head and body into one buffer; one that does not hold is as vectored
+    /// as its socket.
+    fn is_write_vectored(&self) -> bool {
+        !self.hold && self.io.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         if !this.out.is_empty() && this.held.wait(cx) {
@@ -104,6 +138,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::future::Future;
     use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -163,10 +198,21 @@ mod tests {
             conn.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             conn.write_all(b"more").await.unwrap();
             nothing_arrived(&pod);
-            tokio::time::timeout(WAIT, conn.flush())
-                .await
-                .expect("flush in time")
-                .unwrap();
+            {
+                // The flush waits for the turn's end: nothing goes within the turn...
+                let mut flushing = std::pin::pin!(conn.flush());
+                std::future::poll_fn(|cx| {
+                    assert!(flushing.as_mut().poll(cx).is_pending(), "held");
+                    Poll::Ready(())
+                })
+                .await;
+                nothing_arrived(&pod);
+                // ...and all of it once the thread has run dry (its park hook).
+                tokio::time::timeout(WAIT, flushing)
+                    .await
+                    .expect("flush in time")
+                    .unwrap();
+            }
             assert_eq!(read_n(&mut pod, 22).await, b"GET / HTTP/1.1\r\n\r\nmore");
             // Past the bound: what is kept goes first, then the big write at once.
             conn.write_all(b"head").await.unwrap();
@@ -185,8 +231,8 @@ mod tests {
         });
     }
 
-    /// A connection that does not hold (TLS, which holds its own), or one on a thread
-    /// that does not, writes to its socket at once.
+    /// A connection that does not hold (TLS), or one on a thread that does not, writes
+    /// to its socket at once.
     #[tokio::test]
     async fn elsewhere_writes_go_at_once() {
         for hold in [false, true] {
