@@ -76,7 +76,7 @@ pub(super) fn reaching<'a>(
 /// Tells the target's breaker how it went, and counts what that changed.
 pub(super) fn settle_breaker<T>(
     how: &Dial<'_>,
-    permit: Permit,
+    permit: Permit<'_>,
     result: &Result<T, UpstreamError>,
     shared: &Shared,
 ) {

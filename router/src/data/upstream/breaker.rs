@@ -5,10 +5,14 @@
 //! closes the breaker if it succeeds and opens it again if not. The tenant is never
 //! moved to another pod: its state lives on this one.
 //!
-//! Keyed by address, so a pod restarted at a new address starts closed. Touched once per
-//! upgrade (never per frame), under one lock.
+//! Keyed by address, so a pod restarted at a new address starts closed. Asked once per
+//! upgrade or plain request (never per frame). Only an address with something to
+//! remember (a failure counted, a circuit open or half open) is kept, under one lock; while
+//! none is, as in a healthy fleet, a permit and its success are decided by one atomic
+//! read, so requests on both I/O threads never meet on that lock.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -72,7 +76,37 @@ pub(crate) struct Refused {
 #[derive(Default)]
 pub(crate) struct Breakers {
     config: BreakerConfig,
-    circuits: Mutex<HashMap<Box<str>, Circuit>>,
+    circuits: Mutex<Circuits>,
+    /// How many addresses `circuits` holds, written under its lock: read without it,
+    /// 0 says every circuit is closed with no failure counted.
+    tracked: AtomicUsize,
+}
+
+type Circuits = HashMap<Box<str>, Circuit>;
+
+/// The lock on the circuits; dropped, it publishes how many are kept.
+struct Locked<'a> {
+    circuits: MutexGuard<'a, Circuits>,
+    tracked: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = Circuits;
+    fn deref(&self) -> &Circuits {
+        &self.circuits
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut Circuits {
+        &mut self.circuits
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        self.tracked.store(self.circuits.len(), Ordering::Release);
+    }
 }
 
 impl Breakers {
@@ -80,17 +114,28 @@ impl Breakers {
         Arc::new(Self {
             config,
             circuits: Mutex::default(),
+            tracked: AtomicUsize::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Box<str>, Circuit>> {
-        // Each update is one insert; a panic elsewhere cannot leave it half done.
-        self.circuits.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> Locked<'_> {
+        Locked {
+            // Each update is one insert; a panic elsewhere cannot leave it half done.
+            circuits: self.circuits.lock().unwrap_or_else(|p| p.into_inner()),
+            tracked: &self.tracked,
+        }
     }
 
-    /// May an upgrade to `addr` go ahead? The permit says how it went.
-    pub(crate) fn admit(self: &Arc<Self>, addr: &str) -> Result<Permit, Refused> {
-        if self.config.failures == 0 {
+    /// Whether no address has anything to remember. A permit or a success decided on
+    /// this read without the lock is one ordered just before a concurrent failure's
+    /// count, as it could have been under the lock.
+    fn all_clear(&self) -> bool {
+        self.tracked.load(Ordering::Acquire) == 0
+    }
+
+    /// May an upgrade or request to `addr` go ahead? The permit says how it went.
+    pub(crate) fn admit<'a>(&'a self, addr: &'a str) -> Result<Permit<'a>, Refused> {
+        if self.config.failures == 0 || self.all_clear() {
             return Ok(self.permit(addr, false));
         }
         let now = Instant::now();
@@ -117,10 +162,10 @@ impl Breakers {
         Ok(self.permit(addr, probe))
     }
 
-    fn permit(self: &Arc<Self>, addr: &str, probe: bool) -> Permit {
+    fn permit<'a>(&'a self, addr: &'a str, probe: bool) -> Permit<'a> {
         Permit {
-            breakers: self.clone(),
-            addr: addr.into(),
+            breakers: self,
+            addr,
             probe,
             decided: false,
         }
@@ -149,6 +194,9 @@ impl Breakers {
     /// Records an outcome; returns `Some(true)` when this opened the breaker and
     /// `Some(false)` when it closed it.
     fn record(&self, addr: &str, ok: bool, probe: bool) -> Option<bool> {
+        if ok && self.all_clear() {
+            return None;
+        }
         let mut circuits = self.lock();
         if ok {
             let was_open = !matches!(circuits.remove(addr), None | Some(Circuit::Closed { .. }));
@@ -172,12 +220,12 @@ impl Breakers {
     }
 }
 
-/// One upgrade under a breaker. Say how it went with [`Permit::succeeded`] or
-/// [`Permit::failed`]; dropped undecided (the client left, the router is draining), it
-/// counts for nothing, and a probe hands its turn to the next upgrade.
-pub(crate) struct Permit {
-    breakers: Arc<Breakers>,
-    addr: Box<str>,
+/// One upgrade or request under a breaker. Say how it went with [`Permit::succeeded`]
+/// or [`Permit::failed`]; dropped undecided (the client left, the router is draining),
+/// it counts for nothing, and a probe hands its turn to the next upgrade.
+pub(crate) struct Permit<'a> {
+    breakers: &'a Breakers,
+    addr: &'a str,
     probe: bool,
     decided: bool,
 }
@@ -190,7 +238,7 @@ pub(crate) enum Transition {
     Closed,
 }
 
-impl Permit {
+impl Permit<'_> {
     pub(crate) fn succeeded(mut self) -> Transition {
         self.decide(true)
     }
@@ -204,7 +252,7 @@ impl Permit {
         if self.breakers.config.failures == 0 {
             return Transition::None;
         }
-        match self.breakers.record(&self.addr, ok, self.probe) {
+        match self.breakers.record(self.addr, ok, self.probe) {
             Some(true) => Transition::Opened,
             Some(false) => Transition::Closed,
             None => Transition::None,
@@ -212,11 +260,11 @@ impl Permit {
     }
 }
 
-impl Drop for Permit {
+impl Drop for Permit<'_> {
     fn drop(&mut self) {
         if self.probe && !self.decided {
             let mut circuits = self.breakers.lock();
-            if let Some(c @ Circuit::HalfOpen { probing: true }) = circuits.get_mut(&*self.addr) {
+            if let Some(c @ Circuit::HalfOpen { probing: true }) = circuits.get_mut(self.addr) {
                 *c = Circuit::HalfOpen { probing: false };
             }
         }
@@ -279,6 +327,31 @@ mod tests {
         drop(b.admit("a:1").unwrap());
         let next = b.admit("a:1").unwrap();
         assert_eq!(next.succeeded(), Transition::Closed);
+    }
+
+    #[test]
+    fn only_an_address_with_something_to_remember_is_kept() {
+        let b = breakers(Duration::from_secs(60));
+        // Healthy: nothing kept, so admits and successes skip the lock.
+        assert_eq!(b.admit("a:1").unwrap().succeeded(), Transition::None);
+        assert!(b.all_clear());
+        // A permit taken while all was clear still counts its failure.
+        let early = b.admit("a:1").unwrap();
+        b.admit("a:1").unwrap().failed();
+        assert!(!b.all_clear());
+        early.failed();
+        assert_eq!(b.admit("a:1").unwrap().failed(), Transition::Opened);
+        // Another address's success leaves the open one open, and keeps nothing of its own.
+        assert_eq!(b.admit("b:1").unwrap().succeeded(), Transition::None);
+        assert!(b.admit("a:1").is_err());
+        assert_eq!(b.lock().len(), 1);
+        // A success after the cool-down forgets the address again.
+        let b = breakers(Duration::ZERO);
+        for _ in 0..3 {
+            b.admit("a:1").unwrap().failed();
+        }
+        assert_eq!(b.admit("a:1").unwrap().succeeded(), Transition::Closed);
+        assert!(b.all_clear());
     }
 
     #[test]

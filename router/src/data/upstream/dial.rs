@@ -2,7 +2,6 @@
 //! while a restarting pod refuses it, all within the backend timeout, and under the
 //! backend's circuit breaker, which hears how it went.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -61,8 +60,11 @@ pub(crate) struct Dial<'a> {
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// May an upgrade to `target` go ahead? Refused while its breaker is open.
-pub(crate) fn admit(breakers: &Arc<Breakers>, target: Target<'_>) -> Result<Permit, UpstreamError> {
+/// May an upgrade or request to `target` go ahead? Refused while its breaker is open.
+pub(crate) fn admit<'a>(
+    breakers: &'a Breakers,
+    target: Target<'a>,
+) -> Result<Permit<'a>, UpstreamError> {
     breakers
         .admit(target.addr)
         .map_err(|r| target.circuit_open(r.retry_after_secs))
@@ -163,7 +165,7 @@ impl Dial<'_> {
     /// anything else says nothing (the permit goes undecided).
     pub(crate) fn settle<T>(
         &self,
-        permit: Permit,
+        permit: Permit<'_>,
         result: &Result<T, UpstreamError>,
         cooldown: Duration,
     ) -> Transition {
