@@ -384,16 +384,24 @@ async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Resul
         .send(get(&format!("/ws/{staying}/sse")))
         .await?
         .into_body();
+    // The same over HTTP/1.1, whose requests hear the move from their connection's task.
+    let mut client_h1 = Client::connect(&h, &cert, false).await?;
+    let mut moved_h1 = client_h1
+        .send(get(&format!("/ws/{moving}/sse")))
+        .await?
+        .into_body();
     within(WAIT, "first events", async {
         moved.frame().await;
         kept.frame().await;
+        moved_h1.frame().await;
     })
     .await?;
     // A long poll of the moving tenant, held by its pod (no answer head yet).
     let mut poller = Client::connect(&h, &cert, false).await?;
     let poll_path = format!("/ws/{moving}/slow?ms=30000");
     let poll = tokio::spawn(async move { poller.get(&poll_path).await });
-    within(WAIT, "the poll at its pod", pods[1].wait_for(2)).await?;
+    // (Its pod has seen both event streams' requests, then the poll's.)
+    within(WAIT, "the poll at its pod", pods[1].wait_for(3)).await?;
     let swap = Input::Overrides {
         source: TableSource::File {
             path: "test".into(),
@@ -405,25 +413,27 @@ async fn a_swap_never_cuts_a_request_and_a_move_ends_its_event_stream() -> Resul
         .await?;
     // The moved tenant's stream ends cleanly at an event boundary (no error, no
     // partial event), so its EventSource reconnects, to its new pod.
-    let mut events = 0;
-    let ended = within(WAIT, "the moved stream's end", async {
-        loop {
-            match moved.frame().await {
-                None => return Ok::<_, anyhow::Error>(events),
-                Some(Ok(f)) => {
-                    // (HTTP/2 ends the stream with an empty DATA frame.)
-                    let data = f.into_data().unwrap_or_default();
-                    if !data.is_empty() {
-                        ensure!(data.ends_with(b"\n\n"), "a partial event: {data:?}");
-                        events += 1;
+    for stream in [&mut moved, &mut moved_h1] {
+        let mut events = 0;
+        let ended = within(WAIT, "the moved stream's end", async {
+            loop {
+                match stream.frame().await {
+                    None => return Ok::<_, anyhow::Error>(events),
+                    Some(Ok(f)) => {
+                        // (HTTP/2 ends the stream with an empty DATA frame.)
+                        let data = f.into_data().unwrap_or_default();
+                        if !data.is_empty() {
+                            ensure!(data.ends_with(b"\n\n"), "a partial event: {data:?}");
+                            events += 1;
+                        }
                     }
+                    Some(Err(e)) => anyhow::bail!("ended with an error: {e}"),
                 }
-                Some(Err(e)) => anyhow::bail!("ended with an error: {e}"),
             }
-        }
-    })
-    .await??;
-    assert!(ended > 0, "the stream ended before the grace period");
+        })
+        .await??;
+        assert!(ended > 0, "the stream ended before the grace period");
+    }
     // The held poll is told to come back: to its new pod, it now routes there.
     let (status, body) = within(WAIT, "the held poll's answer", poll).await???;
     assert_eq!(

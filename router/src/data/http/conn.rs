@@ -2,7 +2,7 @@
 //! standing between its requests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -64,6 +64,11 @@ pub(crate) struct KeepAlive {
     grace_over: AtomicBool,
     /// Wakes the connection's task when it is to close.
     pub changed: Notify,
+    /// The drain's events (table swaps, the drain's stages) this connection has heard,
+    /// as their epoch: its task waits on them once for all its requests, and a
+    /// forwarded request looks at its pod's turn only once one came while it ran (see
+    /// `live::request_ended`), sparing every other request the drain's shared lock.
+    heard: AtomicU64,
 }
 
 impl ConnCtx {
@@ -84,6 +89,7 @@ impl ConnCtx {
             idle: AtomicBool::new(false),
             grace_over: AtomicBool::new(false),
             changed: Notify::new(),
+            heard: AtomicU64::new(shared.drains.epoch()),
         };
         Arc::new(Self {
             shared: shared.clone(),
@@ -196,6 +202,22 @@ impl ConnCtx {
     pub(crate) fn end_grace(&self) {
         if let Some(k) = &self.keepalive {
             k.grace_over.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The drain's events this connection has heard (0 for an HTTP/2 one, which does
+    /// not listen).
+    pub(crate) fn events_heard(&self) -> u64 {
+        self.keepalive
+            .as_ref()
+            .map_or(0, |k| k.heard.load(Ordering::Relaxed))
+    }
+
+    /// The connection's task heard the drain's events up to `epoch`: its requests are
+    /// polled next, and look.
+    pub(crate) fn heard_events(&self, epoch: u64) {
+        if let Some(k) = &self.keepalive {
+            k.heard.store(epoch, Ordering::Relaxed);
         }
     }
 

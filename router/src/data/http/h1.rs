@@ -71,6 +71,7 @@ pub(crate) async fn serve<I>(
         // wakes the task.
         let signal = Gated::new(Box::pin(next_signal(
             &shared,
+            &ctx,
             keepalive,
             evicted.as_mut(),
             draining,
@@ -81,6 +82,7 @@ pub(crate) async fn serve<I>(
             () = std::future::poll_fn(|cx| readmit.poll(cx, &ctx)) => ctx.readmit(),
             signal = signal => match signal {
                 Signal::Changed => {}
+                Signal::DrainEvent(epoch) => ctx.heard_events(epoch),
                 Signal::Evicted => {
                     tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
                     return;
@@ -148,6 +150,9 @@ impl Readmit {
 enum Signal {
     /// Its keep-alive standing changed (it is to close once idle).
     Changed,
+    /// The drain had news (a table swap, a stage of the drain), up to this epoch: a
+    /// request in flight looks whether its answer is to end.
+    DrainEvent(u64),
     /// The pending pool took its place while it waited for a request head.
     Evicted,
     /// The drain began: answers under way are finished, then the connection closes;
@@ -159,6 +164,7 @@ enum Signal {
 
 async fn next_signal(
     shared: &Shared,
+    ctx: &ConnCtx,
     keepalive: &KeepAlive,
     evicted: Pin<&mut WaitForCancellationFutureOwned>,
     draining: bool,
@@ -166,6 +172,7 @@ async fn next_signal(
     let life = &shared.lifecycle;
     tokio::select! {
         () = keepalive.changed.notified() => Signal::Changed,
+        epoch = shared.drains.next_event(ctx.events_heard()) => Signal::DrainEvent(epoch),
         // Only while it waits for a request head: the pool may take its place.
         () = evicted => Signal::Evicted,
         () = life.stop_accepting.cancelled(), if !draining => Signal::Draining,

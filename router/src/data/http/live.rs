@@ -259,9 +259,12 @@ where
 /// As [`ended`], for a request forwarded on `ctx`'s connection; its answer is not spread
 /// by the shutdown (it ends with the grace, between two chunks). An HTTP/1.1
 /// connection's requests run in its own task, which already watches the drain (see
-/// `h1::serve`) and polls them once more when the grace ends: they read its flag as
-/// well. Either way the stop is gated, as a relay's is: an answer polls it at every
-/// frame, and an ungated poll takes the lock of the drain's waiters.
+/// `h1::serve`), once for all of them, and polls them once more when the grace ends or
+/// the drain has news: a request reads the connection's flag and count, and waits on
+/// its pod's turn (as a socket does) only once news came while it ran. A table swap
+/// before that was the table it was routed by. An HTTP/2 stream's request waits on its
+/// turn from the start, gated as a relay's is: an answer polls it at every frame, and
+/// an ungated poll takes the lock of the drain's waiters.
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,
@@ -270,24 +273,52 @@ pub(super) fn request_ended<T: Send + 'static>(
     if ctx.keepalive.is_none() {
         return Box::pin(Gated::new(ended(&ctx.shared, routed, false, as_t)));
     }
-    let conn = ctx.clone();
-    let grace_over = std::future::poll_fn(move |_| {
-        if conn.grace_over() {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    });
-    // The flag is read ungated (the connection's task polls the request when it sets
-    // it); only the turn is gated.
-    let (drains, tenant, pod) = turn_of(&ctx.shared, routed);
-    let turn = Gated::new(Box::pin(drains.turn(tenant, pod, false)));
-    Box::pin(async move {
-        tokio::select! {
-            () = grace_over => as_t(DrainReason::Shutdown),
-            why = turn => as_t(why),
-        }
+    let (_, tenant, pod) = turn_of(&ctx.shared, routed);
+    Box::pin(Hearing {
+        heard: ctx.events_heard(),
+        conn: ctx.clone(),
+        tenant,
+        pod,
+        turn: None,
+        as_t,
     })
+}
+
+/// An HTTP/1.1 request's end on the router's initiative: the grace's end, or its pod's
+/// turn once the connection heard the drain's news (see [`request_ended`]).
+struct Hearing<T> {
+    conn: Arc<ConnCtx>,
+    /// The connection's count of the drain's news as the request began.
+    heard: u64,
+    /// What the turn needs, kept until it is taken (see [`turn_of`]).
+    tenant: Box<str>,
+    pod: Pod,
+    turn: Option<Gated<Pin<Box<dyn Future<Output = DrainReason> + Send>>>>,
+    as_t: fn(DrainReason) -> T,
+}
+
+impl<T> Future for Hearing<T> {
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        let this = self.get_mut();
+        if this.conn.grace_over() {
+            return std::task::Poll::Ready((this.as_t)(DrainReason::Shutdown));
+        }
+        if this.turn.is_none() {
+            if this.conn.events_heard() == this.heard {
+                return std::task::Poll::Pending;
+            }
+            let drains = this.conn.shared.drains.clone();
+            let tenant = std::mem::take(&mut this.tenant);
+            this.turn = Some(Gated::new(Box::pin(drains.turn(tenant, this.pod, false))));
+        }
+        let turn = this.turn.as_mut().map(|t| t.poll_gated(cx));
+        match turn {
+            Some(std::task::Poll::Ready(why)) => std::task::Poll::Ready((this.as_t)(why)),
+            _ => std::task::Poll::Pending,
+        }
+    }
 }
 
 /// What the drain scheduler's turn for `routed`'s socket or answer needs. The tenant's

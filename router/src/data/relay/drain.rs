@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -99,6 +99,10 @@ pub(crate) struct Drains {
     /// Wakes every waiting socket to look again: a table swap, the spread's start, the
     /// hard end, the control loop's end.
     events: Notify,
+    /// How many times `events` has fired, raised just before each: what an HTTP/1.1
+    /// connection's one wait compares after it registers, so an event between two of
+    /// its waits is not missed (see [`Drains::next_event`]).
+    epoch: AtomicU64,
     /// The drain's spread began (the listener has closed).
     spreading: AtomicBool,
     /// The drain's hard end (its grace over, or a second signal): every socket ends now.
@@ -144,6 +148,7 @@ impl Drains {
             reroute,
             table,
             events: Notify::new(),
+            epoch: AtomicU64::new(0),
             spreading: AtomicBool::new(false),
             hard_end: AtomicBool::new(false),
             api_gone: AtomicBool::new(false),
@@ -170,12 +175,37 @@ impl Drains {
                 }
                 () = hard_end.cancelled() => {
                     self.hard_end.store(true, Ordering::Release);
-                    self.events.notify_waiters();
+                    self.notify();
                     return;
                 }
             }
-            self.events.notify_waiters();
+            self.notify();
         }
+    }
+
+    /// Wakes every waiter on `events`, its epoch raised first.
+    fn notify(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.events.notify_waiters();
+    }
+
+    /// The epoch of the events so far, for [`Drains::next_event`].
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Resolves with the new epoch once an event comes after `seen`: at once if one
+    /// came since (checked after registering, so none is lost in between).
+    pub(crate) async fn next_event(&self, seen: u64) -> u64 {
+        let event = self.events.notified();
+        tokio::pin!(event);
+        event.as_mut().enable();
+        let now = self.epoch();
+        if now != seen {
+            return now;
+        }
+        event.await;
+        self.epoch()
     }
 
     /// Whether a tenant's move closes its sockets (`--reroute-drain`): only then does
@@ -188,7 +218,7 @@ impl Drains {
     /// at its own moment within the grace from now. Called once the listener has closed.
     pub(crate) fn begin_shutdown(&self) {
         self.spreading.store(true, Ordering::Release);
-        self.events.notify_waiters();
+        self.notify();
     }
 
     /// What the current table means for a socket of `tenant` on `pod`. No table (not
