@@ -19,6 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::data::http::error::ProxyError;
+use crate::data::http::forward::InFlight;
 use crate::data::upstream::pool::pooled::PooledBody;
 use crate::data::upstream::pool::BoxError;
 
@@ -138,6 +139,32 @@ impl BodyOutcome {
                 idle: idle.unwrap_or_default(),
             }),
             _ => None,
+        }
+    }
+}
+
+/// What the forward step keeps of the client's body: the body's outcome, shared with it
+/// while it streams. A body that had ended before the request was forwarded (a GET's)
+/// shares nothing: it goes to the pod as an empty one, and its outcome is the step's.
+pub(crate) enum Outcome {
+    Ended(BodyOutcome),
+    Streaming(Arc<BodyOutcome>),
+}
+
+impl Outcome {
+    /// The outcome of a body already ended at `since`.
+    pub(crate) fn ended(since: Instant) -> Self {
+        Self::Ended(BodyOutcome::new(true, since))
+    }
+}
+
+impl std::ops::Deref for Outcome {
+    type Target = BodyOutcome;
+
+    fn deref(&self) -> &BodyOutcome {
+        match self {
+            Self::Ended(o) => o,
+            Self::Streaming(o) => o,
         }
     }
 }
@@ -320,7 +347,7 @@ pub(crate) struct ForwardBody {
     moved: bool,
     /// `None` once it has ended the answer.
     stop: Option<Stop>,
-    _held: Box<dyn Send>,
+    _held: InFlight,
 }
 
 impl ForwardBody {
@@ -328,7 +355,7 @@ impl ForwardBody {
         inner: PooledBody,
         idle: Option<Duration>,
         stop: Stop,
-        held: Box<dyn Send>,
+        held: InFlight,
         answered: Instant,
     ) -> Self {
         Self {

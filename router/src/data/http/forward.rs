@@ -21,7 +21,9 @@ use tokio::time::Instant;
 use crate::data::admission::forwarded::{underscore_header, Client};
 use crate::data::http::admit::{self, Admitted};
 use crate::data::http::answer::{self, route_headers, Refused};
-use crate::data::http::body::{BodyOutcome, ClientBody, Ended, ForwardBody, ProxyBody, Stop};
+use crate::data::http::body::{
+    BodyOutcome, ClientBody, Ended, ForwardBody, Outcome, ProxyBody, Stop,
+};
 use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::dial::{reaching, settle_breaker};
@@ -97,7 +99,7 @@ async fn forward_request<B: ClientBodyIn>(
     if request::content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, shared);
+    let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, ctx);
     let (backend_req, outcome) =
         backend_request(req, &in_flight.admitted.client, shared, &routed, started);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
@@ -124,7 +126,7 @@ fn backend_request<B: ClientBodyIn>(
     shared: &Shared,
     routed: &Routed,
     started: Instant,
-) -> (Request<ReqBody>, Arc<BodyOutcome>) {
+) -> (Request<ReqBody>, Outcome) {
     let (mut parts, body) = req.into_parts();
     let http = &shared.limits.http;
     let trailers = header_has_token(&parts.headers, header::TE, "trailers");
@@ -147,8 +149,16 @@ fn backend_request<B: ClientBodyIn>(
         .path_and_query()
         .map_or_else(|| http::Uri::from_static("/"), |pq| pq.clone().into());
     parts.version = Version::HTTP_11;
-    let (body, outcome) = ClientBody::new(body, http.max_request_body, http.timers.idle, started);
-    (Request::from_parts(parts, body.boxed_unsync()), outcome)
+    let (body, outcome) = if body.is_end_stream() {
+        // Nothing to stream, time or bound: an empty body, boxed without an allocation.
+        let empty = http_body_util::Empty::new().map_err(|never| match never {});
+        (empty.boxed_unsync(), Outcome::ended(started))
+    } else {
+        let (body, outcome) =
+            ClientBody::new(body, http.max_request_body, http.timers.idle, started);
+        (body.boxed_unsync(), Outcome::Streaming(outcome))
+    };
+    (Request::from_parts(parts, body), outcome)
 }
 
 /// Appends this hop to `Via` (RFC 9110 §7.6.3): the protocol it came in by, and the
@@ -324,33 +334,41 @@ async fn resolve(
 }
 
 /// What a forwarded request holds from its admission until its answer has been sent:
-/// its places, and its count among the requests in flight.
-struct InFlight {
+/// its places, its count among the requests in flight, and once its answer streams, its
+/// HTTP/1.1 connection's wait for it. The answer's body holds it (no box: one type).
+pub(crate) struct InFlight {
     admitted: Admitted,
-    active: prometheus_client::metrics::gauge::Gauge,
+    /// The gauge is reached through the connection: a handle of its own would be one
+    /// more count, shared by every thread, written twice per request.
+    ctx: Arc<ConnCtx>,
+    /// Its answer is being sent: once that is done or abandoned, the connection may wait
+    /// for its next request as a pending one.
+    answering: bool,
 }
 
 impl InFlight {
-    fn new(admitted: Admitted, shared: &Shared) -> Self {
-        let active = shared.metrics.http.active.clone();
-        active.inc();
-        Self { admitted, active }
+    fn new(admitted: Admitted, ctx: &Arc<ConnCtx>) -> Self {
+        ctx.shared.metrics.http.active.inc();
+        Self {
+            admitted,
+            ctx: ctx.clone(),
+            answering: false,
+        }
+    }
+
+    /// Its answer is on its way.
+    fn answering(mut self) -> Self {
+        self.answering = true;
+        self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.active.dec();
-    }
-}
-
-/// Tells an HTTP/1.1 connection its forwarded request is done (its answer sent or
-/// abandoned), so it may wait for the next as a pending one.
-struct RequestDone(Arc<ConnCtx>);
-
-impl Drop for RequestDone {
-    fn drop(&mut self) {
-        self.0.request_done();
+        self.ctx.shared.metrics.http.active.dec();
+        if self.answering {
+            self.ctx.request_done();
+        }
     }
 }
 
@@ -387,8 +405,7 @@ fn client_response(
     let idle = timers
         .idle
         .filter(|_| !event_stream || timers.event_streams_idle);
-    let held = (in_flight, RequestDone(ctx.clone()));
-    let body = ForwardBody::new(body, idle, stop, Box::new(held), answered);
+    let body = ForwardBody::new(body, idle, stop, in_flight.answering(), answered);
     Response::from_parts(parts, ProxyBody::Forwarded(body))
 }
 

@@ -274,6 +274,8 @@ async fn story<B: ClientBodyIn>(
             if expires.is_some_and(|exp| exp <= jsonwebtoken::get_current_timestamp()) {
                 return Err(ProxyError::Unauthorized(Denied::Expired));
             }
+            // The socket keeps its host for its life: not as a slice of the read buffer.
+            let host = request::detached(&host);
             let mut routed = decide::decide(tenant, req.headers(), host, h2, shared)?;
             *routed_to = Some(routed.set);
             routed.expires = expires;
