@@ -15,7 +15,7 @@ use crate::data::shared::Shared;
 use crate::state::thread_load::Seat;
 
 /// How long an HTTP/1.1 connection waits for its next request before it counts as
-/// pending again. A client that sends its next request sooner (most keep-alive clients:
+/// pending again (up to twice this: its timer is set lazily, see `h1::Readmit`). A client that sends its next request sooner (most keep-alive clients:
 /// browsers, long polls, API clients) never takes the trip out of the shared pending pool
 /// and back, two of its locks per request; one that idles is counted (and may be
 /// evicted, or closed if its source holds its share) a moment later.
@@ -156,6 +156,13 @@ impl ConnCtx {
             return;
         }
         k.idle.store(true, Ordering::Relaxed);
+    }
+
+    /// Requests read on an HTTP/1.1 connection so far (0 on an HTTP/2 one).
+    pub(crate) fn requests_read(&self) -> u32 {
+        self.keepalive
+            .as_ref()
+            .map_or(0, |k| k.requests.load(Ordering::Relaxed))
     }
 
     /// Whether the connection waits for its next request and is not yet pending again.

@@ -1,8 +1,8 @@
 //! One HTTP/1.1 client connection, start to end: hyper serves its requests one after
 //! another; a WebSocket upgrade hands the socket to the relay, plain requests keep the
 //! connection alive. Between requests the connection is pending (in the pending pool,
-//! under eviction) once it has waited `READMIT_AFTER` (a client that asks again sooner
-//! is spared the pool's locks), and waits for its next request head at most `--request-timeout`
+//! under eviction) once it has waited `READMIT_AFTER` or up to twice that (a client that
+//! asks again sooner is spared the pool's locks), and waits for its next request head at most `--request-timeout`
 //! (hyper's header read timeout, armed as soon as it is idle); while a request is in
 //! flight its own timeouts apply. A client that stops reading an answer for the stall
 //! time loses the connection (`WriteStall`), whatever the answer.
@@ -111,38 +111,51 @@ fn log_error(r: Result<(), hyper::Error>, peer: SocketAddr) {
 }
 
 /// The connection's wait, once idle, before it is pending again (see `READMIT_AFTER`):
-/// one timer for the connection's life, armed when it goes idle.
+/// one timer for the connection's life, set lazily. A busy connection goes idle after
+/// every answer; setting the timer each time read the clock and moved it in the timer
+/// wheel once per request. Instead it is set at the first idle spell, and when it fires
+/// the connection is readmitted if no request came since it was set, else it is set
+/// again from then if the connection is idle. So a connection is pending again after
+/// `READMIT_AFTER` to twice that of quiet, and a busy one touches the timer about once
+/// per `READMIT_AFTER`, not per request.
 struct Readmit {
     sleep: Pin<Box<tokio::time::Sleep>>,
-    /// Set for the current idle spell.
-    armed: bool,
+    /// The connection's count of requests read when the timer was set, while it runs.
+    armed: Option<u32>,
 }
 
 impl Readmit {
     fn new() -> Self {
         Self {
             sleep: Box::pin(tokio::time::sleep(READMIT_AFTER)),
-            armed: false,
+            armed: None,
         }
     }
 
     /// Ready once the connection has been idle (its last answer out, no request since)
-    /// for `READMIT_AFTER`. Costs an atomic load while it is busy, and a timer reset per
-    /// idle spell.
+    /// for `READMIT_AFTER` to twice that. Costs an atomic load while it is busy.
     fn poll(&mut self, cx: &mut Context<'_>, ctx: &ConnCtx) -> Poll<()> {
+        // Busy: the timer, if set, wakes the task when it fires, and is looked at once
+        // the connection is idle again.
         if !ctx.idle_unadmitted() {
-            self.armed = false;
             return Poll::Pending;
         }
-        if !self.armed {
-            self.armed = true;
-            self.sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + READMIT_AFTER);
+        let requests = ctx.requests_read();
+        if let Some(seen) = self.armed {
+            std::task::ready!(self.sleep.as_mut().poll(cx));
+            if seen == requests {
+                self.armed = None;
+                return Poll::Ready(());
+            }
         }
-        std::task::ready!(self.sleep.as_mut().poll(cx));
-        self.armed = false;
-        Poll::Ready(())
+        // Idle, and not yet timed from a quiet start: from now.
+        self.armed = Some(requests);
+        self.sleep
+            .as_mut()
+            .reset(tokio::time::Instant::now() + READMIT_AFTER);
+        // Registers the task's waker (the deadline is ahead: pending).
+        let _ = self.sleep.as_mut().poll(cx);
+        Poll::Pending
     }
 }
 
