@@ -97,7 +97,8 @@ pub(crate) struct Drains {
     reroute: Option<RerouteConfig>,
     table: Arc<ArcSwapOption<RoutingTable>>,
     /// Wakes every waiting socket to look again: a table swap, the spread's start, the
-    /// hard end, the control loop's end.
+    /// hard end, the control loop's end. Every HTTP/1.1 connection waits on it too, once
+    /// for all its requests (see `h1::serve`): a swap wakes each, as it does each socket.
     events: Notify,
     /// How many times `events` has fired, raised just before each: what an HTTP/1.1
     /// connection's one wait compares after it registers, so an event between two of
