@@ -15,10 +15,11 @@ use crate::data::shared::Shared;
 use crate::state::thread_load::Seat;
 
 /// How long an HTTP/1.1 connection waits for its next request before it counts as
-/// pending again (up to twice this: its timer is set lazily, see `h1::Readmit`). A client that sends its next request sooner (most keep-alive clients:
-/// browsers, long polls, API clients) never takes the trip out of the shared pending pool
-/// and back, two of its locks per request; one that idles is counted (and may be
-/// evicted, or closed if its source holds its share) a moment later.
+/// pending again (up to twice this: its timer is set lazily, see `h1::Readmit`). A
+/// client that sends its next request sooner (most keep-alive clients: browsers, long
+/// polls, API clients) never takes the trip out of the shared pending pool and back, two
+/// of its locks per request; one that idles is counted (and may be evicted, or closed if
+/// its source holds its share) a moment later.
 pub(crate) const READMIT_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Per client connection.
@@ -43,9 +44,10 @@ pub(crate) struct ConnCtx {
 }
 
 /// An HTTP/1.1 connection between requests: pending again (its place re-admitted) once
-/// it has waited [`READMIT_AFTER`] after its last answer, closed if its source has no
-/// room. How long it may wait for its next request head is hyper's header read timeout
-/// (`--request-timeout`), which hyper arms as soon as the connection is idle.
+/// it has waited [`READMIT_AFTER`] (up to twice that) after its last answer, closed if
+/// its source has no room. How long it may wait for its next request head is hyper's
+/// header read timeout (`--request-timeout`), which hyper arms as soon as the connection
+/// is idle.
 pub(crate) struct KeepAlive {
     /// Requests read on this connection.
     requests: AtomicU32,
@@ -57,7 +59,8 @@ pub(crate) struct KeepAlive {
     /// Its source holds its share of the pending pool: close once idle.
     closing: AtomicBool,
     /// Its last answer is out and it waits for its next request, not yet back in the
-    /// pending pool: it goes back once it has waited [`READMIT_AFTER`] (`h1::serve`).
+    /// pending pool: it goes back once it has waited [`READMIT_AFTER`] or up to twice
+    /// that (`h1::serve`).
     idle: AtomicBool,
     /// The drain's grace period is over, as the connection's task saw it: its
     /// requests, which run in that task, end on the next poll (see `live::request_ended`).
@@ -146,8 +149,8 @@ impl ConnCtx {
     }
 
     /// A request's answer is out (or abandoned). With none left in flight, an HTTP/1.1
-    /// connection waits for its next request, and after [`READMIT_AFTER`] as a pending
-    /// one (see [`ConnCtx::readmit`]).
+    /// connection waits for its next request, and after [`READMIT_AFTER`] (up to twice
+    /// that) as a pending one (see [`ConnCtx::readmit`]).
     pub(crate) fn request_done(&self) {
         let Some(k) = &self.keepalive else { return };
         // A connection whose last answer closes it (a refusal, its last allowed request, an
@@ -172,8 +175,9 @@ impl ConnCtx {
             .is_some_and(|k| k.idle.load(Ordering::Relaxed))
     }
 
-    /// The connection has waited [`READMIT_AFTER`] for its next request: it is pending
-    /// again, admitted under its source's share, or closed if the source holds it.
+    /// The connection has waited [`READMIT_AFTER`] (or up to twice that) for its next
+    /// request: it is pending again, admitted under its source's share, or closed if the
+    /// source holds it.
     pub(crate) fn readmit(&self) {
         let Some(k) = &self.keepalive else { return };
         if !k.idle.swap(false, Ordering::Relaxed) || k.closing.load(Ordering::Relaxed) {

@@ -19,6 +19,7 @@ use hyper::body::Body;
 use tokio::time::Instant;
 
 use crate::data::admission::forwarded::{underscore_header, Client};
+use crate::data::admission::pools::{LiveSlot, StreamGuard};
 use crate::data::http::admit::{self, Admitted};
 use crate::data::http::answer::{self, route_headers, Refused};
 use crate::data::http::body::{
@@ -37,6 +38,7 @@ use crate::data::upstream::error::{Target, UpstreamError};
 use crate::data::upstream::headers::{header_has_token, strip_hop_by_hop};
 use crate::data::upstream::pool::pooled::{Pooled, PooledBody};
 use crate::data::upstream::pool::{BoxError, PoolError, ReqBody};
+use crate::state::tenants::LiveGuard;
 
 /// What a client's request body may be: hyper's (HTTP/1.1) or an HTTP/2 stream's.
 pub(crate) trait ClientBodyIn:
@@ -99,9 +101,15 @@ async fn forward_request<B: ClientBodyIn>(
     if request::content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let in_flight = InFlight::new(admit::admit_request(&req, ctx, &routed)?, ctx);
-    let (backend_req, outcome) =
-        backend_request(req, &in_flight.admitted.client, shared, &routed, started);
+    let Admitted {
+        client,
+        live,
+        tenant_slot,
+        stream,
+    } = admit::admit_request(&req, ctx, &routed)?;
+    // The client is the request's to forward; the places are its answer's to hold.
+    let in_flight = InFlight::new(live, tenant_slot, stream, ctx);
+    let (backend_req, outcome) = backend_request(req, &client, shared, &routed, started);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
     // is told to come back (to its new pod), as one whose answer streams is.
     let mut stop = live::request_ended(ctx, &routed, Ended::drained);
@@ -335,9 +343,13 @@ async fn resolve(
 
 /// What a forwarded request holds from its admission until its answer has been sent:
 /// its places, its count among the requests in flight, and once its answer streams, its
-/// HTTP/1.1 connection's wait for it. The answer's body holds it (no box: one type).
+/// HTTP/1.1 connection's wait for it. The answer's body holds it (no box: one type). Not
+/// the client it was admitted as: that may hold slices of the connection's read buffer
+/// (forwarding headers from a trusted proxy), which an event stream would keep for hours.
 pub(crate) struct InFlight {
-    admitted: Admitted,
+    _live: LiveSlot,
+    _tenant: LiveGuard,
+    _stream: Option<StreamGuard>,
     /// The gauge is reached through the connection: a handle of its own would be one
     /// more count, shared by every thread, written twice per request.
     ctx: Arc<ConnCtx>,
@@ -347,10 +359,17 @@ pub(crate) struct InFlight {
 }
 
 impl InFlight {
-    fn new(admitted: Admitted, ctx: &Arc<ConnCtx>) -> Self {
+    fn new(
+        live: LiveSlot,
+        tenant: LiveGuard,
+        stream: Option<StreamGuard>,
+        ctx: &Arc<ConnCtx>,
+    ) -> Self {
         ctx.shared.metrics.http.active.inc();
         Self {
-            admitted,
+            _live: live,
+            _tenant: tenant,
+            _stream: stream,
             ctx: ctx.clone(),
             answering: false,
         }

@@ -5,7 +5,9 @@
 //! closes the breaker if it succeeds and opens it again if not. The tenant is never
 //! moved to another pod: its state lives on this one.
 //!
-//! Keyed by address, so a pod restarted at a new address starts closed. Asked once per
+//! Keyed by address, so a pod restarted at a new address starts closed; the addresses a
+//! table no longer routes to are forgotten every few seconds (`edge::listen`'s upkeep).
+//! Asked once per
 //! upgrade or plain request (never per frame). Only an address with something to
 //! remember (a failure counted, a circuit open or half open) is kept, under one lock; while
 //! none is, as in a healthy fleet, a permit and its success are decided by one atomic
@@ -129,7 +131,7 @@ impl Breakers {
     /// Whether no address has anything to remember. A permit or a success decided on
     /// this read without the lock is one ordered just before a concurrent failure's
     /// count, as it could have been under the lock.
-    fn all_clear(&self) -> bool {
+    pub(crate) fn all_clear(&self) -> bool {
         self.tracked.load(Ordering::Acquire) == 0
     }
 
@@ -173,6 +175,13 @@ impl Breakers {
 
     pub(crate) fn cooldown(&self) -> Duration {
         self.config.cooldown
+    }
+
+    /// Forgets every address `keep` refuses (the pods no longer routed to), so one that
+    /// failed and left for good (a pod replaced at another address) does not keep every
+    /// later request on the lock. Worth calling only when not [`Breakers::all_clear`].
+    pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
+        self.lock().retain(|addr, _| keep(addr));
     }
 
     /// How the breaker for `addr` stands now.
@@ -352,6 +361,20 @@ mod tests {
         }
         assert_eq!(b.admit("a:1").unwrap().succeeded(), Transition::Closed);
         assert!(b.all_clear());
+    }
+
+    #[test]
+    fn an_address_no_longer_routed_to_is_forgotten() {
+        let b = breakers(Duration::from_secs(60));
+        for _ in 0..3 {
+            b.admit("gone:1").unwrap().failed();
+        }
+        b.admit("kept:1").unwrap().failed();
+        b.retain(|addr| addr != "gone:1");
+        assert_eq!(b.lock().len(), 1);
+        assert_eq!(b.state("gone:1"), BreakerState::Closed);
+        b.admit("kept:1").unwrap().succeeded();
+        assert!(b.all_clear(), "the lock is skipped again");
     }
 
     #[test]
