@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
 use crate::data::http::error::ProxyError;
-use crate::data::http::forward::InFlight;
+use crate::data::http::in_flight::InFlight;
 use crate::data::upstream::pool::pooled::PooledBody;
 use crate::data::upstream::pool::BoxError;
 

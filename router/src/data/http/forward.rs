@@ -19,7 +19,6 @@ use hyper::body::Body;
 use tokio::time::Instant;
 
 use crate::data::admission::forwarded::{underscore_header, Client};
-use crate::data::admission::pools::{LiveSlot, StreamGuard};
 use crate::data::http::admit::{self, Admitted};
 use crate::data::http::answer::{self, route_headers, Refused};
 use crate::data::http::body::{
@@ -29,6 +28,7 @@ use crate::data::http::conn::ConnCtx;
 use crate::data::http::decide::Routed;
 use crate::data::http::dial::{reaching, settle_breaker};
 use crate::data::http::error::ProxyError;
+use crate::data::http::in_flight::InFlight;
 use crate::data::http::live;
 use crate::data::http::request;
 use crate::data::shared::set_metrics::Kind;
@@ -38,7 +38,6 @@ use crate::data::upstream::error::{Target, UpstreamError};
 use crate::data::upstream::headers::{header_has_token, strip_hop_by_hop};
 use crate::data::upstream::pool::pooled::{Pooled, PooledBody};
 use crate::data::upstream::pool::{BoxError, PoolError, ReqBody};
-use crate::state::tenants::LiveGuard;
 
 /// What a client's request body may be: hyper's (HTTP/1.1) or an HTTP/2 stream's.
 pub(crate) trait ClientBodyIn:
@@ -338,56 +337,6 @@ async fn resolve(
     match tokio::net::lookup_host(target.addr).await {
         Ok(mut addrs) => addrs.next().ok_or_else(|| target.unreachable(not_found())),
         Err(e) => Err(target.unreachable(e)),
-    }
-}
-
-/// What a forwarded request holds from its admission until its answer has been sent:
-/// its places, its count among the requests in flight, and once its answer streams, its
-/// HTTP/1.1 connection's wait for it. The answer's body holds it (no box: one type). Not
-/// the client it was admitted as: that may hold slices of the connection's read buffer
-/// (forwarding headers from a trusted proxy), which an event stream would keep for hours.
-pub(crate) struct InFlight {
-    _live: LiveSlot,
-    _tenant: LiveGuard,
-    _stream: Option<StreamGuard>,
-    /// The gauge is reached through the connection: a handle of its own would be one
-    /// more count, shared by every thread, written twice per request.
-    ctx: Arc<ConnCtx>,
-    /// Its answer is being sent: once that is done or abandoned, the connection may wait
-    /// for its next request as a pending one.
-    answering: bool,
-}
-
-impl InFlight {
-    fn new(
-        live: LiveSlot,
-        tenant: LiveGuard,
-        stream: Option<StreamGuard>,
-        ctx: &Arc<ConnCtx>,
-    ) -> Self {
-        ctx.shared.metrics.http.active.inc();
-        Self {
-            _live: live,
-            _tenant: tenant,
-            _stream: stream,
-            ctx: ctx.clone(),
-            answering: false,
-        }
-    }
-
-    /// Its answer is on its way.
-    fn answering(mut self) -> Self {
-        self.answering = true;
-        self
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.ctx.shared.metrics.http.active.dec();
-        if self.answering {
-            self.ctx.request_done();
-        }
     }
 }
 

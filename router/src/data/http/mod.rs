@@ -15,6 +15,7 @@ pub(crate) mod h1;
 pub(crate) mod h2;
 mod h2_body;
 mod h2_stream;
+mod in_flight;
 mod live;
 pub(crate) mod request;
 pub(crate) mod upgrade;
