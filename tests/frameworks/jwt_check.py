@@ -641,7 +641,11 @@ BROWSER_JS = """(() => {
       ? new WebSocket(c.url, ["chat", "base64url.bearer.authorization.k8s.io." + b64url(c.subprotocol)])
       : new WebSocket(c.url);
     ws.onopen = () => { r.opened = true; r.protocol = ws.protocol; ws.send(c.send); };
-    ws.onmessage = (e) => { r.messages.push(e.data); if (e.data === c.send) ws.close(1000, "done"); };
+    // Closed once it has both the echo and the pod's first counter, whichever came first.
+    ws.onmessage = (e) => {
+      r.messages.push(e.data);
+      if (r.messages.includes(c.send) && r.messages.some((m) => m.startsWith("{"))) ws.close(1000, "done");
+    };
     ws.onerror = () => { r.error = true; };
     ws.onclose = (e) => { r.code = e.code; r.done = true; };
   }
