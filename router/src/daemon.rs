@@ -259,6 +259,7 @@ fn build(config: RouterConfig) -> Planes {
         &lifecycle,
         &data_metrics,
     );
+    let breakers = breakers(config.limits.breaker, &table, &handle);
     let pool = keepalive_pool(&config.limits, &config.backend_tls, &data_metrics);
     let (rate, budget) = rates(&config.limits.policy, &data_metrics);
     let (auth, forward_auth) = doors(config.auth, config.forward_auth, &data_metrics);
@@ -267,7 +268,7 @@ fn build(config: RouterConfig) -> Planes {
         live,
         drains,
         prefix: config.path_prefix,
-        breakers: Breakers::new(config.limits.breaker),
+        breakers,
         pool,
         pages: config.pages.clone(),
         budget,
@@ -323,6 +324,18 @@ fn drains(
             .relay_events(control.changes(), lifecycle.close_tunnels.clone()),
     );
     drains
+}
+
+/// The circuit breakers per pod address; each table swap forgets the addresses it no
+/// longer routes to.
+fn breakers(
+    config: crate::BreakerConfig,
+    table: &Arc<ArcSwapOption<RoutingTable>>,
+    control: &ControlHandle,
+) -> Arc<Breakers> {
+    let breakers = Breakers::new(config);
+    tokio::spawn(breakers.clone().follow(control.changes(), table.clone()));
+    breakers
 }
 
 /// The keep-alive pool to the pods, for plain requests.

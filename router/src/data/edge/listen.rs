@@ -261,8 +261,7 @@ const POOL_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Closes this thread's idle pooled connections that have timed out, that their pod
 /// closed, or whose pod has left the routing table (a request in flight on one is not
-/// touched: it is not idle), and forgets the breakers of addresses no longer routed to,
-/// until the router has drained.
+/// touched: it is not idle), until the router has drained.
 async fn pool_upkeep(shared: Arc<Shared>, done: CancellationToken) {
     let mut every = tokio::time::interval(POOL_UPKEEP);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -272,23 +271,8 @@ async fn pool_upkeep(shared: Arc<Shared>, done: CancellationToken) {
             _ = done.cancelled() => return,
         }
         shared.pool.sweep();
-        let table = shared.table.load();
-        let Some(table) = table.as_deref() else {
-            continue;
-        };
-        if let Some(routed) = pod_addrs(table) {
+        if let Some(routed) = shared.table.load().as_deref().and_then(pod_addrs) {
             shared.pool.retain(|addr| routed.contains(addr));
-        }
-        // The breakers of addresses it no longer routes to, as their keys are written.
-        if !shared.breakers.all_clear() {
-            let routed: Vec<String> = table
-                .backends()
-                .iter()
-                .filter_map(Backend::address)
-                .collect();
-            shared
-                .breakers
-                .retain(|addr| routed.iter().any(|r| r == addr));
         }
     }
 }

@@ -226,7 +226,7 @@ impl ConnCtx {
 
     /// The connection's task heard the drain's events up to `epoch`: its requests are
     /// polled next, and look.
-    pub(crate) fn heard_events(&self, epoch: u64) {
+    pub(crate) fn hear_events_up_to(&self, epoch: u64) {
         if let Some(k) = &self.keepalive {
             k.heard.store(epoch, Ordering::Relaxed);
         }

@@ -82,7 +82,7 @@ pub(crate) async fn serve<I>(
             () = std::future::poll_fn(|cx| readmit.poll(cx, &ctx)) => ctx.readmit(),
             signal = signal => match signal {
                 Signal::Changed => {}
-                Signal::DrainEvent(epoch) => ctx.heard_events(epoch),
+                Signal::DrainEvent(epoch) => ctx.hear_events_up_to(epoch),
                 Signal::Evicted => {
                     tracing::debug!(client.addr = %peer, "pending connection dropped to make room (request head)");
                     return;

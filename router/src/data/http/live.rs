@@ -252,8 +252,13 @@ where
     T: Send + 'static,
     F: FnOnce(DrainReason) -> T + Send + 'static,
 {
-    let (drains, tenant, pod) = turn_of(shared, routed);
-    Box::pin(drains.turn_as(tenant, pod, spread_shutdown, as_t))
+    let (tenant, pod) = turn_of(&shared.drains, routed);
+    Box::pin(
+        shared
+            .drains
+            .clone()
+            .turn_as(tenant, pod, spread_shutdown, as_t),
+    )
 }
 
 /// As [`ended`], for a request forwarded on `ctx`'s connection; its answer is not spread
@@ -275,7 +280,7 @@ pub(super) fn request_ended<T: Send + 'static>(
     if ctx.keepalive.is_none() {
         return Box::pin(Gated::new(ended(&ctx.shared, routed, false, as_t)));
     }
-    let (_, tenant, pod) = turn_of(&ctx.shared, routed);
+    let (tenant, pod) = turn_of(&ctx.shared.drains, routed);
     Box::pin(Hearing {
         heard: ctx.events_heard(),
         conn: ctx.clone(),
@@ -315,19 +320,17 @@ impl<T> Future for Hearing<T> {
             let tenant = std::mem::take(&mut this.tenant);
             this.turn = Some(Gated::new(Box::pin(drains.turn(tenant, this.pod, false))));
         }
-        let turn = this.turn.as_mut().map(|t| t.poll_gated(cx));
-        match turn {
-            Some(std::task::Poll::Ready(why)) => std::task::Poll::Ready((this.as_t)(why)),
-            _ => std::task::Poll::Pending,
+        match &mut this.turn {
+            Some(turn) => turn.poll_gated(cx).map(this.as_t),
+            None => std::task::Poll::Pending,
         }
     }
 }
 
-/// What the drain scheduler's turn for `routed`'s socket or answer needs. The tenant's
-/// name is kept only when a move can close it (`--reroute-drain`): every socket holds
-/// this.
-fn turn_of(shared: &Shared, routed: &Routed) -> (Arc<Drains>, Box<str>, Pod) {
-    let drains = shared.drains.clone();
+/// What the drain scheduler's turn for `routed`'s socket or answer needs: the tenant's
+/// name, kept only when a move can close it (`--reroute-drain`): every socket holds
+/// this, and its pod.
+fn turn_of(drains: &Drains, routed: &Routed) -> (Box<str>, Pod) {
     let tenant = if drains.reroutes() {
         routed.tenant.clone()
     } else {
@@ -338,7 +341,7 @@ fn turn_of(shared: &Shared, routed: &Routed) -> (Arc<Drains>, Box<str>, Pod) {
         ordinal: routed.ordinal,
         hints: routed.hints,
     };
-    (drains, tenant, pod)
+    (tenant, pod)
 }
 
 /// What a running relay keeps of its route, to count and log its end: [`Routed`] less

@@ -5,8 +5,8 @@
 //! closes the breaker if it succeeds and opens it again if not. The tenant is never
 //! moved to another pod: its state lives on this one.
 //!
-//! Keyed by address, so a pod restarted at a new address starts closed; the addresses a
-//! table no longer routes to are forgotten every few seconds (`edge::listen`'s upkeep).
+//! Keyed by address, so a pod restarted at a new address starts closed; each table swap
+//! forgets the addresses the new table no longer routes to ([`Breakers::follow`]).
 //! Asked once per
 //! upgrade or plain request (never per frame). Only an address with something to
 //! remember (a failure counted, a circuit open or half open) is kept, under one lock; while
@@ -17,6 +17,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+use wsrouter::{Backend, RoutingTable};
 
 #[derive(Debug, Clone, Copy)]
 pub struct BreakerConfig {
@@ -131,7 +135,7 @@ impl Breakers {
     /// Whether no address has anything to remember. A permit or a success decided on
     /// this read without the lock is one ordered just before a concurrent failure's
     /// count, as it could have been under the lock.
-    pub(crate) fn all_clear(&self) -> bool {
+    fn all_clear(&self) -> bool {
         self.tracked.load(Ordering::Acquire) == 0
     }
 
@@ -177,11 +181,27 @@ impl Breakers {
         self.config.cooldown
     }
 
-    /// Forgets every address `keep` refuses (the pods no longer routed to), so one that
-    /// failed and left for good (a pod replaced at another address) does not keep every
-    /// later request on the lock. Worth calling only when not [`Breakers::all_clear`].
-    pub(crate) fn retain(&self, mut keep: impl FnMut(&str) -> bool) {
-        self.lock().retain(|addr, _| keep(addr));
+    /// Forgets, at each table swap (`changes`), the addresses the new table no longer
+    /// routes to: one that failed and left for good (a pod replaced at another address)
+    /// would otherwise keep every later request on the lock. Spawned once, beside the
+    /// router; returns when the control loop is gone.
+    pub(crate) async fn follow(
+        self: Arc<Self>,
+        mut changes: watch::Receiver<u64>,
+        table: Arc<ArcSwapOption<RoutingTable>>,
+    ) {
+        while changes.changed().await.is_ok() {
+            if self.all_clear() {
+                continue;
+            }
+            let Some(t) = table.load_full() else {
+                continue;
+            };
+            // As the keys are written: a list entry as given, a pod's `IP:PORT`.
+            let routed: Vec<String> = t.backends().iter().filter_map(Backend::address).collect();
+            self.lock()
+                .retain(|addr, _| routed.iter().any(|r| **r == **addr));
+        }
     }
 
     /// How the breaker for `addr` stands now.
@@ -363,14 +383,38 @@ mod tests {
         assert!(b.all_clear());
     }
 
-    #[test]
-    fn an_address_no_longer_routed_to_is_forgotten() {
+    #[tokio::test]
+    async fn a_swap_forgets_the_addresses_its_table_no_longer_routes_to() {
+        let table = |addrs: &[&str]| {
+            let list =
+                wsrouter::Backends::static_list(addrs.iter().map(|a| a.to_string()).collect())
+                    .unwrap_or_else(|e| panic!("{e}"));
+            let n =
+                std::num::NonZeroU32::new(addrs.len() as u32).unwrap_or(std::num::NonZeroU32::MIN);
+            RoutingTable::build(
+                1,
+                wsrouter::TableSource::Flags,
+                &list,
+                n,
+                wsrouter::Overrides::default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
         let b = breakers(Duration::from_secs(60));
+        let current = Arc::new(ArcSwapOption::from_pointee(table(&["gone:1", "kept:1"])));
+        let (changes, rx) = watch::channel(0u64);
+        let follower = tokio::spawn(b.clone().follow(rx, current.clone()));
         for _ in 0..3 {
             b.admit("gone:1").unwrap().failed();
         }
         b.admit("kept:1").unwrap().failed();
-        b.retain(|addr| addr != "gone:1");
+        // The pod at gone:1 is replaced at new:1.
+        current.store(Some(Arc::new(table(&["new:1", "kept:1"]))));
+        changes.send_replace(1);
+        // The swap is heard when the follower has run; its end (the control loop gone)
+        // says it has.
+        drop(changes);
+        follower.await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.lock().len(), 1);
         assert_eq!(b.state("gone:1"), BreakerState::Closed);
         b.admit("kept:1").unwrap().succeeded();
