@@ -404,7 +404,7 @@ async fn answer(
         return None;
     };
     match respond.send_response(Response::from_parts(head, ()), false) {
-        Ok(send) => Some(relay.relay(H2Stream::new(send, recv), Bytes::new())),
+        Ok(send) => Some((*relay).relay(H2Stream::new(send, recv), Bytes::new())),
         // The client reset the stream meanwhile: the backend's socket and the relay's
         // places are released as `relay` drops.
         Err(e) => {

@@ -36,7 +36,9 @@ use crate::data::http::request::{Inspected, Kind};
 /// client's side of the upgrade (an HTTP/1.1 socket, or an HTTP/2 stream).
 pub(crate) struct Answer {
     pub resp: Response<ProxyBody>,
-    pub relay: Option<PendingRelay>,
+    /// Boxed: a plain request's answer, the usual one, is moved through every step of
+    /// its way out, and would carry a socket's relay (some 400 bytes) each time.
+    pub relay: Option<Box<PendingRelay>>,
 }
 
 /// An HTTP/1.1 request on a hyper connection: answered, and on a 101 the socket hyper
@@ -60,7 +62,7 @@ where
             ctx.shared
                 .lifecycle
                 .tasks
-                .spawn(pending.await_client::<I>(on_client_upgrade));
+                .spawn((*pending).await_client::<I>(on_client_upgrade));
         }
         // A refusal closes the connection: its socket is closed cleanly. A forwarded
         // answer keeps the connection (hyper upgrades only on a 101).
@@ -159,7 +161,7 @@ fn closes(resp: &Response<ProxyBody>) -> bool {
 /// (with its relay on an upgrade).
 struct Told {
     resp: Response<ProxyBody>,
-    relay: Option<PendingRelay>,
+    relay: Option<Box<PendingRelay>>,
     forwarded: bool,
 }
 
@@ -300,7 +302,7 @@ async fn websocket<B>(
     key: &http::HeaderValue,
     routed: Routed,
     ctx: &ConnCtx,
-) -> Result<(Response<ProxyBody>, Option<PendingRelay>), ProxyError> {
+) -> Result<(Response<ProxyBody>, Option<Box<PendingRelay>>), ProxyError> {
     let shared = &ctx.shared;
     let admitted = admit::admit(req, ctx, &routed)?;
     let backend = dial::dial(req, ctx, &routed, key, &admitted.client).await?;
@@ -310,5 +312,5 @@ async fn websocket<B>(
     };
     let resp = answer::upgraded(head.headers, &routed, shared.policy.route_headers);
     let relay = PendingRelay::new(routed, admitted, io, pre, ctx);
-    Ok((resp, Some(relay)))
+    Ok((resp, Some(Box::new(relay))))
 }
