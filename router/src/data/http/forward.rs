@@ -52,7 +52,7 @@ impl<B> ClientBodyIn for B where
 /// Forwards `req` to its routed pod: the pod's answer, streaming, or the router's
 /// refusal, as the client gets it. Counted by that status (`http_requests`).
 pub(super) async fn forward<B: ClientBodyIn>(
-    req: Request<B>,
+    req: Box<Request<B>>,
     uri: &http::Uri,
     routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
@@ -89,7 +89,7 @@ pub(super) async fn forward<B: ClientBodyIn>(
 /// the backend deadline, the pool's idle check, its body's start and its answer's first
 /// stall stamp. Its body is timed only as it waits or ends, not per frame.
 async fn forward_request<B: ClientBodyIn>(
-    req: Request<B>,
+    req: Box<Request<B>>,
     routed: Result<Routed, ProxyError>,
     ctx: &Arc<ConnCtx>,
     started: Instant,
@@ -108,7 +108,7 @@ async fn forward_request<B: ClientBodyIn>(
     } = admit::admit_request(&req, ctx, &routed)?;
     // The client is the request's to forward; the places are its answer's to hold.
     let in_flight = InFlight::new(live, tenant_slot, stream, ctx);
-    let (backend_req, outcome) = backend_request(req, &client, shared, &routed, started);
+    let (backend_req, outcome) = backend_request(*req, &client, shared, &routed, started);
     // Armed from the start: a tenant that moves while its long poll waits for the pod
     // is told to come back (to its new pod), as one whose answer streams is.
     let mut stop = live::request_ended(ctx, &routed, Ended::drained);
@@ -382,7 +382,7 @@ fn client_response(
         .idle
         .filter(|_| !event_stream || timers.event_streams_idle);
     let body = ForwardBody::new(body, idle, stop, in_flight.answering(), answered);
-    Response::from_parts(parts, ProxyBody::Forwarded(body))
+    Response::from_parts(parts, ProxyBody::Forwarded(Box::new(body)))
 }
 
 #[cfg(test)]

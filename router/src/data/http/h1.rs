@@ -45,6 +45,9 @@ pub(crate) async fn serve<I>(
     let ctx = ConnCtx::http1(&shared, peer, accepted, slot, seat);
     let svc_ctx = ctx.clone();
     let svc = service_fn(move |req| {
+        // Boxed as it comes: each step of its way (answer, story, forward) takes it by
+        // value, and its 264 bytes were copied at every one.
+        let req = Box::new(req);
         let ctx = svc_ctx.clone();
         async move { Ok::<_, Infallible>(upgrade::handle::<I>(req, ctx).await) }
     });

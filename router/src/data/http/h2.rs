@@ -387,13 +387,14 @@ async fn answer(
     let stall = limits.http.timers.unread();
     if !request::is_extended_connect_head(&parts) {
         let body = H2Body::new(recv, &parts.headers);
-        let Answer { resp, .. } = upgrade::answer(Request::from_parts(parts, body), &ctx).await;
+        let req = Box::new(Request::from_parts(parts, body));
+        let Answer { resp, .. } = upgrade::answer(req, &ctx).await;
         let (mut head, body) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         h2_body::send(Response::from_parts(head, ()), body, &mut respond, stall).await;
         return None;
     }
-    let req = Request::from_parts(parts, Empty::<Bytes>::new());
+    let req = Box::new(Request::from_parts(parts, Empty::<Bytes>::new()));
     let Answer { resp, relay } = upgrade::answer(req, &ctx).await;
     let (mut head, body) = resp.into_parts();
     // HTTP/2 forbids connection-specific fields (RFC 9113 §8.2.2), and h2 refuses to

@@ -43,7 +43,10 @@ pub(crate) struct Answer {
 
 /// An HTTP/1.1 request on a hyper connection: answered, and on a 101 the socket hyper
 /// hands over goes to the relay.
-pub(crate) async fn handle<I>(mut req: Request<Incoming>, ctx: Arc<ConnCtx>) -> Response<ProxyBody>
+pub(crate) async fn handle<I>(
+    mut req: Box<Request<Incoming>>,
+    ctx: Arc<ConnCtx>,
+) -> Response<ProxyBody>
 where
     I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
 {
@@ -52,7 +55,7 @@ where
     let on_upgrade = req
         .headers()
         .contains_key(header::UPGRADE)
-        .then(|| hyper::upgrade::on(&mut req));
+        .then(|| hyper::upgrade::on(&mut *req));
     let Answer { resp, relay } = answer(req, &ctx).await;
     match (relay, on_upgrade) {
         // Two stages: this task waits for the client's upgrade; the relay then runs as
@@ -77,7 +80,7 @@ where
 /// Any request, either HTTP version: a page (dev only), a refusal, a WebSocket whose
 /// backend has upgraded (101 or 200 ready to send, the relay to start), or a plain
 /// request's forwarded answer.
-pub(crate) async fn answer<B: ClientBodyIn>(req: Request<B>, ctx: &Arc<ConnCtx>) -> Answer {
+pub(crate) async fn answer<B: ClientBodyIn>(req: Box<Request<B>>, ctx: &Arc<ConnCtx>) -> Answer {
     // The head is parsed: this connection leaves the pending pool.
     ctx.request_started();
     if let Some(page) = ctx
@@ -247,7 +250,7 @@ fn close_unused_upgrade(pending: hyper::upgrade::OnUpgrade, ctx: &ConnCtx) {
 /// or forwarded as a plain request. A WebSocket's backend set is left in `routed_to`
 /// once it is routed, for its answer's count.
 async fn story<B: ClientBodyIn>(
-    mut req: Request<B>,
+    mut req: Box<Request<B>>,
     uri: &http::Uri,
     ctx: &Arc<ConnCtx>,
     routed_to: &mut Option<SetId>,
