@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::data::shared::coarse::CoarseTimer;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -382,7 +382,9 @@ fn doors(
 /// How client connections speak HTTP/1.1: the request head's timeout and limits.
 fn http1_builder(limits: &Limits) -> http1::Builder {
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
+    // The head's timeout on the I/O threads' coarse deadlines: one is set per idle
+    // spell of every keep-alive connection, and nearly all are dropped unfired.
+    http.timer(CoarseTimer)
         .header_read_timeout(limits.request_timeout)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);

@@ -213,6 +213,7 @@ impl IoThread {
         } = self;
         rt.block_on(async move {
             crate::data::tls::flush::hold_on_this_thread();
+            tokio::spawn(crate::data::shared::coarse::run_on_this_thread());
             if shared.limits.io_uring {
                 match uring::enable_on_this_thread() {
                     Ok(ring) => drop(tokio::spawn(uring::reap_when_ready(ring))),

@@ -1,8 +1,9 @@
 //! Owns: what every connection reads, in one place: the settings (`limits`), the data
-//! path's counters (`metrics`, `http_metrics`) and the `Shared` handle (table, pools,
-//! breaker, keep-alive pool, TLS slot).
+//! path's counters (`metrics`, `http_metrics`), the `Shared` handle (table, pools,
+//! breaker, keep-alive pool, TLS slot) and each I/O thread's coarse deadlines (`coarse`).
 //! May not touch: connections themselves; it is wired by `daemon` and read by `http`/`edge`.
 
+pub(crate) mod coarse;
 pub(crate) mod http_metrics;
 pub(crate) mod limits;
 pub(crate) mod metrics;
