@@ -9,9 +9,10 @@
 //! thread (a tick every [`GRAIN`] while any deadline is set) fires those that are due.
 //! A deadline fires at its instant or up to a grain later, never before.
 //!
-//! Only threads that run the tick ([`run_on_this_thread`]: the I/O threads) keep a table;
-//! elsewhere (the tests' runtimes, the admin listener), or polled on a thread other than
-//! the one it was set on, a deadline is a plain tokio sleep.
+//! Only threads that run the tick ([`run_on_this_thread`]: the I/O threads) keep a table,
+//! for as long as the tick runs (its end wakes every deadline still set, and they carry
+//! on as tokio sleeps); elsewhere (the tests' runtimes, the admin listener), or polled on
+//! a thread other than the one it was set on, a deadline is a plain tokio sleep.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -39,10 +40,14 @@ struct Table {
     set: usize,
     /// The tick, waiting for a first deadline.
     tick: Option<Waker>,
+    /// When the tick last looked: a deadline already past it when set is due at once.
+    checked: Instant,
 }
 
 struct Slot {
-    generation: u32,
+    /// 64 bits: a slot freed and set again 2^32 times while a stale deadline still held
+    /// its old generation could otherwise be taken for it.
+    generation: u64,
     at: Instant,
     waker: Option<Waker>,
 }
@@ -55,7 +60,7 @@ enum Place {
     Table {
         table: u64,
         key: u32,
-        generation: u32,
+        generation: u64,
     },
     /// A tokio sleep: no table on the thread it was polled on.
     Sleep(Pin<Box<Sleep>>),
@@ -68,43 +73,84 @@ pub(crate) struct Deadline {
     place: Place,
 }
 
-/// Keeps a table on this thread; the future returned is its tick, to be spawned on the
-/// thread's runtime.
+/// The tick that keeps this thread's table, to be spawned on the thread's current-thread
+/// runtime: the table is there from its first poll until it is dropped.
 pub(crate) fn run_on_this_thread() -> impl Future<Output = ()> {
-    static IDS: AtomicU64 = AtomicU64::new(1);
-    TABLE.with_borrow_mut(|t| {
-        t.get_or_insert_with(|| Table {
-            id: IDS.fetch_add(1, Ordering::Relaxed),
-            slots: Vec::new(),
-            free: Vec::new(),
-            set: 0,
-            tick: None,
-        });
-    });
     tick()
 }
 
 /// Fires the due deadlines every [`GRAIN`] while any is set; sleeps without a timer
 /// while none is.
 async fn tick() {
+    let Some(_table) = Kept::install() else {
+        debug_assert!(false, "a second tick on one thread");
+        return;
+    };
     let mut due = Vec::new();
     loop {
-        std::future::poll_fn(|cx| {
+        let kept = std::future::poll_fn(|cx| {
             with_table(|t| {
                 if t.set > 0 {
-                    return Poll::Ready(());
+                    return Poll::Ready(true);
                 }
                 t.tick = Some(cx.waker().clone());
                 Poll::Pending
             })
-            .unwrap_or(Poll::Ready(()))
+            // Its table gone: it cannot be while the tick keeps it; stop, not spin.
+            .unwrap_or(Poll::Ready(false))
         })
         .await;
+        if !kept {
+            return;
+        }
         tokio::time::sleep(GRAIN).await;
         let now = Instant::now();
         with_table(|t| t.fire(now, &mut due));
         // Woken outside the table's borrow: a woken task may set a deadline.
         due.drain(..).for_each(Waker::wake);
+    }
+}
+
+/// The table's life, held by the tick: dropped (the runtime ending), it takes the table
+/// off the thread and wakes the deadlines still in it, which then wait as tokio sleeps.
+struct Kept;
+
+impl Kept {
+    /// `None` if the thread already has a table (and its tick).
+    fn install() -> Option<Self> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        TABLE
+            .try_with(|t| {
+                let mut t = t.try_borrow_mut().ok()?;
+                if t.is_some() {
+                    return None;
+                }
+                *t = Some(Table {
+                    id: IDS.fetch_add(1, Ordering::Relaxed),
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    set: 0,
+                    tick: None,
+                    checked: Instant::now(),
+                });
+                Some(Self)
+            })
+            .ok()
+            .flatten()
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let table = TABLE
+            .try_with(|t| t.try_borrow_mut().ok().and_then(|mut t| t.take()))
+            .ok()
+            .flatten();
+        for slot in table.into_iter().flat_map(|t| t.slots) {
+            if let Some(waker) = slot.waker {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -116,7 +162,9 @@ fn with_table<R>(f: impl FnOnce(&mut Table) -> R) -> Option<R> {
 }
 
 impl Table {
-    fn insert(&mut self, at: Instant, waker: &Waker) -> (u32, u32) {
+    /// Sets a deadline: its slot and generation, and the tick to wake if it is the only
+    /// one (woken by the caller, outside the table's borrow).
+    fn insert(&mut self, at: Instant, waker: &Waker) -> (u32, u64, Option<Waker>) {
         let key = match self.free.pop() {
             Some(key) => key,
             None => {
@@ -132,16 +180,16 @@ impl Table {
         slot.at = at;
         slot.waker = Some(waker.clone());
         self.set += 1;
-        if self.set == 1 {
-            if let Some(tick) = self.tick.take() {
-                tick.wake();
-            }
-        }
-        (key, slot.generation)
+        let tick = if self.set == 1 {
+            self.tick.take()
+        } else {
+            None
+        };
+        (key, slot.generation, tick)
     }
 
     /// The slot of a deadline still set, or `None` once it has fired (or was freed).
-    fn slot(&mut self, key: u32, generation: u32) -> Option<&mut Slot> {
+    fn slot(&mut self, key: u32, generation: u64) -> Option<&mut Slot> {
         self.slots
             .get_mut(key as usize)
             .filter(|s| s.generation == generation && s.waker.is_some())
@@ -156,6 +204,7 @@ impl Table {
     }
 
     fn fire(&mut self, now: Instant, due: &mut Vec<Waker>) {
+        self.checked = now;
         for key in 0..self.slots.len() {
             let slot = &mut self.slots[key];
             if slot.at <= now {
@@ -236,6 +285,76 @@ impl Deadline {
     }
 }
 
+impl Deadline {
+    /// The first poll: a slot in this thread's table, at once if it is already due, or
+    /// a tokio sleep where there is no table.
+    fn poll_new(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at = self.at;
+        let set = with_table(|t| {
+            // Already past the tick's last look: the next would be a grain late.
+            if at <= t.checked {
+                return None;
+            }
+            let (key, generation, tick) = t.insert(at, cx.waker());
+            Some((t.id, key, generation, tick))
+        });
+        match set {
+            Some(Some((table, key, generation, tick))) => {
+                self.place = Place::Table {
+                    table,
+                    key,
+                    generation,
+                };
+                if let Some(tick) = tick {
+                    tick.wake();
+                }
+                Poll::Pending
+            }
+            Some(None) => {
+                self.place = Place::Fired;
+                Poll::Ready(())
+            }
+            None => self.sleep(cx),
+        }
+    }
+
+    /// A later poll of a deadline in a table: fired once its slot's generation moved.
+    fn poll_table(
+        &mut self,
+        cx: &mut Context<'_>,
+        table: u64,
+        key: u32,
+        generation: u64,
+    ) -> Poll<()> {
+        let state = with_table(|t| {
+            if t.id != table {
+                return None;
+            }
+            Some(match t.slot(key, generation) {
+                Some(slot) => {
+                    if let Some(w) = slot.waker.as_mut() {
+                        w.clone_from(cx.waker());
+                    }
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            })
+        })
+        .flatten();
+        match state {
+            Some(Poll::Ready(())) => {
+                self.place = Place::Fired;
+                Poll::Ready(())
+            }
+            Some(Poll::Pending) => Poll::Pending,
+            // Polled on another thread than the one it was set on (or its table ended
+            // with its tick): its old slot, if any, fires unheeded there and is freed
+            // then; it waits here as a sleep.
+            None => self.sleep(cx),
+        }
+    }
+}
+
 impl Future for Deadline {
     type Output = ();
 
@@ -250,52 +369,12 @@ impl Future for Deadline {
                 }
                 ready
             }
-            Place::New => {
-                let at = this.at;
-                match with_table(|t| (t.id, t.insert(at, cx.waker()))) {
-                    Some((table, (key, generation))) => {
-                        this.place = Place::Table {
-                            table,
-                            key,
-                            generation,
-                        };
-                        Poll::Pending
-                    }
-                    None => this.sleep(cx),
-                }
-            }
-            Place::Table {
+            Place::New => this.poll_new(cx),
+            &mut Place::Table {
                 table,
                 key,
                 generation,
-            } => {
-                let (table, key, generation) = (*table, *key, *generation);
-                let state = with_table(|t| {
-                    if t.id != table {
-                        return None;
-                    }
-                    Some(match t.slot(key, generation) {
-                        Some(slot) => {
-                            if let Some(w) = slot.waker.as_mut() {
-                                w.clone_from(cx.waker());
-                            }
-                            Poll::Pending
-                        }
-                        None => Poll::Ready(()),
-                    })
-                })
-                .flatten();
-                match state {
-                    Some(Poll::Ready(())) => {
-                        this.place = Place::Fired;
-                        Poll::Ready(())
-                    }
-                    Some(Poll::Pending) => Poll::Pending,
-                    // Polled on another thread than the one it was set on: its old slot
-                    // fires unheeded there (and is freed then); it waits here as a sleep.
-                    None => this.sleep(cx),
-                }
-            }
+            } => this.poll_table(cx, table, key, generation),
         }
     }
 }
@@ -311,6 +390,11 @@ impl Drop for Deadline {
 pub(crate) struct CoarseTimer;
 
 impl hyper::rt::Timer for CoarseTimer {
+    /// tokio's clock, by which the deadlines are kept (hyper adds its timeouts to it).
+    fn now(&self) -> std::time::Instant {
+        Instant::now().into_std()
+    }
+
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
         Box::pin(Deadline::until(Instant::now() + duration))
     }

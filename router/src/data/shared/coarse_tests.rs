@@ -23,19 +23,31 @@ fn set() -> usize {
     with_table(|t| t.set).unwrap_or(0)
 }
 
+/// The latest a deadline due at `at` may fire: a grain, and tokio's millisecond.
+fn late_by(at: Instant) -> Instant {
+    at + GRAIN + Duration::from_millis(2)
+}
+
 #[test]
 fn a_deadline_fires_at_its_instant_or_within_a_grain_never_before() {
     paused().block_on(async {
         tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
         let start = Instant::now();
         for ms in [1u64, 90, 150, 1_000, 60_000] {
             let at = start + Duration::from_millis(ms);
             Deadline::until(at).await;
             let now = Instant::now();
             assert!(now >= at, "{ms} ms: fired early");
-            assert!(now <= at.max(start) + GRAIN * 2, "{ms} ms: fired late");
+            assert!(now <= late_by(at.max(start)), "{ms} ms: fired late");
         }
         // Each freed its slot as it fired.
+        assert_eq!(set(), 0);
+        // One already past when first polled is due at once, not at the next look.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let before = Instant::now();
+        Deadline::until(start).await;
+        assert_eq!(Instant::now(), before);
         assert_eq!(set(), 0);
     });
 }
@@ -44,20 +56,25 @@ fn a_deadline_fires_at_its_instant_or_within_a_grain_never_before() {
 fn many_deadlines_all_fire_and_leave_the_table_empty() {
     paused().block_on(async {
         tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
         let start = Instant::now();
         let waits: Vec<_> = (0..500u64)
             .map(|i| {
                 let at = start + Duration::from_millis(7 * i);
                 tokio::spawn(async move {
                     Deadline::until(at).await;
-                    Instant::now() >= at
+                    let now = Instant::now();
+                    now >= at && now <= late_by(at)
                 })
             })
             .collect();
         for w in waits {
-            assert!(w.await.unwrap_or(false), "a deadline fired early");
+            assert!(w.await.unwrap_or(false), "a deadline fired early or late");
         }
         assert_eq!(set(), 0);
+        // With none set, the tick waits without a timer.
+        tokio::task::yield_now().await;
+        assert_eq!(with_table(|t| t.tick.is_some()), Some(true));
     });
 }
 
@@ -65,6 +82,7 @@ fn many_deadlines_all_fire_and_leave_the_table_empty() {
 fn a_dropped_deadline_frees_its_slot_and_a_reset_one_moves() {
     paused().block_on(async {
         tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
         let start = Instant::now();
         let mut d = Deadline::until(start + Duration::from_secs(60));
         // Set by its first poll.
@@ -72,13 +90,26 @@ fn a_dropped_deadline_frees_its_slot_and_a_reset_one_moves() {
         assert_eq!(set(), 1);
         drop(d);
         assert_eq!(set(), 0);
+        // Earlier.
         let mut d = Deadline::until(start + Duration::from_secs(60));
         assert!(poll_once(&mut d).is_pending());
-        d.reset(start + Duration::from_millis(300));
+        let at = start + Duration::from_millis(300);
+        d.reset(at);
         d.await;
-        let now = Instant::now();
-        assert!(now >= start + Duration::from_millis(300));
-        assert!(now <= start + Duration::from_millis(300) + GRAIN * 2);
+        assert!(Instant::now() >= at && Instant::now() <= late_by(at));
+        // Later: not at the old instant.
+        let start = Instant::now();
+        let mut d = Deadline::until(start + Duration::from_millis(100));
+        assert!(poll_once(&mut d).is_pending());
+        let at = start + Duration::from_millis(700);
+        d.reset(at);
+        (&mut d).await;
+        assert!(Instant::now() >= at && Instant::now() <= late_by(at));
+        // Again after it fired.
+        let at = Instant::now() + Duration::from_millis(400);
+        d.reset(at);
+        d.await;
+        assert!(Instant::now() >= at && Instant::now() <= late_by(at));
         assert_eq!(set(), 0);
     });
 }
@@ -96,19 +127,78 @@ fn without_a_table_a_deadline_is_a_tokio_sleep() {
 }
 
 #[test]
+fn the_table_ends_with_its_tick_and_its_deadlines_carry_on_as_sleeps() {
+    // A deadline set on a runtime whose tick then ends (the runtime dropped) is woken,
+    // and fires as a tokio sleep on the next runtime of the thread, which has no table.
+    let mut d = Deadline::until(Instant::now() + Duration::from_millis(200));
+    paused().block_on(async {
+        tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
+        assert!(poll_once(&mut d).is_pending());
+        assert_eq!(set(), 1);
+    });
+    assert!(with_table(|_| ()).is_none(), "the table outlived its tick");
+    paused().block_on(async {
+        d.await;
+        // A new deadline is a sleep too, not a slot no tick looks at.
+        let mut e = Deadline::until(Instant::now() + Duration::from_millis(50));
+        assert!(poll_once(&mut e).is_pending());
+        assert!(matches!(e.place, Place::Sleep(_)));
+        e.await;
+    });
+}
+
+#[test]
+fn a_deadline_moved_to_another_thread_waits_there_as_a_sleep() {
+    let rt = paused();
+    let (d, first_set) = rt.block_on(async {
+        tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
+        let mut d = Deadline::until(Instant::now() + Duration::from_millis(300));
+        assert!(poll_once(&mut d).is_pending());
+        (d, set())
+    });
+    assert_eq!(first_set, 1);
+    let elsewhere = std::thread::spawn(move || {
+        paused().block_on(async move {
+            let mut d = d;
+            assert!(poll_once(&mut d).is_pending());
+            let on_sleep = matches!(d.place, Place::Sleep(_));
+            d.await;
+            on_sleep
+        })
+    });
+    assert!(
+        elsewhere.join().unwrap_or(false),
+        "it did not become a sleep"
+    );
+    // Its first slot, left on this thread, is freed as it fires here.
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(set(), 0);
+    });
+}
+
+#[test]
 fn hyper_gets_the_same_deadlines() {
     use hyper::rt::Timer;
     paused().block_on(async {
         tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
         let timer = CoarseTimer;
-        let start = std::time::Instant::now();
+        // hyper adds its timeouts to the timer's clock: tokio's, the deadlines' own.
+        let start = timer.now();
+        assert_eq!(Instant::from_std(start), Instant::now());
         let mut sleep = timer.sleep(Duration::from_secs(30));
         assert!(poll_once(&mut sleep).is_pending());
         assert_eq!(set(), 1);
-        // Reset in place: still the one slot.
-        timer.reset(&mut sleep, start + Duration::from_millis(200));
+        // Reset in place: still the one slot, and it moved.
+        let at = start + Duration::from_millis(200);
+        timer.reset(&mut sleep, at);
         assert_eq!(set(), 1);
         sleep.await;
+        let now = Instant::now();
+        assert!(now >= Instant::from_std(at) && now <= late_by(Instant::from_std(at)));
         assert_eq!(set(), 0);
     });
 }
