@@ -9,6 +9,7 @@
 #   benches/http_instructions.sh                        # wsrouter and nginx
 #   TARGETS="wsrouter wsrouter-b" WSROUTER_B_BIN=/tmp/old/wsrouter benches/http_instructions.sh
 #   METHOD=POST TOP=40 TARGETS=wsrouter benches/http_instructions.sh
+#   VALGRIND_ARGS=--cache-sim=yes benches/http_instructions.sh   # and simulated cache misses
 #
 # Each target is warmed (its connections to the pods made) with instrumentation off, then
 # counted over a fixed wrk run of SECONDS_PER_RUN seconds at 10 connections (under
@@ -61,7 +62,8 @@ measure() {
   local target=$1 pid n
   command_of "$target"
   rm -f "$OUT"/callgrind.out.*
-  RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+  # shellcheck disable=SC2086 # VALGRIND_ARGS is words by design
+  RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no ${VALGRIND_ARGS:-} \
     --callgrind-out-file="$OUT/callgrind.out.%p" "${CMD[@]}" >"$OUT/logs/$target.log" 2>&1 &
   pid=$!
   wait_port "${PORT[$target]}"
@@ -92,12 +94,20 @@ for line in sys.stdin:
         name = re.sub(r"^\S+?:", "", name, count=1) if "PROGRAM" not in name else name
         rows.append((int(m.group(1).replace(",", "")) / n, name))
 total = next(v for v, name in rows if "PROGRAM TOTALS" in name)
+events = dict(zip(sys.argv[5].split(), (int(x) / n for x in sys.argv[6].split())))
+if "D1mr" in events:
+    d1 = events["D1mr"] + events["D1mw"]
+    i1 = events["I1mr"]
+    ll = events["ILmr"] + events["DLmr"] + events["DLmw"]
+    print(f"{target} {method}: per request, L1 data misses {d1:,.0f}, "
+          f"L1 instruction misses {i1:,.0f}, last-level misses {ll:,.0f} (simulated)")
 copy = sum(v for v, name in rows if re.search(r"__mem(cpy|move)_", name))
 print(f"{target} {method}: {total:,.0f} instructions per request ({n:,} requests), "
       f"{copy:,.0f} in memcpy")
 for v, name in [r for r in rows if "PROGRAM" not in r[1]][:top]:
     print(f"  {v:7,.0f}  {name[:140]}")
-' "$target" "$n" "$METHOD" "$TOP"
+' "$target" "$n" "$METHOD" "$TOP" \
+    "$(sed -n 's/^events: //p' "$OUT/$target.callgrind")" "$(sed -n 's/^totals: //p' "$OUT/$target.callgrind")"
 }
 
 for t in $TARGETS; do measure "$t"; done
