@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,10 +16,11 @@ use bytes::Bytes;
 use crate::data::relay::drain::DrainReason;
 use http_body_util::Full;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::data::http::error::ProxyError;
 use crate::data::http::in_flight::InFlight;
+use crate::data::shared::coarse::Deadline;
 use crate::data::upstream::pool::pooled::PooledBody;
 use crate::data::upstream::pool::BoxError;
 
@@ -173,11 +174,12 @@ impl std::ops::Deref for Outcome {
 }
 
 /// A stall timer, armed only while the body waits: a frame that comes moves its
-/// deadline (the body's last frame, which the body keeps) without touching the timer
-/// wheel; the timer checks it when it fires.
+/// deadline (the body's last frame, which the body keeps) without touching the timer;
+/// the timer checks it when it fires. A coarse deadline (`shared::coarse`), as the wait
+/// for the answer's head is: `--http-idle-timeout` ends up to 100 ms late, never early.
 struct Stall {
     idle: Duration,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: Option<Deadline>,
 }
 
 impl Stall {
@@ -195,18 +197,9 @@ impl Stall {
     /// Ready once the body has waited `idle` since `last`.
     fn poll_expired(&mut self, last: Instant, cx: &mut Context<'_>) -> Poll<()> {
         let deadline = last + self.idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.deadline() != deadline {
-                timer.as_mut().reset(deadline);
-            }
-            ready!(timer.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-        }
+        let timer = self.timer.get_or_insert_with(|| Deadline::until(deadline));
+        timer.reset(deadline);
+        Pin::new(timer).poll(cx)
     }
 }
 

@@ -269,9 +269,10 @@ where
 /// its pod's turn (as a socket does) only once news came while it ran. A table swap
 /// before that was the table it was routed by: the count is read here, in the poll that
 /// made the routing decision, and only the connection's task (this one) moves it. Keep
-/// it so: an await between `decide` and this call would let a move go unheard. An HTTP/2 stream's request waits on its
-/// turn from the start, gated as a relay's is: an answer polls it at every frame, and
-/// an ungated poll takes the lock of the drain's waiters.
+/// it so: an await between `decide` and this call would let a move go unheard. An
+/// HTTP/2 stream's request waits on its turn from the start, gated as a relay's is: an
+/// answer polls it at every frame, and an ungated poll takes the lock of the drain's
+/// waiters.
 pub(super) fn request_ended<T: Send + 'static>(
     ctx: &Arc<ConnCtx>,
     routed: &Routed,

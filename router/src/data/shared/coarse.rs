@@ -1,6 +1,7 @@
 //! Deadlines kept per I/O thread at a tenth of a second's grain, for the timeouts a
-//! request almost never reaches: the wait for a pod's answer (`--http-idle-timeout`)
-//! and the wait for a request head (`--request-timeout`, hyper's header read timeout).
+//! request almost never reaches: `--http-idle-timeout` (the wait for a pod's answer, and
+//! a body's stall either way) and the wait for a request head (`--request-timeout`,
+//! hyper's header read timeout).
 //!
 //! Each plain request armed two tokio timers and dropped both within microseconds: a
 //! timer-wheel insert and removal under the driver's lock each, about 1,300 instructions
@@ -227,8 +228,12 @@ impl Deadline {
         }
     }
 
-    /// Moves the deadline to `at`.
+    /// Moves the deadline to `at` (a deadline that has fired fires again only if `at`
+    /// is another instant).
     pub(crate) fn reset(&mut self, at: Instant) {
+        if at == self.at {
+            return;
+        }
         self.at = at;
         match &mut self.place {
             Place::Table {

@@ -14,6 +14,16 @@ fn paused() -> tokio::runtime::Runtime {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Runs `test` on a paused runtime whose thread keeps a table (its tick spawned and
+/// polled once).
+fn with_a_table<F: Future>(test: F) -> F::Output {
+    paused().block_on(async {
+        tokio::spawn(run_on_this_thread());
+        tokio::task::yield_now().await;
+        test.await
+    })
+}
+
 /// One poll, as a task that is then woken by nothing would make it.
 fn poll_once<F: Future + Unpin>(f: &mut F) -> Poll<F::Output> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
@@ -30,9 +40,7 @@ fn late_by(at: Instant) -> Instant {
 
 #[test]
 fn a_deadline_fires_at_its_instant_or_within_a_grain_never_before() {
-    paused().block_on(async {
-        tokio::spawn(run_on_this_thread());
-        tokio::task::yield_now().await;
+    with_a_table(async {
         let start = Instant::now();
         for ms in [1u64, 90, 150, 1_000, 60_000] {
             let at = start + Duration::from_millis(ms);
@@ -54,9 +62,7 @@ fn a_deadline_fires_at_its_instant_or_within_a_grain_never_before() {
 
 #[test]
 fn many_deadlines_all_fire_and_leave_the_table_empty() {
-    paused().block_on(async {
-        tokio::spawn(run_on_this_thread());
-        tokio::task::yield_now().await;
+    with_a_table(async {
         let start = Instant::now();
         let waits: Vec<_> = (0..500u64)
             .map(|i| {
@@ -80,9 +86,7 @@ fn many_deadlines_all_fire_and_leave_the_table_empty() {
 
 #[test]
 fn a_dropped_deadline_frees_its_slot_and_a_reset_one_moves() {
-    paused().block_on(async {
-        tokio::spawn(run_on_this_thread());
-        tokio::task::yield_now().await;
+    with_a_table(async {
         let start = Instant::now();
         let mut d = Deadline::until(start + Duration::from_secs(60));
         // Set by its first poll.
@@ -105,7 +109,11 @@ fn a_dropped_deadline_frees_its_slot_and_a_reset_one_moves() {
         d.reset(at);
         (&mut d).await;
         assert!(Instant::now() >= at && Instant::now() <= late_by(at));
-        // Again after it fired.
+        // Reset to the instant it fired at: still fired (a stall timer resets to the
+        // same deadline on every poll).
+        d.reset(at);
+        assert!(poll_once(&mut d).is_ready());
+        // Again, to another instant.
         let at = Instant::now() + Duration::from_millis(400);
         d.reset(at);
         d.await;
@@ -131,9 +139,7 @@ fn the_table_ends_with_its_tick_and_its_deadlines_carry_on_as_sleeps() {
     // A deadline set on a runtime whose tick then ends (the runtime dropped) is woken,
     // and fires as a tokio sleep on the next runtime of the thread, which has no table.
     let mut d = Deadline::until(Instant::now() + Duration::from_millis(200));
-    paused().block_on(async {
-        tokio::spawn(run_on_this_thread());
-        tokio::task::yield_now().await;
+    with_a_table(async {
         assert!(poll_once(&mut d).is_pending());
         assert_eq!(set(), 1);
     });
@@ -182,9 +188,7 @@ fn a_deadline_moved_to_another_thread_waits_there_as_a_sleep() {
 #[test]
 fn hyper_gets_the_same_deadlines() {
     use hyper::rt::Timer;
-    paused().block_on(async {
-        tokio::spawn(run_on_this_thread());
-        tokio::task::yield_now().await;
+    with_a_table(async {
         let timer = CoarseTimer;
         // hyper adds its timeouts to the timer's clock: tokio's, the deadlines' own.
         let start = timer.now();

@@ -7,10 +7,9 @@
 //!
 //! Keyed by address, so a pod restarted at a new address starts closed; each table swap
 //! forgets the addresses the new table no longer routes to ([`Breakers::follow`]).
-//! Asked once per
-//! upgrade or plain request (never per frame). Only an address with something to
-//! remember (a failure counted, a circuit open or half open) is kept, under one lock; while
-//! none is, as in a healthy fleet, a permit and its success are decided by one atomic
+//! Asked once per upgrade or plain request (never per frame). Only an address with
+//! something to remember (a failure counted, a circuit open or half open) is kept, under
+//! one lock; while none is, as in a healthy fleet, a permit and its success are decided by one atomic
 //! read, so requests on both I/O threads never meet on that lock.
 
 use std::collections::HashMap;
