@@ -478,7 +478,9 @@ impl Arriving {
             _ = shared.lifecycle.close_tunnels.cancelled() => return None,
         };
         match handshake {
-            Ok(Ok(tls)) => {
+            Ok(Ok(mut tls)) => {
+                // Its held flushes go from the thread itself as the turn ends.
+                tls.hand_over_held_flushes();
                 let m = &shared.metrics;
                 m.tls_handshake_seconds
                     .observe(self.accepted.elapsed().as_secs_f64());

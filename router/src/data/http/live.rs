@@ -115,10 +115,13 @@ impl PendingRelay {
 
     /// Registers the live socket, counts it, and spawns the relay task: on an I/O
     /// thread with a ring (`--io-uring`), over the ring.
-    pub(crate) fn start<I>(mut self, client_io: I, client_pre: Bytes)
+    pub(crate) fn start<I>(mut self, mut client_io: I, client_pre: Bytes)
     where
         I: AsyncRead + AsyncWrite + Peer + OntoUring + Unpin + Send + 'static,
     {
+        // The answer's last bytes may still be with the thread, for the task that ran
+        // the request: the relay's task takes them over.
+        client_io.reclaim_held();
         let tasks = self.shared.lifecycle.tasks.clone();
         if !uring::here() {
             tasks.spawn(self.relay(client_io, client_pre));

@@ -103,7 +103,9 @@ impl<I: AsyncWrite + Peer + Unpin> AsyncWrite for WriteStall<I> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let r = Pin::new(&mut self.inner).poll_flush(cx);
         if r.is_pending() && self.inner.flush_held() {
-            // Held for the thread's turn to end: not a stall, and no timer for it.
+            // Parked for the thread's turn to end (a stream on a ring; one on a TCP
+            // socket hands its bytes to the thread and is done): not a stall, and no
+            // timer for it.
             return Poll::Pending;
         }
         self.progressed(r, cx)

@@ -302,7 +302,7 @@ impl Pump {
     ) -> Poll<()>
     where
         R: AsyncRead + ?Sized,
-        W: AsyncWrite + ?Sized,
+        W: AsyncWrite + Peer + ?Sized,
     {
         if self.read_ended {
             self.pass_on_source_end();
@@ -412,12 +412,15 @@ impl Pump {
         }
     }
 
-    /// Nothing to read: flush what was written since the last flush, then wait.
+    /// Nothing to read: flush what was written since the last flush, then wait. A sink
+    /// that still holds bytes is flushed too: a flush the I/O thread took over
+    /// (`tls::outbox`) returned at once, and if the socket then pushed back, only a
+    /// flush sends the rest (this direction may be the only one still running).
     fn poll_flush_then_wait<W>(&mut self, cx: &mut Context<'_>, mut dst: Pin<&mut W>) -> Poll<()>
     where
-        W: AsyncWrite + ?Sized,
+        W: AsyncWrite + Peer + ?Sized,
     {
-        if self.need_flush {
+        if self.need_flush || dst.queued() > 0 {
             match dst.as_mut().poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.need_flush = false,
                 Poll::Ready(Err(_)) => {

@@ -26,6 +26,11 @@ pub(crate) trait Peer {
         false
     }
 
+    /// Takes back what the I/O thread holds for this side's socket (`tls::outbox`),
+    /// to go with its next write: as it changes task (an upgrade's relay takes it over),
+    /// so that a socket pushing back wakes the task that now runs it.
+    fn reclaim_held(&mut self) {}
+
     /// This side ending without a close frame means its peer left: the other side is
     /// told with close 1001 (going away) rather than a reset or a FIN. An HTTP/2 stream
     /// the client resets or ends is that: the connection under it lives on.
@@ -53,6 +58,10 @@ impl<S: Peer + AsyncRead + AsyncWrite + Unpin> Peer for TlsStream<S> {
 
     fn flush_held(&self) -> bool {
         TlsStream::flush_held(self)
+    }
+
+    fn reclaim_held(&mut self) {
+        TlsStream::reclaim_held(self);
     }
 
     fn queued(&self) -> usize {

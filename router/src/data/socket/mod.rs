@@ -1,5 +1,6 @@
-//! Owns: socket options the standard crates do not expose (`TCP_DEFER_ACCEPT`) and TCP
-//! keepalive with its three timings, for client and backend sockets alike.
+//! Owns: socket options the standard crates do not expose (`TCP_DEFER_ACCEPT`), TCP
+//! keepalive with its three timings, and a raw non-blocking send (`send_now`), for client
+//! and backend sockets alike.
 //! May not touch: anything above a raw socket.
 
 use std::time::Duration;
@@ -57,6 +58,42 @@ pub fn set_defer_accept(_: &impl std::os::fd::AsRawFd, _: Duration) -> std::io::
 /// can overflow a host's packet backlog and get live connections reset.
 pub(crate) fn set_keepalive(tcp: &tokio::net::TcpStream, idle: Duration) -> std::io::Result<()> {
     socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive(idle))
+}
+
+/// Sends as much of `buf` as the socket `fd` takes now, without waiting: the count
+/// (short of `buf.len()` only when the socket pushed back), or its error. For what an
+/// I/O thread sends for its streams as its turn ends (`tls::outbox`), outside any task
+/// and so outside tokio's readiness: a socket that pushes back here is written again by
+/// its task, which then waits on it as for any write.
+///
+/// The caller keeps `fd` open for the call: `outbox` removes a parcel, sending it,
+/// before the socket it names is closed, all on the thread that owns both.
+#[allow(unsafe_code)]
+pub(crate) fn send_now(fd: std::os::fd::RawFd, buf: &[u8]) -> std::io::Result<usize> {
+    #[cfg(target_os = "linux")]
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    #[cfg(not(target_os = "linux"))]
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT;
+    let mut sent = 0;
+    while sent < buf.len() {
+        let rest = &buf[sent..];
+        // SAFETY: `fd` is a socket open for the whole call (see above), and the pointer
+        // and length describe `rest`, a live slice the kernel only reads.
+        let n = unsafe { libc::send(fd, rest.as_ptr().cast(), rest.len(), FLAGS) };
+        match usize::try_from(n) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => sent += n,
+            Err(_) => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(sent)
 }
 
 fn keepalive(idle: Duration) -> socket2::TcpKeepalive {

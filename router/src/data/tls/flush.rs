@@ -4,10 +4,16 @@
 //! answer. HAProxy and NGINX run their event loops in turns: they take every ready event,
 //! then send what the turn produced, so a client with many connections finds several
 //! answers ready at each wake-up. Here a TLS stream on an I/O thread keeps its sealed
-//! records when asked to flush and parks the flush; just before the thread would sleep
+//! records when asked to flush and holds the flush; just before the thread would sleep
 //! (nothing left to run: tokio's `on_thread_park`, which runs before the thread checks
-//! its queue a last time), every parked flush is woken and sends. The records are sealed
-//! and counted as written all the same; only the `send` waits for the turn's end.
+//! its queue a last time), every held flush is sent. The records are sealed and counted
+//! as written all the same; only the `send` waits for the turn's end.
+//!
+//! A stream on a TCP socket (a client's TLS stream, a plain connection to a pod) hands
+//! its held bytes to the thread (`outbox`), which sends them itself at the turn's end:
+//! its flush is done at once and its task is not polled again for it. A stream that
+//! cannot (on a ring, `--io-uring`) parks its task's waker instead ([`Held`]), and the
+//! turn's end wakes it to send.
 //!
 //! A turn's first flush is not held: it sends at once (everything its stream sealed,
 //! an answer's head and body together), and only the flushes after it in the same turn
@@ -29,7 +35,10 @@ use std::cell::{Cell, RefCell};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-/// The longest a flush is held, and the most flushes held at once: tokio calls the park
+use super::outbox;
+
+/// The longest a flush is held, and the most flushes held at once (parcels waiting and
+/// wakers parked): tokio calls the park
 /// hook only when the thread runs dry, and a thread kept busy (a flood, a backend
 /// streaming to many clients) may not for a long time, so a turn is also ended by the
 /// flush that finds it this old or this full.
@@ -43,21 +52,22 @@ const PARKED_MAX: usize = 128;
 const HOLD_AFTER: Duration = Duration::from_micros(50);
 
 thread_local! {
-    /// The tasks whose flushes wait for this thread's turn to end; `None` on a thread
-    /// that does not hold flushes.
+    /// The tasks whose flushes wait for this thread's turn to end (streams that cannot
+    /// hand their bytes over); `None` on a thread that does not hold flushes.
     static PARKED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
-    /// Turns ended on this thread: a flush parked in an earlier turn sends.
-    static TURN: Cell<u32> = const { Cell::new(0) };
     /// Whether this thread holds flushes (the same as `PARKED` being `Some`, read
     /// without a borrow on every write).
     static HOLDING: Cell<bool> = const { Cell::new(false) };
-    /// When the turn's first flush was parked.
-    static SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// When the turn ends at the latest, once a flush is held in it: its first held
+    /// flush's time plus [`TURN_MAX`] (a deadline kept, not a time, so each flush only
+    /// compares).
+    static ENDS_BY: Cell<Option<Instant>> = const { Cell::new(None) };
     /// Whether this turn's first flush has been asked for (and sent at once).
     static FIRST_ASKED: Cell<bool> = const { Cell::new(false) };
-    /// When the current turn started (the runtime's last unpark); `None` where no
-    /// unpark hook runs (flushes held from the turn's second, as before).
-    static WOKE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Until when the current turn's flushes go at once: the runtime's last unpark plus
+    /// [`HOLD_AFTER`]; `None` where no unpark hook runs (flushes held from the turn's
+    /// second, as before).
+    static YOUNG_UNTIL: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Makes this thread hold flushes until its turn ends. Its runtime must call
@@ -76,12 +86,14 @@ pub(crate) fn holding() -> bool {
     HOLDING.get()
 }
 
-/// Wakes every parked flush: called just before the thread parks. The woken tasks run
-/// before it does (tokio's current-thread scheduler checks its queue after the hook).
+/// Sends every parcel handed over (`outbox`) and wakes every parked flush: called just
+/// before the thread parks. The woken tasks run before it does (tokio's current-thread
+/// scheduler checks its queue after the hook).
 pub(crate) fn end_of_turn() {
-    TURN.set(TURN.get().wrapping_add(1));
-    SINCE.set(None);
+    ENDS_BY.set(None);
     FIRST_ASKED.set(false);
+    // The turn's parcels go, and it is counted ended (before the parked tasks run).
+    outbox::end_turn();
     let woken = PARKED.with_borrow_mut(|p| match p {
         Some(list) if !list.is_empty() => std::mem::replace(list, Vec::with_capacity(16)),
         _ => Vec::new(),
@@ -97,7 +109,7 @@ pub(crate) fn end_of_turn() {
 /// nothing (its tasks yielding to each other) would hold a flush for as long as that
 /// lasts; with this, for at most one heartbeat.
 pub(crate) fn end_overdue_turn() {
-    if SINCE.get().is_some_and(|since| since.elapsed() > TURN_MAX) {
+    if ENDS_BY.get().is_some_and(|by| Instant::now() > by) {
         end_of_turn();
     }
 }
@@ -105,14 +117,51 @@ pub(crate) fn end_overdue_turn() {
 /// Notes a turn's start: its runtime's `on_thread_unpark` hook. Until [`HOLD_AFTER`]
 /// has passed, the turn's flushes send at once.
 pub(crate) fn start_of_turn() {
-    WOKE.set(Some(Instant::now()));
+    YOUNG_UNTIL.set(Some(Instant::now() + HOLD_AFTER));
 }
 
-/// A flush held for the turn's end, from the turn it was asked in.
+/// Whether the turn is young at `now`: its flushes go at once.
+fn young(now: Instant) -> bool {
+    YOUNG_UNTIL.get().is_some_and(|until| now < until)
+}
+
+/// Whether the turn has run too long at `now`, its first held flush at `now` if none
+/// was held before.
+fn overdue(now: Instant) -> bool {
+    let by = ENDS_BY.get().unwrap_or_else(|| {
+        let by = now + TURN_MAX;
+        ENDS_BY.set(Some(by));
+        by
+    });
+    now > by
+}
+
+/// Whether a flush asked now should hand its bytes to the thread (`outbox`), to go as
+/// the turn ends, by the same rule as [`Held::wait`]: only on a thread that holds
+/// flushes, never the turn's first, nor one asked before the turn has run
+/// [`HOLD_AFTER`]. A turn too long or too full ends here, and this flush sends at once.
+pub(crate) fn hand_over_now() -> bool {
+    if !HOLDING.get() || !FIRST_ASKED.replace(true) {
+        return false;
+    }
+    let now = Instant::now();
+    if young(now) {
+        return false;
+    }
+    let parked = PARKED.with_borrow(|p| p.as_ref().map_or(0, Vec::len));
+    if overdue(now) || outbox::waiting() + parked >= PARKED_MAX {
+        end_of_turn();
+        return false;
+    }
+    true
+}
+
+/// A flush held for the turn's end by parking its task, from the turn it was asked in:
+/// for a stream that cannot hand its bytes to the thread ([`hand_over_now`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Held {
     /// The turn the task's waker was parked in, if it is parked.
-    parked_in: Option<u32>,
+    parked_in: Option<u64>,
 }
 
 impl Held {
@@ -123,7 +172,7 @@ impl Held {
         if !HOLDING.get() {
             return false;
         }
-        let turn = TURN.get();
+        let turn = outbox::turn();
         if self.parked_in.is_some_and(|t| t != turn) {
             // The turn it was held in has ended: send.
             self.parked_in = None;
@@ -134,11 +183,7 @@ impl Held {
             return false;
         }
         let now = Instant::now();
-        if self.parked_in.is_none()
-            && WOKE
-                .get()
-                .is_some_and(|w| now.saturating_duration_since(w) < HOLD_AFTER)
-        {
+        if self.parked_in.is_none() && young(now) {
             // The turn has only just begun: too little of it to send together.
             return false;
         }
@@ -153,11 +198,7 @@ impl Held {
             }
             list.len() > PARKED_MAX
         });
-        let since = SINCE.get().unwrap_or_else(|| {
-            SINCE.set(Some(now));
-            now
-        });
-        if full || now.saturating_duration_since(since) > TURN_MAX {
+        if overdue(now) || full {
             // A turn too long or too full ends here: the others are woken, this one sends.
             end_of_turn();
             self.parked_in = None;
@@ -169,7 +210,7 @@ impl Held {
 
     /// Whether a flush is held, waiting for its turn's end (not a stalled socket).
     pub(crate) fn is_held(&self) -> bool {
-        self.parked_in == Some(TURN.get())
+        self.parked_in == Some(outbox::turn())
     }
 
     /// Forgets a parked flush that was sent meanwhile (by a later write or a shutdown);
@@ -181,31 +222,14 @@ impl Held {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
     use super::*;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A waker that counts its wakes, and its count.
-    fn counting() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::data::tls::test_io::counting;
 
     /// Ends the turn and starts one that no clock ends (`TURN_MAX`): however slow the
     /// machine running the test, only the hook or a full list ends it.
     fn endless_turn() {
         end_of_turn();
-        SINCE.set(Some(Instant::now() + Duration::from_secs(3600)));
+        ENDS_BY.set(Some(Instant::now() + Duration::from_secs(3600)));
     }
 
     /// This thread holding flushes, in a turn no clock ends; a waker for the flushes.
@@ -229,7 +253,7 @@ mod tests {
         assert!(held.wait(&mut cx), "the next parks for the turn");
         assert!(held.wait(&mut cx), "still the same turn: parked once");
         endless_turn();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken once");
+        assert_eq!(count.woken(), 1, "woken once");
         assert!(!held.wait(&mut cx), "the turn ended: send");
         assert!(
             !first.wait(&mut cx),
@@ -238,7 +262,7 @@ mod tests {
         assert!(held.wait(&mut cx), "a flush after it parks again");
         held.sent();
         endless_turn();
-        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert_eq!(count.woken(), 2);
         assert!(!first.wait(&mut cx));
         assert!(held.wait(&mut cx), "sent meanwhile: a new flush parks");
     }
@@ -253,18 +277,18 @@ mod tests {
         let mut held = Held::default();
         assert!(held.wait(&mut cx), "the next waits");
         // Parked just now (the endless turn's clock says so): not overdue.
-        SINCE.set(Some(Instant::now()));
+        ENDS_BY.set(Some(Instant::now() + Duration::from_secs(3600)));
         end_overdue_turn();
-        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        assert_eq!(count.woken(), 0);
         assert!(held.is_held());
         // Parked longer ago than a turn may last: the heartbeat ends it.
-        SINCE.set(Instant::now().checked_sub(TURN_MAX * 4));
+        ENDS_BY.set(Instant::now().checked_sub(TURN_MAX * 3));
         end_overdue_turn();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1, "woken");
+        assert_eq!(count.woken(), 1, "woken");
         assert!(!held.wait(&mut cx), "and it sends");
         // Nothing parked: nothing to end.
         end_overdue_turn();
-        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(count.woken(), 1);
     }
 
     #[test]
@@ -297,7 +321,7 @@ mod tests {
         let waker = holding_in_an_endless_turn();
         let mut cx = Context::from_waker(&waker);
         // A turn begun "later than now": however slow this machine, still within HOLD_AFTER.
-        WOKE.set(Some(Instant::now() + Duration::from_secs(60)));
+        YOUNG_UNTIL.set(Some(Instant::now() + Duration::from_secs(60)));
         let mut streams = [Held::default(), Held::default(), Held::default()];
         assert!(
             streams.iter_mut().all(|h| !h.wait(&mut cx)),
@@ -307,13 +331,13 @@ mod tests {
         let Some(past) = Instant::now().checked_sub(HOLD_AFTER * 2) else {
             return;
         };
-        WOKE.set(Some(past));
+        YOUNG_UNTIL.set(Some(past));
         endless_turn();
         let parked: Vec<bool> = streams.iter_mut().map(|h| h.wait(&mut cx)).collect();
         assert_eq!(parked, [false, true, true]);
         // The hook notes the turn's start.
         start_of_turn();
-        assert!(WOKE.get().is_some_and(|w| w > past));
+        assert!(YOUNG_UNTIL.get().is_some_and(|w| w > past));
     }
 
     #[test]
@@ -348,7 +372,7 @@ mod tests {
             // The last one finds the list full: it sends, and every other is woken.
             assert_eq!(parked, i < PARKED_MAX, "flush {i}");
         }
-        let woken: usize = counts.iter().map(|c| c.0.load(Ordering::Relaxed)).sum();
+        let woken: usize = counts.iter().map(|c| c.woken()).sum();
         assert_eq!(woken, PARKED_MAX + 1);
         // Those woken send when polled again.
         let sent = held.iter_mut().zip(&wakers).take(PARKED_MAX);

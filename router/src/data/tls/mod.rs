@@ -4,5 +4,8 @@
 
 pub(crate) mod config;
 pub(crate) mod flush;
+pub(crate) mod outbox;
 pub(crate) mod stream;
+#[cfg(test)]
+pub(crate) mod test_io;
 pub(crate) mod tickets;

@@ -11,6 +11,7 @@ use super::receive::Then;
 use super::send::{send_some, MAX_WRITE};
 use super::{TlsStream, SCRATCH};
 use crate::data::tls::flush;
+use crate::data::tls::outbox::{self, Parcel};
 
 /// Plaintext a stream keeps sealed for its flush at most. Small answers and messages
 /// gain from going out together; a larger write fills packets anyway and is sent at
@@ -41,8 +42,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 return Poll::Ready(Ok(()));
             }
             // Replies rustls queued (tickets, key updates) and held records go out as
-            // reading goes on; a peer slow to take them does not stop us reading.
-            if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+            // reading goes on (bytes the thread holds whole wait for its turn's end);
+            // a peer slow to take them does not stop us reading.
+            if let Poll::Ready(Err(e)) = this.poll_send_queued(cx) {
                 return Poll::Ready(Err(e));
             }
             if this.read_eof {
@@ -60,7 +62,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<S> {
                 continue;
             }
             if buf.filled().len() > before {
-                if let Poll::Ready(Err(e)) = this.poll_send(cx) {
+                if let Poll::Ready(Err(e)) = this.poll_send_queued(cx) {
                     return Poll::Ready(Err(e));
                 }
                 return Poll::Ready(Ok(()));
@@ -111,6 +113,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             // Anything rustls queued before this record (a handshake message) goes first.
             if this.out.is_empty() && !hold {
                 rest = &rest[send_some(&mut this.tcp, cx, rest)?..];
+                // What the socket refused waits for it, not for a turn's end.
+                this.pushed_back |= !rest.is_empty();
+            }
+            if hold && this.out.capacity() == 0 {
+                // Kept for the flush: in a buffer the thread recycles (`outbox`).
+                this.out = outbox::spare();
             }
             this.out.extend_from_slice(rest);
             Ok::<_, io::Error>(())
@@ -125,7 +133,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.unsent() > 0 && this.held.wait(cx) {
+        if this.hand_over_to.is_some() {
+            // Held: handed to the thread, which sends it as its turn ends; the flush is
+            // done (nothing of it needs the task again unless the socket pushes back).
+            if this.out_pos == this.out.len() && this.parcel.as_ref().is_some_and(Parcel::waiting) {
+                return Poll::Ready(Ok(()));
+            }
+            if this.hand_over(cx)? {
+                return Poll::Ready(Ok(()));
+            }
+        } else if this.unsent() > 0 && this.held.wait(cx) {
             return Poll::Pending;
         }
         ready!(this.poll_send(cx))?;

@@ -325,12 +325,7 @@ mod fuzz;
 /// together, and nothing is kept after; a write past the bound sends at once.
 #[test]
 fn held_writes_go_out_together_at_the_end_of_the_turn() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .on_thread_park(crate::data::tls::flush::end_of_turn)
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::data::tls::test_io::turning_runtime().block_on(async {
         let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
         crate::data::tls::flush::hold_on_this_thread();
         let parts = [data(100, 1), data(200, 2), data(300, 3)];
@@ -380,5 +375,68 @@ fn held_writes_go_out_together_at_the_end_of_the_turn() {
             .expect("read in time")
             .unwrap();
         assert_eq!(got, [big, parts[0].clone()].concat());
+    });
+}
+
+/// A stream on a TCP socket hands a held flush's records to the thread
+/// (`tls::outbox`): the flush is done in one poll, the records stay counted until the
+/// turn ends, and then the thread sends them without the task. A later flush in the
+/// same turn joins what waits; a shutdown sends it before the close.
+#[test]
+fn a_handed_over_flush_is_done_at_once_and_sent_by_the_thread() {
+    use crate::data::tls::flush;
+    use std::future::Future;
+    crate::data::tls::test_io::turning_runtime().block_on(async {
+        let (mut server, mut client) = pair(&[&rustls::version::TLS13]).await;
+        server.hand_over_held_flushes();
+        flush::hold_on_this_thread();
+        let parts = [data(100, 1), data(200, 2)];
+        // Another stream's flush is the turn's first.
+        assert!(!flush::hand_over_now());
+        let mut polls = 0;
+        for p in &parts {
+            server.write_all(p).await.unwrap();
+            let mut flushing = std::pin::pin!(server.flush());
+            std::future::poll_fn(|cx| {
+                polls += 1;
+                assert!(flushing.as_mut().poll(cx).is_ready(), "handed over");
+                std::task::Poll::Ready(())
+            })
+            .await;
+        }
+        assert_eq!(polls, 2, "each flush done in one poll");
+        // Both records wait with the thread, in one parcel, nothing kept by the stream.
+        let sealed: usize = parts.iter().map(|p| p.len() + 22).sum();
+        assert_eq!(server.unsent(), sealed);
+        assert!(server.out.is_empty());
+        let nothing = {
+            let mut buf = [0u8; 8];
+            client.get_ref().0.try_read(&mut buf)
+        };
+        assert!(
+            matches!(&nothing, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+            "nothing sent within the turn: {nothing:?}"
+        );
+        let want: Vec<u8> = parts.concat();
+        let mut got = vec![0u8; want.len()];
+        tokio::time::timeout(WAIT, client.read_exact(&mut got))
+            .await
+            .expect("read in time")
+            .unwrap();
+        assert_eq!(got, want);
+        assert_eq!(server.unsent(), 0, "sent by the thread");
+        // Handed over, then shut down in the same turn: the record, then close_notify.
+        let _ = flush::hand_over_now();
+        server.write_all(&parts[0]).await.unwrap();
+        server.flush().await.unwrap();
+        assert!(server.parcel.is_some(), "handed over");
+        server.shutdown().await.unwrap();
+        idle_holds_nothing(&server);
+        let mut rest = Vec::new();
+        tokio::time::timeout(WAIT, client.read_to_end(&mut rest))
+            .await
+            .expect("read in time")
+            .unwrap();
+        assert_eq!(rest, parts[0]);
     });
 }

@@ -5,18 +5,22 @@
 //! clients' answers: nothing is held on a lightly loaded thread (a turn shorter than its
 //! hold threshold, or the turn's first flush), and nothing past the turn's end, which
 //! comes as the thread runs dry, at a later flush that finds the turn old, or at the
-//! thread's next heartbeat (`flush::end_overdue_turn`).
+//! thread's next heartbeat (`flush::end_overdue_turn`). A held flush hands its bytes to
+//! the thread, which sends them itself then (`tls::outbox`); the connection's task is not
+//! woken for it.
 //!
 //! Only plain connections hold. A `--backend-tls` connection (tokio-rustls) passes
 //! through untouched: its writes, vectored, go out at once as before.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::data::tls::flush::{self, Held};
+use crate::data::tls::flush;
+use crate::data::tls::outbox::{self, Parcel};
 
 /// The most a connection keeps unsent before a write waits for the socket: a request
 /// head, or the first chunk of a body, fits; a big upload flows as the socket takes it.
@@ -26,31 +30,59 @@ const HOLD_MAX: usize = 16 * 1024;
 const KEEP_ROOM: usize = 4 * 1024;
 
 /// `io` with its writes kept until they are flushed, and its flushes held for the
-/// turn's end on a thread that holds them.
+/// turn's end on a thread that holds them: handed to the thread, which sends them itself
+/// then (`tls::outbox`), as a client's TLS stream's are.
 pub(super) struct HeldWrites<T> {
+    /// What the thread holds for the connection, to send as its turn ends; it goes
+    /// before `out`. Declared before `io`: dropped first, it sends what still waits while
+    /// the socket is open.
+    parcel: Option<Parcel>,
+    /// The socket's descriptor if this connection holds its writes (a plain one).
+    hold: Option<RawFd>,
+    /// The socket pushed back on what the thread sent: nothing is handed over again
+    /// until the socket has taken what is kept.
+    pushed_back: bool,
     io: T,
-    /// Whether this connection holds its writes (a plain one).
-    hold: bool,
     out: Vec<u8>,
-    held: Held,
 }
 
 impl<T> HeldWrites<T> {
-    pub(super) fn new(io: T, hold: bool) -> Self {
+    /// `io`, holding its writes if its socket's descriptor is given (a plain connection).
+    pub(super) fn new(io: T, hold: Option<RawFd>) -> Self {
         Self {
-            io,
+            parcel: None,
             hold,
+            pushed_back: false,
+            io,
             out: Vec::new(),
-            held: Held::default(),
         }
+    }
+
+    /// What is kept, with what the thread holds.
+    fn kept(&self) -> usize {
+        self.out.len() + self.parcel.as_ref().map_or(0, Parcel::len)
+    }
+
+    /// Takes back what the thread holds: it goes before what was kept since.
+    fn take_back(&mut self) -> io::Result<()> {
+        let mut from = 0;
+        self.pushed_back |= outbox::take_back(&mut self.parcel, &mut self.out, &mut from)?;
+        self.out.drain(..from);
+        Ok(())
     }
 }
 
 impl<T: AsyncWrite + Unpin> HeldWrites<T> {
-    /// Sends what is kept, as far as the socket takes it.
+    /// Sends what is kept, what the thread holds first, as far as the socket takes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.take_back()?;
         while !self.out.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            let Poll::Ready(n) = Pin::new(&mut self.io).poll_write(cx, &self.out) else {
+                // The socket is full: what is kept waits for it, not for a turn's end.
+                self.pushed_back = true;
+                return Poll::Pending;
+            };
+            let n = n?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -60,7 +92,7 @@ impl<T: AsyncWrite + Unpin> HeldWrites<T> {
         if self.out.capacity() > KEEP_ROOM {
             self.out = Vec::new();
         }
-        self.held.sent();
+        self.pushed_back = false;
         Poll::Ready(Ok(()))
     }
 }
@@ -82,14 +114,18 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !(this.hold && flush::holding()) && this.out.is_empty() {
+        if !(this.hold.is_some() && flush::holding()) && this.kept() == 0 {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
-        if this.out.len() + data.len() > HOLD_MAX {
+        if this.kept() + data.len() > HOLD_MAX {
             ready!(this.poll_send(cx))?;
             if data.len() > HOLD_MAX {
                 return Pin::new(&mut this.io).poll_write(cx, data);
             }
+        }
+        if this.out.capacity() == 0 {
+            // Kept for the flush: in a buffer the thread recycles (`outbox`).
+            this.out = outbox::spare();
         }
         this.out.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -101,7 +137,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.hold {
+        if this.hold.is_some() {
             // Not vectored (see `is_write_vectored`): hyper flattens, and this is only
             // the trait's fallback.
             let first = bufs
@@ -117,13 +153,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
     /// flatten its head and body into one buffer; one that does not hold is as vectored
     /// as its socket.
     fn is_write_vectored(&self) -> bool {
-        !self.hold && self.io.is_write_vectored()
+        self.hold.is_none() && self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.out.is_empty() && this.held.wait(cx) {
-            return Poll::Pending;
+        if let Some(fd) = this.hold {
+            if this.out.is_empty() && this.parcel.as_ref().is_some_and(Parcel::waiting) {
+                // Handed over already: the thread sends it as its turn ends.
+                return Poll::Ready(Ok(()));
+            }
+            // Asked even to join a waiting parcel: a turn held too long ends here.
+            let hold = !this.out.is_empty() && !this.pushed_back && flush::hand_over_now();
+            if hold {
+                // What was kept since joins a parcel still waiting, in place.
+                if let Some(parcel) = &mut this.parcel {
+                    if parcel.add(&this.out) {
+                        outbox::recycle(std::mem::take(&mut this.out));
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            // A parcel gone with its turn, or one the socket pushed back on (its rest is
+            // sent as any write), is taken back.
+            this.take_back()?;
+            if hold && !this.pushed_back {
+                let bytes = std::mem::take(&mut this.out);
+                this.parcel = Some(outbox::hand_over(fd, bytes, cx.waker()));
+                return Poll::Ready(Ok(()));
+            }
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
@@ -139,80 +197,41 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
 #[cfg(test)]
 mod tests {
     use std::future::Future;
-    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
+    use crate::data::tls::test_io::{nothing_arrived, pair, read_n, turning_runtime, WAIT};
 
-    const WAIT: Duration = Duration::from_secs(10);
-
-    /// A connected loopback pair: (the pod's side, the pool's side).
-    async fn pair() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (ours, theirs) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        (theirs.unwrap().0, ours.unwrap())
-    }
-
-    /// Nothing has reached `pod` yet (the data never went to the socket, so this does
-    /// not race the network).
-    fn nothing_arrived(pod: &TcpStream) {
-        let mut buf = [0u8; 64];
-        match pod.try_read(&mut buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => panic!("the pod got something early: {other:?}"),
-        }
-    }
-
-    async fn read_n(pod: &mut TcpStream, n: usize) -> Vec<u8> {
-        let mut got = vec![0u8; n];
-        tokio::time::timeout(WAIT, pod.read_exact(&mut got))
-            .await
-            .expect("read in time")
-            .unwrap();
-        got
-    }
-
-    /// On a thread that holds flushes, a request is kept until its flush, which waits
-    /// for the turn's end (after the turn's first) and then sends it whole; a write past
-    /// the bound goes at once; a shutdown sends what is kept first.
+    /// On a thread that holds flushes, a request is kept until its flush, which hands
+    /// it to the thread (after the turn's first) and is done at once; the thread sends
+    /// it whole as the turn ends. A write past the bound goes at once; a shutdown sends
+    /// what is kept first.
     #[test]
     fn a_busy_turns_requests_reach_their_pod_at_its_end() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .on_thread_park(flush::end_of_turn)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (mut pod, io) = pair().await;
-            let mut conn = HeldWrites::new(io, true);
+        turning_runtime().block_on(async {
+            let (io, mut pod) = pair().await;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&io);
+            let mut conn = HeldWrites::new(io, Some(fd));
             flush::hold_on_this_thread();
             // Another connection's flush is the turn's first (it would send at once).
-            std::future::poll_fn(|cx| {
-                assert!(!Held::default().wait(cx));
-                Poll::Ready(())
-            })
-            .await;
+            assert!(!flush::hand_over_now());
             conn.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             conn.write_all(b"more").await.unwrap();
             nothing_arrived(&pod);
             {
-                // The flush waits for the turn's end: nothing goes within the turn...
+                // The flush hands it over and is done, in one poll; nothing goes within
+                // the turn...
                 let mut flushing = std::pin::pin!(conn.flush());
                 std::future::poll_fn(|cx| {
-                    assert!(flushing.as_mut().poll(cx).is_pending(), "held");
+                    assert!(flushing.as_mut().poll(cx).is_ready(), "handed over");
                     Poll::Ready(())
                 })
                 .await;
-                nothing_arrived(&pod);
-                // ...and all of it once the thread has run dry (its park hook).
-                tokio::time::timeout(WAIT, flushing)
-                    .await
-                    .expect("flush in time")
-                    .unwrap();
             }
+            assert!(conn.out.is_empty() && conn.parcel.is_some());
+            nothing_arrived(&pod);
+            // ...and all of it once the thread has run dry (its park hook).
             assert_eq!(read_n(&mut pod, 22).await, b"GET / HTTP/1.1\r\n\r\nmore");
             // Past the bound: what is kept goes first, then the big write at once.
             conn.write_all(b"head").await.unwrap();
@@ -220,7 +239,11 @@ mod tests {
             conn.write_all(&big).await.unwrap();
             let got = read_n(&mut pod, 4 + big.len()).await;
             assert_eq!((&got[..4], &got[4..]), (&b"head"[..], &big[..]));
+            // Handed over, then shut down within the turn: the bytes go before the FIN.
+            let _ = flush::hand_over_now(); // this turn's first, if no other was
             conn.write_all(b"last").await.unwrap();
+            conn.flush().await.unwrap();
+            assert!(conn.parcel.is_some(), "handed over");
             conn.shutdown().await.unwrap();
             let mut rest = Vec::new();
             tokio::time::timeout(WAIT, pod.read_to_end(&mut rest))
@@ -236,8 +259,9 @@ mod tests {
     #[tokio::test]
     async fn elsewhere_writes_go_at_once() {
         for hold in [false, true] {
-            let (mut pod, io) = pair().await;
-            let mut conn = HeldWrites::new(io, hold);
+            let (io, mut pod) = pair().await;
+            let fd = hold.then(|| std::os::fd::AsRawFd::as_raw_fd(&io));
+            let mut conn = HeldWrites::new(io, fd);
             conn.write_all(b"now").await.unwrap();
             assert!(conn.out.is_empty(), "nothing kept (hold: {hold})");
             assert_eq!(read_n(&mut pod, 3).await, b"now");

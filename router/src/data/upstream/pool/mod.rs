@@ -212,7 +212,11 @@ impl Pool {
                 .map_err(|source| PoolError::Connect { addr, source })?,
             None => BackendIo::Plain(tcp),
         };
-        let hold = matches!(io, BackendIo::Plain(_));
+        // A plain connection holds its writes; a TLS one (tokio-rustls) writes at once.
+        let hold = match &io {
+            BackendIo::Plain(tcp) => Some(std::os::fd::AsRawFd::as_raw_fd(tcp)),
+            _ => None,
+        };
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .handshake::<_, ReqBody>(TokioIo::new(held::HeldWrites::new(io, hold)))
             .await
