@@ -4,8 +4,9 @@
 //! under eviction) once it has waited `READMIT_AFTER` or up to twice that (a client that
 //! asks again sooner is spared the pool's locks), and waits for its next request head
 //! at most `--request-timeout` (hyper's header read timeout, armed as soon as it is
-//! idle); while a request is in flight its own timeouts apply. A client that stops reading an answer for the stall
-//! time loses the connection (`WriteStall`), whatever the answer.
+//! idle); while a request is in flight its own timeouts apply. A client that stops
+//! reading an answer for the stall time loses the connection (`WriteStall`), whatever
+//! the answer.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -32,10 +32,12 @@
 //! tests' runtimes, the admin listener) a flush sends at once, as before.
 
 use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::RawFd;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use super::outbox;
+use super::outbox::{self, Parcel};
 
 /// The longest a flush is held, and the most flushes held at once (parcels waiting and
 /// wakers parked): tokio calls the park
@@ -154,6 +156,107 @@ pub(crate) fn hand_over_now() -> bool {
         return false;
     }
     true
+}
+
+/// A stream's held flushes handed to its thread (`outbox`), for a stream on a socket the
+/// thread may send to: what the thread holds for it, and whether its socket pushed back.
+/// Its owner keeps its queue (`out`, sent from `pos`) and declares this before its
+/// socket: the parcel, dropped first, sends what still waits while the socket is open.
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    parcel: Option<Parcel>,
+    /// The socket's descriptor; `None`: the stream may not hand over (it parks instead).
+    fd: Option<RawFd>,
+    /// The socket pushed back: nothing is handed over until it has taken what is queued.
+    pushed_back: bool,
+}
+
+impl Handover {
+    /// Held flushes for the socket `fd` go from the thread.
+    pub(crate) fn to(fd: RawFd) -> Self {
+        Self {
+            fd: Some(fd),
+            ..Self::default()
+        }
+    }
+
+    /// Whether the stream's held flushes go from the thread.
+    pub(crate) fn allowed(&self) -> bool {
+        self.fd.is_some()
+    }
+
+    /// Bytes the thread holds for the stream, not known to be sent.
+    pub(crate) fn len(&self) -> usize {
+        self.parcel.as_ref().map_or(0, Parcel::len)
+    }
+
+    /// Whether the thread holds the stream's bytes whole, to send as this turn ends,
+    /// and nothing was queued since (`queued`).
+    pub(crate) fn waiting_with_nothing_since(&self, queued: usize) -> bool {
+        queued == 0 && self.parcel.as_ref().is_some_and(Parcel::waiting)
+    }
+
+    /// The socket took what was queued.
+    pub(crate) fn sent(&mut self) {
+        self.pushed_back = false;
+    }
+
+    /// The socket refused some of what was queued: it waits for the socket, not a turn.
+    pub(crate) fn pushed_back(&mut self) {
+        self.pushed_back = true;
+    }
+
+    /// Takes back what the thread holds into the queue `out` (sent from `*pos`): it goes
+    /// before what was queued since. Its socket's error is the stream's.
+    #[inline]
+    pub(crate) fn take_back(&mut self, out: &mut Vec<u8>, pos: &mut usize) -> io::Result<()> {
+        if let Some(parcel) = self.parcel.take() {
+            self.pushed_back |= parcel.take_back_into(out, pos)?;
+        }
+        Ok(())
+    }
+
+    /// A flush of the queue `out` (sent from `*pos`): true if it is done, its bytes with
+    /// the thread (handed over now, joined to a parcel still waiting, or nothing new);
+    /// false if the stream sends the queue itself (not the rule now, or its socket
+    /// pushed back), what the thread held taken back into it first.
+    pub(crate) fn flush(
+        &mut self,
+        out: &mut Vec<u8>,
+        pos: &mut usize,
+        cx: &Context<'_>,
+    ) -> io::Result<bool> {
+        let Some(fd) = self.fd else {
+            return Ok(false);
+        };
+        if self.waiting_with_nothing_since(out.len() - *pos) {
+            return Ok(true);
+        }
+        // Asked even to join a waiting parcel: a turn held too long ends here.
+        let hold = *pos == 0 && !out.is_empty() && !self.pushed_back && hand_over_now();
+        if hold {
+            if let Some(parcel) = &mut self.parcel {
+                if parcel.add(out) {
+                    outbox::recycle(std::mem::take(out));
+                    return Ok(true);
+                }
+            }
+        }
+        // A parcel gone with its turn, or one its socket pushed back on (its rest is
+        // sent as any write), comes back.
+        self.take_back(out, pos)?;
+        if !hold || self.pushed_back {
+            return Ok(false);
+        }
+        self.parcel = Some(outbox::hand_over(fd, std::mem::take(out), cx.waker()));
+        Ok(true)
+    }
+
+    /// Whether a parcel is out with the thread (sent or not).
+    #[cfg(test)]
+    pub(crate) fn handed_over(&self) -> bool {
+        self.parcel.is_some()
+    }
 }
 
 /// A flush held for the turn's end by parking its task, from the turn it was asked in:

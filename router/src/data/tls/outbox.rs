@@ -10,7 +10,8 @@
 //! its task, which takes the rest back and sends it as any write, waiting on the socket.
 //!
 //! A parcel lives in a thread-local table, reached through its [`Parcel`], which its
-//! stream keeps in place of the bytes and must declare before its socket: dropping the
+//! stream keeps in place of the bytes (in its `flush::Handover`, which decides when to
+//! hand over) and must declare before its socket: dropping the
 //! parcel (the stream closing) sends what still waits at once, best effort, while the
 //! socket is open. So a flush that returned means the bytes will be offered to the socket
 //! by the turn's end, not that the socket has them: a stream dropped without a shutdown
@@ -286,20 +287,6 @@ impl Outbox {
         }
         TROUBLES.set(TROUBLES.get() + 1);
         Some((waker, true))
-    }
-}
-
-/// Takes back `parcel`, if there is one, into `out`, the queue its stream sends from
-/// `*pos` ([`Parcel::take_back_into`]): true if its socket pushed back.
-#[inline]
-pub(crate) fn take_back(
-    parcel: &mut Option<Parcel>,
-    out: &mut Vec<u8>,
-    pos: &mut usize,
-) -> io::Result<bool> {
-    match parcel.take() {
-        None => Ok(false),
-        Some(parcel) => parcel.take_back_into(out, pos),
     }
 }
 

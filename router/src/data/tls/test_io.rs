@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -62,7 +62,7 @@ pub(crate) fn nothing_arrived(peer: &TcpStream) {
 }
 
 /// The next `n` bytes `peer` receives.
-pub(crate) async fn read_n(peer: &mut TcpStream, n: usize) -> Vec<u8> {
+pub(crate) async fn read_n<R: AsyncRead + Unpin>(peer: &mut R, n: usize) -> Vec<u8> {
     let mut got = vec![0u8; n];
     tokio::time::timeout(WAIT, peer.read_exact(&mut got))
         .await

@@ -11,7 +11,7 @@ use super::receive::Then;
 use super::send::{send_some, MAX_WRITE};
 use super::{TlsStream, SCRATCH};
 use crate::data::tls::flush;
-use crate::data::tls::outbox::{self, Parcel};
+use crate::data::tls::outbox;
 
 /// Plaintext a stream keeps sealed for its flush at most. Small answers and messages
 /// gain from going out together; a larger write fills packets anyway and is sent at
@@ -113,8 +113,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
             // Anything rustls queued before this record (a handshake message) goes first.
             if this.out.is_empty() && !hold {
                 rest = &rest[send_some(&mut this.tcp, cx, rest)?..];
-                // What the socket refused waits for it, not for a turn's end.
-                this.pushed_back |= !rest.is_empty();
+                if !rest.is_empty() {
+                    // What the socket refused waits for it, not for a turn's end.
+                    this.handover.pushed_back();
+                }
             }
             if hold && this.out.capacity() == 0 {
                 // Kept for the flush: in a buffer the thread recycles (`outbox`).
@@ -133,13 +135,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.hand_over_to.is_some() {
+        if this.handover.allowed() {
             // Held: handed to the thread, which sends it as its turn ends; the flush is
             // done (nothing of it needs the task again unless the socket pushes back).
-            if this.out_pos == this.out.len() && this.parcel.as_ref().is_some_and(Parcel::waiting) {
-                return Poll::Ready(Ok(()));
-            }
-            if this.hand_over(cx)? {
+            if this.handover.flush(&mut this.out, &mut this.out_pos, cx)? {
                 return Poll::Ready(Ok(()));
             }
         } else if this.unsent() > 0 && this.held.wait(cx) {

@@ -23,7 +23,7 @@ mod send;
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -33,8 +33,7 @@ use tokio::net::TcpStream;
 
 pub(crate) use handshake::{accept, HandshakeLimits, DEFAULT_MAX_CLIENT_HELLO};
 
-use super::flush::Held;
-use super::outbox::{self, Parcel};
+use super::flush::{Handover, Held};
 pub(crate) use meter::Meter;
 
 /// The largest TLS record on the wire: header, 2^14 bytes of plaintext, 256 of expansion.
@@ -53,15 +52,11 @@ thread_local! {
 /// A server-side TLS stream over a byte stream (TCP in the router). Made by [`accept`].
 pub(crate) struct TlsStream<S = TcpStream> {
     /// Sealed bytes handed to the I/O thread at a held flush, to go as its turn ends
-    /// (`tls::outbox`); they go before `out`'s. Declared before `tcp`: dropped first, it
-    /// sends what still waits while the socket is open.
-    parcel: Option<Parcel>,
-    /// The socket's descriptor, where the thread may send for this stream (a TCP socket:
-    /// [`TlsStream::hand_over_held_flushes`]); elsewhere a held flush parks its task.
-    hand_over_to: Option<RawFd>,
-    /// The socket pushed back on what the thread sent for this stream: nothing is handed
-    /// over again until the socket has taken what is queued.
-    pushed_back: bool,
+    /// (`tls::flush`); they go before `out`'s. Only on a TCP socket
+    /// ([`TlsStream::hand_over_held_flushes`]); elsewhere a held flush parks its task.
+    /// Declared before `tcp`: dropped first, it sends what still waits while the socket
+    /// is open.
+    handover: Handover,
     tcp: S,
     conn: UnbufferedServerConnection,
     /// Received ciphertext not yet processed: the start of a record still arriving.
@@ -87,9 +82,7 @@ impl<S> TlsStream<S> {
     /// A stream about to start its handshake: nothing received, nothing held.
     fn new(tcp: S, conn: UnbufferedServerConnection) -> Self {
         Self {
-            parcel: None,
-            hand_over_to: None,
-            pushed_back: false,
+            handover: Handover::default(),
             tcp,
             conn,
             partial: Vec::new(),
@@ -108,8 +101,7 @@ impl<S> TlsStream<S> {
     /// Takes back what the thread holds for the stream (`tls::outbox`): its bytes go
     /// before what was queued since; its socket's error is the stream's.
     fn take_back(&mut self) -> io::Result<()> {
-        self.pushed_back |= outbox::take_back(&mut self.parcel, &mut self.out, &mut self.out_pos)?;
-        Ok(())
+        self.handover.take_back(&mut self.out, &mut self.out_pos)
     }
 
     /// The same TLS session over another handle on its socket (moved onto an I/O
@@ -121,9 +113,7 @@ impl<S> TlsStream<S> {
         // What the thread holds for the stream comes back first: the new handle sends it.
         self.take_back()?;
         let Self {
-            parcel: _,
-            hand_over_to: _,
-            pushed_back,
+            handover,
             tcp,
             conn,
             partial,
@@ -137,10 +127,10 @@ impl<S> TlsStream<S> {
             hello_checked,
             held,
         } = self;
+        // Nothing is with the thread now, and the new handle may not hand over.
+        drop(handover);
         Ok(TlsStream {
-            parcel: None,
-            hand_over_to: None,
-            pushed_back,
+            handover: Handover::default(),
             tcp: f(tcp)?,
             conn,
             partial,
@@ -161,7 +151,7 @@ impl TlsStream<TcpStream> {
     /// Lets a held flush hand its bytes to the I/O thread, which sends them itself as
     /// its turn ends (`tls::outbox`), rather than park the task to send them then.
     pub(crate) fn hand_over_held_flushes(&mut self) {
-        self.hand_over_to = Some(self.tcp.as_raw_fd());
+        self.handover = Handover::to(self.tcp.as_raw_fd());
     }
 }
 
@@ -198,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
 
     /// Ciphertext encrypted from what was written but not yet taken by the socket.
     pub(crate) fn unsent(&self) -> usize {
-        self.out.len() - self.out_pos + self.parcel.as_ref().map_or(0, Parcel::len)
+        self.out.len() - self.out_pos + self.handover.len()
     }
 
     /// Keeps `e` to report once what is queued (the alert, usually) has gone out.

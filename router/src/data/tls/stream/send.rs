@@ -10,8 +10,6 @@ use rustls::unbuffered::{EncodeError, EncodeTlsData, EncryptError, WriteTraffic}
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{TlsStream, SCRATCH_SIZE};
-use crate::data::tls::flush;
-use crate::data::tls::outbox::{self, Parcel};
 
 /// Plaintext encrypted per `poll_write` at most; larger writes are taken in parts.
 pub(super) const MAX_WRITE: usize = 64 << 10;
@@ -35,54 +33,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream<S> {
         self.out_pos += send_some(&mut self.tcp, cx, &self.out[self.out_pos..])?;
         if self.out_pos < self.out.len() {
             // The socket is full: what is queued waits for it, not for a turn's end.
-            self.pushed_back = true;
+            self.handover.pushed_back();
             return Poll::Pending;
         }
         self.out = Vec::new();
         self.out_pos = 0;
         self.held.sent();
-        self.pushed_back = false;
+        self.handover.sent();
         Poll::Ready(Ok(()))
     }
 
     /// [`Self::poll_send`], but what the thread holds for the stream whole waits for
     /// its turn's end when nothing was queued since: a read goes on without it.
     pub(super) fn poll_send_queued(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.out_pos == self.out.len() && self.parcel.as_ref().is_some_and(Parcel::waiting) {
+        if self
+            .handover
+            .waiting_with_nothing_since(self.out.len() - self.out_pos)
+        {
             return Poll::Ready(Ok(()));
         }
         self.poll_send(cx)
-    }
-
-    /// Hands what is queued to the thread, to send as its turn ends, where that is the
-    /// rule now (`flush::hand_over_now`) and the stream may: true if it did.
-    pub(super) fn hand_over(&mut self, cx: &mut Context<'_>) -> io::Result<bool> {
-        let Some(fd) = self.hand_over_to else {
-            return Ok(false);
-        };
-        // Asked even to join a waiting parcel: a turn held too long ends here.
-        let hold = self.out_pos == 0
-            && !self.out.is_empty()
-            && !self.pushed_back
-            && flush::hand_over_now();
-        if hold {
-            // What came since joins a parcel still waiting, in place.
-            if let Some(parcel) = &mut self.parcel {
-                if parcel.add(&self.out) {
-                    outbox::recycle(std::mem::take(&mut self.out));
-                    return Ok(true);
-                }
-            }
-        }
-        // A parcel gone with its turn, or one the socket pushed back on (its rest is
-        // sent as any write), is taken back.
-        self.take_back()?;
-        if !hold || self.pushed_back {
-            return Ok(false);
-        }
-        let bytes = std::mem::take(&mut self.out);
-        self.parcel = Some(outbox::hand_over(fd, bytes, cx.waker()));
-        Ok(true)
     }
 }
 

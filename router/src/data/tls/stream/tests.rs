@@ -4,6 +4,7 @@
 use super::send::{sealed_len, MAX_WRITE};
 use super::*;
 use crate::data::tls::config::{DevCert, TlsOptions};
+use crate::data::tls::test_io::read_n;
 use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,12 +64,7 @@ async fn writes_hold_only_what_the_socket_refuses() {
     let small = data(100, 3);
     server.write_all(&small).await.unwrap();
     idle_holds_nothing(&server);
-    let mut got = vec![0u8; small.len()];
-    tokio::time::timeout(WAIT, client.read_exact(&mut got))
-        .await
-        .expect("read in time")
-        .unwrap();
-    assert_eq!(got, small);
+    assert_eq!(read_n(&mut client, small.len()).await, small);
 
     // The client reads nothing until the socket buffers are full.
     let chunk = data(MAX_WRITE, 4);
@@ -350,13 +346,10 @@ fn held_writes_go_out_together_at_the_end_of_the_turn() {
             .unwrap();
         assert_eq!(server.unsent(), 0);
         idle_holds_nothing(&server);
-        let want: Vec<u8> = parts.concat();
-        let mut got = vec![0u8; want.len()];
-        tokio::time::timeout(WAIT, client.read_exact(&mut got))
-            .await
-            .expect("read in time")
-            .unwrap();
-        assert_eq!(got, want);
+        assert_eq!(
+            read_n(&mut client, parts.iter().map(Vec::len).sum()).await,
+            parts.concat()
+        );
         // Past the bound, a write is not held: it goes to the socket at once.
         let big = data(MAX_WRITE, 5);
         server.write_all(&big).await.unwrap();
@@ -369,11 +362,7 @@ fn held_writes_go_out_together_at_the_end_of_the_turn() {
             .await
             .expect("flush in time")
             .unwrap();
-        let mut got = vec![0u8; big.len() + parts[0].len()];
-        tokio::time::timeout(WAIT, client.read_exact(&mut got))
-            .await
-            .expect("read in time")
-            .unwrap();
+        let got = read_n(&mut client, big.len() + parts[0].len()).await;
         assert_eq!(got, [big, parts[0].clone()].concat());
     });
 }
@@ -417,19 +406,16 @@ fn a_handed_over_flush_is_done_at_once_and_sent_by_the_thread() {
             matches!(&nothing, Err(e) if e.kind() == io::ErrorKind::WouldBlock),
             "nothing sent within the turn: {nothing:?}"
         );
-        let want: Vec<u8> = parts.concat();
-        let mut got = vec![0u8; want.len()];
-        tokio::time::timeout(WAIT, client.read_exact(&mut got))
-            .await
-            .expect("read in time")
-            .unwrap();
-        assert_eq!(got, want);
+        assert_eq!(
+            read_n(&mut client, parts.iter().map(Vec::len).sum()).await,
+            parts.concat()
+        );
         assert_eq!(server.unsent(), 0, "sent by the thread");
         // Handed over, then shut down in the same turn: the record, then close_notify.
         let _ = flush::hand_over_now();
         server.write_all(&parts[0]).await.unwrap();
         server.flush().await.unwrap();
-        assert!(server.parcel.is_some(), "handed over");
+        assert!(server.handover.handed_over(), "handed over");
         server.shutdown().await.unwrap();
         idle_holds_nothing(&server);
         let mut rest = Vec::new();

@@ -20,7 +20,8 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::data::tls::flush;
-use crate::data::tls::outbox::{self, Parcel};
+use crate::data::tls::flush::Handover;
+use crate::data::tls::outbox;
 
 /// The most a connection keeps unsent before a write waits for the socket: a request
 /// head, or the first chunk of a body, fits; a big upload flows as the socket takes it.
@@ -31,68 +32,64 @@ const KEEP_ROOM: usize = 4 * 1024;
 
 /// `io` with its writes kept until they are flushed, and its flushes held for the
 /// turn's end on a thread that holds them: handed to the thread, which sends them itself
-/// then (`tls::outbox`), as a client's TLS stream's are.
+/// then (`tls::flush::Handover`), as a client's TLS stream's are.
 pub(super) struct HeldWrites<T> {
     /// What the thread holds for the connection, to send as its turn ends; it goes
-    /// before `out`. Declared before `io`: dropped first, it sends what still waits while
-    /// the socket is open.
-    parcel: Option<Parcel>,
-    /// The socket's descriptor if this connection holds its writes (a plain one).
-    hold: Option<RawFd>,
-    /// The socket pushed back on what the thread sent: nothing is handed over again
-    /// until the socket has taken what is kept.
-    pushed_back: bool,
+    /// before `out`. Only for a connection that holds its writes (a plain one). Declared
+    /// before `io`: dropped first, it sends what still waits while the socket is open.
+    handover: Handover,
     io: T,
+    /// What is kept, sent from `pos`.
     out: Vec<u8>,
+    pos: usize,
 }
 
 impl<T> HeldWrites<T> {
     /// `io`, holding its writes if its socket's descriptor is given (a plain connection).
     pub(super) fn new(io: T, hold: Option<RawFd>) -> Self {
         Self {
-            parcel: None,
-            hold,
-            pushed_back: false,
+            handover: hold.map(Handover::to).unwrap_or_default(),
             io,
             out: Vec::new(),
+            pos: 0,
         }
+    }
+
+    /// Whether this connection holds its writes.
+    fn holds(&self) -> bool {
+        self.handover.allowed()
     }
 
     /// What is kept, with what the thread holds.
     fn kept(&self) -> usize {
-        self.out.len() + self.parcel.as_ref().map_or(0, Parcel::len)
-    }
-
-    /// Takes back what the thread holds: it goes before what was kept since.
-    fn take_back(&mut self) -> io::Result<()> {
-        let mut from = 0;
-        self.pushed_back |= outbox::take_back(&mut self.parcel, &mut self.out, &mut from)?;
-        self.out.drain(..from);
-        Ok(())
+        self.out.len() - self.pos + self.handover.len()
     }
 }
 
 impl<T: AsyncWrite + Unpin> HeldWrites<T> {
     /// Sends what is kept, what the thread holds first, as far as the socket takes it.
     fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.take_back()?;
-        while !self.out.is_empty() {
-            let Poll::Ready(n) = Pin::new(&mut self.io).poll_write(cx, &self.out) else {
+        self.handover.take_back(&mut self.out, &mut self.pos)?;
+        while self.pos < self.out.len() {
+            let Poll::Ready(n) = Pin::new(&mut self.io).poll_write(cx, &self.out[self.pos..])
+            else {
                 // The socket is full: what is kept waits for it, not for a turn's end.
-                self.pushed_back = true;
+                self.handover.pushed_back();
                 return Poll::Pending;
             };
             let n = n?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.out.drain(..n);
+            self.pos += n;
         }
+        self.out.clear();
+        self.pos = 0;
         // An idle pooled connection keeps no more than a request head's room.
         if self.out.capacity() > KEEP_ROOM {
             self.out = Vec::new();
         }
-        self.pushed_back = false;
+        self.handover.sent();
         Poll::Ready(Ok(()))
     }
 }
@@ -114,7 +111,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if !(this.hold.is_some() && flush::holding()) && this.kept() == 0 {
+        if !(this.holds() && flush::holding()) && this.kept() == 0 {
             return Pin::new(&mut this.io).poll_write(cx, data);
         }
         if this.kept() + data.len() > HOLD_MAX {
@@ -137,7 +134,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if this.hold.is_some() {
+        if this.holds() {
             // Not vectored (see `is_write_vectored`): hyper flattens, and this is only
             // the trait's fallback.
             let first = bufs
@@ -153,35 +150,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeldWrites<T> {
     /// flatten its head and body into one buffer; one that does not hold is as vectored
     /// as its socket.
     fn is_write_vectored(&self) -> bool {
-        self.hold.is_none() && self.io.is_write_vectored()
+        !self.holds() && self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(fd) = this.hold {
-            if this.out.is_empty() && this.parcel.as_ref().is_some_and(Parcel::waiting) {
-                // Handed over already: the thread sends it as its turn ends.
-                return Poll::Ready(Ok(()));
-            }
-            // Asked even to join a waiting parcel: a turn held too long ends here.
-            let hold = !this.out.is_empty() && !this.pushed_back && flush::hand_over_now();
-            if hold {
-                // What was kept since joins a parcel still waiting, in place.
-                if let Some(parcel) = &mut this.parcel {
-                    if parcel.add(&this.out) {
-                        outbox::recycle(std::mem::take(&mut this.out));
-                        return Poll::Ready(Ok(()));
-                    }
-                }
-            }
-            // A parcel gone with its turn, or one the socket pushed back on (its rest is
-            // sent as any write), is taken back.
-            this.take_back()?;
-            if hold && !this.pushed_back {
-                let bytes = std::mem::take(&mut this.out);
-                this.parcel = Some(outbox::hand_over(fd, bytes, cx.waker()));
-                return Poll::Ready(Ok(()));
-            }
+        if this.handover.flush(&mut this.out, &mut this.pos, cx)? {
+            // With the thread, which sends it as its turn ends.
+            return Poll::Ready(Ok(()));
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_flush(cx)
@@ -229,7 +205,7 @@ mod tests {
                 })
                 .await;
             }
-            assert!(conn.out.is_empty() && conn.parcel.is_some());
+            assert!(conn.out.is_empty() && conn.handover.handed_over());
             nothing_arrived(&pod);
             // ...and all of it once the thread has run dry (its park hook).
             assert_eq!(read_n(&mut pod, 22).await, b"GET / HTTP/1.1\r\n\r\nmore");
@@ -243,7 +219,7 @@ mod tests {
             let _ = flush::hand_over_now(); // this turn's first, if no other was
             conn.write_all(b"last").await.unwrap();
             conn.flush().await.unwrap();
-            assert!(conn.parcel.is_some(), "handed over");
+            assert!(conn.handover.handed_over(), "handed over");
             conn.shutdown().await.unwrap();
             let mut rest = Vec::new();
             tokio::time::timeout(WAIT, pod.read_to_end(&mut rest))
