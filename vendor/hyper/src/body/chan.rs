@@ -171,21 +171,24 @@ impl Receiver {
         } else {
             false
         };
+        // A sender gone waits for nothing: waking its task would only poll it in vain.
+        let sender_open = state.sender_open;
         if let Some(item) = state.item.take() {
             drop(state);
-            self.shared.sender_waker.wake();
+            if sender_open {
+                self.shared.sender_waker.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if let Some(err) = state.pending_error.take() {
             drop(state);
-            if wake_sender {
+            if wake_sender && sender_open {
                 self.shared.sender_waker.wake();
             }
             return Poll::Ready(Some(Err(err)));
         }
-        let sender_open = state.sender_open;
         drop(state);
-        if wake_sender {
+        if wake_sender && sender_open {
             self.shared.sender_waker.wake();
         }
         if sender_open {

@@ -2,6 +2,7 @@
 //! timeout, retain, backends that close, and request bodies streamed through.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -9,6 +10,7 @@ use http::header::HOST;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Frame};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::test_backend::{within, Backend};
@@ -307,5 +309,92 @@ impl Body for Chunks {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         self.0.poll_recv(cx).map(|c| c.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// hyper 1.12's body channel woke its sender's task as each chunk was taken, even once
+/// the sender was gone: a response read whole with its head then polled its pod
+/// connection's task once more for nothing, and a POST's body its client's task. The
+/// hyper the router builds with (`vendor/hyper`, see its `PATCHED.md`) wakes a sender
+/// only while it is there. This drives hyper's side of a connection by hand, with a
+/// waker that counts, as the connection's task would be driven.
+#[tokio::test]
+async fn a_body_whose_sender_is_gone_wakes_no_one_as_it_is_taken() {
+    let backend = Backend::start().await;
+    let tcp = TcpStream::connect(backend.addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, ReqBody>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .expect("handshake");
+    let mut conn = std::pin::pin!(conn);
+    let counting = Arc::new(Counting::default());
+    let mut answer = std::pin::pin!(sender.send_request(request("/", empty())));
+    let mut response = None;
+    drive_until(conn.as_mut(), &counting, |cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            response = Some(r.expect("a response"));
+        }
+        response.is_some()
+    })
+    .await;
+    let mut body = response.expect("a response").into_body();
+    // Until hyper's side is idle again: the body read whole, its sender dropped.
+    drive_until(conn.as_mut(), &counting, |_| sender.is_ready()).await;
+    let before = counting.wakes();
+    let mut no_waker = Context::from_waker(std::task::Waker::noop());
+    let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut no_waker) else {
+        panic!("the body, read whole");
+    };
+    assert_eq!(frame.into_data().expect("data"), "1");
+    assert_eq!(counting.wakes(), before, "no task woken by taking the body");
+}
+
+/// Drives hyper's side of a connection, its wakes counted (and passed on to this task),
+/// until `done`.
+async fn drive_until<C: Future>(
+    mut conn: Pin<&mut C>,
+    counting: &Arc<Counting>,
+    mut done: impl FnMut(&mut Context<'_>) -> bool,
+) {
+    let waker = std::task::Waker::from(counting.clone());
+    within(std::future::poll_fn(|cx| {
+        counting.pass_on_to(cx.waker());
+        let _ = conn.as_mut().poll(&mut Context::from_waker(&waker));
+        if done(cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }))
+    .await;
+}
+
+/// A waker that counts its wakes and passes each on to the task it was last given.
+#[derive(Default)]
+struct Counting {
+    wakes: std::sync::atomic::AtomicUsize,
+    task: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl Counting {
+    fn pass_on_to(&self, task: &std::task::Waker) {
+        *self.task.lock().expect("not poisoned") = Some(task.clone());
+    }
+
+    fn wakes(&self) -> usize {
+        self.wakes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Counting {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(task) = self.task.lock().expect("not poisoned").as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
