@@ -317,8 +317,9 @@ impl Body for Chunks {
 /// connection's task once more for nothing, and a POST's body its client's task. The
 /// hyper the router builds with (`vendor/hyper`, see its `PATCHED.md`) wakes a sender
 /// only while it is there. This drives hyper's side of a connection by hand, with a
-/// waker that counts, as the connection's task would be driven.
-#[tokio::test]
+/// waker that counts, as the connection's task would be driven. One thread: nothing
+/// (the backend, the I/O driver) runs between the count's two reads.
+#[tokio::test(flavor = "current_thread")]
 async fn a_body_whose_sender_is_gone_wakes_no_one_as_it_is_taken() {
     let backend = Backend::start().await;
     let tcp = TcpStream::connect(backend.addr).await.expect("connect");
