@@ -206,16 +206,11 @@ pub(crate) fn spare() -> Vec<u8> {
 }
 
 /// Gives back a buffer held bytes were kept in (`spare`), emptied.
-pub(crate) fn recycle(mut bytes: Vec<u8>) {
+pub(crate) fn recycle(bytes: Vec<u8>) {
     if bytes.capacity() == 0 || bytes.capacity() > SPARE_MAX {
         return;
     }
-    bytes.clear();
-    OUTBOX.with_borrow_mut(|o| {
-        if o.spares.len() < SPARES {
-            o.spares.push(bytes);
-        }
-    });
+    OUTBOX.with_borrow_mut(|o| o.keep_spare(bytes));
 }
 
 /// Parcels handed over this turn and still waiting.
@@ -258,6 +253,14 @@ fn send_all() {
 }
 
 impl Outbox {
+    /// Keeps `bytes`' buffer, emptied, for a stream's next held bytes, if there is room.
+    fn keep_spare(&mut self, mut bytes: Vec<u8>) {
+        if self.spares.len() < SPARES {
+            bytes.clear();
+            self.spares.push(bytes);
+        }
+    }
+
     /// Sends the parcel in slot `i` if it is still the one listed (`generation`) and
     /// waiting: its task's waker, and whether to wake it (its socket did not take it
     /// whole).
@@ -275,10 +278,8 @@ impl Outbox {
             Ok(n) if n == bytes.len() => {
                 slot.generation += 1;
                 self.free.push(i);
-                if self.spares.len() < SPARES && bytes.capacity() <= SPARE_MAX {
-                    let mut spare = bytes;
-                    spare.clear();
-                    self.spares.push(spare);
+                if bytes.capacity() <= SPARE_MAX {
+                    self.keep_spare(bytes);
                 }
                 return Some((waker, false));
             }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::time::Duration;
 
@@ -12,24 +12,44 @@ use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
-pub(crate) struct Count(AtomicUsize);
+/// A waker's count of wakes, and the task each wake is passed on to, if given one.
+pub(crate) struct Count {
+    wakes: AtomicUsize,
+    task: Mutex<Option<Waker>>,
+}
 
 impl Wake for Count {
     fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wakes.fetch_add(1, Ordering::Relaxed);
+        if let Some(task) = self.task.lock().unwrap().as_ref() {
+            task.wake_by_ref();
+        }
     }
 }
 
 impl Count {
     /// Wakes so far.
     pub(crate) fn woken(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.wakes.load(Ordering::Relaxed)
+    }
+
+    /// Passes each wake from now on to `task` too (the test's own, so what the counted
+    /// waker waits on still moves the test on).
+    pub(crate) fn pass_on_to(&self, task: &Waker) {
+        *self.task.lock().unwrap() = Some(task.clone());
     }
 }
 
 /// A waker that counts its wakes, and its count.
 pub(crate) fn counting() -> (Arc<Count>, Waker) {
-    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let count = Arc::new(Count {
+        wakes: AtomicUsize::new(0),
+        task: Mutex::new(None),
+    });
     (count.clone(), Waker::from(count))
 }
 

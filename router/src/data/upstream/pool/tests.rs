@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use super::test_backend::{within, Backend};
 use super::*;
+use crate::data::tls::test_io::{counting, Count};
 
 fn pool(config: PoolConfig) -> (Pool, PoolMetrics) {
     let metrics = PoolMetrics::default();
@@ -328,10 +329,10 @@ async fn a_body_whose_sender_is_gone_wakes_no_one_as_it_is_taken() {
             .await
             .expect("handshake");
     let mut conn = std::pin::pin!(conn);
-    let counting = Arc::new(Counting::default());
+    let (counting, waker) = counting();
     let mut answer = std::pin::pin!(sender.send_request(request("/", empty())));
     let mut response = None;
-    drive_until(conn.as_mut(), &counting, |cx| {
+    drive_until(conn.as_mut(), &counting, &waker, |cx| {
         if let Poll::Ready(r) = answer.as_mut().poll(cx) {
             response = Some(r.expect("a response"));
         }
@@ -340,27 +341,27 @@ async fn a_body_whose_sender_is_gone_wakes_no_one_as_it_is_taken() {
     .await;
     let mut body = response.expect("a response").into_body();
     // Until hyper's side is idle again: the body read whole, its sender dropped.
-    drive_until(conn.as_mut(), &counting, |_| sender.is_ready()).await;
-    let before = counting.wakes();
+    drive_until(conn.as_mut(), &counting, &waker, |_| sender.is_ready()).await;
+    let before = counting.woken();
     let mut no_waker = Context::from_waker(std::task::Waker::noop());
     let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut no_waker) else {
         panic!("the body, read whole");
     };
     assert_eq!(frame.into_data().expect("data"), "1");
-    assert_eq!(counting.wakes(), before, "no task woken by taking the body");
+    assert_eq!(counting.woken(), before, "no task woken by taking the body");
 }
 
 /// Drives hyper's side of a connection, its wakes counted (and passed on to this task),
 /// until `done`.
 async fn drive_until<C: Future>(
     mut conn: Pin<&mut C>,
-    counting: &Arc<Counting>,
+    counting: &Count,
+    waker: &std::task::Waker,
     mut done: impl FnMut(&mut Context<'_>) -> bool,
 ) {
-    let waker = std::task::Waker::from(counting.clone());
     within(std::future::poll_fn(|cx| {
         counting.pass_on_to(cx.waker());
-        let _ = conn.as_mut().poll(&mut Context::from_waker(&waker));
+        let _ = conn.as_mut().poll(&mut Context::from_waker(waker));
         if done(cx) {
             Poll::Ready(())
         } else {
@@ -368,34 +369,4 @@ async fn drive_until<C: Future>(
         }
     }))
     .await;
-}
-
-/// A waker that counts its wakes and passes each on to the task it was last given.
-#[derive(Default)]
-struct Counting {
-    wakes: std::sync::atomic::AtomicUsize,
-    task: std::sync::Mutex<Option<std::task::Waker>>,
-}
-
-impl Counting {
-    fn pass_on_to(&self, task: &std::task::Waker) {
-        *self.task.lock().expect("not poisoned") = Some(task.clone());
-    }
-
-    fn wakes(&self) -> usize {
-        self.wakes.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl std::task::Wake for Counting {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.wakes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        if let Some(task) = self.task.lock().expect("not poisoned").as_ref() {
-            task.wake_by_ref();
-        }
-    }
 }
