@@ -53,7 +53,7 @@ pub use control::overrides_file::read_overrides;
 pub use control::publisher::{Input, RoutingConfig, SetConfig};
 pub use control::stats::RejectReason;
 pub use control::watch::kube::WATCH_RETRY_MAX;
-pub use control::watch::{start as start_watch, OverridesWatch, SetWatch, WatchConfig};
+pub use control::watch::{api_client, start as start_watch, OverridesWatch, SetWatch, WatchConfig};
 
 // The data plane's settings, and what a test plugs into it.
 pub use data::admission::auth::{

@@ -58,6 +58,9 @@ struct State {
     /// The server is "gone": nothing is accepted, answered or delivered. Checked under
     /// the same lock that registers watches, so no request slips through an outage.
     down: bool,
+    /// Connections are accepted and every request is answered `503`, as a load balancer
+    /// in front of an API server that is restarting answers.
+    unavailable: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -126,7 +129,7 @@ impl FakeApi {
     /// A kube client for this server, as the router would build from a kubeconfig.
     pub(crate) fn client(&self) -> Result<kube::Client> {
         let config = kube::Config::new(format!("http://{}", self.addr).parse()?);
-        Ok(kube::Client::try_from(config)?)
+        Ok(router::api_client(config)?)
     }
 
     fn serve(&self, listener: TcpListener) {
@@ -134,6 +137,9 @@ impl FakeApi {
         let conns = self.conns.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
+                // Checked and spawned under the connections' lock: `stop` either finds
+                // this connection to cut, or this finds the outage. None outlives it.
+                let mut conns = conns.lock().unwrap();
                 if state.lock().unwrap().down {
                     continue;
                 }
@@ -142,7 +148,7 @@ impl FakeApi {
                     let state = state.clone();
                     async move { Ok::<_, Infallible>(handle(req, &state)) }
                 });
-                conns.lock().unwrap().spawn(async move {
+                conns.spawn(async move {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -164,6 +170,21 @@ impl FakeApi {
             t.abort();
         }
         self.conns.lock().unwrap().abort_all();
+    }
+
+    /// The API server restarts behind its load balancer: every connection (watches
+    /// included) is cut, and every request is answered `503` until [`Self::available`].
+    pub(crate) fn unavailable(&self) {
+        {
+            let mut st = self.state.lock().unwrap();
+            st.unavailable = true;
+            st.watches.clear();
+        }
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    pub(crate) fn available(&self) {
+        self.state.lock().unwrap().unavailable = false;
     }
 
     /// It comes back on the same address.
@@ -294,9 +315,9 @@ fn handle(req: Request<Incoming>, state: &Mutex<State>) -> Response<Body> {
     let raw_query = req.uri().query().unwrap_or_default().to_owned();
     let query: BTreeMap<String, String> = url_pairs(&raw_query);
     let mut st = state.lock().unwrap();
-    if st.down {
-        // A connection that raced the outage: cut it as the real outage would.
-        return status(503, "ServiceUnavailable", "the API server is down");
+    if st.down || st.unavailable {
+        // Unavailable, or a connection whose task was mid-poll as the outage cut it.
+        return status(503, "ServiceUnavailable", "the API server is unavailable");
     }
     st.requests.push(Recorded {
         method: req.method().to_string(),

@@ -76,7 +76,7 @@ impl Partition {
 
     fn client(&self) -> Result<kube::Client> {
         let config = kube::Config::new(format!("http://{}", self.addr).parse()?);
-        Ok(kube::Client::try_from(config)?)
+        Ok(router::api_client(config)?)
     }
 
     /// Every connection through it is cut, and new ones are refused.

@@ -214,6 +214,42 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     Ok(())
 }
 
+/// An API server answering `503` (a load balancer in front of one that restarts) is a
+/// failure like any other: each try is counted and retried on the router's own bounded
+/// backoff, and the change made meanwhile arrives once it answers again. kube's client
+/// would otherwise retry a `503` by itself, silently, for minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_answering_503_is_counted_and_outlived() -> Result<()> {
+    let api = FakeApi::start().await?;
+    api.apply("configmaps", NS, configmap(CM, &[("ns-01", "0")]));
+    api.apply("statefulsets", NS, statefulset("backend", 4));
+    let h = router_with(&api).await?;
+    h.wait_table("first table", |t| t.route("ns-01").ordinal == 0)
+        .await?;
+
+    api.unavailable();
+    let control = h.router.control();
+    let errors = control.stats.watch_errors.get();
+    api.apply("configmaps", NS, configmap(CM, &[("ns-01", "2")]));
+    // Two failures each of the two watches: every try was seen, and tried again.
+    let mut processed = control.processed();
+    within(
+        WAIT,
+        "the 503s counted as watch errors",
+        processed.wait_for(|_| control.stats.watch_errors.get() >= errors + 4),
+    )
+    .await??;
+    assert_eq!(served_by(&h, "ns-01").await?, "backend-0");
+
+    api.available();
+    h.wait_table("caught up once the API answers", |t| {
+        t.route("ns-01").ordinal == 2
+    })
+    .await?;
+    assert_eq!(served_by(&h, "ns-01").await?, "backend-2");
+    Ok(())
+}
+
 /// A router in cluster mode: backends on their own loopback addresses at one port, known
 /// only from EndpointSlices.
 async fn pod_router(api: &FakeApi) -> Result<(Harness, u16)> {

@@ -81,7 +81,7 @@ pub enum WatchError {
     },
 }
 
-/// The API client `config` needs, if any: in-cluster, else kubeconfig. Made before the
+/// The API client `config` needs, if any: kubeconfig, else in-cluster. Made before the
 /// router binds, so a missing cluster is a configuration error like any other.
 pub(crate) async fn kube_client(
     config: &WatchConfig,
@@ -94,15 +94,30 @@ pub(crate) async fn kube_client(
     } else {
         "the overrides ConfigMap"
     };
-    ::kube::Client::try_default()
+    let inferred = ::kube::Config::infer()
         .await
+        .map_err(::kube::Error::InferConfig);
+    inferred
+        .and_then(api_client)
         .map(Some)
         .map_err(|source| WatchError::NoKube { why, source })
 }
 
+/// The API client the watches use, for `config`. kube's own retry of `429`, `503` and
+/// `504` is turned off: it waits up to minutes (15 tries, doubling to 1000 s, or as
+/// long as `Retry-After` says), hidden from the watches, so a `503` from a load
+/// balancer in front of a restarting API server kept the last table that long, with
+/// no error counted or logged. Every failure reaches the watches instead, which count
+/// and log it and try again within [`WATCH_RETRY_MAX`](kube::WATCH_RETRY_MAX) and its
+/// jitter.
+pub fn api_client(mut config: ::kube::Config) -> Result<::kube::Client, ::kube::Error> {
+    config.default_retry = false;
+    ::kube::Client::try_from(config)
+}
+
 /// Starts every watcher `config` asks for, feeding `control`; they stop when the router
-/// begins to drain. `client` is the API client to use; `None` infers one (in-cluster,
-/// else kubeconfig) if anything needs it.
+/// begins to drain. `client` is the API client to use; `None` infers one (kubeconfig,
+/// else in-cluster) if anything needs it.
 pub async fn start(
     config: &WatchConfig,
     control: &ControlHandle,
