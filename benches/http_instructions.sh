@@ -40,7 +40,7 @@ command -v wrk >/dev/null || die "wrk is missing (compare.sh installs the pinned
 command_of() {
   case $1 in
   wsrouter | wsrouter-b)
-    local bin=$BIN/wsrouter
+    local bin=$WSROUTER
     [[ $1 == wsrouter-b ]] && bin=${WSROUTER_B_BIN:-$BIN/wsrouter}
     CMD=("$bin" --workers "$WORKERS" serve --listen "127.0.0.1:${PORT[$1]}"
       --admin-listen "127.0.0.1:$ADMIN_PORT" --tls-cert "$OUT/cert/tls.crt"

@@ -69,6 +69,15 @@ if [[ -z $BIN_GIVEN ]]; then
   log "building (release)"
   (cd "$ROOT" && cargo build --release --locked -q --bin wsrouter --bin echo-backend --bin wsload)
 fi
+# The wsrouter measured is the one the image ships: built with profile-guided optimisation
+# (scripts/pgo-build.sh; trained again only when the code changed). PGO=0, or a BIN given:
+# the plain release build. wsrouter-b is the plain build unless WSROUTER_B_BIN says.
+WSROUTER=$BIN/wsrouter
+if [[ -z $BIN_GIVEN && ${PGO:-1} == 1 ]]; then
+  log "building with profile-guided optimisation"
+  "$ROOT/scripts/pgo-build.sh" "$ROOT/target/pgo/wsrouter"
+  WSROUTER=$ROOT/target/pgo/wsrouter
+fi
 
 rm -rf "$OUT"
 mkdir -p "$OUT/cert" "$OUT/nginx/logs" "$OUT/logs"
@@ -85,7 +94,7 @@ for p in "${BACKEND_PORTS[@]}" "${PORT[@]}" $ADMIN_PORT; do
 done
 
 # --- the shared certificate and the backends ---------------------------------------------
-"$BIN/wsrouter" cert --host localhost --host 127.0.0.1 --out "$OUT/cert" >/dev/null
+"$WSROUTER" cert --host localhost --host 127.0.0.1 --out "$OUT/cert" >/dev/null
 cat "$OUT/cert/tls.crt" "$OUT/cert/tls.key" >"$OUT/cert/haproxy.pem"
 openssl x509 -in "$OUT/cert/tls.crt" -noout -text | grep -q 'prime256v1' ||
   die "the certificate is not ECDSA P-256"
@@ -320,7 +329,7 @@ TARGET_PID=""
 start_target() {
   case $1 in
   wsrouter)
-    RUST_LOG=warn "$BIN/wsrouter" --workers $WORKERS serve \
+    RUST_LOG=warn "$WSROUTER" --workers $WORKERS serve \
       --listen "127.0.0.1:${PORT[wsrouter]}" --admin-listen "127.0.0.1:$ADMIN_PORT" \
       --tls-cert "$OUT/cert/tls.crt" --tls-key "$OUT/cert/tls.key" --tls-key-exchange x25519 \
       ${WSROUTER_ARGS:-} \

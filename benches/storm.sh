@@ -79,7 +79,7 @@ OUT=${OUT:-target/storm}
 ADMIN_PORT_B=18448
 # shellcheck source=benches/peers.sh
 source "$(dirname "$0")/peers.sh"
-NEW_BIN=${NEW_BIN:-$BIN/wsrouter}
+NEW_BIN=${NEW_BIN:-$WSROUTER}
 for b in "$OLD_BIN" "$NEW_BIN"; do [[ -x $b ]] || die "no wsrouter binary at $b"; done
 if listening "$ADMIN_PORT_B"; then
   die "port $ADMIN_PORT_B is already in use"
