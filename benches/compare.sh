@@ -27,8 +27,10 @@
 # the p50/p99/p999 at a fixed HTTP_RATE requests per second, timed from each send.
 #
 # wsrouter is measured as the image ships it, built with profile-guided optimisation
-# (scripts/pgo-build.sh, run by peers.sh; PGO=0 measures the plain release build, and so
-# does wsrouter-b unless WSROUTER_B_BIN names another).
+# (scripts/pgo-build.sh, run by peers.sh; PGO=0 measures the plain release build).
+# wsrouter-b is the same build unless WSROUTER_B_BIN names another: the plain one is
+# target/release/wsrouter. An A/B of two commits compares like with like: PGO=0 and a
+# plain build of the other, or the other built with scripts/pgo-build.sh too.
 #
 # Output: a table on stdout, and every raw measurement in $OUT/results.tsv
 # (OUT defaults to target/compare). Installs haproxy and nginx with apt-get, and Envoy

@@ -41,7 +41,7 @@ command_of() {
   case $1 in
   wsrouter | wsrouter-b)
     local bin=$WSROUTER
-    [[ $1 == wsrouter-b ]] && bin=${WSROUTER_B_BIN:-$BIN/wsrouter}
+    [[ $1 == wsrouter-b ]] && bin=${WSROUTER_B_BIN:-$WSROUTER}
     CMD=("$bin" --workers "$WORKERS" serve --listen "127.0.0.1:${PORT[$1]}"
       --admin-listen "127.0.0.1:$ADMIN_PORT" --tls-cert "$OUT/cert/tls.crt"
       --tls-key "$OUT/cert/tls.key" --tls-key-exchange x25519 --max-connections 9900)

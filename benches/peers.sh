@@ -71,7 +71,8 @@ if [[ -z $BIN_GIVEN ]]; then
 fi
 # The wsrouter measured is the one the image ships: built with profile-guided optimisation
 # (scripts/pgo-build.sh; trained again only when the code changed). PGO=0, or a BIN given:
-# the plain release build. wsrouter-b is the plain build unless WSROUTER_B_BIN says.
+# the plain release build. wsrouter-b is the same build unless WSROUTER_B_BIN names
+# another (a flag A/B compares flags only; $BIN/wsrouter is the plain build, for PGO A/Bs).
 WSROUTER=$BIN/wsrouter
 if [[ -z $BIN_GIVEN && ${PGO:-1} == 1 ]]; then
   log "building with profile-guided optimisation"
@@ -340,7 +341,7 @@ start_target() {
   wsrouter-b)
     # An A/B variant of wsrouter in the same run: another binary (WSROUTER_B_BIN, e.g. a
     # build with other profile settings) and/or other flags (WSROUTER_B_ARGS).
-    RUST_LOG=warn "${WSROUTER_B_BIN:-$BIN/wsrouter}" --workers $WORKERS serve \
+    RUST_LOG=warn "${WSROUTER_B_BIN:-$WSROUTER}" --workers $WORKERS serve \
       --listen "127.0.0.1:${PORT[wsrouter-b]}" --admin-listen "127.0.0.1:$ADMIN_PORT" \
       --tls-cert "$OUT/cert/tls.crt" --tls-key "$OUT/cert/tls.key" --tls-key-exchange x25519 \
       ${WSROUTER_ARGS:-} ${WSROUTER_B_ARGS:-} \

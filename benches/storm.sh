@@ -7,7 +7,8 @@
 #   e.g. `git worktree add /tmp/base-src 777be02 && (cd /tmp/base-src && cargo build
 #   --release --bin wsrouter) && cp /tmp/base-src/target/release/wsrouter /tmp/base/`): A
 #   keeps every socket for --drain-grace, then closes them all with 1001 in the same instant;
-# - NEW (NEW_BIN, default the release build here): A closes each socket with 1001 at its
+# - NEW (NEW_BIN, default the build peers.sh measures: profile-guided, see
+#   scripts/pgo-build.sh): A closes each socket with 1001 at its
 #   own random moment, drawn evenly over --drain-grace.
 #
 #   benches/storm.sh                         # 10,000 sockets if they fit (see below), 20 s grace

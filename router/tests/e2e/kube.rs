@@ -231,7 +231,8 @@ async fn an_api_server_answering_503_is_counted_and_outlived() -> Result<()> {
     let control = h.router.control();
     let errors = control.stats.watch_errors.get();
     api.apply("configmaps", NS, configmap(CM, &[("ns-01", "2")]));
-    // Two failures each of the two watches: every try was seen, and tried again.
+    // Four failures between the two watches (the ConfigMap's and the StatefulSet's):
+    // each try was seen, and tried again.
     let mut processed = control.processed();
     within(
         WAIT,

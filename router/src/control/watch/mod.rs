@@ -104,20 +104,20 @@ pub(crate) async fn kube_client(
 }
 
 /// The API client the watches use, for `config`. kube's own retry of `429`, `503` and
-/// `504` is turned off: it waits up to minutes (15 tries, doubling to 1000 s, or as
-/// long as `Retry-After` says), hidden from the watches, so a `503` from a load
-/// balancer in front of a restarting API server kept the last table that long, with
-/// no error counted or logged. Every failure reaches the watches instead, which count
-/// and log it and try again within [`WATCH_RETRY_MAX`](kube::WATCH_RETRY_MAX) and its
-/// jitter.
+/// `504` is turned off: it retries a request up to 15 times, from 5 ms doubling, with
+/// jitter (minutes in all, longer if `Retry-After` asks), hidden from the watches, so
+/// a `503` from a load balancer in front of a restarting API server kept the last
+/// table that long, with no error counted or logged. Every failure reaches the watches
+/// instead, which count and log it and try again within
+/// [`WATCH_RETRY_MAX`](kube::WATCH_RETRY_MAX) and its jitter.
 pub fn api_client(mut config: ::kube::Config) -> Result<::kube::Client, ::kube::Error> {
     config.default_retry = false;
     ::kube::Client::try_from(config)
 }
 
 /// Starts every watcher `config` asks for, feeding `control`; they stop when the router
-/// begins to drain. `client` is the API client to use; `None` infers one (kubeconfig,
-/// else in-cluster) if anything needs it.
+/// begins to drain. `client` is the API client to use (build it with [`api_client`]);
+/// `None` infers one (kubeconfig, else in-cluster) if anything needs it.
 pub async fn start(
     config: &WatchConfig,
     control: &ControlHandle,
