@@ -167,12 +167,7 @@ async fn configmap_and_statefulset_follow_the_api() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relists_after_410_and_survives_an_outage() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply("configmaps", NS, configmap(CM, &[("ns-01", "0")]));
-    api.apply("statefulsets", NS, statefulset("backend", 4));
-    let h = router_with(&api).await?;
-    h.wait_table("first table", |t| t.route("ns-01").ordinal == 0)
-        .await?;
+    let (api, h) = following_the_api().await?;
     let restarts = h.router.control().stats.watch_restarts.get();
 
     // 410 Gone: the watches end with an ERROR event and cannot resume; a relist brings
@@ -206,12 +201,7 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
     )
     .await??;
     api.restart().await?;
-    h.wait_table("caught up after the outage", |t| {
-        t.route("ns-01").ordinal == 2
-    })
-    .await?;
-    assert_eq!(served_by(&h, "ns-01").await?, "backend-2");
-    Ok(())
+    on_pod_2(&h, "caught up after the outage").await
 }
 
 /// An API server answering `503` (a load balancer in front of one that restarts) is a
@@ -220,12 +210,7 @@ async fn relists_after_410_and_survives_an_outage() -> Result<()> {
 /// would otherwise retry a `503` by itself, silently, for minutes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_server_answering_503_is_counted_and_outlived() -> Result<()> {
-    let api = FakeApi::start().await?;
-    api.apply("configmaps", NS, configmap(CM, &[("ns-01", "0")]));
-    api.apply("statefulsets", NS, statefulset("backend", 4));
-    let h = router_with(&api).await?;
-    h.wait_table("first table", |t| t.route("ns-01").ordinal == 0)
-        .await?;
+    let (api, h) = following_the_api().await?;
 
     api.unavailable();
     let control = h.router.control();
@@ -243,11 +228,26 @@ async fn an_api_server_answering_503_is_counted_and_outlived() -> Result<()> {
     assert_eq!(served_by(&h, "ns-01").await?, "backend-0");
 
     api.available();
-    h.wait_table("caught up once the API answers", |t| {
-        t.route("ns-01").ordinal == 2
-    })
-    .await?;
-    assert_eq!(served_by(&h, "ns-01").await?, "backend-2");
+    on_pod_2(&h, "caught up once the API answers").await
+}
+
+/// The API with `ns-01` overridden to pod 0 of 4, and a router following it, past its
+/// first table.
+async fn following_the_api() -> Result<(FakeApi, Harness)> {
+    let api = FakeApi::start().await?;
+    api.apply("configmaps", NS, configmap(CM, &[("ns-01", "0")]));
+    api.apply("statefulsets", NS, statefulset("backend", 4));
+    let h = router_with(&api).await?;
+    h.wait_table("first table", |t| t.route("ns-01").ordinal == 0)
+        .await?;
+    Ok((api, h))
+}
+
+/// Waits until the table sends `ns-01` to pod 2, then checks pod 2 serves it.
+async fn on_pod_2(h: &Harness, what: &str) -> Result<()> {
+    h.wait_table(what, |t| t.route("ns-01").ordinal == 2)
+        .await?;
+    assert_eq!(served_by(h, "ns-01").await?, "backend-2");
     Ok(())
 }
 
