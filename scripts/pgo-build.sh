@@ -4,7 +4,7 @@
 # WebSockets: small messages, large ones, over HTTP/1.1 and HTTP/2), then the release build
 # again with the profile, which lays out hot code together and inlines along the paths
 # the traffic took. On the benchmarks' plain-HTTP cell the profiled build spends about a
-# seventh less CPU per request, a fifth less of it in user space (benches/RESULTS.md,
+# seventh less CPU per request, a quarter less of its user time (benches/RESULTS.md,
 # 2026-12-06 (15:00 UTC)); on WebSockets it is level with the plain build.
 #
 #   scripts/pgo-build.sh                    # → target/pgo/wsrouter (under CARGO_TARGET_DIR if set)

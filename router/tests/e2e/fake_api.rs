@@ -161,30 +161,33 @@ impl FakeApi {
     /// The API server goes away: every connection (watches included) is cut and new
     /// ones are refused.
     pub(crate) fn stop(&self) {
-        {
-            let mut st = self.state.lock().unwrap();
-            st.down = true;
-            st.watches.clear();
-        }
+        self.cut(|st| st.down = true);
         if let Some(t) = self.acceptor.lock().unwrap().take() {
             t.abort();
         }
-        self.conns.lock().unwrap().abort_all();
     }
 
     /// The API server restarts behind its load balancer: every connection (watches
     /// included) is cut, and every request is answered `503` until [`Self::available`].
     pub(crate) fn unavailable(&self) {
+        self.cut(|st| st.unavailable = true);
+    }
+
+    /// It answers again (the connections cut stay cut).
+    pub(crate) fn available(&self) {
+        self.state.lock().unwrap().unavailable = false;
+    }
+
+    /// Marks an outage (`mark`), forgets every watch and cuts every connection. The
+    /// acceptor checks `down` under the connections' lock, so a connection it takes as
+    /// `stop` begins is either cut here or never served.
+    fn cut(&self, mark: impl FnOnce(&mut State)) {
         {
             let mut st = self.state.lock().unwrap();
-            st.unavailable = true;
+            mark(&mut st);
             st.watches.clear();
         }
         self.conns.lock().unwrap().abort_all();
-    }
-
-    pub(crate) fn available(&self) {
-        self.state.lock().unwrap().unavailable = false;
     }
 
     /// It comes back on the same address.

@@ -207,10 +207,10 @@ pub(crate) fn spare() -> Vec<u8> {
 
 /// Gives back a buffer held bytes were kept in (`spare`), emptied.
 pub(crate) fn recycle(bytes: Vec<u8>) {
-    if bytes.capacity() == 0 || bytes.capacity() > SPARE_MAX {
-        return;
+    // Nothing to keep, and no need to reach the thread's outbox for it.
+    if bytes.capacity() != 0 {
+        OUTBOX.with_borrow_mut(|o| o.keep_spare(bytes));
     }
-    OUTBOX.with_borrow_mut(|o| o.keep_spare(bytes));
 }
 
 /// Parcels handed over this turn and still waiting.
@@ -253,9 +253,10 @@ fn send_all() {
 }
 
 impl Outbox {
-    /// Keeps `bytes`' buffer, emptied, for a stream's next held bytes, if there is room.
+    /// Keeps `bytes`' buffer, emptied, for a stream's next held bytes, if it is not one
+    /// of the rare large ones and there is room.
     fn keep_spare(&mut self, mut bytes: Vec<u8>) {
-        if self.spares.len() < SPARES {
+        if bytes.capacity() <= SPARE_MAX && self.spares.len() < SPARES {
             bytes.clear();
             self.spares.push(bytes);
         }
@@ -278,9 +279,7 @@ impl Outbox {
             Ok(n) if n == bytes.len() => {
                 slot.generation += 1;
                 self.free.push(i);
-                if bytes.capacity() <= SPARE_MAX {
-                    self.keep_spare(bytes);
-                }
+                self.keep_spare(bytes);
                 return Some((waker, false));
             }
             Ok(from) => slot.state = State::PushedBack { bytes, from },
